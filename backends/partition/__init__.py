@@ -1,0 +1,3 @@
+from .cuda_gqa_partitioner import AttentionDecision, CudaGqaPartitioner
+
+__all__ = ["AttentionDecision", "CudaGqaPartitioner"]

@@ -1,0 +1,118 @@
+"""What one scaled_dot_product_attention node asks for, and whether we can run it.
+
+The partitioner and the AOT stage both read SDPA nodes through `SdpaCall`,
+so they agree on what a node means and on what the kernels support.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch.fx import Node
+
+SDPA_OP = torch.ops.aten.scaled_dot_product_attention.default
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+# Row strides of [B, H, L, D] tensors are multiples of D; the cubins assume
+# they are multiples of 16 elements (checked again at runtime).
+HEAD_DIM_MULTIPLE = 16
+
+
+def is_sdpa(node: Node) -> bool:
+    """True for aten SDPA nodes, whether aten or edge dialect."""
+    if node.op != "call_function":
+        return False
+    return getattr(node.target, "_op", node.target) is SDPA_OP
+
+
+@dataclass(frozen=True)
+class SdpaCall:
+    """The arguments of one SDPA node, with shapes taken from its fake tensors."""
+
+    node: Node
+    query: Node
+    key: Node
+    value: Node
+    attn_mask: Optional[Node]
+    dropout_p: float
+    is_causal: bool
+    scale: Optional[float]
+    enable_gqa: bool
+
+    @classmethod
+    def from_node(cls, node: Node) -> "SdpaCall":
+        schema = SDPA_OP._schema.arguments
+        bound = {a.name: a.default_value for a in schema if a.has_default_value()}
+        bound.update(zip((a.name for a in schema), node.args))
+        bound.update(node.kwargs)
+        return cls(
+            node=node,
+            query=bound["query"],
+            key=bound["key"],
+            value=bound["value"],
+            attn_mask=bound["attn_mask"],
+            dropout_p=float(bound["dropout_p"]),
+            is_causal=bool(bound["is_causal"]),
+            scale=bound["scale"],
+            enable_gqa=bool(bound["enable_gqa"]),
+        )
+
+    def _val(self, n: Node) -> torch.Tensor:
+        return n.meta["val"]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._val(self.query).dtype
+
+    @property
+    def shapes(self) -> tuple[tuple, tuple, tuple]:
+        return tuple(tuple(self._val(n).shape) for n in (self.query, self.key, self.value))
+
+    @property
+    def num_heads_q(self) -> int:
+        return int(self._val(self.query).shape[1])
+
+    @property
+    def num_heads_kv(self) -> int:
+        return int(self._val(self.key).shape[1])
+
+    @property
+    def head_dim(self) -> int:
+        return int(self._val(self.query).shape[3])
+
+    @property
+    def softmax_scale(self) -> float:
+        return float(self.scale) if self.scale is not None else 1.0 / math.sqrt(self.head_dim)
+
+    def unsupported_reason(self) -> Optional[str]:
+        """None when the kernels run this node, else why not (for the partition report)."""
+        vals = [self._val(n) for n in (self.query, self.key, self.value)]
+        if any(v.dim() != 4 for v in vals):
+            return "query/key/value are not 4-D [B, H, L, D]"
+        if any(not isinstance(s, int) for v in vals for s in v.shape):
+            return "symbolic shapes are not supported yet"
+        q, k, v = vals
+        if not self.enable_gqa:
+            return "enable_gqa=False (MHA or expanded K/V)"
+        if self.num_heads_kv >= self.num_heads_q:
+            return f"H_kv={self.num_heads_kv} is not smaller than H_q={self.num_heads_q}"
+        if self.num_heads_q % self.num_heads_kv:
+            return f"H_q={self.num_heads_q} is not a multiple of H_kv={self.num_heads_kv}"
+        if self.attn_mask is not None:
+            return "attn_mask is not supported yet"
+        if self.dropout_p != 0.0:
+            return f"dropout_p={self.dropout_p}: only 0 is supported"
+        if q.dtype not in SUPPORTED_DTYPES:
+            return f"dtype {q.dtype} is not one of {[str(d) for d in SUPPORTED_DTYPES]}"
+        if k.dtype != q.dtype or v.dtype != q.dtype:
+            return f"mixed dtypes q={q.dtype} k={k.dtype} v={v.dtype}"
+        if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+            return f"inconsistent shapes q={tuple(q.shape)} k={tuple(k.shape)} v={tuple(v.shape)}"
+        d = self.head_dim
+        if d > MAX_HEAD_DIM or d % HEAD_DIM_MULTIPLE:
+            return f"head dim {d} is not a multiple of {HEAD_DIM_MULTIPLE} up to {MAX_HEAD_DIM}"
+        return None

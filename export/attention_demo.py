@@ -1,0 +1,42 @@
+"""The demo model: one causal GQA attention block (8 query heads, 2 KV heads, D=64).
+
+Projections run on ExecuTorch's CPU kernels; the attention itself is
+delegated to CudaGqaBackend.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class GqaAttentionBlock(nn.Module):
+    def __init__(self, num_heads_q: int = 8, num_heads_kv: int = 2, head_dim: int = 64):
+        super().__init__()
+        self.num_heads_q, self.num_heads_kv, self.head_dim = num_heads_q, num_heads_kv, head_dim
+        hidden = num_heads_q * head_dim
+        self.q_proj = nn.Linear(hidden, num_heads_q * head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, num_heads_kv * head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden, num_heads_kv * head_dim, bias=False)
+        self.o_proj = nn.Linear(num_heads_q * head_dim, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, seq, _ = x.shape
+        q = self.q_proj(x).view(b, seq, self.num_heads_q, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, seq, self.num_heads_kv, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, seq, self.num_heads_kv, self.head_dim).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return self.o_proj(y.transpose(1, 2).reshape(b, seq, -1))
+
+
+def make_demo(dtype: torch.dtype = torch.float16, seq_len: int = 128, seed: int = 0):
+    """The demo block with seeded weights and one input of shape [1, seq_len, 512]."""
+    torch.manual_seed(seed)
+    model = GqaAttentionBlock().eval()
+    for p in model.parameters():
+        # Scaled so attention logits are O(1) and the softmax is not one-hot.
+        nn.init.normal_(p, std=model.head_dim**-0.5 / 2)
+    model = model.to(dtype)
+    x = torch.randn(1, seq_len, model.num_heads_q * model.head_dim, dtype=dtype)
+    return model, (x,)
