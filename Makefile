@@ -45,3 +45,21 @@ schema: $(INSTALLED)
 
 clean:
 	rm -rf $(BUILD_DIR) out .gpu
+
+# .gpu/: what a GPU machine without executorch needs to run exported programs
+# (runner, backend, ExecuTorch runtime libraries, .pte files with inputs and
+# expected outputs). Run it there with runtime/runner/run_bundle.sh .gpu
+GPU_CASES := demo:--dtype=float16 \
+             bf16-llama:--dtype=bfloat16,--heads-q=32,--heads-kv=8,--head-dim=128,--seq-len=200,--batch=2 \
+             fp32-mqa:--dtype=float32,--heads-q=4,--heads-kv=1,--seq-len=77 \
+             fp16-qwen-7to1:--dtype=float16,--heads-q=28,--heads-kv=4,--head-dim=128,--seq-len=64 \
+             fp16-d80:--dtype=float16,--heads-q=16,--heads-kv=4,--head-dim=80,--seq-len=100
+
+gpu-bundle: build
+	rm -rf .gpu && mkdir -p .gpu
+	cp $(BACKEND_LIB) $(RUNNER) .gpu/
+	cp $(addprefix $(ET_LIB_DIR)/,libexecutorch.so libexecutorch_kernels_optimized.so libexecutorch_threadpool.so) .gpu/
+	$(foreach case,$(GPU_CASES),$(PYTHON) -m cuda_gqa.export --export-only --out .gpu/cases/$(word 1,$(subst :, ,$(case))) $(subst $(comma), ,$(word 2,$(subst :, ,$(case)))) &&) true
+	du -sh .gpu
+comma := ,
+ET_LIB_DIR = $(shell $(PYTHON) -c "import executorch, os; print(os.path.dirname(executorch.__file__))")/lib

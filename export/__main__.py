@@ -32,16 +32,24 @@ def parse_args(argv):
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default: out/demo)")
     parser.add_argument("--dtype", choices=DTYPES, default="float16")
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--archs", default=",".join(map(str, DEFAULT_ARCHS)),
-                        help=f"target archs, comma separated (from {', '.join(map(str, SUPPORTED_ARCHS))})")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--heads-q", type=int, default=8, help="query heads (default 8)")
+    parser.add_argument("--heads-kv", type=int, default=2, help="key/value heads (default 2)")
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--export-only", action="store_true", help="write the files, skip loading and running")
+    parser.add_argument("--archs", default=",".join(f"sm_{a}" for a in DEFAULT_ARCHS),
+                        help="target archs, comma separated (default %(default)s; from "
+                             + ", ".join(f"sm_{a}" for a in SUPPORTED_ARCHS) + ")")
     return parser.parse_args(argv)
 
 
 def export_demo(args) -> Path:
-    model, inputs = make_demo(DTYPES[args.dtype], args.seq_len)
+    model, inputs = make_demo(DTYPES[args.dtype], args.seq_len, args.heads_q, args.heads_kv, args.head_dim,
+                              args.batch)
     with torch.no_grad():
         expected = model(*inputs)
-    print(f"[1/3] exporting GQA attention block ({args.dtype}, seq {args.seq_len}) for sm_{args.archs} ...",
+    print(f"[1/3] exporting a GQA attention block ({args.heads_q}/{args.heads_kv} heads, D={args.head_dim}, "
+          f"{args.dtype}, batch {args.batch}, seq {args.seq_len}) for {args.archs} ...",
           flush=True)
     start = time.perf_counter()
     program, report = lower_to_executorch(model, inputs, archs=args.archs.split(","))
@@ -99,7 +107,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="      %(message)s")
     logging.getLogger("cuda_gqa").setLevel(logging.INFO)
     pte = export_demo(args)
-    return load_and_run(args, pte)
+    return 0 if args.export_only else load_and_run(args, pte)
 
 
 if __name__ == "__main__":

@@ -30,13 +30,14 @@ class GqaAttentionBlock(nn.Module):
         return self.o_proj(y.transpose(1, 2).reshape(b, seq, -1))
 
 
-def make_demo(dtype: torch.dtype = torch.float16, seq_len: int = 128, seed: int = 0):
-    """The demo block with seeded weights and one input of shape [1, seq_len, 512]."""
+def make_demo(dtype: torch.dtype = torch.float16, seq_len: int = 128, num_heads_q: int = 8,
+              num_heads_kv: int = 2, head_dim: int = 64, batch: int = 1, seed: int = 0):
+    """The demo block with seeded weights and one input of shape [batch, seq_len, num_heads_q * head_dim]."""
     torch.manual_seed(seed)
-    model = GqaAttentionBlock().eval()
+    model = GqaAttentionBlock(num_heads_q, num_heads_kv, head_dim).eval()
     for p in model.parameters():
         # Scaled so attention logits are O(1) and the softmax is not one-hot.
         nn.init.normal_(p, std=model.head_dim**-0.5 / 2)
     model = model.to(dtype)
-    x = torch.randn(1, seq_len, model.num_heads_q * model.head_dim, dtype=dtype)
+    x = torch.randn(batch, seq_len, model.num_heads_q * model.head_dim, dtype=dtype)
     return model, (x,)

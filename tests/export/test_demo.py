@@ -1,0 +1,60 @@
+"""The main job: `python -m cuda_gqa.export` exports, loads, and without a GPU says so and exits 0."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from executorch.exir._serialize._program import _extract_delegate_payload
+
+from cuda_gqa.backends.serialization import deserialize_payload
+from cuda_gqa.export.attention_demo import make_demo
+from cuda_gqa.export.tensor_files import read_tensor
+
+EM_CUDA = 190
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    result = subprocess.run(
+        [sys.executable, "-m", "cuda_gqa.export", "--out", str(out), "--seq-len", "40"],
+        capture_output=True, text=True, timeout=600,
+    )
+    return out, result
+
+
+def test_demo_exports_loads_and_reports_no_gpu(demo_run):
+    out, result = demo_run
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "aten_scaled_dot_product_attention_default: delegated to CudaGqaBackend" in result.stdout
+    assert "program loaded; methods: forward" in result.stdout
+    if not torch.cuda.is_available():
+        assert "no usable CUDA GPU here" in result.stdout
+        assert "fails cleanly" in result.stdout
+        # The backend's own log line names the cause of the refused init.
+        assert "CudaGqaBackend: " in result.stderr
+
+
+def test_demo_writes_inputs_and_eager_outputs(demo_run):
+    out, _ = demo_run
+    model, (x,) = make_demo(seq_len=40)
+    assert torch.equal(read_tensor(out / "input_0.bin", x), x)
+    with torch.no_grad():
+        expected = model(x)
+    assert torch.equal(read_tensor(out / "expected_0.bin", expected), expected)
+
+
+def test_demo_pte_carries_cubins_for_sm80_and_sm90(demo_run):
+    out, _ = demo_run
+    payload = deserialize_payload(_extract_delegate_payload((out / "model.pte").read_bytes(), "CudaGqaBackend"))
+    (kernel,) = payload.kernels
+    assert [c.arch for c in kernel.cubins] == [80, 90]
+    for cubin in kernel.cubins:
+        image = bytes(cubin.image)
+        assert image[:4] == b"\x7fELF"
+        assert int.from_bytes(image[18:20], "little") == EM_CUDA
+    assert bytes(kernel.ptx).lstrip().startswith(b"//") and kernel.ptxArch == 80
+    assert [list(s.sizes) for s in payload.inputs] == [[1, 8, 40, 64], [1, 2, 40, 64], [1, 2, 40, 64]]
+    assert list(payload.outputs[0].sizes) == [1, 8, 40, 64]
