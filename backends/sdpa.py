@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from executorch.exir.dialects.edge._ops import EdgeOpOverload
 from torch.fx import Node
 
 SDPA_OP = torch.ops.aten.scaled_dot_product_attention.default
@@ -23,10 +24,11 @@ HEAD_DIM_MULTIPLE = 16
 
 
 def is_sdpa(node: Node) -> bool:
-    """True for aten SDPA nodes, whether aten or edge dialect."""
+    """True for SDPA nodes, in the aten or the edge dialect."""
     if node.op != "call_function":
         return False
-    return getattr(node.target, "_op", node.target) is SDPA_OP
+    target = node.target._op if isinstance(node.target, EdgeOpOverload) else node.target
+    return target == SDPA_OP
 
 
 @dataclass(frozen=True)

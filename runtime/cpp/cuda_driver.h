@@ -1,0 +1,69 @@
+// The CUDA driver API, opened with dlopen at run time.
+//
+// libcuda is never linked so that the backend library builds, loads and
+// registers on machines without an NVIDIA driver; the absence of a GPU is
+// reported by init() instead of making the whole library fail to load.
+#pragma once
+
+#include <cuda.h>
+
+#include <cstddef>
+#include <string>
+
+namespace cuda_gqa {
+
+// Entry points the runtime uses. Each is resolved by its exact, versioned
+// export name (cuMemAlloc_v2, ...) so the ABI matches the cuda.h types used
+// here; cuda.h's own macros would otherwise pick names at compile time.
+struct CudaDriver {
+  decltype(&::cuGetErrorName) GetErrorName = nullptr;
+  decltype(&::cuGetErrorString) GetErrorString = nullptr;
+  decltype(&::cuInit) Init = nullptr;
+  decltype(&::cuDriverGetVersion) DriverGetVersion = nullptr;
+  decltype(&::cuDeviceGetCount) DeviceGetCount = nullptr;
+  decltype(&::cuDeviceGet) DeviceGet = nullptr;
+  decltype(&::cuDeviceGetName) DeviceGetName = nullptr;
+  decltype(&::cuDeviceGetAttribute) DeviceGetAttribute = nullptr;
+  decltype(&::cuDevicePrimaryCtxRetain) DevicePrimaryCtxRetain = nullptr;
+  decltype(&::cuDevicePrimaryCtxRelease_v2) DevicePrimaryCtxRelease = nullptr;
+  decltype(&::cuCtxSetCurrent) CtxSetCurrent = nullptr;
+  decltype(&::cuStreamCreate) StreamCreate = nullptr;
+  decltype(&::cuStreamDestroy_v2) StreamDestroy = nullptr;
+  decltype(&::cuStreamSynchronize) StreamSynchronize = nullptr;
+  decltype(&::cuMemAlloc_v2) MemAlloc = nullptr;
+  decltype(&::cuMemFree_v2) MemFree = nullptr;
+  decltype(&::cuMemcpyHtoDAsync_v2) MemcpyHtoDAsync = nullptr;
+  decltype(&::cuMemcpyDtoHAsync_v2) MemcpyDtoHAsync = nullptr;
+  decltype(&::cuModuleLoadDataEx) ModuleLoadDataEx = nullptr;
+  decltype(&::cuModuleUnload) ModuleUnload = nullptr;
+  decltype(&::cuModuleGetFunction) ModuleGetFunction = nullptr;
+  decltype(&::cuFuncSetAttribute) FuncSetAttribute = nullptr;
+  decltype(&::cuFuncGetAttribute) FuncGetAttribute = nullptr;
+  decltype(&::cuLaunchKernel) LaunchKernel = nullptr;
+
+  // "CUDA_ERROR_X (description)", or the number if the driver does not know it.
+  std::string error_string(CUresult result) const;
+};
+
+enum class DriverStatus {
+  kOk,
+  kLibraryMissing,   // libcuda.so.1 could not be opened
+  kSymbolMissing,    // the driver is too old for an entry point we use
+  kInitFailed,       // cuInit returned an error (CUDA_ERROR_NO_DEVICE, ...)
+};
+
+// Opens libcuda.so.1, resolves the entry points and calls cuInit, once per
+// process (thread-safe). Returns the driver, or nullptr with *status and
+// *message set to the cause. The driver stays loaded for the process lifetime.
+const CudaDriver* cuda_driver(DriverStatus* status = nullptr,
+                              std::string* message = nullptr);
+
+// Device 0 and a description ("NVIDIA H100 80GB HBM3, sm_90"), or false with
+// the reason (driver missing, cuInit failure, no device).
+bool cuda_first_device(const CudaDriver** driver, CUdevice* device,
+                       int* compute_capability, std::string* message);
+
+// Compute capability of `device` as major*10+minor, or -1 on failure.
+int cuda_compute_capability(const CudaDriver& driver, CUdevice device);
+
+}  // namespace cuda_gqa

@@ -1,0 +1,326 @@
+// CudaGqaBackend: the ExecuTorch BackendInterface that runs a payload's
+// kernels on device 0, registered from a static initializer when the library
+// is loaded.
+#include <executorch/runtime/backend/interface.h>
+#include <executorch/runtime/core/error.h>
+#include <executorch/runtime/core/evalue.h>
+#include <executorch/runtime/platform/log.h>
+
+#include <cinttypes>
+#include <cstring>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "cuda_driver.h"
+#include "kernel_module.h"
+#include "launcher.h"
+#include "payload.h"
+
+namespace cuda_gqa {
+namespace {
+
+using executorch::aten::Tensor;
+using executorch::runtime::ArrayRef;
+using executorch::runtime::BackendExecutionContext;
+using executorch::runtime::BackendInitContext;
+using executorch::runtime::BackendInterface;
+using executorch::runtime::CompileSpec;
+using executorch::runtime::DelegateHandle;
+using executorch::runtime::Error;
+using executorch::runtime::EValue;
+using executorch::runtime::FreeableBuffer;
+using executorch::runtime::Result;
+using executorch::runtime::Span;
+
+struct DeviceBuffer {
+  CUdeviceptr ptr = 0;
+  size_t bytes = 0;
+};
+
+// Everything one delegate instance owns. Built by init, released by the
+// destructor whatever state init reached.
+struct DelegateState {
+  const CudaDriver* driver = nullptr;
+  CUdevice device = 0;
+  int compute_capability = 0;
+  CUcontext context = nullptr;  // retained primary context
+  CUstream stream = nullptr;
+  PayloadDesc payload;  // image views cleared once modules are loaded
+  std::vector<DeviceBuffer> staging;  // one per delegate arg
+  std::vector<DeviceBuffer> scratch;
+  std::vector<LoadedKernel> modules;
+  std::vector<KernelLauncher> launchers;
+  std::vector<ArgView> arg_views;  // reused by every execute
+
+  ~DelegateState() {
+    if (driver == nullptr || context == nullptr) return;
+    driver->CtxSetCurrent(context);
+    if (stream != nullptr) driver->StreamSynchronize(stream);
+    for (DeviceBuffer& b : staging) {
+      if (b.ptr != 0) driver->MemFree(b.ptr);
+    }
+    for (DeviceBuffer& b : scratch) {
+      if (b.ptr != 0) driver->MemFree(b.ptr);
+    }
+    for (LoadedKernel& m : modules) unload_kernel(*driver, &m);
+    if (stream != nullptr) driver->StreamDestroy(stream);
+    driver->DevicePrimaryCtxRelease(device);
+  }
+};
+
+// Allocates `bytes` (none for 0) aligned to `align` within the allocation;
+// cuMemAlloc guarantees 256 bytes, larger alignments over-allocate.
+bool device_alloc(DelegateState* s, size_t bytes, size_t align, DeviceBuffer* out,
+                  CUdeviceptr* aligned, std::string* error) {
+  *out = DeviceBuffer();
+  *aligned = 0;
+  if (bytes == 0) return true;
+  const size_t extra = align > 256 ? align - 1 : 0;
+  CUresult r = s->driver->MemAlloc(&out->ptr, bytes + extra);
+  if (r != CUDA_SUCCESS) {
+    out->ptr = 0;
+    *error = "cuMemAlloc(" + std::to_string(bytes + extra) + " bytes) failed: " +
+             s->driver->error_string(r);
+    return false;
+  }
+  out->bytes = bytes;
+  *aligned = align > 256 ? (out->ptr + align - 1) & ~static_cast<CUdeviceptr>(align - 1)
+                         : out->ptr;
+  return true;
+}
+
+// Init after the payload is parsed: device, context, stream, modules,
+// buffers. Returns the error and fills *why on failure.
+Error set_up_device(DelegateState* s, std::string* why) {
+  for (const auto* specs : {&s->payload.inputs, &s->payload.outputs}) {
+    for (const TensorSpecDesc& spec : *specs) {
+      if (!spec.is_static()) {
+        *why = "dynamic sizes are not supported by this runtime yet";
+        return Error::NotSupported;
+      }
+    }
+  }
+  std::string message;
+  if (!cuda_first_device(&s->driver, &s->device, &s->compute_capability, &message)) {
+    s->driver = nullptr;
+    *why = message;
+    return Error::NotSupported;
+  }
+  const CudaDriver& d = *s->driver;
+  CUresult r = d.DevicePrimaryCtxRetain(&s->context, s->device);
+  if (r != CUDA_SUCCESS) {
+    s->context = nullptr;
+    *why = "cuDevicePrimaryCtxRetain failed: " + d.error_string(r);
+    return Error::Internal;
+  }
+  r = d.CtxSetCurrent(s->context);
+  if (r != CUDA_SUCCESS) {
+    *why = "cuCtxSetCurrent failed: " + d.error_string(r);
+    return Error::Internal;
+  }
+  // Non-blocking: delegate work does not serialize with other users of the
+  // legacy default stream in the process.
+  r = d.StreamCreate(&s->stream, CU_STREAM_NON_BLOCKING);
+  if (r != CUDA_SUCCESS) {
+    s->stream = nullptr;
+    *why = "cuStreamCreate failed: " + d.error_string(r);
+    return Error::Internal;
+  }
+
+  const size_t num_kernels = s->payload.kernels.size();
+  s->modules.resize(num_kernels);
+  for (size_t i = 0; i < num_kernels; ++i) {
+    if (!load_kernel(d, s->device, s->compute_capability, s->payload.kernels[i],
+                     &s->modules[i], why)) {
+      return Error::NotSupported;
+    }
+  }
+
+  const size_t num_args = s->payload.num_args();
+  s->staging.resize(num_args);
+  s->arg_views.resize(num_args);
+  for (size_t i = 0; i < num_args; ++i) {
+    const TensorSpecDesc& spec = s->payload.arg_spec(i);
+    const size_t bytes = static_cast<size_t>(spec.numel()) * dtype_size(spec.dtype);
+    CUdeviceptr unused;
+    if (!device_alloc(s, bytes, 0, &s->staging[i], &unused, why)) {
+      *why = "staging buffer for delegate arg " + std::to_string(i) + ": " + *why;
+      return Error::MemoryAllocationFailed;
+    }
+    s->staging[i].bytes = bytes;
+  }
+
+  s->launchers.resize(num_kernels);
+  s->scratch.reserve(2 * num_kernels);
+  for (size_t i = 0; i < num_kernels; ++i) {
+    const KernelDesc& k = s->payload.kernels[i];
+    uint64_t ctas = 0;
+    CUdeviceptr global = 0, profile = 0;
+    if (k.global_scratch_bytes > 0 || k.profile_scratch_bytes > 0) {
+      if (!static_grid_ctas(s->payload, k, &ctas, why)) return Error::NotSupported;
+      const struct {
+        uint32_t bytes, align;
+        CUdeviceptr* out;
+      } wants[] = {{k.global_scratch_bytes, k.global_scratch_align, &global},
+                   {k.profile_scratch_bytes, k.profile_scratch_align, &profile}};
+      for (const auto& w : wants) {
+        if (w.bytes == 0 || ctas == 0) continue;
+        if (ctas > (uint64_t{1} << 40) / w.bytes) {
+          *why = "kernel " + k.name + ": scratch too large";
+          return Error::MemoryAllocationFailed;
+        }
+        s->scratch.emplace_back();
+        if (!device_alloc(s, static_cast<size_t>(ctas * w.bytes), w.align, &s->scratch.back(),
+                          w.out, why)) {
+          *why = "scratch for kernel " + k.name + ": " + *why;
+          return Error::MemoryAllocationFailed;
+        }
+      }
+    }
+    if (!s->launchers[i].prepare(&k, s->modules[i].function, global, profile, ctas, why)) {
+      return Error::InvalidProgram;
+    }
+  }
+  // The images live in the buffer init frees; nothing reads them after load.
+  for (KernelDesc& k : s->payload.kernels) {
+    k.cubins.clear();
+    k.ptx = ImageView();
+  }
+  return Error::Ok;
+}
+
+class CudaGqaBackend final : public BackendInterface {
+ public:
+  // The real availability (driver, device, arch) is reported by init with
+  // its cause; answering false here would only say "not available".
+  bool is_available() const override { return true; }
+
+  Result<DelegateHandle*> init(BackendInitContext& context, FreeableBuffer* processed,
+                               ArrayRef<CompileSpec> compile_specs) const override {
+    (void)context;
+    (void)compile_specs;
+    if (processed == nullptr || processed->data() == nullptr) {
+      ET_LOG(Error, "CudaGqaBackend: no payload");
+      return Error::InvalidProgram;
+    }
+    auto* state = new (std::nothrow) DelegateState();
+    if (state == nullptr) {
+      processed->Free();
+      ET_LOG(Error, "CudaGqaBackend: out of host memory");
+      return Error::MemoryAllocationFailed;
+    }
+    Error err = Error::Ok;
+    std::string why;
+    try {
+      const void* data = processed->data();
+      const size_t size = processed->size();
+      std::vector<uint64_t> aligned_copy;  // flatbuffers reads scalars in place
+      if (!payload_buffer_is_aligned(data)) {
+        aligned_copy.resize((size + 7) / 8);
+        std::memcpy(aligned_copy.data(), data, size);
+        data = aligned_copy.data();
+      }
+      if (!parse_payload(data, size, &state->payload, &why)) {
+        // A payload from another schema version is well-formed but foreign.
+        err = state->payload.version != 0 && state->payload.version != kPayloadVersion
+                  ? Error::DelegateInvalidCompatibility
+                  : Error::InvalidProgram;
+      } else {
+        err = set_up_device(state, &why);
+      }
+    } catch (const std::bad_alloc&) {
+      err = Error::MemoryAllocationFailed;
+      why = "out of host memory";
+    } catch (...) {
+      err = Error::Internal;
+      why = "unexpected exception";
+    }
+    processed->Free();
+    if (err != Error::Ok) {
+      ET_LOG(Error, "CudaGqaBackend: %s", why.c_str());
+      delete state;
+      return err;
+    }
+    ET_LOG(Info, "CudaGqaBackend: %zu kernel(s) loaded for sm_%d", state->modules.size(),
+           state->compute_capability);
+    return static_cast<DelegateHandle*>(state);
+  }
+
+  Error execute(BackendExecutionContext& context, DelegateHandle* handle,
+                Span<EValue*> args) const override {
+    (void)context;
+    ET_CHECK_OR_RETURN_ERROR(handle != nullptr, InvalidState, "CudaGqaBackend: null handle");
+    auto* s = static_cast<DelegateState*>(handle);
+    const CudaDriver& d = *s->driver;
+    const size_t num_inputs = s->payload.inputs.size();
+    const size_t num_args = s->payload.num_args();
+    ET_CHECK_OR_RETURN_ERROR(args.size() == num_args, InvalidArgument,
+                             "CudaGqaBackend: %zu delegate args, the payload expects %zu",
+                             args.size(), num_args);
+    for (size_t i = 0; i < num_args; ++i) {
+      ET_CHECK_OR_RETURN_ERROR(args[i] != nullptr && args[i]->isTensor(), InvalidArgument,
+                               "CudaGqaBackend: delegate arg %zu is not a tensor", i);
+      const Tensor& t = args[i]->toTensor();
+      Error e = check_arg(s->payload.arg_spec(i), t, i, num_inputs);
+      if (e != Error::Ok) return e;
+      ET_CHECK_OR_RETURN_ERROR(t.nbytes() == s->staging[i].bytes, InvalidArgument,
+                               "CudaGqaBackend: delegate arg %zu has %zu bytes, expected %zu", i,
+                               t.nbytes(), s->staging[i].bytes);
+      ET_CHECK_OR_RETURN_ERROR(t.nbytes() == 0 || t.const_data_ptr() != nullptr, InvalidArgument,
+                               "CudaGqaBackend: delegate arg %zu has no data", i);
+      s->arg_views[i] = {&t, s->staging[i].ptr};
+    }
+    // Execute may run on another thread than init.
+    CUresult r = d.CtxSetCurrent(s->context);
+    if (r != CUDA_SUCCESS) {
+      ET_LOG(Error, "CudaGqaBackend: cuCtxSetCurrent failed: %s", d.error_string(r).c_str());
+      return Error::Internal;
+    }
+    Error err = Error::Ok;
+    for (size_t i = 0; i < num_inputs && err == Error::Ok; ++i) {
+      if (s->staging[i].bytes == 0) continue;
+      r = d.MemcpyHtoDAsync(s->staging[i].ptr, s->arg_views[i].tensor->const_data_ptr(),
+                            s->staging[i].bytes, s->stream);
+      if (r != CUDA_SUCCESS) {
+        ET_LOG(Error, "CudaGqaBackend: copying input %zu to the device failed: %s", i,
+               d.error_string(r).c_str());
+        err = Error::Internal;
+      }
+    }
+    for (size_t k = 0; k < s->launchers.size() && err == Error::Ok; ++k) {
+      err = s->launchers[k].launch(d, s->stream, s->arg_views.data(), num_args);
+    }
+    for (size_t i = num_inputs; i < num_args && err == Error::Ok; ++i) {
+      if (s->staging[i].bytes == 0) continue;
+      r = d.MemcpyDtoHAsync(args[i]->toTensor().mutable_data_ptr(), s->staging[i].ptr,
+                            s->staging[i].bytes, s->stream);
+      if (r != CUDA_SUCCESS) {
+        ET_LOG(Error, "CudaGqaBackend: copying output %zu to the host failed: %s",
+               i - num_inputs, d.error_string(r).c_str());
+        err = Error::Internal;
+      }
+    }
+    // Always wait: copies already enqueued read or write host memory the
+    // caller owns, even when a later step failed.
+    r = d.StreamSynchronize(s->stream);
+    if (r != CUDA_SUCCESS) {
+      ET_LOG(Error, "CudaGqaBackend: kernel execution failed: %s", d.error_string(r).c_str());
+      if (err == Error::Ok) err = Error::Internal;
+    }
+    return err;
+  }
+
+  void destroy(DelegateHandle* handle) const override {
+    delete static_cast<DelegateState*>(handle);
+  }
+};
+
+CudaGqaBackend g_backend;
+const executorch::runtime::Backend g_backend_entry{"CudaGqaBackend", &g_backend};
+// Registration happens when the library is loaded; the result is kept only
+// so the initializer cannot be discarded.
+const Error g_registered = executorch::runtime::register_backend(g_backend_entry);
+
+}  // namespace
+}  // namespace cuda_gqa

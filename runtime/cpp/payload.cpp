@@ -1,0 +1,332 @@
+#include "payload.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "payload_generated.h"
+
+namespace cuda_gqa {
+namespace fb = ::cuda_gqa::payload;
+
+const char* dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return "float32";
+    case DType::kFloat16: return "float16";
+    case DType::kBFloat16: return "bfloat16";
+  }
+  return "unknown";
+}
+
+size_t dtype_size(DType dtype) {
+  return dtype == DType::kFloat32 ? 4 : 2;
+}
+
+bool TensorSpecDesc::is_static() const {
+  for (int64_t s : sizes) {
+    if (s < 0) return false;
+  }
+  return true;
+}
+
+int64_t TensorSpecDesc::numel() const {
+  int64_t n = 1;
+  for (int64_t s : sizes) n *= s;  // bounded by parse_payload
+  return n;
+}
+
+namespace {
+
+// Builds "<where>: <what>" into *error and returns false.
+bool fail(std::string* error, const std::string& where, const std::string& what) {
+  *error = where.empty() ? what : where + ": " + what;
+  return false;
+}
+
+bool read_spec(const fb::TensorSpec* spec, const std::string& where,
+               TensorSpecDesc* out, std::string* error) {
+  if (spec == nullptr) return fail(error, where, "missing tensor spec");
+  const auto dtype = static_cast<int>(spec->dtype());
+  if (dtype < 0 || dtype > static_cast<int>(DType::kBFloat16)) {
+    return fail(error, where, "unknown dtype " + std::to_string(dtype));
+  }
+  out->dtype = static_cast<DType>(dtype);
+  const auto* sizes = spec->sizes();
+  if (sizes == nullptr) return fail(error, where, "missing sizes");
+  if (sizes->size() > kMaxRank) {
+    return fail(error, where,
+                "rank " + std::to_string(sizes->size()) + " exceeds " +
+                    std::to_string(kMaxRank));
+  }
+  // Static extents must multiply (with the element size) without overflow.
+  int64_t bytes = static_cast<int64_t>(dtype_size(out->dtype));
+  out->sizes.clear();
+  for (uint32_t d = 0; d < sizes->size(); ++d) {
+    // memcpy: the verifier checks 4-byte alignment of vectors only, so an
+    // int64 element of a corrupt buffer may be misaligned. Flatbuffers are
+    // little-endian, as are all CUDA hosts.
+    int64_t s;
+    std::memcpy(&s, sizes->Data() + d * sizeof(int64_t), sizeof(s));
+    if (s < -1) {
+      return fail(error, where,
+                  "size " + std::to_string(s) + " at dim " + std::to_string(d));
+    }
+    if (s >= 0 && __builtin_mul_overflow(bytes, s, &bytes)) {
+      return fail(error, where, "tensor byte size overflows");
+    }
+    out->sizes.push_back(s);
+  }
+  if (bytes > (int64_t{1} << 46)) {
+    return fail(error, where, "tensor larger than 64 TiB");
+  }
+  return true;
+}
+
+bool read_param(const fb::KernelParam* p, const PayloadDesc& pl,
+                const std::string& where, ParamDesc* out, std::string* error) {
+  if (p == nullptr) return fail(error, where, "missing param");
+  const int kind = static_cast<int>(p->kind());
+  const int type = static_cast<int>(p->type());
+  if (kind < 0 || kind > static_cast<int>(ParamKind::kProfileScratch)) {
+    return fail(error, where, "unknown param kind " + std::to_string(kind));
+  }
+  if (type < 0 || type > static_cast<int>(ParamType::kFloat32)) {
+    return fail(error, where, "unknown param type " + std::to_string(type));
+  }
+  out->kind = static_cast<ParamKind>(kind);
+  out->type = static_cast<ParamType>(type);
+  out->arg = p->arg();
+  out->dim = p->dim();
+  out->f32_value = p->f32_value();
+  out->divisibility = p->divisibility();
+
+  const bool int_type = out->type == ParamType::kInt32 || out->type == ParamType::kInt64;
+  switch (out->kind) {
+    case ParamKind::kTensorPointer:
+    case ParamKind::kTensorStride:
+    case ParamKind::kTensorSize: {
+      if (out->arg >= pl.num_args()) {
+        return fail(error, where,
+                    "arg " + std::to_string(out->arg) + " out of range (" +
+                        std::to_string(pl.num_args()) + " delegate args)");
+      }
+      if (out->kind == ParamKind::kTensorPointer) {
+        if (out->type != ParamType::kPointer) {
+          return fail(error, where, "TensorPointer must be passed as Pointer");
+        }
+        break;
+      }
+      if (!int_type) {
+        return fail(error, where, "TensorStride/TensorSize must be Int32 or Int64");
+      }
+      const size_t rank = pl.arg_spec(out->arg).sizes.size();
+      if (out->dim >= rank) {
+        return fail(error, where,
+                    "dim " + std::to_string(out->dim) + " out of range for arg " +
+                        std::to_string(out->arg) + " of rank " + std::to_string(rank));
+      }
+      break;
+    }
+    case ParamKind::kFloat32Constant:
+      if (out->type != ParamType::kFloat32) {
+        return fail(error, where, "Float32Constant must be passed as Float32");
+      }
+      if (!std::isfinite(out->f32_value)) {
+        return fail(error, where, "Float32Constant is not finite");
+      }
+      if (out->divisibility > 1) {
+        return fail(error, where, "divisibility on a float constant");
+      }
+      break;
+    case ParamKind::kGlobalScratch:
+    case ParamKind::kProfileScratch:
+      if (out->type != ParamType::kPointer) {
+        return fail(error, where, "scratch must be passed as Pointer");
+      }
+      break;
+  }
+  return true;
+}
+
+bool is_pow2_or_zero(uint32_t v) { return (v & (v - 1)) == 0; }
+
+bool read_kernel(const fb::Kernel* k, const PayloadDesc& pl,
+                 const std::string& where_in, KernelDesc* out,
+                 std::string* error) {
+  if (k == nullptr) return fail(error, where_in, "missing kernel");
+  std::string where = where_in;
+  if (k->name() == nullptr || k->name()->size() == 0) {
+    return fail(error, where, "missing entry-point name");
+  }
+  out->name.assign(k->name()->c_str(), k->name()->size());
+  if (std::strlen(out->name.c_str()) != out->name.size()) {
+    return fail(error, where, "entry-point name contains NUL");
+  }
+  where += " (" + out->name + ")";
+
+  if (const auto* cubins = k->cubins()) {
+    for (uint32_t i = 0; i < cubins->size(); ++i) {
+      const std::string cw = where + " cubin " + std::to_string(i);
+      const fb::Cubin* c = cubins->Get(i);
+      if (c == nullptr) return fail(error, cw, "missing");
+      if (c->arch() < 10 || c->arch() > 1000) {
+        return fail(error, cw, "implausible arch " + std::to_string(c->arch()));
+      }
+      if (c->image() == nullptr || c->image()->size() == 0) {
+        return fail(error, cw, "empty image for sm_" + std::to_string(c->arch()));
+      }
+      for (const ImageView& seen : out->cubins) {
+        if (seen.arch == c->arch()) {
+          return fail(error, cw, "duplicate arch sm_" + std::to_string(c->arch()));
+        }
+      }
+      out->cubins.push_back({c->arch(), c->image()->data(), c->image()->size()});
+    }
+  }
+  if (k->ptx() != nullptr && k->ptx()->size() > 0) {
+    if (k->ptx_arch() < 10 || k->ptx_arch() > 1000) {
+      return fail(error, where, "PTX with implausible ptx_arch " +
+                                    std::to_string(k->ptx_arch()));
+    }
+    out->ptx = {k->ptx_arch(), k->ptx()->data(), k->ptx()->size()};
+  }
+  if (out->cubins.empty() && out->ptx.size == 0) {
+    return fail(error, where, "no cubin and no PTX");
+  }
+
+  out->num_warps = k->num_warps();
+  if (out->num_warps < 1 || out->num_warps > kMaxNumWarps) {
+    return fail(error, where, "num_warps " + std::to_string(out->num_warps) +
+                                  " outside 1.." + std::to_string(kMaxNumWarps));
+  }
+  out->shared_mem_bytes = k->shared_mem_bytes();
+  if (out->shared_mem_bytes > kMaxSharedMemBytes) {
+    return fail(error, where, "shared_mem_bytes " +
+                                  std::to_string(out->shared_mem_bytes) + " too large");
+  }
+  out->global_scratch_bytes = k->global_scratch_bytes();
+  out->global_scratch_align = k->global_scratch_align();
+  out->profile_scratch_bytes = k->profile_scratch_bytes();
+  out->profile_scratch_align = k->profile_scratch_align();
+  if (!is_pow2_or_zero(out->global_scratch_align) ||
+      !is_pow2_or_zero(out->profile_scratch_align)) {
+    return fail(error, where, "scratch alignment is not a power of two");
+  }
+
+  const auto* params = k->params();
+  if (params == nullptr || params->size() == 0) {
+    return fail(error, where, "no params");
+  }
+  if (params->size() > kMaxParams) {
+    return fail(error, where, std::to_string(params->size()) + " params (max " +
+                                  std::to_string(kMaxParams) + ")");
+  }
+  out->params.resize(params->size());
+  for (uint32_t i = 0; i < params->size(); ++i) {
+    if (!read_param(params->Get(i), pl, where + " param " + std::to_string(i),
+                    &out->params[i], error)) {
+      return false;
+    }
+  }
+
+  const auto* grid = k->grid();
+  if (grid == nullptr || grid->size() != 3) {
+    return fail(error, where,
+                "grid has " + std::to_string(grid == nullptr ? 0 : grid->size()) +
+                    " dims, expected 3");
+  }
+  for (uint32_t g = 0; g < 3; ++g) {
+    const std::string gw = where + " grid dim " + std::to_string(g);
+    const fb::GridDim* gd = grid->Get(g);
+    if (gd == nullptr) return fail(error, gw, "missing");
+    out->grid[g].clear();
+    const auto* factors = gd->factors();
+    if (factors == nullptr) continue;  // no factors: extent 1
+    if (factors->size() > kMaxGridFactors) {
+      return fail(error, gw, "too many factors");
+    }
+    for (uint32_t f = 0; f < factors->size(); ++f) {
+      const fb::GridFactor* gf = factors->Get(f);
+      GridFactorDesc d{gf->arg(), gf->dim(), gf->divisor()};
+      if (d.arg >= pl.num_args()) {
+        return fail(error, gw, "factor arg " + std::to_string(d.arg) + " out of range");
+      }
+      if (d.dim >= pl.arg_spec(d.arg).sizes.size()) {
+        return fail(error, gw, "factor dim " + std::to_string(d.dim) +
+                                   " out of range for arg " + std::to_string(d.arg));
+      }
+      if (d.divisor == 0) return fail(error, gw, "factor divisor is 0");
+      out->grid[g].push_back(d);
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+bool parse_payload(const void* data, size_t size, PayloadDesc* out,
+                   std::string* error) {
+  *out = PayloadDesc();
+  if (data == nullptr || size < 8) {
+    return fail(error, "", "payload too short (" + std::to_string(size) + " bytes)");
+  }
+  if (!fb::PayloadBufferHasIdentifier(data)) {
+    // Printable only: the bytes may be anything.
+    std::string id;
+    for (int i = 4; i < 8; ++i) {
+      const unsigned char c = static_cast<const unsigned char*>(data)[i];
+      id += (c >= 0x20 && c < 0x7f) ? static_cast<char>(c) : '?';
+    }
+    return fail(error, "", "not a cuda_gqa payload: file identifier '" + id +
+                               "', expected '" + kPayloadIdentifier + "'");
+  }
+  if (size > FLATBUFFERS_MAX_BUFFER_SIZE) {
+    return fail(error, "", "payload larger than 2 GiB");
+  }
+  flatbuffers::Verifier verifier(static_cast<const uint8_t*>(data), size);
+  if (!fb::VerifyPayloadBuffer(verifier)) {
+    return fail(error, "", "corrupt payload: flatbuffers verification failed");
+  }
+  const fb::Payload* p = fb::GetPayload(data);
+  out->version = p->version();
+  if (out->version != kPayloadVersion) {
+    return fail(error, "", "payload schema version " + std::to_string(out->version) +
+                               ", this runtime reads version " +
+                               std::to_string(kPayloadVersion));
+  }
+  if (p->inputs() != nullptr) {
+    out->inputs.resize(p->inputs()->size());
+    for (uint32_t i = 0; i < out->inputs.size(); ++i) {
+      if (!read_spec(p->inputs()->Get(i), "input " + std::to_string(i),
+                     &out->inputs[i], error)) {
+        return false;
+      }
+    }
+  }
+  if (p->outputs() == nullptr || p->outputs()->size() == 0) {
+    return fail(error, "", "payload has no outputs");
+  }
+  out->outputs.resize(p->outputs()->size());
+  for (uint32_t i = 0; i < out->outputs.size(); ++i) {
+    if (!read_spec(p->outputs()->Get(i), "output " + std::to_string(i),
+                   &out->outputs[i], error)) {
+      return false;
+    }
+  }
+  // Param and grid args are one byte wide.
+  if (out->num_args() > 256) {
+    return fail(error, "", "more than 256 delegate arguments");
+  }
+  if (p->kernels() == nullptr || p->kernels()->size() == 0) {
+    return fail(error, "", "payload has no kernels");
+  }
+  out->kernels.resize(p->kernels()->size());
+  for (uint32_t i = 0; i < out->kernels.size(); ++i) {
+    if (!read_kernel(p->kernels()->Get(i), *out, "kernel " + std::to_string(i),
+                     &out->kernels[i], error)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace cuda_gqa

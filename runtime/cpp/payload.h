@@ -1,0 +1,109 @@
+// Reads the delegate payload (backends/serialization/payload.fbs) into plain
+// structs after checking it: flatbuffers verification first, then the
+// meaning of every field the runtime will act on, so a corrupt-but-verifiable
+// buffer is refused with a message instead of steering a launch.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace cuda_gqa {
+
+// Must match PAYLOAD_VERSION in backends/serialization/payload_serializer.py.
+constexpr uint32_t kPayloadVersion = 1;
+constexpr char kPayloadIdentifier[] = "CGQA";
+// Upper bounds on what the runtime accepts; far above anything preprocess
+// emits, low enough that products and indices cannot overflow.
+constexpr size_t kMaxRank = 8;
+constexpr size_t kMaxParams = 256;
+constexpr size_t kMaxGridFactors = 8;
+constexpr uint32_t kMaxNumWarps = 32;  // 1024 threads per CTA
+constexpr uint32_t kMaxSharedMemBytes = 1u << 20;
+
+// Same numbering as the schema's enums.
+enum class DType : uint8_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+enum class ParamKind : uint8_t {
+  kTensorPointer = 0,
+  kTensorStride = 1,
+  kTensorSize = 2,
+  kFloat32Constant = 3,
+  kGlobalScratch = 4,
+  kProfileScratch = 5,
+};
+enum class ParamType : uint8_t { kPointer = 0, kInt32 = 1, kInt64 = 2, kFloat32 = 3 };
+
+const char* dtype_name(DType dtype);
+size_t dtype_size(DType dtype);
+
+struct TensorSpecDesc {
+  DType dtype = DType::kFloat32;
+  std::vector<int64_t> sizes;  // -1: any extent
+  bool is_static() const;
+  // Element count of a static spec (sizes all >= 0).
+  int64_t numel() const;
+};
+
+struct ParamDesc {
+  ParamKind kind = ParamKind::kTensorPointer;
+  ParamType type = ParamType::kPointer;
+  uint8_t arg = 0;
+  uint8_t dim = 0;
+  float f32_value = 0.0f;
+  uint32_t divisibility = 0;  // 0 or 1: no requirement
+};
+
+struct GridFactorDesc {
+  uint8_t arg = 0;
+  uint8_t dim = 0;
+  uint32_t divisor = 1;
+};
+
+// A view of one compiled image inside the payload buffer; valid only while
+// that buffer is (the backend frees it at the end of init).
+struct ImageView {
+  uint32_t arch = 0;  // major*10+minor
+  const uint8_t* data = nullptr;
+  size_t size = 0;
+};
+
+struct KernelDesc {
+  std::string name;
+  std::vector<ImageView> cubins;
+  ImageView ptx;  // size 0: no PTX; arch: the lowest CC the PTX runs on
+  uint32_t num_warps = 0;
+  uint32_t shared_mem_bytes = 0;
+  uint32_t global_scratch_bytes = 0;
+  uint32_t global_scratch_align = 0;
+  uint32_t profile_scratch_bytes = 0;
+  uint32_t profile_scratch_align = 0;
+  std::vector<ParamDesc> params;
+  std::array<std::vector<GridFactorDesc>, 3> grid;  // x, y, z
+};
+
+struct PayloadDesc {
+  uint32_t version = 0;
+  std::vector<TensorSpecDesc> inputs;
+  std::vector<TensorSpecDesc> outputs;
+  std::vector<KernelDesc> kernels;
+
+  size_t num_args() const { return inputs.size() + outputs.size(); }
+  // Delegate argument i: inputs first, then outputs.
+  const TensorSpecDesc& arg_spec(size_t i) const {
+    return i < inputs.size() ? inputs[i] : outputs[i - inputs.size()];
+  }
+};
+
+// Verifies `data` and fills *out. On failure returns false with the reason in
+// *error; never reads outside [data, data + size). `data` should be 8-byte
+// aligned (payload_buffer_is_aligned); callers copy it otherwise.
+bool parse_payload(const void* data, size_t size, PayloadDesc* out,
+                   std::string* error);
+
+inline bool payload_buffer_is_aligned(const void* data) {
+  return (reinterpret_cast<uintptr_t>(data) & 7u) == 0;
+}
+
+}  // namespace cuda_gqa

@@ -1,0 +1,335 @@
+// cuda_gqa_runner: runs a .pte with ExecuTorch's C++ runtime (no Python,
+// libtorch or Triton), with CudaGqaBackend linked in.
+//
+//   cuda_gqa_runner MODEL.pte [--method NAME] [--input FILE]... [--expected FILE]...
+//                   [--output-dir DIR] [--atol X] [--warmup N] [--iterations N]
+//
+// Inputs are raw little-endian tensors in the method's input order; dtype and
+// shape come from the program. Exit status: 0 ok, 1 an output differs from
+// --expected by more than --atol, 2 bad usage or a load/run error.
+#include <executorch/extension/module/module.h>
+#include <executorch/extension/tensor/tensor_ptr.h>
+#include <executorch/runtime/platform/runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "cuda_gqa_c_api.h"
+
+namespace {
+
+using executorch::aten::ScalarType;
+using executorch::aten::Tensor;
+using executorch::extension::Module;
+using executorch::extension::TensorPtr;
+using executorch::runtime::Error;
+using executorch::runtime::EValue;
+using executorch::runtime::Tag;
+
+constexpr int kExitOk = 0;
+constexpr int kExitMismatch = 1;
+constexpr int kExitError = 2;
+
+struct Options {
+  std::string model;
+  std::string method = "forward";
+  std::vector<std::string> inputs;
+  std::vector<std::string> expected;
+  std::string output_dir;
+  double atol = 2e-2;
+  long warmup = 3;
+  long iterations = 10;
+};
+
+void usage(FILE* out) {
+  std::fprintf(out,
+               "usage: cuda_gqa_runner MODEL.pte [--method NAME] [--input FILE]...\n"
+               "         [--expected FILE]... [--output-dir DIR] [--atol X]\n"
+               "         [--warmup N] [--iterations N]\n"
+               "  --input FILE      raw little-endian input tensor, repeated in input order\n"
+               "  --expected FILE   raw expected output, repeated in output order\n"
+               "  --output-dir DIR  write DIR/output_<i>.bin for each output\n"
+               "  --atol X          max absolute error allowed (default 2e-2)\n"
+               "  --warmup N        untimed executions first (default 3)\n"
+               "  --iterations N    timed executions (default 10)\n"
+               "(CudaGqaBackend payload version %d)\n",
+               cuda_gqa_payload_version());
+}
+
+int fail(const char* what, const std::string& detail) {
+  std::fprintf(stderr, "error: %s%s%s\n", what, detail.empty() ? "" : ": ", detail.c_str());
+  return kExitError;
+}
+
+int fail(const char* what, Error e) {
+  char buf[96];
+  std::snprintf(buf, sizeof(buf), "executorch error 0x%x (%s)", static_cast<unsigned>(e),
+                executorch::runtime::to_string(e));
+  return fail(what, std::string(buf));
+}
+
+bool parse_long(const char* s, long* out) {
+  char* end = nullptr;
+  const long v = std::strtol(s, &end, 10);
+  if (end == s || *end != '\0' || v < 0) return false;
+  *out = v;
+  return true;
+}
+
+// Returns -1 on success, else the exit code.
+int parse_args(int argc, char** argv, Options* o) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&](const char** v) {
+      if (i + 1 >= argc) return false;
+      *v = argv[++i];
+      return true;
+    };
+    const char* v = nullptr;
+    if (a == "-h" || a == "--help") {
+      usage(stdout);
+      return kExitOk;
+    } else if (a == "--method" && value(&v)) {
+      o->method = v;
+    } else if (a == "--input" && value(&v)) {
+      o->inputs.push_back(v);
+    } else if (a == "--expected" && value(&v)) {
+      o->expected.push_back(v);
+    } else if (a == "--output-dir" && value(&v)) {
+      o->output_dir = v;
+    } else if (a == "--atol" && value(&v)) {
+      char* end = nullptr;
+      o->atol = std::strtod(v, &end);
+      if (end == v || *end != '\0' || !(o->atol >= 0)) {
+        return fail("bad --atol", v);
+      }
+    } else if (a == "--warmup" && value(&v)) {
+      if (!parse_long(v, &o->warmup)) return fail("bad --warmup", v);
+    } else if (a == "--iterations" && value(&v)) {
+      if (!parse_long(v, &o->iterations)) return fail("bad --iterations", v);
+    } else if (!a.empty() && a[0] != '-' && o->model.empty()) {
+      o->model = a;
+    } else {
+      usage(stderr);
+      return fail("unexpected argument", a);
+    }
+  }
+  if (o->model.empty()) {
+    usage(stderr);
+    return fail("no model given", "");
+  }
+  return -1;
+}
+
+bool read_file(const std::string& path, std::vector<uint8_t>* out, std::string* error) {
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
+  if (!f) {
+    *error = "cannot open " + path;
+    return false;
+  }
+  const std::streamsize n = f.tellg();
+  f.seekg(0);
+  out->resize(static_cast<size_t>(n));
+  if (n > 0 && !f.read(reinterpret_cast<char*>(out->data()), n)) {
+    *error = "cannot read " + path;
+    return false;
+  }
+  return true;
+}
+
+bool write_file(const std::string& path, const void* data, size_t size) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  return f && f.write(static_cast<const char*>(data), static_cast<std::streamsize>(size));
+}
+
+float half_to_float(uint16_t h) {
+  const uint32_t sign = (h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1f;
+  uint32_t mant = h & 0x3ff;
+  uint32_t bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (mant << 13);
+  } else if (mant == 0) {
+    bits = sign;
+  } else {  // subnormal: normalise
+    exp = 113;
+    while ((mant & 0x400u) == 0) {
+      mant <<= 1;
+      --exp;
+    }
+    bits = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+float bf16_to_float(uint16_t b) {
+  const uint32_t bits = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+// Element i of a float32/float16/bfloat16 buffer as float.
+bool element_as_float(ScalarType t, const uint8_t* data, size_t i, float* out) {
+  switch (t) {
+    case ScalarType::Float:
+      std::memcpy(out, data + 4 * i, 4);
+      return true;
+    case ScalarType::Half: {
+      uint16_t h;
+      std::memcpy(&h, data + 2 * i, 2);
+      *out = half_to_float(h);
+      return true;
+    }
+    case ScalarType::BFloat16: {
+      uint16_t b;
+      std::memcpy(&b, data + 2 * i, 2);
+      *out = bf16_to_float(b);
+      return true;
+    }
+    default:
+      return false;
+  }
+}
+
+double percentile(std::vector<double> v, double q) {
+  std::sort(v.begin(), v.end());
+  const size_t idx = static_cast<size_t>(std::ceil(q * static_cast<double>(v.size()))) - 1;
+  return v[std::min(idx, v.size() - 1)];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options opt;
+  const int parsed = parse_args(argc, argv, &opt);
+  if (parsed >= 0) return parsed;
+
+  executorch::runtime::runtime_init();
+  {
+    std::ifstream probe(opt.model, std::ios::binary);
+    if (!probe) return fail("cannot open model", opt.model);
+  }
+  Module module(opt.model, Module::LoadMode::File);
+  Error err = module.load();
+  if (err != Error::Ok) return fail(("loading " + opt.model + " failed").c_str(), err);
+
+  auto meta = module.method_meta(opt.method);
+  if (!meta.ok()) return fail(("no method '" + opt.method + "'").c_str(), meta.error());
+  const size_t num_inputs = meta->num_inputs();
+  if (opt.inputs.size() != num_inputs) {
+    return fail("wrong number of --input files",
+                std::to_string(opt.inputs.size()) + " given, method '" + opt.method +
+                    "' takes " + std::to_string(num_inputs));
+  }
+
+  // Inputs: the buffers own the bytes, the TensorPtrs describe them.
+  std::vector<std::vector<uint8_t>> input_data(num_inputs);
+  std::vector<TensorPtr> input_tensors;
+  std::vector<EValue> inputs;
+  for (size_t i = 0; i < num_inputs; ++i) {
+    auto tag = meta->input_tag(i);
+    if (!tag.ok() || *tag != Tag::Tensor) {
+      return fail("unsupported input", "input " + std::to_string(i) + " is not a tensor");
+    }
+    auto info = meta->input_tensor_meta(i);
+    if (!info.ok()) return fail("cannot read input metadata", info.error());
+    std::string error;
+    if (!read_file(opt.inputs[i], &input_data[i], &error)) return fail("input", error);
+    if (input_data[i].size() != info->nbytes()) {
+      return fail("input size mismatch",
+                  opt.inputs[i] + " has " + std::to_string(input_data[i].size()) +
+                      " bytes, input " + std::to_string(i) + " needs " +
+                      std::to_string(info->nbytes()));
+    }
+    std::vector<executorch::aten::SizesType> sizes(info->sizes().begin(), info->sizes().end());
+    std::vector<executorch::aten::DimOrderType> dim_order(info->dim_order().begin(),
+                                                          info->dim_order().end());
+    input_tensors.push_back(executorch::extension::make_tensor_ptr(
+        std::move(sizes), input_data[i].data(), std::move(dim_order), {},
+        info->scalar_type()));
+    inputs.emplace_back(*input_tensors.back());
+  }
+
+  // Warm-up, then timed runs; the outputs of the last run are checked.
+  const long runs = opt.warmup + std::max(opt.iterations, 1L);
+  std::vector<double> times_us;
+  std::vector<EValue> outputs;
+  for (long r = 0; r < runs; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto result = module.execute(opt.method, inputs);
+    const auto t1 = std::chrono::steady_clock::now();
+    if (!result.ok()) return fail(("executing '" + opt.method + "' failed").c_str(), result.error());
+    if (r >= opt.warmup) {
+      times_us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+    }
+    if (r + 1 == runs) outputs = std::move(*result);
+  }
+  if (opt.iterations > 0) {
+    std::printf("execute: median %.1f us, p90 %.1f us over %zu iterations\n",
+                percentile(times_us, 0.5), percentile(times_us, 0.9), times_us.size());
+  }
+
+  if (!opt.expected.empty() && opt.expected.size() != outputs.size()) {
+    return fail("wrong number of --expected files",
+                std::to_string(opt.expected.size()) + " given, method '" + opt.method +
+                    "' returns " + std::to_string(outputs.size()));
+  }
+  bool all_pass = true;
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    if (!outputs[i].isTensor()) {
+      std::printf("output %zu: not a tensor, skipped\n", i);
+      continue;
+    }
+    const Tensor& t = outputs[i].toTensor();
+    const auto* data = static_cast<const uint8_t*>(t.const_data_ptr());
+    if (!opt.output_dir.empty()) {
+      const std::string path = opt.output_dir + "/output_" + std::to_string(i) + ".bin";
+      if (!write_file(path, data, t.nbytes())) return fail("cannot write", path);
+    }
+    if (opt.expected.empty()) continue;
+    std::vector<uint8_t> expected;
+    std::string error;
+    if (!read_file(opt.expected[i], &expected, &error)) return fail("expected", error);
+    if (expected.size() != t.nbytes()) {
+      return fail("expected size mismatch",
+                  opt.expected[i] + " has " + std::to_string(expected.size()) +
+                      " bytes, output " + std::to_string(i) + " has " +
+                      std::to_string(t.nbytes()));
+    }
+    double max_err = 0.0;
+    bool finite = true;
+    for (size_t e = 0; e < static_cast<size_t>(t.numel()); ++e) {
+      float got = 0, want = 0;
+      if (!element_as_float(t.scalar_type(), data, e, &got) ||
+          !element_as_float(t.scalar_type(), expected.data(), e, &want)) {
+        return fail("cannot compare",
+                    "output " + std::to_string(i) + " has dtype " +
+                        std::to_string(static_cast<int>(t.scalar_type())));
+      }
+      const double d = std::fabs(static_cast<double>(got) - static_cast<double>(want));
+      if (std::isnan(d)) {
+        if (!(std::isnan(got) && std::isnan(want))) finite = false;
+      } else if (d > max_err) {
+        max_err = d;
+      }
+    }
+    const bool pass = finite && max_err <= opt.atol;
+    all_pass = all_pass && pass;
+    std::printf("output %zu: max_abs_err=%g%s (atol %g) %s\n", i, max_err,
+                finite ? "" : " (NaN mismatch)", opt.atol, pass ? "PASS" : "FAIL");
+  }
+  return all_pass ? kExitOk : kExitMismatch;
+}

@@ -1,0 +1,643 @@
+"""The C++ runtime library on a machine without a GPU: it exists, registers
+CudaGqaBackend with ExecuTorch's Python runtime, reports the missing driver,
+refuses bad payloads without crashing, picks images by arch, and the runner
+fails cleanly.
+
+Everything that could crash the interpreter runs in a subprocess, so a crash
+fails one test instead of killing pytest.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cuda_gqa.backends.serialization import PAYLOAD_VERSION, serialize_payload
+from cuda_gqa.backends.serialization import payload_generated as fb
+
+ROOT = Path(__file__).resolve().parents[2]
+LIBRARY = ROOT / "build" / "libcuda_gqa_backend.so"
+RUNNER = ROOT / "build" / "cuda_gqa_runner"
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+
+def require_library() -> Path:
+    if not LIBRARY.is_file():
+        pytest.fail(f"{LIBRARY} not found: run `make build` first")
+    return LIBRARY
+
+
+def load_library() -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(require_library()), mode=ctypes.RTLD_GLOBAL)
+    lib.cuda_gqa_validate_payload.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+    lib.cuda_gqa_validate_payload.restype = ctypes.c_int
+    lib.cuda_gqa_device_status.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    lib.cuda_gqa_device_status.restype = ctypes.c_int
+    lib.cuda_gqa_select_images.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_char_p,
+                                           ctypes.c_size_t]
+    lib.cuda_gqa_select_images.restype = ctypes.c_int
+    lib.cuda_gqa_payload_version.restype = ctypes.c_int
+    return lib
+
+
+def validate(lib: ctypes.CDLL, data: bytes, offset: int = 0) -> tuple[int, str]:
+    """(rc, message); `offset` places the bytes at an unaligned address."""
+    buf = ctypes.create_string_buffer(bytes(offset) + bytes(data), offset + len(data) + 1)
+    message = ctypes.create_string_buffer(512)
+    rc = lib.cuda_gqa_validate_payload(ctypes.addressof(buf) + offset, len(data), message, len(message))
+    return rc, message.value.decode(errors="replace")
+
+
+def select_images(lib: ctypes.CDLL, data: bytes, cc: int) -> tuple[int, str]:
+    buf = ctypes.create_string_buffer(bytes(data), len(data))
+    message = ctypes.create_string_buffer(512)
+    rc = lib.cuda_gqa_select_images(buf, len(data), cc, message, len(message))
+    return rc, message.value.decode(errors="replace")
+
+
+def u8(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def param(kind, type_, arg=0, dim=0, divisibility=0, f32=0.0):
+    return fb.KernelParamT(kind=kind, type=type_, arg=arg, dim=dim, divisibility=divisibility, f32Value=f32)
+
+
+def sample_payload(cubin_archs=(80, 90), ptx_arch=80, sizes=(1, 4, 16, 64)) -> fb.PayloadT:
+    """A GQA-shaped payload (q, k, v -> out) with fake images: validation never loads them."""
+    spec = lambda: fb.TensorSpecT(dtype=fb.DType.Float16, sizes=list(sizes))  # noqa: E731
+    K, P = fb.ParamKind, fb.ParamType
+    params = [param(K.TensorPointer, P.Pointer, arg=a, divisibility=16) for a in range(4)]
+    params += [param(K.TensorStride, P.Int32, arg=0, dim=d, divisibility=16 if d < 3 else 0) for d in range(4)]
+    params += [param(K.TensorSize, P.Int32, arg=1, dim=2),
+               param(K.Float32Constant, P.Float32, f32=0.125),
+               param(K.GlobalScratch, P.Pointer), param(K.ProfileScratch, P.Pointer)]
+    grid = [fb.GridDimT(factors=[fb.GridFactorT(arg=0, dim=2, divisor=64)]),
+            fb.GridDimT(factors=[fb.GridFactorT(arg=0, dim=0, divisor=1), fb.GridFactorT(arg=0, dim=1, divisor=1)]),
+            fb.GridDimT()]
+    kernel = fb.KernelT(
+        name="gqa_attention_fwd",
+        cubins=[fb.CubinT(arch=a, image=u8(b"\x7fELF" + bytes([a]) * 64)) for a in cubin_archs],
+        ptx=u8(b".version 8.7\n.target sm_80\n") if ptx_arch else None, ptxArch=ptx_arch or 0,
+        numWarps=4, sharedMemBytes=65536, globalScratchBytes=0, profileScratchBytes=0,
+        params=params, grid=grid)
+    return fb.PayloadT(inputs=[spec(), spec(), spec()], outputs=[spec()], kernels=[kernel])
+
+
+def pack(payload: fb.PayloadT, version: int | None = None) -> bytes:
+    if version is None:
+        return serialize_payload(payload)
+    import flatbuffers
+
+    payload.version = version
+    builder = flatbuffers.Builder(0)
+    builder.Finish(payload.Pack(builder), file_identifier=b"CGQA")
+    return bytes(builder.Output())
+
+
+def run_python(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+# --------------------------------------------------------------------------
+# (1) the library
+
+
+def test_library_is_built():
+    path = require_library()
+    assert path.stat().st_size > 0
+    # Built to load without a driver: libcuda must not be a link dependency.
+    dynamic = subprocess.run(["readelf", "-d", str(path)], capture_output=True, text=True)
+    if dynamic.returncode == 0:
+        assert "libcuda.so" not in dynamic.stdout
+        assert "libexecutorch.so" in dynamic.stdout
+        assert "kernels_optimized" not in dynamic.stdout
+
+
+def test_payload_version_matches_python_serializer():
+    assert load_library().cuda_gqa_payload_version() == PAYLOAD_VERSION
+
+
+# --------------------------------------------------------------------------
+# (2) registration with ExecuTorch's Python runtime
+
+
+def test_backend_registers_with_executorch_runtime():
+    require_library()
+    result = run_python(f"""
+        import ctypes, json
+        from executorch.runtime import Runtime
+        registry = Runtime.get().backend_registry
+        before = list(registry.registered_backend_names)
+        ctypes.CDLL({str(LIBRARY)!r}, mode=ctypes.RTLD_GLOBAL)
+        after = list(registry.registered_backend_names)
+        print(json.dumps({{"before": before, "after": after,
+                          "available": registry.is_available("CudaGqaBackend")}}))
+        """)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "CudaGqaBackend" not in report["before"]
+    assert "CudaGqaBackend" in report["after"]
+    # is_available() is true everywhere; a missing GPU is reported by init.
+    assert report["available"] is True
+
+
+# --------------------------------------------------------------------------
+# (3) device status without a GPU
+
+
+def _libcuda_loadable() -> bool:
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        return True
+    except OSError:
+        return False
+
+
+def test_device_status_names_the_cause():
+    lib = load_library()
+    message = ctypes.create_string_buffer(512)
+    rc = lib.cuda_gqa_device_status(message, len(message))
+    text = message.value.decode()
+    if not _libcuda_loadable():
+        assert rc != 0
+        assert text.startswith("libcuda.so.1 not found: "), text
+    elif rc == 0:
+        assert "sm_" in text, text
+    else:
+        assert "cuInit failed" in text or "device" in text, text
+
+
+def test_device_status_truncates_into_small_buffers():
+    lib = load_library()
+    small = ctypes.create_string_buffer(b"\xff" * 8, 8)
+    rc = lib.cuda_gqa_device_status(small, 8)
+    assert small.raw[7] == 0  # NUL-terminated within the given size
+    assert rc == lib.cuda_gqa_device_status(None, 0)  # no buffer: still answers
+
+
+# --------------------------------------------------------------------------
+# (4) payload validation
+
+
+def test_valid_payload_is_accepted():
+    lib = load_library()
+    data = pack(sample_payload())
+    assert validate(lib, data) == (0, "ok")
+    # Scalars are read in place: an unaligned buffer is copied, not misread.
+    for offset in (1, 3, 4):
+        assert validate(lib, data, offset=offset) == (0, "ok")
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "payload too short (0 bytes)"),
+        (b"CGQA", "payload too short (4 bytes)"),
+        (bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)), "not a cuda_gqa payload"),
+    ],
+    ids=["empty", "short", "random"],
+)
+def test_garbage_is_refused(data, reason):
+    rc, message = validate(load_library(), data)
+    assert rc != 0
+    assert reason in message
+
+
+def test_null_pointer_is_refused():
+    lib = load_library()
+    message = ctypes.create_string_buffer(256)
+    assert lib.cuda_gqa_validate_payload(None, 100, message, len(message)) != 0
+    assert "too short" in message.value.decode()
+
+
+def test_wrong_identifier_is_refused():
+    data = bytearray(pack(sample_payload()))
+    data[4:8] = b"XNNP"
+    rc, message = validate(load_library(), bytes(data))
+    assert rc != 0
+    assert message == "not a cuda_gqa payload: file identifier 'XNNP', expected 'CGQA'"
+
+
+def test_other_schema_version_is_refused_naming_both():
+    rc, message = validate(load_library(), pack(sample_payload(), version=PAYLOAD_VERSION + 1))
+    assert rc != 0
+    assert message == f"payload schema version {PAYLOAD_VERSION + 1}, this runtime reads version {PAYLOAD_VERSION}"
+    rc, message = validate(load_library(), pack(sample_payload(), version=7))
+    assert message == f"payload schema version 7, this runtime reads version {PAYLOAD_VERSION}"
+
+
+def _mutate(change):
+    payload = sample_payload()
+    change(payload)
+    return pack(payload)
+
+
+K, P = fb.ParamKind, fb.ParamType
+
+SEMANTIC_CASES = {
+    "param arg out of range": (lambda p: setattr(p.kernels[0].params[0], "arg", 4), "param 0: arg 4 out of range"),
+    "stride dim out of range": (lambda p: setattr(p.kernels[0].params[4], "dim", 4),
+                                "param 4: dim 4 out of range for arg 0 of rank 4"),
+    "pointer passed as int": (lambda p: setattr(p.kernels[0].params[0], "type", P.Int32),
+                              "TensorPointer must be passed as Pointer"),
+    "stride passed as float": (lambda p: setattr(p.kernels[0].params[4], "type", P.Float32),
+                               "must be Int32 or Int64"),
+    "unknown param kind": (lambda p: setattr(p.kernels[0].params[0], "kind", 9), "unknown param kind 9"),
+    "unknown param type": (lambda p: setattr(p.kernels[0].params[0], "type", -3), "unknown param type -3"),
+    "nan constant": (lambda p: setattr(p.kernels[0].params[9], "f32Value", float("nan")), "not finite"),
+    "grid with two dims": (lambda p: setattr(p.kernels[0], "grid", p.kernels[0].grid[:2]),
+                           "grid has 2 dims, expected 3"),
+    "grid divisor zero": (lambda p: setattr(p.kernels[0].grid[0].factors[0], "divisor", 0), "divisor is 0"),
+    "grid arg out of range": (lambda p: setattr(p.kernels[0].grid[1].factors[0], "arg", 9),
+                              "factor arg 9 out of range"),
+    "grid dim out of range": (lambda p: setattr(p.kernels[0].grid[1].factors[1], "dim", 7),
+                              "factor dim 7 out of range"),
+    "empty cubin image": (lambda p: setattr(p.kernels[0].cubins[1], "image", u8(b"")), "empty image for sm_90"),
+    "duplicate cubin arch": (lambda p: setattr(p.kernels[0].cubins[1], "arch", 80), "duplicate arch sm_80"),
+    "no image at all": (lambda p: (setattr(p.kernels[0], "cubins", []), setattr(p.kernels[0], "ptx", None)),
+                        "no cubin and no PTX"),
+    "zero warps": (lambda p: setattr(p.kernels[0], "numWarps", 0), "num_warps 0 outside 1..32"),
+    "too many warps": (lambda p: setattr(p.kernels[0], "numWarps", 33), "num_warps 33"),
+    "no kernels": (lambda p: setattr(p, "kernels", []), "payload has no kernels"),
+    "no outputs": (lambda p: setattr(p, "outputs", []), "payload has no outputs"),
+    "missing name": (lambda p: setattr(p.kernels[0], "name", ""), "missing entry-point name"),
+    "bad dtype": (lambda p: setattr(p.inputs[1], "dtype", 5), "input 1: unknown dtype 5"),
+    "negative size": (lambda p: setattr(p.outputs[0], "sizes", [1, -2, 3, 4]), "output 0: size -2 at dim 1"),
+    "rank too high": (lambda p: setattr(p.inputs[0], "sizes", [1] * 9), "input 0: rank 9 exceeds 8"),
+    "overflowing sizes": (lambda p: setattr(p.inputs[2], "sizes", [2**40, 2**40]), "overflows"),
+    "scratch align not pow2": (lambda p: (setattr(p.kernels[0], "globalScratchBytes", 64),
+                                          setattr(p.kernels[0], "globalScratchAlign", 24)),
+                               "scratch alignment is not a power of two"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SEMANTIC_CASES))
+def test_verifiable_but_meaningless_payload_is_refused(case):
+    change, reason = SEMANTIC_CASES[case]
+    rc, message = validate(load_library(), _mutate(change))
+    assert rc != 0, f"{case}: accepted"
+    assert reason in message, message
+
+
+def test_dynamic_sizes_pass_validation():
+    # The schema allows -1; only init (which needs a GPU) refuses it for now.
+    payload = sample_payload()
+    payload.inputs[0].sizes = [1, 4, -1, 64]
+    assert validate(load_library(), pack(payload)) == (0, "ok")
+
+
+FUZZ_SCRIPT = """
+import ctypes, json, random, sys
+lib = ctypes.CDLL(sys.argv[1], mode=ctypes.RTLD_GLOBAL)
+f = lib.cuda_gqa_validate_payload
+f.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+f.restype = ctypes.c_int
+valid = open(sys.argv[2], "rb").read()
+message = ctypes.create_string_buffer(256)
+def check(data):
+    # Exact-size buffer: reading past the end would hit the heap red zone under ASan.
+    buf = ctypes.create_string_buffer(data, len(data)) if data else None
+    return f(buf, len(data), message, len(message))
+stats = {"calls": 0, "accepted": 0, "truncated_accepted": 0}
+for n in range(len(valid)):
+    rc = check(valid[:n])
+    stats["calls"] += 1
+    stats["truncated_accepted"] += rc == 0
+rng = random.Random(1234)
+for _ in range(int(sys.argv[3])):
+    data = bytearray(valid)
+    for _ in range(rng.choice((1, 1, 2, 4, 16))):
+        data[rng.randrange(len(data))] = rng.randrange(256)
+    rc = check(bytes(data))
+    stats["calls"] += 1
+    stats["accepted"] += rc == 0
+print(json.dumps(stats))
+"""
+
+
+def test_truncations_and_byte_flips_never_crash(tmp_path):
+    require_library()
+    valid = pack(sample_payload())
+    (tmp_path / "valid.bin").write_bytes(valid)
+    flips = 4000
+    result = subprocess.run([sys.executable, "-c", FUZZ_SCRIPT, str(LIBRARY), str(tmp_path / "valid.bin"),
+                             str(flips)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"validator crashed (rc {result.returncode}): {result.stderr[-2000:]}"
+    stats = json.loads(result.stdout.strip().splitlines()[-1])
+    assert stats["calls"] == len(valid) + flips
+    # No proper prefix of a payload is a payload.
+    assert stats["truncated_accepted"] == 0
+    # Flips inside the fake images stay valid; most flips must not.
+    assert 0 < stats["accepted"] < flips
+
+
+# --------------------------------------------------------------------------
+# arch selection (the logic init uses, exercised without a GPU)
+
+
+@pytest.mark.parametrize(
+    "archs, ptx_arch, cc, expect_rc, expect",
+    [
+        ((80, 90), 80, 90, 0, "gqa_attention_fwd: sm_90 cubin"),
+        ((80, 90), 80, 80, 0, "gqa_attention_fwd: sm_80 cubin"),
+        ((80, 90), 80, 86, 0, "gqa_attention_fwd: sm_80 cubin"),  # same major, lower minor
+        ((80, 86, 90), 80, 89, 0, "gqa_attention_fwd: sm_86 cubin"),  # highest compatible minor
+        ((80, 90), 80, 100, 0, "gqa_attention_fwd: PTX"),  # newer major: JIT
+        ((80, 90), 80, 75, 1, "kernel gqa_attention_fwd: no cubin for sm_75 in this payload "
+                              "(has sm_80, sm_90; PTX needs >= sm_80)"),
+        ((80, 90), 0, 120, 1, "no cubin for sm_120 in this payload (has sm_80, sm_90; no PTX)"),
+        ((86,), 0, 80, 1, "no cubin for sm_80 in this payload (has sm_86; no PTX)"),  # minor too high
+        ((), 80, 90, 0, "gqa_attention_fwd: PTX"),
+    ],
+)
+def test_image_selection_by_arch(archs, ptx_arch, cc, expect_rc, expect):
+    data = pack(sample_payload(cubin_archs=archs, ptx_arch=ptx_arch))
+    rc, message = select_images(load_library(), data, cc)
+    assert rc == expect_rc, message
+    if expect_rc == 0:
+        assert message == expect
+    else:
+        assert expect in message
+
+
+# --------------------------------------------------------------------------
+# (5) the runner
+
+
+def _runner() -> Path:
+    if not RUNNER.is_file():
+        pytest.fail(f"{RUNNER} not found: run `make build` first")
+    return RUNNER
+
+
+def test_runner_missing_model_exits_2(tmp_path):
+    missing = tmp_path / "missing.pte"
+    result = subprocess.run([str(_runner()), str(missing)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"cannot open model: {missing}" in result.stderr
+
+
+def test_runner_without_arguments_prints_usage_and_exits_2():
+    result = subprocess.run([str(_runner())], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "usage: cuda_gqa_runner MODEL.pte" in result.stderr
+
+
+def test_runner_rejects_bad_options():
+    result = subprocess.run([str(_runner()), "m.pte", "--iterations", "ten"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    assert "bad --iterations" in result.stderr
+
+
+def test_runner_help_exits_0():
+    result = subprocess.run([str(_runner()), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert "--expected FILE" in result.stdout
+
+
+def test_runner_refuses_a_file_that_is_not_a_program(tmp_path):
+    bogus = tmp_path / "bogus.pte"
+    bogus.write_bytes(b"not a program" * 10)
+    result = subprocess.run([str(_runner()), str(bogus)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "failed: executorch error 0x" in result.stderr
+
+
+# --------------------------------------------------------------------------
+# a real .pte through the runner: init reports its cause, never crashes
+
+MAKE_PTE_SCRIPT = """
+import sys, torch
+from executorch.exir import to_edge
+from executorch.exir.backend.backend_api import to_backend
+from executorch.exir.backend.backend_details import BackendDetails, PreprocessResult
+
+# Stands in for the real preprocess (not imported here, so this is the only
+# BackendDetails named CudaGqaBackend): it embeds a given payload as is.
+class CudaGqaBackend(BackendDetails):
+    payload = b""
+
+    @staticmethod
+    def preprocess(edge_program, compile_specs):
+        return PreprocessResult(processed_bytes=CudaGqaBackend.payload)
+
+class Add(torch.nn.Module):
+    def forward(self, x, y):
+        return x + y
+
+class Wrapper(torch.nn.Module):
+    def __init__(self, lowered):
+        super().__init__()
+        self.lowered = lowered
+
+    def forward(self, x, y):
+        return self.lowered(x, y)
+
+inputs = (torch.ones(2, 64), torch.ones(2, 64))
+for payload_path, pte_path in zip(sys.argv[1::2], sys.argv[2::2]):
+    CudaGqaBackend.payload = open(payload_path, "rb").read()
+    edge = to_edge(torch.export.export(Add(), inputs))
+    lowered = to_backend("CudaGqaBackend", edge.exported_program(), [])
+    program = to_edge(torch.export.export(Wrapper(lowered), inputs)).to_executorch()
+    open(pte_path, "wb").write(program.buffer)
+"""
+
+
+def add_payload(sizes=(2, 64), version=None) -> bytes:
+    """A payload whose delegate computes x + y on float32 (2, 64); fake cubins."""
+    spec = lambda: fb.TensorSpecT(dtype=fb.DType.Float32, sizes=list(sizes))  # noqa: E731
+    payload = sample_payload()
+    payload.inputs, payload.outputs = [spec(), spec()], [spec()]
+    kernel = payload.kernels[0]
+    kernel.name = "add_f32"  # the entry point the fake driver below implements
+    kernel.globalScratchBytes, kernel.globalScratchAlign = 256, 1024  # exercises scratch sizing in init
+    kernel.params = [param(K.TensorPointer, P.Pointer, arg=a, divisibility=16) for a in range(3)]
+    kernel.params.append(param(K.TensorSize, P.Int32, arg=0, dim=1))
+    kernel.grid = [fb.GridDimT(factors=[fb.GridFactorT(arg=0, dim=0, divisor=1)]), fb.GridDimT(), fb.GridDimT()]
+    return pack(payload, version=version)
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory):
+    """.pte files embedding: a good payload, a version-2 one, one with a dynamic size."""
+    folder = tmp_path_factory.mktemp("programs")
+    payloads = {"good": add_payload(), "v2": add_payload(version=PAYLOAD_VERSION + 1),
+                "dynamic": add_payload(sizes=(-1, 64))}
+    argv = []
+    for name, data in payloads.items():
+        (folder / f"{name}.bin").write_bytes(data)
+        argv += [str(folder / f"{name}.bin"), str(folder / f"{name}.pte")]
+    result = subprocess.run([sys.executable, "-c", MAKE_PTE_SCRIPT, *argv], capture_output=True, text=True,
+                            timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.ones((2, 64), np.float32).tofile(folder / "x.bin")
+    np.ones((3, 64), np.float32).tofile(folder / "wrong_size.bin")
+    return folder
+
+
+def run_runner(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([str(_runner()), *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+def test_runner_reports_why_init_failed(programs):
+    x = programs / "x.bin"
+    result = run_runner(programs / "good.pte", "--input", x, "--input", x)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "executing 'forward' failed: executorch error" in result.stderr
+    if not _libcuda_loadable():
+        assert "CudaGqaBackend: libcuda.so.1 not found" in result.stderr
+    else:  # a GPU machine: the fake cubin cannot load, or there is no device
+        assert "CudaGqaBackend: " in result.stderr
+
+
+def test_init_refuses_other_payload_versions(programs):
+    x = programs / "x.bin"
+    result = run_runner(programs / "v2.pte", "--input", x, "--input", x)
+    assert result.returncode == 2
+    assert (f"CudaGqaBackend: payload schema version {PAYLOAD_VERSION + 1}, "
+            f"this runtime reads version {PAYLOAD_VERSION}") in result.stderr
+    assert "0x30" in result.stderr  # Error::DelegateInvalidCompatibility
+
+
+def test_init_refuses_dynamic_sizes(programs):
+    x = programs / "x.bin"
+    result = run_runner(programs / "dynamic.pte", "--input", x, "--input", x)
+    assert result.returncode == 2
+    assert "CudaGqaBackend: dynamic sizes are not supported by this runtime yet" in result.stderr
+
+
+def test_runner_checks_input_files_against_the_program(programs):
+    x = programs / "x.bin"
+    result = run_runner(programs / "good.pte", "--input", x)
+    assert result.returncode == 2
+    assert "wrong number of --input files: 1 given, method 'forward' takes 2" in result.stderr
+    result = run_runner(programs / "good.pte", "--input", x, "--input", programs / "wrong_size.bin")
+    assert result.returncode == 2
+    assert "wrong_size.bin has 768 bytes, input 1 needs 512" in result.stderr
+    result = run_runner(programs / "good.pte", "--method", "nope", "--input", x, "--input", x)
+    assert result.returncode == 2
+    assert "no method 'nope'" in result.stderr
+
+
+# --------------------------------------------------------------------------
+# the execute path against a fake libcuda.so.1 that runs on the host
+
+FAKE_DRIVER_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+typedef int CUresult;
+typedef unsigned long long CUdeviceptr;
+static int launches;
+CUresult cuGetErrorName(CUresult e, const char** s) { *s = e ? "CUDA_ERROR_FAKE" : "CUDA_SUCCESS"; return 0; }
+CUresult cuGetErrorString(CUresult e, const char** s) { *s = e ? "fake failure" : "no error"; return 0; }
+CUresult cuInit(unsigned f) { (void)f; return 0; }
+CUresult cuDriverGetVersion(int* v) { *v = 13000; return 0; }
+CUresult cuDeviceGetCount(int* n) { *n = 1; return 0; }
+CUresult cuDeviceGet(int* d, int i) { *d = i; return 0; }
+CUresult cuDeviceGetName(char* s, int n, int d) { (void)d; snprintf(s, n, "Fake GPU"); return 0; }
+CUresult cuDeviceGetAttribute(int* v, int attr, int d) {
+  (void)d;
+  *v = attr == 75 ? 9 : attr == 76 ? 0 : attr == 97 ? 232448 : 0;  /* CC 9.0, smem opt-in */
+  return 0;
+}
+CUresult cuDevicePrimaryCtxRetain(void** c, int d) { (void)d; *c = (void*)1; return 0; }
+CUresult cuDevicePrimaryCtxRelease_v2(int d) { (void)d; fprintf(stderr, "fake: context released after %d launches\n", launches); return 0; }
+CUresult cuCtxSetCurrent(void* c) { (void)c; return 0; }
+CUresult cuStreamCreate(void** s, unsigned f) { (void)f; *s = (void*)2; return 0; }
+CUresult cuStreamDestroy_v2(void* s) { (void)s; return 0; }
+CUresult cuStreamSynchronize(void* s) { (void)s; return 0; }
+CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t n) { *p = (CUdeviceptr)aligned_alloc(256, (n + 255) / 256 * 256); return *p ? 0 : 2; }
+CUresult cuMemFree_v2(CUdeviceptr p) { free((void*)p); return 0; }
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* h, size_t n, void* s) { (void)s; memcpy((void*)d, h, n); return 0; }
+CUresult cuMemcpyDtoHAsync_v2(void* h, CUdeviceptr d, size_t n, void* s) { (void)s; memcpy(h, (void*)d, n); return 0; }
+CUresult cuModuleLoadDataEx(void** m, const void* image, unsigned n, void* o, void** v) {
+  (void)n; (void)o; (void)v;
+  if (memcmp(image, "\x7f" "ELF\x5a", 5) != 0) return 200;  /* only the sm_90 fake cubin */
+  *m = (void*)3;
+  return 0;
+}
+CUresult cuModuleUnload(void* m) { (void)m; return 0; }
+CUresult cuModuleGetFunction(void** f, void* m, const char* name) { (void)m; *f = (void*)4; return strcmp(name, "add_f32") ? 500 : 0; }
+CUresult cuFuncSetAttribute(void* f, int a, int v) { (void)f; return a == 8 && v == 65536 ? 0 : 1; }
+CUresult cuFuncGetAttribute(int* v, int a, void* f) { (void)f; *v = a == 0 ? 1024 : 0; return 0; }
+/* add_f32(x, y, out, int32 cols), one CTA per row */
+CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                        unsigned smem, void* s, void** params, void** extra) {
+  (void)f; (void)s; (void)extra;
+  if (gy != 1 || gz != 1 || bx != 128 || by != 1 || bz != 1 || smem != 65536) return 1;
+  const float* x = *(const float**)params[0];
+  const float* y = *(const float**)params[1];
+  float* out = *(float**)params[2];
+  int cols = *(int*)params[3];
+  for (unsigned r = 0; r < gx; ++r)
+    for (int c = 0; c < cols; ++c) out[r * cols + c] = x[r * cols + c] + y[r * cols + c];
+  ++launches;
+  return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def fake_driver_dir(tmp_path_factory):
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler to build the fake driver")
+    folder = tmp_path_factory.mktemp("fake_cuda")
+    (folder / "fake_cuda.c").write_text(FAKE_DRIVER_C)
+    subprocess.run([compiler, "-shared", "-fPIC", "-O1", "-o", str(folder / "libcuda.so.1"),
+                    str(folder / "fake_cuda.c")], check=True)
+    return folder
+
+
+def fake_env(folder: Path) -> dict:
+    return {**os.environ, "LD_LIBRARY_PATH": f"{folder}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+
+
+def test_device_status_with_a_driver(fake_driver_dir):
+    result = subprocess.run(
+        [sys.executable, "-c",
+         "import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); m = ctypes.create_string_buffer(256); "
+         "rc = lib.cuda_gqa_device_status(m, 256); print(rc, m.value.decode())", str(require_library())],
+        capture_output=True, text=True, env=fake_env(fake_driver_dir), timeout=60)
+    assert result.stdout.strip() == "0 Fake GPU, sm_90", result.stderr
+
+
+def test_execute_marshals_tensors_params_and_grid(programs, fake_driver_dir, tmp_path):
+    x = np.arange(128, dtype=np.float32).reshape(2, 64)
+    y = np.full((2, 64), 0.5, np.float32)
+    x.tofile(tmp_path / "x.bin")
+    y.tofile(tmp_path / "y.bin")
+    (x + y).tofile(tmp_path / "expected.bin")
+    (x - y).tofile(tmp_path / "wrong.bin")
+    common = [str(_runner()), str(programs / "good.pte"), "--input", str(tmp_path / "x.bin"),
+              "--input", str(tmp_path / "y.bin"), "--warmup", "1", "--iterations", "4"]
+    env = fake_env(fake_driver_dir)
+    result = subprocess.run([*common, "--expected", str(tmp_path / "expected.bin"), "--output-dir", str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "output 0: max_abs_err=0 (atol 0.02) PASS" in result.stdout
+    assert "execute: median" in result.stdout and "over 4 iterations" in result.stdout
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "output_0.bin", np.float32).reshape(2, 64), x + y)
+    # destroy ran and released the context after warmup + timed runs
+    assert "fake: context released after 5 launches" in result.stderr
+
+    result = subprocess.run([*common, "--expected", str(tmp_path / "wrong.bin")], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 1
+    assert "output 0: max_abs_err=1 (atol 0.02) FAIL" in result.stdout
