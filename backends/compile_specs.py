@@ -11,7 +11,6 @@ from typing import Iterable, Sequence
 
 from executorch.exir.backend.compile_spec_schema import CompileSpec
 
-BACKEND_ID = "CudaGqaBackend"
 
 # Architectures Triton 3.x compiles for that the kernels are written for.
 SUPPORTED_ARCHS = (80, 86, 87, 89, 90)

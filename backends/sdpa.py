@@ -14,21 +14,33 @@ import torch
 from executorch.exir.dialects.edge._ops import EdgeOpOverload
 from torch.fx import Node
 
+from .limits import SUPPORTED_DTYPES, head_dim_problem
+
 SDPA_OP = torch.ops.aten.scaled_dot_product_attention.default
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_HEAD_DIM = 256
-# Row strides of [B, H, L, D] tensors are multiples of D; the cubins assume
-# they are multiples of 16 elements (checked again at runtime).
-HEAD_DIM_MULTIPLE = 16
+
+
+def _aten_target(node: Node):
+    return node.target._op if isinstance(node.target, EdgeOpOverload) else node.target
+
+
+def is_contiguous_clone(node: Node) -> bool:
+    """The clone the partitioner puts after each SDPA it takes, in the aten or edge dialect
+    (where ExecuTorch turns it into a dim-order clone)."""
+    if node.op != "call_function":
+        return False
+    target = _aten_target(node)
+    if target == torch.ops.aten.clone.default:
+        return node.kwargs.get("memory_format") == torch.contiguous_format
+    dim_order_clone = getattr(getattr(torch.ops, "dim_order_ops", None), "_clone_dim_order", None)
+    return dim_order_clone is not None and target == dim_order_clone.default
 
 
 def is_sdpa(node: Node) -> bool:
     """True for SDPA nodes, in the aten or the edge dialect."""
     if node.op != "call_function":
         return False
-    target = node.target._op if isinstance(node.target, EdgeOpOverload) else node.target
-    return target == SDPA_OP
+    return _aten_target(node) == SDPA_OP
 
 
 @dataclass(frozen=True)
@@ -114,7 +126,4 @@ class SdpaCall:
             return f"mixed dtypes q={q.dtype} k={k.dtype} v={v.dtype}"
         if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
             return f"inconsistent shapes q={tuple(q.shape)} k={tuple(k.shape)} v={tuple(v.shape)}"
-        d = self.head_dim
-        if d > MAX_HEAD_DIM or d % HEAD_DIM_MULTIPLE:
-            return f"head dim {d} is not a multiple of {HEAD_DIM_MULTIPLE} up to {MAX_HEAD_DIM}"
-        return None
+        return head_dim_problem(self.head_dim)

@@ -105,7 +105,8 @@ def load_and_run(args, pte: Path) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="      %(message)s")
-    logging.getLogger("cuda_gqa").setLevel(logging.INFO)
+    # Compile progress; the partition report is printed below.
+    logging.getLogger("cuda_gqa.backends.attention_plan").setLevel(logging.INFO)
     pte = export_demo(args)
     return 0 if args.export_only else load_and_run(args, pte)
 

@@ -16,17 +16,26 @@ from executorch.exir.backend.compile_spec_schema import CompileSpec
 from executorch.exir.backend.partitioner import DelegationSpec, Partitioner, PartitionResult
 from torch.export import ExportedProgram
 
-from ..compile_specs import BACKEND_ID, make_compile_specs
-from ..sdpa import SDPA_OP, SdpaCall, is_sdpa
+from ..compile_specs import make_compile_specs
+from ..cuda_gqa_backend import CudaGqaBackend
+from ..sdpa import SDPA_OP, SdpaCall, is_contiguous_clone, is_sdpa
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class AttentionDecision:
-    node: str
+    node: str  # the SDPA call, as torch.export names it (stable across dialects)
+    module: str  # path of the nn.Module that made the call ("" for the root)
     delegated: bool
     reason: str  # why not, or what the delegate runs
+
+
+def _call_site(node: torch.fx.Node) -> tuple[str, str]:
+    torch_fn = node.meta.get("torch_fn")
+    stack = node.meta.get("nn_module_stack") or {}
+    module = list(stack.values())[-1][0] if stack else ""
+    return (torch_fn[0] if torch_fn else node.name), module
 
 
 class CudaGqaPartitioner(Partitioner):
@@ -34,38 +43,83 @@ class CudaGqaPartitioner(Partitioner):
         """compile_specs: as made by `make_compile_specs(...)`; or pass its keyword options."""
         specs = list(compile_specs) if compile_specs is not None else make_compile_specs(**options)
         super().__init__()
-        self.delegation_spec = DelegationSpec(BACKEND_ID, specs)
-        self.report: list[AttentionDecision] = []
+        # ExecuTorch finds the backend by its class name among BackendDetails subclasses.
+        self.delegation_spec = DelegationSpec(CudaGqaBackend.__name__, specs)
+        self._decisions: dict[str, AttentionDecision] = {}
+
+    @property
+    def report(self) -> list[AttentionDecision]:
+        """Every SDPA call of the last program lowered, in graph order: delegated, or why not."""
+        return list(self._decisions.values())
+
+    def _decide(self, node: torch.fx.Node, delegated: bool, reason: str) -> None:
+        name, module = _call_site(node)
+        self._decisions[name] = AttentionDecision(name, module, delegated, reason)
+        logger.info("%s%s: %s (%s)", module + "." if module else "", name,
+                    "delegated" if delegated else "left on CPU", reason)
+
+    def transform_for_pre_decomposition(self, exported_program: ExportedProgram) -> ExportedProgram:
+        """Follow each SDPA we take with a contiguous clone, taken into the delegate too.
+
+        ExecuTorch keeps the SDPA whole by re-tracing it as another op, whose
+        output is contiguous where eager SDPA's followed the query's layout; a
+        `.view` the model applies downstream (e.g. after transpose(1, 2)) was
+        traced for the eager layout and would fail. The clone pins the layout
+        the rest of the graph sees; the kernel writes contiguous output anyway.
+        The SDPA calls we leave are decomposed before partition() runs, so
+        they enter the report here.
+        """
+        self._decisions = {}
+        graph = exported_program.graph_module.graph
+        for node in list(graph.nodes):
+            if not is_sdpa(node):
+                continue
+            reason = SdpaCall.from_node(node).unsupported_reason()
+            if reason is not None:
+                self._decide(node, False, reason)
+                continue
+            # Holds this call's place in the report until partition() decides.
+            name, module = _call_site(node)
+            self._decisions[name] = AttentionDecision(name, module, False, "kept whole but not seen by partition()")
+            if all(user.op == "output" for user in node.users):
+                continue  # returned as is: no view of it to protect
+            with graph.inserting_after(node):
+                clone = graph.call_function(torch.ops.aten.clone.default, (node,),
+                                            {"memory_format": torch.contiguous_format})
+            clone.meta["val"] = node.meta["val"].clone(memory_format=torch.contiguous_format)
+            node.replace_all_uses_with(clone, delete_user_cb=lambda user: user is not clone and user.op != "output")
+        exported_program.graph_module.recompile()
+        return exported_program
 
     def ops_to_not_decompose(
         self, ep: ExportedProgram
     ) -> tuple[list[torch._ops.OpOverload], Optional[Callable[[torch.fx.Node], bool]]]:
         # Keep the SDPA nodes we will take whole through to_edge; let the
-        # others decompose as usual so the CPU can run them.
+        # others decompose as usual so the CPU can run them. ExecuTorch asks
+        # this of every node in the graph.
         def keep_whole(node: torch.fx.Node) -> bool:
-            return SdpaCall.from_node(node).unsupported_reason() is None
+            return is_sdpa(node) and SdpaCall.from_node(node).unsupported_reason() is None
 
         return [SDPA_OP], keep_whole
 
     def partition(self, exported_program: ExportedProgram) -> PartitionResult:
-        self.report = []
         tags = {}
         for node in exported_program.graph_module.graph.nodes:
             if not is_sdpa(node):
                 continue
             call = SdpaCall.from_node(node)
             reason = call.unsupported_reason()
-            if reason is None:
-                tag = f"cuda_gqa_{len(tags)}"
-                node.meta["delegation_tag"] = tag
-                tags[tag] = self.delegation_spec
-                what = (
-                    f"GQA {call.num_heads_q}/{call.num_heads_kv} heads, D={call.head_dim}, "
-                    f"{str(call.dtype).removeprefix('torch.')}{', causal' if call.is_causal else ''}"
-                )
-                self.report.append(AttentionDecision(node.name, True, what))
-            else:
-                self.report.append(AttentionDecision(node.name, False, reason))
-        for d in self.report:
-            logger.info("%s: %s (%s)", d.node, "delegated" if d.delegated else "left on CPU", d.reason)
+            if reason is not None:
+                self._decide(node, False, reason)
+                continue
+            tag = f"cuda_gqa_{len(tags)}"
+            node.meta["delegation_tag"] = tag
+            for user in node.users:
+                if is_contiguous_clone(user):
+                    user.meta["delegation_tag"] = tag
+            tags[tag] = self.delegation_spec
+            self._decide(node, True, (
+                f"GQA {call.num_heads_q}/{call.num_heads_kv} heads, D={call.head_dim}, "
+                f"{str(call.dtype).removeprefix('torch.')}{', causal' if call.is_causal else ''}"
+            ))
         return PartitionResult(tagged_exported_program=exported_program, partition_tags=tags)

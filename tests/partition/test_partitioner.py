@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cuda_gqa.backends.partition import CudaGqaPartitioner
-from cuda_gqa.backends.sdpa import SDPA_OP, is_sdpa
+from cuda_gqa.backends.sdpa import is_sdpa
 
 
 class Attention(nn.Module):
@@ -53,7 +53,7 @@ def test_gqa_sdpa_is_delegated_whole():
     _, lowered, _ = delegates[0]
     assert lowered.backend_id == "CudaGqaBackend"
     inner = [n for n in lowered.original_module.graph.nodes if n.op == "call_function"]
-    assert [getattr(n.target, "_op", n.target) for n in inner] == [SDPA_OP]
+    assert len(inner) == 1 and is_sdpa(inner[0])
 
 
 def test_each_gqa_attention_becomes_its_own_delegate():
@@ -83,6 +83,30 @@ def test_unsupported_attention_stays_on_cpu_with_a_reason(model, inputs, reason)
     assert len(report) == 1 and not report[0].delegated
     assert reason in report[0].reason
     assert not delegates
+
+
+def test_report_lists_every_call_in_order_with_its_module():
+    class Layer(nn.Module):
+        def __init__(self, gqa):
+            super().__init__()
+            self.gqa = gqa
+
+        def forward(self, q, k, v):
+            if self.gqa:
+                return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+            return F.scaled_dot_product_attention(q, k.repeat_interleave(4, 1), v.repeat_interleave(4, 1))
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([Layer(gqa=False), Layer(gqa=True)])
+
+        def forward(self, q, k, v):
+            return self.layers[1](self.layers[0](q, k, v), k, v)
+
+    report, delegates, _ = lower(Model(), qkv())
+    assert [(d.module, d.delegated) for d in report] == [("layers.0", False), ("layers.1", True)]
+    assert len({d.node for d in report}) == 2 and len(delegates) == 1
 
 
 def test_masked_attention_stays_on_cpu():

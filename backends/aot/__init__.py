@@ -1,0 +1,1 @@
+"""Ahead-of-time compilation: Triton kernels to cubins, without a GPU."""

@@ -1,0 +1,1 @@
+"""Triton attention kernels compiled ahead of time by backends/aot."""

@@ -1,0 +1,26 @@
+"""What the attention kernels support: the one place the partitioner and the AOT stage read."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+# Row strides of [B, H, L, D] tensors are multiples of D; the cubins assume
+# they are multiples of 16 elements (checked again at runtime).
+HEAD_DIM_MULTIPLE = 16
+
+
+def head_dim_problem(head_dim: int) -> Optional[str]:
+    """None for a supported head dim, else what is wrong with it."""
+    if head_dim <= 0 or head_dim > MAX_HEAD_DIM or head_dim % HEAD_DIM_MULTIPLE:
+        return f"head dim {head_dim} is not a multiple of {HEAD_DIM_MULTIPLE} up to {MAX_HEAD_DIM}"
+    return None
+
+
+def check_head_dim(head_dim: int) -> None:
+    problem = head_dim_problem(head_dim)
+    if problem is not None:
+        raise ValueError(problem)
