@@ -49,11 +49,13 @@ clean:
 # .gpu/: what a GPU machine without executorch needs to run exported programs
 # (runner, backend, ExecuTorch runtime libraries, .pte files with inputs and
 # expected outputs). Run it there with runtime/runner/run_bundle.sh .gpu
+# Small hidden sizes keep the projection weights, and so the bundle, small.
 GPU_CASES := demo:--dtype=float16 \
-             bf16-llama:--dtype=bfloat16,--heads-q=32,--heads-kv=8,--head-dim=128,--seq-len=200,--batch=2 \
+             bf16-gqa4-d128-batch2:--dtype=bfloat16,--heads-q=8,--heads-kv=2,--head-dim=128,--seq-len=200,--batch=2 \
              fp32-mqa:--dtype=float32,--heads-q=4,--heads-kv=1,--seq-len=77 \
-             fp16-qwen-7to1:--dtype=float16,--heads-q=28,--heads-kv=4,--head-dim=128,--seq-len=64 \
-             fp16-d80:--dtype=float16,--heads-q=16,--heads-kv=4,--head-dim=80,--seq-len=100
+             fp16-gqa7:--dtype=float16,--heads-q=14,--heads-kv=2,--seq-len=64 \
+             fp16-d80:--dtype=float16,--heads-q=8,--heads-kv=2,--head-dim=80,--seq-len=100 \
+             bf16-d256:--dtype=bfloat16,--heads-q=4,--heads-kv=1,--head-dim=256,--seq-len=50
 
 gpu-bundle: build
 	rm -rf .gpu && mkdir -p .gpu
@@ -62,4 +64,4 @@ gpu-bundle: build
 	$(foreach case,$(GPU_CASES),$(PYTHON) -m cuda_gqa.export --export-only --out .gpu/cases/$(word 1,$(subst :, ,$(case))) $(subst $(comma), ,$(word 2,$(subst :, ,$(case)))) &&) true
 	du -sh .gpu
 comma := ,
-ET_LIB_DIR = $(shell $(PYTHON) -c "import executorch, os; print(os.path.dirname(executorch.__file__))")/lib
+ET_LIB_DIR = $(shell $(PYTHON) -c "import executorch; print(executorch.__path__[0])")/lib

@@ -54,7 +54,8 @@ def export_demo(args) -> Path:
     start = time.perf_counter()
     program, report = lower_to_executorch(model, inputs, archs=args.archs.split(","))
     for d in report:
-        print(f"      {d.node}: {'delegated to CudaGqaBackend' if d.delegated else 'left on CPU'} ({d.reason})")
+        where = f"{d.module}.{d.node}" if d.module else d.node
+        print(f"      {where}: {'delegated to CudaGqaBackend' if d.delegated else 'left on CPU'} ({d.reason})")
     args.out.mkdir(parents=True, exist_ok=True)
     pte = args.out / "model.pte"
     pte.write_bytes(program.buffer)

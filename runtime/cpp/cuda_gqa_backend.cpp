@@ -51,7 +51,8 @@ struct DelegateState {
   std::vector<DeviceBuffer> scratch;
   std::vector<LoadedKernel> modules;
   std::vector<KernelLauncher> launchers;
-  std::vector<ArgView> arg_views;  // reused by every execute
+  std::vector<ArgDesc> arg_descs;  // reused by every execute
+  std::string error;               // reused by execute's refusals
 
   ~DelegateState() {
     if (driver == nullptr || context == nullptr) return;
@@ -68,6 +69,29 @@ struct DelegateState {
     driver->DevicePrimaryCtxRelease(device);
   }
 };
+
+// The launch's view of an ExecuTorch tensor whose data the kernel reads or
+// writes at `device` (its staging buffer).
+void describe_tensor(const Tensor& t, CUdeviceptr device, ArgDesc* out) {
+  switch (t.scalar_type()) {
+    case executorch::aten::ScalarType::Float: out->dtype = static_cast<int>(DType::kFloat32); break;
+    case executorch::aten::ScalarType::Half: out->dtype = static_cast<int>(DType::kFloat16); break;
+    case executorch::aten::ScalarType::BFloat16:
+      out->dtype = static_cast<int>(DType::kBFloat16);
+      break;
+    default:
+      out->dtype = -1;
+      out->dtype_label = nullptr;
+      out->foreign_dtype_code = static_cast<int>(t.scalar_type());
+      break;
+  }
+  out->rank = static_cast<size_t>(t.dim());
+  for (size_t d = 0; d < out->rank && d < kMaxRank; ++d) {
+    out->sizes[d] = t.size(static_cast<ssize_t>(d));
+    out->strides[d] = t.strides()[d];
+  }
+  out->address = static_cast<uint64_t>(device);
+}
 
 // Allocates `bytes` (none for 0) aligned to `align` within the allocation;
 // cuMemAlloc guarantees 256 bytes, larger alignments over-allocate.
@@ -139,7 +163,7 @@ Error set_up_device(DelegateState* s, std::string* why) {
 
   const size_t num_args = s->payload.num_args();
   s->staging.resize(num_args);
-  s->arg_views.resize(num_args);
+  s->arg_descs.resize(num_args);
   for (size_t i = 0; i < num_args; ++i) {
     const TensorSpecDesc& spec = s->payload.arg_spec(i);
     const size_t bytes = static_cast<size_t>(spec.numel()) * dtype_size(spec.dtype);
@@ -155,15 +179,16 @@ Error set_up_device(DelegateState* s, std::string* why) {
   s->scratch.reserve(2 * num_kernels);
   for (size_t i = 0; i < num_kernels; ++i) {
     const KernelDesc& k = s->payload.kernels[i];
-    uint64_t ctas = 0;
-    CUdeviceptr global = 0, profile = 0;
+    ScratchDesc scratch;
     if (k.global_scratch_bytes > 0 || k.profile_scratch_bytes > 0) {
+      uint64_t ctas = 0;
       if (!static_grid_ctas(s->payload, k, &ctas, why)) return Error::NotSupported;
+      scratch.ctas = ctas;
       const struct {
         uint32_t bytes, align;
         CUdeviceptr* out;
-      } wants[] = {{k.global_scratch_bytes, k.global_scratch_align, &global},
-                   {k.profile_scratch_bytes, k.profile_scratch_align, &profile}};
+      } wants[] = {{k.global_scratch_bytes, k.global_scratch_align, &scratch.global},
+                   {k.profile_scratch_bytes, k.profile_scratch_align, &scratch.profile}};
       for (const auto& w : wants) {
         if (w.bytes == 0 || ctas == 0) continue;
         if (ctas > (uint64_t{1} << 40) / w.bytes) {
@@ -178,7 +203,7 @@ Error set_up_device(DelegateState* s, std::string* why) {
         }
       }
     }
-    if (!s->launchers[i].prepare(&k, s->modules[i].function, global, profile, ctas, why)) {
+    if (!s->launchers[i].prepare(&k, s->modules[i].function, scratch, why)) {
       return Error::InvalidProgram;
     }
   }
@@ -262,14 +287,17 @@ class CudaGqaBackend final : public BackendInterface {
       ET_CHECK_OR_RETURN_ERROR(args[i] != nullptr && args[i]->isTensor(), InvalidArgument,
                                "CudaGqaBackend: delegate arg %zu is not a tensor", i);
       const Tensor& t = args[i]->toTensor();
-      Error e = check_arg(s->payload.arg_spec(i), t, i, num_inputs);
-      if (e != Error::Ok) return e;
+      ArgDesc& a = s->arg_descs[i];
+      describe_tensor(t, s->staging[i].ptr, &a);
+      if (!check_arg(s->payload.arg_spec(i), a, i, num_inputs, &s->error)) {
+        ET_LOG(Error, "CudaGqaBackend: %s", s->error.c_str());
+        return Error::InvalidArgument;
+      }
       ET_CHECK_OR_RETURN_ERROR(t.nbytes() == s->staging[i].bytes, InvalidArgument,
                                "CudaGqaBackend: delegate arg %zu has %zu bytes, expected %zu", i,
                                t.nbytes(), s->staging[i].bytes);
       ET_CHECK_OR_RETURN_ERROR(t.nbytes() == 0 || t.const_data_ptr() != nullptr, InvalidArgument,
                                "CudaGqaBackend: delegate arg %zu has no data", i);
-      s->arg_views[i] = {&t, s->staging[i].ptr};
     }
     // Execute may run on another thread than init.
     CUresult r = d.CtxSetCurrent(s->context);
@@ -280,7 +308,7 @@ class CudaGqaBackend final : public BackendInterface {
     Error err = Error::Ok;
     for (size_t i = 0; i < num_inputs && err == Error::Ok; ++i) {
       if (s->staging[i].bytes == 0) continue;
-      r = d.MemcpyHtoDAsync(s->staging[i].ptr, s->arg_views[i].tensor->const_data_ptr(),
+      r = d.MemcpyHtoDAsync(s->staging[i].ptr, args[i]->toTensor().const_data_ptr(),
                             s->staging[i].bytes, s->stream);
       if (r != CUDA_SUCCESS) {
         ET_LOG(Error, "CudaGqaBackend: copying input %zu to the device failed: %s", i,
@@ -289,7 +317,7 @@ class CudaGqaBackend final : public BackendInterface {
       }
     }
     for (size_t k = 0; k < s->launchers.size() && err == Error::Ok; ++k) {
-      err = s->launchers[k].launch(d, s->stream, s->arg_views.data(), num_args);
+      err = s->launchers[k].launch(d, s->stream, s->arg_descs.data(), num_args);
     }
     for (size_t i = num_inputs; i < num_args && err == Error::Ok; ++i) {
       if (s->staging[i].bytes == 0) continue;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <stddef.h>
+#include <stdint.h>
 
 #define CUDA_GQA_EXPORT __attribute__((visibility("default")))
 
@@ -28,6 +29,40 @@ CUDA_GQA_EXPORT int cuda_gqa_device_status(char* message, size_t message_size);
 // reason (the same message init would log).
 CUDA_GQA_EXPORT int cuda_gqa_select_images(const void* data, size_t size, int device_cc,
                                            char* message, size_t message_size);
+
+// Most dimensions a delegate argument has (kMaxRank of the payload reader).
+#define CUDA_GQA_MAX_RANK 8
+
+// Return codes of cuda_gqa_evaluate_launch.
+#define CUDA_GQA_EVAL_OK 0
+#define CUDA_GQA_EVAL_BAD_PAYLOAD 1   // init would refuse the payload or kernel
+#define CUDA_GQA_EVAL_REFUSED 2       // execute would refuse these arguments
+#define CUDA_GQA_EVAL_INTERNAL 3      // exception or bad call (null buffers)
+
+// For tests without a GPU: runs exactly the checks and the evaluation the
+// backend's init and execute run for kernel `kernel_index` of the payload,
+// and reports what cuLaunchKernel would get. Delegate argument i (inputs,
+// then outputs; `num_args` of them) has element type dtypes[i] (a DType of
+// payload.fbs; -1: any other type, named dtype_labels[i] in messages when
+// dtype_labels is not null), ranks[i] dimensions, sizes and strides (in
+// elements) at sizes[i*CUDA_GQA_MAX_RANK + d] / strides[...], and device
+// address addresses[i]. `global_scratch` / `profile_scratch` stand for the
+// scratch buffers init would allocate (0: none), sized from the payload's
+// static grid as init does.
+//
+// On CUDA_GQA_EVAL_OK: launch[0..2] = grid x, y, z (all 0 if there is nothing
+// to launch), launch[3] = block threads in x, launch[4] = dynamic shared
+// memory bytes; *num_params = the entry point's parameter count and
+// param_values[0 .. min(that, max_params)) = each parameter's 8-byte slot
+// (pointers and int64 as they are, int32 and float32 in the low 4 bytes,
+// zero above). Otherwise `message` holds the reason, the same text the
+// backend logs after "CudaGqaBackend: ".
+CUDA_GQA_EXPORT int cuda_gqa_evaluate_launch(
+    const void* data, size_t size, size_t kernel_index, size_t num_args, const int32_t* dtypes,
+    const char* const* dtype_labels, const uint32_t* ranks, const int64_t* sizes,
+    const int64_t* strides, const uint64_t* addresses, uint64_t global_scratch,
+    uint64_t profile_scratch, uint32_t* launch, uint64_t* param_values, size_t max_params,
+    size_t* num_params, char* message, size_t message_size);
 
 #ifdef __cplusplus
 }

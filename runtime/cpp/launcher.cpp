@@ -2,32 +2,29 @@
 
 #include <executorch/runtime/platform/log.h>
 
-#include <cinttypes>
 #include <cstring>
 
 namespace cuda_gqa {
 
-using executorch::aten::ScalarType;
-using executorch::aten::Tensor;
 using executorch::runtime::Error;
 
 namespace {
 
-ScalarType to_scalar_type(DType dtype) {
-  switch (dtype) {
-    case DType::kFloat16: return ScalarType::Half;
-    case DType::kBFloat16: return ScalarType::BFloat16;
-    case DType::kFloat32: break;
+std::string arg_name(size_t index, size_t num_inputs) {
+  return index < num_inputs ? "input " + std::to_string(index)
+                            : "output " + std::to_string(index - num_inputs);
+}
+
+std::string arg_dtype_name(const ArgDesc& arg) {
+  if (arg.dtype >= 0 && arg.dtype <= static_cast<int>(DType::kBFloat16)) {
+    return dtype_name(static_cast<DType>(arg.dtype));
   }
-  return ScalarType::Float;
+  if (arg.dtype_label != nullptr) return arg.dtype_label;
+  return "code " + std::to_string(arg.foreign_dtype_code);
 }
 
-const char* arg_role(size_t index, size_t num_inputs) {
-  return index < num_inputs ? "input" : "output";
-}
-
-size_t arg_local_index(size_t index, size_t num_inputs) {
-  return index < num_inputs ? index : index - num_inputs;
+std::string param_where(const KernelDesc& k, size_t i) {
+  return "kernel " + k.name + " param " + std::to_string(i) + ": ";
 }
 
 }  // namespace
@@ -53,156 +50,175 @@ bool static_grid_ctas(const PayloadDesc& payload, const KernelDesc& kernel,
   return true;
 }
 
-Error check_arg(const TensorSpecDesc& spec, const Tensor& tensor, size_t index,
-                size_t num_inputs) {
-  const char* role = arg_role(index, num_inputs);
-  const size_t local = arg_local_index(index, num_inputs);
-  if (tensor.scalar_type() != to_scalar_type(spec.dtype)) {
-    ET_LOG(Error, "CudaGqaBackend: %s %zu has dtype %d, the kernels were compiled for %s",
-           role, local, static_cast<int>(tensor.scalar_type()), dtype_name(spec.dtype));
-    return Error::InvalidArgument;
+bool check_arg(const TensorSpecDesc& spec, const ArgDesc& arg, size_t index,
+               size_t num_inputs, std::string* error) {
+  const std::string name = arg_name(index, num_inputs);
+  if (arg.dtype != static_cast<int>(spec.dtype)) {
+    *error = name + " has dtype " + arg_dtype_name(arg) + ", the kernels were compiled for " +
+             dtype_name(spec.dtype);
+    return false;
   }
-  if (static_cast<size_t>(tensor.dim()) != spec.sizes.size()) {
-    ET_LOG(Error, "CudaGqaBackend: %s %zu has rank %zd, expected %zu", role, local,
-           static_cast<ssize_t>(tensor.dim()), spec.sizes.size());
-    return Error::InvalidArgument;
+  if (arg.rank != spec.sizes.size()) {
+    *error = name + " has rank " + std::to_string(arg.rank) + ", expected " +
+             std::to_string(spec.sizes.size());
+    return false;
   }
   for (size_t d = 0; d < spec.sizes.size(); ++d) {
     const int64_t want = spec.sizes[d];
-    const int64_t got = tensor.size(static_cast<ssize_t>(d));
-    if (want >= 0 && got != want) {
-      ET_LOG(Error, "CudaGqaBackend: %s %zu has size %" PRId64 " at dim %zu, expected %" PRId64,
-             role, local, got, d, want);
-      return Error::InvalidArgument;
+    const int64_t got = arg.sizes[d];
+    if (got < 0 || (want >= 0 && got != want)) {
+      *error = name + " has size " + std::to_string(got) + " at dim " + std::to_string(d) +
+               ", expected " + (want >= 0 ? std::to_string(want) : std::string("a size >= 0"));
+      return false;
     }
   }
   // Kernels index the last dimension with unit stride.
-  if (tensor.dim() > 0 && tensor.size(tensor.dim() - 1) > 1 &&
-      tensor.strides()[tensor.dim() - 1] != 1) {
-    ET_LOG(Error, "CudaGqaBackend: %s %zu: last dimension has stride %d, expected 1", role,
-           local, static_cast<int>(tensor.strides()[tensor.dim() - 1]));
-    return Error::InvalidArgument;
-  }
-  return Error::Ok;
-}
-
-bool KernelLauncher::prepare(const KernelDesc* kernel, CUfunction function,
-                             CUdeviceptr global_scratch, CUdeviceptr profile_scratch,
-                             uint64_t scratch_ctas, std::string* error) {
-  if ((kernel->global_scratch_bytes > 0 && global_scratch == 0) ||
-      (kernel->profile_scratch_bytes > 0 && profile_scratch == 0)) {
-    *error = "kernel " + kernel->name + ": scratch buffer missing";
+  if (arg.rank > 0 && arg.sizes[arg.rank - 1] > 1 && arg.strides[arg.rank - 1] != 1) {
+    *error = name + ": last dimension has stride " + std::to_string(arg.strides[arg.rank - 1]) +
+             ", expected 1";
     return false;
   }
-  kernel_ = kernel;
-  function_ = function;
-  global_scratch_ = global_scratch;
-  profile_scratch_ = profile_scratch;
-  scratch_ctas_ = scratch_ctas;
-  values_.assign(kernel->params.size(), 0);
-  pointers_.resize(kernel->params.size());
-  for (size_t i = 0; i < values_.size(); ++i) pointers_[i] = &values_[i];
   return true;
 }
 
-Error KernelLauncher::launch(const CudaDriver& driver, CUstream stream,
-                             const ArgView* args, size_t num_args) {
-  const KernelDesc& k = *kernel_;
+bool check_scratch(const KernelDesc& kernel, const ScratchDesc& scratch, std::string* error) {
+  if ((kernel.global_scratch_bytes > 0 && scratch.global == 0) ||
+      (kernel.profile_scratch_bytes > 0 && scratch.profile == 0)) {
+    *error = "kernel " + kernel.name + ": scratch buffer missing";
+    return false;
+  }
+  return true;
+}
+
+Error evaluate_launch(const KernelDesc& k, const ArgDesc* args, size_t num_args,
+                      const ScratchDesc& scratch, uint64_t* values, LaunchConfig* config,
+                      std::string* error) {
+  *config = LaunchConfig();
   for (size_t i = 0; i < k.params.size(); ++i) {
     const ParamDesc& p = k.params[i];
-    uint64_t* slot = &values_[i];
+    uint64_t* slot = &values[i];
+    *slot = 0;
     int64_t value = 0;  // integer value of stride/size params
     switch (p.kind) {
       case ParamKind::kTensorPointer: {
-        ET_CHECK_OR_RETURN_ERROR(p.arg < num_args, InvalidProgram,
-                                 "CudaGqaBackend: kernel %s param %zu: arg %u out of range",
-                                 k.name.c_str(), i, p.arg);
-        const CUdeviceptr ptr = args[p.arg].device;
+        if (p.arg >= num_args) {
+          *error = param_where(k, i) + "arg " + std::to_string(p.arg) + " out of range";
+          return Error::InvalidProgram;
+        }
+        const uint64_t ptr = args[p.arg].address;
         if (p.divisibility > 1 && ptr % p.divisibility != 0) {
-          ET_LOG(Error,
-                 "CudaGqaBackend: kernel %s param %zu: address of arg %u is not a multiple "
-                 "of %u bytes, which the cubin assumes",
-                 k.name.c_str(), i, p.arg, p.divisibility);
+          *error = param_where(k, i) + "address of arg " + std::to_string(p.arg) +
+                   " is not a multiple of " + std::to_string(p.divisibility) +
+                   " bytes, which the cubin assumes";
           return Error::InvalidArgument;
         }
-        *slot = static_cast<uint64_t>(ptr);
+        *slot = ptr;
         continue;
       }
       case ParamKind::kTensorStride:
       case ParamKind::kTensorSize: {
-        ET_CHECK_OR_RETURN_ERROR(p.arg < num_args, InvalidProgram,
-                                 "CudaGqaBackend: kernel %s param %zu: arg %u out of range",
-                                 k.name.c_str(), i, p.arg);
-        const Tensor& t = *args[p.arg].tensor;
-        ET_CHECK_OR_RETURN_ERROR(p.dim < t.dim(), InvalidArgument,
-                                 "CudaGqaBackend: kernel %s param %zu: dim %u out of range "
-                                 "for arg %u of rank %zd",
-                                 k.name.c_str(), i, p.dim, p.arg, static_cast<ssize_t>(t.dim()));
-        value = p.kind == ParamKind::kTensorStride ? t.strides()[p.dim] : t.size(p.dim);
+        if (p.arg >= num_args) {
+          *error = param_where(k, i) + "arg " + std::to_string(p.arg) + " out of range";
+          return Error::InvalidProgram;
+        }
+        const ArgDesc& a = args[p.arg];
+        const size_t rank = a.rank < kMaxRank ? a.rank : kMaxRank;
+        if (p.dim >= rank) {
+          *error = param_where(k, i) + "dim " + std::to_string(p.dim) +
+                   " out of range for arg " + std::to_string(p.arg) + " of rank " +
+                   std::to_string(a.rank);
+          return Error::InvalidArgument;
+        }
+        value = p.kind == ParamKind::kTensorStride ? a.strides[p.dim] : a.sizes[p.dim];
         break;
       }
       case ParamKind::kFloat32Constant: {
         const float f = p.f32_value;
-        *slot = 0;
         std::memcpy(slot, &f, sizeof(f));
         continue;
       }
       case ParamKind::kGlobalScratch:
-        *slot = static_cast<uint64_t>(global_scratch_);
+        *slot = static_cast<uint64_t>(scratch.global);
         continue;
       case ParamKind::kProfileScratch:
-        *slot = static_cast<uint64_t>(profile_scratch_);
+        *slot = static_cast<uint64_t>(scratch.profile);
         continue;
     }
     // Integer parameter: a stride or a size.
     if (p.divisibility > 1 && value % static_cast<int64_t>(p.divisibility) != 0) {
-      ET_LOG(Error,
-             "CudaGqaBackend: kernel %s param %zu: %s %" PRId64 " of arg %u dim %u is not "
-             "a multiple of %u, which the cubin assumes",
-             k.name.c_str(), i, p.kind == ParamKind::kTensorStride ? "stride" : "size", value,
-             p.arg, p.dim, p.divisibility);
+      *error = param_where(k, i) +
+               (p.kind == ParamKind::kTensorStride ? "stride " : "size ") +
+               std::to_string(value) + " of arg " + std::to_string(p.arg) + " dim " +
+               std::to_string(p.dim) + " is not a multiple of " +
+               std::to_string(p.divisibility) + ", which the cubin assumes";
       return Error::InvalidArgument;
     }
     if (p.type == ParamType::kInt32) {
-      ET_CHECK_OR_RETURN_ERROR(value >= INT32_MIN && value <= INT32_MAX, InvalidArgument,
-                               "CudaGqaBackend: kernel %s param %zu: %" PRId64
-                               " does not fit in int32",
-                               k.name.c_str(), i, value);
+      if (value < INT32_MIN || value > INT32_MAX) {
+        *error = param_where(k, i) + std::to_string(value) + " does not fit in int32";
+        return Error::InvalidArgument;
+      }
       const int32_t v = static_cast<int32_t>(value);
-      *slot = 0;
       std::memcpy(slot, &v, sizeof(v));
     } else {
       std::memcpy(slot, &value, sizeof(value));
     }
   }
 
-  uint32_t grid[3];
-  std::string error;
+  LaunchConfig c;
+  std::string why;
   if (!compute_grid(
           k,
           [&](uint8_t arg, uint8_t dim) -> int64_t {
-            if (arg >= num_args || dim >= args[arg].tensor->dim()) return 0;
-            return args[arg].tensor->size(dim);
+            if (arg >= num_args || dim >= args[arg].rank || dim >= kMaxRank) return 0;
+            return args[arg].sizes[dim];
           },
-          grid, &error)) {
-    ET_LOG(Error, "CudaGqaBackend: kernel %s: %s", k.name.c_str(), error.c_str());
+          c.grid, &why)) {
+    *error = "kernel " + k.name + ": " + why;
     return Error::InvalidArgument;
   }
-  const uint64_t ctas = uint64_t{grid[0]} * grid[1] * grid[2];
-  if (ctas == 0) return Error::Ok;  // empty tensors: nothing to compute
-  if ((k.global_scratch_bytes > 0 || k.profile_scratch_bytes > 0) && ctas > scratch_ctas_) {
-    ET_LOG(Error, "CudaGqaBackend: kernel %s: grid of %" PRIu64
-                  " CTAs exceeds the scratch allocated for %" PRIu64,
-           k.name.c_str(), ctas, scratch_ctas_);
+  const uint64_t ctas = c.ctas();
+  if (ctas != 0 && (k.global_scratch_bytes > 0 || k.profile_scratch_bytes > 0) &&
+      ctas > scratch.ctas) {
+    *error = "kernel " + k.name + ": grid of " + std::to_string(ctas) +
+             " CTAs exceeds the scratch allocated for " + std::to_string(scratch.ctas);
     return Error::InvalidArgument;
   }
-  const CUresult r = driver.LaunchKernel(function_, grid[0], grid[1], grid[2],
-                                         32 * k.num_warps, 1, 1, k.shared_mem_bytes, stream,
-                                         pointers_.data(), nullptr);
+  c.block = 32 * k.num_warps;
+  c.shared_mem_bytes = k.shared_mem_bytes;
+  *config = c;
+  return Error::Ok;
+}
+
+bool KernelLauncher::prepare(const KernelDesc* kernel, CUfunction function,
+                             const ScratchDesc& scratch, std::string* error) {
+  if (!check_scratch(*kernel, scratch, error)) return false;
+  kernel_ = kernel;
+  function_ = function;
+  scratch_ = scratch;
+  values_.assign(kernel->params.size(), 0);
+  pointers_.resize(kernel->params.size());
+  for (size_t i = 0; i < values_.size(); ++i) pointers_[i] = &values_[i];
+  return true;
+}
+
+Error KernelLauncher::launch(const CudaDriver& driver, CUstream stream, const ArgDesc* args,
+                             size_t num_args) {
+  const KernelDesc& k = *kernel_;
+  LaunchConfig c;
+  const Error err = evaluate_launch(k, args, num_args, scratch_, values_.data(), &c, &error_);
+  if (err != Error::Ok) {
+    ET_LOG(Error, "CudaGqaBackend: %s", error_.c_str());
+    return err;
+  }
+  if (c.ctas() == 0) return Error::Ok;  // empty tensors: nothing to compute
+  const CUresult r = driver.LaunchKernel(function_, c.grid[0], c.grid[1], c.grid[2], c.block, 1,
+                                         1, c.shared_mem_bytes, stream, pointers_.data(),
+                                         nullptr);
   if (r != CUDA_SUCCESS) {
     ET_LOG(Error, "CudaGqaBackend: kernel %s: cuLaunchKernel(grid %u,%u,%u block %u smem %u) "
                   "failed: %s",
-           k.name.c_str(), grid[0], grid[1], grid[2], 32 * k.num_warps, k.shared_mem_bytes,
+           k.name.c_str(), c.grid[0], c.grid[1], c.grid[2], c.block, c.shared_mem_bytes,
            driver.error_string(r).c_str());
     return Error::Internal;
   }

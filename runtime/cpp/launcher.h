@@ -1,9 +1,13 @@
-// Turns a payload kernel record plus the delegate's tensors into one
+// Turns a payload kernel record plus the delegate's arguments into one
 // cuLaunchKernel call, after checking every assumption baked into the cubin.
+//
+// The evaluation (checks, parameter values, grid) is pure host logic over
+// ArgDesc records and never touches the driver, so the C API can run it
+// without a GPU (cuda_gqa_evaluate_launch) and the Python evaluator
+// (runtime/launch_plan.py) can be tested against it.
 #pragma once
 
 #include <executorch/runtime/core/error.h>
-#include <executorch/runtime/core/exec_aten/exec_aten.h>
 
 #include <cstdint>
 #include <string>
@@ -14,12 +18,24 @@
 
 namespace cuda_gqa {
 
-// One delegate argument at execute time: the ExecuTorch tensor (host memory;
-// supplies sizes and strides) and the device staging buffer the kernel reads
-// or writes in its place.
-struct ArgView {
-  const executorch::aten::Tensor* tensor = nullptr;
-  CUdeviceptr device = 0;
+// One delegate argument as the launch sees it: element type, shape, strides
+// (in elements) and the device address the kernel reads or writes.
+struct ArgDesc {
+  int dtype = -1;                     // a DType value; -1: a type no payload names
+  const char* dtype_label = nullptr;  // names a dtype of -1 in messages
+  int foreign_dtype_code = 0;         // ... or this code when there is no label
+  size_t rank = 0;                    // may exceed kMaxRank; only kMaxRank dims kept
+  int64_t sizes[kMaxRank] = {};
+  int64_t strides[kMaxRank] = {};
+  uint64_t address = 0;
+};
+
+// What cuLaunchKernel gets besides the parameters.
+struct LaunchConfig {
+  uint32_t grid[3] = {0, 0, 0};
+  uint32_t block = 0;  // 32 * num_warps threads in x
+  uint32_t shared_mem_bytes = 0;
+  uint64_t ctas() const { return uint64_t{grid[0]} * grid[1] * grid[2]; }
 };
 
 // Grid extents. Each dim is the product over its factors of
@@ -34,34 +50,53 @@ bool compute_grid(const KernelDesc& kernel, SizeOf size_of, uint32_t grid[3],
 bool static_grid_ctas(const PayloadDesc& payload, const KernelDesc& kernel,
                       uint64_t* ctas, std::string* error);
 
-// Checks an argument against its spec: dtype, rank, static sizes, last-dim
-// stride 1. Logs and returns an error naming the argument.
-executorch::runtime::Error check_arg(const TensorSpecDesc& spec,
-                                     const executorch::aten::Tensor& tensor,
-                                     size_t index, size_t num_inputs);
+// Checks an argument against its spec: dtype, rank, sizes (>= 0, equal to
+// the static ones), last-dim stride 1. False with a message naming the
+// argument ("input 1 has ...").
+bool check_arg(const TensorSpecDesc& spec, const ArgDesc& arg, size_t index,
+               size_t num_inputs, std::string* error);
+
+// Scratch buffers of one kernel and the number of CTAs they have room for.
+struct ScratchDesc {
+  CUdeviceptr global = 0;
+  CUdeviceptr profile = 0;
+  uint64_t ctas = 0;
+};
+
+// Init-time check that `scratch` covers what `kernel` asks for.
+bool check_scratch(const KernelDesc& kernel, const ScratchDesc& scratch, std::string* error);
+
+// Evaluates one launch of `kernel` over `args` (inputs then outputs, already
+// checked with check_arg): fills values[0 .. params) with the 8-byte slot of
+// each entry-point parameter (ints and floats in the low bytes, zero above),
+// checks alignment and divisibility, and computes the grid. A grid of 0 CTAs
+// (empty tensors) is valid: nothing is to be launched. On failure returns
+// InvalidArgument or InvalidProgram with the reason in *error (no prefix).
+executorch::runtime::Error evaluate_launch(const KernelDesc& kernel, const ArgDesc* args,
+                                           size_t num_args, const ScratchDesc& scratch,
+                                           uint64_t* values, LaunchConfig* config,
+                                           std::string* error);
 
 // Launch state of one kernel, prepared at init so that a launch fills fixed
 // slots and allocates nothing.
 class KernelLauncher {
  public:
   // `kernel` must outlive this launcher.
-  bool prepare(const KernelDesc* kernel, CUfunction function,
-               CUdeviceptr global_scratch, CUdeviceptr profile_scratch,
-               uint64_t scratch_ctas, std::string* error);
+  bool prepare(const KernelDesc* kernel, CUfunction function, const ScratchDesc& scratch,
+               std::string* error);
 
-  // Fills the parameters from `args` (inputs then outputs), checks alignment
-  // and divisibility, computes the grid and enqueues the kernel on `stream`.
+  // evaluate_launch, then enqueues the kernel on `stream` unless the grid is
+  // empty. Logs the reason of any failure.
   executorch::runtime::Error launch(const CudaDriver& driver, CUstream stream,
-                                    const ArgView* args, size_t num_args);
+                                    const ArgDesc* args, size_t num_args);
 
  private:
   const KernelDesc* kernel_ = nullptr;
   CUfunction function_ = nullptr;
-  CUdeviceptr global_scratch_ = 0;
-  CUdeviceptr profile_scratch_ = 0;
-  uint64_t scratch_ctas_ = 0;  // CTAs the scratch buffers have room for
+  ScratchDesc scratch_;
   std::vector<uint64_t> values_;  // one 8-byte slot per parameter
   std::vector<void*> pointers_;   // kernelParams: &values_[i]
+  std::string error_;             // reused, so a refusal allocates rarely
 };
 
 // ---------------------------------------------------------------------------

@@ -2,27 +2,15 @@
 
 import pytest
 import torch
-import triton
 
-from cuda_gqa.backends.heuristics import attention_config
-from cuda_gqa.backends.kernels.attention_fwd import gqa_attention_fwd, launch_grid
+from cuda_gqa.backends.kernels.jit_launch import attention_fwd
 from cuda_gqa.backends.kernels.reference import reference_attention
 
 TOLERANCE = {torch.float16: 4e-3, torch.bfloat16: 3e-2, torch.float32: 5e-3}  # fp32 dots use TF32
 
 
 def run(q, k, v, *, causal, scale=None):
-    b, h_q, l_q, d = q.shape
-    config = attention_config(d, q.dtype)
-    out = torch.empty_like(q)
-    scale = d**-0.5 if scale is None else scale
-    gqa_attention_fwd[launch_grid(l_q, b, h_q, config.block_m)](
-        q, k, v, out, scale, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], l_q, k.shape[2],
-        NUM_HEADS_Q=h_q, GROUP_SIZE=h_q // k.shape[1], HEAD_DIM=d, BLOCK_D=triton.next_power_of_2(d),
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, IS_CAUSAL=causal, num_warps=config.num_warps,
-        num_stages=config.num_stages,
-    )
-    return out
+    return attention_fwd(q, k, v, is_causal=causal, scale=scale)
 
 
 @pytest.mark.gpu

@@ -631,7 +631,8 @@ def test_execute_marshals_tensors_params_and_grid(programs, fake_driver_dir, tmp
     result = subprocess.run([*common, "--expected", str(tmp_path / "expected.bin"), "--output-dir", str(tmp_path)],
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "output 0: max_abs_err=0 (atol 0.02) PASS" in result.stdout
+    assert "output 0: max_abs_err=0, 0 of 128 elements outside atol 0.02 + rtol 0.016 * |expected| PASS" \
+        in result.stdout
     assert "execute: median" in result.stdout and "over 4 iterations" in result.stdout
     np.testing.assert_array_equal(np.fromfile(tmp_path / "output_0.bin", np.float32).reshape(2, 64), x + y)
     # destroy ran and released the context after warmup + timed runs
@@ -640,4 +641,7 @@ def test_execute_marshals_tensors_params_and_grid(programs, fake_driver_dir, tmp
     result = subprocess.run([*common, "--expected", str(tmp_path / "wrong.bin")], capture_output=True, text=True,
                             env=env, timeout=120)
     assert result.returncode == 1
-    assert "output 0: max_abs_err=1 (atol 0.02) FAIL" in result.stdout
+    # Off by 1 everywhere, compared with expected x - y: within 0.02 + 0.016 * |x - y|
+    # only where x - 0.5 >= 61.25, so x = 0..61 fail.
+    assert "output 0: max_abs_err=1, 62 of 128 elements outside atol 0.02 + rtol 0.016 * |expected| FAIL" \
+        in result.stdout

@@ -1,0 +1,307 @@
+"""Runs a payload's cubins directly on torch CUDA tensors, without ExecuTorch.
+
+    launcher = CubinLauncher(payload_bytes)       # loads each kernel's image once
+    out = launcher(q, k, v)                       # or launcher(q, k, v, out=buffer)
+
+Launch parameters, grid and checks come from runtime/launch_plan.py, which
+evaluates the payload as the C++ backend does (the two are held to the same
+answers by tests/runtime/test_launch_plan.py). Unlike the backend, nothing is
+staged: the kernels read and write the tensors in place, on torch's current
+stream, so inputs may be strided views (last dim contiguous) and any
+misalignment the cubins do not allow is refused with LaunchError before
+anything is launched.
+
+Needs torch and cuda-core (with cuda-python's bindings); both are imported
+only when a CubinLauncher is built, so importing this module works anywhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from cuda_gqa.backends.serialization import payload_generated as fb
+
+from .launch_plan import ArgInfo, KernelLaunch, LaunchError, LaunchPlan
+
+__all__ = ["CubinLauncher", "CudaCoreUnavailable", "LaunchError", "arg_info"]
+
+_DEFAULT_SHARED_MEM_LIMIT = 48 * 1024
+
+
+class CudaCoreUnavailable(RuntimeError):
+    """torch with CUDA or cuda-core is missing on this machine."""
+
+
+def _import_cuda_core():
+    """The cuda.core namespace holding Device, ObjectCode, LaunchConfig, launch:
+    `cuda.core` in recent releases, `cuda.core.experimental` in older ones."""
+    errors = []
+    for name in ("cuda.core", "cuda.core.experimental"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError as e:
+            errors.append(f"{name}: {e}")
+            continue
+        if all(hasattr(mod, a) for a in ("Device", "ObjectCode", "LaunchConfig", "launch")):
+            return mod
+        errors.append(f"{name}: lacks Device/ObjectCode/LaunchConfig/launch")
+    raise CudaCoreUnavailable("CubinLauncher needs cuda-core (pip install cuda-core): " + "; ".join(errors))
+
+
+def _import_driver():
+    try:
+        from cuda.bindings import driver
+    except ImportError:
+        try:
+            from cuda import cuda as driver  # cuda-python < 12.6
+        except ImportError as e:
+            raise CudaCoreUnavailable(f"CubinLauncher needs cuda-python's driver bindings: {e}") from e
+    return driver
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError as e:
+        raise CudaCoreUnavailable(f"CubinLauncher needs torch: {e}") from e
+    if not torch.cuda.is_available():
+        raise CudaCoreUnavailable("CubinLauncher needs a CUDA device; torch.cuda.is_available() is False")
+    return torch
+
+
+class _CallableTuple(tuple):
+    """(version, handle) that also answers being called: cuda.core reads
+    `__cuda_stream__` as an attribute in old releases, calls it in newer ones."""
+
+    def __call__(self):
+        return self
+
+
+class _ForeignStream:
+    """A CUstream handle owned by someone else (torch), in the form cuda.core accepts."""
+
+    def __init__(self, handle: int):
+        self.__cuda_stream__ = _CallableTuple((0, int(handle)))
+
+
+def _torch_dtypes(torch) -> dict:
+    return {torch.float32: fb.DType.Float32, torch.float16: fb.DType.Float16, torch.bfloat16: fb.DType.BFloat16}
+
+
+def arg_info(tensor, dtypes: Optional[dict] = None) -> ArgInfo:
+    """The launch plan's view of a torch tensor: dtype, sizes, strides, data address."""
+    if dtypes is None:
+        import torch
+
+        dtypes = _torch_dtypes(torch)
+    code = dtypes.get(tensor.dtype, -1)
+    return ArgInfo(dtype=code, sizes=tuple(tensor.shape), strides=tuple(tensor.stride()),
+                   address=tensor.data_ptr(), dtype_label=None if code >= 0 else str(tensor.dtype).removeprefix("torch."))
+
+
+def _handle_int(handle) -> int:
+    try:
+        return int(handle)
+    except TypeError:
+        return int(handle.getPtr()) if hasattr(handle, "getPtr") else 0
+
+
+def _check_driver(result, what: str):
+    err = result[0] if isinstance(result, tuple) else result
+    if int(err) != 0:
+        raise RuntimeError(f"{what} failed: {err!r}")
+
+
+class CubinLauncher:
+    """A payload's kernels, loaded on one CUDA device, callable on torch tensors.
+
+    `CubinLauncher(payload_bytes, device=None)`: device is an index, a
+    torch.device or None (torch's current device). Picks each kernel's image
+    for the device's compute capability as the C++ runtime does (exact cubin,
+    then an older minor of the same major, then PTX), loads it once, opts in
+    to dynamic shared memory above 48 KiB, and allocates the kernels' scratch
+    for the grid of the payload's static sizes.
+
+    `launcher(*inputs, out=None)` checks the tensors (device, dtype, sizes,
+    strides, alignment; LaunchError before any launch if one is off), allocates
+    the output when `out` is None (static output sizes only), launches every
+    kernel on torch's current stream and returns the output (a tuple if the
+    payload has several).
+    """
+
+    def __init__(self, payload_bytes: bytes, device: Any = None):
+        self.plan = LaunchPlan(payload_bytes)
+        torch = _import_torch()
+        self._torch = torch
+        self._cc = _import_cuda_core()
+        self._driver = _import_driver()
+        self._dtypes = _torch_dtypes(torch)
+        self._torch_dtype = {v: k for k, v in self._dtypes.items()}
+
+        if device is None:
+            index = torch.cuda.current_device()
+        elif isinstance(device, int):
+            index = device
+        else:
+            d = torch.device(device)
+            if d.type != "cuda":
+                raise ValueError(f"CubinLauncher runs on a CUDA device, not {d}")
+            index = d.index if d.index is not None else torch.cuda.current_device()
+        self.device = torch.device("cuda", index)
+        major, minor = torch.cuda.get_device_capability(index)
+        self.compute_capability = 10 * major + minor
+
+        # Initialize torch's context first, so cuda.core shares its primary context.
+        torch.cuda.init()
+        with torch.cuda.device(index):
+            torch.empty(1, device=self.device)
+        self._cc_device = self._cc.Device(index)
+        self._cc_device.set_current()
+
+        self.images = []  # ImageChoice per kernel
+        self._kernels = []
+        for k, kernel in enumerate(self.plan.kernels):
+            choice = self.plan.select_image(k, self.compute_capability)
+            self.images.append(choice)
+            self._kernels.append(self._load(self.plan.names[k], choice, kernel.sharedMemBytes))
+
+        self._scratch = []  # (global, profile) address per kernel
+        self._scratch_buffers = []  # keeps the tensors alive
+        for k, kernel in enumerate(self.plan.kernels):
+            ctas = self.plan.scratch_ctas(k)
+            addresses = []
+            for nbytes, align in ((kernel.globalScratchBytes, kernel.globalScratchAlign),
+                                  (kernel.profileScratchBytes, kernel.profileScratchAlign)):
+                if nbytes == 0 or ctas == 0:
+                    addresses.append(0)
+                    continue
+                align = max(int(align), 1)
+                buf = torch.empty(ctas * nbytes + align - 1, dtype=torch.uint8, device=self.device)
+                self._scratch_buffers.append(buf)
+                addresses.append((buf.data_ptr() + align - 1) // align * align)
+            self._scratch.append(tuple(addresses))
+        self._launch_takes_stream_first = self._launch_signature_stream_first()
+        self._streams = {}
+
+    # -- loading -------------------------------------------------------------
+
+    def _load(self, name: str, choice, shared_mem_bytes: int):
+        ObjectCode = self._cc.ObjectCode
+        try:
+            if choice.is_ptx:
+                text = choice.image.rstrip(b"\0")
+                code = (ObjectCode.from_ptx(text) if hasattr(ObjectCode, "from_ptx")
+                        else ObjectCode(text, "ptx"))
+            else:
+                code = (ObjectCode.from_cubin(choice.image) if hasattr(ObjectCode, "from_cubin")
+                        else ObjectCode(choice.image, "cubin"))
+            kernel = code.get_kernel(name)
+        except Exception as e:
+            what = "PTX" if choice.is_ptx else f"sm_{choice.arch} cubin"
+            raise LaunchError(f"kernel {name}: loading the {what} failed: {e}") from e
+        if shared_mem_bytes > _DEFAULT_SHARED_MEM_LIMIT:
+            self._opt_in_shared_memory(name, kernel, int(shared_mem_bytes))
+        return kernel
+
+    def _opt_in_shared_memory(self, name: str, kernel, nbytes: int) -> None:
+        drv = self._driver
+        handle = getattr(kernel, "handle", None)
+        if handle is None:
+            handle = getattr(kernel, "_handle", None)
+        if handle is None:
+            raise LaunchError(f"kernel {name}: cuda.core exposes no handle to set its shared memory limit on")
+        attr = drv.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        if type(handle).__name__ == "CUkernel":  # loaded through the library API
+            result = drv.cuKernelSetAttribute(attr, nbytes, handle, drv.CUdevice(self.device.index))
+        else:
+            if not isinstance(handle, drv.CUfunction):
+                handle = drv.CUfunction(_handle_int(handle))
+            result = drv.cuFuncSetAttribute(handle, attr, nbytes)
+        try:
+            _check_driver(result, "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)")
+        except RuntimeError as e:
+            raise LaunchError(f"kernel {name}: needs {nbytes} bytes of dynamic shared memory: {e}") from None
+
+    def _launch_signature_stream_first(self) -> bool:
+        """launch(stream, config, kernel, *args) since cuda-core 0.2; launch(kernel,
+        config, *args) with LaunchConfig(stream=...) before."""
+        try:
+            params = list(inspect.signature(self._cc.launch).parameters)
+        except (TypeError, ValueError):  # a Cython function without a signature
+            doc = (self._cc.launch.__doc__ or "").lstrip()
+            return not doc.startswith("launch(kernel")
+        return not params or params[0] != "kernel"
+
+    def _stream(self):
+        handle = int(self._torch.cuda.current_stream(self.device).cuda_stream)
+        stream = self._streams.get(handle)
+        if stream is None:
+            stream = self._cc_device.create_stream(_ForeignStream(handle))
+            self._streams[handle] = stream
+        return stream
+
+    # -- launching -----------------------------------------------------------
+
+    def plan_launches(self, args: Sequence[ArgInfo]) -> list[KernelLaunch]:
+        """What __call__ would launch for these arguments (inputs then outputs)."""
+        return self.plan.evaluate_all(args, self._scratch)
+
+    def _output(self, index: int):
+        dtype, sizes = self.plan.specs[self.plan.num_inputs + index]
+        if any(s < 0 for s in sizes):
+            raise LaunchError(f"output {index} has dynamic sizes: pass out=")
+        return self._torch.empty(sizes, dtype=self._torch_dtype[dtype], device=self.device)
+
+    def __call__(self, *inputs, out=None):
+        torch = self._torch
+        num_outputs = self.plan.num_args - self.plan.num_inputs
+        if len(inputs) != self.plan.num_inputs:
+            raise LaunchError(f"{len(inputs)} inputs, the payload expects {self.plan.num_inputs}")
+        if out is None:
+            outputs = tuple(self._output(i) for i in range(num_outputs))
+        else:
+            outputs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+            if len(outputs) != num_outputs:
+                raise LaunchError(f"{len(outputs)} outputs, the payload expects {num_outputs}")
+        tensors = tuple(inputs) + outputs
+        for i, t in enumerate(tensors):
+            if not isinstance(t, torch.Tensor):
+                raise LaunchError(f"{self.plan.arg_name(i)} is a {type(t).__name__}, not a torch.Tensor")
+            if t.device != self.device:
+                raise LaunchError(f"{self.plan.arg_name(i)} is on {t.device}, the kernels are loaded on {self.device}")
+        launches = self.plan_launches([arg_info(t, self._dtypes) for t in tensors])
+        with torch.cuda.device(self.device):
+            self._cc_device.set_current()
+            stream = self._stream()
+            for launch in launches:
+                if launch.ctas:
+                    self._launch(stream, launch)
+        return outputs[0] if num_outputs == 1 else outputs
+
+    def _launch(self, stream, launch: KernelLaunch) -> None:
+        cc = self._cc
+        kernel = self._kernels[launch.kernel_index]
+        args = [_pack(t, v) for t, v in launch.params]
+        if self._launch_takes_stream_first:
+            config = cc.LaunchConfig(grid=launch.grid, block=(launch.block, 1, 1),
+                                     shmem_size=launch.shared_mem_bytes)
+            cc.launch(stream, config, kernel, *args)
+        else:
+            config = cc.LaunchConfig(grid=launch.grid, block=(launch.block, 1, 1), stream=stream,
+                                     shmem_size=launch.shared_mem_bytes)
+            cc.launch(kernel, config, *args)
+
+
+def _pack(type_: int, value):
+    """One entry-point parameter as cuda.core passes it: pointers 64-bit, ints and floats by width."""
+    if type_ == fb.ParamType.Int32:
+        return np.int32(value)
+    if type_ == fb.ParamType.Int64:
+        return np.int64(value)
+    if type_ == fb.ParamType.Float32:
+        return np.float32(value)
+    return np.uint64(value)

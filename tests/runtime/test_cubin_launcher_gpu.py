@@ -1,0 +1,90 @@
+"""CubinLauncher on a real GPU: payloads compiled by the local Triton for this
+device's arch, launched on torch tensors, compared to the float32 reference.
+Skipped (tests/conftest.py) where torch sees no CUDA device."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+
+CASES = [  # dtype, batch, H_q, H_kv, L_q, L_kv, D, causal
+    (torch.float16, 2, 8, 2, 128, 128, 64, False),     # GQA 4:1
+    (torch.bfloat16, 2, 8, 2, 128, 128, 64, False),
+    (torch.float16, 1, 8, 1, 77, 77, 128, False),      # MQA, ragged length
+    (torch.bfloat16, 1, 8, 1, 64, 64, 128, True),
+    (torch.float16, 2, 16, 4, 40, 200, 64, True),      # causal, L_q < L_kv (bottom-right)
+    (torch.bfloat16, 1, 4, 1, 1, 333, 128, True),      # decode step, MQA
+]
+
+
+def device_arch() -> int:
+    major, minor = torch.cuda.get_device_capability()
+    return 10 * major + minor
+
+
+def build(dtype, b, hq, hkv, lq, lkv, d, causal, scale):
+    from cuda_gqa.backends.attention_plan import build_attention_payload
+
+    return build_attention_payload(dtype=dtype, batch=b, num_heads_q=hq, num_heads_kv=hkv, head_dim=d, l_q=lq,
+                                   l_kv=lkv, is_causal=causal, scale=scale, archs=[device_arch()])
+
+
+def tolerance(dtype):
+    return dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else dict(atol=5e-3, rtol=5e-3)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{str(c[0])[6:]}-{c[2]}q{c[3]}kv-{c[4]}x{c[5]}-d{c[6]}"
+                                                      f"{'-causal' if c[7] else ''}")
+def test_matches_reference(case):
+    from cuda_gqa.backends.kernels.reference import reference_attention
+    from cuda_gqa.runtime.cubin_launcher import CubinLauncher
+
+    dtype, b, hq, hkv, lq, lkv, d, causal = case
+    scale = 0.9 / d**0.5
+    launcher = CubinLauncher(build(dtype, b, hq, hkv, lq, lkv, d, causal, scale))
+    assert not launcher.images[0].is_ptx
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(b, hq, lq, d, device="cuda", dtype=dtype, generator=gen)
+    k = torch.randn(b, hkv, lkv, d, device="cuda", dtype=dtype, generator=gen)
+    v = torch.randn(b, hkv, lkv, d, device="cuda", dtype=dtype, generator=gen)
+    out = launcher(q, k, v)
+    torch.cuda.synchronize()
+    expected = reference_attention(q, k, v, is_causal=causal, scale=scale)
+    assert out.dtype == dtype and out.shape == (b, hq, lq, d)
+    torch.testing.assert_close(out.float(), expected, **tolerance(dtype))
+
+    # Same result through strided [B, L, H, D] views and a caller-provided output.
+    qt, kt, vt = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
+    buffer = torch.full((b, lq, hq, d), float("nan"), device="cuda", dtype=dtype).transpose(1, 2)
+    result = launcher(qt, kt, vt, out=buffer)
+    torch.cuda.synchronize()
+    assert result is buffer
+    torch.testing.assert_close(buffer.float(), expected, **tolerance(dtype))
+
+
+def test_refusals_launch_nothing():
+    from cuda_gqa.runtime.cubin_launcher import CubinLauncher
+    from cuda_gqa.runtime.launch_plan import LaunchError
+
+    b, hq, hkv, l, d = 1, 8, 2, 64, 64
+    launcher = CubinLauncher(build(torch.float16, b, hq, hkv, l, l, d, False, None))
+    q = torch.randn(b, hq, l, d, device="cuda", dtype=torch.float16)
+    k = torch.randn(b, hkv, l, d, device="cuda", dtype=torch.float16)
+    v = torch.randn(b, hkv, l, d, device="cuda", dtype=torch.float16)
+    sentinel = torch.full((b, hq, l, d), 7.0, device="cuda", dtype=torch.float16)
+
+    with pytest.raises(LaunchError, match="input 1 has dtype bfloat16, the kernels were compiled for float16"):
+        launcher(q, k.bfloat16(), v, out=sentinel)
+    raw = torch.empty(q.numel() * 2 + 8, device="cuda", dtype=torch.uint8)
+    misaligned = raw[2:2 + q.numel() * 2].view(torch.float16).view(q.shape)
+    misaligned.copy_(q)
+    with pytest.raises(LaunchError, match="address of arg 0 is not a multiple of"):
+        launcher(misaligned, k, v, out=sentinel)
+    with pytest.raises(LaunchError, match="last dimension has stride"):
+        launcher(q.transpose(2, 3).contiguous().transpose(2, 3), k, v, out=sentinel)
+    with pytest.raises(LaunchError, match="is on cpu"):
+        launcher(q.cpu(), k, v, out=sentinel)
+    torch.cuda.synchronize()
+    assert bool((sentinel == 7.0).all()), "a refused call must not have launched"
