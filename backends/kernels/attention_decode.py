@@ -1,0 +1,187 @@
+"""Split-KV GQA decode in Triton, for few query rows (L_q of 1 to 16) over a long KV.
+
+Two kernels:
+
+gqa_decode_split: one program per (KV split, batch * KV head, M tile).
+  Pack GQA: the GROUP_SIZE query heads that share a KV head and the L_q query
+  rows are folded into the M dimension of one tile, so each K/V block of a
+  split is loaded once for all of them. Packed row r (0 <= r < GROUP_SIZE *
+  L_q) is query row r // GROUP_SIZE of query head kv_head * GROUP_SIZE +
+  r % GROUP_SIZE: the heads of one query row are adjacent, which keeps a
+  decode step (L_q = 1) a plain run of heads. BLOCK_M normally covers all
+  GROUP_SIZE * L_q rows (one M tile); a third grid dimension of M tiles only
+  exists for shapes whose packed tile would not fit (see decode_heuristics).
+
+  Split s covers keys [s * SPLIT_LEN, min((s + 1) * SPLIT_LEN, L_kv)); SPLIT_LEN
+  is a runtime multiple of BLOCK_N and the host launches cdiv(L_kv, SPLIT_LEN)
+  splits (a split past the end is allowed: it records that it saw no key).
+  Causal masking is bottom-right aligned: query row i sees keys
+  j <= i + L_kv - L_q.
+
+  With SINGLE_SPLIT the one split covers every key and the program writes the
+  final, normalised output straight into Out, so a short context is one launch.
+  Otherwise each (split, row) writes to a caller-owned fp32 workspace:
+    Partial[b, h, i, s, :HEAD_DIM]  the split's output, already normalised by
+                                    its own softmax sum (0 when it saw no key),
+    Lse[b, h, i, s]                 the split's log-sum-exp of the scaled
+                                    scores, in base 2 (-inf when it saw no key),
+  both contiguous, with the split count as the number of programs along grid
+  axis 0. A workspace sized for larger B*H_q, L_q or split counts can be reused
+  as is: only its leading elements are touched.
+
+gqa_decode_combine: one program per (query row, batch * query head). It merges
+  the splits of that row, each weighted by 2^(Lse_s - max Lse) and divided by
+  their sum, and writes Out in Out's dtype; a row no split saw a key for gets 0.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def gqa_decode_split(
+    Q, K, V, Out, Partial, Lse,
+    sm_scale,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_om,
+    L_q, L_kv, SPLIT_LEN,
+    NUM_HEADS_Q: tl.constexpr, GROUP_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, SINGLE_SPLIT: tl.constexpr,
+):
+    split = tl.program_id(0)
+    batch_kv_head = tl.program_id(1)
+    m_tile = tl.program_id(2)
+    num_splits = tl.num_programs(0)
+    num_heads_kv: tl.constexpr = NUM_HEADS_Q // GROUP_SIZE
+    batch = (batch_kv_head // num_heads_kv).to(tl.int64)
+    kv_head = (batch_kv_head % num_heads_kv).to(tl.int64)
+
+    # Packed rows -> (query row, query head); see the module docstring.
+    packed = m_tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    q_row = packed // GROUP_SIZE
+    head = kv_head * GROUP_SIZE + (packed % GROUP_SIZE).to(tl.int64)
+    row_ok = q_row < L_q
+    dims = tl.arange(0, BLOCK_D)
+    dim_ok = dims < HEAD_DIM
+    q_mask = row_ok[:, None] & dim_ok[None, :]
+
+    q_rows = Q + batch * stride_qb + head * stride_qh + q_row * stride_qm
+    q = tl.load(q_rows[:, None] + dims[None, :], mask=q_mask, other=0.0)
+    k_base = K + batch * stride_kb + kv_head * stride_kh
+    v_base = V + batch * stride_vb + kv_head * stride_vh
+
+    qk_scale = sm_scale * 1.4426950408889634  # scores in base 2: exp(x) = exp2(x * log2(e))
+    row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    row_sum = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
+    diagonal = L_kv - L_q
+    if SINGLE_SPLIT:
+        kv_lo = 0
+        kv_hi = L_kv
+    else:
+        kv_lo = split * SPLIT_LEN
+        kv_hi = tl.minimum(kv_lo + SPLIT_LEN, L_kv)
+    if IS_CAUSAL:
+        # The tile's last valid row sees the most keys: nothing past its diagonal.
+        last_row = tl.minimum(L_q - 1, ((m_tile + 1) * BLOCK_M - 1) // GROUP_SIZE)
+        kv_hi = tl.maximum(tl.minimum(kv_hi, last_row + diagonal + 1), kv_lo)
+    cols_in_block = tl.arange(0, BLOCK_N)
+    for kv_start in range(kv_lo, kv_hi, BLOCK_N):
+        cols = kv_start + cols_in_block
+        col_ok = cols < kv_hi
+        kv_mask = col_ok[:, None] & dim_ok[None, :]
+        k = tl.load(k_base + cols[:, None] * stride_kn + dims[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + cols[:, None] * stride_vn + dims[None, :], mask=kv_mask, other=0.0)
+        scores = tl.dot(q, tl.trans(k)) * qk_scale
+        visible = col_ok[None, :]
+        if IS_CAUSAL:
+            visible = visible & (cols[None, :] <= q_row[:, None] + diagonal)
+        scores = tl.where(visible, scores, float("-inf"))
+
+        new_max = tl.maximum(row_max, tl.max(scores, 1))
+        # Rows with no visible key so far keep max -inf: subtract 0 instead,
+        # so their exp2 is 0 and never NaN.
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        p = tl.exp2(scores - shift[:, None])
+        rescale = tl.exp2(row_max - shift)
+        row_sum = row_sum * rescale + tl.sum(p, 1)
+        acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v)
+        row_max = new_max
+
+    saw_key = row_sum > 0.0
+    out = acc / tl.where(saw_key, row_sum, 1.0)[:, None]
+    if SINGLE_SPLIT:
+        o_rows = Out + batch * stride_ob + head * stride_oh + q_row * stride_om
+        tl.store(o_rows[:, None] + dims[None, :], out.to(Out.dtype.element_ty), mask=q_mask)
+    else:
+        # Workspace row of (batch, head, q_row), then this split's slot in it.
+        slot = ((batch * NUM_HEADS_Q + head) * L_q + q_row) * num_splits + split
+        lse = tl.where(saw_key, row_max + tl.log2(tl.where(saw_key, row_sum, 1.0)), float("-inf"))
+        tl.store(Lse + slot, lse, mask=row_ok)
+        tl.store(Partial + slot[:, None] * HEAD_DIM + dims[None, :], out, mask=q_mask)
+
+
+@triton.jit
+def gqa_decode_combine(
+    Partial, Lse, Out,
+    stride_ob, stride_oh, stride_om,
+    L_q, NUM_SPLITS,
+    NUM_HEADS_Q: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    q_row = tl.program_id(0)
+    batch_head = tl.program_id(1)
+    batch = (batch_head // NUM_HEADS_Q).to(tl.int64)
+    head = (batch_head % NUM_HEADS_Q).to(tl.int64)
+    first_slot = (batch_head.to(tl.int64) * L_q + q_row) * NUM_SPLITS
+
+    dims = tl.arange(0, BLOCK_D)
+    dim_ok = dims < HEAD_DIM
+    splits_in_block = tl.arange(0, BLOCK_S)
+    best = tl.full([1], float("-inf"), tl.float32)
+    weight_sum = tl.zeros([1], tl.float32)
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    # Online merge over blocks of BLOCK_S splits (one block for the usual counts).
+    for s_start in range(0, NUM_SPLITS, BLOCK_S):
+        splits = s_start + splits_in_block
+        split_ok = splits < NUM_SPLITS
+        lse = tl.load(Lse + first_slot + splits, mask=split_ok, other=float("-inf"))
+        part = tl.load(Partial + (first_slot + splits)[:, None] * HEAD_DIM + dims[None, :],
+                       mask=split_ok[:, None] & dim_ok[None, :], other=0.0)
+        new_best = tl.maximum(best, tl.max(lse, 0))
+        shift = tl.where(new_best == float("-inf"), 0.0, new_best)
+        weights = tl.exp2(lse - shift)  # [BLOCK_S]; 0 for splits that saw no key
+        rescale = tl.exp2(best - shift)
+        weight_sum = weight_sum * rescale + tl.sum(weights, 0)
+        acc = acc * rescale + tl.sum(weights[:, None] * part, 0)
+        best = new_best
+
+    out = acc / tl.where(weight_sum > 0.0, weight_sum, 1.0)
+    o_row = Out + batch * stride_ob + head * stride_oh + q_row * stride_om
+    tl.store(o_row + dims, out.to(Out.dtype.element_ty), mask=dim_ok)
+
+
+def decode_workspace_shape(batch: int, num_heads_q: int, l_q: int, head_dim: int,
+                           num_splits: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shapes of the fp32 (Partial, Lse) workspaces gqa_decode_split writes for num_splits > 1.
+
+    Allocate once for the largest problem and split count the program will
+    run; any smaller problem uses the leading elements.
+    """
+    return (batch, num_heads_q, l_q, num_splits, head_dim), (batch, num_heads_q, l_q, num_splits)
+
+
+def decode_split_grid(num_splits: int, batch: int, num_heads_kv: int, group_size: int, l_q: int,
+                      block_m: int) -> tuple[int, int, int]:
+    """The grid gqa_decode_split expects: (splits, batch * KV heads, M tiles of the packed rows)."""
+    return (num_splits, batch * num_heads_kv, triton.cdiv(group_size * l_q, block_m))
+
+
+def decode_combine_grid(batch: int, num_heads_q: int, l_q: int) -> tuple[int, int, int]:
+    """The grid gqa_decode_combine expects: (query rows, batch * query heads)."""
+    return (l_q, batch * num_heads_q, 1)

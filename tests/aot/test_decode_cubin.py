@@ -1,0 +1,82 @@
+"""gqa_decode_split and gqa_decode_combine compile to cubins for sm_80 and sm_90 on a machine without a GPU."""
+
+import pytest
+import torch
+
+from cuda_gqa.backends.aot.attention_decode import compile_decode_combine, compile_decode_split
+from cuda_gqa.backends.kernels.decode_heuristics import SHARED_MEMORY_BUDGET, decode_config
+
+EM_CUDA = 190
+SPLIT_STRIDES = [f"stride_{t}{d}" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("o", "bhm")) for d in dims]
+SPLIT_ARGS = ["Q", "K", "V", "Out", "Partial", "Lse", "sm_scale", *SPLIT_STRIDES, "L_q", "L_kv", "SPLIT_LEN"]
+COMBINE_ARGS = ["Partial", "Lse", "Out", "stride_ob", "stride_oh", "stride_om", "L_q", "NUM_SPLITS"]
+HIDDEN = ["global_scratch", "profile_scratch"]
+
+
+def elf_cuda_arch(image: bytes) -> int:
+    flags = int.from_bytes(image[48:52], "little")
+    return flags & 0xFF if flags & 0xFF >= 20 else (flags >> 8) & 0xFF
+
+
+def split_kernel(arch, single_split, dtype=torch.float16, head_dim=128, heads_q=32, group=4, l_q=1):
+    config = decode_config(head_dim, dtype, group, l_q)
+    return compile_decode_split(dtype=dtype, head_dim=head_dim, num_heads_q=heads_q, group_size=group,
+                                is_causal=True, single_split=single_split, arch=arch, block_m=config.block_m,
+                                block_n=config.block_n, num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+@pytest.fixture(scope="module", params=[(80, False), (90, False), (90, True)],
+                ids=lambda p: f"sm_{p[0]}-{'single' if p[1] else 'split'}")
+def split(request):
+    return split_kernel(*request.param)
+
+
+@pytest.fixture(scope="module", params=[80, 90], ids=lambda a: f"sm_{a}")
+def combine(request):
+    return compile_decode_combine(dtype=torch.bfloat16, head_dim=128, num_heads_q=32, arch=request.param)
+
+
+def assert_cuda_elf(kernel):
+    assert kernel.cubin[:4] == b"\x7fELF"
+    assert int.from_bytes(kernel.cubin[18:20], "little") == EM_CUDA
+    assert elf_cuda_arch(kernel.cubin) == kernel.arch
+    assert f".target sm_{kernel.arch}" in kernel.ptx
+
+
+def test_split_is_a_cuda_elf_with_runtime_args_then_scratch(split):
+    assert_cuda_elf(split)
+    assert split.name == "gqa_decode_split"
+    assert [p.name for p in split.params] == SPLIT_ARGS + HIDDEN
+    types = {p.name: p.type for p in split.params}
+    assert [types[n] for n in ("Q", "Partial", "Lse", "sm_scale", "SPLIT_LEN", "global_scratch")] == \
+        ["ptr", "ptr", "ptr", "fp32", "i32", "ptr"]
+    divisible = {p.name for p in split.params if p.divisibility == 16}
+    assert divisible == {"Q", "K", "V", "Out", "Partial", "Lse", *SPLIT_STRIDES}
+    assert "ld.global.v4" in split.ptx  # 16-byte K/V loads from the divisibility assumption
+    assert 0 < split.shared_mem_bytes <= SHARED_MEMORY_BUDGET
+    assert split.global_scratch_bytes == 0 and split.profile_scratch_bytes == 0
+
+
+def test_combine_is_a_cuda_elf_with_runtime_args_then_scratch(combine):
+    assert_cuda_elf(combine)
+    assert combine.name == "gqa_decode_combine"
+    assert [p.name for p in combine.params] == COMBINE_ARGS + HIDDEN
+    assert {p.name for p in combine.params if p.divisibility == 16} == \
+        {"Partial", "Lse", "Out", "stride_ob", "stride_oh", "stride_om"}
+    assert combine.global_scratch_bytes == 0 and combine.profile_scratch_bytes == 0
+
+
+@pytest.mark.parametrize("dtype, head_dim, heads_q, group, l_q", [
+    (torch.bfloat16, 256, 16, 8, 16),  # qwen 16/2 verifying 16 tokens: largest packed tile
+    (torch.float32, 80, 8, 8, 4),      # padded head dim, fp32
+])
+def test_largest_tiles_fit_shared_memory_on_sm_80(dtype, head_dim, heads_q, group, l_q):
+    kernel = split_kernel(80, False, dtype, head_dim, heads_q, group, l_q)
+    assert 0 < kernel.shared_mem_bytes <= SHARED_MEMORY_BUDGET
+
+
+def test_unsupported_inputs_are_refused():
+    with pytest.raises(ValueError, match="multiple of 16 up to 256"):
+        compile_decode_combine(dtype=torch.float16, head_dim=72, num_heads_q=8, arch=90)
+    with pytest.raises(ValueError, match="float16, bfloat16 or float32"):
+        split_kernel(90, False, dtype=torch.int8)

@@ -1,0 +1,77 @@
+"""The decode split-count rule and tile choice (pure host code)."""
+
+import pytest
+import torch
+import triton
+
+from cuda_gqa.backends.kernels.decode_heuristics import (
+    EFFICIENCY_FRACTION, MIN_SPLIT_LEN, SHARED_MEMORY_BUDGET, decode_config, decode_split_count,
+    estimated_shared_bytes, split_plan, wave_efficiency)
+
+SMS = 132
+BLOCK_N = 64
+# (batch, kv heads, L_kv): the decode table's shapes.
+DECODE_TABLE = [
+    (1, 8, 2048), (1, 8, 8192), (1, 8, 32768),  # llama3-8b 32/8
+    (1, 2, 8192),                               # qwen 16/2, D 256
+    (1, 1, 32768),                              # MQA
+    (8, 8, 8192),                               # batched llama3-8b
+]
+
+
+@pytest.mark.parametrize("batch, heads_kv, l_kv", DECODE_TABLE)
+def test_split_count_fills_the_sms_or_hits_the_minimum_split(batch, heads_kv, l_kv):
+    splits = decode_split_count(batch, heads_kv, l_kv, SMS, BLOCK_N)
+    split_len, launched = split_plan(l_kv, splits, BLOCK_N)
+    assert launched == splits  # the count is exact: the host launches exactly this many
+    assert splits == 1 or split_len >= MIN_SPLIT_LEN
+    ctas = batch * heads_kv * splits
+    assert ctas <= 2 * SMS
+    # Either at least 80% of the SMs get work (85% of the best wave efficiency,
+    # itself at most 1), or the minimum split length caps the count.
+    max_by_length = l_kv // MIN_SPLIT_LEN
+    assert ctas >= 0.8 * SMS or splits >= EFFICIENCY_FRACTION * max_by_length - 1
+
+
+def test_decode_table_picks():
+    picks = {shape: decode_split_count(*shape, SMS, BLOCK_N) for shape in DECODE_TABLE}
+    # Whole-wave fill for the long llama context; 256-key splits cap the short ones.
+    assert picks[(1, 8, 8192)] * 8 >= 0.85 * SMS
+    assert picks[(1, 2, 8192)] == 32 and split_plan(8192, 32, BLOCK_N)[0] == 256
+    assert picks[(1, 1, 32768)] >= 0.85 * SMS
+    assert picks[(8, 8, 8192)] == 2  # 64 CTAs -> 128 of 132 SMs
+
+
+@pytest.mark.parametrize("batch, heads_kv", [(32, 8), (4, 32), (16, 8)])
+def test_one_split_when_batch_and_heads_fill_the_sms(batch, heads_kv):
+    assert decode_split_count(batch, heads_kv, 32768, SMS, BLOCK_N) == 1
+
+
+@pytest.mark.parametrize("l_kv", [1, 100, 300, 511])
+def test_short_contexts_are_not_split(l_kv):
+    assert decode_split_count(1, 8, l_kv, SMS, BLOCK_N) == 1
+
+
+def test_pick_is_the_smallest_within_85_percent_of_the_best():
+    splits = decode_split_count(1, 8, 8192, SMS, BLOCK_N)
+    candidates = {split_plan(8192, s, BLOCK_N)[1] for s in range(1, 33)}
+    best = max(wave_efficiency(8 * s, SMS) for s in candidates)
+    assert wave_efficiency(8 * splits, SMS) >= EFFICIENCY_FRACTION * best
+    assert all(wave_efficiency(8 * s, SMS) < EFFICIENCY_FRACTION * best for s in candidates if s < splits)
+
+
+def test_max_splits_is_respected():
+    assert decode_split_count(1, 1, 1 << 20, SMS, BLOCK_N, max_splits=16) <= 16
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("head_dim", [64, 80, 128, 256])
+@pytest.mark.parametrize("group, l_q", [(1, 1), (4, 1), (8, 1), (32, 1), (4, 16), (8, 16)])
+def test_config_packs_rows_and_fits_shared_memory(dtype, head_dim, group, l_q):
+    config = decode_config(head_dim, dtype, group, l_q)
+    assert estimated_shared_bytes(config.block_m, config.block_n, head_dim, dtype,
+                                  config.num_stages) <= SHARED_MEMORY_BUDGET
+    assert config.block_m >= 16 and config.block_n >= 16
+    packed = triton.next_power_of_2(group * l_q)
+    if head_dim <= 128 and dtype != torch.float32:
+        assert config.block_m >= packed  # one M tile: K/V read once per split
