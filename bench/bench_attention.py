@@ -1,6 +1,7 @@
 """GQA attention on the GPU: cuda_gqa's kernels side by side with what users would pick instead.
 
-    python3 bench/bench_attention.py [--out DIR] [--upstream-sdpa PATH/TO/executorch/.../sdpa.py]
+    python3 bench/make_payloads.py DIR          # on the export machine: AOT cubins for every shape
+    python3 bench/bench_attention.py [--payloads DIR] [--out DIR] [--upstream-sdpa PATH/TO/executorch/.../sdpa.py]
 
 Candidates: cuda_gqa (AOT cubins through the Python shim when --payloads is
 given, Triton JIT of the same kernel source otherwise), PyTorch SDPA's
@@ -34,7 +35,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention
 
-from cuda_gqa.backends.kernels.jit_launch import attention_fwd
+from cuda_gqa.backends.kernels.jit_launch import MAX_DECODE_L_Q, attention, decode_workspace
 
 CALLS_PER_GRAPH = 20
 REPLAYS = 15
@@ -51,6 +52,12 @@ class Shape:
     head_dim: int
     l_q: int
     l_kv: int
+
+    @property
+    def key(self) -> str:
+        """File name stem of this shape's payload."""
+        return (f"{self.kind}-{self.model}-b{self.batch}-{self.heads_q}x{self.heads_kv}-d{self.head_dim}"
+                f"-q{self.l_q}-kv{self.l_kv}")
 
     @property
     def label(self) -> str:
@@ -124,7 +131,7 @@ def load_upstream(path: Optional[Path]):
     return module.sdpa
 
 
-def candidates(shape: Shape, q, k, v, upstream) -> dict[str, Callable[[], torch.Tensor]]:
+def candidates(shape: Shape, q, k, v, upstream, payloads: Optional[Path]) -> dict[str, Callable[[], torch.Tensor]]:
     group = shape.heads_q // shape.heads_kv
     k_rep, v_rep = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
     out = torch.empty_like(q)
@@ -140,7 +147,15 @@ def candidates(shape: Shape, q, k, v, upstream) -> dict[str, Callable[[], torch.
 
         return run
 
-    found = {"cuda_gqa (Triton JIT)": lambda: attention_fwd(q, k, v, is_causal=True, out=out)}
+    found = {}
+    if payloads is not None:
+        from cuda_gqa.runtime.cubin_launcher import CubinLauncher
+
+        launcher = CubinLauncher((payloads / f"{shape.key}.cgqa").read_bytes())
+        found["cuda_gqa (AOT cubin)"] = lambda: launcher(q, k, v, out=out)
+    # The decode workspace is allocated once, outside the timed calls, as the runtime does.
+    workspace = decode_workspace(q, num_splits=128) if shape.l_q <= MAX_DECODE_L_Q else None
+    found["cuda_gqa (Triton JIT)"] = lambda: attention(q, k, v, is_causal=True, out=out, workspace=workspace)
     found["torch default"] = torch_sdpa(None, False)
     for name, backend in (("cuDNN", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
                           ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
@@ -151,7 +166,7 @@ def candidates(shape: Shape, q, k, v, upstream) -> dict[str, Callable[[], torch.
     return found
 
 
-def run_shape(shape: Shape, upstream) -> dict[str, str | float]:
+def run_shape(shape: Shape, upstream, payloads: Optional[Path]) -> dict[str, str | float]:
     torch.manual_seed(0)
     make = lambda h, l: torch.randn(shape.batch, h, l, shape.head_dim, device="cuda", dtype=torch.bfloat16)
     q, k, v = make(shape.heads_q, shape.l_q), make(shape.heads_kv, shape.l_kv), make(shape.heads_kv, shape.l_kv)
@@ -159,7 +174,7 @@ def run_shape(shape: Shape, upstream) -> dict[str, str | float]:
     expected = torch.cat([_reference_rows(q, k, v, i, min(i + 1024, shape.l_q))
                           for i in range(0, shape.l_q, 1024)], dim=2)
     results: dict[str, str | float] = {}
-    for name, fn in candidates(shape, q, k, v, upstream).items():
+    for name, fn in candidates(shape, q, k, v, upstream, payloads).items():
         try:
             err = (fn().float() - expected).abs().max().item()
         except Exception as e:  # a backend that does not support this shape
@@ -234,6 +249,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--upstream-sdpa", type=Path, help="upstream ExecuTorch backends/cuda/triton/kernels/sdpa.py")
+    parser.add_argument("--payloads", type=Path, help="folder written by bench/make_payloads.py")
     parser.add_argument("--only", help="run shapes whose label contains this text")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -245,8 +261,9 @@ def main(argv=None) -> int:
     for shape in SHAPES:
         if args.only and args.only not in shape.label:
             continue
-        print(f"{shape.label} ...", flush=True)
-        rows.append((shape, bound_us(shape, bandwidth, flops), run_shape(shape, upstream)))
+        rows.append((shape, bound_us(shape, bandwidth, flops), run_shape(shape, upstream, args.payloads)))
+        print(shape.label, {n: (round(t, 2) if isinstance(t, float) else t) for n, t in rows[-1][2].items()},
+              flush=True)
     names = list(dict.fromkeys(n for _, _, r in rows for n in r))
     table = markdown(rows, names, bandwidth, flops)
     args.out.mkdir(parents=True, exist_ok=True)

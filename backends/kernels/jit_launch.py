@@ -1,23 +1,43 @@
 """Launch the attention kernels on torch CUDA tensors through Triton's JIT.
 
 For tests and benchmarks on a GPU machine; the product path launches the
-AOT cubins instead (cuda_gqa.runtime), with the same heuristics.
+AOT cubins instead (cuda_gqa.runtime), chosen by the same heuristics.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import triton
 
 from ..heuristics import attention_config
+from .attention_decode import (
+    decode_combine_grid,
+    decode_split_grid,
+    decode_workspace_shape,
+    gqa_decode_combine,
+    gqa_decode_split,
+)
 from .attention_fwd import gqa_attention_fwd, launch_grid
+from .decode_heuristics import decode_config, decode_split_count, split_plan
+
+# Query lengths up to this run the split-KV decode kernels.
+MAX_DECODE_L_Q = 16
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: bool = False,
+              scale: Optional[float] = None, out: Optional[torch.Tensor] = None,
+              workspace: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+    """GQA attention of q [B, H_q, L_q, D] over k/v [B, H_kv, L_kv, D] (last dims contiguous):
+    split-KV decode for short L_q, the forward kernel otherwise."""
+    if q.shape[2] <= MAX_DECODE_L_Q:
+        return attention_decode(q, k, v, is_causal=is_causal, scale=scale, out=out, workspace=workspace)[0]
+    return attention_fwd(q, k, v, is_causal=is_causal, scale=scale, out=out)
 
 
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: bool = False,
                   scale: Optional[float] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """GQA attention of q [B, H_q, L_q, D] over k/v [B, H_kv, L_kv, D]; last dims contiguous."""
     batch, num_heads_q, l_q, head_dim = q.shape
     num_heads_kv, l_kv = k.shape[1], k.shape[2]
     out = torch.empty_like(q) if out is None else out
@@ -31,3 +51,41 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causa
     )
     return out
 
+
+def decode_workspace(q: torch.Tensor, num_splits: int) -> list[torch.Tensor]:
+    """The split kernel's partial outputs and log-sum-exps; allocate once, reuse every step."""
+    batch, num_heads_q, l_q, head_dim = q.shape
+    return [torch.empty(s, device=q.device, dtype=torch.float32)
+            for s in decode_workspace_shape(batch, num_heads_q, l_q, head_dim, num_splits)]
+
+
+def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: bool = False,
+                     scale: Optional[float] = None, out: Optional[torch.Tensor] = None,
+                     num_splits: Optional[int] = None,
+                     workspace: Optional[Sequence[torch.Tensor]] = None) -> tuple[torch.Tensor, int]:
+    """Split-KV decode: (output, splits launched). One launch when one split suffices."""
+    batch, num_heads_q, l_q, head_dim = q.shape
+    num_heads_kv, l_kv = k.shape[1], k.shape[2]
+    group = num_heads_q // num_heads_kv
+    config = decode_config(head_dim, q.dtype, group, l_q)
+    if num_splits is None:
+        m_tiles = decode_split_grid(1, batch, num_heads_kv, group, l_q, config.block_m)[2]
+        num_splits = decode_split_count(batch, num_heads_kv, l_kv,
+                                        torch.cuda.get_device_properties(q.device).multi_processor_count,
+                                        config.block_n, m_tiles=m_tiles)
+    split_len, num_splits = split_plan(l_kv, num_splits, config.block_n)
+    out = torch.empty_like(q) if out is None else out
+    partial, lse = decode_workspace(q, num_splits) if workspace is None else workspace
+    gqa_decode_split[decode_split_grid(num_splits, batch, num_heads_kv, group, l_q, config.block_m)](
+        q, k, v, out, partial, lse, head_dim**-0.5 if scale is None else scale,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], l_q, l_kv, split_len,
+        NUM_HEADS_Q=num_heads_q, GROUP_SIZE=group, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, IS_CAUSAL=is_causal, SINGLE_SPLIT=num_splits == 1,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    if num_splits > 1:
+        gqa_decode_combine[decode_combine_grid(batch, num_heads_q, l_q)](
+            partial, lse, out, *out.stride()[:3], l_q, num_splits,
+            NUM_HEADS_Q=num_heads_q, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_S=16,
+        )
+    return out, num_splits

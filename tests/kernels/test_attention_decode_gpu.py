@@ -2,11 +2,9 @@
 
 import pytest
 import torch
-import triton
 
-from cuda_gqa.backends.kernels.attention_decode import (
-    decode_combine_grid, decode_split_grid, decode_workspace_shape, gqa_decode_combine, gqa_decode_split)
-from cuda_gqa.backends.kernels.decode_heuristics import decode_config, decode_split_count, split_plan
+from cuda_gqa.backends.kernels.attention_decode import decode_workspace_shape
+from cuda_gqa.backends.kernels.jit_launch import attention_decode
 from cuda_gqa.backends.kernels.reference import reference_attention
 
 TOLERANCE = {torch.float16: 4e-3, torch.bfloat16: 3e-2, torch.float32: 5e-3}  # fp32 dots use TF32
@@ -14,34 +12,7 @@ MAX_SPLITS = 128
 
 
 def decode(q, k, v, *, causal, num_splits=None, workspace=None):
-    """Host side of the two kernels, as the runtime will drive them; returns (out, splits launched)."""
-    batch, heads_q, l_q, head_dim = q.shape
-    heads_kv, l_kv = k.shape[1], k.shape[2]
-    group = heads_q // heads_kv
-    config = decode_config(head_dim, q.dtype, group, l_q)
-    grid = decode_split_grid(1, batch, heads_kv, group, l_q, config.block_m)
-    if num_splits is None:
-        num_splits = decode_split_count(batch, heads_kv, l_kv, torch.cuda.get_device_properties(0).multi_processor_count,
-                                        config.block_n, m_tiles=grid[2])
-    split_len, num_splits = split_plan(l_kv, num_splits, config.block_n)
-    out = torch.empty_like(q)
-    if workspace is None:
-        shapes = decode_workspace_shape(batch, heads_q, l_q, head_dim, num_splits)
-        workspace = [torch.empty(s, device=q.device, dtype=torch.float32) for s in shapes]
-    partial, lse = workspace
-    gqa_decode_split[decode_split_grid(num_splits, batch, heads_kv, group, l_q, config.block_m)](
-        q, k, v, out, partial, lse, head_dim**-0.5,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], l_q, l_kv, split_len,
-        NUM_HEADS_Q=heads_q, GROUP_SIZE=group, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, IS_CAUSAL=causal, SINGLE_SPLIT=num_splits == 1,
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    )
-    if num_splits > 1:
-        gqa_decode_combine[decode_combine_grid(batch, heads_q, l_q)](
-            partial, lse, out, *out.stride()[:3], l_q, num_splits,
-            NUM_HEADS_Q=heads_q, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_S=16,
-        )
-    return out, num_splits
+    return attention_decode(q, k, v, is_causal=causal, num_splits=num_splits, workspace=workspace)
 
 
 def inputs(b, h_q, h_kv, d, l_q, l_kv, dtype):
