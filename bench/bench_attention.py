@@ -54,6 +54,13 @@ class Shape:
     l_kv: int
 
     @property
+    def causal(self) -> bool:
+        # Prefill is causal (L_q == L_kv, so both alignments agree). A single
+        # decode query sees every key: bottom-right causal is no mask, while
+        # PyTorch's is_causal is top-left aligned and would hide all but key 0.
+        return self.l_q > 1
+
+    @property
     def key(self) -> str:
         """File name stem of this shape's payload."""
         return (f"{self.kind}-{self.model}-b{self.batch}-{self.heads_q}x{self.heads_kv}-d{self.head_dim}"
@@ -133,6 +140,7 @@ def load_upstream(path: Optional[Path]):
 
 def candidates(shape: Shape, q, k, v, upstream, payloads: Optional[Path]) -> dict[str, Callable[[], torch.Tensor]]:
     group = shape.heads_q // shape.heads_kv
+    causal = shape.causal
     k_rep, v_rep = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
     out = torch.empty_like(q)
 
@@ -141,9 +149,9 @@ def candidates(shape: Shape, q, k, v, upstream, payloads: Optional[Path]) -> dic
 
         def run():
             if backend is None:
-                return scaled_dot_product_attention(q, kk, vv, is_causal=True, enable_gqa=not expanded)
+                return scaled_dot_product_attention(q, kk, vv, is_causal=causal, enable_gqa=not expanded)
             with sdpa_kernel([backend]):
-                return scaled_dot_product_attention(q, kk, vv, is_causal=True, enable_gqa=not expanded)
+                return scaled_dot_product_attention(q, kk, vv, is_causal=causal, enable_gqa=not expanded)
 
         return run
 
@@ -155,14 +163,15 @@ def candidates(shape: Shape, q, k, v, upstream, payloads: Optional[Path]) -> dic
         found["cuda_gqa (AOT cubin)"] = lambda: launcher(q, k, v, out=out)
     # The decode workspace is allocated once, outside the timed calls, as the runtime does.
     workspace = decode_workspace(q, num_splits=128) if shape.l_q <= MAX_DECODE_L_Q else None
-    found["cuda_gqa (Triton JIT)"] = lambda: attention(q, k, v, is_causal=True, out=out, workspace=workspace)
+    found["cuda_gqa (Triton JIT)"] = lambda: attention(q, k, v, is_causal=causal, out=out, workspace=workspace)
     found["torch default"] = torch_sdpa(None, False)
     for name, backend in (("cuDNN", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
                           ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
         found[f"torch {name}"] = torch_sdpa(backend, False)
         found[f"torch {name} (K/V expanded)"] = torch_sdpa(backend, True)
     if upstream is not None:
-        found["upstream ET Triton"] = lambda: upstream(q, k, v, None, 0.0, True, None, True)
+        # Its signature: (q, k, v, attn_mask, dropout_p, is_causal, scale (0: 1/sqrt(D)), enable_gqa).
+        found["upstream ET Triton"] = lambda: upstream(q, k, v, None, 0.0, causal, 0.0, True)
     return found
 
 
@@ -179,6 +188,7 @@ def run_shape(shape: Shape, upstream, payloads: Optional[Path]) -> dict[str, str
             err = (fn().float() - expected).abs().max().item()
         except Exception as e:  # a backend that does not support this shape
             results[name] = f"n/a ({type(e).__name__})"
+            print(f"  {name}: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}", flush=True)
             continue
         if not err <= TOLERANCE:
             results[name] = f"wrong (err {err:.1e})"
@@ -202,7 +212,8 @@ def _reference_rows(q, k, v, start: int, stop: int) -> torch.Tensor:
 
 def markdown(rows, names, bandwidth, flops) -> str:
     lines = [
-        f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}; bf16; causal; CUDA-graph timing, "
+        f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}; bf16; prefill causal, decode unmasked; "
+        f"CUDA-graph timing, "
         f"median of {REPLAYS} replays of {CALLS_PER_GRAPH} calls.",
         f"Measured in this run: copy bandwidth {bandwidth / 1e12:.2f} TB/s (read+write), "
         f"bf16 matmul {flops / 1e12:.0f} TFLOP/s.",

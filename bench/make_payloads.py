@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     for i, shape in enumerate(SHAPES, 1):
         payload = build_attention_payload(
             dtype=torch.bfloat16, batch=shape.batch, num_heads_q=shape.heads_q, num_heads_kv=shape.heads_kv,
-            head_dim=shape.head_dim, l_q=shape.l_q, l_kv=shape.l_kv, is_causal=True, archs=archs, ptx=False)
+            head_dim=shape.head_dim, l_q=shape.l_q, l_kv=shape.l_kv, is_causal=shape.causal, archs=archs, ptx=False)
         (args.out / f"{shape.key}.cgqa").write_bytes(payload)
         print(f"[{i}/{len(SHAPES)}] {shape.key}.cgqa ({len(payload) // 1024} KiB)", flush=True)
     return 0
