@@ -37,6 +37,8 @@ gqa_decode_combine: one program per (query row, batch * query head). It merges
 import triton
 import triton.language as tl
 
+from .online_softmax import attend_key_range
+
 
 @triton.jit
 def gqa_decode_split(
@@ -90,28 +92,9 @@ def gqa_decode_split(
         # The tile's last valid row sees the most keys: nothing past its diagonal.
         last_row = tl.minimum(L_q - 1, ((m_tile + 1) * BLOCK_M - 1) // GROUP_SIZE)
         kv_hi = tl.maximum(tl.minimum(kv_hi, last_row + diagonal + 1), kv_lo)
-    cols_in_block = tl.arange(0, BLOCK_N)
-    for kv_start in range(kv_lo, kv_hi, BLOCK_N):
-        cols = kv_start + cols_in_block
-        col_ok = cols < kv_hi
-        kv_mask = col_ok[:, None] & dim_ok[None, :]
-        k = tl.load(k_base + cols[:, None] * stride_kn + dims[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + cols[:, None] * stride_vn + dims[None, :], mask=kv_mask, other=0.0)
-        scores = tl.dot(q, tl.trans(k)) * qk_scale
-        visible = col_ok[None, :]
-        if IS_CAUSAL:
-            visible = visible & (cols[None, :] <= q_row[:, None] + diagonal)
-        scores = tl.where(visible, scores, float("-inf"))
-
-        new_max = tl.maximum(row_max, tl.max(scores, 1))
-        # Rows with no visible key so far keep max -inf: subtract 0 instead,
-        # so their exp2 is 0 and never NaN.
-        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-        p = tl.exp2(scores - shift[:, None])
-        rescale = tl.exp2(row_max - shift)
-        row_sum = row_sum * rescale + tl.sum(p, 1)
-        acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v)
-        row_max = new_max
+    row_max, row_sum, acc = attend_key_range(
+        q, k_base, v_base, stride_kn, stride_vn, dims, dim_ok, q_row, diagonal, kv_lo, kv_hi, qk_scale,
+        row_max, row_sum, acc, BLOCK_N, IS_CAUSAL)
 
     saw_key = row_sum > 0.0
     out = acc / tl.where(saw_key, row_sum, 1.0)[:, None]

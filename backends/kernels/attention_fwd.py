@@ -10,6 +10,8 @@ decode against a KV cache need; a query that sees no key writes zeros.
 import triton
 import triton.language as tl
 
+from .online_softmax import attend_key_range
+
 
 
 @triton.jit
@@ -37,7 +39,6 @@ def gqa_attention_fwd(
     o_base = Out + batch * stride_ob + head * stride_oh
 
     rows = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols_in_block = tl.arange(0, BLOCK_N)
     # Head dims that are not powers of two are padded to BLOCK_D and masked.
     dims = tl.arange(0, BLOCK_D)
     dim_ok = dims < HEAD_DIM
@@ -56,28 +57,9 @@ def gqa_attention_fwd(
         kv_end = tl.maximum(tl.minimum(L_kv, (block_m + 1) * BLOCK_M + diagonal), 0)
     else:
         kv_end = L_kv
-    for kv_start in range(0, kv_end, BLOCK_N):
-        cols = kv_start + cols_in_block
-        col_ok = cols < L_kv
-        k = tl.load(k_base + cols[:, None] * stride_kn + dims[None, :],
-                    mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
-        v = tl.load(v_base + cols[:, None] * stride_vn + dims[None, :],
-                    mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
-        scores = tl.dot(q, tl.trans(k)) * qk_scale
-        visible = col_ok[None, :]
-        if IS_CAUSAL:
-            visible = visible & (cols[None, :] <= rows[:, None] + diagonal)
-        scores = tl.where(visible, scores, float("-inf"))
-
-        new_max = tl.maximum(row_max, tl.max(scores, 1))
-        # A row that has seen no key yet keeps max -inf; shift by 0 instead
-        # so exp2 gives 0 rather than NaN from (-inf) - (-inf).
-        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-        p = tl.exp2(scores - shift[:, None])
-        rescale = tl.exp2(row_max - shift)
-        row_sum = row_sum * rescale + tl.sum(p, 1)
-        acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v)
-        row_max = new_max
+    row_max, row_sum, acc = attend_key_range(
+        q, k_base, v_base, stride_kn, stride_vn, dims, dim_ok, rows, diagonal, 0, kv_end, qk_scale,
+        row_max, row_sum, acc, BLOCK_N, IS_CAUSAL)
 
     out = acc / tl.where(row_sum == 0.0, 1.0, row_sum)[:, None]
     tl.store(o_base + rows[:, None] * stride_om + dims[None, :], out.to(Out.dtype.element_ty),
