@@ -248,6 +248,7 @@ def plot(rows, names, path: Path) -> None:
             if xs:
                 ax.plot(xs, ys, marker="o", label=name)
         ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
         ax.set_title(f"decode {model}")
         ax.set_xlabel("L_kv")
         ax.set_ylabel("µs")
