@@ -3,6 +3,14 @@
 Everything here is decided ahead of time and written into the payload; the
 runtime shims only evaluate it. Nothing here needs ExecuTorch or a GPU, so
 the payload of an attention problem can be built anywhere Triton compiles.
+
+Prefill (L_q > MAX_DECODE_L_Q) runs gqa_attention_fwd. Decode and speculative
+verification (L_q <= MAX_DECODE_L_Q) run the split-KV decode kernels, with the
+split count decided here for a nominal GPU (heuristics.NOMINAL_SMS):
+  one split:  [gqa_decode_split (SINGLE_SPLIT)], writing Out, no workspace;
+  several:    [gqa_decode_split, gqa_decode_combine] in order on one stream,
+              through fp32 Partial/Lse buffers in the payload's workspace,
+              which the runtime allocates once at init.
 """
 
 from __future__ import annotations
@@ -16,7 +24,11 @@ import numpy as np
 import torch
 
 from .aot.attention import compile_attention
-from .heuristics import attention_config
+from .aot.attention_decode import COMBINE_BLOCK_S, compile_decode_combine, compile_decode_split
+from .heuristics import NOMINAL_SMS, attention_config
+from .kernels.attention_decode import decode_split_grid, decode_workspace_shape
+from .kernels.decode_heuristics import DecodeConfig, decode_config, decode_split_count, split_plan
+from .kernels.jit_launch import MAX_DECODE_L_Q
 from .serialization import payload_generated as fb
 from .serialization import serialize_payload
 
@@ -39,17 +51,34 @@ class AttentionArgs:
     out: int = 3
 
 
-def bind_params(entry_params, args: AttentionArgs, softmax_scale: float) -> list[fb.KernelParamT]:
-    """Bind gqa_attention_fwd's entry parameters to delegate tensors and constants."""
+# Partial and Lse are compiled as 16-byte aligned (tt.divisibility 16).
+WORKSPACE_ALIGN = 16
+_PARAM_TYPE = {"ptr": fb.ParamType.Pointer, "i32": fb.ParamType.Int32,
+               "i64": fb.ParamType.Int64, "fp32": fb.ParamType.Float32}
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def bind_params(entry_params, args: AttentionArgs, softmax_scale: float, *, kernel: str = "gqa_attention_fwd",
+                extra: Optional[dict] = None) -> list[fb.KernelParamT]:
+    """Bind an attention kernel's entry parameters to delegate tensors and constants.
+
+    The parameters every attention kernel shares (Q/K/V/Out, strides, L_q,
+    L_kv, sm_scale, Triton's scratch) are bound here by name; `extra` maps any
+    other name to a callable that fills the fb.KernelParamT it is given.
+    """
     tensor_of = {"Q": args.query, "K": args.key, "V": args.value, "Out": args.out}
     stride_of = {"q": args.query, "k": args.key, "v": args.value, "o": args.out}
     stride_dim = {"b": 0, "h": 1, "m": 2, "n": 2}
-    param_type = {"ptr": fb.ParamType.Pointer, "i32": fb.ParamType.Int32,
-                  "i64": fb.ParamType.Int64, "fp32": fb.ParamType.Float32}
+    extra = extra or {}
     bound = []
     for p in entry_params:
-        param = fb.KernelParamT(type=param_type[p.type], divisibility=p.divisibility)
-        if p.name in tensor_of:
+        param = fb.KernelParamT(type=_PARAM_TYPE[p.type], divisibility=p.divisibility)
+        if p.name in extra:
+            extra[p.name](param)
+        elif p.name in tensor_of:
             param.kind, param.arg = fb.ParamKind.TensorPointer, tensor_of[p.name]
         elif p.name.startswith("stride_"):
             tensor, dim = p.name.removeprefix("stride_")
@@ -64,42 +93,36 @@ def bind_params(entry_params, args: AttentionArgs, softmax_scale: float) -> list
         elif p.name == "profile_scratch":
             param.kind = fb.ParamKind.ProfileScratch
         else:
-            raise ValueError(f"gqa_attention_fwd has an entry parameter {p.name!r} this plan cannot bind")
+            raise ValueError(f"{kernel} has an entry parameter {p.name!r} this plan cannot bind")
         bound.append(param)
     return bound
 
 
+def _factor(arg: int, dim: int, divisor: int = 1) -> fb.GridFactorT:
+    return fb.GridFactorT(arg=arg, dim=dim, divisor=divisor)
+
+
 def launch_grid(args: AttentionArgs, block_m: int) -> list[fb.GridDimT]:
     """grid = (ceil(L_q / BLOCK_M), B * H_q, 1), as payload factors."""
-
-    def factor(dim: int, divisor: int = 1) -> fb.GridFactorT:
-        return fb.GridFactorT(arg=args.query, dim=dim, divisor=divisor)
-
-    return [fb.GridDimT(factors=[factor(2, block_m)]), fb.GridDimT(factors=[factor(0), factor(1)]),
+    q = args.query
+    return [fb.GridDimT(factors=[_factor(q, 2, block_m)]), fb.GridDimT(factors=[_factor(q, 0), _factor(q, 1)]),
             fb.GridDimT(factors=[])]
 
 
-def attention_kernel(*, dtype: torch.dtype, num_heads_q: int, num_heads_kv: int, head_dim: int,
-                     is_causal: bool, scale: float, archs: Iterable[int], ptx: bool,
-                     args: AttentionArgs) -> fb.KernelT:
-    """Compile gqa_attention_fwd for each arch and describe its launch."""
-    config = attention_config(head_dim, dtype)
+def _compile_for_archs(compile_one, archs: Iterable[int], ptx: bool, describe) -> fb.KernelT:
+    """compile_one(arch) for each arch into one payload kernel; describe(kernel, compiled)
+    binds params and grid from the first arch's entry point (all must agree)."""
     kernel = fb.KernelT(cubins=[])
     first = None
     for arch in archs:
         start = time.perf_counter()
-        compiled = compile_attention(
-            dtype=dtype, head_dim=head_dim, num_heads_q=num_heads_q, group_size=num_heads_q // num_heads_kv,
-            is_causal=is_causal, arch=arch, block_m=config.block_m, block_n=config.block_n,
-            num_warps=config.num_warps, num_stages=config.num_stages,
-        )
+        compiled = compile_one(arch)
         logger.info("compiled %s for sm_%d in %.1f s", compiled.name, arch, time.perf_counter() - start)
         if first is None:
             first = compiled
             kernel.name = compiled.name
             kernel.numWarps = compiled.num_warps
-            kernel.params = bind_params(compiled.params, args, scale)
-            kernel.grid = launch_grid(args, config.block_m)
+            describe(kernel, compiled)
             kernel.globalScratchBytes = compiled.global_scratch_bytes
             kernel.globalScratchAlign = compiled.global_scratch_align
             kernel.profileScratchBytes = compiled.profile_scratch_bytes
@@ -119,15 +142,152 @@ def attention_kernel(*, dtype: torch.dtype, num_heads_q: int, num_heads_kv: int,
     return kernel
 
 
+def attention_kernel(*, dtype: torch.dtype, num_heads_q: int, num_heads_kv: int, head_dim: int,
+                     is_causal: bool, scale: float, archs: Iterable[int], ptx: bool,
+                     args: AttentionArgs) -> fb.KernelT:
+    """Compile gqa_attention_fwd for each arch and describe its launch."""
+    config = attention_config(head_dim, dtype)
+
+    def compile_one(arch):
+        return compile_attention(
+            dtype=dtype, head_dim=head_dim, num_heads_q=num_heads_q, group_size=num_heads_q // num_heads_kv,
+            is_causal=is_causal, arch=arch, block_m=config.block_m, block_n=config.block_n,
+            num_warps=config.num_warps, num_stages=config.num_stages,
+        )
+
+    def describe(kernel, compiled):
+        kernel.params = bind_params(compiled.params, args, scale)
+        kernel.grid = launch_grid(args, config.block_m)
+
+    return _compile_for_archs(compile_one, archs, ptx, describe)
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """The split-KV decode launch of one static problem, decided ahead of time."""
+
+    config: DecodeConfig
+    split_len: int   # SPLIT_LEN: keys per split, a multiple of BLOCK_N
+    num_splits: int  # = cdiv(L_kv, SPLIT_LEN); 1: the single-launch path
+    partial_offset: int
+    partial_bytes: int
+    lse_offset: int
+    lse_bytes: int
+
+    @property
+    def workspace_bytes(self) -> int:
+        return 0 if self.num_splits == 1 else self.lse_offset + self.lse_bytes
+
+
+def decode_plan(*, dtype: torch.dtype, batch: int, num_heads_q: int, num_heads_kv: int, head_dim: int,
+                l_q: int, l_kv: int) -> Optional[DecodePlan]:
+    """The decode plan of a problem, or None when it runs the forward kernel."""
+    if l_q > MAX_DECODE_L_Q:
+        return None
+    group = num_heads_q // num_heads_kv
+    config = decode_config(head_dim, dtype, group, l_q)
+    m_tiles = decode_split_grid(1, batch, num_heads_kv, group, l_q, config.block_m)[2]
+    if m_tiles != 1:
+        # The packed GROUP_SIZE * L_q rows need several M tiles. Grid axis 2
+        # would be cdiv(group * L_q, BLOCK_M), which payload grid factors
+        # (products of cdiv(size, divisor) of single sizes) cannot express,
+        # and each M tile re-reads all of K/V; with that many query rows per
+        # KV head the forward kernel already has the parallelism it needs.
+        return None
+    requested = decode_split_count(batch, num_heads_kv, l_kv, NOMINAL_SMS, config.block_n, m_tiles=m_tiles)
+    split_len, num_splits = split_plan(l_kv, requested, config.block_n)
+    partial_shape, lse_shape = decode_workspace_shape(batch, num_heads_q, l_q, head_dim, num_splits)
+    partial_bytes = int(np.prod(partial_shape)) * 4  # fp32
+    lse_bytes = int(np.prod(lse_shape)) * 4
+    lse_offset = _round_up(partial_bytes, WORKSPACE_ALIGN)
+    return DecodePlan(config=config, split_len=split_len, num_splits=num_splits, partial_offset=0,
+                      partial_bytes=partial_bytes, lse_offset=lse_offset, lse_bytes=lse_bytes)
+
+
+def _workspace_binding(offset: int, extent: int):
+    def bind(param: fb.KernelParamT) -> None:
+        param.kind, param.workspaceOffset, param.workspaceExtent = fb.ParamKind.Workspace, offset, extent
+    return bind
+
+
+def _int32_binding(value: int):
+    def bind(param: fb.KernelParamT) -> None:
+        param.kind, param.i32Value = fb.ParamKind.Int32Constant, value
+    return bind
+
+
+def _tensor_binding(arg: int):
+    def bind(param: fb.KernelParamT) -> None:
+        param.kind, param.arg = fb.ParamKind.TensorPointer, arg
+    return bind
+
+
+def decode_kernels(*, plan: DecodePlan, dtype: torch.dtype, num_heads_q: int, num_heads_kv: int, head_dim: int,
+                   is_causal: bool, scale: float, archs: Iterable[int], ptx: bool,
+                   args: AttentionArgs) -> list[fb.KernelT]:
+    """Compile the split kernel (and the combine kernel for several splits) and describe their launches."""
+    archs = list(archs)
+    config, single = plan.config, plan.num_splits == 1
+    if single:
+        # SINGLE_SPLIT never touches Partial/Lse; they still are entry
+        # parameters, so they get Out's (valid, 16-byte aligned) address.
+        workspace = {"Partial": _tensor_binding(args.out), "Lse": _tensor_binding(args.out)}
+    else:
+        workspace = {"Partial": _workspace_binding(plan.partial_offset, plan.partial_bytes),
+                     "Lse": _workspace_binding(plan.lse_offset, plan.lse_bytes)}
+
+    def compile_split(arch):
+        return compile_decode_split(
+            dtype=dtype, head_dim=head_dim, num_heads_q=num_heads_q, group_size=num_heads_q // num_heads_kv,
+            is_causal=is_causal, single_split=single, arch=arch, block_m=config.block_m,
+            block_n=config.block_n, num_warps=config.num_warps, num_stages=config.num_stages,
+        )
+
+    def describe_split(kernel, compiled):
+        kernel.params = bind_params(compiled.params, args, scale, kernel=compiled.name,
+                                    extra={**workspace, "SPLIT_LEN": _int32_binding(plan.split_len)})
+        # Axis 0: the splits. cdiv(L_kv, SPLIT_LEN) is exactly the count the
+        # kernel requires (it reads it back as num_programs(0)); one split: 1.
+        splits = [] if single else [_factor(args.key, 2, plan.split_len)]
+        kernel.grid = [fb.GridDimT(factors=splits), fb.GridDimT(factors=[_factor(args.key, 0), _factor(args.key, 1)]),
+                       fb.GridDimT(factors=[])]  # one M tile (decode_plan)
+
+    kernels = [_compile_for_archs(compile_split, archs, ptx, describe_split)]
+    if single:
+        return kernels
+
+    def compile_combine(arch):
+        return compile_decode_combine(dtype=dtype, head_dim=head_dim, num_heads_q=num_heads_q, arch=arch,
+                                      block_s=COMBINE_BLOCK_S)
+
+    def describe_combine(kernel, compiled):
+        kernel.params = bind_params(compiled.params, args, scale, kernel=compiled.name,
+                                    extra={**workspace, "NUM_SPLITS": _int32_binding(plan.num_splits)})
+        q = args.query  # grid (L_q, B * H_q, 1)
+        kernel.grid = [fb.GridDimT(factors=[_factor(q, 2)]), fb.GridDimT(factors=[_factor(q, 0), _factor(q, 1)]),
+                       fb.GridDimT(factors=[])]
+
+    kernels.append(_compile_for_archs(compile_combine, archs, ptx, describe_combine))
+    return kernels
+
+
 def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int, num_heads_kv: int,
                             head_dim: int, l_q: int, l_kv: int, is_causal: bool, scale: Optional[float] = None,
                             archs: Iterable[int] = (80, 90), ptx: bool = True,
                             args: AttentionArgs = AttentionArgs()) -> bytes:
     """The payload of one SDPA call with static shapes q [B, H_q, L_q, D], k/v [B, H_kv, L_kv, D]."""
     softmax_scale = float(scale) if scale is not None else head_dim**-0.5
-    kernel = attention_kernel(dtype=dtype, num_heads_q=num_heads_q, num_heads_kv=num_heads_kv,
-                              head_dim=head_dim, is_causal=is_causal, scale=softmax_scale,
-                              archs=sorted(set(archs)), ptx=ptx, args=args)
+    archs = sorted(set(archs))
+    problem = dict(dtype=dtype, num_heads_q=num_heads_q, num_heads_kv=num_heads_kv, head_dim=head_dim)
+    plan = decode_plan(batch=batch, l_q=l_q, l_kv=l_kv, **problem)
+    if plan is None:
+        kernels = [attention_kernel(is_causal=is_causal, scale=softmax_scale, archs=archs, ptx=ptx, args=args,
+                                    **problem)]
+        workspace_bytes = 0
+    else:
+        kernels = decode_kernels(plan=plan, is_causal=is_causal, scale=softmax_scale, archs=archs, ptx=ptx,
+                                 args=args, **problem)
+        workspace_bytes = plan.workspace_bytes
 
     def spec(heads: int, length: int) -> fb.TensorSpecT:
         return fb.TensorSpecT(dtype=DTYPE_TO_PAYLOAD[dtype], sizes=[batch, heads, length, head_dim])
@@ -138,4 +298,5 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
     inputs[args.value] = spec(num_heads_kv, l_kv)
     if any(s is None for s in inputs):
         raise ValueError(f"delegate arguments {args} leave an input unbound")
-    return serialize_payload(fb.PayloadT(inputs=inputs, outputs=[spec(num_heads_q, l_q)], kernels=[kernel]))
+    return serialize_payload(fb.PayloadT(inputs=inputs, outputs=[spec(num_heads_q, l_q)], kernels=kernels,
+                                         workspaceBytes=workspace_bytes))

@@ -40,3 +40,10 @@ def attention_config(head_dim: int, dtype: torch.dtype) -> AttentionConfig:
         if estimated_shared_bytes(block_m, block_n, head_dim, dtype) <= SHARED_MEMORY_BUDGET:
             return AttentionConfig(block_m, block_n, NUM_WARPS, NUM_STAGES)
     raise ValueError(f"no tile fits {SHARED_MEMORY_BUDGET} bytes of shared memory for head dim {head_dim}, {dtype}")
+
+# SM count the ahead-of-time split-KV decode plan assumes (the H100 SXM's
+# 132). Payload shapes are static and the target GPU is unknown at export, so
+# decode_split_count is evaluated for this nominal device; on GPUs with fewer
+# SMs the chosen split count still fills them, on larger ones it leaves a
+# little occupancy unused.
+NOMINAL_SMS = 132

@@ -25,7 +25,7 @@ import numpy as np
 
 from cuda_gqa.backends.serialization import payload_generated as fb
 
-from .launch_plan import ArgInfo, KernelLaunch, LaunchError, LaunchPlan
+from .launch_plan import WORKSPACE_ALIGN, ArgInfo, KernelLaunch, LaunchError, LaunchPlan
 
 __all__ = ["CubinLauncher", "CudaCoreUnavailable", "LaunchError", "arg_info"]
 
@@ -124,7 +124,8 @@ class CubinLauncher:
     for the device's compute capability as the C++ runtime does (exact cubin,
     then an older minor of the same major, then PTX), loads it once, opts in
     to dynamic shared memory above 48 KiB, and allocates the kernels' scratch
-    for the grid of the payload's static sizes.
+    for the grid of the payload's static sizes and the payload's workspace
+    (once; every call reuses it).
 
     `launcher(*inputs, out=None)` checks the tensors (device, dtype, sizes,
     strides, alignment; LaunchError before any launch if one is off), allocates
@@ -184,6 +185,16 @@ class CubinLauncher:
                 self._scratch_buffers.append(buf)
                 addresses.append((buf.data_ptr() + align - 1) // align * align)
             self._scratch.append(tuple(addresses))
+        # The payload's workspace (split-KV partials and the like): one buffer,
+        # allocated here once and shared by the kernels, which run in order on
+        # one stream; never allocated per call.
+        self._workspace = None
+        self.workspace_address = 0
+        if self.plan.workspace_bytes:
+            align = WORKSPACE_ALIGN
+            self._workspace = torch.empty(self.plan.workspace_bytes + align - 1, dtype=torch.uint8,
+                                          device=self.device)
+            self.workspace_address = (self._workspace.data_ptr() + align - 1) // align * align
         self._launch_takes_stream_first = self._launch_signature_stream_first()
         self._streams = {}
 
@@ -248,7 +259,7 @@ class CubinLauncher:
 
     def plan_launches(self, args: Sequence[ArgInfo]) -> list[KernelLaunch]:
         """What __call__ would launch for these arguments (inputs then outputs)."""
-        return self.plan.evaluate_all(args, self._scratch)
+        return self.plan.evaluate_all(args, self._scratch, workspace=self.workspace_address)
 
     def _output(self, index: int):
         dtype, sizes = self.plan.specs[self.plan.num_inputs + index]

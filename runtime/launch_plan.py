@@ -46,11 +46,13 @@ MAX_PARAMS = 256
 MAX_GRID_FACTORS = 8
 MAX_NUM_WARPS = 32
 MAX_SHARED_MEM_BYTES = 1 << 20
+MAX_WORKSPACE_BYTES = 1 << 40
+WORKSPACE_ALIGN = 256  # alignment of the workspace base (cuMemAlloc's)
 GRID_LIMITS = (0x7FFFFFFF, 65535, 65535)
 
 DTYPE_NAMES = {fb.DType.Float32: "float32", fb.DType.Float16: "float16", fb.DType.BFloat16: "bfloat16"}
 DTYPE_SIZES = {fb.DType.Float32: 4, fb.DType.Float16: 2, fb.DType.BFloat16: 2}
-_PARAM_KINDS = range(fb.ParamKind.TensorPointer, fb.ParamKind.ProfileScratch + 1)
+_PARAM_KINDS = range(fb.ParamKind.TensorPointer, fb.ParamKind.Int32Constant + 1)
 _PARAM_TYPES = range(fb.ParamType.Pointer, fb.ParamType.Float32 + 1)
 _INT_TYPES = (fb.ParamType.Int32, fb.ParamType.Int64)
 _U64 = (1 << 64) - 1
@@ -185,7 +187,7 @@ def _check_spec(spec, where: str) -> tuple[int, tuple[int, ...]]:
     return dtype, sizes
 
 
-def _check_param(p, specs: Sequence[tuple[int, tuple[int, ...]]], where: str) -> None:
+def _check_param(p, specs: Sequence[tuple[int, tuple[int, ...]]], workspace_bytes: int, where: str) -> None:
     if p is None:
         raise _fail(where, "missing param")
     kind, type_ = int(p.kind), int(p.type)
@@ -212,6 +214,21 @@ def _check_param(p, specs: Sequence[tuple[int, tuple[int, ...]]], where: str) ->
             raise _fail(where, "Float32Constant is not finite")
         if p.divisibility > 1:
             raise _fail(where, "divisibility on a float constant")
+    elif kind == fb.ParamKind.Workspace:
+        if type_ != fb.ParamType.Pointer:
+            raise _fail(where, "Workspace must be passed as Pointer")
+        offset, extent = int(p.workspaceOffset), int(p.workspaceExtent)
+        if offset >= workspace_bytes or extent == 0 or extent > workspace_bytes - offset:
+            raise _fail(where, f"workspace range [{offset}, +{extent}) outside the {workspace_bytes}-byte workspace")
+        if p.divisibility > 1 and (p.divisibility > WORKSPACE_ALIGN or offset % p.divisibility):
+            raise _fail(where, f"workspace offset {offset} is not a multiple of {p.divisibility}, "
+                               "which the cubin assumes")
+    elif kind == fb.ParamKind.Int32Constant:
+        if type_ != fb.ParamType.Int32:
+            raise _fail(where, "Int32Constant must be passed as Int32")
+        if p.divisibility > 1 and int(p.i32Value) % p.divisibility:
+            raise _fail(where, f"Int32Constant {p.i32Value} is not a multiple of {p.divisibility}, "
+                               "which the cubin assumes")
     elif type_ != fb.ParamType.Pointer:
         raise _fail(where, "scratch must be passed as Pointer")
 
@@ -220,7 +237,7 @@ def _pow2_or_zero(v: int) -> bool:
     return v & (v - 1) == 0
 
 
-def _check_kernel(k, specs, where: str) -> None:
+def _check_kernel(k, specs, workspace_bytes: int, where: str) -> None:
     if k is None:
         raise _fail(where, "missing kernel")
     name = _as_str(k.name)
@@ -257,7 +274,7 @@ def _check_kernel(k, specs, where: str) -> None:
     if len(k.params) > MAX_PARAMS:
         raise _fail(where, f"{len(k.params)} params (max {MAX_PARAMS})")
     for i, p in enumerate(k.params):
-        _check_param(p, specs, f"{where} param {i}")
+        _check_param(p, specs, workspace_bytes, f"{where} param {i}")
     if k.grid is None or len(k.grid) != 3:
         raise _fail(where, f"grid has {_len(k.grid)} dims, expected 3")
     for g, gd in enumerate(k.grid):
@@ -348,10 +365,13 @@ class LaunchPlan:
         self.specs: list[tuple[int, tuple[int, ...]]] = inputs + outputs
         if len(self.specs) > 256:
             raise LaunchError("more than 256 delegate arguments")
+        self.workspace_bytes = int(payload.workspaceBytes or 0)
+        if self.workspace_bytes > MAX_WORKSPACE_BYTES:
+            raise LaunchError(f"workspace_bytes {self.workspace_bytes} too large")
         if not payload.kernels:
             raise LaunchError("payload has no kernels")
         for i, k in enumerate(payload.kernels):
-            _check_kernel(k, self.specs, f"kernel {i}")
+            _check_kernel(k, self.specs, self.workspace_bytes, f"kernel {i}")
         self.kernels = list(payload.kernels)
         self.names = [_as_str(k.name) for k in self.kernels]
 
@@ -384,6 +404,9 @@ class LaunchPlan:
         if dynamic:
             raise LaunchError(f"grid of kernel {self.names[k]} depends on a dynamic size")
         return grid[0] * grid[1] * grid[2]
+
+    def uses_workspace(self, k: int) -> bool:
+        return any(int(p.kind) == fb.ParamKind.Workspace for p in self.kernels[k].params)
 
     def scratch_ctas(self, k: int) -> int:
         """CTAs the scratch of kernel k has room for: 0 when it needs none."""
@@ -420,9 +443,10 @@ class LaunchPlan:
             raise LaunchError(f"{name}: last dimension has stride {a.strides[-1]}, expected 1")
 
     def evaluate(self, k: int, args: Sequence[ArgInfo], *, global_scratch: int = 0,
-                 profile_scratch: int = 0, check_args: bool = True) -> KernelLaunch:
+                 profile_scratch: int = 0, workspace: int = 0, check_args: bool = True) -> KernelLaunch:
         """Launch of kernel k over `args` (inputs then outputs), with the scratch
-        buffers at the given addresses (ignored for a kernel that needs none)."""
+        buffers at the given addresses (ignored for a kernel that needs none) and
+        the delegate's workspace at `workspace` (ignored when the payload has none)."""
         kernel = self.kernels[k]
         name = self.names[k]
         scratch_ctas = 0
@@ -437,6 +461,11 @@ class LaunchPlan:
         if ((kernel.globalScratchBytes > 0 and not global_scratch) or
                 (kernel.profileScratchBytes > 0 and not profile_scratch)):
             raise LaunchError(f"kernel {name}: scratch buffer missing")
+        workspace = int(workspace) & _U64 if self.workspace_bytes else 0
+        if not workspace and self.uses_workspace(k):
+            raise LaunchError(f"kernel {name}: workspace missing")
+        if workspace % WORKSPACE_ALIGN:
+            raise LaunchError(f"kernel {name}: workspace is not {WORKSPACE_ALIGN}-byte aligned")
         if check_args:
             self.check_args(args)
 
@@ -461,6 +490,12 @@ class LaunchPlan:
                 continue
             if kind == fb.ParamKind.ProfileScratch:
                 params.append((type_, int(profile_scratch) & _U64))
+                continue
+            if kind == fb.ParamKind.Workspace:
+                params.append((type_, (workspace + int(p.workspaceOffset)) & _U64))
+                continue
+            if kind == fb.ParamKind.Int32Constant:
+                params.append((type_, int(p.i32Value)))
                 continue
             # TensorStride / TensorSize
             if p.arg >= len(args):
@@ -493,12 +528,13 @@ class LaunchPlan:
         return KernelLaunch(kernel_index=k, name=name, grid=grid, block=32 * kernel.numWarps,
                             shared_mem_bytes=int(kernel.sharedMemBytes), params=tuple(params))
 
-    def evaluate_all(self, args: Sequence[ArgInfo],
-                     scratch: Optional[Iterable[tuple[int, int]]] = None) -> list[KernelLaunch]:
-        """Every kernel's launch, in order; scratch: (global, profile) address per kernel."""
+    def evaluate_all(self, args: Sequence[ArgInfo], scratch: Optional[Iterable[tuple[int, int]]] = None,
+                     workspace: int = 0) -> list[KernelLaunch]:
+        """Every kernel's launch, in order; scratch: (global, profile) address per kernel;
+        workspace: the delegate's workspace, shared by all kernels."""
         self.check_args(args)
         scratch = list(scratch) if scratch is not None else [(0, 0)] * len(self.kernels)
-        return [self.evaluate(k, args, global_scratch=g, profile_scratch=p, check_args=False)
+        return [self.evaluate(k, args, global_scratch=g, profile_scratch=p, workspace=workspace, check_args=False)
                 for k, (g, p) in enumerate(scratch)]
 
 
@@ -510,7 +546,7 @@ _EVAL_CODES = {1: "bad payload", 2: "refused", 3: "internal"}
 
 
 def evaluate_launch_cpp(data: bytes, k: int, args: Sequence[ArgInfo], *, global_scratch: int = 0,
-                        profile_scratch: int = 0, lib=None) -> KernelLaunch:
+                        profile_scratch: int = 0, workspace: int = 0, lib=None) -> KernelLaunch:
     """Kernel k's launch as libcuda_gqa_backend.so evaluates it
     (cuda_gqa_evaluate_launch; no GPU needed). Params come back as
     (fb.ParamType, value) decoded from the raw slots; refusals raise
@@ -528,7 +564,7 @@ def evaluate_launch_cpp(data: bytes, k: int, args: Sequence[ArgInfo], *, global_
                        ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_char_p),
                        ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_int64),
                        ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_uint64),
-                       ctypes.c_uint64, ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint32),
+                       ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint32),
                        ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t),
                        ctypes.c_char_p, ctypes.c_size_t]
     n = max(len(args), 1)
@@ -548,7 +584,7 @@ def evaluate_launch_cpp(data: bytes, k: int, args: Sequence[ArgInfo], *, global_
     message = ctypes.create_string_buffer(1024)
     buf = ctypes.create_string_buffer(bytes(data), len(data))
     rc = fn(buf, len(data), k, len(args), dtypes, labels, ranks, sizes, strides, addresses,
-            global_scratch & _U64, profile_scratch & _U64, launch, values, MAX_PARAMS,
+            global_scratch & _U64, profile_scratch & _U64, workspace & _U64, launch, values, MAX_PARAMS,
             ctypes.byref(num_params), message, len(message))
     text = message.value.decode(errors="replace")
     if rc != 0:

@@ -19,6 +19,8 @@ class ParamKind(object):
     Float32Constant = 3
     GlobalScratch = 4
     ProfileScratch = 5
+    Workspace = 6
+    Int32Constant = 7
 
 
 class ParamType(object):
@@ -92,8 +94,29 @@ class KernelParam(object):
             return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
         return 0
 
+    # KernelParam
+    def WorkspaceOffset(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(16))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # KernelParam
+    def WorkspaceExtent(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(18))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # KernelParam
+    def I32Value(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(20))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Int32Flags, o + self._tab.Pos)
+        return 0
+
 def KernelParamStart(builder):
-    builder.StartObject(6)
+    builder.StartObject(9)
 
 def KernelParamAddKind(builder, kind):
     builder.PrependInt8Slot(0, kind, 0)
@@ -113,6 +136,15 @@ def KernelParamAddF32Value(builder, f32Value):
 def KernelParamAddDivisibility(builder, divisibility):
     builder.PrependUint32Slot(5, divisibility, 0)
 
+def KernelParamAddWorkspaceOffset(builder, workspaceOffset):
+    builder.PrependUint64Slot(6, workspaceOffset, 0)
+
+def KernelParamAddWorkspaceExtent(builder, workspaceExtent):
+    builder.PrependUint64Slot(7, workspaceExtent, 0)
+
+def KernelParamAddI32Value(builder, i32Value):
+    builder.PrependInt32Slot(8, i32Value, 0)
+
 def KernelParamEnd(builder):
     return builder.EndObject()
 
@@ -129,6 +161,9 @@ class KernelParamT(object):
         dim = 0,
         f32Value = 0.0,
         divisibility = 0,
+        workspaceOffset = 0,
+        workspaceExtent = 0,
+        i32Value = 0,
     ):
         self.kind = kind  # type: int
         self.type = type  # type: int
@@ -136,6 +171,9 @@ class KernelParamT(object):
         self.dim = dim  # type: int
         self.f32Value = f32Value  # type: float
         self.divisibility = divisibility  # type: int
+        self.workspaceOffset = workspaceOffset  # type: int
+        self.workspaceExtent = workspaceExtent  # type: int
+        self.i32Value = i32Value  # type: int
 
     @classmethod
     def InitFromBuf(cls, buf, pos):
@@ -164,6 +202,9 @@ class KernelParamT(object):
         self.dim = kernelParam.Dim()
         self.f32Value = kernelParam.F32Value()
         self.divisibility = kernelParam.Divisibility()
+        self.workspaceOffset = kernelParam.WorkspaceOffset()
+        self.workspaceExtent = kernelParam.WorkspaceExtent()
+        self.i32Value = kernelParam.I32Value()
 
     # KernelParamT
     def Pack(self, builder):
@@ -174,6 +215,9 @@ class KernelParamT(object):
         KernelParamAddDim(builder, self.dim)
         KernelParamAddF32Value(builder, self.f32Value)
         KernelParamAddDivisibility(builder, self.divisibility)
+        KernelParamAddWorkspaceOffset(builder, self.workspaceOffset)
+        KernelParamAddWorkspaceExtent(builder, self.workspaceExtent)
+        KernelParamAddI32Value(builder, self.i32Value)
         kernelParam = KernelParamEnd(builder)
         return kernelParam
 
@@ -1124,8 +1168,15 @@ class Payload(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
         return o == 0
 
+    # Payload
+    def WorkspaceBytes(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
 def PayloadStart(builder):
-    builder.StartObject(4)
+    builder.StartObject(5)
 
 def PayloadAddVersion(builder, version):
     builder.PrependUint32Slot(0, version, 0)
@@ -1148,6 +1199,9 @@ def PayloadAddKernels(builder, kernels):
 def PayloadStartKernelsVector(builder, numElems):
     return builder.StartVector(4, numElems, 4)
 
+def PayloadAddWorkspaceBytes(builder, workspaceBytes):
+    builder.PrependUint64Slot(4, workspaceBytes, 0)
+
 def PayloadEnd(builder):
     return builder.EndObject()
 
@@ -1166,11 +1220,13 @@ class PayloadT(object):
         inputs = None,
         outputs = None,
         kernels = None,
+        workspaceBytes = 0,
     ):
         self.version = version  # type: int
         self.inputs = inputs  # type: Optional[List[TensorSpecT]]
         self.outputs = outputs  # type: Optional[List[TensorSpecT]]
         self.kernels = kernels  # type: Optional[List[KernelT]]
+        self.workspaceBytes = workspaceBytes  # type: int
 
     @classmethod
     def InitFromBuf(cls, buf, pos):
@@ -1218,6 +1274,7 @@ class PayloadT(object):
                 else:
                     kernel_ = KernelT.InitFromObj(payload.Kernels(i))
                     self.kernels.append(kernel_)
+        self.workspaceBytes = payload.WorkspaceBytes()
 
     # PayloadT
     def Pack(self, builder):
@@ -1253,6 +1310,7 @@ class PayloadT(object):
             PayloadAddOutputs(builder, outputs)
         if self.kernels is not None:
             PayloadAddKernels(builder, kernels)
+        PayloadAddWorkspaceBytes(builder, self.workspaceBytes)
         payload = PayloadEnd(builder)
         return payload
 

@@ -49,6 +49,7 @@ struct DelegateState {
   PayloadDesc payload;  // image views cleared once modules are loaded
   std::vector<DeviceBuffer> staging;  // one per delegate arg
   std::vector<DeviceBuffer> scratch;
+  DeviceBuffer workspace;  // Payload.workspace_bytes, shared by the kernels in order
   std::vector<LoadedKernel> modules;
   std::vector<KernelLauncher> launchers;
   std::vector<ArgDesc> arg_descs;  // reused by every execute
@@ -64,6 +65,7 @@ struct DelegateState {
     for (DeviceBuffer& b : scratch) {
       if (b.ptr != 0) driver->MemFree(b.ptr);
     }
+    if (workspace.ptr != 0) driver->MemFree(workspace.ptr);
     for (LoadedKernel& m : modules) unload_kernel(*driver, &m);
     if (stream != nullptr) driver->StreamDestroy(stream);
     driver->DevicePrimaryCtxRelease(device);
@@ -175,11 +177,21 @@ Error set_up_device(DelegateState* s, std::string* why) {
     s->staging[i].bytes = bytes;
   }
 
+  // One workspace for the delegate, allocated here once and never per call:
+  // the kernels run in order on one stream, so they share it.
+  CUdeviceptr workspace = 0;
+  if (!device_alloc(s, static_cast<size_t>(s->payload.workspace_bytes), kWorkspaceAlign,
+                    &s->workspace, &workspace, why)) {
+    *why = "workspace: " + *why;
+    return Error::MemoryAllocationFailed;
+  }
+
   s->launchers.resize(num_kernels);
   s->scratch.reserve(2 * num_kernels);
   for (size_t i = 0; i < num_kernels; ++i) {
     const KernelDesc& k = s->payload.kernels[i];
     ScratchDesc scratch;
+    scratch.workspace = workspace;
     if (k.global_scratch_bytes > 0 || k.profile_scratch_bytes > 0) {
       uint64_t ctas = 0;
       if (!static_grid_ctas(s->payload, k, &ctas, why)) return Error::NotSupported;

@@ -105,7 +105,8 @@ int cuda_gqa_evaluate_launch(const void* data, size_t size, size_t kernel_index,
                              const int32_t* dtypes, const char* const* dtype_labels,
                              const uint32_t* ranks, const int64_t* sizes, const int64_t* strides,
                              const uint64_t* addresses, uint64_t global_scratch,
-                             uint64_t profile_scratch, uint32_t* launch, uint64_t* param_values,
+                             uint64_t profile_scratch, uint64_t workspace, uint32_t* launch,
+                             uint64_t* param_values,
                              size_t max_params, size_t* num_params, char* message,
                              size_t message_size) {
   static_assert(CUDA_GQA_MAX_RANK == cuda_gqa::kMaxRank, "CUDA_GQA_MAX_RANK");
@@ -142,6 +143,8 @@ int cuda_gqa_evaluate_launch(const void* data, size_t size, size_t kernel_index,
         if (k.profile_scratch_bytes > 0) scratch.profile = profile_scratch;
       }
     }
+    // The workspace exists only when the payload asks for one.
+    if (payload.workspace_bytes > 0) scratch.workspace = workspace;
     if (!cuda_gqa::check_scratch(k, scratch, &error)) {
       write_message(error, message, message_size);
       return CUDA_GQA_EVAL_BAD_PAYLOAD;

@@ -48,7 +48,8 @@ CUDA_GQA_EXPORT int cuda_gqa_select_images(const void* data, size_t size, int de
 // elements) at sizes[i*CUDA_GQA_MAX_RANK + d] / strides[...], and device
 // address addresses[i]. `global_scratch` / `profile_scratch` stand for the
 // scratch buffers init would allocate (0: none), sized from the payload's
-// static grid as init does.
+// static grid as init does; `workspace` for the workspace init would
+// allocate when the payload's workspace_bytes > 0 (ignored otherwise).
 //
 // On CUDA_GQA_EVAL_OK: launch[0..2] = grid x, y, z (all 0 if there is nothing
 // to launch), launch[3] = block threads in x, launch[4] = dynamic shared
@@ -61,7 +62,7 @@ CUDA_GQA_EXPORT int cuda_gqa_evaluate_launch(
     const void* data, size_t size, size_t kernel_index, size_t num_args, const int32_t* dtypes,
     const char* const* dtype_labels, const uint32_t* ranks, const int64_t* sizes,
     const int64_t* strides, const uint64_t* addresses, uint64_t global_scratch,
-    uint64_t profile_scratch, uint32_t* launch, uint64_t* param_values, size_t max_params,
+    uint64_t profile_scratch, uint64_t workspace, uint32_t* launch, uint64_t* param_values, size_t max_params,
     size_t* num_params, char* message, size_t message_size);
 
 #ifdef __cplusplus

@@ -81,10 +81,26 @@ bool check_arg(const TensorSpecDesc& spec, const ArgDesc& arg, size_t index,
   return true;
 }
 
+bool uses_workspace(const KernelDesc& kernel) {
+  for (const ParamDesc& p : kernel.params) {
+    if (p.kind == ParamKind::kWorkspace) return true;
+  }
+  return false;
+}
+
 bool check_scratch(const KernelDesc& kernel, const ScratchDesc& scratch, std::string* error) {
   if ((kernel.global_scratch_bytes > 0 && scratch.global == 0) ||
       (kernel.profile_scratch_bytes > 0 && scratch.profile == 0)) {
     *error = "kernel " + kernel.name + ": scratch buffer missing";
+    return false;
+  }
+  if (scratch.workspace == 0 && uses_workspace(kernel)) {
+    *error = "kernel " + kernel.name + ": workspace missing";
+    return false;
+  }
+  if (scratch.workspace % kWorkspaceAlign != 0) {
+    *error = "kernel " + kernel.name + ": workspace is not " +
+             std::to_string(kWorkspaceAlign) + "-byte aligned";
     return false;
   }
   return true;
@@ -143,6 +159,16 @@ Error evaluate_launch(const KernelDesc& k, const ArgDesc* args, size_t num_args,
       case ParamKind::kProfileScratch:
         *slot = static_cast<uint64_t>(scratch.profile);
         continue;
+      case ParamKind::kWorkspace:
+        // Offset and alignment were checked against workspace_bytes by
+        // parse_payload, the base by check_scratch.
+        *slot = static_cast<uint64_t>(scratch.workspace) + p.workspace_offset;
+        continue;
+      case ParamKind::kInt32Constant: {
+        const int32_t v = p.i32_value;
+        std::memcpy(slot, &v, sizeof(v));
+        continue;
+      }
     }
     // Integer parameter: a stride or a size.
     if (p.divisibility > 1 && value % static_cast<int64_t>(p.divisibility) != 0) {

@@ -56,14 +56,22 @@ bool static_grid_ctas(const PayloadDesc& payload, const KernelDesc& kernel,
 bool check_arg(const TensorSpecDesc& spec, const ArgDesc& arg, size_t index,
                size_t num_inputs, std::string* error);
 
-// Scratch buffers of one kernel and the number of CTAs they have room for.
+// Device buffers init allocates that one kernel's launch reads: its scratch
+// buffers and the number of CTAs they have room for, and the delegate's
+// workspace (shared by all kernels, Payload.workspace_bytes at
+// kWorkspaceAlign; 0 when the payload has none).
 struct ScratchDesc {
   CUdeviceptr global = 0;
   CUdeviceptr profile = 0;
   uint64_t ctas = 0;
+  CUdeviceptr workspace = 0;
 };
 
-// Init-time check that `scratch` covers what `kernel` asks for.
+// True if a param of `kernel` is a Workspace pointer.
+bool uses_workspace(const KernelDesc& kernel);
+
+// Init-time check that `scratch` covers what `kernel` asks for (scratch
+// buffers, and the workspace if a param reads it).
 bool check_scratch(const KernelDesc& kernel, const ScratchDesc& scratch, std::string* error);
 
 // Evaluates one launch of `kernel` over `args` (inputs then outputs, already

@@ -86,7 +86,7 @@ bool read_param(const fb::KernelParam* p, const PayloadDesc& pl,
   if (p == nullptr) return fail(error, where, "missing param");
   const int kind = static_cast<int>(p->kind());
   const int type = static_cast<int>(p->type());
-  if (kind < 0 || kind > static_cast<int>(ParamKind::kProfileScratch)) {
+  if (kind < 0 || kind > static_cast<int>(ParamKind::kInt32Constant)) {
     return fail(error, where, "unknown param kind " + std::to_string(kind));
   }
   if (type < 0 || type > static_cast<int>(ParamType::kFloat32)) {
@@ -98,6 +98,9 @@ bool read_param(const fb::KernelParam* p, const PayloadDesc& pl,
   out->dim = p->dim();
   out->f32_value = p->f32_value();
   out->divisibility = p->divisibility();
+  out->workspace_offset = p->workspace_offset();
+  out->workspace_extent = p->workspace_extent();
+  out->i32_value = p->i32_value();
 
   const bool int_type = out->type == ParamType::kInt32 || out->type == ParamType::kInt64;
   switch (out->kind) {
@@ -141,6 +144,42 @@ bool read_param(const fb::KernelParam* p, const PayloadDesc& pl,
     case ParamKind::kProfileScratch:
       if (out->type != ParamType::kPointer) {
         return fail(error, where, "scratch must be passed as Pointer");
+      }
+      break;
+    case ParamKind::kWorkspace: {
+      if (out->type != ParamType::kPointer) {
+        return fail(error, where, "Workspace must be passed as Pointer");
+      }
+      const uint64_t bytes = pl.workspace_bytes;
+      if (out->workspace_offset >= bytes || out->workspace_extent == 0 ||
+          out->workspace_extent > bytes - out->workspace_offset) {
+        return fail(error, where,
+                    "workspace range [" + std::to_string(out->workspace_offset) + ", +" +
+                        std::to_string(out->workspace_extent) + ") outside the " +
+                        std::to_string(bytes) + "-byte workspace");
+      }
+      // The base is kWorkspaceAlign-aligned: the address is a multiple of
+      // the divisibility iff the offset is.
+      if (out->divisibility > 1 &&
+          (out->divisibility > kWorkspaceAlign ||
+           out->workspace_offset % out->divisibility != 0)) {
+        return fail(error, where,
+                    "workspace offset " + std::to_string(out->workspace_offset) +
+                        " is not a multiple of " + std::to_string(out->divisibility) +
+                        ", which the cubin assumes");
+      }
+      break;
+    }
+    case ParamKind::kInt32Constant:
+      if (out->type != ParamType::kInt32) {
+        return fail(error, where, "Int32Constant must be passed as Int32");
+      }
+      if (out->divisibility > 1 &&
+          out->i32_value % static_cast<int64_t>(out->divisibility) != 0) {
+        return fail(error, where,
+                    "Int32Constant " + std::to_string(out->i32_value) +
+                        " is not a multiple of " + std::to_string(out->divisibility) +
+                        ", which the cubin assumes");
       }
       break;
   }
@@ -315,6 +354,11 @@ bool parse_payload(const void* data, size_t size, PayloadDesc* out,
   // Param and grid args are one byte wide.
   if (out->num_args() > 256) {
     return fail(error, "", "more than 256 delegate arguments");
+  }
+  out->workspace_bytes = p->workspace_bytes();
+  if (out->workspace_bytes > kMaxWorkspaceBytes) {
+    return fail(error, "", "workspace_bytes " + std::to_string(out->workspace_bytes) +
+                               " too large");
   }
   if (p->kernels() == nullptr || p->kernels()->size() == 0) {
     return fail(error, "", "payload has no kernels");

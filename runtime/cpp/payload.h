@@ -22,6 +22,9 @@ constexpr size_t kMaxParams = 256;
 constexpr size_t kMaxGridFactors = 8;
 constexpr uint32_t kMaxNumWarps = 32;  // 1024 threads per CTA
 constexpr uint32_t kMaxSharedMemBytes = 1u << 20;
+constexpr uint64_t kMaxWorkspaceBytes = uint64_t{1} << 40;
+// Alignment of the workspace base (cuMemAlloc gives 256 bytes).
+constexpr uint64_t kWorkspaceAlign = 256;
 
 // Same numbering as the schema's enums.
 enum class DType : uint8_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
@@ -32,6 +35,8 @@ enum class ParamKind : uint8_t {
   kFloat32Constant = 3,
   kGlobalScratch = 4,
   kProfileScratch = 5,
+  kWorkspace = 6,
+  kInt32Constant = 7,
 };
 enum class ParamType : uint8_t { kPointer = 0, kInt32 = 1, kInt64 = 2, kFloat32 = 3 };
 
@@ -53,6 +58,9 @@ struct ParamDesc {
   uint8_t dim = 0;
   float f32_value = 0.0f;
   uint32_t divisibility = 0;  // 0 or 1: no requirement
+  uint64_t workspace_offset = 0;  // kWorkspace: bytes into the workspace
+  uint64_t workspace_extent = 0;  // kWorkspace: bytes the kernel may touch from there
+  int32_t i32_value = 0;          // kInt32Constant
 };
 
 struct GridFactorDesc {
@@ -88,6 +96,7 @@ struct PayloadDesc {
   std::vector<TensorSpecDesc> inputs;
   std::vector<TensorSpecDesc> outputs;
   std::vector<KernelDesc> kernels;
+  uint64_t workspace_bytes = 0;  // one device buffer allocated at init; 0: none
 
   size_t num_args() const { return inputs.size() + outputs.size(); }
   // Delegate argument i: inputs first, then outputs.

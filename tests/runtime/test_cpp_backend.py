@@ -285,6 +285,48 @@ SEMANTIC_CASES = {
 }
 
 
+def _add_workspace_param(p, workspace_bytes, offset, extent, divisibility=16, type_=None):
+    p.workspaceBytes = workspace_bytes
+    ws = param(K.Workspace, P.Pointer if type_ is None else type_, divisibility=divisibility)
+    ws.workspaceOffset, ws.workspaceExtent = offset, extent
+    p.kernels[0].params.append(ws)
+
+
+SEMANTIC_CASES.update({
+    "workspace param without workspace": (lambda p: _add_workspace_param(p, 0, 0, 16),
+                                          "workspace range [0, +16) outside the 0-byte workspace"),
+    "workspace offset at the end": (lambda p: _add_workspace_param(p, 256, 256, 16),
+                                    "workspace range [256, +16) outside the 256-byte workspace"),
+    "workspace extent past the end": (lambda p: _add_workspace_param(p, 256, 128, 144),
+                                      "workspace range [128, +144) outside the 256-byte workspace"),
+    "workspace extent overflowing": (lambda p: _add_workspace_param(p, 256, 16, 2**64 - 8),
+                                     "outside the 256-byte workspace"),
+    "workspace extent zero": (lambda p: _add_workspace_param(p, 256, 0, 0), "outside the 256-byte workspace"),
+    "workspace offset misaligned": (lambda p: _add_workspace_param(p, 256, 8, 16),
+                                    "workspace offset 8 is not a multiple of 16, which the cubin assumes"),
+    "workspace divisibility above the base alignment": (lambda p: _add_workspace_param(p, 4096, 0, 16, 512),
+                                                        "workspace offset 0 is not a multiple of 512"),
+    "workspace passed as int": (lambda p: _add_workspace_param(p, 256, 0, 16, type_=P.Int64),
+                                "Workspace must be passed as Pointer"),
+    "workspace too large": (lambda p: setattr(p, "workspaceBytes", 2**41), "workspace_bytes 2199023255552 too large"),
+    "int32 constant passed as float": (lambda p: p.kernels[0].params.append(param(K.Int32Constant, P.Float32)),
+                                       "Int32Constant must be passed as Int32"),
+    "int32 constant not divisible": (
+        lambda p: p.kernels[0].params.append(fb.KernelParamT(kind=K.Int32Constant, type=P.Int32, i32Value=24,
+                                                             divisibility=16)),
+        "Int32Constant 24 is not a multiple of 16"),
+})
+
+
+def test_workspace_params_and_int32_constants_are_accepted():
+    payload = sample_payload()
+    _add_workspace_param(payload, 4096 + 64, 4096, 64)
+    _add_workspace_param(payload, 4096 + 64, 0, 4096)
+    for value in (-(2**31), -5, 0, 2**31 - 1):
+        payload.kernels[0].params.append(fb.KernelParamT(kind=K.Int32Constant, type=P.Int32, i32Value=value))
+    assert validate(load_library(), pack(payload)) == (0, "ok")
+
+
 @pytest.mark.parametrize("case", sorted(SEMANTIC_CASES))
 def test_verifiable_but_meaningless_payload_is_refused(case):
     change, reason = SEMANTIC_CASES[case]

@@ -88,3 +88,36 @@ def test_refusals_launch_nothing():
         launcher(q.cpu(), k, v, out=sentinel)
     torch.cuda.synchronize()
     assert bool((sentinel == 7.0).all()), "a refused call must not have launched"
+
+
+DECODE_CASES = [  # dtype, batch, H_q, H_kv, L_q, L_kv, D, causal, kernels
+    (torch.bfloat16, 1, 32, 8, 1, 8192, 128, False, ["gqa_decode_split", "gqa_decode_combine"]),  # llama decode
+    (torch.float16, 1, 32, 1, 1, 4096, 128, True, ["gqa_decode_split", "gqa_decode_combine"]),    # MQA
+    (torch.float16, 1, 32, 8, 4, 8190, 128, True, ["gqa_decode_split", "gqa_decode_combine"]),    # verify 4
+    (torch.bfloat16, 1, 32, 8, 1, 256, 128, True, ["gqa_decode_split"]),                          # single split
+]
+
+
+@pytest.mark.parametrize("case", DECODE_CASES, ids=lambda c: f"{str(c[0])[6:]}-{c[2]}q{c[3]}kv-{c[4]}x{c[5]}"
+                                                             f"{'-causal' if c[7] else ''}")
+def test_decode_payloads_match_reference(case):
+    """Split-KV decode payloads through CubinLauncher, workspace allocated once and reused."""
+    from cuda_gqa.backends.kernels.reference import reference_attention
+    from cuda_gqa.runtime.cubin_launcher import CubinLauncher
+
+    dtype, b, hq, hkv, lq, lkv, d, causal, names = case
+    scale = 0.9 / d**0.5
+    launcher = CubinLauncher(build(dtype, b, hq, hkv, lq, lkv, d, causal, scale))
+    assert launcher.plan.names == names
+    assert bool(launcher.workspace_address) == (len(names) == 2)
+    workspace = launcher.workspace_address
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for _ in range(2):  # a second call reuses the same workspace
+        q = torch.randn(b, hq, lq, d, device="cuda", dtype=dtype, generator=gen)
+        k = torch.randn(b, hkv, lkv, d, device="cuda", dtype=dtype, generator=gen)
+        v = torch.randn(b, hkv, lkv, d, device="cuda", dtype=dtype, generator=gen)
+        out = launcher(q, k, v)
+        torch.cuda.synchronize()
+        assert launcher.workspace_address == workspace
+        expected = reference_attention(q, k, v, is_causal=causal, scale=scale)
+        torch.testing.assert_close(out.float(), expected, **tolerance(dtype))

@@ -425,3 +425,132 @@ def test_cubin_launcher_without_cuda_core_or_gpu_raises_clearly():
 
     if not torch.cuda.is_available():
         assert result.stdout.startswith("refused:"), result.stdout
+
+
+# --------------------------------------------------------------------------
+# split-KV decode payloads: Workspace params and Int32 constants
+
+WORKSPACE = 0x7E00_0000_0000
+SPLIT_LEN = 576
+
+
+def decode_payload(b=1, hq=32, hkv=8, lq=1, lkv=8192, d=128, dtype=F16, split_len=SPLIT_LEN, *,
+                   dynamic=False, partial_div=16) -> fb.PayloadT:
+    """[split, combine] shaped like attention_plan's: Partial then Lse in one workspace."""
+    def spec(h, length):
+        return fb.TensorSpecT(dtype=dtype, sizes=[b, h, length, d] if not dynamic else [-1, h, -1, d])
+
+    splits = -(-lkv // split_len)
+    partial = b * hq * lq * splits * d * 4
+    lse = b * hq * lq * splits * 4
+    lse_offset = -(-partial // 16) * 16
+
+    def ws(offset, extent, div=16):
+        p = param(K.Workspace, T.Pointer, div=div)
+        p.workspaceOffset, p.workspaceExtent = offset, extent
+        return p
+
+    def const(value):
+        return fb.KernelParamT(kind=K.Int32Constant, type=T.Int32, i32Value=value)
+
+    split_params = [param(K.TensorPointer, T.Pointer, arg, div=16) for arg in range(4)]
+    split_params += [ws(0, partial, partial_div), ws(lse_offset, lse), param(K.Float32Constant, T.Float32, f32=0.125)]
+    split_params += [param(K.TensorStride, T.Int32, arg, dim, div=16) for arg in range(4) for dim in range(3)]
+    split_params += [param(K.TensorSize, T.Int32, 0, 2), param(K.TensorSize, T.Int32, 1, 2), const(split_len),
+                     param(K.GlobalScratch, T.Pointer), param(K.ProfileScratch, T.Pointer)]
+    combine_params = [ws(0, partial), ws(lse_offset, lse), param(K.TensorPointer, T.Pointer, 3, div=16)]
+    combine_params += [param(K.TensorStride, T.Int32, 3, dim, div=16) for dim in range(3)]
+    combine_params += [param(K.TensorSize, T.Int32, 0, 2), const(splits),
+                       param(K.GlobalScratch, T.Pointer), param(K.ProfileScratch, T.Pointer)]
+
+    def f(arg, dim, divisor=1):
+        return fb.GridFactorT(arg=arg, dim=dim, divisor=divisor)
+
+    def kernel(name, params, grid):
+        return fb.KernelT(name=name, numWarps=4, sharedMemBytes=16384, params=params, grid=grid,
+                          cubins=[fb.CubinT(arch=90, image=np.frombuffer(b"\x7fELF\x5a", dtype=np.uint8))])
+
+    split_grid = [fb.GridDimT(factors=[f(1, 2, split_len)]), fb.GridDimT(factors=[f(1, 0), f(1, 1)]), fb.GridDimT()]
+    combine_grid = [fb.GridDimT(factors=[f(0, 2)]), fb.GridDimT(factors=[f(0, 0), f(0, 1)]), fb.GridDimT()]
+    return fb.PayloadT(inputs=[spec(hq, lq), spec(hkv, lkv), spec(hkv, lkv)], outputs=[spec(hq, lq)],
+                       kernels=[kernel("gqa_decode_split", split_params, split_grid),
+                                kernel("gqa_decode_combine", combine_params, combine_grid)],
+                       workspaceBytes=lse_offset + lse)
+
+
+def test_decode_launches_fill_workspace_and_constants():
+    plan = LaunchPlan(serialize_payload(decode_payload()))
+    assert plan.workspace_bytes == 32 * 15 * 128 * 4 + 32 * 15 * 4
+    args = attention_args(1, 32, 8, 1, 8192, 128)
+    split, combine = plan.evaluate_all(args, workspace=WORKSPACE)
+    assert (split.name, split.grid) == ("gqa_decode_split", (15, 8, 1))
+    values = [v for _, v in split.params]
+    assert values[4:6] == [WORKSPACE, WORKSPACE + 32 * 15 * 128 * 4]
+    assert split.params[-3] == (T.Int32, SPLIT_LEN)
+    assert (combine.name, combine.grid) == ("gqa_decode_combine", (1, 32, 1))
+    assert [v for _, v in combine.params][:3] == [WORKSPACE, WORKSPACE + 32 * 15 * 128 * 4, args[3].address]
+    assert combine.params[-3] == (T.Int32, 15)
+    with pytest.raises(LaunchError, match="kernel gqa_decode_split: workspace missing"):
+        plan.evaluate(0, args)
+    with pytest.raises(LaunchError, match="workspace is not 256-byte aligned"):
+        plan.evaluate(1, args, workspace=WORKSPACE + 16)
+
+
+@pytest.mark.parametrize("shape", [(1, 32, 8, 1, 8192, 128), (1, 32, 1, 1, 4096, 128), (2, 16, 4, 4, 3000, 64),
+                                   (1, 8, 2, 16, 10, 64)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_decode_parity_with_cpp(shape, dynamic):
+    b, hq, hkv, lq, lkv, d = shape
+    data = serialize_payload(decode_payload(b, hq, hkv, lq, lkv, d, split_len=256, dynamic=dynamic))
+    seen_ok = seen_refused = 0
+    for variant in VARIANTS:
+        args = variant_args(variant, shape, F16)
+        for workspace in (WORKSPACE, 0, WORKSPACE + 16, WORKSPACE + 256, (1 << 64) - 256):
+            for k in (0, 1):
+                out = []
+                for evaluate in (lambda: LaunchPlan(data).evaluate(k, args, workspace=workspace),
+                                 lambda: evaluate_launch_cpp(data, k, args, workspace=workspace, lib=cpp_lib())):
+                    try:
+                        out.append(evaluate())
+                    except LaunchError as e:
+                        out.append(str(e))
+                py, cpp = out
+                assert normalized(py) == normalized(cpp), (variant, workspace, k, py, cpp)
+                seen_ok += not isinstance(py, str)
+                seen_refused += isinstance(py, str)
+    assert seen_ok and seen_refused
+
+
+def test_workspace_is_ignored_without_one():
+    # A payload with no workspace: the address given for it is not used or checked.
+    data = serialize_payload(attention_payload())
+    py, cpp = both(data, attention_args(), workspace=WORKSPACE + 8)
+    assert not isinstance(py, str) and normalized(py) == normalized(cpp)
+
+
+def _decode_ws_param(p, k=0, i=4):
+    return p.kernels[k].params[i]
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda p: setattr(p, "workspaceBytes", 0), "kernel 0 (gqa_decode_split) param 4: workspace range [0, +"),
+    (lambda p: setattr(_decode_ws_param(p), "workspaceOffset", 8),
+     "param 4: workspace offset 8 is not a multiple of 16, which the cubin assumes"),
+    (lambda p: setattr(_decode_ws_param(p, 1, 1), "workspaceExtent", 1 << 30),
+     "kernel 1 (gqa_decode_combine) param 1: workspace range"),
+    (lambda p: setattr(_decode_ws_param(p), "type", T.Int64), "param 4: Workspace must be passed as Pointer"),
+    (lambda p: setattr(_decode_ws_param(p, 0, 21), "type", T.Int64), "param 21: Int32Constant must be passed as Int32"),
+    (lambda p: (setattr(_decode_ws_param(p, 0, 21), "divisibility", 128)), "Int32Constant 576 is not a multiple of 128"),
+    (lambda p: setattr(p, "workspaceBytes", 1 << 41), "workspace_bytes 2199023255552 too large"),
+    (lambda p: setattr(_decode_ws_param(p), "kind", 8), "param 4: unknown param kind 8"),
+])
+def test_decode_payload_refusals_match_cpp(mutate, message):
+    payload = decode_payload()
+    mutate(payload)
+    data = serialize_payload(payload)
+    with pytest.raises(LaunchError) as e:
+        LaunchPlan(data)
+    assert message in str(e.value)
+    with pytest.raises(LaunchError) as e_cpp:
+        evaluate_launch_cpp(data, 0, attention_args(1, 32, 8, 1, 8192, 128), workspace=WORKSPACE, lib=cpp_lib())
+    assert str(e_cpp.value) == str(e.value)

@@ -87,3 +87,27 @@ def test_generated_bindings_match_the_schema(tmp_path):
                     str(SERIALIZATION_DIR / "payload.fbs")], check=True)
     assert filecmp.cmp(tmp_path / "payload_generated.py", SERIALIZATION_DIR / "payload_generated.py", shallow=False), \
         "payload_generated.py is stale: run `make schema`"
+
+
+def test_round_trip_keeps_workspace_fields():
+    payload = sample_payload()
+    payload.workspaceBytes = (1 << 33) + 48
+    payload.kernels[0].params += [
+        fb.KernelParamT(kind=fb.ParamKind.Workspace, type=fb.ParamType.Pointer, divisibility=16,
+                        workspaceOffset=(1 << 33) + 16, workspaceExtent=32),
+        fb.KernelParamT(kind=fb.ParamKind.Int32Constant, type=fb.ParamType.Int32, i32Value=-576),
+    ]
+    back = deserialize_payload(serialize_payload(payload))
+    assert back.workspaceBytes == (1 << 33) + 48
+    ws, const = back.kernels[0].params[3:]
+    assert (ws.kind, ws.type, ws.workspaceOffset, ws.workspaceExtent, ws.divisibility) == (
+        fb.ParamKind.Workspace, fb.ParamType.Pointer, (1 << 33) + 16, 32, 16)
+    assert (const.kind, const.type, const.i32Value) == (fb.ParamKind.Int32Constant, fb.ParamType.Int32, -576)
+
+
+def test_payloads_without_workspace_fields_read_as_zero():
+    # Version-1 payloads written before the fields existed: no workspace, no constants.
+    back = deserialize_payload(serialize_payload(sample_payload()))
+    assert back.version == PAYLOAD_VERSION == 1
+    assert back.workspaceBytes == 0
+    assert all((p.workspaceOffset, p.workspaceExtent, p.i32Value) == (0, 0, 0) for p in back.kernels[0].params)

@@ -1,0 +1,117 @@
+"""attention_plan picks the kernels of a delegated attention call ahead of time (no GPU):
+split-KV decode [split, combine] for decode shapes, [split (SINGLE_SPLIT)] for short
+contexts, the forward kernel for prefill and for packed rows that need several M tiles."""
+
+import pytest
+import torch
+
+from cuda_gqa.backends.attention_plan import build_attention_payload, decode_plan
+from cuda_gqa.backends.heuristics import NOMINAL_SMS
+from cuda_gqa.backends.kernels.decode_heuristics import decode_config, decode_split_count, split_plan
+from cuda_gqa.backends.serialization import deserialize_payload
+from cuda_gqa.backends.serialization import payload_generated as fb
+from cuda_gqa.runtime.launch_plan import ArgInfo, LaunchPlan, evaluate_launch_cpp
+
+K = fb.ParamKind
+Q, KEY, V, OUT = 0, 1, 2, 3
+WORKSPACE = 0x7E00_0000_0000
+
+
+def build(b, hq, hkv, d, lq, lkv, causal=True, dtype=torch.float16):
+    return build_attention_payload(dtype=dtype, batch=b, num_heads_q=hq, num_heads_kv=hkv, head_dim=d, l_q=lq,
+                                   l_kv=lkv, is_causal=causal, archs=[90], ptx=False)
+
+
+def factors(kernel):
+    return [[(f.arg, f.dim, f.divisor) for f in (g.factors or [])] for g in kernel.grid]
+
+
+def params_of(kernel, kind):
+    return [p for p in kernel.params if p.kind == kind]
+
+
+def contiguous(sizes, address):
+    strides, acc = [], 1
+    for s in reversed(sizes):
+        strides.append(acc)
+        acc *= s
+    return ArgInfo(dtype=fb.DType.Float16, sizes=sizes, strides=tuple(reversed(strides)), address=address)
+
+
+@pytest.fixture(scope="module")
+def llama_decode():
+    return build(1, 32, 8, 128, 1, 8192)
+
+
+def test_decode_emits_split_then_combine(llama_decode):
+    payload = deserialize_payload(llama_decode)
+    split, combine = payload.kernels
+    assert (split.name, combine.name) == (b"gqa_decode_split", b"gqa_decode_combine")
+
+    config = decode_config(128, torch.float16, 4, 1)
+    split_len, num_splits = split_plan(8192, decode_split_count(1, 8, 8192, NOMINAL_SMS, config.block_n),
+                                       config.block_n)
+    assert num_splits > 1 and NOMINAL_SMS == 132
+    # Split grid: (cdiv(L_kv, SPLIT_LEN), B * H_kv, 1); combine grid: (L_q, B * H_q, 1).
+    assert factors(split) == [[(KEY, 2, split_len)], [(KEY, 0, 1), (KEY, 1, 1)], []]
+    assert factors(combine) == [[(Q, 2, 1)], [(Q, 0, 1), (Q, 1, 1)], []]
+    assert [p.i32Value for p in params_of(split, K.Int32Constant)] == [split_len]
+    assert [p.i32Value for p in params_of(combine, K.Int32Constant)] == [num_splits]
+
+    partial_bytes = 1 * 32 * 1 * num_splits * 128 * 4
+    lse_bytes = 1 * 32 * 1 * num_splits * 4
+    assert payload.workspaceBytes == partial_bytes + lse_bytes
+    for kernel in (split, combine):
+        ws = params_of(kernel, K.Workspace)
+        assert [(p.workspaceOffset, p.workspaceExtent) for p in ws] == [(0, partial_bytes),
+                                                                        (partial_bytes, lse_bytes)]
+        assert all(p.workspaceOffset % 16 == 0 and p.divisibility == 16 for p in ws)
+
+
+def test_decode_payload_evaluates_identically_in_python_and_cpp(llama_decode):
+    plan = LaunchPlan(llama_decode)
+    sizes = [(1, 32, 1, 128), (1, 8, 8192, 128), (1, 8, 8192, 128), (1, 32, 1, 128)]
+    args = [contiguous(s, 0x7000_0000_0000 + i * (1 << 32)) for i, s in enumerate(sizes)]
+    launches = plan.evaluate_all(args, workspace=WORKSPACE)
+    num_splits = deserialize_payload(llama_decode).kernels[1].params[-3].i32Value
+    assert [l.grid for l in launches] == [(num_splits, 8, 1), (1, 32, 1)]
+    for k, launch in enumerate(launches):
+        cpp = evaluate_launch_cpp(llama_decode, k, args, workspace=WORKSPACE)
+        assert (cpp.grid, cpp.params, cpp.slots()) == (launch.grid, launch.params, launch.slots())
+
+
+def test_short_context_is_one_single_split_launch():
+    payload = deserialize_payload(build(1, 32, 8, 128, 1, 256))
+    (split,) = payload.kernels
+    assert split.name == b"gqa_decode_split"
+    assert payload.workspaceBytes == 0
+    assert factors(split) == [[], [(KEY, 0, 1), (KEY, 1, 1)], []]
+    assert not params_of(split, K.Workspace)
+    # Partial/Lse are never touched with SINGLE_SPLIT: they get Out's address.
+    assert [p.arg for p in params_of(split, K.TensorPointer)] == [Q, KEY, V, OUT, OUT, OUT]
+    LaunchPlan(payload)  # valid without a workspace
+
+
+def test_prefill_runs_the_forward_kernel():
+    payload = deserialize_payload(build(1, 8, 2, 64, 128, 128, causal=False))
+    assert [k.name for k in payload.kernels] == [b"gqa_attention_fwd"]
+    assert payload.workspaceBytes == 0
+
+
+def test_decode_needing_several_m_tiles_runs_the_forward_kernel():
+    # qwen 16/2 D256 verifying 16 tokens: 128 packed rows, BLOCK_M 64 -> 2 M tiles.
+    assert decode_plan(dtype=torch.bfloat16, batch=1, num_heads_q=16, num_heads_kv=2, head_dim=256, l_q=16,
+                       l_kv=4000) is None
+    assert decode_plan(dtype=torch.bfloat16, batch=1, num_heads_q=16, num_heads_kv=2, head_dim=256, l_q=1,
+                       l_kv=4000) is not None
+    assert decode_plan(dtype=torch.float16, batch=1, num_heads_q=8, num_heads_kv=2, head_dim=64, l_q=17,
+                       l_kv=4000) is None
+
+
+def test_mqa_and_batched_plans():
+    mqa = decode_plan(dtype=torch.float16, batch=1, num_heads_q=32, num_heads_kv=1, head_dim=128, l_q=1, l_kv=4096)
+    assert mqa.num_splits > 1 and -(-4096 // mqa.split_len) == mqa.num_splits
+    # 8 * 32 KV-head programs fill a 132-SM GPU: no split, no workspace.
+    full = decode_plan(dtype=torch.float16, batch=8, num_heads_q=256, num_heads_kv=32, head_dim=128, l_q=1,
+                       l_kv=8192)
+    assert full.num_splits == 1 and full.workspace_bytes == 0
