@@ -55,13 +55,17 @@ GPU_CASES := demo:--dtype=float16 \
              fp32-mqa:--dtype=float32,--heads-q=4,--heads-kv=1,--seq-len=77 \
              fp16-gqa7:--dtype=float16,--heads-q=14,--heads-kv=2,--seq-len=64 \
              fp16-d80:--dtype=float16,--heads-q=8,--heads-kv=2,--head-dim=80,--seq-len=100 \
-             bf16-d256:--dtype=bfloat16,--heads-q=4,--heads-kv=1,--head-dim=256,--seq-len=50
+             bf16-d256:--dtype=bfloat16,--heads-q=4,--heads-kv=1,--head-dim=256,--seq-len=50 \
+             decode-bf16-llama-8k:--dtype=bfloat16,--heads-q=32,--heads-kv=8,--head-dim=128,--seq-len=1,--kv-len=8192 \
+             decode-fp16-mqa-lq4:--dtype=float16,--heads-q=32,--heads-kv=1,--head-dim=128,--seq-len=4,--kv-len=4000 \
+             decode-bf16-short:--dtype=bfloat16,--heads-q=8,--heads-kv=2,--head-dim=64,--seq-len=1,--kv-len=200
 
 gpu-bundle: build
 	rm -rf .gpu && mkdir -p .gpu
 	cp $(BACKEND_LIB) $(RUNNER) .gpu/
 	cp $(addprefix $(ET_LIB_DIR)/,libexecutorch.so libexecutorch_kernels_optimized.so libexecutorch_threadpool.so) .gpu/
 	$(foreach case,$(GPU_CASES),$(PYTHON) -m cuda_gqa.export --export-only --out .gpu/cases/$(word 1,$(subst :, ,$(case))) $(subst $(comma), ,$(word 2,$(subst :, ,$(case)))) &&) true
+	rm -f .gpu/cases/*/reference.pt
 	du -sh .gpu
 comma := ,
 ET_LIB_DIR = $(shell $(PYTHON) -c "import executorch; print(executorch.__path__[0])")/lib

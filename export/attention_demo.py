@@ -30,6 +30,21 @@ class GqaAttentionBlock(nn.Module):
         return self.o_proj(y.transpose(1, 2).reshape(b, seq, -1))
 
 
+class GqaAttention(nn.Module):
+    """SDPA alone on given q [B, H_q, L_q, D] and k/v [B, H_kv, L_kv, D]: a decode step
+    (L_q < L_kv, bottom-right causal) when the block above cannot make one."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+
+def make_attention_only(dtype: torch.dtype, l_q: int, l_kv: int, num_heads_q: int = 8, num_heads_kv: int = 2,
+                        head_dim: int = 64, batch: int = 1, seed: int = 0):
+    torch.manual_seed(seed)
+    make = lambda heads, length: torch.randn(batch, heads, length, head_dim, dtype=dtype)
+    return GqaAttention().eval(), (make(num_heads_q, l_q), make(num_heads_kv, l_kv), make(num_heads_kv, l_kv))
+
+
 def make_demo(dtype: torch.dtype = torch.float16, seq_len: int = 128, num_heads_q: int = 8,
               num_heads_kv: int = 2, head_dim: int = 64, batch: int = 1, seed: int = 0):
     """The demo block with seeded weights and one input of shape [batch, seq_len, num_heads_q * head_dim]."""

@@ -10,7 +10,9 @@ passed=0
 for case_dir in "$bundle"/cases/*/; do
   name=$(basename "$case_dir")
   echo "== $name"
-  if "$bundle/cuda_gqa_runner" "$case_dir/model.pte" --input "$case_dir/input_0.bin" \
+  inputs=()
+  for f in "$case_dir"/input_*.bin; do inputs+=(--input "$f"); done
+  if "$bundle/cuda_gqa_runner" "$case_dir/model.pte" "${inputs[@]}" \
        --expected "$case_dir/expected_0.bin" "$@"; then
     passed=$((passed + 1))
   else
