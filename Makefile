@@ -57,7 +57,7 @@ GPU_CASES := demo:--dtype=float16 \
              fp16-d80:--dtype=float16,--heads-q=8,--heads-kv=2,--head-dim=80,--seq-len=100 \
              bf16-d256:--dtype=bfloat16,--heads-q=4,--heads-kv=1,--head-dim=256,--seq-len=50 \
              decode-bf16-llama-4k:--dtype=bfloat16,--heads-q=32,--heads-kv=8,--head-dim=128,--seq-len=1,--kv-len=4096 \
-             decode-fp16-mqa-lq4:--dtype=float16,--heads-q=32,--heads-kv=1,--head-dim=128,--seq-len=4,--kv-len=4000 \
+             decode-fp16-mqa-lq4:--dtype=float16,--heads-q=32,--heads-kv=1,--head-dim=128,--seq-len=4,--kv-len=4000,--causal \
              decode-bf16-short:--dtype=bfloat16,--heads-q=8,--heads-kv=2,--head-dim=64,--seq-len=1,--kv-len=200
 
 gpu-bundle: build

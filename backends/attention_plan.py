@@ -11,6 +11,9 @@ split count decided here for a nominal GPU (heuristics.NOMINAL_SMS):
   several:    [gqa_decode_split, gqa_decode_combine] in order on one stream,
               through fp32 Partial/Lse buffers in the payload's workspace,
               which the runtime allocates once at init.
+
+Tiles, split length and split count are chosen per arch (heuristics.py reads
+the tuning table of each); archs that choose alike share one launch plan.
 """
 
 from __future__ import annotations
@@ -25,9 +28,8 @@ import torch
 
 from .aot.attention import compile_attention
 from .aot.attention_decode import COMBINE_BLOCK_S, compile_decode_combine, compile_decode_split
-from .heuristics import NOMINAL_SMS, attention_config
 from .kernels.attention_decode import decode_split_grid, decode_workspace_shape
-from .kernels.decode_heuristics import DecodeConfig, decode_config, decode_split_count, split_plan
+from .heuristics import NOMINAL_SMS, KernelConfig, attention_config, decode_config, decode_split_count, split_plan
 from .kernels.jit_launch import MAX_DECODE_L_Q
 from .serialization import payload_generated as fb
 from .serialization import serialize_payload
@@ -142,11 +144,10 @@ def _compile_for_archs(compile_one, archs: Iterable[int], ptx: bool, describe) -
     return kernel
 
 
-def attention_kernel(*, dtype: torch.dtype, num_heads_q: int, num_heads_kv: int, head_dim: int,
-                     is_causal: bool, scale: float, archs: Iterable[int], ptx: bool,
-                     args: AttentionArgs) -> fb.KernelT:
-    """Compile gqa_attention_fwd for each arch and describe its launch."""
-    config = attention_config(head_dim, dtype)
+def attention_kernel(*, config: KernelConfig, dtype: torch.dtype, num_heads_q: int, num_heads_kv: int,
+                     head_dim: int, is_causal: bool, scale: float, archs: Iterable[int], ptx: bool,
+                     args: AttentionArgs, key_bound: Optional[dict] = None) -> fb.KernelT:
+    """Compile gqa_attention_fwd with `config` for each arch and describe its launch."""
 
     def compile_one(arch):
         return compile_attention(
@@ -156,7 +157,7 @@ def attention_kernel(*, dtype: torch.dtype, num_heads_q: int, num_heads_kv: int,
         )
 
     def describe(kernel, compiled):
-        kernel.params = bind_params(compiled.params, args, scale)
+        kernel.params = bind_params(compiled.params, args, scale, extra=key_bound)
         kernel.grid = launch_grid(args, config.block_m)
 
     return _compile_for_archs(compile_one, archs, ptx, describe)
@@ -166,7 +167,7 @@ def attention_kernel(*, dtype: torch.dtype, num_heads_q: int, num_heads_kv: int,
 class DecodePlan:
     """The split-KV decode launch of one static problem, decided ahead of time."""
 
-    config: DecodeConfig
+    config: KernelConfig
     split_len: int   # SPLIT_LEN: keys per split, a multiple of BLOCK_N
     num_splits: int  # = cdiv(L_kv, SPLIT_LEN); 1: the single-launch path
     partial_offset: int
@@ -180,12 +181,12 @@ class DecodePlan:
 
 
 def decode_plan(*, dtype: torch.dtype, batch: int, num_heads_q: int, num_heads_kv: int, head_dim: int,
-                l_q: int, l_kv: int) -> Optional[DecodePlan]:
-    """The decode plan of a problem, or None when it runs the forward kernel."""
+                l_q: int, l_kv: int, arch: Optional[int] = None) -> Optional[DecodePlan]:
+    """The decode plan of a problem on `arch` (None: any), or None when it runs the forward kernel."""
     if l_q > MAX_DECODE_L_Q:
         return None
     group = num_heads_q // num_heads_kv
-    config = decode_config(head_dim, dtype, group, l_q)
+    config = decode_config(head_dim, dtype, group, l_q, arch)
     m_tiles = decode_split_grid(1, batch, num_heads_kv, group, l_q, config.block_m)[2]
     if m_tiles != 1:
         # The packed GROUP_SIZE * L_q rows need several M tiles. Grid axis 2
@@ -224,7 +225,7 @@ def _tensor_binding(arg: int):
 
 def decode_kernels(*, plan: DecodePlan, dtype: torch.dtype, num_heads_q: int, num_heads_kv: int, head_dim: int,
                    is_causal: bool, scale: float, archs: Iterable[int], ptx: bool,
-                   args: AttentionArgs) -> list[fb.KernelT]:
+                   args: AttentionArgs, key_bound: Optional[dict] = None) -> list[fb.KernelT]:
     """Compile the split kernel (and the combine kernel for several splits) and describe their launches."""
     archs = list(archs)
     config, single = plan.config, plan.num_splits == 1
@@ -245,7 +246,8 @@ def decode_kernels(*, plan: DecodePlan, dtype: torch.dtype, num_heads_q: int, nu
 
     def describe_split(kernel, compiled):
         kernel.params = bind_params(compiled.params, args, scale, kernel=compiled.name,
-                                    extra={**workspace, "SPLIT_LEN": _int32_binding(plan.split_len)})
+                                    extra={**workspace, **(key_bound or {}),
+                                           "SPLIT_LEN": _int32_binding(plan.split_len)})
         # Axis 0: the splits. cdiv(L_kv, SPLIT_LEN) is exactly the count the
         # kernel requires (it reads it back as num_programs(0)); one split: 1.
         splits = [] if single else [_factor(args.key, 2, plan.split_len)]
@@ -271,23 +273,60 @@ def decode_kernels(*, plan: DecodePlan, dtype: torch.dtype, num_heads_q: int, nu
     return kernels
 
 
+def _arch_groups(archs: list[int], choose) -> list[tuple[list[int], object]]:
+    """Archs grouped by choose(arch), in arch order: [(archs, choice), ...]."""
+    groups: dict = {}
+    for arch in archs:
+        groups.setdefault(choose(arch), []).append(arch)
+    return [(group, choice) for choice, group in groups.items()]
+
+
 def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int, num_heads_kv: int,
                             head_dim: int, l_q: int, l_kv: int, is_causal: bool, scale: Optional[float] = None,
-                            archs: Iterable[int] = (80, 90), ptx: bool = True,
+                            attended_keys: Optional[int] = None, archs: Iterable[int] = (80, 90), ptx: bool = True,
                             args: AttentionArgs = AttentionArgs()) -> bytes:
-    """The payload of one SDPA call with static shapes q [B, H_q, L_q, D], k/v [B, H_kv, L_kv, D]."""
+    """The payload of one SDPA call with static shapes q [B, H_q, L_q, D], k/v [B, H_kv, L_kv, D].
+
+    is_causal is the kernels' bottom-right alignment. attended_keys, when
+    given, bounds the keys attended to the first attended_keys of L_kv (the
+    kernels get it as their L_kv and never read past it).
+
+    Each arch gets the tiles heuristics choose for it. Archs that choose
+    alike share one launch plan; the plan of the lowest arch is the payload's
+    own (with the PTX fallback), the others become arch variants.
+    """
     softmax_scale = float(scale) if scale is not None else head_dim**-0.5
     archs = sorted(set(archs))
     problem = dict(dtype=dtype, num_heads_q=num_heads_q, num_heads_kv=num_heads_kv, head_dim=head_dim)
-    plan = decode_plan(batch=batch, l_q=l_q, l_kv=l_kv, **problem)
-    if plan is None:
-        kernels = [attention_kernel(is_causal=is_causal, scale=softmax_scale, archs=archs, ptx=ptx, args=args,
-                                    **problem)]
-        workspace_bytes = 0
-    else:
-        kernels = decode_kernels(plan=plan, is_causal=is_causal, scale=softmax_scale, archs=archs, ptx=ptx,
-                                 args=args, **problem)
-        workspace_bytes = plan.workspace_bytes
+    key_bound = None
+    if attended_keys is not None:
+        if not 0 < attended_keys <= l_kv:
+            raise ValueError(f"attended_keys={attended_keys} is not in [1, L_kv={l_kv}]")
+        key_bound = {"L_kv": _int32_binding(attended_keys)}
+    attended = l_kv if attended_keys is None else attended_keys
+
+    def choose(arch: int):
+        plan = decode_plan(batch=batch, l_q=l_q, l_kv=attended, arch=arch, **problem)
+        return plan if plan is not None else attention_config(head_dim, dtype, arch)
+
+    def launch_set(group: list[int], choice, with_ptx: bool) -> tuple[list[fb.KernelT], int]:
+        if isinstance(choice, KernelConfig):
+            return [attention_kernel(config=choice, is_causal=is_causal, scale=softmax_scale, archs=group,
+                                     ptx=with_ptx, args=args, key_bound=key_bound, **problem)], 0
+        if key_bound is not None and choice.num_splits != 1:
+            # The split grid is cdiv(size of K, SPLIT_LEN); a constant key
+            # bound would need a constant grid factor the schema lacks.
+            raise ValueError(f"attended_keys={attended_keys} needs {choice.num_splits} decode splits; "
+                             "a bounded key range is planned for one split only")
+        return decode_kernels(plan=choice, is_causal=is_causal, scale=softmax_scale, archs=group, ptx=with_ptx,
+                              args=args, key_bound=key_bound, **problem), choice.workspace_bytes
+
+    (base_archs, base_choice), *others = _arch_groups(archs, choose)
+    kernels, workspace_bytes = launch_set(base_archs, base_choice, ptx)
+    variants = []
+    for group, choice in others:
+        variant_kernels, variant_workspace = launch_set(group, choice, False)
+        variants.append(fb.ArchVariantT(archs=group, kernels=variant_kernels, workspaceBytes=variant_workspace))
 
     def spec(heads: int, length: int) -> fb.TensorSpecT:
         return fb.TensorSpecT(dtype=DTYPE_TO_PAYLOAD[dtype], sizes=[batch, heads, length, head_dim])
@@ -299,4 +338,4 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
     if any(s is None for s in inputs):
         raise ValueError(f"delegate arguments {args} leave an input unbound")
     return serialize_payload(fb.PayloadT(inputs=inputs, outputs=[spec(num_heads_q, l_q)], kernels=kernels,
-                                         workspaceBytes=workspace_bytes))
+                                         workspaceBytes=workspace_bytes, archVariants=variants or None))

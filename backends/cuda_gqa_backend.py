@@ -45,7 +45,8 @@ class CudaGqaBackend(BackendDetails):
         (batch, num_heads_q, l_q, head_dim), (_, num_heads_kv, l_kv, _), _ = call.shapes
         payload = build_attention_payload(
             dtype=call.dtype, batch=batch, num_heads_q=num_heads_q, num_heads_kv=num_heads_kv, head_dim=head_dim,
-            l_q=l_q, l_kv=l_kv, is_causal=call.is_causal, scale=call.softmax_scale, archs=options.archs,
+            l_q=l_q, l_kv=l_kv, is_causal=call.is_causal, scale=call.softmax_scale, attended_keys=call.attended_keys,
+            archs=options.archs,
             ptx=options.ptx,
             args=AttentionArgs(query=inputs.index(call.query), key=inputs.index(call.key),
                                value=inputs.index(call.value), out=len(inputs)),

@@ -1,49 +1,165 @@
-"""Launch heuristics for the attention kernels: pure functions, decided ahead of time.
+"""Every launch heuristic of the attention kernels, in one pure module (no GPU needed).
 
-Until the GPU-measured tuning table lands, the config is the largest tile
-whose estimated shared memory fits every target arch.
+The AOT stage (attention_plan), the JIT launcher (kernels/jit_launch), the
+benchmarks and the tests all call these functions, so a payload and a JIT
+launch of one problem on one arch make the same choices.
+
+Tiles (BLOCK_M, BLOCK_N, warps, stages): the GPU-measured tuning table
+backends/tuning/sm_<arch>.json (written by bench/tune_attention.py) where it
+has an entry for the kernel, dtype and head dim, and the tile fits that arch's
+shared memory; else a conservative default that fits every target arch.
+
+Split count of the split-KV decode (after FlashAttention-3's rule, restated):
+  * ctas = batch * num_heads_kv * m_tiles programs exist before splitting. If
+    they already fill at least 80% of the SMs, splitting only adds the combine
+    launch and a workspace round trip: use 1 split.
+  * A candidate count s gives SPLIT_LEN = round_up(cdiv(l_kv, s), block_n) and
+    really launches cdiv(l_kv, SPLIT_LEN) splits; only counts that survive this
+    rounding are candidates, so each candidate is a distinct launch.
+  * Candidates are capped by MAX_SPLITS and by MIN_SPLIT_LEN: a split never
+    covers fewer keys, since a split that short costs more in workspace
+    traffic and merge than it saves.
+  * The wave efficiency of s is w / ceil(w) with w = ctas * s / num_sms (the
+    fraction of the SM-slots of the last wave that do work). The pick is the
+    smallest candidate within 85% of the best candidate's efficiency: fewer
+    splits means less merge work.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 
 import torch
 import triton
 
-# sm_86/sm_89 allow 99 KiB of shared memory per block, the least of the
-# target archs; keep a margin for Triton's own layout conversions.
+# Default tiles fit this much shared memory: sm_86/sm_89 allow 99 KiB per
+# block, the least of the target archs; the margin is for Triton's own
+# layout conversions.
 SHARED_MEMORY_BUDGET = 96 * 1024
-NUM_STAGES = 2
-NUM_WARPS = 4
-# Largest first: bigger tiles reuse each K/V load across more queries.
-TILE_CANDIDATES = ((64, 64), (64, 32), (32, 32), (16, 16))
+# Opt-in shared memory per block of each arch, less 1 KiB the driver reserves;
+# tuned tiles must fit their arch's.
+SHARED_MEMORY_PER_BLOCK = {80: 163 * 1024, 86: 99 * 1024, 87: 163 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+# SM count the ahead-of-time split-KV decode plan assumes (the H100 SXM's
+# 132): the target GPU is unknown at export. Fewer SMs are still filled by
+# the chosen count; more are left a little idle.
+NOMINAL_SMS = 132
+
+# Forward kernel defaults, largest tile first: bigger tiles reuse each K/V load across more queries.
+FWD_TILE_CANDIDATES = ((64, 64), (64, 32), (32, 32), (16, 16))
+FWD_NUM_WARPS, FWD_NUM_STAGES = 4, 2
+# Decode defaults, (BLOCK_N, stages) preferred first: long key blocks, deep pipelining.
+DECODE_TILE_CANDIDATES = ((64, 3), (64, 2), (32, 2), (16, 2), (16, 1))
+# A packed decode tile holds at most this many fp32 accumulator elements
+# (64 rows of a 256-wide head): beyond it the packed rows are split in M tiles.
+MAX_ACC_ELEMENTS = 64 * 256
+
+MIN_SPLIT_LEN = 256
+# The H100 sweep (bench/results) found 16 to 64 splits best at 8K-32K keys
+# for 1 to 8 KV heads; more only add merge work.
+MAX_SPLITS = 64
+FILLED_FRACTION = 0.8
+EFFICIENCY_FRACTION = 0.85
+
+TUNING_DIR = Path(__file__).with_name("tuning")
 
 
 @dataclass(frozen=True)
-class AttentionConfig:
+class KernelConfig:
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
 
 
-def estimated_shared_bytes(block_m: int, block_n: int, head_dim: int, dtype: torch.dtype,
-                           num_stages: int = NUM_STAGES) -> int:
+def estimated_shared_bytes(block_m: int, block_n: int, head_dim: int, dtype: torch.dtype, num_stages: int) -> int:
     """Q tile plus num_stages buffered K and V tiles, at the padded head dim."""
-    padded = triton.next_power_of_2(head_dim)
-    return (block_m + 2 * num_stages * block_n) * padded * dtype.itemsize
+    return (block_m + 2 * num_stages * block_n) * triton.next_power_of_2(head_dim) * dtype.itemsize
 
 
-def attention_config(head_dim: int, dtype: torch.dtype) -> AttentionConfig:
-    for block_m, block_n in TILE_CANDIDATES:
-        if estimated_shared_bytes(block_m, block_n, head_dim, dtype) <= SHARED_MEMORY_BUDGET:
-            return AttentionConfig(block_m, block_n, NUM_WARPS, NUM_STAGES)
+@functools.lru_cache(maxsize=None)
+def tuning_table(arch: int) -> dict:
+    """The measured table of an arch ({} when none was measured)."""
+    path = TUNING_DIR / f"sm_{arch}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _tuned(kernel: str, arch: Optional[int], dtype: torch.dtype, head_dim: int) -> Optional[dict]:
+    if arch is None:
+        return None
+    return tuning_table(arch).get(kernel, {}).get(f"{str(dtype).removeprefix('torch.')}/{head_dim}")
+
+
+def _fits(arch: Optional[int], block_m: int, block_n: int, head_dim: int, dtype: torch.dtype, stages: int) -> bool:
+    limit = SHARED_MEMORY_PER_BLOCK.get(arch, SHARED_MEMORY_BUDGET)
+    return estimated_shared_bytes(block_m, block_n, head_dim, dtype, stages) <= limit
+
+
+def attention_config(head_dim: int, dtype: torch.dtype, arch: Optional[int] = None) -> KernelConfig:
+    """Tiles of gqa_attention_fwd on `arch` (None: any target arch)."""
+    tuned = _tuned("attention_fwd", arch, dtype, head_dim)
+    if tuned and _fits(arch, tuned["block_m"], tuned["block_n"], head_dim, dtype, tuned["num_stages"]):
+        return KernelConfig(tuned["block_m"], tuned["block_n"], tuned["num_warps"], tuned["num_stages"])
+    for block_m, block_n in FWD_TILE_CANDIDATES:
+        if estimated_shared_bytes(block_m, block_n, head_dim, dtype, FWD_NUM_STAGES) <= SHARED_MEMORY_BUDGET:
+            return KernelConfig(block_m, block_n, FWD_NUM_WARPS, FWD_NUM_STAGES)
     raise ValueError(f"no tile fits {SHARED_MEMORY_BUDGET} bytes of shared memory for head dim {head_dim}, {dtype}")
 
-# SM count the ahead-of-time split-KV decode plan assumes (the H100 SXM's
-# 132). Payload shapes are static and the target GPU is unknown at export, so
-# decode_split_count is evaluated for this nominal device; on GPUs with fewer
-# SMs the chosen split count still fills them, on larger ones it leaves a
-# little occupancy unused.
-NOMINAL_SMS = 132
+
+def decode_config(head_dim: int, dtype: torch.dtype, group_size: int, l_q: int,
+                  arch: Optional[int] = None) -> KernelConfig:
+    """Tiles of gqa_decode_split on `arch`: BLOCK_M packs all group_size * l_q rows when they fit."""
+    block_d = triton.next_power_of_2(head_dim)
+    block_m = max(16, triton.next_power_of_2(group_size * l_q))
+    block_m = min(block_m, max(16, MAX_ACC_ELEMENTS // block_d))
+    tuned = _tuned("decode_split", arch, dtype, head_dim)
+    if tuned and _fits(arch, block_m, tuned["block_n"], head_dim, dtype, tuned["num_stages"]):
+        return KernelConfig(block_m, tuned["block_n"], tuned["num_warps"], tuned["num_stages"])
+    while True:
+        for block_n, num_stages in DECODE_TILE_CANDIDATES:
+            if estimated_shared_bytes(block_m, block_n, head_dim, dtype, num_stages) <= SHARED_MEMORY_BUDGET:
+                num_warps = 4 if block_m * block_d <= 64 * 128 else 8
+                return KernelConfig(block_m, block_n, num_warps, num_stages)
+        if block_m == 16:
+            raise ValueError(f"no decode tile fits {SHARED_MEMORY_BUDGET} bytes of shared memory "
+                             f"for head dim {head_dim}, {dtype}")
+        block_m //= 2  # more M tiles, each reading K/V again
+
+
+def split_len_for(l_kv: int, num_splits: int, block_n: int) -> int:
+    """SPLIT_LEN for about num_splits splits: a multiple of block_n covering l_kv in num_splits pieces."""
+    return max(block_n, triton.cdiv(triton.cdiv(l_kv, max(num_splits, 1)), block_n) * block_n)
+
+
+def split_plan(l_kv: int, num_splits: int, block_n: int) -> tuple[int, int]:
+    """(SPLIT_LEN, splits to launch = cdiv(l_kv, SPLIT_LEN)) for a requested split count."""
+    split_len = split_len_for(l_kv, num_splits, block_n)
+    return split_len, max(1, triton.cdiv(l_kv, split_len))
+
+
+def wave_efficiency(ctas: int, num_sms: int) -> float:
+    waves = ctas / num_sms
+    return waves / -(-ctas // num_sms)
+
+
+def decode_split_count(batch: int, num_heads_kv: int, l_kv: int, num_sms: int, block_n: int,
+                       max_splits: int = MAX_SPLITS, min_split_len: int = MIN_SPLIT_LEN,
+                       m_tiles: int = 1) -> int:
+    """Number of KV splits to launch (see the module docstring); 1 means the single-launch path.
+
+    The returned count is exact: split_plan(l_kv, count, block_n) gives it back.
+    """
+    ctas = batch * num_heads_kv * m_tiles
+    if ctas >= FILLED_FRACTION * num_sms or l_kv < 2 * min_split_len:
+        return 1
+    candidates = {}
+    for requested in range(1, max_splits + 1):
+        split_len, launched = split_plan(l_kv, requested, block_n)
+        if launched > 1 and split_len < min_split_len:
+            break  # more splits only shorten them further
+        candidates[launched] = wave_efficiency(ctas * launched, num_sms)
+    best = max(candidates.values())
+    return min(s for s, eff in candidates.items() if eff >= EFFICIENCY_FRACTION * best)

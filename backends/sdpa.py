@@ -102,6 +102,18 @@ class SdpaCall:
     def softmax_scale(self) -> float:
         return float(self.scale) if self.scale is not None else 1.0 / math.sqrt(self.head_dim)
 
+    @property
+    def attended_keys(self) -> Optional[int]:
+        """How many leading keys the kernels must attend, when not all of L_kv.
+
+        PyTorch's is_causal is top-left aligned (query i sees keys j <= i)
+        while the kernels' causal mask is bottom-right aligned. For L_q < L_kv
+        the two agree once the key range is cut to its first L_q keys; for
+        L_q == L_kv they are the same mask.
+        """
+        (_, _, l_q, _), (_, _, l_kv, _), _ = self.shapes
+        return l_q if self.is_causal and l_q < l_kv else None
+
     def unsupported_reason(self) -> Optional[str]:
         """None when the kernels run this node, else why not (for the partition report)."""
         vals = [self._val(n) for n in (self.query, self.key, self.value)]
@@ -126,4 +138,7 @@ class SdpaCall:
             return f"mixed dtypes q={q.dtype} k={k.dtype} v={v.dtype}"
         if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
             return f"inconsistent shapes q={tuple(q.shape)} k={tuple(k.shape)} v={tuple(v.shape)}"
+        if self.is_causal and q.shape[2] > k.shape[2]:
+            return (f"is_causal with L_q={q.shape[2]} > L_kv={k.shape[2]}: PyTorch's top-left causal mask "
+                    "leaves no key for some queries")
         return head_dim_problem(self.head_dim)

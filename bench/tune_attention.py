@@ -1,12 +1,17 @@
-"""Sweep gqa_attention_fwd's launch configs on this GPU and write the tuning table.
+"""Sweep the attention kernels' launch configs on this GPU and write a tuning table.
 
-    python3 bench/tune_attention.py --out backends/tuning/attention_fwd_sm90.json
+    python3 bench/tune_attention.py --out bench/results/h100_tune_attention.json
 
-For each head dim and dtype, times every (BLOCK_M, BLOCK_N, warps, stages)
-whose estimated shared memory fits heuristics.SHARED_MEMORY_BUDGET on a
-causal llama-shaped prefill (32/8 heads, L = 4096), after checking it
-against the float32 reference, and records the fastest. The table is data:
-the AOT stage reads it (backends/heuristics.py) on machines without a GPU.
+Forward kernel: every (BLOCK_M, BLOCK_N, warps, stages) whose estimated
+shared memory fits this GPU's per-block limit, on a causal llama-shaped
+prefill (32/8 heads, L = --length) per head dim and dtype.
+Split-KV decode: every (BLOCK_N, warps, stages, split count) on decode
+steps of real models (L_q = 1) at two context lengths.
+Each config is checked against the float32 reference before it is timed
+(CUDA-graph replay, as bench_attention.py), and the fastest is recorded with
+the time of the config the heuristics pick now (heuristic_us). The entries
+worth keeping go, by hand, into backends/tuning/sm_<arch>.json, which the
+heuristics (and so the AOT stage, without a GPU) read.
 """
 
 from __future__ import annotations
@@ -23,17 +28,24 @@ import triton
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_attention import _reference_rows, time_us  # noqa: E402
 
-from cuda_gqa.backends.heuristics import SHARED_MEMORY_BUDGET, estimated_shared_bytes  # noqa: E402
+from cuda_gqa.backends.kernels.attention_decode import (  # noqa: E402
+    decode_combine_grid, decode_split_grid, decode_workspace_shape, gqa_decode_combine, gqa_decode_split)
 from cuda_gqa.backends.kernels.attention_fwd import gqa_attention_fwd, launch_grid  # noqa: E402
+from cuda_gqa.backends.heuristics import attention_config, decode_config, estimated_shared_bytes, split_plan  # noqa: E402
+from cuda_gqa.backends.kernels.jit_launch import attention_decode  # noqa: E402
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-BLOCKS_M = (64, 128)
-BLOCKS_N = (32, 64, 128)
+FWD_BLOCKS_M = (64, 128)
+FWD_BLOCKS_N = (32, 64, 128)
 WARPS = (4, 8)
-STAGES = (2, 3)
+STAGES = (2, 3, 4)
+DECODE_BLOCKS_N = (32, 64, 128)
+DECODE_SPLITS = (8, 16, 24, 32, 48, 64, 96)
+# name, H_q, H_kv, head dim: decode shapes of the models in bench_attention.py
+DECODE_MODELS = (("llama3-8b", 32, 8, 128), ("qwen3.5-moe", 16, 2, 256), ("mqa", 32, 1, 128))
 
 
-def run(q, k, v, out, block_m, block_n, num_warps, num_stages):
+def run_fwd(q, k, v, out, block_m, block_n, num_warps, num_stages):
     b, h_q, l_q, d = q.shape
     gqa_attention_fwd[launch_grid(l_q, b, h_q, block_m)](
         q, k, v, out, d**-0.5, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
@@ -43,53 +55,117 @@ def run(q, k, v, out, block_m, block_n, num_warps, num_stages):
     return out
 
 
-def tune(head_dim: int, dtype: torch.dtype, length: int) -> dict:
+def run_decode(q, k, v, out, workspace, block_m, block_n, num_warps, num_stages, num_splits):
+    b, h_q, l_q, d = q.shape
+    h_kv, l_kv = k.shape[1], k.shape[2]
+    split_len, num_splits = split_plan(l_kv, num_splits, block_n)
+    partial, lse = workspace
+    gqa_decode_split[decode_split_grid(num_splits, b, h_kv, h_q // h_kv, l_q, block_m)](
+        q, k, v, out, partial, lse, d**-0.5, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+        *out.stride()[:3], l_q, l_kv, split_len, NUM_HEADS_Q=h_q, GROUP_SIZE=h_q // h_kv, HEAD_DIM=d,
+        BLOCK_D=triton.next_power_of_2(d), BLOCK_M=block_m, BLOCK_N=block_n, IS_CAUSAL=False,
+        SINGLE_SPLIT=num_splits == 1, num_warps=num_warps, num_stages=num_stages)
+    if num_splits > 1:
+        gqa_decode_combine[decode_combine_grid(b, h_q, l_q)](
+            partial, lse, out, *out.stride()[:3], l_q, num_splits, NUM_HEADS_Q=h_q, HEAD_DIM=d,
+            BLOCK_D=triton.next_power_of_2(d), BLOCK_S=16)
+    return out
+
+
+def sweep(configs, run, check) -> list[tuple[float, dict]]:
+    """Time every config that compiles, fits and is correct; print each."""
+    results = []
+    for config in configs:
+        try:
+            run(**config)
+            err = check()
+            if not err <= 3e-2:
+                print(f"  {config}: wrong (err {err:.1e})", flush=True)
+                continue
+            us = time_us(lambda: run(**config))
+        except Exception as e:  # out of resources on this GPU
+            print(f"  {config}: {type(e).__name__}: {str(e)[:100]}", flush=True)
+            continue
+        results.append((us, config))
+        print(f"  {config}: {us:.1f} us", flush=True)
+    return sorted(results, key=lambda r: r[0])
+
+
+def tune_fwd(head_dim: int, dtype: torch.dtype, length: int, shared_limit: int) -> dict:
     torch.manual_seed(0)
     q = torch.randn(1, 32, length, head_dim, device="cuda", dtype=dtype)
     k = torch.randn(1, 8, length, head_dim, device="cuda", dtype=dtype)
     v = torch.randn_like(k)
     out = torch.empty_like(q)
     expected = _reference_rows(q, k, v, length - 256, length)  # the last rows see every key
-    results = []
-    for block_m, block_n, warps, stages in itertools.product(BLOCKS_M, BLOCKS_N, WARPS, STAGES):
-        if estimated_shared_bytes(block_m, block_n, head_dim, dtype, stages) > SHARED_MEMORY_BUDGET:
-            continue
-        config = dict(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages)
-        try:
-            run(q, k, v, out, **config)
-            err = (out[:, :, -256:].float() - expected).abs().max().item()
-            if not err <= 3e-2:
-                print(f"  {config}: wrong (err {err:.1e})", flush=True)
-                continue
-            us = time_us(lambda: run(q, k, v, out, **config))
-        except Exception as e:  # out of resources for this GPU
-            print(f"  {config}: {type(e).__name__}: {str(e)[:120]}", flush=True)
-            continue
-        results.append((us, config))
-        print(f"  {config}: {us:.1f} us", flush=True)
-    us, best = min(results, key=lambda r: r[0])
-    return dict(best, measured_us=round(us, 2))
+    configs = [dict(block_m=m, block_n=n, num_warps=w, num_stages=s)
+               for m, n, w, s in itertools.product(FWD_BLOCKS_M, FWD_BLOCKS_N, WARPS, STAGES)
+               if estimated_shared_bytes(m, n, head_dim, dtype, s) <= shared_limit]
+    ranked = sweep(configs, lambda **c: run_fwd(q, k, v, out, **c),
+                   lambda: (out[:, :, -256:].float() - expected).abs().max().item())
+    major, minor = torch.cuda.get_device_capability()
+    default = attention_config(head_dim, dtype, 10 * major + minor)  # what the heuristics pick now
+    default_us = time_us(lambda: run_fwd(q, k, v, out, default.block_m, default.block_n, default.num_warps,
+                                         default.num_stages))
+    (us, best), *_ = ranked
+    return dict(best, measured_us=round(us, 2), heuristic_us=round(default_us, 2),
+                top5=[dict(c, us=round(t, 2)) for t, c in ranked[:5]])
+
+
+def tune_decode(heads_q: int, heads_kv: int, head_dim: int, l_kv: int, dtype: torch.dtype,
+                shared_limit: int) -> dict:
+    torch.manual_seed(0)
+    q = torch.randn(1, heads_q, 1, head_dim, device="cuda", dtype=dtype)
+    k = torch.randn(1, heads_kv, l_kv, head_dim, device="cuda", dtype=dtype)
+    v = torch.randn_like(k)
+    out = torch.empty_like(q)
+    workspace = [torch.empty(s, device="cuda", dtype=torch.float32)
+                 for s in decode_workspace_shape(1, heads_q, 1, head_dim, max(DECODE_SPLITS))]
+    expected = _reference_rows(q, k, v, 0, 1)  # L_q = 1 sees every key
+    block_m = decode_config(head_dim, dtype, heads_q // heads_kv, 1).block_m
+    configs = [dict(block_m=block_m, block_n=n, num_warps=w, num_stages=s, num_splits=p)
+               for n, w, s, p in itertools.product(DECODE_BLOCKS_N, WARPS, STAGES, DECODE_SPLITS)
+               if estimated_shared_bytes(block_m, n, head_dim, dtype, s) <= shared_limit]
+    ranked = sweep(configs, lambda **c: run_decode(q, k, v, out, workspace, **c),
+                   lambda: (out.float() - expected).abs().max().item())
+    default_us = time_us(lambda: attention_decode(q, k, v, out=out))
+    (us, best), *_ = ranked
+    return dict(best, measured_us=round(us, 2), heuristic_us=round(default_us, 2),
+                top5=[dict(c, us=round(t, 2)) for t, c in ranked[:5]])
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--length", type=int, default=4096)
+    parser.add_argument("--kernels", default="fwd,decode", help="comma separated (fwd, decode)")
+    parser.add_argument("--length", type=int, default=4096, help="prefill length of the forward sweep")
+    parser.add_argument("--decode-lengths", default="8192,32768", help="comma separated L_kv of the decode sweep")
     parser.add_argument("--dtypes", default="bfloat16", help="comma separated (float16, bfloat16)")
-    parser.add_argument("--head-dims", default="64,128,256", help="comma separated")
+    parser.add_argument("--head-dims", default="64,128,256", help="forward sweep head dims, comma separated")
     args = parser.parse_args(argv)
-    major, minor = torch.cuda.get_device_capability()
-    table = {"arch": major * 10 + minor, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-             "triton": triton.__version__, "shape": f"causal prefill B=1 32/8 heads L={args.length}",
-             "configs": {}}
+    props = torch.cuda.get_device_properties(0)
+    shared_limit = props.shared_memory_per_block_optin
+    table = {"arch": props.major * 10 + props.minor, "device": props.name, "sms": props.multi_processor_count,
+             "shared_memory_per_block_optin": shared_limit, "torch": torch.__version__,
+             "triton": triton.__version__, "fwd": {}, "decode": {}}
+    kernels = args.kernels.split(",")
     for dtype_name in args.dtypes.split(","):
         dtype = DTYPES[dtype_name]
-        for head_dim in map(int, args.head_dims.split(",")):
-            print(f"D={head_dim} {dtype_name}", flush=True)
-            table["configs"][f"{dtype_name}/{head_dim}"] = tune(head_dim, dtype, args.length)
+        if "fwd" in kernels:
+            for head_dim in map(int, args.head_dims.split(",")):
+                print(f"fwd D={head_dim} {dtype_name} causal prefill 32/8 heads L={args.length}", flush=True)
+                table["fwd"][f"{dtype_name}/{head_dim}"] = tune_fwd(head_dim, dtype, args.length, shared_limit)
+        if "decode" in kernels:
+            for (name, heads_q, heads_kv, head_dim), l_kv in itertools.product(
+                    DECODE_MODELS, map(int, args.decode_lengths.split(","))):
+                print(f"decode {name} {heads_q}/{heads_kv} D={head_dim} {dtype_name} L_kv={l_kv}", flush=True)
+                table["decode"][f"{dtype_name}/{name}/{l_kv}"] = tune_decode(heads_q, heads_kv, head_dim, l_kv,
+                                                                           dtype, shared_limit)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(table, indent=1) + "\n")
-    print(json.dumps(table, indent=1))
+    summary = {kind: {key: {k: v for k, v in entry.items() if k != "top5"} for key, entry in table[kind].items()}
+               for kind in ("fwd", "decode")}
+    print(json.dumps(summary, indent=1))
     return 0
 
 

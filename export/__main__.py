@@ -39,6 +39,8 @@ def parse_args(argv):
     parser.add_argument("--kv-len", type=int,
                         help="export SDPA alone with q of --seq-len rows over this many keys (a decode step "
                              "when --seq-len is small) instead of the attention block")
+    parser.add_argument("--causal", action="store_true",
+                        help="with --kv-len: is_causal=True (PyTorch aligns it top-left: query i sees keys 0..i)")
     parser.add_argument("--export-only", action="store_true", help="write the files, skip loading and running")
     parser.add_argument("--archs", default=",".join(f"sm_{a}" for a in DEFAULT_ARCHS),
                         help="target archs, comma separated (default %(default)s; from "
@@ -52,10 +54,11 @@ def export_demo(args) -> Path:
                                   args.batch)
     else:
         model, inputs = make_attention_only(DTYPES[args.dtype], args.seq_len, args.kv_len, args.heads_q,
-                                            args.heads_kv, args.head_dim, args.batch)
+                                            args.heads_kv, args.head_dim, args.batch, is_causal=args.causal)
     with torch.no_grad():
         expected = model(*inputs)
-    what = "a GQA attention block" if args.kv_len is None else f"GQA SDPA over {args.kv_len} keys"
+    what = ("a GQA attention block" if args.kv_len is None
+            else f"{'causal ' if args.causal else ''}GQA SDPA over {args.kv_len} keys")
     print(f"[1/3] exporting {what} ({args.heads_q}/{args.heads_kv} heads, D={args.head_dim}, "
           f"{args.dtype}, batch {args.batch}, seq {args.seq_len}) for {args.archs} ...",
           flush=True)

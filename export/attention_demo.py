@@ -31,18 +31,26 @@ class GqaAttentionBlock(nn.Module):
 
 
 class GqaAttention(nn.Module):
-    """SDPA alone on given q [B, H_q, L_q, D] and k/v [B, H_kv, L_kv, D]: a decode step
-    (L_q < L_kv, bottom-right causal) when the block above cannot make one."""
+    """SDPA alone on given q [B, H_q, L_q, D] and k/v [B, H_kv, L_kv, D]: with L_q < L_kv,
+    a decode step (not causal: the new rows see the whole cache).
+
+    With is_causal=True and L_q < L_kv, PyTorch aligns the mask top-left (query i
+    sees keys 0..i), and so does the delegate."""
+
+    def __init__(self, is_causal: bool = False):
+        super().__init__()
+        self.is_causal = is_causal
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=self.is_causal, enable_gqa=True)
 
 
 def make_attention_only(dtype: torch.dtype, l_q: int, l_kv: int, num_heads_q: int = 8, num_heads_kv: int = 2,
-                        head_dim: int = 64, batch: int = 1, seed: int = 0):
+                        head_dim: int = 64, batch: int = 1, is_causal: bool = False, seed: int = 0):
     torch.manual_seed(seed)
     make = lambda heads, length: torch.randn(batch, heads, length, head_dim, dtype=dtype)
-    return GqaAttention().eval(), (make(num_heads_q, l_q), make(num_heads_kv, l_kv), make(num_heads_kv, l_kv))
+    return (GqaAttention(is_causal).eval(),
+            (make(num_heads_q, l_q), make(num_heads_kv, l_kv), make(num_heads_kv, l_kv)))
 
 
 def make_demo(dtype: torch.dtype = torch.float16, seq_len: int = 128, num_heads_q: int = 8,

@@ -135,7 +135,6 @@ class CubinLauncher:
     """
 
     def __init__(self, payload_bytes: bytes, device: Any = None):
-        self.plan = LaunchPlan(payload_bytes)
         torch = _import_torch()
         self._torch = torch
         self._cc = _import_cuda_core()
@@ -155,6 +154,8 @@ class CubinLauncher:
         self.device = torch.device("cuda", index)
         major, minor = torch.cuda.get_device_capability(index)
         self.compute_capability = 10 * major + minor
+        # The launch plan for this arch: its arch variant when the payload has one.
+        self.plan = LaunchPlan(payload_bytes, device_cc=self.compute_capability)
 
         # Initialize torch's context first, so cuda.core shares its primary context.
         torch.cuda.init()

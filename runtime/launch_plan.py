@@ -293,6 +293,30 @@ def _check_kernel(k, specs, workspace_bytes: int, where: str) -> None:
                 raise _fail(gw, "factor divisor is 0")
 
 
+def _check_workspace_bytes(value, where: str) -> int:
+    value = int(value or 0)
+    if value > MAX_WORKSPACE_BYTES:
+        raise _fail(where, f"workspace_bytes {value} too large")
+    return value
+
+
+def _check_variant(v, specs, where: str) -> None:
+    if v is None:
+        raise _fail(where, "missing")
+    if not _len(v.archs):
+        raise _fail(where, "no archs")
+    workspace_bytes = _check_workspace_bytes(v.workspaceBytes, where)
+    if not v.kernels:
+        raise _fail(where, "no kernels")
+    for i, k in enumerate(v.kernels):
+        _check_kernel(k, specs, workspace_bytes, f"{where} kernel {i}")
+    for arch in v.archs:
+        # A variant serves its archs from cubins only: no PTX or older-cubin fallback.
+        for k in v.kernels:
+            if all(c.arch != arch for c in k.cubins or []):
+                raise _fail(where, f"kernel {_as_str(k.name)} has no cubin for its arch sm_{arch}")
+
+
 # ---------------------------------------------------------------------------
 # pure pieces of the launcher
 
@@ -350,7 +374,9 @@ class LaunchPlan:
     (argument count, each argument against its spec, parameters, grid).
     """
 
-    def __init__(self, payload: Union[fb.PayloadT, bytes, bytearray, memoryview]):
+    def __init__(self, payload: Union[fb.PayloadT, bytes, bytearray, memoryview], device_cc: Optional[int] = None):
+        """device_cc: the GPU's compute capability; its arch variant, if the
+        payload has one, replaces the payload's own kernels and workspace."""
         if isinstance(payload, (bytes, bytearray, memoryview)):
             try:
                 payload = deserialize_payload(bytes(payload))
@@ -365,14 +391,20 @@ class LaunchPlan:
         self.specs: list[tuple[int, tuple[int, ...]]] = inputs + outputs
         if len(self.specs) > 256:
             raise LaunchError("more than 256 delegate arguments")
-        self.workspace_bytes = int(payload.workspaceBytes or 0)
-        if self.workspace_bytes > MAX_WORKSPACE_BYTES:
-            raise LaunchError(f"workspace_bytes {self.workspace_bytes} too large")
+        self.workspace_bytes = _check_workspace_bytes(payload.workspaceBytes, "")
         if not payload.kernels:
             raise LaunchError("payload has no kernels")
         for i, k in enumerate(payload.kernels):
             _check_kernel(k, self.specs, self.workspace_bytes, f"kernel {i}")
         self.kernels = list(payload.kernels)
+        self.variant_archs: Optional[list[int]] = None  # the archs of the variant in use
+        for i, v in enumerate(payload.archVariants or []):
+            _check_variant(v, self.specs, f"arch variant {i}")
+        for v in payload.archVariants or []:
+            if device_cc is not None and device_cc in list(v.archs):
+                self.kernels, self.workspace_bytes = list(v.kernels), int(v.workspaceBytes or 0)
+                self.variant_archs = [int(a) for a in v.archs]
+                break
         self.names = [_as_str(k.name) for k in self.kernels]
 
     @property
@@ -546,8 +578,9 @@ _EVAL_CODES = {1: "bad payload", 2: "refused", 3: "internal"}
 
 
 def evaluate_launch_cpp(data: bytes, k: int, args: Sequence[ArgInfo], *, global_scratch: int = 0,
-                        profile_scratch: int = 0, workspace: int = 0, lib=None) -> KernelLaunch:
-    """Kernel k's launch as libcuda_gqa_backend.so evaluates it
+                        profile_scratch: int = 0, workspace: int = 0, device_cc: int = 0,
+                        lib=None) -> KernelLaunch:
+    """Kernel k's launch (of device_cc's plan) as libcuda_gqa_backend.so evaluates it
     (cuda_gqa_evaluate_launch; no GPU needed). Params come back as
     (fb.ParamType, value) decoded from the raw slots; refusals raise
     LaunchError with the C++ message."""
@@ -560,7 +593,7 @@ def evaluate_launch_cpp(data: bytes, k: int, args: Sequence[ArgInfo], *, global_
     fn = lib.cuda_gqa_evaluate_launch
     if fn.restype is not ctypes.c_int or not fn.argtypes:
         fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t,
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_size_t, ctypes.c_size_t,
                        ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_char_p),
                        ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_int64),
                        ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_uint64),
@@ -583,14 +616,13 @@ def evaluate_launch_cpp(data: bytes, k: int, args: Sequence[ArgInfo], *, global_
     num_params = ctypes.c_size_t(0)
     message = ctypes.create_string_buffer(1024)
     buf = ctypes.create_string_buffer(bytes(data), len(data))
-    rc = fn(buf, len(data), k, len(args), dtypes, labels, ranks, sizes, strides, addresses,
+    rc = fn(buf, len(data), device_cc, k, len(args), dtypes, labels, ranks, sizes, strides, addresses,
             global_scratch & _U64, profile_scratch & _U64, workspace & _U64, launch, values, MAX_PARAMS,
             ctypes.byref(num_params), message, len(message))
     text = message.value.decode(errors="replace")
     if rc != 0:
         raise LaunchError(text)
-    payload = deserialize_payload(bytes(data))
-    kernel = payload.kernels[k]
+    kernel = LaunchPlan(bytes(data), device_cc=device_cc).kernels[k]
     params = []
     for i, p in enumerate(kernel.params[:num_params.value]):
         raw = values[i]

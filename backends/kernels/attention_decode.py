@@ -10,7 +10,7 @@ gqa_decode_split: one program per (KV split, batch * KV head, M tile).
   r % GROUP_SIZE: the heads of one query row are adjacent, which keeps a
   decode step (L_q = 1) a plain run of heads. BLOCK_M normally covers all
   GROUP_SIZE * L_q rows (one M tile); a third grid dimension of M tiles only
-  exists for shapes whose packed tile would not fit (see decode_heuristics).
+  exists for shapes whose packed tile would not fit (see backends/heuristics.py).
 
   Split s covers keys [s * SPLIT_LEN, min((s + 1) * SPLIT_LEN, L_kv)); SPLIT_LEN
   is a runtime multiple of BLOCK_N and the host launches cdiv(L_kv, SPLIT_LEN)

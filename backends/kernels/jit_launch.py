@@ -11,7 +11,6 @@ from typing import Optional, Sequence
 import torch
 import triton
 
-from ..heuristics import attention_config
 from .attention_decode import (
     decode_combine_grid,
     decode_split_grid,
@@ -20,10 +19,15 @@ from .attention_decode import (
     gqa_decode_split,
 )
 from .attention_fwd import gqa_attention_fwd, launch_grid
-from .decode_heuristics import decode_config, decode_split_count, split_plan
+from ..heuristics import attention_config, decode_config, decode_split_count, split_plan
 
 # Query lengths up to this run the split-KV decode kernels.
 MAX_DECODE_L_Q = 16
+
+
+def device_arch(t: torch.Tensor) -> int:
+    major, minor = torch.cuda.get_device_capability(t.device)
+    return 10 * major + minor
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: bool = False,
@@ -41,7 +45,7 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causa
     batch, num_heads_q, l_q, head_dim = q.shape
     num_heads_kv, l_kv = k.shape[1], k.shape[2]
     out = torch.empty_like(q) if out is None else out
-    config = attention_config(head_dim, q.dtype)
+    config = attention_config(head_dim, q.dtype, device_arch(q))
     gqa_attention_fwd[launch_grid(l_q, batch, num_heads_q, config.block_m)](
         q, k, v, out, head_dim**-0.5 if scale is None else scale,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], l_q, l_kv,
@@ -67,7 +71,7 @@ def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_ca
     batch, num_heads_q, l_q, head_dim = q.shape
     num_heads_kv, l_kv = k.shape[1], k.shape[2]
     group = num_heads_q // num_heads_kv
-    config = decode_config(head_dim, q.dtype, group, l_q)
+    config = decode_config(head_dim, q.dtype, group, l_q, device_arch(q))
     if num_splits is None:
         m_tiles = decode_split_grid(1, batch, num_heads_kv, group, l_q, config.block_m)[2]
         num_splits = decode_split_count(batch, num_heads_kv, l_kv,

@@ -1175,8 +1175,32 @@ class Payload(object):
             return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
         return 0
 
+    # Payload
+    def ArchVariants(self, j):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
+        if o != 0:
+            x = self._tab.Vector(o)
+            x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
+            x = self._tab.Indirect(x)
+            obj = ArchVariant()
+            obj.Init(self._tab.Bytes, x)
+            return obj
+        return None
+
+    # Payload
+    def ArchVariantsLength(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # Payload
+    def ArchVariantsIsNone(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
+        return o == 0
+
 def PayloadStart(builder):
-    builder.StartObject(5)
+    builder.StartObject(6)
 
 def PayloadAddVersion(builder, version):
     builder.PrependUint32Slot(0, version, 0)
@@ -1202,6 +1226,12 @@ def PayloadStartKernelsVector(builder, numElems):
 def PayloadAddWorkspaceBytes(builder, workspaceBytes):
     builder.PrependUint64Slot(4, workspaceBytes, 0)
 
+def PayloadAddArchVariants(builder, archVariants):
+    builder.PrependUOffsetTRelativeSlot(5, flatbuffers.number_types.UOffsetTFlags.py_type(archVariants), 0)
+
+def PayloadStartArchVariantsVector(builder, numElems):
+    return builder.StartVector(4, numElems, 4)
+
 def PayloadEnd(builder):
     return builder.EndObject()
 
@@ -1221,12 +1251,14 @@ class PayloadT(object):
         outputs = None,
         kernels = None,
         workspaceBytes = 0,
+        archVariants = None,
     ):
         self.version = version  # type: int
         self.inputs = inputs  # type: Optional[List[TensorSpecT]]
         self.outputs = outputs  # type: Optional[List[TensorSpecT]]
         self.kernels = kernels  # type: Optional[List[KernelT]]
         self.workspaceBytes = workspaceBytes  # type: int
+        self.archVariants = archVariants  # type: Optional[List[ArchVariantT]]
 
     @classmethod
     def InitFromBuf(cls, buf, pos):
@@ -1275,6 +1307,14 @@ class PayloadT(object):
                     kernel_ = KernelT.InitFromObj(payload.Kernels(i))
                     self.kernels.append(kernel_)
         self.workspaceBytes = payload.WorkspaceBytes()
+        if not payload.ArchVariantsIsNone():
+            self.archVariants = []
+            for i in range(payload.ArchVariantsLength()):
+                if payload.ArchVariants(i) is None:
+                    self.archVariants.append(None)
+                else:
+                    archVariant_ = ArchVariantT.InitFromObj(payload.ArchVariants(i))
+                    self.archVariants.append(archVariant_)
 
     # PayloadT
     def Pack(self, builder):
@@ -1302,6 +1342,14 @@ class PayloadT(object):
             for i in reversed(range(len(self.kernels))):
                 builder.PrependUOffsetTRelative(kernelslist[i])
             kernels = builder.EndVector()
+        if self.archVariants is not None:
+            archVariantslist = []
+            for i in range(len(self.archVariants)):
+                archVariantslist.append(self.archVariants[i].Pack(builder))
+            PayloadStartArchVariantsVector(builder, len(self.archVariants))
+            for i in reversed(range(len(self.archVariants))):
+                builder.PrependUOffsetTRelative(archVariantslist[i])
+            archVariants = builder.EndVector()
         PayloadStart(builder)
         PayloadAddVersion(builder, self.version)
         if self.inputs is not None:
@@ -1311,7 +1359,195 @@ class PayloadT(object):
         if self.kernels is not None:
             PayloadAddKernels(builder, kernels)
         PayloadAddWorkspaceBytes(builder, self.workspaceBytes)
+        if self.archVariants is not None:
+            PayloadAddArchVariants(builder, archVariants)
         payload = PayloadEnd(builder)
         return payload
+
+
+class ArchVariant(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = ArchVariant()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsArchVariant(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    @classmethod
+    def ArchVariantBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
+        return flatbuffers.util.BufferHasIdentifier(buf, offset, b"\x43\x47\x51\x41", size_prefixed=size_prefixed)
+
+    # ArchVariant
+    def Init(self, buf, pos):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # ArchVariant
+    def Archs(self, j):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            a = self._tab.Vector(o)
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, a + flatbuffers.number_types.UOffsetTFlags.py_type(j * 4))
+        return 0
+
+    # ArchVariant
+    def ArchsAsNumpy(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.GetVectorAsNumpy(flatbuffers.number_types.Uint32Flags, o)
+        return 0
+
+    # ArchVariant
+    def ArchsLength(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # ArchVariant
+    def ArchsIsNone(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        return o == 0
+
+    # ArchVariant
+    def Kernels(self, j):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            x = self._tab.Vector(o)
+            x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
+            x = self._tab.Indirect(x)
+            obj = Kernel()
+            obj.Init(self._tab.Bytes, x)
+            return obj
+        return None
+
+    # ArchVariant
+    def KernelsLength(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # ArchVariant
+    def KernelsIsNone(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        return o == 0
+
+    # ArchVariant
+    def WorkspaceBytes(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+def ArchVariantStart(builder):
+    builder.StartObject(3)
+
+def ArchVariantAddArchs(builder, archs):
+    builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(archs), 0)
+
+def ArchVariantStartArchsVector(builder, numElems):
+    return builder.StartVector(4, numElems, 4)
+
+def ArchVariantAddKernels(builder, kernels):
+    builder.PrependUOffsetTRelativeSlot(1, flatbuffers.number_types.UOffsetTFlags.py_type(kernels), 0)
+
+def ArchVariantStartKernelsVector(builder, numElems):
+    return builder.StartVector(4, numElems, 4)
+
+def ArchVariantAddWorkspaceBytes(builder, workspaceBytes):
+    builder.PrependUint64Slot(2, workspaceBytes, 0)
+
+def ArchVariantEnd(builder):
+    return builder.EndObject()
+
+
+try:
+    from typing import List
+except:
+    pass
+
+class ArchVariantT(object):
+
+    # ArchVariantT
+    def __init__(
+        self,
+        archs = None,
+        kernels = None,
+        workspaceBytes = 0,
+    ):
+        self.archs = archs  # type: Optional[List[int]]
+        self.kernels = kernels  # type: Optional[List[KernelT]]
+        self.workspaceBytes = workspaceBytes  # type: int
+
+    @classmethod
+    def InitFromBuf(cls, buf, pos):
+        archVariant = ArchVariant()
+        archVariant.Init(buf, pos)
+        return cls.InitFromObj(archVariant)
+
+    @classmethod
+    def InitFromPackedBuf(cls, buf, pos=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, pos)
+        return cls.InitFromBuf(buf, pos+n)
+
+    @classmethod
+    def InitFromObj(cls, archVariant):
+        x = ArchVariantT()
+        x._UnPack(archVariant)
+        return x
+
+    # ArchVariantT
+    def _UnPack(self, archVariant):
+        if archVariant is None:
+            return
+        if not archVariant.ArchsIsNone():
+            if np is None:
+                self.archs = []
+                for i in range(archVariant.ArchsLength()):
+                    self.archs.append(archVariant.Archs(i))
+            else:
+                self.archs = archVariant.ArchsAsNumpy()
+        if not archVariant.KernelsIsNone():
+            self.kernels = []
+            for i in range(archVariant.KernelsLength()):
+                if archVariant.Kernels(i) is None:
+                    self.kernels.append(None)
+                else:
+                    kernel_ = KernelT.InitFromObj(archVariant.Kernels(i))
+                    self.kernels.append(kernel_)
+        self.workspaceBytes = archVariant.WorkspaceBytes()
+
+    # ArchVariantT
+    def Pack(self, builder):
+        if self.archs is not None:
+            if np is not None and type(self.archs) is np.ndarray:
+                archs = builder.CreateNumpyVector(self.archs)
+            else:
+                ArchVariantStartArchsVector(builder, len(self.archs))
+                for i in reversed(range(len(self.archs))):
+                    builder.PrependUint32(self.archs[i])
+                archs = builder.EndVector()
+        if self.kernels is not None:
+            kernelslist = []
+            for i in range(len(self.kernels)):
+                kernelslist.append(self.kernels[i].Pack(builder))
+            ArchVariantStartKernelsVector(builder, len(self.kernels))
+            for i in reversed(range(len(self.kernels))):
+                builder.PrependUOffsetTRelative(kernelslist[i])
+            kernels = builder.EndVector()
+        ArchVariantStart(builder)
+        if self.archs is not None:
+            ArchVariantAddArchs(builder, archs)
+        if self.kernels is not None:
+            ArchVariantAddKernels(builder, kernels)
+        ArchVariantAddWorkspaceBytes(builder, self.workspaceBytes)
+        archVariant = ArchVariantEnd(builder)
+        return archVariant
 
 

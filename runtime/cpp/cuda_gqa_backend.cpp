@@ -133,6 +133,8 @@ Error set_up_device(DelegateState* s, std::string* why) {
     *why = message;
     return Error::NotSupported;
   }
+  // Tiles tuned for this arch, when the payload has them.
+  use_arch_variant(&s->payload, s->compute_capability);
   const CudaDriver& d = *s->driver;
   CUresult r = d.DevicePrimaryCtxRetain(&s->context, s->device);
   if (r != CUDA_SUCCESS) {

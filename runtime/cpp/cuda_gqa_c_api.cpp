@@ -81,6 +81,7 @@ int cuda_gqa_select_images(const void* data, size_t size, int device_cc, char* m
       write_message(error, message, message_size);
       return 1;
     }
+    cuda_gqa::use_arch_variant(&payload, device_cc);
     std::string choices;
     for (const cuda_gqa::KernelDesc& k : payload.kernels) {
       cuda_gqa::ImageChoice choice;
@@ -101,7 +102,8 @@ int cuda_gqa_select_images(const void* data, size_t size, int device_cc, char* m
   return 2;
 }
 
-int cuda_gqa_evaluate_launch(const void* data, size_t size, size_t kernel_index, size_t num_args,
+int cuda_gqa_evaluate_launch(const void* data, size_t size, int device_cc, size_t kernel_index,
+                             size_t num_args,
                              const int32_t* dtypes, const char* const* dtype_labels,
                              const uint32_t* ranks, const int64_t* sizes, const int64_t* strides,
                              const uint64_t* addresses, uint64_t global_scratch,
@@ -124,6 +126,7 @@ int cuda_gqa_evaluate_launch(const void* data, size_t size, size_t kernel_index,
       write_message(error, message, message_size);
       return CUDA_GQA_EVAL_BAD_PAYLOAD;
     }
+    cuda_gqa::use_arch_variant(&payload, device_cc);
     if (kernel_index >= payload.kernels.size()) {
       write_message("kernel " + std::to_string(kernel_index) + " out of range (" +
                         std::to_string(payload.kernels.size()) + " kernels)",

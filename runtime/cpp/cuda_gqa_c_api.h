@@ -23,8 +23,9 @@ CUDA_GQA_EXPORT int cuda_gqa_validate_payload(const void* data, size_t size, cha
 // "<name>, sm_<cc>" in `message`; else nonzero with the cause.
 CUDA_GQA_EXPORT int cuda_gqa_device_status(char* message, size_t message_size);
 
-// For tests of arch selection without a GPU: 0 if every kernel of the payload
-// has an image for compute capability `device_cc` (major*10+minor), with the
+// For tests of arch selection without a GPU: 0 if every kernel of the launch
+// plan init would pick for compute capability `device_cc` (major*10+minor;
+// the arch variant listing it, else the payload's own) has an image, with the
 // choices in `message` ("<kernel>: sm_80 cubin; ..."); else nonzero with the
 // reason (the same message init would log).
 CUDA_GQA_EXPORT int cuda_gqa_select_images(const void* data, size_t size, int device_cc,
@@ -40,7 +41,8 @@ CUDA_GQA_EXPORT int cuda_gqa_select_images(const void* data, size_t size, int de
 #define CUDA_GQA_EVAL_INTERNAL 3      // exception or bad call (null buffers)
 
 // For tests without a GPU: runs exactly the checks and the evaluation the
-// backend's init and execute run for kernel `kernel_index` of the payload,
+// backend's init and execute run for kernel `kernel_index` of the launch plan
+// init picks for compute capability `device_cc` (0: the payload's own),
 // and reports what cuLaunchKernel would get. Delegate argument i (inputs,
 // then outputs; `num_args` of them) has element type dtypes[i] (a DType of
 // payload.fbs; -1: any other type, named dtype_labels[i] in messages when
@@ -59,7 +61,8 @@ CUDA_GQA_EXPORT int cuda_gqa_select_images(const void* data, size_t size, int de
 // zero above). Otherwise `message` holds the reason, the same text the
 // backend logs after "CudaGqaBackend: ".
 CUDA_GQA_EXPORT int cuda_gqa_evaluate_launch(
-    const void* data, size_t size, size_t kernel_index, size_t num_args, const int32_t* dtypes,
+    const void* data, size_t size, int device_cc, size_t kernel_index, size_t num_args,
+    const int32_t* dtypes,
     const char* const* dtype_labels, const uint32_t* ranks, const int64_t* sizes,
     const int64_t* strides, const uint64_t* addresses, uint64_t global_scratch,
     uint64_t profile_scratch, uint64_t workspace, uint32_t* launch, uint64_t* param_values, size_t max_params,

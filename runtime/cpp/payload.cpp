@@ -81,7 +81,8 @@ bool read_spec(const fb::TensorSpec* spec, const std::string& where,
   return true;
 }
 
-bool read_param(const fb::KernelParam* p, const PayloadDesc& pl,
+// workspace_bytes: of the launch plan the param's kernel belongs to.
+bool read_param(const fb::KernelParam* p, const PayloadDesc& pl, uint64_t workspace_bytes,
                 const std::string& where, ParamDesc* out, std::string* error) {
   if (p == nullptr) return fail(error, where, "missing param");
   const int kind = static_cast<int>(p->kind());
@@ -150,7 +151,7 @@ bool read_param(const fb::KernelParam* p, const PayloadDesc& pl,
       if (out->type != ParamType::kPointer) {
         return fail(error, where, "Workspace must be passed as Pointer");
       }
-      const uint64_t bytes = pl.workspace_bytes;
+      const uint64_t bytes = workspace_bytes;
       if (out->workspace_offset >= bytes || out->workspace_extent == 0 ||
           out->workspace_extent > bytes - out->workspace_offset) {
         return fail(error, where,
@@ -188,7 +189,7 @@ bool read_param(const fb::KernelParam* p, const PayloadDesc& pl,
 
 bool is_pow2_or_zero(uint32_t v) { return (v & (v - 1)) == 0; }
 
-bool read_kernel(const fb::Kernel* k, const PayloadDesc& pl,
+bool read_kernel(const fb::Kernel* k, const PayloadDesc& pl, uint64_t workspace_bytes,
                  const std::string& where_in, KernelDesc* out,
                  std::string* error) {
   if (k == nullptr) return fail(error, where_in, "missing kernel");
@@ -261,7 +262,7 @@ bool read_kernel(const fb::Kernel* k, const PayloadDesc& pl,
   }
   out->params.resize(params->size());
   for (uint32_t i = 0; i < params->size(); ++i) {
-    if (!read_param(params->Get(i), pl, where + " param " + std::to_string(i),
+    if (!read_param(params->Get(i), pl, workspace_bytes, where + " param " + std::to_string(i),
                     &out->params[i], error)) {
       return false;
     }
@@ -300,7 +301,67 @@ bool read_kernel(const fb::Kernel* k, const PayloadDesc& pl,
   return true;
 }
 
+bool read_workspace_bytes(uint64_t bytes, const std::string& where, uint64_t* out,
+                          std::string* error) {
+  if (bytes > kMaxWorkspaceBytes) {
+    return fail(error, where, "workspace_bytes " + std::to_string(bytes) + " too large");
+  }
+  *out = bytes;
+  return true;
+}
+
+template <typename Kernels>
+bool read_kernels(const Kernels* kernels, const PayloadDesc& pl, uint64_t workspace_bytes,
+                  const std::string& where, std::vector<KernelDesc>* out, std::string* error) {
+  if (kernels == nullptr || kernels->size() == 0) {
+    return fail(error, where, "no kernels");
+  }
+  out->resize(kernels->size());
+  for (uint32_t i = 0; i < out->size(); ++i) {
+    const std::string kw = (where.empty() ? "" : where + " ") + "kernel " + std::to_string(i);
+    if (!read_kernel(kernels->Get(i), pl, workspace_bytes, kw, &(*out)[i], error)) return false;
+  }
+  return true;
+}
+
+bool read_variant(const fb::ArchVariant* v, const PayloadDesc& pl, const std::string& where,
+                  ArchVariantDesc* out, std::string* error) {
+  if (v == nullptr) return fail(error, where, "missing");
+  if (v->archs() == nullptr || v->archs()->size() == 0) return fail(error, where, "no archs");
+  if (!read_workspace_bytes(v->workspace_bytes(), where, &out->workspace_bytes, error) ||
+      !read_kernels(v->kernels(), pl, out->workspace_bytes, where, &out->kernels, error)) {
+    return false;
+  }
+  for (uint32_t arch : *v->archs()) {
+    // A variant serves its archs from cubins only: no PTX or older-cubin fallback.
+    for (const KernelDesc& k : out->kernels) {
+      bool found = false;
+      for (const ImageView& c : k.cubins) found |= c.arch == arch;
+      if (!found) {
+        return fail(error, where, "kernel " + k.name + " has no cubin for its arch sm_" +
+                                      std::to_string(arch));
+      }
+    }
+    out->archs.push_back(arch);
+  }
+  return true;
+}
+
 }  // namespace
+
+bool use_arch_variant(PayloadDesc* payload, int device_cc) {
+  for (ArchVariantDesc& v : payload->arch_variants) {
+    for (uint32_t arch : v.archs) {
+      if (static_cast<int>(arch) != device_cc) continue;
+      payload->kernels = std::move(v.kernels);
+      payload->workspace_bytes = v.workspace_bytes;
+      payload->arch_variants.clear();
+      return true;
+    }
+  }
+  payload->arch_variants.clear();
+  return false;
+}
 
 bool parse_payload(const void* data, size_t size, PayloadDesc* out,
                    std::string* error) {
@@ -355,19 +416,22 @@ bool parse_payload(const void* data, size_t size, PayloadDesc* out,
   if (out->num_args() > 256) {
     return fail(error, "", "more than 256 delegate arguments");
   }
-  out->workspace_bytes = p->workspace_bytes();
-  if (out->workspace_bytes > kMaxWorkspaceBytes) {
-    return fail(error, "", "workspace_bytes " + std::to_string(out->workspace_bytes) +
-                               " too large");
+  if (!read_workspace_bytes(p->workspace_bytes(), "", &out->workspace_bytes, error)) {
+    return false;
   }
   if (p->kernels() == nullptr || p->kernels()->size() == 0) {
     return fail(error, "", "payload has no kernels");
   }
-  out->kernels.resize(p->kernels()->size());
-  for (uint32_t i = 0; i < out->kernels.size(); ++i) {
-    if (!read_kernel(p->kernels()->Get(i), *out, "kernel " + std::to_string(i),
-                     &out->kernels[i], error)) {
-      return false;
+  if (!read_kernels(p->kernels(), *out, out->workspace_bytes, "", &out->kernels, error)) {
+    return false;
+  }
+  if (const auto* variants = p->arch_variants()) {
+    out->arch_variants.resize(variants->size());
+    for (uint32_t i = 0; i < variants->size(); ++i) {
+      if (!read_variant(variants->Get(i), *out, "arch variant " + std::to_string(i),
+                        &out->arch_variants[i], error)) {
+        return false;
+      }
     }
   }
   return true;

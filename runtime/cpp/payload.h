@@ -91,12 +91,20 @@ struct KernelDesc {
   std::array<std::vector<GridFactorDesc>, 3> grid;  // x, y, z
 };
 
+// The launch plan of some archs, in place of the payload's own (see payload.fbs).
+struct ArchVariantDesc {
+  std::vector<uint32_t> archs;
+  std::vector<KernelDesc> kernels;
+  uint64_t workspace_bytes = 0;
+};
+
 struct PayloadDesc {
   uint32_t version = 0;
   std::vector<TensorSpecDesc> inputs;
   std::vector<TensorSpecDesc> outputs;
   std::vector<KernelDesc> kernels;
   uint64_t workspace_bytes = 0;  // one device buffer allocated at init; 0: none
+  std::vector<ArchVariantDesc> arch_variants;
 
   size_t num_args() const { return inputs.size() + outputs.size(); }
   // Delegate argument i: inputs first, then outputs.
@@ -110,6 +118,10 @@ struct PayloadDesc {
 // aligned (payload_buffer_is_aligned); callers copy it otherwise.
 bool parse_payload(const void* data, size_t size, PayloadDesc* out,
                    std::string* error);
+
+// Makes the arch variant listing device_cc (if any) the payload's kernels and
+// workspace, and drops the variants; true when one was taken.
+bool use_arch_variant(PayloadDesc* payload, int device_cc);
 
 inline bool payload_buffer_is_aligned(const void* data) {
   return (reinterpret_cast<uintptr_t>(data) & 7u) == 0;

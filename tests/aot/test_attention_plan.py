@@ -6,20 +6,19 @@ import pytest
 import torch
 
 from cuda_gqa.backends.attention_plan import build_attention_payload, decode_plan
-from cuda_gqa.backends.heuristics import NOMINAL_SMS
-from cuda_gqa.backends.kernels.decode_heuristics import decode_config, decode_split_count, split_plan
-from cuda_gqa.backends.serialization import deserialize_payload
+from cuda_gqa.backends.heuristics import NOMINAL_SMS, decode_config, decode_split_count, split_plan
+from cuda_gqa.backends.serialization import deserialize_payload, serialize_payload
 from cuda_gqa.backends.serialization import payload_generated as fb
-from cuda_gqa.runtime.launch_plan import ArgInfo, LaunchPlan, evaluate_launch_cpp
+from cuda_gqa.runtime.launch_plan import ArgInfo, LaunchError, LaunchPlan, evaluate_launch_cpp
 
 K = fb.ParamKind
 Q, KEY, V, OUT = 0, 1, 2, 3
 WORKSPACE = 0x7E00_0000_0000
 
 
-def build(b, hq, hkv, d, lq, lkv, causal=True, dtype=torch.float16):
+def build(b, hq, hkv, d, lq, lkv, causal=True, dtype=torch.float16, archs=(90,), ptx=False):
     return build_attention_payload(dtype=dtype, batch=b, num_heads_q=hq, num_heads_kv=hkv, head_dim=d, l_q=lq,
-                                   l_kv=lkv, is_causal=causal, archs=[90], ptx=False)
+                                   l_kv=lkv, is_causal=causal, archs=archs, ptx=ptx)
 
 
 def factors(kernel):
@@ -115,3 +114,90 @@ def test_mqa_and_batched_plans():
     full = decode_plan(dtype=torch.float16, batch=8, num_heads_q=256, num_heads_kv=32, head_dim=128, l_q=1,
                        l_kv=8192)
     assert full.num_splits == 1 and full.workspace_bytes == 0
+
+
+def test_attended_keys_bound_the_key_range_by_a_constant():
+    """attended_keys replaces K's length as the kernels' L_kv (PyTorch's top-left causal)."""
+    payload = deserialize_payload(build_attention_payload(
+        dtype=torch.float16, batch=1, num_heads_q=32, num_heads_kv=8, head_dim=128, l_q=4, l_kv=8192,
+        is_causal=True, attended_keys=4, archs=[90], ptx=False))
+    (split,) = payload.kernels  # four keys: one split, no combine, no workspace
+    assert split.name == b"gqa_decode_split" and payload.workspaceBytes == 0
+    assert [(p.arg, p.dim) for p in params_of(split, K.TensorSize)] == [(Q, 2)]
+    assert params_of(split, K.Int32Constant)[0].i32Value == 4
+    assert factors(split)[0] == []
+
+
+@pytest.mark.parametrize("attended", [0, 8193])
+def test_attended_keys_outside_the_key_range_are_refused(attended):
+    with pytest.raises(ValueError, match=f"attended_keys={attended} is not in"):
+        build_attention_payload(dtype=torch.float16, batch=1, num_heads_q=8, num_heads_kv=2, head_dim=64, l_q=1,
+                                l_kv=8192, is_causal=True, attended_keys=attended, archs=[90], ptx=False)
+
+
+# --------------------------------------------------------------------------
+# per-arch launch plans: the payload's own for the lowest arch, variants for the rest
+
+
+@pytest.fixture(scope="module")
+def bf16_decode_two_archs():
+    """llama3-8b decode in bf16 for sm_80 and sm_90: sm_90 has tuned tiles (backends/tuning/sm_90.json)."""
+    return build(1, 32, 8, 128, 1, 8192, causal=False, dtype=torch.bfloat16, archs=[80, 90], ptx=True)
+
+
+def test_archs_with_tuned_tiles_get_their_own_plan(bf16_decode_two_archs):
+    payload = deserialize_payload(bf16_decode_two_archs)
+    default = decode_plan(dtype=torch.bfloat16, batch=1, num_heads_q=32, num_heads_kv=8, head_dim=128, l_q=1,
+                          l_kv=8192, arch=80)
+    tuned = decode_plan(dtype=torch.bfloat16, batch=1, num_heads_q=32, num_heads_kv=8, head_dim=128, l_q=1,
+                        l_kv=8192, arch=90)
+    assert default.config.block_n != tuned.config.block_n
+    # The payload's own plan: sm_80 cubins plus the PTX fallback, default tiles.
+    assert [[c.arch for c in k.cubins] for k in payload.kernels] == [[80], [80]]
+    assert all(k.ptxArch == 80 and len(k.ptx) for k in payload.kernels)
+    assert params_of(payload.kernels[0], K.Int32Constant)[0].i32Value == default.split_len
+    assert payload.workspaceBytes == default.workspace_bytes
+    # sm_90's variant: cubins only, its own split length, splits and workspace.
+    (variant,) = payload.archVariants
+    assert list(variant.archs) == [90]
+    assert [[c.arch for c in k.cubins] for k in variant.kernels] == [[90], [90]]
+    assert not any(len(k.ptx or []) for k in variant.kernels)
+    split, combine = variant.kernels
+    assert split.numWarps == tuned.config.num_warps
+    assert params_of(split, K.Int32Constant)[0].i32Value == tuned.split_len
+    assert factors(split)[0] == [(KEY, 2, tuned.split_len)]
+    assert params_of(combine, K.Int32Constant)[0].i32Value == tuned.num_splits
+    assert variant.workspaceBytes == tuned.workspace_bytes
+
+
+def test_archs_that_choose_alike_share_one_plan():
+    # fp16 has no sm_90 table entry: sm_80 and sm_90 run the same tiles.
+    payload = deserialize_payload(build(1, 32, 8, 128, 1, 8192, dtype=torch.float16, archs=[80, 90]))
+    assert not payload.archVariants
+    assert [[c.arch for c in k.cubins] for k in payload.kernels] == [[80, 90], [80, 90]]
+
+
+@pytest.mark.parametrize("cc, plan_archs", [(80, [80]), (86, [80]), (90, [90]), (100, [80])])
+def test_both_runtimes_pick_the_same_plan_for_a_device(bf16_decode_two_archs, cc, plan_archs):
+    data = bf16_decode_two_archs
+    plan = LaunchPlan(data, device_cc=cc)
+    assert [c.arch for c in plan.kernels[0].cubins] == plan_archs
+    assert plan.variant_archs == (None if plan_archs == [80] else plan_archs)
+    sizes = [(1, 32, 1, 128), (1, 8, 8192, 128), (1, 8, 8192, 128), (1, 32, 1, 128)]
+    args = [ArgInfo(dtype=fb.DType.BFloat16, sizes=s, strides=contiguous(s, 0).strides,
+                    address=0x7000_0000_0000 + i * (1 << 32)) for i, s in enumerate(sizes)]
+    for k, launch in enumerate(plan.evaluate_all(args, workspace=WORKSPACE)):
+        cpp = evaluate_launch_cpp(data, k, args, workspace=WORKSPACE, device_cc=cc)
+        assert (cpp.name, cpp.grid, cpp.block, cpp.slots()) == (launch.name, launch.grid, launch.block,
+                                                               launch.slots())
+
+
+def test_a_variant_without_cubins_for_its_archs_is_refused(bf16_decode_two_archs):
+    payload = deserialize_payload(bf16_decode_two_archs)
+    payload.archVariants[0].archs = [89, 90]
+    data = serialize_payload(payload)
+    expected = "arch variant 0: kernel gqa_decode_split has no cubin for its arch sm_89"
+    with pytest.raises(LaunchError, match=expected):
+        LaunchPlan(data)
+    with pytest.raises(LaunchError, match=expected):
+        evaluate_launch_cpp(data, 0, [], device_cc=90)

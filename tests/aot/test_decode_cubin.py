@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cuda_gqa.backends.aot.attention_decode import compile_decode_combine, compile_decode_split
-from cuda_gqa.backends.kernels.decode_heuristics import SHARED_MEMORY_BUDGET, decode_config
+from cuda_gqa.backends.heuristics import SHARED_MEMORY_BUDGET, decode_config
 
 EM_CUDA = 190
 SPLIT_STRIDES = [f"stride_{t}{d}" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("o", "bhm")) for d in dims]

@@ -18,6 +18,19 @@ from cuda_gqa.backends.kernels.attention_fwd import gqa_attention_fwd, launch_gr
 from cuda_gqa.backends.kernels.reference import reference_attention  # noqa: E402
 
 
+def expected_output(case, q, k, v, scale):
+    if case.get("top_left_causal"):
+        # PyTorch's own is_causal (top-left: query i sees keys 0..i) over all of K/V.
+        return torch.nn.functional.scaled_dot_product_attention(
+            q.float(), k.float(), v.float(), is_causal=True, scale=scale, enable_gqa=True)
+    return reference_attention(q, k, v, is_causal=case["causal"], scale=scale)
+
+
+def kernel_keys(case) -> int:
+    """L_kv as the kernel gets it: top-left causal cuts the keys to the first L_q (as the AOT stage does)."""
+    return case["l_q"] if case.get("top_left_causal") else case["l_kv"]
+
+
 def run_case(case: dict) -> float:
     torch.manual_seed(case.get("seed", 0))
     dtype = getattr(torch, case["dtype"])
@@ -34,11 +47,11 @@ def run_case(case: dict) -> float:
     scale = case.get("scale") or d**-0.5
     block_m, block_n = case.get("block_m", 16), case.get("block_n", 16)
     gqa_attention_fwd[launch_grid(l_q, b, h_q, block_m)](
-        q, k, v, out, scale, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], l_q, l_kv,
+        q, k, v, out, scale, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], l_q, kernel_keys(case),
         NUM_HEADS_Q=h_q, GROUP_SIZE=h_q // h_kv, HEAD_DIM=d, BLOCK_D=triton.next_power_of_2(d),
         BLOCK_M=block_m, BLOCK_N=block_n, IS_CAUSAL=case["causal"],
     )
-    expected = reference_attention(q, k, v, is_causal=case["causal"], scale=scale)
+    expected = expected_output(case, q, k, v, scale)
     return (out.float() - expected).abs().max().item()
 
 

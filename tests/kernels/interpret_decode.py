@@ -16,8 +16,21 @@ import triton  # noqa: E402
 
 from cuda_gqa.backends.kernels.attention_decode import (  # noqa: E402
     decode_combine_grid, decode_split_grid, decode_workspace_shape, gqa_decode_combine, gqa_decode_split)
-from cuda_gqa.backends.kernels.decode_heuristics import split_plan  # noqa: E402
+from cuda_gqa.backends.heuristics import split_plan  # noqa: E402
 from cuda_gqa.backends.kernels.reference import reference_attention  # noqa: E402
+
+
+def expected_output(case, q, k, v, scale):
+    if case.get("top_left_causal"):
+        # PyTorch's own is_causal (top-left: query i sees keys 0..i) over all of K/V.
+        return torch.nn.functional.scaled_dot_product_attention(
+            q.float(), k.float(), v.float(), is_causal=True, scale=scale, enable_gqa=True)
+    return reference_attention(q, k, v, is_causal=case["causal"], scale=scale)
+
+
+def kernel_keys(case) -> int:
+    """L_kv as the kernel gets it: top-left causal cuts the keys to the first L_q (as the AOT stage does)."""
+    return case["l_q"] if case.get("top_left_causal") else case["l_kv"]
 
 
 def run_case(case: dict) -> tuple[float, int]:
@@ -38,7 +51,7 @@ def run_case(case: dict) -> tuple[float, int]:
     scale = case.get("scale") or d**-0.5
     block_m = case.get("block_m", max(16, triton.next_power_of_2(group * l_q)))
     block_n = case.get("block_n", 16)
-    split_len, num_splits = split_plan(l_kv, case["splits"], block_n)
+    split_len, num_splits = split_plan(kernel_keys(case), case["splits"], block_n)
     # An over-sized workspace, as the runtime allocates once for its largest problem.
     partial_shape, lse_shape = decode_workspace_shape(b + 1, h_q, l_q + 1, d, num_splits + 2)
     partial = torch.full(partial_shape, float("nan"))
@@ -46,7 +59,7 @@ def run_case(case: dict) -> tuple[float, int]:
     launched = num_splits + case.get("extra_splits", 0)
     gqa_decode_split[decode_split_grid(launched, b, h_kv, group, l_q, block_m)](
         q, k, v, out, partial, lse, scale,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], l_q, l_kv, split_len,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], l_q, kernel_keys(case), split_len,
         NUM_HEADS_Q=h_q, GROUP_SIZE=group, HEAD_DIM=d, BLOCK_D=triton.next_power_of_2(d),
         BLOCK_M=block_m, BLOCK_N=block_n, IS_CAUSAL=case["causal"], SINGLE_SPLIT=launched == 1,
     )
@@ -55,7 +68,7 @@ def run_case(case: dict) -> tuple[float, int]:
             partial, lse, out, *out.stride()[:3], l_q, launched,
             NUM_HEADS_Q=h_q, HEAD_DIM=d, BLOCK_D=triton.next_power_of_2(d), BLOCK_S=case.get("block_s", 16),
         )
-    expected = reference_attention(q, k, v, is_causal=case["causal"], scale=scale)
+    expected = expected_output(case, q, k, v, scale)
     return (out.float() - expected).abs().max().item(), launched
 
 

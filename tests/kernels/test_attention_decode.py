@@ -22,6 +22,9 @@ CASES = {
     "gqa-lq4-causal-empty-split-for-row": dict(GQA, l_q=4, l_kv=35, causal=True, splits=3),
     "gqa-lq4-single-launch": dict(GQA, l_q=4, l_kv=29, causal=True, splits=1),
     "gqa-lq4-noncausal": dict(GQA, l_q=4, l_kv=45, causal=False, splits=2),
+    # PyTorch's is_causal with L_q < L_kv (top-left) as the AOT stage runs it:
+    # bottom-right causal over the first L_q keys, one split.
+    "gqa-lq4-pytorch-top-left-causal": dict(GQA, l_q=4, l_kv=45, causal=True, splits=1, top_left_causal=True),
     "mqa-decode-split": dict(MQA, l_q=1, l_kv=45, causal=True, splits=2),
     "mqa-lq4-causal-split": dict(MQA, l_q=4, l_kv=45, causal=True, splits=2),
     "mqa-single-launch": dict(MQA, l_q=4, l_kv=21, causal=False, splits=1),

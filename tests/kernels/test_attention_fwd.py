@@ -16,6 +16,9 @@ CASES = {
     "batch-2": dict(SHAPE, batch=2, causal=True),
     "decode-bottom-right": dict(SHAPE, l_q=1, l_kv=37, causal=True),
     "chunk-bottom-right": dict(SHAPE, l_q=5, l_kv=19, causal=True),
+    # PyTorch's is_causal with L_q < L_kv (top-left) as the AOT stage runs it:
+    # bottom-right causal over the first L_q keys.
+    "pytorch-top-left-causal": dict(SHAPE, l_q=20, l_kv=45, causal=True, top_left_causal=True),
     # More queries than keys: the first rows see no key and must be zeros.
     "lq-over-lkv-causal": dict(SHAPE, l_q=20, l_kv=7, causal=True),
     "ragged-lengths": dict(SHAPE, l_q=17, l_kv=29, causal=False),

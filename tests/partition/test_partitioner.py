@@ -75,14 +75,38 @@ def test_each_gqa_attention_becomes_its_own_delegate():
         (Attention(enable_gqa=True, dropout_p=0.5), qkv(), "dropout_p=0.5"),
         (Attention(enable_gqa=True), qkv(d=72), "head dim 72 is not a multiple of 16"),
         (Attention(enable_gqa=True), qkv(d=512), "up to 256"),
+        (Attention(is_causal=True, enable_gqa=True), qkv(l_q=20, l_kv=7), "is_causal with L_q=20 > L_kv=7"),
     ],
-    ids=["mha", "mha-enable-gqa", "dropout", "head-dim-72", "head-dim-512"],
+    ids=["mha", "mha-enable-gqa", "dropout", "head-dim-72", "head-dim-512", "causal-lq-over-lkv"],
 )
 def test_unsupported_attention_stays_on_cpu_with_a_reason(model, inputs, reason):
     report, delegates, sdpa_left = lower(model, inputs)
     assert len(report) == 1 and not report[0].delegated
     assert reason in report[0].reason
     assert not delegates
+
+
+def test_pytorch_top_left_causal_attends_only_the_first_l_q_keys():
+    """is_causal with L_q < L_kv is top-left aligned in PyTorch (query i sees keys 0..i):
+    the payload hands the kernels L_kv = L_q as a constant instead of K's length."""
+    from cuda_gqa.backends.serialization import deserialize_payload
+    from cuda_gqa.backends.serialization import payload_generated as fb
+
+    def key_lengths(model, inputs):
+        report, delegates, _ = lower(model, inputs)
+        assert [d.delegated for d in report] == [True]
+        (kernel, *_), = [deserialize_payload(lowered.processed_bytes).kernels for _, lowered, _ in delegates]
+        sizes = [p.arg for p in kernel.params if p.kind == fb.ParamKind.TensorSize]
+        return sizes, [p.i32Value for p in kernel.params if p.kind == fb.ParamKind.Int32Constant]
+
+    # Decode shape (split kernel: L_q from q, L_kv = 4, then SPLIT_LEN) and a prefill chunk.
+    sizes, constants = key_lengths(Attention(is_causal=True, enable_gqa=True), qkv(l_q=4, l_kv=300))
+    assert sizes == [0] and constants[0] == 4
+    sizes, constants = key_lengths(Attention(is_causal=True, enable_gqa=True), qkv(l_q=40, l_kv=300))
+    assert sizes == [0] and constants == [40]
+    # Without is_causal every key is attended: L_kv is K's length.
+    sizes, constants = key_lengths(Attention(enable_gqa=True), qkv(l_q=40, l_kv=300))
+    assert sizes == [0, 1] and constants == []
 
 
 def test_report_lists_every_call_in_order_with_its_module():

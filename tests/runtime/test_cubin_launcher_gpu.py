@@ -121,3 +121,24 @@ def test_decode_payloads_match_reference(case):
         assert launcher.workspace_address == workspace
         expected = reference_attention(q, k, v, is_causal=causal, scale=scale)
         torch.testing.assert_close(out.float(), expected, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("l_q", [4, 40])
+def test_pytorch_top_left_causal_matches_torch(l_q):
+    """The payload the AOT stage builds for SDPA(is_causal=True) with L_q < L_kv
+    (keys cut to the first L_q) equals PyTorch's own top-left result."""
+    from cuda_gqa.backends.attention_plan import build_attention_payload
+    from cuda_gqa.runtime.cubin_launcher import CubinLauncher
+
+    b, hq, hkv, lkv, d, dtype = 1, 16, 4, 1000, 128, torch.float16
+    launcher = CubinLauncher(build_attention_payload(
+        dtype=dtype, batch=b, num_heads_q=hq, num_heads_kv=hkv, head_dim=d, l_q=l_q, l_kv=lkv, is_causal=True,
+        attended_keys=l_q, archs=[device_arch()]))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(b, hq, l_q, d, device="cuda", dtype=dtype, generator=gen)
+    k = torch.randn(b, hkv, lkv, d, device="cuda", dtype=dtype, generator=gen)
+    v = torch.randn(b, hkv, lkv, d, device="cuda", dtype=dtype, generator=gen)
+    out = launcher(q, k, v)
+    expected = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True,
+                                                                enable_gqa=True)
+    torch.testing.assert_close(out.float(), expected, **tolerance(dtype))

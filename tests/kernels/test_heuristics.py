@@ -1,12 +1,13 @@
-"""The decode split-count rule and tile choice (pure host code)."""
+"""Launch heuristics (pure host code): the decode split count, tiles, and the tuning table."""
 
 import pytest
 import torch
 import triton
 
-from cuda_gqa.backends.kernels.decode_heuristics import (
-    EFFICIENCY_FRACTION, MIN_SPLIT_LEN, SHARED_MEMORY_BUDGET, decode_config, decode_split_count,
-    estimated_shared_bytes, split_plan, wave_efficiency)
+from cuda_gqa.backends.heuristics import (
+    EFFICIENCY_FRACTION, MAX_SPLITS, MIN_SPLIT_LEN, SHARED_MEMORY_BUDGET, SHARED_MEMORY_PER_BLOCK,
+    attention_config, decode_config, decode_split_count, estimated_shared_bytes, split_plan, tuning_table,
+    wave_efficiency)
 
 SMS = 132
 BLOCK_N = 64
@@ -28,9 +29,9 @@ def test_split_count_fills_the_sms_or_hits_the_minimum_split(batch, heads_kv, l_
     ctas = batch * heads_kv * splits
     assert ctas <= 2 * SMS
     # Either at least 80% of the SMs get work (85% of the best wave efficiency,
-    # itself at most 1), or the minimum split length caps the count.
-    max_by_length = l_kv // MIN_SPLIT_LEN
-    assert ctas >= 0.8 * SMS or splits >= EFFICIENCY_FRACTION * max_by_length - 1
+    # itself at most 1), or the minimum split length or MAX_SPLITS caps the count.
+    cap = min(l_kv // MIN_SPLIT_LEN, MAX_SPLITS)
+    assert ctas >= 0.8 * SMS or splits >= EFFICIENCY_FRACTION * cap - 1
 
 
 def test_decode_table_picks():
@@ -38,7 +39,7 @@ def test_decode_table_picks():
     # Whole-wave fill for the long llama context; 256-key splits cap the short ones.
     assert picks[(1, 8, 8192)] * 8 >= 0.85 * SMS
     assert picks[(1, 2, 8192)] == 32 and split_plan(8192, 32, BLOCK_N)[0] == 256
-    assert picks[(1, 1, 32768)] >= 0.85 * SMS
+    assert EFFICIENCY_FRACTION * MAX_SPLITS <= picks[(1, 1, 32768)] <= MAX_SPLITS
     assert picks[(8, 8, 8192)] == 2  # 64 CTAs -> 128 of 132 SMs
 
 
@@ -75,3 +76,37 @@ def test_config_packs_rows_and_fits_shared_memory(dtype, head_dim, group, l_q):
     packed = triton.next_power_of_2(group * l_q)
     if head_dim <= 128 and dtype != torch.float32:
         assert config.block_m >= packed  # one M tile: K/V read once per split
+
+
+def test_sm90_table_was_measured_and_fits():
+    table = tuning_table(90)
+    assert table["arch"] == 90 and "H100" in table["measured_on"]
+    for kernel, entries in (("attention_fwd", table["attention_fwd"]), ("decode_split", table["decode_split"])):
+        for key, entry in entries.items():
+            dtype, head_dim = getattr(torch, key.split("/")[0]), int(key.split("/")[1])
+            block_m = entry.get("block_m", 16)
+            assert estimated_shared_bytes(block_m, entry["block_n"], head_dim, dtype,
+                                          entry["num_stages"]) <= SHARED_MEMORY_PER_BLOCK[90], (kernel, key)
+
+
+def test_tuned_tiles_apply_on_their_arch_only():
+    tuned = tuning_table(90)["attention_fwd"]["bfloat16/128"]
+    on_h100 = attention_config(128, torch.bfloat16, 90)
+    assert (on_h100.block_m, on_h100.block_n, on_h100.num_warps, on_h100.num_stages) == (
+        tuned["block_m"], tuned["block_n"], tuned["num_warps"], tuned["num_stages"])
+    # No table for sm_80, and none for fp16 on sm_90: the default, which fits every arch.
+    for config in (attention_config(128, torch.bfloat16, 80), attention_config(128, torch.bfloat16),
+                   attention_config(128, torch.float16, 90)):
+        assert config == attention_config(128, torch.bfloat16, None)
+        assert estimated_shared_bytes(config.block_m, config.block_n, 128, torch.bfloat16,
+                                      config.num_stages) <= SHARED_MEMORY_BUDGET
+
+
+def test_tuned_decode_keeps_the_packed_rows():
+    tuned = tuning_table(90)["decode_split"]["bfloat16/128"]
+    for group in (4, 8, 32):
+        config = decode_config(128, torch.bfloat16, group, 1, 90)
+        assert config.block_m == max(16, group)  # all packed rows in one M tile
+        assert (config.block_n, config.num_warps, config.num_stages) == (
+            tuned["block_n"], tuned["num_warps"], tuned["num_stages"])
+    assert decode_config(128, torch.bfloat16, 4, 1, 86) == decode_config(128, torch.bfloat16, 4, 1)
