@@ -42,7 +42,7 @@ STAGES = (2, 3, 4)
 DECODE_BLOCKS_N = (32, 64, 128)
 DECODE_SPLITS = (8, 16, 24, 32, 48, 64, 96)
 # name, H_q, H_kv, head dim: decode shapes of the models in bench_attention.py
-DECODE_MODELS = (("llama3-8b", 32, 8, 128), ("qwen3.5-moe", 16, 2, 256), ("mqa", 32, 1, 128))
+DECODE_MODELS = (("llama3-8b", 32, 8, 128), ("qwen3.5-moe", 16, 2, 256), ("mqa", 32, 1, 128), ("phi3", 32, 8, 96))
 
 
 def run_fwd(q, k, v, out, block_m, block_n, num_warps, num_stages):
@@ -140,6 +140,8 @@ def main(argv=None) -> int:
     parser.add_argument("--kernels", default="fwd,decode", help="comma separated (fwd, decode)")
     parser.add_argument("--length", type=int, default=4096, help="prefill length of the forward sweep")
     parser.add_argument("--decode-lengths", default="8192,32768", help="comma separated L_kv of the decode sweep")
+    parser.add_argument("--decode-models", default=",".join(m[0] for m in DECODE_MODELS),
+                        help="decode sweep models, comma separated (default %(default)s)")
     parser.add_argument("--dtypes", default="bfloat16", help="comma separated (float16, bfloat16)")
     parser.add_argument("--head-dims", default="64,128,256", help="forward sweep head dims, comma separated")
     args = parser.parse_args(argv)
@@ -156,8 +158,9 @@ def main(argv=None) -> int:
                 print(f"fwd D={head_dim} {dtype_name} causal prefill 32/8 heads L={args.length}", flush=True)
                 table["fwd"][f"{dtype_name}/{head_dim}"] = tune_fwd(head_dim, dtype, args.length, shared_limit)
         if "decode" in kernels:
+            models = [m for m in DECODE_MODELS if m[0] in args.decode_models.split(",")]
             for (name, heads_q, heads_kv, head_dim), l_kv in itertools.product(
-                    DECODE_MODELS, map(int, args.decode_lengths.split(","))):
+                    models, map(int, args.decode_lengths.split(","))):
                 print(f"decode {name} {heads_q}/{heads_kv} D={head_dim} {dtype_name} L_kv={l_kv}", flush=True)
                 table["decode"][f"{dtype_name}/{name}/{l_kv}"] = tune_decode(heads_q, heads_kv, head_dim, l_kv,
                                                                            dtype, shared_limit)
