@@ -47,7 +47,7 @@ def test_decode_emits_split_then_combine(llama_decode):
     split, combine = payload.kernels
     assert (split.name, combine.name) == (b"gqa_decode_split", b"gqa_decode_combine")
 
-    config = decode_config(128, torch.float16, 4, 1)
+    config = decode_config(128, torch.float16, 4, 1, 90)  # the payload is built for sm_90
     split_len, num_splits = split_plan(8192, decode_split_count(1, 8, 8192, NOMINAL_SMS, config.block_n),
                                        config.block_n)
     assert num_splits > 1 and NOMINAL_SMS == 132
@@ -171,8 +171,8 @@ def test_archs_with_tuned_tiles_get_their_own_plan(bf16_decode_two_archs):
 
 
 def test_archs_that_choose_alike_share_one_plan():
-    # fp16 has no sm_90 table entry: sm_80 and sm_90 run the same tiles.
-    payload = deserialize_payload(build(1, 32, 8, 128, 1, 8192, dtype=torch.float16, archs=[80, 90]))
+    # Head dim 80 has no sm_90 table entry: sm_80 and sm_90 run the same tiles.
+    payload = deserialize_payload(build(1, 32, 8, 80, 1, 8192, dtype=torch.float16, archs=[80, 90]))
     assert not payload.archVariants
     assert [[c.arch for c in k.cubins] for k in payload.kernels] == [[80, 90], [80, 90]]
 

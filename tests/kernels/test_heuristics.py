@@ -94,12 +94,14 @@ def test_tuned_tiles_apply_on_their_arch_only():
     on_h100 = attention_config(128, torch.bfloat16, 90)
     assert (on_h100.block_m, on_h100.block_n, on_h100.num_warps, on_h100.num_stages) == (
         tuned["block_m"], tuned["block_n"], tuned["num_warps"], tuned["num_stages"])
-    # No table for sm_80, and none for fp16 on sm_90: the default, which fits every arch.
-    for config in (attention_config(128, torch.bfloat16, 80), attention_config(128, torch.bfloat16),
-                   attention_config(128, torch.float16, 90)):
-        assert config == attention_config(128, torch.bfloat16, None)
+    # No table for sm_80, none without an arch: the default, which fits every arch.
+    for config in (attention_config(128, torch.bfloat16, 80), attention_config(128, torch.bfloat16)):
+        assert config != on_h100
         assert estimated_shared_bytes(config.block_m, config.block_n, 128, torch.bfloat16,
                                       config.num_stages) <= SHARED_MEMORY_BUDGET
+    # Nor for an unmeasured head dim on sm_90.
+    assert "bfloat16/80" not in tuning_table(90)["attention_fwd"]
+    assert attention_config(80, torch.bfloat16, 90) == attention_config(80, torch.bfloat16)
 
 
 def test_tuned_decode_keeps_the_packed_rows():
