@@ -58,7 +58,9 @@ GPU_CASES := demo:--dtype=float16 \
              bf16-d256:--dtype=bfloat16,--heads-q=4,--heads-kv=1,--head-dim=256,--seq-len=50 \
              decode-bf16-llama-4k:--dtype=bfloat16,--heads-q=32,--heads-kv=8,--head-dim=128,--seq-len=1,--kv-len=4096 \
              decode-fp16-mqa-lq4:--dtype=float16,--heads-q=32,--heads-kv=1,--head-dim=128,--seq-len=4,--kv-len=4000,--causal \
-             decode-bf16-short:--dtype=bfloat16,--heads-q=8,--heads-kv=2,--head-dim=64,--seq-len=1,--kv-len=200
+             decode-bf16-short:--dtype=bfloat16,--heads-q=8,--heads-kv=2,--head-dim=64,--seq-len=1,--kv-len=200 \
+             fp16-hf-repeat-kv:--dtype=float16,--heads-q=8,--heads-kv=2,--seq-len=96,--kv-expansion=repeat_kv \
+             bf16-repeat-interleave:--dtype=bfloat16,--heads-q=12,--heads-kv=4,--seq-len=80,--kv-expansion=repeat_interleave
 
 gpu-bundle: build
 	rm -rf .gpu && mkdir -p .gpu

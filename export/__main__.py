@@ -19,7 +19,7 @@ import torch
 
 from cuda_gqa.backends.compile_specs import DEFAULT_ARCHS, SUPPORTED_ARCHS
 
-from .attention_demo import make_attention_only, make_demo
+from .attention_demo import KV_EXPANSIONS, make_attention_only, make_demo
 from .lower import lower_to_executorch
 from .tensor_files import write_tensor
 
@@ -39,6 +39,9 @@ def parse_args(argv):
     parser.add_argument("--kv-len", type=int,
                         help="export SDPA alone with q of --seq-len rows over this many keys (a decode step "
                              "when --seq-len is small) instead of the attention block")
+    parser.add_argument("--kv-expansion", choices=sorted(KV_EXPANSIONS),
+                        help="the block repeats K/V by hand this way instead of enable_gqa=True "
+                             "(the partitioner folds it back)")
     parser.add_argument("--causal", action="store_true",
                         help="with --kv-len: is_causal=True (PyTorch aligns it top-left: query i sees keys 0..i)")
     parser.add_argument("--export-only", action="store_true", help="write the files, skip loading and running")
@@ -51,7 +54,7 @@ def parse_args(argv):
 def export_demo(args) -> Path:
     if args.kv_len is None:
         model, inputs = make_demo(DTYPES[args.dtype], args.seq_len, args.heads_q, args.heads_kv, args.head_dim,
-                                  args.batch)
+                                  args.batch, kv_expansion=args.kv_expansion)
     else:
         model, inputs = make_attention_only(DTYPES[args.dtype], args.seq_len, args.kv_len, args.heads_q,
                                             args.heads_kv, args.head_dim, args.batch, is_causal=args.causal)

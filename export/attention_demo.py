@@ -6,15 +6,36 @@ delegated to CudaGqaBackend.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 
+def _repeat_kv(x: torch.Tensor, group: int) -> torch.Tensor:
+    b, h, l, d = x.shape
+    return x[:, :, None, :, :].expand(b, h, group, l, d).reshape(b, h * group, l, d)
+
+
+# How models written before enable_gqa repeat K/V per query head; the
+# partitioner folds each back into a GQA SDPA.
+KV_EXPANSIONS = {
+    "repeat_interleave": lambda x, group: x.repeat_interleave(group, dim=1),
+    "repeat_kv": _repeat_kv,  # Hugging Face's
+    "expand_flatten": lambda x, group: x.unsqueeze(2).expand(-1, -1, group, -1, -1).flatten(1, 2),
+}
+
+
 class GqaAttentionBlock(nn.Module):
-    def __init__(self, num_heads_q: int = 8, num_heads_kv: int = 2, head_dim: int = 64):
+    """kv_expansion: None calls SDPA with enable_gqa=True; a KV_EXPANSIONS name
+    repeats K/V by hand first, as older model code does."""
+
+    def __init__(self, num_heads_q: int = 8, num_heads_kv: int = 2, head_dim: int = 64,
+                 kv_expansion: Optional[str] = None):
         super().__init__()
         self.num_heads_q, self.num_heads_kv, self.head_dim = num_heads_q, num_heads_kv, head_dim
+        self.kv_expansion = kv_expansion
         hidden = num_heads_q * head_dim
         self.q_proj = nn.Linear(hidden, num_heads_q * head_dim, bias=False)
         self.k_proj = nn.Linear(hidden, num_heads_kv * head_dim, bias=False)
@@ -26,7 +47,12 @@ class GqaAttentionBlock(nn.Module):
         q = self.q_proj(x).view(b, seq, self.num_heads_q, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, seq, self.num_heads_kv, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, seq, self.num_heads_kv, self.head_dim).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        if self.kv_expansion is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        else:
+            expand = KV_EXPANSIONS[self.kv_expansion]
+            group = self.num_heads_q // self.num_heads_kv
+            y = F.scaled_dot_product_attention(q, expand(k, group), expand(v, group), is_causal=True)
         return self.o_proj(y.transpose(1, 2).reshape(b, seq, -1))
 
 
@@ -54,10 +80,11 @@ def make_attention_only(dtype: torch.dtype, l_q: int, l_kv: int, num_heads_q: in
 
 
 def make_demo(dtype: torch.dtype = torch.float16, seq_len: int = 128, num_heads_q: int = 8,
-              num_heads_kv: int = 2, head_dim: int = 64, batch: int = 1, seed: int = 0):
+              num_heads_kv: int = 2, head_dim: int = 64, batch: int = 1, kv_expansion: Optional[str] = None,
+              seed: int = 0):
     """The demo block with seeded weights and one input of shape [batch, seq_len, num_heads_q * head_dim]."""
     torch.manual_seed(seed)
-    model = GqaAttentionBlock(num_heads_q, num_heads_kv, head_dim).eval()
+    model = GqaAttentionBlock(num_heads_q, num_heads_kv, head_dim, kv_expansion).eval()
     for p in model.parameters():
         # Scaled so attention logits are O(1) and the softmax is not one-hot.
         nn.init.normal_(p, std=model.head_dim**-0.5 / 2)

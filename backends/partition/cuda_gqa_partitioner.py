@@ -19,6 +19,7 @@ from torch.export import ExportedProgram
 from ..compile_specs import make_compile_specs
 from ..cuda_gqa_backend import CudaGqaBackend
 from ..sdpa import SDPA_OP, SdpaCall, is_contiguous_clone, is_sdpa
+from .kv_expansion import fold_kv_expansion
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class CudaGqaPartitioner(Partitioner):
         # ExecuTorch finds the backend by its class name among BackendDetails subclasses.
         self.delegation_spec = DelegationSpec(CudaGqaBackend.__name__, specs)
         self._decisions: dict[str, AttentionDecision] = {}
+        self._folded: dict[str, str] = {}  # call site -> K/V expansion style folded into it
 
     @property
     def report(self) -> list[AttentionDecision]:
@@ -59,7 +61,12 @@ class CudaGqaPartitioner(Partitioner):
                     "delegated" if delegated else "left on CPU", reason)
 
     def transform_for_pre_decomposition(self, exported_program: ExportedProgram) -> ExportedProgram:
-        """Follow each SDPA we take with a contiguous clone, taken into the delegate too.
+        """Fold hand-written K/V expansion into SDPA, then follow each SDPA we take with a
+        contiguous clone, taken into the delegate too.
+
+        Folding (kv_expansion.py) makes an SDPA over K/V repeated per query
+        head read the unexpanded K/V with enable_gqa=True: same result, and
+        the expansion is never materialised.
 
         ExecuTorch keeps the SDPA whole by re-tracing it as another op, whose
         output is contiguous where eager SDPA's followed the query's layout; a
@@ -69,11 +76,14 @@ class CudaGqaPartitioner(Partitioner):
         The SDPA calls we leave are decomposed before partition() runs, so
         they enter the report here.
         """
-        self._decisions = {}
+        self._decisions, self._folded = {}, {}
         graph = exported_program.graph_module.graph
         for node in list(graph.nodes):
             if not is_sdpa(node):
                 continue
+            style = fold_kv_expansion(node, accept=lambda n: SdpaCall.from_node(n).unsupported_reason() is None)
+            if style is not None:
+                self._folded[_call_site(node)[0]] = style
             reason = SdpaCall.from_node(node).unsupported_reason()
             if reason is not None:
                 self._decide(node, False, reason)
@@ -118,8 +128,10 @@ class CudaGqaPartitioner(Partitioner):
                 if is_contiguous_clone(user):
                     user.meta["delegation_tag"] = tag
             tags[tag] = self.delegation_spec
+            folded = self._folded.get(_call_site(node)[0])
             self._decide(node, True, (
                 f"GQA {call.num_heads_q}/{call.num_heads_kv} heads, D={call.head_dim}, "
                 f"{str(call.dtype).removeprefix('torch.')}{', causal' if call.is_causal else ''}"
+                f"{f', K/V expansion ({folded}) folded in' if folded else ''}"
             ))
         return PartitionResult(tagged_exported_program=exported_program, partition_tags=tags)

@@ -118,7 +118,7 @@ def test_report_lists_every_call_in_order_with_its_module():
         def forward(self, q, k, v):
             if self.gqa:
                 return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
-            return F.scaled_dot_product_attention(q, k.repeat_interleave(4, 1), v.repeat_interleave(4, 1))
+            return F.scaled_dot_product_attention(q, q, q)  # MHA: stays on the CPU
 
     class Model(nn.Module):
         def __init__(self):
@@ -149,3 +149,98 @@ def test_masked_attention_stays_on_cpu():
 def test_attention_without_sdpa_is_not_touched():
     report, delegates, _ = lower(ManualAttention(), qkv())
     assert report == [] and not delegates
+
+
+# --------------------------------------------------------------------------
+# K/V expanded by hand: folded into the SDPA, which then reads the unexpanded K/V
+
+
+def repeat_kv(x, group):
+    """Hugging Face's spelling."""
+    b, h, l, d = x.shape
+    return x[:, :, None, :, :].expand(b, h, group, l, d).reshape(b, h * group, l, d)
+
+
+EXPANSIONS = {
+    "repeat_interleave": lambda x, g: x.repeat_interleave(g, dim=1),
+    "repeat_kv": repeat_kv,
+    "expand_flatten": lambda x, g: x.unsqueeze(2).expand(-1, -1, g, -1, -1).flatten(1, 2),
+}
+
+
+class ExpandedAttention(nn.Module):
+    def __init__(self, expand_k, expand_v, **sdpa_kwargs):
+        super().__init__()
+        self.expand_k, self.expand_v, self.sdpa_kwargs = expand_k, expand_v, sdpa_kwargs
+
+    def forward(self, q, k, v):
+        return F.scaled_dot_product_attention(q, self.expand_k(k), self.expand_v(v), **self.sdpa_kwargs)
+
+
+def expansion_ops_left(graph_module):
+    """repeat_interleave / expand nodes, in the aten or the edge dialect (expand_copy)."""
+    return [n for n in graph_module.graph.nodes if n.op == "call_function"
+            and any(op in str(n.target) for op in ("repeat_interleave", "expand"))]
+
+
+@pytest.mark.parametrize("style", EXPANSIONS)
+def test_hand_expanded_kv_is_folded_and_delegated(style):
+    from cuda_gqa.backends.serialization import deserialize_payload
+
+    expand = EXPANSIONS[style]
+    model = ExpandedAttention(lambda k: expand(k, 4), lambda v: expand(v, 4), is_causal=True)
+    inputs = qkv(h_q=8, h_kv=2)
+    partitioner = CudaGqaPartitioner(archs=[80])
+    edge = to_edge_transform_and_lower(torch.export.export(model, inputs), partitioner=[partitioner])
+    report = partitioner.report
+    assert [d.delegated for d in report] == [True]
+    assert report[0].reason == f"GQA 8/2 heads, D=64, float16, causal, K/V expansion ({style}) folded in"
+    graph_module = edge.exported_program().graph_module
+    assert not expansion_ops_left(graph_module)
+    (_, lowered, _), = get_lowered_submodules(graph_module)
+    payload = deserialize_payload(lowered.processed_bytes)
+    assert [list(s.sizes) for s in payload.inputs] == [[1, 8, 16, 64], [1, 2, 16, 64], [1, 2, 16, 64]]
+
+
+@pytest.mark.parametrize("style", EXPANSIONS)
+def test_folding_keeps_the_result(style):
+    """The rewritten ATen graph computes what the model computes (eager, on the CPU)."""
+    expand = EXPANSIONS[style]
+    model = ExpandedAttention(lambda k: expand(k, 4), lambda v: expand(v, 4), is_causal=True)
+    inputs = qkv(h_q=8, h_kv=2, dtype=torch.float32)
+    program = torch.export.export(model, inputs)
+    folded = CudaGqaPartitioner(archs=[80]).transform_for_pre_decomposition(program)
+    sdpa = [n for n in folded.graph_module.graph.nodes if is_sdpa(n)]
+    assert len(sdpa) == 1 and sdpa[0].kwargs.get("enable_gqa") is True
+    assert not expansion_ops_left(folded.graph_module)
+    torch.testing.assert_close(folded.module()(*inputs), model(*inputs))
+
+
+@pytest.mark.parametrize(
+    "expand_k, expand_v, inputs",
+    [
+        # K from 2 heads x 4, V from 4 heads x 2: both 8 heads, but not one GQA grouping.
+        (lambda k: k.repeat_interleave(4, dim=1), lambda v: v.repeat_interleave(2, dim=1),
+         (torch.randn(1, 8, 16, 64, dtype=torch.float16), torch.randn(1, 2, 16, 64, dtype=torch.float16),
+          torch.randn(1, 4, 16, 64, dtype=torch.float16))),
+        # Tiled, not interleaved: head j is KV head j % H_kv, which SDPA's GQA does not do.
+        (lambda k: k.repeat(1, 4, 1, 1), lambda v: v.repeat(1, 4, 1, 1), qkv()),
+        # Only K expanded.
+        (lambda k: k.repeat_interleave(4, dim=1), lambda v: v, (*qkv()[:2], torch.randn(1, 8, 16, 64).half())),
+    ],
+    ids=["different-groups", "tiled-repeat", "only-k"],
+)
+def test_other_expansions_are_left_alone(expand_k, expand_v, inputs):
+    report, delegates, _ = lower(ExpandedAttention(expand_k, expand_v), inputs)
+    assert [d.delegated for d in report] == [False] and not delegates
+    assert "enable_gqa=False" in report[0].reason
+
+
+def test_an_expansion_left_on_the_cpu_is_not_rewritten():
+    model = ExpandedAttention(lambda k: k.repeat_interleave(4, dim=1), lambda v: v.repeat_interleave(4, dim=1),
+                              dropout_p=0.0)
+    inputs = qkv(d=72)  # head dim the kernels refuse
+    program = torch.export.export(model, inputs)
+    folded = CudaGqaPartitioner(archs=[80]).transform_for_pre_decomposition(program)
+    (sdpa,) = [n for n in folded.graph_module.graph.nodes if is_sdpa(n)]
+    assert not sdpa.kwargs.get("enable_gqa") and len(expansion_ops_left(folded.graph_module)) == 2
