@@ -28,11 +28,10 @@ import triton
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_attention import _reference_rows, time_us  # noqa: E402
 
-from cuda_gqa.backends.kernels.attention_decode import (  # noqa: E402
-    decode_combine_grid, decode_split_grid, decode_workspace_shape, gqa_decode_combine, gqa_decode_split)
-from cuda_gqa.backends.kernels.attention_fwd import gqa_attention_fwd, launch_grid  # noqa: E402
-from cuda_gqa.backends.heuristics import attention_config, decode_config, estimated_shared_bytes, split_plan  # noqa: E402
-from cuda_gqa.backends.kernels.jit_launch import attention_decode  # noqa: E402
+from cuda_gqa.backends.heuristics import (  # noqa: E402
+    KernelConfig, attention_config, decode_config, estimated_shared_bytes)
+from cuda_gqa.backends.kernels.attention_decode import decode_workspace_shape  # noqa: E402
+from cuda_gqa.backends.kernels.jit_launch import attention_decode, attention_fwd  # noqa: E402
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 FWD_BLOCKS_M = (64, 128)
@@ -45,31 +44,13 @@ DECODE_SPLITS = (8, 16, 24, 32, 48, 64, 96)
 DECODE_MODELS = (("llama3-8b", 32, 8, 128), ("qwen3.5-moe", 16, 2, 256), ("mqa", 32, 1, 128), ("phi3", 32, 8, 96))
 
 
-def run_fwd(q, k, v, out, block_m, block_n, num_warps, num_stages):
-    b, h_q, l_q, d = q.shape
-    gqa_attention_fwd[launch_grid(l_q, b, h_q, block_m)](
-        q, k, v, out, d**-0.5, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-        l_q, k.shape[2], NUM_HEADS_Q=h_q, GROUP_SIZE=h_q // k.shape[1], HEAD_DIM=d,
-        BLOCK_D=triton.next_power_of_2(d), BLOCK_M=block_m, BLOCK_N=block_n, IS_CAUSAL=True,
-        num_warps=num_warps, num_stages=num_stages)
-    return out
+def run_fwd(q, k, v, out, **config):
+    return attention_fwd(q, k, v, is_causal=True, out=out, config=KernelConfig(**config))
 
 
-def run_decode(q, k, v, out, workspace, block_m, block_n, num_warps, num_stages, num_splits):
-    b, h_q, l_q, d = q.shape
-    h_kv, l_kv = k.shape[1], k.shape[2]
-    split_len, num_splits = split_plan(l_kv, num_splits, block_n)
-    partial, lse = workspace
-    gqa_decode_split[decode_split_grid(num_splits, b, h_kv, h_q // h_kv, l_q, block_m)](
-        q, k, v, out, partial, lse, d**-0.5, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-        *out.stride()[:3], l_q, l_kv, split_len, NUM_HEADS_Q=h_q, GROUP_SIZE=h_q // h_kv, HEAD_DIM=d,
-        BLOCK_D=triton.next_power_of_2(d), BLOCK_M=block_m, BLOCK_N=block_n, IS_CAUSAL=False,
-        SINGLE_SPLIT=num_splits == 1, num_warps=num_warps, num_stages=num_stages)
-    if num_splits > 1:
-        gqa_decode_combine[decode_combine_grid(b, h_q, l_q)](
-            partial, lse, out, *out.stride()[:3], l_q, num_splits, NUM_HEADS_Q=h_q, HEAD_DIM=d,
-            BLOCK_D=triton.next_power_of_2(d), BLOCK_S=16)
-    return out
+def run_decode(q, k, v, out, workspace, num_splits, **config):
+    return attention_decode(q, k, v, out=out, num_splits=num_splits, workspace=workspace,
+                            config=KernelConfig(**config))[0]
 
 
 def sweep(configs, run, check) -> list[tuple[float, dict]]:
@@ -105,8 +86,7 @@ def tune_fwd(head_dim: int, dtype: torch.dtype, length: int, shared_limit: int) 
                    lambda: (out[:, :, -256:].float() - expected).abs().max().item())
     major, minor = torch.cuda.get_device_capability()
     default = attention_config(head_dim, dtype, 10 * major + minor)  # what the heuristics pick now
-    default_us = time_us(lambda: run_fwd(q, k, v, out, default.block_m, default.block_n, default.num_warps,
-                                         default.num_stages))
+    default_us = time_us(lambda: attention_fwd(q, k, v, is_causal=True, out=out, config=default))
     (us, best), *_ = ranked
     return dict(best, measured_us=round(us, 2), heuristic_us=round(default_us, 2),
                 top5=[dict(c, us=round(t, 2)) for t, c in ranked[:5]])

@@ -19,7 +19,7 @@ from .attention_decode import (
     gqa_decode_split,
 )
 from .attention_fwd import gqa_attention_fwd, launch_grid
-from ..heuristics import attention_config, decode_config, decode_split_count, split_plan
+from ..heuristics import KernelConfig, attention_config, decode_config, decode_split_count, split_plan
 
 # Query lengths up to this run the split-KV decode kernels.
 MAX_DECODE_L_Q = 16
@@ -41,11 +41,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
 
 
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: bool = False,
-                  scale: Optional[float] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+                  scale: Optional[float] = None, out: Optional[torch.Tensor] = None,
+                  config: Optional[KernelConfig] = None) -> torch.Tensor:
+    """config: tiles to use instead of the heuristics' (for tuning sweeps)."""
     batch, num_heads_q, l_q, head_dim = q.shape
     num_heads_kv, l_kv = k.shape[1], k.shape[2]
     out = torch.empty_like(q) if out is None else out
-    config = attention_config(head_dim, q.dtype, device_arch(q))
+    config = config or attention_config(head_dim, q.dtype, device_arch(q))
     gqa_attention_fwd[launch_grid(l_q, batch, num_heads_q, config.block_m)](
         q, k, v, out, head_dim**-0.5 if scale is None else scale,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], l_q, l_kv,
@@ -65,13 +67,14 @@ def decode_workspace(q: torch.Tensor, num_splits: int) -> list[torch.Tensor]:
 
 def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: bool = False,
                      scale: Optional[float] = None, out: Optional[torch.Tensor] = None,
-                     num_splits: Optional[int] = None,
-                     workspace: Optional[Sequence[torch.Tensor]] = None) -> tuple[torch.Tensor, int]:
-    """Split-KV decode: (output, splits launched). One launch when one split suffices."""
+                     num_splits: Optional[int] = None, workspace: Optional[Sequence[torch.Tensor]] = None,
+                     config: Optional[KernelConfig] = None) -> tuple[torch.Tensor, int]:
+    """Split-KV decode: (output, splits launched). One launch when one split suffices.
+    num_splits / config: instead of the heuristics' (for tuning sweeps)."""
     batch, num_heads_q, l_q, head_dim = q.shape
     num_heads_kv, l_kv = k.shape[1], k.shape[2]
     group = num_heads_q // num_heads_kv
-    config = decode_config(head_dim, q.dtype, group, l_q, device_arch(q))
+    config = config or decode_config(head_dim, q.dtype, group, l_q, device_arch(q))
     if num_splits is None:
         m_tiles = decode_split_grid(1, batch, num_heads_kv, group, l_q, config.block_m)[2]
         num_splits = decode_split_count(batch, num_heads_kv, l_kv,

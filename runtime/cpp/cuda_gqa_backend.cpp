@@ -252,15 +252,8 @@ class CudaGqaBackend final : public BackendInterface {
     Error err = Error::Ok;
     std::string why;
     try {
-      const void* data = processed->data();
-      const size_t size = processed->size();
-      std::vector<uint64_t> aligned_copy;  // flatbuffers reads scalars in place
-      if (!payload_buffer_is_aligned(data)) {
-        aligned_copy.resize((size + 7) / 8);
-        std::memcpy(aligned_copy.data(), data, size);
-        data = aligned_copy.data();
-      }
-      if (!parse_payload(data, size, &state->payload, &why)) {
+      std::vector<uint64_t> aligned_copy;  // read by set_up_device, below
+      if (!parse_payload(processed->data(), processed->size(), &aligned_copy, &state->payload, &why)) {
         // A payload from another schema version is well-formed but foreign.
         err = state->payload.version != 0 && state->payload.version != kPayloadVersion
                   ? Error::DelegateInvalidCompatibility

@@ -19,15 +19,14 @@ void write_message(const std::string& text, char* message, size_t message_size) 
   message[n] = '\0';
 }
 
-// Parses into *payload, copying to aligned storage held by *storage if needed.
-bool parse(const void* data, size_t size, std::vector<uint64_t>* storage,
-           cuda_gqa::PayloadDesc* payload, std::string* error) {
-  if (data != nullptr && size > 0 && !cuda_gqa::payload_buffer_is_aligned(data)) {
-    storage->resize((size + 7) / 8);
-    std::memcpy(storage->data(), data, size);
-    data = storage->data();
-  }
-  return cuda_gqa::parse_payload(data, size, payload, error);
+// Parses into *payload (aligned copy in *storage if needed); on failure writes
+// the reason into `message`.
+bool parse_or_report(const void* data, size_t size, std::vector<uint64_t>* storage,
+                     cuda_gqa::PayloadDesc* payload, char* message, size_t message_size) {
+  std::string error;
+  if (cuda_gqa::parse_payload(data, size, storage, payload, &error)) return true;
+  write_message(error, message, message_size);
+  return false;
 }
 
 }  // namespace
@@ -41,11 +40,7 @@ int cuda_gqa_validate_payload(const void* data, size_t size, char* message,
   try {
     std::vector<uint64_t> storage;
     cuda_gqa::PayloadDesc payload;
-    std::string error;
-    if (!parse(data, size, &storage, &payload, &error)) {
-      write_message(error, message, message_size);
-      return 1;
-    }
+    if (!parse_or_report(data, size, &storage, &payload, message, message_size)) return 1;
     write_message("ok", message, message_size);
     return 0;
   } catch (const std::bad_alloc&) {
@@ -76,12 +71,9 @@ int cuda_gqa_select_images(const void* data, size_t size, int device_cc, char* m
   try {
     std::vector<uint64_t> storage;
     cuda_gqa::PayloadDesc payload;
-    std::string error;
-    if (!parse(data, size, &storage, &payload, &error)) {
-      write_message(error, message, message_size);
-      return 1;
-    }
+    if (!parse_or_report(data, size, &storage, &payload, message, message_size)) return 1;
     cuda_gqa::use_arch_variant(&payload, device_cc);
+    std::string error;
     std::string choices;
     for (const cuda_gqa::KernelDesc& k : payload.kernels) {
       cuda_gqa::ImageChoice choice;
@@ -121,11 +113,10 @@ int cuda_gqa_evaluate_launch(const void* data, size_t size, int device_cc, size_
     }
     std::vector<uint64_t> storage;
     cuda_gqa::PayloadDesc payload;
-    std::string error;
-    if (!parse(data, size, &storage, &payload, &error)) {
-      write_message(error, message, message_size);
+    if (!parse_or_report(data, size, &storage, &payload, message, message_size)) {
       return CUDA_GQA_EVAL_BAD_PAYLOAD;
     }
+    std::string error;
     cuda_gqa::use_arch_variant(&payload, device_cc);
     if (kernel_index >= payload.kernels.size()) {
       write_message("kernel " + std::to_string(kernel_index) + " out of range (" +

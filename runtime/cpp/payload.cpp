@@ -363,9 +363,14 @@ bool use_arch_variant(PayloadDesc* payload, int device_cc) {
   return false;
 }
 
-bool parse_payload(const void* data, size_t size, PayloadDesc* out,
-                   std::string* error) {
+bool parse_payload(const void* data, size_t size, std::vector<uint64_t>* aligned_storage,
+                   PayloadDesc* out, std::string* error) {
   *out = PayloadDesc();
+  if (data != nullptr && size > 0 && (reinterpret_cast<uintptr_t>(data) & 7u) != 0) {
+    aligned_storage->resize((size + 7) / 8);
+    std::memcpy(aligned_storage->data(), data, size);
+    data = aligned_storage->data();
+  }
   if (data == nullptr || size < 8) {
     return fail(error, "", "payload too short (" + std::to_string(size) + " bytes)");
   }

@@ -114,17 +114,15 @@ struct PayloadDesc {
 };
 
 // Verifies `data` and fills *out. On failure returns false with the reason in
-// *error; never reads outside [data, data + size). `data` should be 8-byte
-// aligned (payload_buffer_is_aligned); callers copy it otherwise.
-bool parse_payload(const void* data, size_t size, PayloadDesc* out,
-                   std::string* error);
+// *error; never reads outside [data, data + size). Flatbuffers reads scalars
+// in place, so a `data` that is not 8-byte aligned is first copied into
+// *aligned_storage; the image views of *out then point there, and stay valid
+// while both it and `data` live.
+bool parse_payload(const void* data, size_t size, std::vector<uint64_t>* aligned_storage,
+                   PayloadDesc* out, std::string* error);
 
 // Makes the arch variant listing device_cc (if any) the payload's kernels and
 // workspace, and drops the variants; true when one was taken.
 bool use_arch_variant(PayloadDesc* payload, int device_cc);
-
-inline bool payload_buffer_is_aligned(const void* data) {
-  return (reinterpret_cast<uintptr_t>(data) & 7u) == 0;
-}
 
 }  // namespace cuda_gqa
