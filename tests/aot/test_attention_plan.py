@@ -51,10 +51,12 @@ def test_decode_emits_split_then_combine(llama_decode):
     split_len, num_splits = split_plan(8192, decode_split_count(1, 8, 8192, NOMINAL_SMS, config.block_n),
                                        config.block_n)
     assert num_splits > 1 and NOMINAL_SMS == 132
-    # Split grid: (cdiv(L_kv, SPLIT_LEN), B * H_kv, 1); combine grid: (L_q, B * H_q, 1).
-    assert factors(split) == [[(KEY, 2, split_len)], [(KEY, 0, 1), (KEY, 1, 1)], []]
+    # Split grid: (num_splits, B * H_kv, 1), as cdiv(L_kv, divisor); combine grid: (L_q, B * H_q, 1).
+    (divisor,) = [f.divisor for f in split.grid[0].factors]
+    assert -(-8192 // divisor) == num_splits and divisor <= split_len
+    assert factors(split) == [[(KEY, 2, divisor)], [(KEY, 0, 1), (KEY, 1, 1)], []]
     assert factors(combine) == [[(Q, 2, 1)], [(Q, 0, 1), (Q, 1, 1)], []]
-    assert [p.i32Value for p in params_of(split, K.Int32Constant)] == [split_len]
+    assert not params_of(split, K.Int32Constant)  # the kernel cuts its splits itself
     assert [p.i32Value for p in params_of(combine, K.Int32Constant)] == [num_splits]
 
     partial_bytes = 1 * 32 * 1 * num_splits * 128 * 4
@@ -109,7 +111,7 @@ def test_decode_needing_several_m_tiles_runs_the_forward_kernel():
 
 def test_mqa_and_batched_plans():
     mqa = decode_plan(dtype=torch.float16, batch=1, num_heads_q=32, num_heads_kv=1, head_dim=128, l_q=1, l_kv=4096)
-    assert mqa.num_splits > 1 and -(-4096 // mqa.split_len) == mqa.num_splits
+    assert mqa.num_splits > 1 and -(-4096 // mqa.grid_divisor) == mqa.num_splits
     # 8 * 32 KV-head programs fill a 132-SM GPU: no split, no workspace.
     full = decode_plan(dtype=torch.float16, batch=8, num_heads_q=256, num_heads_kv=32, head_dim=128, l_q=1,
                        l_kv=8192)
@@ -126,6 +128,16 @@ def test_attended_keys_bound_the_key_range_by_a_constant():
     assert [(p.arg, p.dim) for p in params_of(split, K.TensorSize)] == [(Q, 2)]
     assert params_of(split, K.Int32Constant)[0].i32Value == 4
     assert factors(split)[0] == []
+
+
+def test_attended_keys_split_count_follows_the_bound():
+    """Splits are planned for the attended keys, and the grid still comes from K's length."""
+    bounded = decode_plan(dtype=torch.float16, batch=1, num_heads_q=32, num_heads_kv=8, head_dim=128, l_q=1,
+                          l_kv=30000, attended_keys=3000)
+    full = decode_plan(dtype=torch.float16, batch=1, num_heads_q=32, num_heads_kv=8, head_dim=128, l_q=1,
+                       l_kv=30000)
+    assert 1 < bounded.num_splits < full.num_splits
+    assert -(-30000 // bounded.grid_divisor) == bounded.num_splits
 
 
 @pytest.mark.parametrize("attended", [0, 8193])
@@ -155,7 +167,7 @@ def test_archs_with_tuned_tiles_get_their_own_plan(bf16_decode_two_archs):
     # The payload's own plan: sm_80 cubins plus the PTX fallback, default tiles.
     assert [[c.arch for c in k.cubins] for k in payload.kernels] == [[80], [80]]
     assert all(k.ptxArch == 80 and len(k.ptx) for k in payload.kernels)
-    assert params_of(payload.kernels[0], K.Int32Constant)[0].i32Value == default.split_len
+    assert factors(payload.kernels[0])[0] == [(KEY, 2, default.grid_divisor)]
     assert payload.workspaceBytes == default.workspace_bytes
     # sm_90's variant: cubins only, its own split length, splits and workspace.
     (variant,) = payload.archVariants
@@ -164,8 +176,7 @@ def test_archs_with_tuned_tiles_get_their_own_plan(bf16_decode_two_archs):
     assert not any(len(k.ptx or []) for k in variant.kernels)
     split, combine = variant.kernels
     assert split.numWarps == tuned.config.num_warps
-    assert params_of(split, K.Int32Constant)[0].i32Value == tuned.split_len
-    assert factors(split)[0] == [(KEY, 2, tuned.split_len)]
+    assert factors(split)[0] == [(KEY, 2, tuned.grid_divisor)]
     assert params_of(combine, K.Int32Constant)[0].i32Value == tuned.num_splits
     assert variant.workspaceBytes == tuned.workspace_bytes
 
