@@ -306,7 +306,7 @@ def _arch_groups(archs: list[int], choose) -> list[tuple[list[int], object]]:
     return [(group, choice) for choice, group in groups.items()]
 
 
-def _mask_stride_bindings(args: AttentionArgs, mask_shape: tuple[int, ...]) -> dict:
+def _mask_stride_bindings(args: AttentionArgs, mask_shape: tuple[int, ...], broadcast: tuple[bool, ...]) -> dict:
     """Mask stride parameters -> the mask input's own dims (a rank-r mask aligns to the last r of 4)."""
     first = 4 - len(mask_shape)
 
@@ -315,7 +315,7 @@ def _mask_stride_bindings(args: AttentionArgs, mask_shape: tuple[int, ...]) -> d
             param.kind, param.arg, param.dim = fb.ParamKind.TensorStride, args.mask, dim
         return bind
 
-    return {name: stride_of(d - first) for d, name in enumerate(MASK_STRIDES) if d >= first}
+    return {name: stride_of(d - first) for d, name in enumerate(MASK_STRIDES) if not broadcast[d]}
 
 
 def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int, num_heads_kv: int,
@@ -352,8 +352,9 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
         if len(mask_shape) > 4 or any(m not in (1, n) for m, n in zip(aligned, full_shape)):
             raise ValueError(f"mask shape {tuple(mask_shape)} does not broadcast to [B, H_q, L_q, L_kv] = "
                              f"{list(full_shape)}")
-        mask_broadcast = tuple(m == 1 and n != 1 for m, n in zip(aligned, full_shape))
-        extra_bindings.update(_mask_stride_bindings(args, tuple(mask_shape)))
+        # Size-1 dims (and missing leading ones) are indexed at 0 only: their strides are compiled as 0.
+        mask_broadcast = tuple(m == 1 for m in aligned)
+        extra_bindings.update(_mask_stride_bindings(args, tuple(mask_shape), mask_broadcast))
     variant = AttentionVariant(is_causal=is_causal, window_left=window_left, softcap=softcap, mask_dtype=mask_dtype,
                                mask_broadcast=mask_broadcast, kv_len_dtype=kv_len_dtype)
     if attended_keys is not None:

@@ -13,9 +13,10 @@ from typing import Optional
 
 import torch
 
+from ..limits import MASK_DTYPES
+
 POINTER_TYPE = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32",
                 torch.bool: "*i1", torch.int32: "*i32", torch.int64: "*i64"}
-MASK_DTYPES = (torch.bool, torch.float16, torch.bfloat16, torch.float32)
 KV_LEN_DTYPES = (torch.int32, torch.int64)
 # Mask strides along [B, H_q, L_q, L_kv], in kernel parameter names.
 MASK_STRIDES = ("stride_mb", "stride_mh", "stride_mm", "stride_mn")
@@ -27,7 +28,8 @@ class AttentionVariant:
     window_left: int = -1  # keys left of the diagonal a query sees; -1: all
     softcap: float = 0.0  # 0: off
     mask_dtype: Optional[torch.dtype] = None  # None: no mask; bool hides keys, a float one is added
-    mask_broadcast: tuple[bool, bool, bool, bool] = (False, False, False, False)  # per [B, H_q, L_q, L_kv] dim
+    # Per [B, H_q, L_q, L_kv] dim: the mask has size 1 there (its stride is compiled as 0).
+    mask_broadcast: tuple[bool, bool, bool, bool] = (False, False, False, False)
     kv_len_dtype: Optional[torch.dtype] = None  # None: all L_kv keys are filled
 
     def __post_init__(self):
