@@ -212,3 +212,46 @@ def test_a_variant_without_cubins_for_its_archs_is_refused(bf16_decode_two_archs
         LaunchPlan(data)
     with pytest.raises(LaunchError, match=expected):
         evaluate_launch_cpp(data, 0, [], device_cc=90)
+
+
+def test_mask_and_kv_len_inputs_evaluate_identically_in_python_and_cpp():
+    """A [B, 1, L_q, L_kv] bool mask and an int64 kv_len scalar as delegate inputs 3 and 4."""
+    from cuda_gqa.backends.attention_plan import AttentionArgs
+
+    args_index = AttentionArgs(query=0, key=1, value=2, mask=3, kv_len=4, out=5)
+    data = build_attention_payload(dtype=torch.float16, batch=2, num_heads_q=32, num_heads_kv=8, head_dim=128,
+                                   l_q=1, l_kv=8192, is_causal=True, mask_shape=(2, 1, 1, 8192),
+                                   mask_dtype=torch.bool, kv_len_dtype=torch.int64, archs=[90], ptx=False,
+                                   args=args_index)
+    payload = deserialize_payload(data)
+    assert [s.dtype for s in payload.inputs] == [fb.DType.Float16] * 3 + [fb.DType.Bool, fb.DType.Int64]
+    assert [list(s.sizes) for s in payload.inputs[3:]] == [[2, 1, 1, 8192], []]
+    split = payload.kernels[0]
+    pointers = [p.arg for p in params_of(split, K.TensorPointer)]
+    assert pointers == [Q, KEY, V, 5, 3, 4]  # Q K V Out, then Mask and KvLen
+    # Only the mask's batch and key strides are runtime values; its size-1 dims are compiled as 0.
+    assert [(p.arg, p.dim) for p in params_of(split, K.TensorStride) if p.arg == 3] == [(3, 0), (3, 3)]
+
+    sizes = [(2, 32, 1, 128), (2, 8, 8192, 128), (2, 8, 8192, 128)]
+    args = [contiguous(s, 0x7000_0000_0000 + i * (1 << 32)) for i, s in enumerate(sizes)]
+    args.append(ArgInfo(dtype=fb.DType.Bool, sizes=(2, 1, 1, 8192), strides=(8192, 8192, 8192, 1),
+                        address=0x7100_0000_0001))  # a mask needs no alignment
+    args.append(ArgInfo(dtype=fb.DType.Int64, sizes=(), strides=(), address=0x7200_0000_0008))
+    args.append(contiguous((2, 32, 1, 128), 0x7300_0000_0000))
+    plan = LaunchPlan(data)
+    for k, launch in enumerate(plan.evaluate_all(args, workspace=WORKSPACE)):
+        cpp = evaluate_launch_cpp(data, k, args, workspace=WORKSPACE)
+        assert (cpp.grid, cpp.params, cpp.slots()) == (launch.grid, launch.params, launch.slots())
+    bad_mask = ArgInfo(dtype=fb.DType.Float16, sizes=(2, 1, 1, 8192), strides=(8192, 8192, 8192, 1),
+                       address=0x7100_0000_0000)
+    with pytest.raises(LaunchError, match="input 3 has dtype float16, the kernels were compiled for bool"):
+        plan.evaluate(0, args[:3] + [bad_mask] + args[4:], workspace=WORKSPACE)
+
+
+def test_a_mask_that_does_not_broadcast_is_refused():
+    from cuda_gqa.backends.attention_plan import AttentionArgs
+
+    with pytest.raises(ValueError, match=r"mask shape \(1, 3, 1, 64\) does not broadcast"):
+        build_attention_payload(dtype=torch.float16, batch=1, num_heads_q=8, num_heads_kv=2, head_dim=64, l_q=1,
+                                l_kv=64, is_causal=False, mask_shape=(1, 3, 1, 64), mask_dtype=torch.bool,
+                                archs=[90], ptx=False, args=AttentionArgs(mask=3, out=4))
