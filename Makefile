@@ -60,6 +60,8 @@ GPU_CASES := demo:--dtype=float16 \
              decode-fp16-mqa-lq4:--dtype=float16,--heads-q=32,--heads-kv=1,--head-dim=128,--seq-len=4,--kv-len=4000,--causal \
              decode-bf16-short:--dtype=bfloat16,--heads-q=8,--heads-kv=2,--head-dim=64,--seq-len=1,--kv-len=200 \
              fp16-hf-repeat-kv:--dtype=float16,--heads-q=8,--heads-kv=2,--seq-len=96,--kv-expansion=repeat_kv \
+             fp16-bool-mask:--dtype=float16,--heads-q=8,--heads-kv=2,--head-dim=64,--seq-len=77,--kv-len=300,--mask=bool \
+             bf16-additive-mask-decode:--dtype=bfloat16,--heads-q=32,--heads-kv=8,--head-dim=128,--seq-len=1,--kv-len=5000,--mask=additive \
              bf16-repeat-interleave:--dtype=bfloat16,--heads-q=12,--heads-kv=4,--seq-len=80,--kv-expansion=repeat_interleave
 
 gpu-bundle: build

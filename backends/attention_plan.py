@@ -30,6 +30,7 @@ import torch
 from .aot.attention import compile_attention
 from .aot.attention_decode import COMBINE_BLOCK_S, compile_decode_combine, compile_decode_split
 from .aot.compile_pool import worker_count
+from .aot.variant import MASK_STRIDES, AttentionVariant
 from .kernels.attention_decode import decode_split_grid, decode_workspace_shape
 from .heuristics import NOMINAL_SMS, KernelConfig, attention_config, decode_config, decode_split_count, split_plan
 from .kernels.jit_launch import MAX_DECODE_L_Q
@@ -42,17 +43,30 @@ DTYPE_TO_PAYLOAD = {
     torch.float32: fb.DType.Float32,
     torch.float16: fb.DType.Float16,
     torch.bfloat16: fb.DType.BFloat16,
+    torch.bool: fb.DType.Bool,
+    torch.int32: fb.DType.Int32,
+    torch.int64: fb.DType.Int64,
 }
 
 
 @dataclass(frozen=True)
 class AttentionArgs:
-    """Delegate argument indices (inputs first, then outputs) of one attention call."""
+    """Delegate argument indices (inputs first, then outputs) of one attention call.
+
+    mask: the attention mask input, if any; kv_len: the device int scalar
+    bounding the filled keys, if any.
+    """
 
     query: int = 0
     key: int = 1
     value: int = 2
     out: int = 3
+    mask: Optional[int] = None
+    kv_len: Optional[int] = None
+
+    @property
+    def num_inputs(self) -> int:
+        return self.out
 
 
 # Partial and Lse are compiled as 16-byte aligned (tt.divisibility 16).
@@ -69,11 +83,13 @@ def bind_params(entry_params, args: AttentionArgs, softmax_scale: float, *, kern
                 extra: Optional[dict] = None) -> list[fb.KernelParamT]:
     """Bind an attention kernel's entry parameters to delegate tensors and constants.
 
-    The parameters every attention kernel shares (Q/K/V/Out, strides, L_q,
-    L_kv, sm_scale, Triton's scratch) are bound here by name; `extra` maps any
-    other name to a callable that fills the fb.KernelParamT it is given.
+    The parameters every attention kernel shares (Q/K/V/Out, Mask, KvLen,
+    strides, L_q, L_kv, sm_scale, Triton's scratch) are bound here by name;
+    `extra` maps any other name (and the mask strides, which depend on the
+    mask's rank) to a callable that fills the fb.KernelParamT it is given.
     """
-    tensor_of = {"Q": args.query, "K": args.key, "V": args.value, "Out": args.out}
+    tensor_of = {"Q": args.query, "K": args.key, "V": args.value, "Out": args.out, "Mask": args.mask,
+                 "KvLen": args.kv_len}
     stride_of = {"q": args.query, "k": args.key, "v": args.value, "o": args.out}
     stride_dim = {"b": 0, "h": 1, "m": 2, "n": 2}
     extra = extra or {}
@@ -82,7 +98,7 @@ def bind_params(entry_params, args: AttentionArgs, softmax_scale: float, *, kern
         param = fb.KernelParamT(type=_PARAM_TYPE[p.type], divisibility=p.divisibility)
         if p.name in extra:
             extra[p.name](param)
-        elif p.name in tensor_of:
+        elif tensor_of.get(p.name) is not None:
             param.kind, param.arg = fb.ParamKind.TensorPointer, tensor_of[p.name]
         elif p.name.startswith("stride_"):
             tensor, dim = p.name.removeprefix("stride_")
@@ -156,19 +172,19 @@ def _compile_for_archs(compile_one, archs: Iterable[int], ptx: bool, describe) -
 
 
 def attention_kernel(*, config: KernelConfig, dtype: torch.dtype, num_heads_q: int, num_heads_kv: int,
-                     head_dim: int, is_causal: bool, scale: float, archs: Iterable[int], ptx: bool,
-                     args: AttentionArgs, key_bound: Optional[dict] = None) -> fb.KernelT:
+                     head_dim: int, variant: AttentionVariant, scale: float, archs: Iterable[int], ptx: bool,
+                     args: AttentionArgs, extra_bindings: Optional[dict] = None) -> fb.KernelT:
     """Compile gqa_attention_fwd with `config` for each arch and describe its launch."""
 
     def compile_one(arch):
         return compile_attention(
             dtype=dtype, head_dim=head_dim, num_heads_q=num_heads_q, group_size=num_heads_q // num_heads_kv,
-            is_causal=is_causal, arch=arch, block_m=config.block_m, block_n=config.block_n,
+            variant=variant, arch=arch, block_m=config.block_m, block_n=config.block_n,
             num_warps=config.num_warps, num_stages=config.num_stages,
         )
 
     def describe(kernel, compiled):
-        kernel.params = bind_params(compiled.params, args, scale, extra=key_bound)
+        kernel.params = bind_params(compiled.params, args, scale, extra=extra_bindings)
         kernel.grid = launch_grid(args, config.block_m)
 
     return _compile_for_archs(compile_one, archs, ptx, describe)
@@ -179,8 +195,10 @@ class DecodePlan:
     """The split-KV decode launch of one static problem, decided ahead of time."""
 
     config: KernelConfig
-    split_len: int   # SPLIT_LEN: keys per split, a multiple of BLOCK_N
-    num_splits: int  # = cdiv(L_kv, SPLIT_LEN); 1: the single-launch path
+    # The split grid is cdiv(L_kv, grid_divisor) = num_splits programs; the
+    # kernel divides the keys it may see among however many there are.
+    grid_divisor: int
+    num_splits: int  # 1: the single-launch path
     partial_offset: int
     partial_bytes: int
     lse_offset: int
@@ -192,8 +210,14 @@ class DecodePlan:
 
 
 def decode_plan(*, dtype: torch.dtype, batch: int, num_heads_q: int, num_heads_kv: int, head_dim: int,
-                l_q: int, l_kv: int, arch: Optional[int] = None) -> Optional[DecodePlan]:
-    """The decode plan of a problem on `arch` (None: any), or None when it runs the forward kernel."""
+                l_q: int, l_kv: int, attended_keys: Optional[int] = None,
+                arch: Optional[int] = None) -> Optional[DecodePlan]:
+    """The decode plan of a problem on `arch` (None: any), or None when it runs the forward kernel.
+
+    The split count is planned for attended_keys (default: all l_kv) and
+    expressed as a divisor of l_kv for the grid. A device kv_len or a window
+    only shortens the splits the kernel cuts at run time.
+    """
     if l_q > MAX_DECODE_L_Q:
         return None
     group = num_heads_q // num_heads_kv
@@ -206,13 +230,16 @@ def decode_plan(*, dtype: torch.dtype, batch: int, num_heads_q: int, num_heads_k
         # and each M tile re-reads all of K/V; with that many query rows per
         # KV head the forward kernel already has the parallelism it needs.
         return None
-    requested = decode_split_count(batch, num_heads_kv, l_kv, NOMINAL_SMS, config.block_n, m_tiles=m_tiles)
-    split_len, num_splits = split_plan(l_kv, requested, config.block_n)
+    keys = l_kv if attended_keys is None else attended_keys
+    requested = decode_split_count(batch, num_heads_kv, keys, NOMINAL_SMS, config.block_n, m_tiles=m_tiles)
+    num_splits = split_plan(keys, requested, config.block_n)[1]
+    grid_divisor = -(-l_kv // num_splits)
+    num_splits = -(-l_kv // grid_divisor)  # <= the planned count; the same when keys == l_kv
     partial_shape, lse_shape = decode_workspace_shape(batch, num_heads_q, l_q, head_dim, num_splits)
     partial_bytes = int(np.prod(partial_shape)) * 4  # fp32
     lse_bytes = int(np.prod(lse_shape)) * 4
     lse_offset = _round_up(partial_bytes, WORKSPACE_ALIGN)
-    return DecodePlan(config=config, split_len=split_len, num_splits=num_splits, partial_offset=0,
+    return DecodePlan(config=config, grid_divisor=grid_divisor, num_splits=num_splits, partial_offset=0,
                       partial_bytes=partial_bytes, lse_offset=lse_offset, lse_bytes=lse_bytes)
 
 
@@ -235,8 +262,8 @@ def _tensor_binding(arg: int):
 
 
 def decode_kernels(*, plan: DecodePlan, dtype: torch.dtype, num_heads_q: int, num_heads_kv: int, head_dim: int,
-                   is_causal: bool, scale: float, archs: Iterable[int], ptx: bool,
-                   args: AttentionArgs, key_bound: Optional[dict] = None) -> list[fb.KernelT]:
+                   variant: AttentionVariant, scale: float, archs: Iterable[int], ptx: bool,
+                   args: AttentionArgs, extra_bindings: Optional[dict] = None) -> list[fb.KernelT]:
     """Compile the split kernel (and the combine kernel for several splits) and describe their launches."""
     archs = list(archs)
     config, single = plan.config, plan.num_splits == 1
@@ -251,17 +278,15 @@ def decode_kernels(*, plan: DecodePlan, dtype: torch.dtype, num_heads_q: int, nu
     def compile_split(arch):
         return compile_decode_split(
             dtype=dtype, head_dim=head_dim, num_heads_q=num_heads_q, group_size=num_heads_q // num_heads_kv,
-            is_causal=is_causal, single_split=single, arch=arch, block_m=config.block_m,
+            variant=variant, single_split=single, arch=arch, block_m=config.block_m,
             block_n=config.block_n, num_warps=config.num_warps, num_stages=config.num_stages,
         )
 
     def describe_split(kernel, compiled):
         kernel.params = bind_params(compiled.params, args, scale, kernel=compiled.name,
-                                    extra={**workspace, **(key_bound or {}),
-                                           "SPLIT_LEN": _int32_binding(plan.split_len)})
-        # Axis 0: the splits. cdiv(L_kv, SPLIT_LEN) is exactly the count the
-        # kernel requires (it reads it back as num_programs(0)); one split: 1.
-        splits = [] if single else [_factor(args.key, 2, plan.split_len)]
+                                    extra={**workspace, **(extra_bindings or {})})
+        # Axis 0: the splits (the kernel reads their count as num_programs(0)).
+        splits = [] if single else [_factor(args.key, 2, plan.grid_divisor)]
         kernel.grid = [fb.GridDimT(factors=splits), fb.GridDimT(factors=[_factor(args.key, 0), _factor(args.key, 1)]),
                        fb.GridDimT(factors=[])]  # one M tile (decode_plan)
 
@@ -292,15 +317,32 @@ def _arch_groups(archs: list[int], choose) -> list[tuple[list[int], object]]:
     return [(group, choice) for choice, group in groups.items()]
 
 
+def _mask_stride_bindings(args: AttentionArgs, mask_shape: tuple[int, ...], broadcast: tuple[bool, ...]) -> dict:
+    """Mask stride parameters -> the mask input's own dims (a rank-r mask aligns to the last r of 4)."""
+    first = 4 - len(mask_shape)
+
+    def stride_of(dim: int):
+        def bind(param: fb.KernelParamT) -> None:
+            param.kind, param.arg, param.dim = fb.ParamKind.TensorStride, args.mask, dim
+        return bind
+
+    return {name: stride_of(d - first) for d, name in enumerate(MASK_STRIDES) if not broadcast[d]}
+
+
 def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int, num_heads_kv: int,
                             head_dim: int, l_q: int, l_kv: int, is_causal: bool, scale: Optional[float] = None,
-                            attended_keys: Optional[int] = None, archs: Iterable[int] = (80, 90), ptx: bool = True,
-                            args: AttentionArgs = AttentionArgs()) -> bytes:
+                            attended_keys: Optional[int] = None, window_left: int = -1, softcap: float = 0.0,
+                            mask_shape: Optional[tuple[int, ...]] = None, mask_dtype: Optional[torch.dtype] = None,
+                            kv_len_dtype: Optional[torch.dtype] = None, archs: Iterable[int] = (80, 90),
+                            ptx: bool = True, args: AttentionArgs = AttentionArgs()) -> bytes:
     """The payload of one SDPA call with static shapes q [B, H_q, L_q, D], k/v [B, H_kv, L_kv, D].
 
     is_causal is the kernels' bottom-right alignment. attended_keys, when
     given, bounds the keys attended to the first attended_keys of L_kv (the
-    kernels get it as their L_kv and never read past it).
+    kernels get it as their L_kv and never read past it). mask_shape /
+    mask_dtype describe the attn_mask input args.mask (broadcastable to
+    [B, H_q, L_q, L_kv]); kv_len_dtype the device kv_len scalar args.kv_len.
+    window_left and softcap are the kernels' (backends/kernels/online_softmax.py).
 
     Each arch gets the tiles heuristics choose for it. Archs that choose
     alike share one launch plan; the plan of the lowest arch is the payload's
@@ -309,28 +351,38 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
     softmax_scale = float(scale) if scale is not None else head_dim**-0.5
     archs = sorted(set(archs))
     problem = dict(dtype=dtype, num_heads_q=num_heads_q, num_heads_kv=num_heads_kv, head_dim=head_dim)
-    key_bound = None
+    full_shape = (batch, num_heads_q, l_q, l_kv)
+    if (mask_shape is None) != (args.mask is None) or (mask_shape is None) != (mask_dtype is None):
+        raise ValueError("a mask needs mask_shape, mask_dtype and its argument index args.mask together")
+    if (kv_len_dtype is None) != (args.kv_len is None):
+        raise ValueError("a kv_len needs kv_len_dtype and its argument index args.kv_len together")
+    mask_broadcast = (False,) * 4
+    extra_bindings = {}
+    if mask_shape is not None:
+        aligned = (1,) * (4 - len(mask_shape)) + tuple(mask_shape)
+        if len(mask_shape) > 4 or any(m not in (1, n) for m, n in zip(aligned, full_shape)):
+            raise ValueError(f"mask shape {tuple(mask_shape)} does not broadcast to [B, H_q, L_q, L_kv] = "
+                             f"{list(full_shape)}")
+        # Size-1 dims (and missing leading ones) are indexed at 0 only: their strides are compiled as 0.
+        mask_broadcast = tuple(m == 1 for m in aligned)
+        extra_bindings.update(_mask_stride_bindings(args, tuple(mask_shape), mask_broadcast))
+    variant = AttentionVariant(is_causal=is_causal, window_left=window_left, softcap=softcap, mask_dtype=mask_dtype,
+                               mask_broadcast=mask_broadcast, kv_len_dtype=kv_len_dtype)
     if attended_keys is not None:
         if not 0 < attended_keys <= l_kv:
             raise ValueError(f"attended_keys={attended_keys} is not in [1, L_kv={l_kv}]")
-        key_bound = {"L_kv": _int32_binding(attended_keys)}
-    attended = l_kv if attended_keys is None else attended_keys
+        extra_bindings["L_kv"] = _int32_binding(attended_keys)
 
     def choose(arch: int):
-        plan = decode_plan(batch=batch, l_q=l_q, l_kv=attended, arch=arch, **problem)
+        plan = decode_plan(batch=batch, l_q=l_q, l_kv=l_kv, attended_keys=attended_keys, arch=arch, **problem)
         return plan if plan is not None else attention_config(head_dim, dtype, arch)
 
     def launch_set(group: list[int], choice, with_ptx: bool) -> tuple[list[fb.KernelT], int]:
+        common = dict(variant=variant, scale=softmax_scale, archs=group, ptx=with_ptx, args=args,
+                      extra_bindings=extra_bindings, **problem)
         if isinstance(choice, KernelConfig):
-            return [attention_kernel(config=choice, is_causal=is_causal, scale=softmax_scale, archs=group,
-                                     ptx=with_ptx, args=args, key_bound=key_bound, **problem)], 0
-        if key_bound is not None and choice.num_splits != 1:
-            # The split grid is cdiv(size of K, SPLIT_LEN); a constant key
-            # bound would need a constant grid factor the schema lacks.
-            raise ValueError(f"attended_keys={attended_keys} needs {choice.num_splits} decode splits; "
-                             "a bounded key range is planned for one split only")
-        return decode_kernels(plan=choice, is_causal=is_causal, scale=softmax_scale, archs=group, ptx=with_ptx,
-                              args=args, key_bound=key_bound, **problem), choice.workspace_bytes
+            return [attention_kernel(config=choice, **common)], 0
+        return decode_kernels(plan=choice, **common), choice.workspace_bytes
 
     (base_archs, base_choice), *others = _arch_groups(archs, choose)
     kernels, workspace_bytes = launch_set(base_archs, base_choice, ptx)
@@ -339,14 +391,19 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
         variant_kernels, variant_workspace = launch_set(group, choice, False)
         variants.append(fb.ArchVariantT(archs=group, kernels=variant_kernels, workspaceBytes=variant_workspace))
 
-    def spec(heads: int, length: int) -> fb.TensorSpecT:
-        return fb.TensorSpecT(dtype=DTYPE_TO_PAYLOAD[dtype], sizes=[batch, heads, length, head_dim])
+    def spec(dtype: torch.dtype, sizes) -> fb.TensorSpecT:
+        return fb.TensorSpecT(dtype=DTYPE_TO_PAYLOAD[dtype], sizes=list(sizes))
 
-    inputs: list[Optional[fb.TensorSpecT]] = [None] * args.out
-    inputs[args.query] = spec(num_heads_q, l_q)
-    inputs[args.key] = spec(num_heads_kv, l_kv)
-    inputs[args.value] = spec(num_heads_kv, l_kv)
+    inputs: list[Optional[fb.TensorSpecT]] = [None] * args.num_inputs
+    inputs[args.query] = spec(dtype, [batch, num_heads_q, l_q, head_dim])
+    inputs[args.key] = spec(dtype, [batch, num_heads_kv, l_kv, head_dim])
+    inputs[args.value] = spec(dtype, [batch, num_heads_kv, l_kv, head_dim])
+    if args.mask is not None:
+        inputs[args.mask] = spec(mask_dtype, mask_shape)
+    if args.kv_len is not None:
+        inputs[args.kv_len] = spec(kv_len_dtype, [])
     if any(s is None for s in inputs):
         raise ValueError(f"delegate arguments {args} leave an input unbound")
-    return serialize_payload(fb.PayloadT(inputs=inputs, outputs=[spec(num_heads_q, l_q)], kernels=kernels,
-                                         workspaceBytes=workspace_bytes, archVariants=variants or None))
+    return serialize_payload(fb.PayloadT(inputs=inputs, outputs=[spec(dtype, [batch, num_heads_q, l_q, head_dim])],
+                                         kernels=kernels, workspaceBytes=workspace_bytes,
+                                         archVariants=variants or None))

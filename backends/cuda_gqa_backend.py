@@ -33,7 +33,7 @@ class CudaGqaBackend(BackendDetails):
         if len(sdpa_nodes) != 1:
             raise RuntimeError(f"CudaGqaBackend expects one SDPA node per delegate, got {len(sdpa_nodes)}")
         call = SdpaCall.from_node(sdpa_nodes[0])
-        reason = call.unsupported_reason()
+        reason = call.unsupported_reason(include_mha=True)  # the partitioner applied the user's choice
         if reason is not None:
             raise RuntimeError(f"CudaGqaBackend cannot run {call.node.name}: {reason}")
 
@@ -43,18 +43,22 @@ class CudaGqaBackend(BackendDetails):
         (result,) = output_node.args[0]
         if not (result is call.node or (is_contiguous_clone(result) and result.args[0] is call.node)):
             raise RuntimeError(f"CudaGqaBackend delegate must output exactly the SDPA result, got {output_node.args[0]}")
-        for operand in (call.query, call.key, call.value):
+        operands = [call.query, call.key, call.value] + ([call.attn_mask] if call.attn_mask is not None else [])
+        for operand in operands:
             if operand not in inputs:
                 raise RuntimeError(f"SDPA operand {operand.name} is not a delegate input")
 
         (batch, num_heads_q, l_q, head_dim), (_, num_heads_kv, l_kv, _), _ = call.shapes
+        mask = call.mask
         payload = build_attention_payload(
             dtype=call.dtype, batch=batch, num_heads_q=num_heads_q, num_heads_kv=num_heads_kv, head_dim=head_dim,
             l_q=l_q, l_kv=l_kv, is_causal=call.is_causal, scale=call.softmax_scale, attended_keys=call.attended_keys,
+            mask_shape=None if mask is None else tuple(mask.shape), mask_dtype=None if mask is None else mask.dtype,
             archs=options.archs,
             ptx=options.ptx,
             args=AttentionArgs(query=inputs.index(call.query), key=inputs.index(call.key),
-                               value=inputs.index(call.value), out=len(inputs)),
+                               value=inputs.index(call.value), out=len(inputs),
+                               mask=None if mask is None else inputs.index(call.attn_mask)),
         )
         images = NamedDataStore()
         payload_with_keys = deserialize_payload(payload)

@@ -7,6 +7,9 @@ from typing import Optional
 import torch
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# attn_mask: bool hides keys where False; a float mask (the query's dtype or
+# float32) is added to the scaled scores.
+MASK_DTYPES = (torch.bool, torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
 # Row strides of [B, H, L, D] tensors are multiples of D; the cubins assume
 # they are multiples of 16 elements (checked again at runtime).

@@ -14,7 +14,7 @@ import torch
 from executorch.exir.dialects.edge._ops import EdgeOpOverload
 from torch.fx import Node
 
-from .limits import SUPPORTED_DTYPES, head_dim_problem
+from .limits import MASK_DTYPES, SUPPORTED_DTYPES, head_dim_problem
 
 SDPA_OP = torch.ops.aten.scaled_dot_product_attention.default
 
@@ -114,22 +114,57 @@ class SdpaCall:
         (_, _, l_q, _), (_, _, l_kv, _), _ = self.shapes
         return l_q if self.is_causal and l_q < l_kv else None
 
-    def unsupported_reason(self) -> Optional[str]:
-        """None when the kernels run this node, else why not (for the partition report)."""
+    @property
+    def mask(self) -> Optional[torch.Tensor]:
+        """The attn_mask's fake tensor, or None."""
+        return None if self.attn_mask is None else self._val(self.attn_mask)
+
+    def describe(self) -> str:
+        """What the delegate runs, for the partition report."""
+        parts = [f"{'GQA' if self.num_heads_q > self.num_heads_kv else 'MHA'} "
+                 f"{self.num_heads_q}/{self.num_heads_kv} heads", f"D={self.head_dim}",
+                 str(self.dtype).removeprefix("torch.")]
+        if self.is_causal:
+            parts.append("causal")
+        if self.mask is not None:
+            kind = "bool" if self.mask.dtype == torch.bool else f"additive {str(self.mask.dtype).removeprefix('torch.')}"
+            parts.append(f"{kind} mask {list(self.mask.shape)}")
+        return ", ".join(parts)
+
+    def _mask_problem(self) -> Optional[str]:
+        mask = self.mask
+        if mask is None:
+            return None
+        q = self._val(self.query)
+        if mask.dtype not in MASK_DTYPES or (mask.dtype.is_floating_point and mask.dtype not in (q.dtype, torch.float32)):
+            return f"attn_mask dtype {mask.dtype}: use bool, float32 or the query's dtype {q.dtype}"
+        if any(not isinstance(s, int) for s in mask.shape):
+            return "attn_mask has symbolic shapes"
+        full = (q.shape[0], q.shape[1], q.shape[2], self._val(self.key).shape[2])
+        if not 1 <= mask.dim() <= 4 or any(m not in (1, n) for m, n in zip(reversed(mask.shape), reversed(full))):
+            return f"attn_mask shape {list(mask.shape)} does not broadcast to [B, H_q, L_q, L_kv] = {list(full)}"
+        return None
+
+    def unsupported_reason(self, include_mha: bool = False) -> Optional[str]:
+        """None when the kernels run this node, else why not (for the partition report).
+
+        include_mha: also take plain multi-head attention (H_q == H_kv).
+        """
         vals = [self._val(n) for n in (self.query, self.key, self.value)]
         if any(v.dim() != 4 for v in vals):
             return "query/key/value are not 4-D [B, H, L, D]"
         if any(not isinstance(s, int) for v in vals for s in v.shape):
             return "symbolic shapes are not supported yet"
         q, k, v = vals
-        if not self.enable_gqa:
-            return "enable_gqa=False (MHA or expanded K/V)"
-        if self.num_heads_kv >= self.num_heads_q:
-            return f"H_kv={self.num_heads_kv} is not smaller than H_q={self.num_heads_q}"
-        if self.num_heads_q % self.num_heads_kv:
+        if self.num_heads_kv > self.num_heads_q or self.num_heads_q % self.num_heads_kv:
             return f"H_q={self.num_heads_q} is not a multiple of H_kv={self.num_heads_kv}"
-        if self.attn_mask is not None:
-            return "attn_mask is not supported yet"
+        if self.num_heads_kv == self.num_heads_q and not include_mha:
+            return f"MHA (H_q = H_kv = {self.num_heads_q}): pass include_mha=True to delegate it"
+        if self.num_heads_kv < self.num_heads_q and not self.enable_gqa:
+            return f"enable_gqa=False with H_q={self.num_heads_q} != H_kv={self.num_heads_kv}"
+        mask_problem = self._mask_problem()
+        if mask_problem is not None:
+            return mask_problem
         if self.dropout_p != 0.0:
             return f"dropout_p={self.dropout_p}: only 0 is supported"
         if q.dtype not in SUPPORTED_DTYPES:

@@ -31,7 +31,7 @@ from bench_attention import _reference_rows, time_us  # noqa: E402
 from cuda_gqa.backends.heuristics import (  # noqa: E402
     KernelConfig, attention_config, decode_config, estimated_shared_bytes)
 from cuda_gqa.backends.kernels.attention_decode import decode_workspace_shape  # noqa: E402
-from cuda_gqa.backends.kernels.jit_launch import attention_decode, attention_fwd  # noqa: E402
+from cuda_gqa.backends.kernels.jit_launch import Variant, attention_decode, attention_fwd  # noqa: E402
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 FWD_BLOCKS_M = (64, 128)
@@ -45,7 +45,7 @@ DECODE_MODELS = (("llama3-8b", 32, 8, 128), ("qwen3.5-moe", 16, 2, 256), ("mqa",
 
 
 def run_fwd(q, k, v, out, **config):
-    return attention_fwd(q, k, v, is_causal=True, out=out, config=KernelConfig(**config))
+    return attention_fwd(q, k, v, Variant(is_causal=True), out=out, config=KernelConfig(**config))
 
 
 def run_decode(q, k, v, out, workspace, num_splits, **config):
@@ -86,7 +86,7 @@ def tune_fwd(head_dim: int, dtype: torch.dtype, length: int, shared_limit: int) 
                    lambda: (out[:, :, -256:].float() - expected).abs().max().item())
     major, minor = torch.cuda.get_device_capability()
     default = attention_config(head_dim, dtype, 10 * major + minor)  # what the heuristics pick now
-    default_us = time_us(lambda: attention_fwd(q, k, v, is_causal=True, out=out, config=default))
+    default_us = time_us(lambda: attention_fwd(q, k, v, Variant(is_causal=True), out=out, config=default))
     (us, best), *_ = ranked
     return dict(best, measured_us=round(us, 2), heuristic_us=round(default_us, 2),
                 top5=[dict(c, us=round(t, 2)) for t, c in ranked[:5]])

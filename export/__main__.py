@@ -19,7 +19,7 @@ import torch
 
 from cuda_gqa.backends.compile_specs import DEFAULT_ARCHS, SUPPORTED_ARCHS
 
-from .attention_demo import KV_EXPANSIONS, make_attention_only, make_demo
+from .attention_demo import KV_EXPANSIONS, MASKS, make_attention_only, make_demo
 from .lower import lower_to_executorch
 from .tensor_files import write_tensor
 
@@ -44,6 +44,8 @@ def parse_args(argv):
                              "(the partitioner folds it back)")
     parser.add_argument("--causal", action="store_true",
                         help="with --kv-len: is_causal=True (PyTorch aligns it top-left: query i sees keys 0..i)")
+    parser.add_argument("--mask", choices=MASKS,
+                        help="with --kv-len: pass a sliding-window attn_mask of this kind as a fourth input")
     parser.add_argument("--export-only", action="store_true", help="write the files, skip loading and running")
     parser.add_argument("--archs", default=",".join(f"sm_{a}" for a in DEFAULT_ARCHS),
                         help="target archs, comma separated (default %(default)s; from "
@@ -57,11 +59,13 @@ def export_demo(args) -> Path:
                                   args.batch, kv_expansion=args.kv_expansion)
     else:
         model, inputs = make_attention_only(DTYPES[args.dtype], args.seq_len, args.kv_len, args.heads_q,
-                                            args.heads_kv, args.head_dim, args.batch, is_causal=args.causal)
+                                            args.heads_kv, args.head_dim, args.batch, is_causal=args.causal,
+                                            mask=args.mask)
     with torch.no_grad():
         expected = model(*inputs)
     what = ("a GQA attention block" if args.kv_len is None
-            else f"{'causal ' if args.causal else ''}GQA SDPA over {args.kv_len} keys")
+            else f"{'causal ' if args.causal else ''}GQA SDPA over {args.kv_len} keys"
+                 + (f" with a {args.mask} mask" if args.mask else ""))
     print(f"[1/3] exporting {what} ({args.heads_q}/{args.heads_kv} heads, D={args.head_dim}, "
           f"{args.dtype}, batch {args.batch}, seq {args.seq_len}) for {args.archs} ...",
           flush=True)

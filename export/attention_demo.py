@@ -67,16 +67,35 @@ class GqaAttention(nn.Module):
         super().__init__()
         self.is_causal = is_causal
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=self.is_causal, enable_gqa=True)
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=self.is_causal, enable_gqa=True)
+
+
+def sliding_window_mask(l_q: int, l_kv: int, window: int, additive_dtype: Optional[torch.dtype] = None):
+    """[1, 1, L_q, L_kv]: query i (at position L_kv - L_q + i) sees the `window` keys ending at its position;
+    bool (True: visible), or additive (0 / -inf) in additive_dtype."""
+    position = torch.arange(l_q)[:, None] + (l_kv - l_q)
+    key = torch.arange(l_kv)[None, :]
+    visible = ((key <= position) & (key > position - window))[None, None]
+    if additive_dtype is None:
+        return visible
+    return torch.zeros(visible.shape, dtype=additive_dtype).masked_fill(~visible, float("-inf"))
+
+
+MASKS = ("bool", "additive")
 
 
 def make_attention_only(dtype: torch.dtype, l_q: int, l_kv: int, num_heads_q: int = 8, num_heads_kv: int = 2,
-                        head_dim: int = 64, batch: int = 1, is_causal: bool = False, seed: int = 0):
+                        head_dim: int = 64, batch: int = 1, is_causal: bool = False, mask: Optional[str] = None,
+                        seed: int = 0):
+    """mask: None, or a MASKS kind of sliding-window mask (a quarter of L_kv wide) passed as a fourth input."""
     torch.manual_seed(seed)
     make = lambda heads, length: torch.randn(batch, heads, length, head_dim, dtype=dtype)
-    return (GqaAttention(is_causal).eval(),
-            (make(num_heads_q, l_q), make(num_heads_kv, l_kv), make(num_heads_kv, l_kv)))
+    inputs = (make(num_heads_q, l_q), make(num_heads_kv, l_kv), make(num_heads_kv, l_kv))
+    if mask is not None:
+        inputs += (sliding_window_mask(l_q, l_kv, max(1, l_kv // 4), None if mask == "bool" else dtype),)
+    return GqaAttention(is_causal).eval(), inputs
 
 
 def make_demo(dtype: torch.dtype = torch.float16, seq_len: int = 128, num_heads_q: int = 8,

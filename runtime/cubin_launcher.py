@@ -89,7 +89,8 @@ class _ForeignStream:
 
 
 def _torch_dtypes(torch) -> dict:
-    return {torch.float32: fb.DType.Float32, torch.float16: fb.DType.Float16, torch.bfloat16: fb.DType.BFloat16}
+    return {torch.float32: fb.DType.Float32, torch.float16: fb.DType.Float16, torch.bfloat16: fb.DType.BFloat16,
+            torch.bool: fb.DType.Bool, torch.int32: fb.DType.Int32, torch.int64: fb.DType.Int64}
 
 
 def arg_info(tensor, dtypes: Optional[dict] = None) -> ArgInfo:

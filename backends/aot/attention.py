@@ -6,31 +6,32 @@ import torch
 import triton
 
 from ..kernels.attention_fwd import gqa_attention_fwd
-from ..limits import check_head_dim
+from ..limits import SUPPORTED_DTYPES, check_head_dim
 from .triton_to_cubin import CompiledKernel, compile_to_cubin
+from .variant import POINTER_TYPE, AttentionVariant
 
-_POINTER_TYPE = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}
 _STRIDES = [f"stride_{t}{d}" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("o", "bhm")) for d in dims]
 
 
-def compile_attention(*, dtype: torch.dtype, head_dim: int, num_heads_q: int, group_size: int, is_causal: bool,
-                      arch: int, block_m: int = 64, block_n: int = 64, num_warps: int = 4,
+def compile_attention(*, dtype: torch.dtype, head_dim: int, num_heads_q: int, group_size: int,
+                      variant: AttentionVariant, arch: int, block_m: int = 64, block_n: int = 64, num_warps: int = 4,
                       num_stages: int = 2) -> CompiledKernel:
     """gqa_attention_fwd specialised for this problem, as a cubin for sm_<arch>.
 
     Pointers and all strides are compiled as multiples of 16 (elements for
     strides): head dims are multiples of 16, so row strides of contiguous or
     [B, L, H, D]-viewed tensors are too. The runtime checks this per launch.
+    The mask and kv_len pointers and mask strides carry no such assumption.
     """
-    if dtype not in _POINTER_TYPE:
+    if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"dtype {dtype} is not supported: use float16, bfloat16 or float32")
     check_head_dim(head_dim)
-    pointer = _POINTER_TYPE[dtype]
+    pointer = POINTER_TYPE[dtype]
     signature = {"Q": pointer, "K": pointer, "V": pointer, "Out": pointer, "sm_scale": "fp32",
-                 "L_q": "i32", "L_kv": "i32", **{s: "i32" for s in _STRIDES}}
+                 "L_q": "i32", "L_kv": "i32", **{s: "i32" for s in _STRIDES}, **variant.signature()}
     constexprs = {"NUM_HEADS_Q": num_heads_q, "GROUP_SIZE": group_size, "HEAD_DIM": head_dim,
                   "BLOCK_D": triton.next_power_of_2(head_dim), "BLOCK_M": block_m, "BLOCK_N": block_n,
-                  "IS_CAUSAL": is_causal}
+                  **variant.constexprs()}
     return compile_to_cubin(gqa_attention_fwd, signature=signature, constexprs=constexprs,
                             divisible_by_16=frozenset(["Q", "K", "V", "Out", *_STRIDES]), arch=arch,
                             num_warps=num_warps, num_stages=num_stages)

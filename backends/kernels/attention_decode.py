@@ -12,11 +12,15 @@ gqa_decode_split: one program per (KV split, batch * KV head, M tile).
   GROUP_SIZE * L_q rows (one M tile); a third grid dimension of M tiles only
   exists for shapes whose packed tile would not fit (see backends/heuristics.py).
 
-  Split s covers keys [s * SPLIT_LEN, min((s + 1) * SPLIT_LEN, L_kv)); SPLIT_LEN
-  is a runtime multiple of BLOCK_N and the host launches cdiv(L_kv, SPLIT_LEN)
-  splits (a split past the end is allowed: it records that it saw no key).
-  Causal masking is bottom-right aligned: query row i sees keys
-  j <= i + L_kv - L_q.
+  The keys the tile's rows may see, [lo, hi) (causal, window and kv_len
+  bounded, see online_softmax.py), are cut into num_programs(0) splits of
+  equal length rounded up to BLOCK_N; split s covers [lo + s * len, lo + (s+1)
+  * len) within hi. The host sizes the grid for the whole cache (the
+  heuristics' split count for L_kv) and the kernel divides whatever is filled,
+  so with a kv_len the cost follows the context while the grid and workspace
+  stay fixed. A split with no key records that it saw none.
+  Masks, window and soft-cap are the forward kernel's (attention_fwd.py);
+  Mask rows are addressed per packed row.
 
   With SINGLE_SPLIT the one split covers every key and the program writes the
   final, normalised output straight into Out, so a short context is one launch.
@@ -37,22 +41,24 @@ gqa_decode_combine: one program per (query row, batch * query head). It merges
 import triton
 import triton.language as tl
 
-from .online_softmax import attend_key_range
+from .online_softmax import attend_key_range, filled_length, visible_key_range
 
 
 @triton.jit
 def gqa_decode_split(
-    Q, K, V, Out, Partial, Lse,
+    Q, K, V, Out, Partial, Lse, Mask, KvLen,
     sm_scale,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_om,
-    L_q, L_kv, SPLIT_LEN,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    L_q, L_kv,
     NUM_HEADS_Q: tl.constexpr, GROUP_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, SINGLE_SPLIT: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, WINDOW_LEFT: tl.constexpr, MASK_KIND: tl.constexpr, SOFTCAP: tl.constexpr,
+    SINGLE_SPLIT: tl.constexpr,
 ):
     split = tl.program_id(0)
     batch_kv_head = tl.program_id(1)
@@ -75,26 +81,26 @@ def gqa_decode_split(
     q = tl.load(q_rows[:, None] + dims[None, :], mask=q_mask, other=0.0)
     k_base = K + batch * stride_kb + kv_head * stride_kh
     v_base = V + batch * stride_vb + kv_head * stride_vh
+    mask_rows = q_row
+    if MASK_KIND != "none":
+        mask_rows = Mask + batch * stride_mb + head * stride_mh + q_row.to(tl.int64) * stride_mm
 
-    qk_scale = sm_scale * 1.4426950408889634  # scores in base 2: exp(x) = exp2(x * log2(e))
     row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     row_sum = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
+    L_kv = filled_length(L_kv, KvLen)
     diagonal = L_kv - L_q
-    if SINGLE_SPLIT:
-        kv_lo = 0
-        kv_hi = L_kv
-    else:
-        kv_lo = split * SPLIT_LEN
-        kv_hi = tl.minimum(kv_lo + SPLIT_LEN, L_kv)
-    if IS_CAUSAL:
-        # The tile's last valid row sees the most keys: nothing past its diagonal.
-        last_row = tl.minimum(L_q - 1, ((m_tile + 1) * BLOCK_M - 1) // GROUP_SIZE)
-        kv_hi = tl.maximum(tl.minimum(kv_hi, last_row + diagonal + 1), kv_lo)
+    first_row = (m_tile * BLOCK_M) // GROUP_SIZE
+    last_row = tl.minimum(L_q - 1, ((m_tile + 1) * BLOCK_M - 1) // GROUP_SIZE)
+    kv_lo, kv_hi = visible_key_range(first_row, last_row, diagonal, L_kv, BLOCK_N, IS_CAUSAL, WINDOW_LEFT)
+    if not SINGLE_SPLIT:
+        split_len = tl.cdiv(tl.maximum(kv_hi - kv_lo, 0), num_splits * BLOCK_N) * BLOCK_N
+        kv_lo = kv_lo + split * split_len
+        kv_hi = tl.minimum(kv_lo + split_len, kv_hi)
     row_max, row_sum, acc = attend_key_range(
-        q, k_base, v_base, stride_kn, stride_vn, dims, dim_ok, q_row, diagonal, kv_lo, kv_hi, qk_scale,
-        row_max, row_sum, acc, BLOCK_N, IS_CAUSAL)
+        q, k_base, v_base, stride_kn, stride_vn, dims, dim_ok, q_row, row_ok, diagonal, kv_lo, kv_hi, sm_scale,
+        row_max, row_sum, acc, mask_rows, stride_mn, BLOCK_N, IS_CAUSAL, WINDOW_LEFT, MASK_KIND, SOFTCAP)
 
     saw_key = row_sum > 0.0
     out = acc / tl.where(saw_key, row_sum, 1.0)[:, None]

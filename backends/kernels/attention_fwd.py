@@ -5,28 +5,34 @@ memory. Softmax is computed online in base 2 with fp32 accumulation.
 Causal masking is bottom-right aligned: with L_q queries over L_kv keys,
 query i sees keys j <= i + (L_kv - L_q), which is what chunked prefill and
 decode against a KV cache need; a query that sees no key writes zeros.
+
+Variants (constexprs, see online_softmax.py): IS_CAUSAL, WINDOW_LEFT,
+MASK_KIND with Mask[b, h, i, j] addressed through its four strides (0 along
+broadcast dimensions), SOFTCAP. KvLen, when given, points to a device int
+scalar bounding the filled part of the keys (a KV cache): it is read on the
+device, and blocks past it are never loaded. Unused pointers are None.
 """
 
 import triton
 import triton.language as tl
 
-from .online_softmax import attend_key_range
-
+from .online_softmax import attend_key_range, filled_length, visible_key_range
 
 
 @triton.jit
 def gqa_attention_fwd(
-    Q, K, V, Out,
+    Q, K, V, Out, Mask, KvLen,
     sm_scale,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_om,
+    stride_mb, stride_mh, stride_mm, stride_mn,
     L_q, L_kv,
     NUM_HEADS_Q: tl.constexpr, GROUP_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_CAUSAL: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, WINDOW_LEFT: tl.constexpr, MASK_KIND: tl.constexpr, SOFTCAP: tl.constexpr,
 ):
     block_m = tl.program_id(0)
     batch_head = tl.program_id(1)
@@ -45,21 +51,23 @@ def gqa_attention_fwd(
     row_ok = rows < L_q
     q = tl.load(q_base + rows[:, None] * stride_qm + dims[None, :],
                 mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+    mask_rows = rows
+    if MASK_KIND != "none":
+        mask_rows = Mask + batch * stride_mb + head * stride_mh + rows.to(tl.int64) * stride_mm
 
-    qk_scale = sm_scale * 1.4426950408889634  # exp(x) = exp2(x * log2(e))
     row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     row_sum = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
+    L_kv = filled_length(L_kv, KvLen)
     diagonal = L_kv - L_q
-    if IS_CAUSAL:
-        # Keys past the last row's diagonal are masked for the whole block.
-        kv_end = tl.maximum(tl.minimum(L_kv, (block_m + 1) * BLOCK_M + diagonal), 0)
-    else:
-        kv_end = L_kv
+    # Only keys some row of this block may see: skips whole blocks past the
+    # last row's diagonal and before the first row's window.
+    kv_lo, kv_hi = visible_key_range(block_m * BLOCK_M, (block_m + 1) * BLOCK_M - 1, diagonal, L_kv,
+                                     BLOCK_N, IS_CAUSAL, WINDOW_LEFT)
     row_max, row_sum, acc = attend_key_range(
-        q, k_base, v_base, stride_kn, stride_vn, dims, dim_ok, rows, diagonal, 0, kv_end, qk_scale,
-        row_max, row_sum, acc, BLOCK_N, IS_CAUSAL)
+        q, k_base, v_base, stride_kn, stride_vn, dims, dim_ok, rows, row_ok, diagonal, kv_lo, kv_hi, sm_scale,
+        row_max, row_sum, acc, mask_rows, stride_mn, BLOCK_N, IS_CAUSAL, WINDOW_LEFT, MASK_KIND, SOFTCAP)
 
     out = acc / tl.where(row_sum == 0.0, 1.0, row_sum)[:, None]
     tl.store(o_base + rows[:, None] * stride_om + dims[None, :], out.to(Out.dtype.element_ty),

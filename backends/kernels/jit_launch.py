@@ -1,11 +1,13 @@
-"""Launch the attention kernels on torch CUDA tensors through Triton's JIT.
+"""Launch the attention kernels on torch tensors through Triton's JIT.
 
-For tests and benchmarks on a GPU machine; the product path launches the
-AOT cubins instead (cuda_gqa.runtime), chosen by the same heuristics.
+For tests and benchmarks (on a GPU, or on the CPU under TRITON_INTERPRET=1);
+the product path launches the AOT cubins instead (cuda_gqa.runtime), chosen
+by the same heuristics.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
@@ -30,30 +32,66 @@ def device_arch(t: torch.Tensor) -> int:
     return 10 * major + minor
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: bool = False,
-              scale: Optional[float] = None, out: Optional[torch.Tensor] = None,
+@dataclass(frozen=True)
+class Variant:
+    """What an attention call asks for beyond q/k/v: the kernels' masking and capping options.
+
+    attn_mask: bool (False hides a key) or additive float, broadcastable to
+    [B, H_q, L_q, L_kv]. window_left: keys left of the diagonal a query sees
+    (-1: all). softcap: cap of the scaled logits (0: off). kv_len: a device
+    int32/int64 scalar bounding the filled keys, read on the device.
+    """
+
+    attn_mask: Optional[torch.Tensor] = None
+    is_causal: bool = False
+    window_left: int = -1
+    softcap: float = 0.0
+    kv_len: Optional[torch.Tensor] = None
+
+    def mask_kind(self) -> str:
+        if self.attn_mask is None:
+            return "none"
+        return "bool" if self.attn_mask.dtype == torch.bool else "additive"
+
+    def mask_and_strides(self, q: torch.Tensor, k: torch.Tensor) -> tuple[Optional[torch.Tensor], tuple]:
+        """The mask as a [B, H_q, L_q, L_kv] view (stride 0 along broadcast dims), and its strides."""
+        if self.attn_mask is None:
+            return None, (0, 0, 0, 0)
+        full = self.attn_mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        return full, full.stride()
+
+    def constexprs(self) -> dict:
+        return dict(IS_CAUSAL=self.is_causal, WINDOW_LEFT=self.window_left, MASK_KIND=self.mask_kind(),
+                    SOFTCAP=float(self.softcap))
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, attn_mask: Optional[torch.Tensor] = None,
+              is_causal: bool = False, scale: Optional[float] = None, window_left: int = -1, softcap: float = 0.0,
+              kv_len: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None,
               workspace: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
     """GQA attention of q [B, H_q, L_q, D] over k/v [B, H_kv, L_kv, D] (last dims contiguous):
-    split-KV decode for short L_q, the forward kernel otherwise."""
+    split-KV decode for short L_q, the forward kernel otherwise. See Variant for the options."""
+    variant = Variant(attn_mask, is_causal, window_left, softcap, kv_len)
     if q.shape[2] <= MAX_DECODE_L_Q:
-        return attention_decode(q, k, v, is_causal=is_causal, scale=scale, out=out, workspace=workspace)[0]
-    return attention_fwd(q, k, v, is_causal=is_causal, scale=scale, out=out)
+        return attention_decode(q, k, v, variant, scale=scale, out=out, workspace=workspace)[0]
+    return attention_fwd(q, k, v, variant, scale=scale, out=out)
 
 
-def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: bool = False,
+def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant: Variant = Variant(), *,
                   scale: Optional[float] = None, out: Optional[torch.Tensor] = None,
                   config: Optional[KernelConfig] = None) -> torch.Tensor:
-    """config: tiles to use instead of the heuristics' (for tuning sweeps)."""
+    """config: tiles to use instead of the heuristics' (for tuning sweeps and the interpreter)."""
     batch, num_heads_q, l_q, head_dim = q.shape
     num_heads_kv, l_kv = k.shape[1], k.shape[2]
     out = torch.empty_like(q) if out is None else out
     config = config or attention_config(head_dim, q.dtype, device_arch(q))
+    mask, mask_strides = variant.mask_and_strides(q, k)
     gqa_attention_fwd[launch_grid(l_q, batch, num_heads_q, config.block_m)](
-        q, k, v, out, head_dim**-0.5 if scale is None else scale,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], l_q, l_kv,
+        q, k, v, out, mask, variant.kv_len, head_dim**-0.5 if scale is None else scale,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *mask_strides, l_q, l_kv,
         NUM_HEADS_Q=num_heads_q, GROUP_SIZE=num_heads_q // num_heads_kv, HEAD_DIM=head_dim,
-        BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_M=config.block_m, BLOCK_N=config.block_n, IS_CAUSAL=is_causal,
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        **variant.constexprs(), num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out
 
@@ -65,12 +103,16 @@ def decode_workspace(q: torch.Tensor, num_splits: int) -> list[torch.Tensor]:
             for s in decode_workspace_shape(batch, num_heads_q, l_q, head_dim, num_splits)]
 
 
-def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: bool = False,
+def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant: Variant = Variant(), *,
                      scale: Optional[float] = None, out: Optional[torch.Tensor] = None,
                      num_splits: Optional[int] = None, workspace: Optional[Sequence[torch.Tensor]] = None,
-                     config: Optional[KernelConfig] = None) -> tuple[torch.Tensor, int]:
+                     config: Optional[KernelConfig] = None, combine_block_s: int = 16) -> tuple[torch.Tensor, int]:
     """Split-KV decode: (output, splits launched). One launch when one split suffices.
-    num_splits / config: instead of the heuristics' (for tuning sweeps)."""
+
+    The split count is planned for all L_kv keys (a kv_len only shortens each
+    split). num_splits / config / combine_block_s: instead of the
+    heuristics' (for tuning sweeps and the interpreter).
+    """
     batch, num_heads_q, l_q, head_dim = q.shape
     num_heads_kv, l_kv = k.shape[1], k.shape[2]
     group = num_heads_q // num_heads_kv
@@ -80,19 +122,21 @@ def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_ca
         num_splits = decode_split_count(batch, num_heads_kv, l_kv,
                                         torch.cuda.get_device_properties(q.device).multi_processor_count,
                                         config.block_n, m_tiles=m_tiles)
-    split_len, num_splits = split_plan(l_kv, num_splits, config.block_n)
+    num_splits = split_plan(l_kv, num_splits, config.block_n)[1]
     out = torch.empty_like(q) if out is None else out
     partial, lse = decode_workspace(q, num_splits) if workspace is None else workspace
+    mask, mask_strides = variant.mask_and_strides(q, k)
     gqa_decode_split[decode_split_grid(num_splits, batch, num_heads_kv, group, l_q, config.block_m)](
-        q, k, v, out, partial, lse, head_dim**-0.5 if scale is None else scale,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], l_q, l_kv, split_len,
+        q, k, v, out, partial, lse, mask, variant.kv_len, head_dim**-0.5 if scale is None else scale,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *mask_strides, l_q, l_kv,
         NUM_HEADS_Q=num_heads_q, GROUP_SIZE=group, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, IS_CAUSAL=is_causal, SINGLE_SPLIT=num_splits == 1,
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, **variant.constexprs(), SINGLE_SPLIT=num_splits == 1,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if num_splits > 1:
         gqa_decode_combine[decode_combine_grid(batch, num_heads_q, l_q)](
             partial, lse, out, *out.stride()[:3], l_q, num_splits,
-            NUM_HEADS_Q=num_heads_q, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_S=16,
+            NUM_HEADS_Q=num_heads_q, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
+            BLOCK_S=combine_block_s,
         )
     return out, num_splits

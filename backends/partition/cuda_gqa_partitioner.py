@@ -40,10 +40,15 @@ def _call_site(node: torch.fx.Node) -> tuple[str, str]:
 
 
 class CudaGqaPartitioner(Partitioner):
-    def __init__(self, compile_specs: Optional[Sequence[CompileSpec]] = None, **options):
-        """compile_specs: as made by `make_compile_specs(...)`; or pass its keyword options."""
+    def __init__(self, compile_specs: Optional[Sequence[CompileSpec]] = None, *, include_mha: bool = False,
+                 **options):
+        """compile_specs: as made by `make_compile_specs(...)`; or pass its keyword options.
+
+        include_mha: also delegate plain multi-head attention (H_q == H_kv).
+        """
         specs = list(compile_specs) if compile_specs is not None else make_compile_specs(**options)
         super().__init__()
+        self.include_mha = include_mha
         # ExecuTorch finds the backend by its class name among BackendDetails subclasses.
         self.delegation_spec = DelegationSpec(CudaGqaBackend.__name__, specs)
         self._decisions: dict[str, AttentionDecision] = {}
@@ -53,6 +58,9 @@ class CudaGqaPartitioner(Partitioner):
     def report(self) -> list[AttentionDecision]:
         """Every SDPA call of the last program lowered, in graph order: delegated, or why not."""
         return list(self._decisions.values())
+
+    def _reason(self, node: torch.fx.Node) -> Optional[str]:
+        return SdpaCall.from_node(node).unsupported_reason(include_mha=self.include_mha)
 
     def _decide(self, node: torch.fx.Node, delegated: bool, reason: str) -> None:
         name, module = _call_site(node)
@@ -81,10 +89,10 @@ class CudaGqaPartitioner(Partitioner):
         for node in list(graph.nodes):
             if not is_sdpa(node):
                 continue
-            style = fold_kv_expansion(node, accept=lambda n: SdpaCall.from_node(n).unsupported_reason() is None)
+            style = fold_kv_expansion(node, accept=lambda n: self._reason(n) is None)
             if style is not None:
                 self._folded[_call_site(node)[0]] = style
-            reason = SdpaCall.from_node(node).unsupported_reason()
+            reason = self._reason(node)
             if reason is not None:
                 self._decide(node, False, reason)
                 continue
@@ -108,7 +116,7 @@ class CudaGqaPartitioner(Partitioner):
         # others decompose as usual so the CPU can run them. ExecuTorch asks
         # this of every node in the graph.
         def keep_whole(node: torch.fx.Node) -> bool:
-            return is_sdpa(node) and SdpaCall.from_node(node).unsupported_reason() is None
+            return is_sdpa(node) and self._reason(node) is None
 
         return [SDPA_OP], keep_whole
 
@@ -118,7 +126,7 @@ class CudaGqaPartitioner(Partitioner):
             if not is_sdpa(node):
                 continue
             call = SdpaCall.from_node(node)
-            reason = call.unsupported_reason()
+            reason = self._reason(node)
             if reason is not None:
                 self._decide(node, False, reason)
                 continue
@@ -129,9 +137,5 @@ class CudaGqaPartitioner(Partitioner):
                     user.meta["delegation_tag"] = tag
             tags[tag] = self.delegation_spec
             folded = self._folded.get(_call_site(node)[0])
-            self._decide(node, True, (
-                f"GQA {call.num_heads_q}/{call.num_heads_kv} heads, D={call.head_dim}, "
-                f"{str(call.dtype).removeprefix('torch.')}{', causal' if call.is_causal else ''}"
-                f"{f', K/V expansion ({folded}) folded in' if folded else ''}"
-            ))
+            self._decide(node, True, call.describe() + (f", K/V expansion ({folded}) folded in" if folded else ""))
         return PartitionResult(tagged_exported_program=exported_program, partition_tags=tags)

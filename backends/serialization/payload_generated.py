@@ -10,6 +10,9 @@ class DType(object):
     Float32 = 0
     Float16 = 1
     BFloat16 = 2
+    Bool = 3
+    Int32 = 4
+    Int64 = 5
 
 
 class ParamKind(object):

@@ -84,6 +84,9 @@ void describe_tensor(const Tensor& t, CUdeviceptr device, ArgDesc* out) {
     case executorch::aten::ScalarType::BFloat16:
       out->dtype = static_cast<int>(DType::kBFloat16);
       break;
+    case executorch::aten::ScalarType::Bool: out->dtype = static_cast<int>(DType::kBool); break;
+    case executorch::aten::ScalarType::Int: out->dtype = static_cast<int>(DType::kInt32); break;
+    case executorch::aten::ScalarType::Long: out->dtype = static_cast<int>(DType::kInt64); break;
     default:
       out->dtype = -1;
       out->dtype_label = nullptr;

@@ -153,7 +153,7 @@ int cuda_gqa_evaluate_launch(const void* data, size_t size, int device_cc, size_
     std::vector<cuda_gqa::ArgDesc> args(num_args);
     for (size_t i = 0; i < num_args; ++i) {
       cuda_gqa::ArgDesc& a = args[i];
-      a.dtype = dtypes[i] >= 0 && dtypes[i] <= static_cast<int>(cuda_gqa::DType::kBFloat16)
+      a.dtype = dtypes[i] >= 0 && dtypes[i] <= static_cast<int>(cuda_gqa::kLastDType)
                     ? dtypes[i]
                     : -1;
       a.dtype_label = dtype_labels != nullptr ? dtype_labels[i] : nullptr;

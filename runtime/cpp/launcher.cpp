@@ -16,7 +16,7 @@ std::string arg_name(size_t index, size_t num_inputs) {
 }
 
 std::string arg_dtype_name(const ArgDesc& arg) {
-  if (arg.dtype >= 0 && arg.dtype <= static_cast<int>(DType::kBFloat16)) {
+  if (arg.dtype >= 0 && arg.dtype <= static_cast<int>(kLastDType)) {
     return dtype_name(static_cast<DType>(arg.dtype));
   }
   if (arg.dtype_label != nullptr) return arg.dtype_label;

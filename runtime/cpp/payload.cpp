@@ -13,12 +13,23 @@ const char* dtype_name(DType dtype) {
     case DType::kFloat32: return "float32";
     case DType::kFloat16: return "float16";
     case DType::kBFloat16: return "bfloat16";
+    case DType::kBool: return "bool";
+    case DType::kInt32: return "int32";
+    case DType::kInt64: return "int64";
   }
   return "unknown";
 }
 
 size_t dtype_size(DType dtype) {
-  return dtype == DType::kFloat32 ? 4 : 2;
+  switch (dtype) {
+    case DType::kBool: return 1;
+    case DType::kFloat16:
+    case DType::kBFloat16: return 2;
+    case DType::kFloat32:
+    case DType::kInt32: return 4;
+    case DType::kInt64: return 8;
+  }
+  return 0;
 }
 
 bool TensorSpecDesc::is_static() const {
@@ -46,7 +57,7 @@ bool read_spec(const fb::TensorSpec* spec, const std::string& where,
                TensorSpecDesc* out, std::string* error) {
   if (spec == nullptr) return fail(error, where, "missing tensor spec");
   const auto dtype = static_cast<int>(spec->dtype());
-  if (dtype < 0 || dtype > static_cast<int>(DType::kBFloat16)) {
+  if (dtype < 0 || dtype > static_cast<int>(kLastDType)) {
     return fail(error, where, "unknown dtype " + std::to_string(dtype));
   }
   out->dtype = static_cast<DType>(dtype);

@@ -27,7 +27,8 @@ constexpr uint64_t kMaxWorkspaceBytes = uint64_t{1} << 40;
 constexpr uint64_t kWorkspaceAlign = 256;
 
 // Same numbering as the schema's enums.
-enum class DType : uint8_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+enum class DType : uint8_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kBool = 3, kInt32 = 4, kInt64 = 5 };
+constexpr DType kLastDType = DType::kInt64;
 enum class ParamKind : uint8_t {
   kTensorPointer = 0,
   kTensorStride = 1,

@@ -51,10 +51,12 @@ def test_decode_emits_split_then_combine(llama_decode):
     split_len, num_splits = split_plan(8192, decode_split_count(1, 8, 8192, NOMINAL_SMS, config.block_n),
                                        config.block_n)
     assert num_splits > 1 and NOMINAL_SMS == 132
-    # Split grid: (cdiv(L_kv, SPLIT_LEN), B * H_kv, 1); combine grid: (L_q, B * H_q, 1).
-    assert factors(split) == [[(KEY, 2, split_len)], [(KEY, 0, 1), (KEY, 1, 1)], []]
+    # Split grid: (num_splits, B * H_kv, 1), as cdiv(L_kv, divisor); combine grid: (L_q, B * H_q, 1).
+    (divisor,) = [f.divisor for f in split.grid[0].factors]
+    assert -(-8192 // divisor) == num_splits and divisor <= split_len
+    assert factors(split) == [[(KEY, 2, divisor)], [(KEY, 0, 1), (KEY, 1, 1)], []]
     assert factors(combine) == [[(Q, 2, 1)], [(Q, 0, 1), (Q, 1, 1)], []]
-    assert [p.i32Value for p in params_of(split, K.Int32Constant)] == [split_len]
+    assert not params_of(split, K.Int32Constant)  # the kernel cuts its splits itself
     assert [p.i32Value for p in params_of(combine, K.Int32Constant)] == [num_splits]
 
     partial_bytes = 1 * 32 * 1 * num_splits * 128 * 4
@@ -109,7 +111,7 @@ def test_decode_needing_several_m_tiles_runs_the_forward_kernel():
 
 def test_mqa_and_batched_plans():
     mqa = decode_plan(dtype=torch.float16, batch=1, num_heads_q=32, num_heads_kv=1, head_dim=128, l_q=1, l_kv=4096)
-    assert mqa.num_splits > 1 and -(-4096 // mqa.split_len) == mqa.num_splits
+    assert mqa.num_splits > 1 and -(-4096 // mqa.grid_divisor) == mqa.num_splits
     # 8 * 32 KV-head programs fill a 132-SM GPU: no split, no workspace.
     full = decode_plan(dtype=torch.float16, batch=8, num_heads_q=256, num_heads_kv=32, head_dim=128, l_q=1,
                        l_kv=8192)
@@ -126,6 +128,16 @@ def test_attended_keys_bound_the_key_range_by_a_constant():
     assert [(p.arg, p.dim) for p in params_of(split, K.TensorSize)] == [(Q, 2)]
     assert params_of(split, K.Int32Constant)[0].i32Value == 4
     assert factors(split)[0] == []
+
+
+def test_attended_keys_split_count_follows_the_bound():
+    """Splits are planned for the attended keys, and the grid still comes from K's length."""
+    bounded = decode_plan(dtype=torch.float16, batch=1, num_heads_q=32, num_heads_kv=8, head_dim=128, l_q=1,
+                          l_kv=30000, attended_keys=3000)
+    full = decode_plan(dtype=torch.float16, batch=1, num_heads_q=32, num_heads_kv=8, head_dim=128, l_q=1,
+                       l_kv=30000)
+    assert 1 < bounded.num_splits < full.num_splits
+    assert -(-30000 // bounded.grid_divisor) == bounded.num_splits
 
 
 @pytest.mark.parametrize("attended", [0, 8193])
@@ -155,7 +167,7 @@ def test_archs_with_tuned_tiles_get_their_own_plan(bf16_decode_two_archs):
     # The payload's own plan: sm_80 cubins plus the PTX fallback, default tiles.
     assert [[c.arch for c in k.cubins] for k in payload.kernels] == [[80], [80]]
     assert all(k.ptxArch == 80 and len(k.ptx) for k in payload.kernels)
-    assert params_of(payload.kernels[0], K.Int32Constant)[0].i32Value == default.split_len
+    assert factors(payload.kernels[0])[0] == [(KEY, 2, default.grid_divisor)]
     assert payload.workspaceBytes == default.workspace_bytes
     # sm_90's variant: cubins only, its own split length, splits and workspace.
     (variant,) = payload.archVariants
@@ -164,8 +176,7 @@ def test_archs_with_tuned_tiles_get_their_own_plan(bf16_decode_two_archs):
     assert not any(len(k.ptx or []) for k in variant.kernels)
     split, combine = variant.kernels
     assert split.numWarps == tuned.config.num_warps
-    assert params_of(split, K.Int32Constant)[0].i32Value == tuned.split_len
-    assert factors(split)[0] == [(KEY, 2, tuned.split_len)]
+    assert factors(split)[0] == [(KEY, 2, tuned.grid_divisor)]
     assert params_of(combine, K.Int32Constant)[0].i32Value == tuned.num_splits
     assert variant.workspaceBytes == tuned.workspace_bytes
 
@@ -201,3 +212,46 @@ def test_a_variant_without_cubins_for_its_archs_is_refused(bf16_decode_two_archs
         LaunchPlan(data)
     with pytest.raises(LaunchError, match=expected):
         evaluate_launch_cpp(data, 0, [], device_cc=90)
+
+
+def test_mask_and_kv_len_inputs_evaluate_identically_in_python_and_cpp():
+    """A [B, 1, L_q, L_kv] bool mask and an int64 kv_len scalar as delegate inputs 3 and 4."""
+    from cuda_gqa.backends.attention_plan import AttentionArgs
+
+    args_index = AttentionArgs(query=0, key=1, value=2, mask=3, kv_len=4, out=5)
+    data = build_attention_payload(dtype=torch.float16, batch=2, num_heads_q=32, num_heads_kv=8, head_dim=128,
+                                   l_q=1, l_kv=8192, is_causal=True, mask_shape=(2, 1, 1, 8192),
+                                   mask_dtype=torch.bool, kv_len_dtype=torch.int64, archs=[90], ptx=False,
+                                   args=args_index)
+    payload = deserialize_payload(data)
+    assert [s.dtype for s in payload.inputs] == [fb.DType.Float16] * 3 + [fb.DType.Bool, fb.DType.Int64]
+    assert [list(s.sizes) for s in payload.inputs[3:]] == [[2, 1, 1, 8192], []]
+    split = payload.kernels[0]
+    pointers = [p.arg for p in params_of(split, K.TensorPointer)]
+    assert pointers == [Q, KEY, V, 5, 3, 4]  # Q K V Out, then Mask and KvLen
+    # Only the mask's batch and key strides are runtime values; its size-1 dims are compiled as 0.
+    assert [(p.arg, p.dim) for p in params_of(split, K.TensorStride) if p.arg == 3] == [(3, 0), (3, 3)]
+
+    sizes = [(2, 32, 1, 128), (2, 8, 8192, 128), (2, 8, 8192, 128)]
+    args = [contiguous(s, 0x7000_0000_0000 + i * (1 << 32)) for i, s in enumerate(sizes)]
+    args.append(ArgInfo(dtype=fb.DType.Bool, sizes=(2, 1, 1, 8192), strides=(8192, 8192, 8192, 1),
+                        address=0x7100_0000_0001))  # a mask needs no alignment
+    args.append(ArgInfo(dtype=fb.DType.Int64, sizes=(), strides=(), address=0x7200_0000_0008))
+    args.append(contiguous((2, 32, 1, 128), 0x7300_0000_0000))
+    plan = LaunchPlan(data)
+    for k, launch in enumerate(plan.evaluate_all(args, workspace=WORKSPACE)):
+        cpp = evaluate_launch_cpp(data, k, args, workspace=WORKSPACE)
+        assert (cpp.grid, cpp.params, cpp.slots()) == (launch.grid, launch.params, launch.slots())
+    bad_mask = ArgInfo(dtype=fb.DType.Float16, sizes=(2, 1, 1, 8192), strides=(8192, 8192, 8192, 1),
+                       address=0x7100_0000_0000)
+    with pytest.raises(LaunchError, match="input 3 has dtype float16, the kernels were compiled for bool"):
+        plan.evaluate(0, args[:3] + [bad_mask] + args[4:], workspace=WORKSPACE)
+
+
+def test_a_mask_that_does_not_broadcast_is_refused():
+    from cuda_gqa.backends.attention_plan import AttentionArgs
+
+    with pytest.raises(ValueError, match=r"mask shape \(1, 3, 1, 64\) does not broadcast"):
+        build_attention_payload(dtype=torch.float16, batch=1, num_heads_q=8, num_heads_kv=2, head_dim=64, l_q=1,
+                                l_kv=64, is_causal=False, mask_shape=(1, 3, 1, 64), mask_dtype=torch.bool,
+                                archs=[90], ptx=False, args=AttentionArgs(mask=3, out=4))

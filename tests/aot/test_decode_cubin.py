@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from cuda_gqa.backends.aot.attention_decode import compile_decode_combine, compile_decode_split
+from cuda_gqa.backends.aot.variant import AttentionVariant
 from cuda_gqa.backends.heuristics import SHARED_MEMORY_BUDGET, decode_config
 
 EM_CUDA = 190
 SPLIT_STRIDES = [f"stride_{t}{d}" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("o", "bhm")) for d in dims]
-SPLIT_ARGS = ["Q", "K", "V", "Out", "Partial", "Lse", "sm_scale", *SPLIT_STRIDES, "L_q", "L_kv", "SPLIT_LEN"]
+SPLIT_ARGS = ["Q", "K", "V", "Out", "Partial", "Lse", "sm_scale", *SPLIT_STRIDES, "L_q", "L_kv"]
 COMBINE_ARGS = ["Partial", "Lse", "Out", "stride_ob", "stride_oh", "stride_om", "L_q", "NUM_SPLITS"]
 HIDDEN = ["global_scratch", "profile_scratch"]
 
@@ -21,8 +22,8 @@ def elf_cuda_arch(image: bytes) -> int:
 def split_kernel(arch, single_split, dtype=torch.float16, head_dim=128, heads_q=32, group=4, l_q=1):
     config = decode_config(head_dim, dtype, group, l_q)
     return compile_decode_split(dtype=dtype, head_dim=head_dim, num_heads_q=heads_q, group_size=group,
-                                is_causal=True, single_split=single_split, arch=arch, block_m=config.block_m,
-                                block_n=config.block_n, num_warps=config.num_warps, num_stages=config.num_stages)
+                                variant=AttentionVariant(is_causal=True), single_split=single_split, arch=arch,
+                                block_m=config.block_m, block_n=config.block_n, num_warps=config.num_warps, num_stages=config.num_stages)
 
 
 @pytest.fixture(scope="module", params=[(80, False), (90, False), (90, True)],
@@ -48,7 +49,7 @@ def test_split_is_a_cuda_elf_with_runtime_args_then_scratch(split):
     assert split.name == "gqa_decode_split"
     assert [p.name for p in split.params] == SPLIT_ARGS + HIDDEN
     types = {p.name: p.type for p in split.params}
-    assert [types[n] for n in ("Q", "Partial", "Lse", "sm_scale", "SPLIT_LEN", "global_scratch")] == \
+    assert [types[n] for n in ("Q", "Partial", "Lse", "sm_scale", "L_kv", "global_scratch")] == \
         ["ptr", "ptr", "ptr", "fp32", "i32", "ptr"]
     divisible = {p.name for p in split.params if p.divisibility == 16}
     assert divisible == {"Q", "K", "V", "Out", "Partial", "Lse", *SPLIT_STRIDES}
@@ -80,3 +81,28 @@ def test_unsupported_inputs_are_refused():
         compile_decode_combine(dtype=torch.float16, head_dim=72, num_heads_q=8, arch=90)
     with pytest.raises(ValueError, match="float16, bfloat16 or float32"):
         split_kernel(90, False, dtype=torch.int8)
+
+
+def test_mask_and_kv_len_become_entry_parameters_without_alignment_assumptions():
+    """A bool mask broadcast over heads ([B, 1, L_q, L_kv]) and an int64 kv_len: the head stride of the
+    mask is compiled as 0 and leaves the entry point; the rest carry no divisibility."""
+    config = decode_config(128, torch.bfloat16, 4, 1)
+    variant = AttentionVariant(is_causal=True, window_left=255, softcap=50.0, mask_dtype=torch.bool,
+                               mask_broadcast=(False, True, False, False), kv_len_dtype=torch.int64)
+    kernel = compile_decode_split(dtype=torch.bfloat16, head_dim=128, num_heads_q=32, group_size=4, variant=variant,
+                                  single_split=False, arch=90, block_m=config.block_m, block_n=config.block_n)
+    names = [p.name for p in kernel.params]
+    assert names == ["Q", "K", "V", "Out", "Partial", "Lse", "Mask", "KvLen", "sm_scale", *SPLIT_STRIDES,
+                     "stride_mb", "stride_mm", "stride_mn", "L_q", "L_kv"] + HIDDEN
+    divisibility = {p.name: p.divisibility for p in kernel.params}
+    assert all(divisibility[n] == 1 for n in ("Mask", "KvLen", "stride_mb", "stride_mm", "stride_mn"))
+    assert "ld.global.u64" in kernel.ptx or "ld.global.b64" in kernel.ptx  # the int64 kv_len load
+
+
+@pytest.mark.parametrize("bad, message", [(dict(window_left=-2), "window_left=-2"),
+                                          (dict(softcap=-1.0), "softcap=-1.0 is negative"),
+                                          (dict(mask_dtype=torch.int8), "mask dtype torch.int8"),
+                                          (dict(kv_len_dtype=torch.float32), "kv_len dtype torch.float32")])
+def test_invalid_variants_are_refused(bad, message):
+    with pytest.raises(ValueError, match=message):
+        AttentionVariant(**bad)

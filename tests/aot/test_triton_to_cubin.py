@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from cuda_gqa.backends.aot.attention import compile_attention
+from cuda_gqa.backends.aot.variant import AttentionVariant
 
 EM_CUDA = 190
 RUNTIME_ARGS = ["Q", "K", "V", "Out", "sm_scale",
@@ -20,8 +21,8 @@ def elf_cuda_arch(image: bytes) -> int:
 
 @pytest.fixture(scope="module", params=[80, 90], ids=lambda a: f"sm_{a}")
 def compiled(request):
-    return compile_attention(dtype=torch.float16, head_dim=64, num_heads_q=8, group_size=4, is_causal=True,
-                             arch=request.param)
+    return compile_attention(dtype=torch.float16, head_dim=64, num_heads_q=8, group_size=4,
+                             variant=AttentionVariant(is_causal=True), arch=request.param)
 
 
 def test_cubin_is_a_cuda_elf_for_the_requested_arch(compiled):
@@ -58,10 +59,10 @@ def test_metadata_is_recorded(compiled):
 @pytest.mark.parametrize("head_dim", [72, 0, 272])
 def test_unsupported_head_dims_are_refused_naming_the_limit(head_dim):
     with pytest.raises(ValueError, match="multiple of 16 up to 256"):
-        compile_attention(dtype=torch.float16, head_dim=head_dim, num_heads_q=8, group_size=4, is_causal=False,
+        compile_attention(dtype=torch.float16, head_dim=head_dim, num_heads_q=8, group_size=4, variant=AttentionVariant(),
                           arch=90)
 
 
 def test_unsupported_dtype_is_refused():
     with pytest.raises(ValueError, match="float16, bfloat16 or float32"):
-        compile_attention(dtype=torch.int8, head_dim=64, num_heads_q=8, group_size=4, is_causal=False, arch=90)
+        compile_attention(dtype=torch.int8, head_dim=64, num_heads_q=8, group_size=4, variant=AttentionVariant(), arch=90)

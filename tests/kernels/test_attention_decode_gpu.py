@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cuda_gqa.backends.kernels.attention_decode import decode_workspace_shape
-from cuda_gqa.backends.kernels.jit_launch import attention_decode
+from cuda_gqa.backends.kernels.jit_launch import Variant, attention_decode
 from cuda_gqa.backends.kernels.reference import reference_attention
 
 TOLERANCE = {torch.float16: 4e-3, torch.bfloat16: 3e-2, torch.float32: 5e-3}  # fp32 dots use TF32
@@ -12,7 +12,7 @@ MAX_SPLITS = 128
 
 
 def decode(q, k, v, *, causal, num_splits=None, workspace=None):
-    return attention_decode(q, k, v, is_causal=causal, num_splits=num_splits, workspace=workspace)
+    return attention_decode(q, k, v, Variant(is_causal=causal), num_splits=num_splits, workspace=workspace)
 
 
 def inputs(b, h_q, h_kv, d, l_q, l_kv, dtype):

@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from cuda_gqa.backends.kernels.jit_launch import attention_fwd
+from cuda_gqa.backends.kernels.jit_launch import Variant, attention_fwd
 from cuda_gqa.backends.kernels.reference import reference_attention
 
 TOLERANCE = {torch.float16: 4e-3, torch.bfloat16: 3e-2, torch.float32: 5e-3}  # fp32 dots use TF32
 
 
 def run(q, k, v, *, causal, scale=None):
-    return attention_fwd(q, k, v, is_causal=causal, scale=scale)
+    return attention_fwd(q, k, v, Variant(is_causal=causal), scale=scale)
 
 
 @pytest.mark.gpu

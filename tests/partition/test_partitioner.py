@@ -36,8 +36,8 @@ def qkv(h_q=8, h_kv=2, d=64, l_q=16, l_kv=16, dtype=torch.float16):
             torch.randn(1, h_kv, l_kv, d, dtype=dtype))
 
 
-def lower(model, inputs):
-    partitioner = CudaGqaPartitioner(archs=[80])
+def lower(model, inputs, **options):
+    partitioner = CudaGqaPartitioner(archs=[80], **options)
     edge = to_edge_transform_and_lower(torch.export.export(model, inputs), partitioner=[partitioner])
     graph_module = edge.exported_program().graph_module
     delegates = get_lowered_submodules(graph_module)
@@ -70,8 +70,8 @@ def test_each_gqa_attention_becomes_its_own_delegate():
 @pytest.mark.parametrize(
     "model, inputs, reason",
     [
-        (Attention(), qkv(h_q=8, h_kv=8), "enable_gqa=False"),
-        (Attention(enable_gqa=True), qkv(h_q=8, h_kv=8), "H_kv=8 is not smaller than H_q=8"),
+        (Attention(), qkv(h_q=8, h_kv=8), "MHA (H_q = H_kv = 8): pass include_mha=True to delegate it"),
+        (Attention(enable_gqa=True), qkv(h_q=8, h_kv=8), "MHA (H_q = H_kv = 8)"),
         (Attention(enable_gqa=True, dropout_p=0.5), qkv(), "dropout_p=0.5"),
         (Attention(enable_gqa=True), qkv(d=72), "head dim 72 is not a multiple of 16"),
         (Attention(enable_gqa=True), qkv(d=512), "up to 256"),
@@ -99,7 +99,7 @@ def test_pytorch_top_left_causal_attends_only_the_first_l_q_keys():
         sizes = [p.arg for p in kernel.params if p.kind == fb.ParamKind.TensorSize]
         return sizes, [p.i32Value for p in kernel.params if p.kind == fb.ParamKind.Int32Constant]
 
-    # Decode shape (split kernel: L_q from q, L_kv = 4, then SPLIT_LEN) and a prefill chunk.
+    # Decode shape (split kernel: L_q from q, L_kv = 4) and a prefill chunk.
     sizes, constants = key_lengths(Attention(is_causal=True, enable_gqa=True), qkv(l_q=4, l_kv=300))
     assert sizes == [0] and constants[0] == 4
     sizes, constants = key_lengths(Attention(is_causal=True, enable_gqa=True), qkv(l_q=40, l_kv=300))
@@ -133,17 +133,62 @@ def test_report_lists_every_call_in_order_with_its_module():
     assert len({d.node for d in report}) == 2 and len(delegates) == 1
 
 
-def test_masked_attention_stays_on_cpu():
-    q, k, v = qkv()
-    mask = torch.ones(16, 16, dtype=torch.bool).tril()
+def test_mha_is_delegated_when_asked():
+    report, delegates, _ = lower(Attention(is_causal=True), qkv(h_q=8, h_kv=8), include_mha=True)
+    assert [d.delegated for d in report] == [True] and len(delegates) == 1
+    assert report[0].reason == "MHA 8/8 heads, D=64, float16, causal"
 
-    class Masked(nn.Module):
-        def forward(self, q, k, v, mask):
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
 
-    report, delegates, _ = lower(Masked(), (q, k, v, mask))
-    assert not delegates
-    assert report[0].reason == "attn_mask is not supported yet"
+class Masked(nn.Module):
+    def forward(self, q, k, v, mask):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+
+def mask_payload(model, inputs):
+    """(report, payload) of a model with one delegated masked attention."""
+    from cuda_gqa.backends.serialization import deserialize_payload
+
+    report, delegates, _ = lower(model, inputs)
+    assert [d.delegated for d in report] == [True], report
+    ((_, lowered, _),) = delegates
+    return report, deserialize_payload(lowered.processed_bytes)
+
+
+@pytest.mark.parametrize("shape, dtype", [((16, 16), torch.bool), ((1, 1, 16, 16), torch.float16),
+                                          ((1, 8, 16, 16), torch.bool), ((1, 1, 1, 16), torch.float32)],
+                         ids=["2d-bool", "broadcast-heads-additive", "per-head-bool", "key-padding-additive-fp32"])
+def test_masks_are_delegated_as_an_input(shape, dtype):
+    from cuda_gqa.backends.serialization import payload_generated as fb
+
+    mask = torch.rand(shape) > 0.3 if dtype == torch.bool else torch.randn(shape).to(dtype)
+    report, payload = mask_payload(Masked(), (*qkv(), mask))
+    kind = "bool" if dtype == torch.bool else f"additive {str(dtype).removeprefix('torch.')}"
+    assert report[0].reason == f"GQA 8/2 heads, D=64, float16, {kind} mask {list(shape)}"
+    assert len(payload.inputs) == 4 and list(payload.inputs[3].sizes) == list(shape)
+    expected_dtype = {torch.bool: fb.DType.Bool, torch.float16: fb.DType.Float16, torch.float32: fb.DType.Float32}
+    assert payload.inputs[3].dtype == expected_dtype[dtype]
+    (kernel,) = payload.kernels
+    mask_params = [p for p in kernel.params if p.arg == 3 and p.kind in (fb.ParamKind.TensorPointer,
+                                                                         fb.ParamKind.TensorStride)]
+    # The pointer, then the stride of each mask dim longer than 1 (size-1 dims are compiled as stride 0).
+    assert [(p.kind, p.dim) for p in mask_params] == [(fb.ParamKind.TensorPointer, 0)] + [
+        (fb.ParamKind.TensorStride, d) for d, size in enumerate(shape) if size > 1]
+
+
+def test_masks_from_buffers_and_computed_in_the_graph_are_delegate_inputs():
+    class SlidingWindow(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("band", torch.ones(16, 16, dtype=torch.bool).tril().triu(-3))
+
+        def forward(self, q, k, v):
+            positions = torch.arange(16)
+            causal = positions[None, :] <= positions[:, None]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.band, enable_gqa=True)
+            return F.scaled_dot_product_attention(y, k, v, attn_mask=causal, enable_gqa=True)
+
+    report, delegates, _ = lower(SlidingWindow(), qkv())
+    assert [d.delegated for d in report] == [True, True] and len(delegates) == 2
 
 
 def test_attention_without_sdpa_is_not_touched():
@@ -233,7 +278,7 @@ def test_folding_keeps_the_result(style):
 def test_other_expansions_are_left_alone(expand_k, expand_v, inputs):
     report, delegates, _ = lower(ExpandedAttention(expand_k, expand_v), inputs)
     assert [d.delegated for d in report] == [False] and not delegates
-    assert "enable_gqa=False" in report[0].reason
+    assert "MHA (H_q = H_kv = 8)" in report[0].reason
 
 
 def test_an_expansion_left_on_the_cpu_is_not_rewritten():

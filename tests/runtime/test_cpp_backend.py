@@ -275,7 +275,7 @@ SEMANTIC_CASES = {
     "no kernels": (lambda p: setattr(p, "kernels", []), "payload has no kernels"),
     "no outputs": (lambda p: setattr(p, "outputs", []), "payload has no outputs"),
     "missing name": (lambda p: setattr(p.kernels[0], "name", ""), "missing entry-point name"),
-    "bad dtype": (lambda p: setattr(p.inputs[1], "dtype", 5), "input 1: unknown dtype 5"),
+    "bad dtype": (lambda p: setattr(p.inputs[1], "dtype", 9), "input 1: unknown dtype 9"),
     "negative size": (lambda p: setattr(p.outputs[0], "sizes", [1, -2, 3, 4]), "output 0: size -2 at dim 1"),
     "rank too high": (lambda p: setattr(p.inputs[0], "sizes", [1] * 9), "input 0: rank 9 exceeds 8"),
     "overflowing sizes": (lambda p: setattr(p.inputs[2], "sizes", [2**40, 2**40]), "overflows"),

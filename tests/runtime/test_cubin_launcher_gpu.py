@@ -142,3 +142,33 @@ def test_pytorch_top_left_causal_matches_torch(l_q):
     expected = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True,
                                                                 enable_gqa=True)
     torch.testing.assert_close(out.float(), expected, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("l_q, mask_shape, mask_dtype", [
+    (1, (1, 1, 1, 6000), torch.bool),           # decode over a padded cache: key padding mask
+    (4, (1, 32, 4, 6000), torch.bfloat16),      # per-head additive mask, speculative verify
+    (100, (100, 6000), torch.float32),          # 2-D additive fp32 mask, prefill chunk
+], ids=["decode-bool-b11k", "verify-additive-bhqk", "chunk-additive-fp32-qk"])
+def test_mask_and_kv_len_payloads_match_reference(l_q, mask_shape, mask_dtype):
+    """A mask input and a device kv_len input, through the AOT payload, as the runtime sees them."""
+    from cuda_gqa.backends.attention_plan import AttentionArgs, build_attention_payload
+    from cuda_gqa.backends.kernels.reference import reference_attention
+    from cuda_gqa.runtime.cubin_launcher import CubinLauncher
+
+    b, hq, hkv, lkv, d, dtype = 1, 32, 8, 6000, 128, torch.bfloat16
+    launcher = CubinLauncher(build_attention_payload(
+        dtype=dtype, batch=b, num_heads_q=hq, num_heads_kv=hkv, head_dim=d, l_q=l_q, l_kv=lkv, is_causal=True,
+        mask_shape=mask_shape, mask_dtype=mask_dtype, kv_len_dtype=torch.int64, archs=[device_arch()],
+        args=AttentionArgs(query=0, key=1, value=2, mask=3, kv_len=4, out=5)))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(b, hq, l_q, d, device="cuda", dtype=dtype, generator=gen)
+    k = torch.randn(b, hkv, lkv, d, device="cuda", dtype=dtype, generator=gen)
+    v = torch.randn(b, hkv, lkv, d, device="cuda", dtype=dtype, generator=gen)
+    keep = torch.rand(mask_shape, device="cuda", generator=gen) > 0.25
+    mask = keep if mask_dtype == torch.bool else torch.zeros(mask_shape, device="cuda", dtype=mask_dtype).masked_fill(
+        ~keep, float("-inf"))
+    for filled in (4321, 777):
+        kv_len = torch.tensor(filled, device="cuda", dtype=torch.int64)
+        out = launcher(q, k, v, mask, kv_len)
+        expected = reference_attention(q, k, v, attn_mask=mask, is_causal=True, kv_len=filled)
+        torch.testing.assert_close(out.float(), expected, **tolerance(dtype))

@@ -456,7 +456,7 @@ def decode_payload(b=1, hq=32, hkv=8, lq=1, lkv=8192, d=128, dtype=F16, split_le
     split_params = [param(K.TensorPointer, T.Pointer, arg, div=16) for arg in range(4)]
     split_params += [ws(0, partial, partial_div), ws(lse_offset, lse), param(K.Float32Constant, T.Float32, f32=0.125)]
     split_params += [param(K.TensorStride, T.Int32, arg, dim, div=16) for arg in range(4) for dim in range(3)]
-    split_params += [param(K.TensorSize, T.Int32, 0, 2), param(K.TensorSize, T.Int32, 1, 2), const(split_len),
+    split_params += [param(K.TensorSize, T.Int32, 0, 2), param(K.TensorSize, T.Int32, 1, 2),
                      param(K.GlobalScratch, T.Pointer), param(K.ProfileScratch, T.Pointer)]
     combine_params = [ws(0, partial), ws(lse_offset, lse), param(K.TensorPointer, T.Pointer, 3, div=16)]
     combine_params += [param(K.TensorStride, T.Int32, 3, dim, div=16) for dim in range(3)]
@@ -486,7 +486,7 @@ def test_decode_launches_fill_workspace_and_constants():
     assert (split.name, split.grid) == ("gqa_decode_split", (15, 8, 1))
     values = [v for _, v in split.params]
     assert values[4:6] == [WORKSPACE, WORKSPACE + 32 * 15 * 128 * 4]
-    assert split.params[-3] == (T.Int32, SPLIT_LEN)
+    assert split.params[-3] == (T.Int32, 8192)  # L_kv
     assert (combine.name, combine.grid) == ("gqa_decode_combine", (1, 32, 1))
     assert [v for _, v in combine.params][:3] == [WORKSPACE, WORKSPACE + 32 * 15 * 128 * 4, args[3].address]
     assert combine.params[-3] == (T.Int32, 15)
@@ -539,8 +539,8 @@ def _decode_ws_param(p, k=0, i=4):
     (lambda p: setattr(_decode_ws_param(p, 1, 1), "workspaceExtent", 1 << 30),
      "kernel 1 (gqa_decode_combine) param 1: workspace range"),
     (lambda p: setattr(_decode_ws_param(p), "type", T.Int64), "param 4: Workspace must be passed as Pointer"),
-    (lambda p: setattr(_decode_ws_param(p, 0, 21), "type", T.Int64), "param 21: Int32Constant must be passed as Int32"),
-    (lambda p: (setattr(_decode_ws_param(p, 0, 21), "divisibility", 128)), "Int32Constant 576 is not a multiple of 128"),
+    (lambda p: setattr(_decode_ws_param(p, 1, 7), "type", T.Int64), "param 7: Int32Constant must be passed as Int32"),
+    (lambda p: (setattr(_decode_ws_param(p, 1, 7), "divisibility", 16)), "Int32Constant 15 is not a multiple of 16"),
     (lambda p: setattr(p, "workspaceBytes", 1 << 41), "workspace_bytes 2199023255552 too large"),
     (lambda p: setattr(_decode_ws_param(p), "kind", 8), "param 4: unknown param kind 8"),
 ])
