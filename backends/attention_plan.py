@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -28,6 +29,7 @@ import torch
 
 from .aot.attention import compile_attention
 from .aot.attention_decode import COMBINE_BLOCK_S, compile_decode_combine, compile_decode_split
+from .aot.compile_pool import worker_count
 from .aot.variant import MASK_STRIDES, AttentionVariant
 from .kernels.attention_decode import decode_split_grid, decode_workspace_shape
 from .heuristics import NOMINAL_SMS, KernelConfig, attention_config, decode_config, decode_split_count, split_plan
@@ -129,13 +131,22 @@ def launch_grid(args: AttentionArgs, block_m: int) -> list[fb.GridDimT]:
 
 def _compile_for_archs(compile_one, archs: Iterable[int], ptx: bool, describe) -> fb.KernelT:
     """compile_one(arch) for each arch into one payload kernel; describe(kernel, compiled)
-    binds params and grid from the first arch's entry point (all must agree)."""
+    binds params and grid from the first arch's entry point (all must agree).
+
+    The archs compile side by side (one thread each; aot/compile_pool runs
+    the compilations in worker processes), with a progress line per arch."""
+    archs = list(archs)
     kernel = fb.KernelT(cubins=[])
     first = None
-    for arch in archs:
-        start = time.perf_counter()
-        compiled = compile_one(arch)
-        logger.info("compiled %s for sm_%d in %.1f s", compiled.name, arch, time.perf_counter() - start)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(min(len(archs), worker_count()), 1)) as threads:
+        pending = {threads.submit(compile_one, arch): arch for arch in archs}
+        for done, future in enumerate(as_completed(pending), 1):
+            compiled = future.result()
+            logger.info("compiled %s sm_%d (%d/%d, %.1f s)", compiled.name, pending[future], done, len(archs),
+                        time.perf_counter() - start)
+        results = [future.result() for future in pending]
+    for arch, compiled in zip(archs, results):
         if first is None:
             first = compiled
             kernel.name = compiled.name

@@ -12,9 +12,13 @@ from typing import Iterable, Sequence
 from executorch.exir.backend.compile_spec_schema import CompileSpec
 
 
-# Architectures Triton 3.x compiles for that the kernels are written for.
+# Architectures Triton 3.x compiles for that the kernels are written for:
+# A100, A10/RTX 30xx, Jetson Orin, L4/L40/RTX 40xx, H100/H200.
 SUPPORTED_ARCHS = (80, 86, 87, 89, 90)
-DEFAULT_ARCHS = (80, 90)
+# Every supported arch by default: a .pte runs on whichever of these GPUs it
+# lands on, and on newer ones through the PTX fallback.
+DEFAULT_ARCHS = SUPPORTED_ARCHS
+_KNOWN_KEYS = ("archs", "ptx")
 
 
 @dataclass(frozen=True)
@@ -26,8 +30,8 @@ class CudaGqaOptions:
 
 
 def _parse_arch(arch: int | str) -> int:
-    text = str(arch).lower().removeprefix("sm_")
-    if not text.isdigit() or int(text) not in SUPPORTED_ARCHS:
+    text = str(arch).strip().lower().removeprefix("sm_")
+    if isinstance(arch, bool) or not text.isdigit() or int(text) not in SUPPORTED_ARCHS:
         raise ValueError(
             f"unsupported target arch {arch!r}: choose from "
             + ", ".join(f"sm_{a}" for a in SUPPORTED_ARCHS)
@@ -35,27 +39,41 @@ def _parse_arch(arch: int | str) -> int:
     return int(text)
 
 
-def make_compile_specs(archs: Iterable[int | str] = DEFAULT_ARCHS, ptx: bool = True) -> list[CompileSpec]:
-    """Compile specs for CudaGqaPartitioner; archs as 90 or "sm_90"."""
-    parsed = sorted({_parse_arch(a) for a in archs})
+def _parse_archs(archs: Iterable[int | str]) -> tuple[int, ...]:
+    parsed = tuple(sorted({_parse_arch(a) for a in archs}))
     if not parsed:
         raise ValueError("at least one target arch is needed")
+    return parsed
+
+
+def make_compile_specs(archs: Iterable[int | str] = DEFAULT_ARCHS, ptx: bool = True) -> list[CompileSpec]:
+    """Compile specs for CudaGqaPartitioner; archs as 90 or "sm_90"."""
+    if isinstance(archs, (str, int)):
+        raise ValueError(f"archs must be a list of archs, e.g. ['sm_80', 'sm_90'], got {archs!r}")
+    if not isinstance(ptx, bool):
+        raise ValueError(f"ptx must be True or False, got {ptx!r}")
     return [
-        CompileSpec("archs", ",".join(map(str, parsed)).encode()),
+        CompileSpec("archs", ",".join(map(str, _parse_archs(archs))).encode()),
         CompileSpec("ptx", b"1" if ptx else b"0"),
     ]
 
 
 def parse_compile_specs(specs: Sequence[CompileSpec]) -> CudaGqaOptions:
-    """Read compile specs back; unknown keys and bad values are refused."""
+    """Read compile specs back; unknown or repeated keys and bad values are refused."""
     values = {}
     for spec in specs:
-        if spec.key not in ("archs", "ptx"):
-            raise ValueError(f"unknown CudaGqaBackend compile spec {spec.key!r} (known: archs, ptx)")
-        values[spec.key] = bytes(spec.value).decode()
+        if spec.key not in _KNOWN_KEYS:
+            raise ValueError(f"unknown CudaGqaBackend compile spec {spec.key!r} (known: {', '.join(_KNOWN_KEYS)})")
+        if spec.key in values:
+            raise ValueError(f"CudaGqaBackend compile spec {spec.key!r} given twice")
+        try:
+            values[spec.key] = bytes(spec.value).decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError(f"CudaGqaBackend compile spec {spec.key!r} is not ASCII text: "
+                             f"{bytes(spec.value)[:32]!r}") from None
     options = {}
     if "archs" in values:
-        options["archs"] = tuple(sorted({_parse_arch(a) for a in values["archs"].split(",")}))
+        options["archs"] = _parse_archs(a for a in values["archs"].split(",") if a.strip())
     if "ptx" in values:
         if values["ptx"] not in ("0", "1"):
             raise ValueError(f"compile spec ptx must be 0 or 1, got {values['ptx']!r}")

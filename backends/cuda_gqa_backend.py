@@ -3,19 +3,24 @@
 Runs on the export machine, without a GPU: reads the SDPA node the
 partitioner delegated, maps its operands to the delegate's arguments, and
 hands the problem to attention_plan, which compiles and describes the launch.
+The payload's cubins and PTX go to the program's named data, stored once
+however many delegates share them (named_images.py).
 """
 
 from __future__ import annotations
 
 from typing import final
 
+from executorch.exir._serialize._named_data_store import NamedDataStore
 from executorch.exir.backend.backend_details import BackendDetails, PreprocessResult
 from executorch.exir.backend.compile_spec_schema import CompileSpec
 from torch.export import ExportedProgram
 
 from .attention_plan import AttentionArgs, build_attention_payload
 from .compile_specs import parse_compile_specs
+from .named_images import move_images_to_named_data
 from .sdpa import SdpaCall, is_contiguous_clone, is_sdpa
+from .serialization import deserialize_payload, serialize_payload
 
 
 @final
@@ -55,4 +60,8 @@ class CudaGqaBackend(BackendDetails):
                                value=inputs.index(call.value), out=len(inputs),
                                mask=None if mask is None else inputs.index(call.attn_mask)),
         )
-        return PreprocessResult(processed_bytes=payload)
+        images = NamedDataStore()
+        payload_with_keys = deserialize_payload(payload)
+        move_images_to_named_data(payload_with_keys, images)
+        return PreprocessResult(processed_bytes=serialize_payload(payload_with_keys),
+                                data_store_output=images.get_named_data_store_output())

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -120,8 +120,11 @@ def _check_driver(result, what: str):
 class CubinLauncher:
     """A payload's kernels, loaded on one CUDA device, callable on torch tensors.
 
-    `CubinLauncher(payload_bytes, device=None)`: device is an index, a
-    torch.device or None (torch's current device). Picks each kernel's image
+    `CubinLauncher(payload_bytes, device=None, named_data=None)`: device is an
+    index, a torch.device or None (torch's current device); named_data maps
+    the keys of images the payload keeps in the program's named data to
+    their bytes (payloads from build_attention_payload carry theirs inline
+    and need none). Picks each kernel's image
     for the device's compute capability as the C++ runtime does (exact cubin,
     then an older minor of the same major, then PTX), loads it once, opts in
     to dynamic shared memory above 48 KiB, and allocates the kernels' scratch
@@ -135,7 +138,7 @@ class CubinLauncher:
     payload has several).
     """
 
-    def __init__(self, payload_bytes: bytes, device: Any = None):
+    def __init__(self, payload_bytes: bytes, device: Any = None, named_data: Optional[Mapping[str, bytes]] = None):
         torch = _import_torch()
         self._torch = torch
         self._cc = _import_cuda_core()
@@ -156,7 +159,7 @@ class CubinLauncher:
         major, minor = torch.cuda.get_device_capability(index)
         self.compute_capability = 10 * major + minor
         # The launch plan for this arch: its arch variant when the payload has one.
-        self.plan = LaunchPlan(payload_bytes, device_cc=self.compute_capability)
+        self.plan = LaunchPlan(payload_bytes, device_cc=self.compute_capability, named_data=named_data)
 
         # Initialize torch's context first, so cuda.core shares its primary context.
         torch.cuda.init()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -239,6 +239,16 @@ def _pow2_or_zero(v: int) -> bool:
     return v & (v - 1) == 0
 
 
+def _check_image(image, key, where: str) -> bool:
+    """Whether an image is there, inline or as a named data key (not both)."""
+    inline, named = _len(image) > 0, len(_as_str(key)) > 0
+    if inline and named:
+        raise _fail(where, "has both inline bytes and a named data key")
+    if named and "\0" in _as_str(key):
+        raise _fail(where, "named data key contains NUL")
+    return inline or named
+
+
 def _check_kernel(k, specs, workspace_bytes: int, where: str) -> None:
     if k is None:
         raise _fail(where, "missing kernel")
@@ -255,12 +265,12 @@ def _check_kernel(k, specs, workspace_bytes: int, where: str) -> None:
             raise _fail(cw, "missing")
         if not 10 <= c.arch <= 1000:
             raise _fail(cw, f"implausible arch {c.arch}")
-        if _len(c.image) == 0:
+        if not _check_image(c.image, c.imageKey, cw):
             raise _fail(cw, f"empty image for sm_{c.arch}")
         if c.arch in seen:
             raise _fail(cw, f"duplicate arch sm_{c.arch}")
         seen.add(c.arch)
-    has_ptx = _len(k.ptx) > 0
+    has_ptx = _check_image(k.ptx, k.ptxKey, f"{where} PTX")
     if has_ptx and not 10 <= k.ptxArch <= 1000:
         raise _fail(where, f"PTX with implausible ptx_arch {k.ptxArch}")
     if not seen and not has_ptx:
@@ -341,11 +351,27 @@ def compute_grid(kernel, size_of: Callable[[int, int], int]) -> tuple[int, int, 
     return tuple(grid)
 
 
-def select_image(kernel, device_cc: int) -> ImageChoice:
+def _image_bytes(image, key, what: str, named_data: Optional[Mapping[str, bytes]]) -> bytes:
+    """Inline image bytes, or those `key` names in the program's named data."""
+    key = _as_str(key)
+    if not key:
+        return _as_bytes(image)
+    if named_data is None:
+        raise LaunchError(f"its {what}, named data '{key}', cannot be read: no named data was given")
+    if key not in named_data:
+        raise LaunchError(f"its {what}, named data '{key}', is missing from the program")
+    data = bytes(named_data[key])
+    if not data:
+        raise LaunchError(f"its {what}, named data '{key}', is empty")
+    return data
+
+
+def select_image(kernel, device_cc: int, named_data: Optional[Mapping[str, bytes]] = None) -> ImageChoice:
     """The image of `kernel` for compute capability `device_cc` (major*10+minor),
     as runtime/cpp/kernel_module.cpp picks it: the exact cubin, else the highest
     cubin of the same major with a lower minor, else the PTX if device_cc >=
-    ptxArch; else LaunchError listing what the payload has."""
+    ptxArch; else LaunchError listing what the payload has. Images stored by
+    key are read from `named_data` (key -> bytes, the program's named data)."""
     best = None
     for c in kernel.cubins or []:
         if c.arch == device_cc:
@@ -355,11 +381,14 @@ def select_image(kernel, device_cc: int) -> ImageChoice:
                 best is None or c.arch > best.arch):
             best = c
     if best is not None:
-        return ImageChoice(arch=int(best.arch), is_ptx=False, image=_as_bytes(best.image))
-    if _len(kernel.ptx) > 0 and device_cc >= kernel.ptxArch:
-        return ImageChoice(arch=int(kernel.ptxArch), is_ptx=True, image=_as_bytes(kernel.ptx))
+        return ImageChoice(arch=int(best.arch), is_ptx=False,
+                           image=_image_bytes(best.image, best.imageKey, f"sm_{best.arch} cubin", named_data))
+    has_ptx = _len(kernel.ptx) > 0 or bool(_as_str(kernel.ptxKey))
+    if has_ptx and device_cc >= kernel.ptxArch:
+        return ImageChoice(arch=int(kernel.ptxArch), is_ptx=True,
+                           image=_image_bytes(kernel.ptx, kernel.ptxKey, "PTX", named_data))
     has = ", ".join(f"sm_{c.arch}" for c in kernel.cubins or []) or "no cubins"
-    ptx = f"PTX needs >= sm_{kernel.ptxArch}" if _len(kernel.ptx) > 0 else "no PTX"
+    ptx = f"PTX needs >= sm_{kernel.ptxArch}" if has_ptx else "no PTX"
     raise LaunchError(f"no cubin for sm_{device_cc} in this payload (has {has}; {ptx})")
 
 
@@ -376,9 +405,13 @@ class LaunchPlan:
     (argument count, each argument against its spec, parameters, grid).
     """
 
-    def __init__(self, payload: Union[fb.PayloadT, bytes, bytearray, memoryview], device_cc: Optional[int] = None):
+    def __init__(self, payload: Union[fb.PayloadT, bytes, bytearray, memoryview], device_cc: Optional[int] = None,
+                 named_data: Optional[Mapping[str, bytes]] = None):
         """device_cc: the GPU's compute capability; its arch variant, if the
-        payload has one, replaces the payload's own kernels and workspace."""
+        payload has one, replaces the payload's own kernels and workspace.
+        named_data: the program's named data (key -> bytes), where payloads
+        exported through preprocess keep their cubins and PTX."""
+        self.named_data = named_data
         if isinstance(payload, (bytes, bytearray, memoryview)):
             try:
                 payload = deserialize_payload(bytes(payload))
@@ -448,7 +481,7 @@ class LaunchPlan:
 
     def select_image(self, k: int, device_cc: int) -> ImageChoice:
         try:
-            return select_image(self.kernels[k], device_cc)
+            return select_image(self.kernels[k], device_cc, self.named_data)
         except LaunchError as e:
             raise LaunchError(f"kernel {self.names[k]}: {e}") from None
 

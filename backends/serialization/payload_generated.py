@@ -467,8 +467,15 @@ class Cubin(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
         return o == 0
 
+    # Cubin
+    def ImageKey(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
 def CubinStart(builder):
-    builder.StartObject(2)
+    builder.StartObject(3)
 
 def CubinAddArch(builder, arch):
     builder.PrependUint32Slot(0, arch, 0)
@@ -478,6 +485,9 @@ def CubinAddImage(builder, image):
 
 def CubinStartImageVector(builder, numElems):
     return builder.StartVector(1, numElems, 1)
+
+def CubinAddImageKey(builder, imageKey):
+    builder.PrependUOffsetTRelativeSlot(2, flatbuffers.number_types.UOffsetTFlags.py_type(imageKey), 0)
 
 def CubinEnd(builder):
     return builder.EndObject()
@@ -495,9 +505,11 @@ class CubinT(object):
         self,
         arch = 0,
         image = None,
+        imageKey = None,
     ):
         self.arch = arch  # type: int
         self.image = image  # type: Optional[List[int]]
+        self.imageKey = imageKey  # type: Optional[str]
 
     @classmethod
     def InitFromBuf(cls, buf, pos):
@@ -528,6 +540,7 @@ class CubinT(object):
                     self.image.append(cubin.Image(i))
             else:
                 self.image = cubin.ImageAsNumpy()
+        self.imageKey = cubin.ImageKey()
 
     # CubinT
     def Pack(self, builder):
@@ -539,10 +552,14 @@ class CubinT(object):
                 for i in reversed(range(len(self.image))):
                     builder.PrependUint8(self.image[i])
                 image = builder.EndVector()
+        if self.imageKey is not None:
+            imageKey = builder.CreateString(self.imageKey)
         CubinStart(builder)
         CubinAddArch(builder, self.arch)
         if self.image is not None:
             CubinAddImage(builder, image)
+        if self.imageKey is not None:
+            CubinAddImageKey(builder, imageKey)
         cubin = CubinEnd(builder)
         return cubin
 
@@ -724,8 +741,15 @@ class Kernel(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(26))
         return o == 0
 
+    # Kernel
+    def PtxKey(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(28))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
 def KernelStart(builder):
-    builder.StartObject(12)
+    builder.StartObject(13)
 
 def KernelAddName(builder, name):
     builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(name), 0)
@@ -775,6 +799,9 @@ def KernelAddGrid(builder, grid):
 def KernelStartGridVector(builder, numElems):
     return builder.StartVector(4, numElems, 4)
 
+def KernelAddPtxKey(builder, ptxKey):
+    builder.PrependUOffsetTRelativeSlot(12, flatbuffers.number_types.UOffsetTFlags.py_type(ptxKey), 0)
+
 def KernelEnd(builder):
     return builder.EndObject()
 
@@ -801,6 +828,7 @@ class KernelT(object):
         profileScratchAlign = 0,
         params = None,
         grid = None,
+        ptxKey = None,
     ):
         self.name = name  # type: Optional[str]
         self.cubins = cubins  # type: Optional[List[CubinT]]
@@ -814,6 +842,7 @@ class KernelT(object):
         self.profileScratchAlign = profileScratchAlign  # type: int
         self.params = params  # type: Optional[List[KernelParamT]]
         self.grid = grid  # type: Optional[List[GridDimT]]
+        self.ptxKey = ptxKey  # type: Optional[str]
 
     @classmethod
     def InitFromBuf(cls, buf, pos):
@@ -875,6 +904,7 @@ class KernelT(object):
                 else:
                     gridDim_ = GridDimT.InitFromObj(kernel.Grid(i))
                     self.grid.append(gridDim_)
+        self.ptxKey = kernel.PtxKey()
 
     # KernelT
     def Pack(self, builder):
@@ -912,6 +942,8 @@ class KernelT(object):
             for i in reversed(range(len(self.grid))):
                 builder.PrependUOffsetTRelative(gridlist[i])
             grid = builder.EndVector()
+        if self.ptxKey is not None:
+            ptxKey = builder.CreateString(self.ptxKey)
         KernelStart(builder)
         if self.name is not None:
             KernelAddName(builder, name)
@@ -930,6 +962,8 @@ class KernelT(object):
             KernelAddParams(builder, params)
         if self.grid is not None:
             KernelAddGrid(builder, grid)
+        if self.ptxKey is not None:
+            KernelAddPtxKey(builder, ptxKey)
         kernel = KernelEnd(builder)
         return kernel
 

@@ -4,9 +4,11 @@
 #include <executorch/runtime/backend/interface.h>
 #include <executorch/runtime/core/error.h>
 #include <executorch/runtime/core/evalue.h>
+#include <executorch/runtime/core/named_data_map.h>
 #include <executorch/runtime/platform/log.h>
 
 #include <cinttypes>
+#include <cstdio>
 #include <cstring>
 #include <new>
 #include <string>
@@ -30,6 +32,7 @@ using executorch::runtime::DelegateHandle;
 using executorch::runtime::Error;
 using executorch::runtime::EValue;
 using executorch::runtime::FreeableBuffer;
+using executorch::runtime::NamedDataMap;
 using executorch::runtime::Result;
 using executorch::runtime::Span;
 
@@ -119,9 +122,46 @@ bool device_alloc(DelegateState* s, size_t bytes, size_t align, DeviceBuffer* ou
   return true;
 }
 
+// When kernel `k` stores the image init loads on `device_cc` in the
+// program's named data, fetches it into *held (kept until the module is
+// loaded) and points the image's view at it. False with *why when the key
+// cannot be resolved.
+bool fetch_named_image(const NamedDataMap* named_data, int device_cc, KernelDesc* k,
+                       std::vector<FreeableBuffer>* held, std::string* why) {
+  ImageChoice choice;
+  if (!select_image(*k, device_cc, &choice, why)) {
+    *why = "kernel " + k->name + ": " + *why;
+    return false;
+  }
+  ImageView* image = choice.is_ptx ? &k->ptx : &k->cubins[choice.image - k->cubins.data()];
+  if (image->key.empty()) return true;
+  const std::string what = "kernel " + k->name + ": its " +
+                           (choice.is_ptx ? std::string("PTX") : "sm_" + std::to_string(image->arch) + " cubin") +
+                           ", named data '" + image->key + "',";
+  if (named_data == nullptr) {
+    *why = what + " cannot be read: the program has no named data";
+    return false;
+  }
+  Result<FreeableBuffer> data = named_data->get_data(image->key);
+  if (!data.ok()) {
+    char code[16];
+    std::snprintf(code, sizeof(code), "0x%x", static_cast<unsigned>(data.error()));
+    *why = what + " is missing from the program (executorch error " + code + ")";
+    return false;
+  }
+  if (data->size() == 0 || data->data() == nullptr) {
+    *why = what + " is empty";
+    return false;
+  }
+  held->push_back(std::move(data.get()));
+  image->data = static_cast<const uint8_t*>(held->back().data());
+  image->size = held->back().size();
+  return true;
+}
+
 // Init after the payload is parsed: device, context, stream, modules,
 // buffers. Returns the error and fills *why on failure.
-Error set_up_device(DelegateState* s, std::string* why) {
+Error set_up_device(DelegateState* s, const NamedDataMap* named_data, std::string* why) {
   for (const auto* specs : {&s->payload.inputs, &s->payload.outputs}) {
     for (const TensorSpecDesc& spec : *specs) {
       if (!spec.is_static()) {
@@ -161,7 +201,13 @@ Error set_up_device(DelegateState* s, std::string* why) {
 
   const size_t num_kernels = s->payload.kernels.size();
   s->modules.resize(num_kernels);
+  std::vector<FreeableBuffer> named_images;  // freed once the modules are loaded
+  named_images.reserve(num_kernels);
   for (size_t i = 0; i < num_kernels; ++i) {
+    if (!fetch_named_image(named_data, s->compute_capability, &s->payload.kernels[i],
+                           &named_images, why)) {
+      return Error::InvalidProgram;
+    }
     if (!load_kernel(d, s->device, s->compute_capability, s->payload.kernels[i],
                      &s->modules[i], why)) {
       return Error::NotSupported;
@@ -224,7 +270,7 @@ Error set_up_device(DelegateState* s, std::string* why) {
       return Error::InvalidProgram;
     }
   }
-  // The images live in the buffer init frees; nothing reads them after load.
+  // The images live in buffers init frees; nothing reads them after load.
   for (KernelDesc& k : s->payload.kernels) {
     k.cubins.clear();
     k.ptx = ImageView();
@@ -240,7 +286,6 @@ class CudaGqaBackend final : public BackendInterface {
 
   Result<DelegateHandle*> init(BackendInitContext& context, FreeableBuffer* processed,
                                ArrayRef<CompileSpec> compile_specs) const override {
-    (void)context;
     (void)compile_specs;
     if (processed == nullptr || processed->data() == nullptr) {
       ET_LOG(Error, "CudaGqaBackend: no payload");
@@ -262,7 +307,7 @@ class CudaGqaBackend final : public BackendInterface {
                   ? Error::DelegateInvalidCompatibility
                   : Error::InvalidProgram;
       } else {
-        err = set_up_device(state, &why);
+        err = set_up_device(state, context.get_named_data_map(), &why);
       }
     } catch (const std::bad_alloc&) {
       err = Error::MemoryAllocationFailed;

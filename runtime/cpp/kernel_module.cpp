@@ -32,7 +32,7 @@ bool select_image(const KernelDesc& kernel, int device_cc, ImageChoice* out,
     *out = {best, false};
     return true;
   }
-  if (kernel.ptx.size > 0 && device_cc >= static_cast<int>(kernel.ptx.arch)) {
+  if (kernel.ptx.present() && device_cc >= static_cast<int>(kernel.ptx.arch)) {
     *out = {&kernel.ptx, true};
     return true;
   }
@@ -41,7 +41,7 @@ bool select_image(const KernelDesc& kernel, int device_cc, ImageChoice* out,
     has += (has.empty() ? "" : ", ") + sm(c.arch);
   }
   if (has.empty()) has = "no cubins";
-  const std::string ptx = kernel.ptx.size > 0
+  const std::string ptx = kernel.ptx.present()
                               ? "PTX needs >= " + sm(kernel.ptx.arch)
                               : std::string("no PTX");
   *error = "no cubin for " + sm(static_cast<uint32_t>(device_cc)) +
@@ -55,6 +55,11 @@ bool load_kernel(const CudaDriver& driver, CUdevice device, int device_cc,
   ImageChoice choice;
   if (!select_image(kernel, device_cc, &choice, error)) {
     *error = "kernel " + kernel.name + ": " + *error;
+    return false;
+  }
+  if (choice.image->size == 0) {
+    *error = "kernel " + kernel.name + ": image '" + choice.image->key +
+             "' was not fetched from the program's named data";
     return false;
   }
   // The flatbuffer only guarantees 4-byte alignment of vector data, the ELF

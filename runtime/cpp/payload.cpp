@@ -200,6 +200,24 @@ bool read_param(const fb::KernelParam* p, const PayloadDesc& pl, uint64_t worksp
 
 bool is_pow2_or_zero(uint32_t v) { return (v & (v - 1)) == 0; }
 
+// An image is inline bytes or a key into the program's named data, not both.
+bool read_image(const flatbuffers::Vector<uint8_t>* bytes, const flatbuffers::String* key,
+                const std::string& where, ImageView* out, std::string* error) {
+  const bool inline_bytes = bytes != nullptr && bytes->size() > 0;
+  const bool named = key != nullptr && key->size() > 0;
+  if (inline_bytes && named) return fail(error, where, "has both inline bytes and a named data key");
+  if (inline_bytes) {
+    out->data = bytes->data();
+    out->size = bytes->size();
+  } else if (named) {
+    out->key.assign(key->c_str(), key->size());
+    if (std::strlen(out->key.c_str()) != out->key.size()) {
+      return fail(error, where, "named data key contains NUL");
+    }
+  }
+  return true;
+}
+
 bool read_kernel(const fb::Kernel* k, const PayloadDesc& pl, uint64_t workspace_bytes,
                  const std::string& where_in, KernelDesc* out,
                  std::string* error) {
@@ -222,7 +240,9 @@ bool read_kernel(const fb::Kernel* k, const PayloadDesc& pl, uint64_t workspace_
       if (c->arch() < 10 || c->arch() > 1000) {
         return fail(error, cw, "implausible arch " + std::to_string(c->arch()));
       }
-      if (c->image() == nullptr || c->image()->size() == 0) {
+      ImageView image;
+      if (!read_image(c->image(), c->image_key(), cw, &image, error)) return false;
+      if (!image.present()) {
         return fail(error, cw, "empty image for sm_" + std::to_string(c->arch()));
       }
       for (const ImageView& seen : out->cubins) {
@@ -230,17 +250,19 @@ bool read_kernel(const fb::Kernel* k, const PayloadDesc& pl, uint64_t workspace_
           return fail(error, cw, "duplicate arch sm_" + std::to_string(c->arch()));
         }
       }
-      out->cubins.push_back({c->arch(), c->image()->data(), c->image()->size()});
+      image.arch = c->arch();
+      out->cubins.push_back(std::move(image));
     }
   }
-  if (k->ptx() != nullptr && k->ptx()->size() > 0) {
+  if (!read_image(k->ptx(), k->ptx_key(), where + " PTX", &out->ptx, error)) return false;
+  if (out->ptx.present()) {
     if (k->ptx_arch() < 10 || k->ptx_arch() > 1000) {
       return fail(error, where, "PTX with implausible ptx_arch " +
                                     std::to_string(k->ptx_arch()));
     }
-    out->ptx = {k->ptx_arch(), k->ptx()->data(), k->ptx()->size()};
+    out->ptx.arch = k->ptx_arch();
   }
-  if (out->cubins.empty() && out->ptx.size == 0) {
+  if (out->cubins.empty() && !out->ptx.present()) {
     return fail(error, where, "no cubin and no PTX");
   }
 

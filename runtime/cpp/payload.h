@@ -13,7 +13,7 @@
 namespace cuda_gqa {
 
 // Must match PAYLOAD_VERSION in backends/serialization/payload_serializer.py.
-constexpr uint32_t kPayloadVersion = 1;
+constexpr uint32_t kPayloadVersion = 2;
 constexpr char kPayloadIdentifier[] = "CGQA";
 // Upper bounds on what the runtime accepts; far above anything preprocess
 // emits, low enough that products and indices cannot overflow.
@@ -71,17 +71,21 @@ struct GridFactorDesc {
 };
 
 // A view of one compiled image inside the payload buffer; valid only while
-// that buffer is (the backend frees it at the end of init).
+// that buffer is (the backend frees it at the end of init). An image stored
+// in the program's named data has a key and no bytes until init resolves it
+// (data/size then view the named data map's buffer).
 struct ImageView {
   uint32_t arch = 0;  // major*10+minor
   const uint8_t* data = nullptr;
   size_t size = 0;
+  std::string key;  // named data key; empty: the bytes are inline
+  bool present() const { return size > 0 || !key.empty(); }
 };
 
 struct KernelDesc {
   std::string name;
   std::vector<ImageView> cubins;
-  ImageView ptx;  // size 0: no PTX; arch: the lowest CC the PTX runs on
+  ImageView ptx;  // !present(): no PTX; arch: the lowest CC the PTX runs on
   uint32_t num_warps = 0;
   uint32_t shared_mem_bytes = 0;
   uint32_t global_scratch_bytes = 0;

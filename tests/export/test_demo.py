@@ -6,11 +6,11 @@ import sys
 
 import pytest
 import torch
-from executorch.exir._serialize._program import _extract_delegate_payload
 
 from cuda_gqa.backends.serialization import deserialize_payload
 from cuda_gqa.export.attention_demo import make_demo
 from cuda_gqa.export.tensor_files import read_tensor
+from cuda_gqa.runtime.pte_delegates import cuda_gqa_delegates
 
 EM_CUDA = 190
 
@@ -19,7 +19,8 @@ EM_CUDA = 190
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     result = subprocess.run(
-        [sys.executable, "-m", "cuda_gqa.export", "--out", str(out), "--seq-len", "40"],
+        # Two archs keep the test short; the default is every supported arch.
+        [sys.executable, "-m", "cuda_gqa.export", "--out", str(out), "--seq-len", "40", "--archs", "sm_80,sm_90"],
         capture_output=True, text=True, timeout=600,
     )
     return out, result
@@ -49,7 +50,8 @@ def test_demo_writes_inputs_and_eager_outputs(demo_run):
 
 def test_demo_pte_carries_cubins_for_sm80_and_sm90(demo_run):
     out, _ = demo_run
-    payload = deserialize_payload(_extract_delegate_payload((out / "model.pte").read_bytes(), "CudaGqaBackend"))
+    (data,), named_data = cuda_gqa_delegates((out / "model.pte").read_bytes())
+    payload = deserialize_payload(data)
     # fp16 D=64 has tuned sm_90 tiles: sm_80's plan is the payload's own (with
     # the PTX fallback), sm_90's an arch variant; one cubin per arch either way.
     (kernel,) = payload.kernels
@@ -58,10 +60,12 @@ def test_demo_pte_carries_cubins_for_sm80_and_sm90(demo_run):
     assert sorted(by_arch) == [80, 90] and sum(len(k.cubins) for k in [kernel] + [
         k for v in variants for k in v.kernels]) == 2
     assert [list(v.archs) for v in variants] in ([], [[90]])
+    # The images live in the program's named data, under their content hash.
     for cubin in by_arch.values():
-        image = bytes(cubin.image)
+        assert not cubin.image
+        image = named_data[cubin.imageKey.decode()]
         assert image[:4] == b"\x7fELF"
         assert int.from_bytes(image[18:20], "little") == EM_CUDA
-    assert bytes(kernel.ptx).lstrip().startswith(b"//") and kernel.ptxArch == 80
+    assert named_data[kernel.ptxKey.decode()].lstrip().startswith(b"//") and kernel.ptxArch == 80
     assert [list(s.sizes) for s in payload.inputs] == [[1, 8, 40, 64], [1, 2, 40, 64], [1, 2, 40, 64]]
     assert list(payload.outputs[0].sizes) == [1, 8, 40, 64]

@@ -1,0 +1,98 @@
+"""Worker processes that run Triton compilations side by side.
+
+Compiling a kernel is CPU-bound Python and MLIR plus a ptxas subprocess,
+so threads do not overlap it: each compile goes to one of a few worker
+processes (as many as this process may use CPUs; $CUDA_GQA_COMPILE_WORKERS
+overrides, 1 compiles in this process). Callers wanting several compiles at
+once call from several threads (attention_plan does, one per arch).
+
+Workers are started with "spawn" (torch's threads make fork unsafe) once
+per process and reused. The kernel travels by import path; a kernel that
+cannot (defined in __main__ or a closure), or a pool that broke, is
+compiled in this process instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import multiprocessing
+import os
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Callable, Optional
+
+from .compiled_kernel import CompiledKernel
+
+logger = logging.getLogger(__name__)
+
+WORKERS_ENV = "CUDA_GQA_COMPILE_WORKERS"
+
+_lock = threading.Lock()
+_pool: Optional[ProcessPoolExecutor] = None
+
+
+def worker_count() -> int:
+    """$CUDA_GQA_COMPILE_WORKERS, else the CPUs this process may run on."""
+    configured = os.environ.get(WORKERS_ENV, "").strip()
+    if configured:
+        if not configured.isdigit() or int(configured) < 1:
+            raise ValueError(f"{WORKERS_ENV} must be a positive integer, got {configured!r}")
+        return int(configured)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _import_path(fn) -> Optional[tuple[str, str]]:
+    """(module, qualified name) under which a worker finds `fn`, or None."""
+    module, name = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if not module or not name or module == "__main__" or "<locals>" in name:
+        return None
+    try:
+        found = importlib.import_module(module)
+        for part in name.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError):
+        return None
+    return (module, name) if found is fn else None
+
+
+def _compile_by_import_path(module: str, name: str, spec: dict) -> CompiledKernel:
+    """Runs in a worker."""
+    from .triton_to_cubin import compile_uncached
+
+    fn = importlib.import_module(module)
+    for part in name.split("."):
+        fn = getattr(fn, part)
+    return compile_uncached(fn, **spec)
+
+
+def _get_pool(workers: int) -> ProcessPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        return _pool
+
+
+def _drop_pool(broken: ProcessPoolExecutor) -> None:
+    global _pool
+    with _lock:
+        if _pool is broken:
+            _pool = None
+    broken.shutdown(wait=False, cancel_futures=True)
+
+
+def run_compile(compile_here: Callable[..., CompiledKernel], fn, spec: dict) -> CompiledKernel:
+    """compile_here(fn, **spec), in a worker process when there are several."""
+    workers = worker_count()
+    path = _import_path(fn) if workers > 1 else None
+    if path is None:
+        return compile_here(fn, **spec)
+    pool = _get_pool(workers)
+    try:
+        return pool.submit(_compile_by_import_path, *path, spec).result()
+    except BrokenProcessPool as e:
+        logger.warning("compile worker pool broke (%s); compiling in this process", e)
+        _drop_pool(pool)
+        return compile_here(fn, **spec)

@@ -1,0 +1,60 @@
+"""Compilations run in worker processes, side by side across archs, with a progress line each."""
+
+import logging
+
+import pytest
+import torch
+
+from cuda_gqa.backends.aot import compile_pool, triton_to_cubin
+from cuda_gqa.backends.aot.attention_decode import compile_decode_combine
+from cuda_gqa.backends.attention_plan import build_attention_payload
+from cuda_gqa.backends.kernels.attention_decode import gqa_decode_combine
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_GQA_CACHE_DIR", str(tmp_path / "cache"))
+    triton_to_cubin.forget_compiled_in_process()
+    yield
+    triton_to_cubin.forget_compiled_in_process()
+
+
+def test_worker_count_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("CUDA_GQA_COMPILE_WORKERS", "3")
+    assert compile_pool.worker_count() == 3
+    monkeypatch.delenv("CUDA_GQA_COMPILE_WORKERS")
+    assert compile_pool.worker_count() >= 1
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("CUDA_GQA_COMPILE_WORKERS", bad)
+        with pytest.raises(ValueError, match="CUDA_GQA_COMPILE_WORKERS must be a positive integer"):
+            compile_pool.worker_count()
+
+
+def test_a_worker_compiles_what_this_process_would(fresh_cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_GQA_COMPILE_WORKERS", "2")
+    in_worker = compile_decode_combine(dtype=torch.bfloat16, head_dim=64, num_heads_q=4, arch=86)
+    assert compile_pool._pool is not None  # it went through the pool
+    triton_to_cubin.forget_compiled_in_process()
+    monkeypatch.setenv("CUDA_GQA_CACHE_DIR", str(tmp_path / "empty"))  # no disk cache hit either
+    monkeypatch.setenv("CUDA_GQA_COMPILE_WORKERS", "1")
+    here = compile_decode_combine(dtype=torch.bfloat16, head_dim=64, num_heads_q=4, arch=86)
+    assert here == in_worker
+
+
+def test_kernels_not_importable_by_workers_compile_here():
+    def local_kernel():
+        pass
+    assert compile_pool._import_path(local_kernel) is None
+    assert compile_pool._import_path(gqa_decode_combine) == ("cuda_gqa.backends.kernels.attention_decode",
+                                                             "gqa_decode_combine")
+
+
+def test_each_finished_arch_logs_a_progress_line(fresh_cache, caplog):
+    with caplog.at_level(logging.INFO, logger="cuda_gqa.backends.attention_plan"):
+        build_attention_payload(dtype=torch.float16, batch=1, num_heads_q=4, num_heads_kv=1, head_dim=32, l_q=64,
+                                l_kv=64, is_causal=True, archs=(80, 86, 89), ptx=False)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("compiled ")]
+    assert len(lines) == 3
+    assert sorted(line.split()[2] for line in lines) == ["sm_80", "sm_86", "sm_89"]
+    assert [line.split("(")[1].split(",")[0] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert all(line.startswith("compiled gqa_attention_fwd sm_") and line.endswith(" s)") for line in lines)
