@@ -11,11 +11,14 @@ resolve keys through the program's named data map at init.
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
-from executorch.exir._serialize._named_data_store import NamedDataStore
 
 from .serialization import payload_generated as fb
+
+if TYPE_CHECKING:  # executorch is not needed to read or move images (the GPU machine has none)
+    from executorch.exir._serialize._named_data_store import NamedDataStore
 
 KEY_PREFIX = "cuda_gqa/"
 # The C++ runtime copies each image before loading it; 16 keeps the
@@ -36,8 +39,9 @@ def _payload_kernels(payload: fb.PayloadT) -> list:
     return list(payload.kernels or []) + [k for v in payload.archVariants or [] for k in v.kernels or []]
 
 
-def move_images_to_named_data(payload: fb.PayloadT, store: NamedDataStore) -> None:
-    """Replace every inline cubin and PTX of `payload` by a key into `store`."""
+def move_images_to_named_data(payload: fb.PayloadT, store: "NamedDataStore") -> None:
+    """Replace every inline cubin and PTX of `payload` by a key into `store`
+    (anything with NamedDataStore's add_named_data(key, data, alignment))."""
     for kernel in _payload_kernels(payload):
         for cubin in kernel.cubins or []:
             if cubin.image is not None and len(cubin.image) > 0:

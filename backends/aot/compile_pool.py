@@ -93,6 +93,8 @@ def run_compile(compile_here: Callable[..., CompiledKernel], fn, spec: dict) -> 
     try:
         return pool.submit(_compile_by_import_path, *path, spec).result()
     except BrokenProcessPool as e:
-        logger.warning("compile worker pool broke (%s); compiling in this process", e)
+        logger.warning("compile worker pool broke (%s); compiling in this process. Workers import the main "
+                       "module: a script run as `python script.py` needs its top-level code under "
+                       "`if __name__ == \"__main__\":`", e)
         _drop_pool(pool)
         return compile_here(fn, **spec)

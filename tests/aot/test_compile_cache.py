@@ -155,3 +155,27 @@ def test_key_changes_when_a_called_jit_function_changes(tmp_path, monkeypatch):
                                                 divisible_by_16=frozenset(["X"]), arch=80, num_warps=1, num_stages=1))
     sys.modules.pop("cache_key_kernel", None)
     assert keys[0] != keys[1]
+
+
+def test_a_second_export_compiles_nothing(cache_dir, monkeypatch):
+    from executorch.exir import to_edge_transform_and_lower
+    from torch.nn import functional as F
+
+    from cuda_gqa.backends.partition import CudaGqaPartitioner
+
+    class Attention(torch.nn.Module):
+        def forward(self, q, k, v):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+    inputs = (torch.zeros(1, 4, 16, 32, dtype=torch.float16), torch.zeros(1, 2, 16, 32, dtype=torch.float16),
+              torch.zeros(1, 2, 16, 32, dtype=torch.float16))
+
+    def export() -> bytes:
+        program = to_edge_transform_and_lower(torch.export.export(Attention(), inputs),
+                                              partitioner=[CudaGqaPartitioner(archs=["sm_80"])])
+        return program.to_executorch().buffer
+
+    first = export()
+    triton_to_cubin.forget_compiled_in_process()  # as in a new process: only the disk cache is left
+    refuse_to_compile(monkeypatch)
+    assert export() == first

@@ -10,7 +10,6 @@ import sys
 
 import numpy as np
 import pytest
-from executorch.exir._serialize._named_data_store import NamedDataStore
 
 from cuda_gqa.backends.named_images import move_images_to_named_data
 from cuda_gqa.backends.serialization import deserialize_payload, serialize_payload
@@ -22,6 +21,9 @@ from test_cpp_backend import (  # noqa: F401  (fake_driver_dir is a fixture)
 
 def keyed(payload_bytes: bytes):
     """The payload with its images moved into a fresh store, and the store's key -> bytes."""
+    # Imported here: the GPU machine collects this folder and has no executorch.
+    from executorch.exir._serialize._named_data_store import NamedDataStore
+
     payload = deserialize_payload(payload_bytes)
     store = NamedDataStore()
     move_images_to_named_data(payload, store)
