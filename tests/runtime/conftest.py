@@ -1,0 +1,18 @@
+"""Session-wide fixtures of tests/runtime: exported .pte files with fake payloads, a fake driver."""
+
+import pytest
+
+from fake_programs import build_fake_driver, make_programs
+
+
+@pytest.fixture(scope="session")
+def programs(tmp_path_factory):
+    return make_programs(tmp_path_factory.mktemp("programs"))
+
+
+@pytest.fixture(scope="session")
+def fake_driver_dir(tmp_path_factory):
+    folder = build_fake_driver(tmp_path_factory.mktemp("fake_cuda"))
+    if folder is None:
+        pytest.skip("no C compiler to build the fake driver")
+    return folder
