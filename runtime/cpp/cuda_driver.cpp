@@ -78,7 +78,7 @@ LoadedDriver* load_driver() {
   ok &= resolve(lib, "cuLaunchKernel", &a.LaunchKernel, &missing);
   if (!ok) {
     d->status = DriverStatus::kSymbolMissing;
-    d->message = "libcuda.so.1 lacks " + missing + " (driver too old?)";
+    d->message = "libcuda.so.1 is too old: it lacks " + missing;
     return d;
   }
   CUresult r = a.Init(0);

@@ -134,6 +134,7 @@ FAKE_DRIVER_C = r"""
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 typedef int CUresult;
 typedef unsigned long long CUdeviceptr;
 static int launches;
@@ -195,6 +196,7 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
                         unsigned smem, void* s, void** params, void** extra) {
   (void)f; (void)s; (void)extra;
   if (gy != 1 || gz != 1 || bx != 128 || by != 1 || bz != 1 || smem != 65536) return 1;
+  usleep(100);  /* a kernel takes time: executes of several threads overlap */
   const float* x = *(const float**)params[0];
   const float* y = *(const float**)params[1];
   float* out = *(float**)params[2];
