@@ -22,13 +22,18 @@ class BackendLibraryError(RuntimeError):
 
 
 def library_path() -> Path:
-    """$CUDA_GQA_BACKEND_LIB, else the CMake build folder of this checkout."""
-    path = Path(os.environ.get(ENV_LIBRARY) or _REPO_BUILD_DIR / LIBRARY_NAME)
-    if not path.is_file():
-        raise BackendLibraryError(
-            f"{path} not found: build it with `make build` or point {ENV_LIBRARY} at it"
-        )
-    return path
+    """$CUDA_GQA_BACKEND_LIB, else the CMake build folder of this checkout, else its GPU
+    bundle (.gpu/, from `make gpu-bundle`: the library with ExecuTorch's beside it)."""
+    if os.environ.get(ENV_LIBRARY):
+        candidates = [Path(os.environ[ENV_LIBRARY])]
+    else:
+        candidates = [_REPO_BUILD_DIR / LIBRARY_NAME, _REPO_BUILD_DIR.parent / ".gpu" / LIBRARY_NAME]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise BackendLibraryError(
+        f"{' or '.join(map(str, candidates))} not found: build it with `make build` or point {ENV_LIBRARY} at it"
+    )
 
 
 @lru_cache(maxsize=None)

@@ -1,5 +1,5 @@
 """ctypes bindings of the C API's delegate functions (cuda_gqa_delegate_init/execute/destroy)
-for tests: numpy arrays in host memory, torch CUDA tensors in device memory."""
+for tests: numpy arrays and CPU torch tensors in host memory, CUDA torch tensors in device memory."""
 
 from __future__ import annotations
 
@@ -49,10 +49,10 @@ def host_tensor(array: np.ndarray) -> CudaGqaTensor:
     return t
 
 
-def device_tensor(tensor) -> CudaGqaTensor:
-    """A torch CUDA tensor, read and written in place."""
+def torch_tensor(tensor) -> CudaGqaTensor:
+    """A torch tensor, read and written in place: host memory for a CPU tensor, else device memory."""
     t = CudaGqaTensor(dtype=DTYPES[str(tensor.dtype).removeprefix("torch.")], rank=tensor.dim(),
-                      data=tensor.data_ptr(), device=tensor.device.index)
+                      data=tensor.data_ptr(), device=-1 if tensor.device.type == "cpu" else tensor.device.index)
     for d in range(tensor.dim()):
         t.sizes[d], t.strides[d] = tensor.shape[d], tensor.stride(d)
     return t

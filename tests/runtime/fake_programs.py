@@ -138,6 +138,9 @@ FAKE_DRIVER_C = r"""
 typedef int CUresult;
 typedef unsigned long long CUdeviceptr;
 static int launches;
+/* Calls counted for tests (fake_calls reads them): copies and synchronisations. */
+static int copies_to_device, copies_to_host, synchronizations;
+void fake_calls(int* htod, int* dtoh, int* syncs) { *htod = copies_to_device; *dtoh = copies_to_host; *syncs = synchronizations; }
 CUresult cuGetErrorName(CUresult e, const char** s) { *s = e ? "CUDA_ERROR_FAKE" : "CUDA_SUCCESS"; return 0; }
 CUresult cuGetErrorString(CUresult e, const char** s) { *s = e ? "fake failure" : "no error"; return 0; }
 CUresult cuInit(unsigned f) { (void)f; return 0; }
@@ -161,6 +164,7 @@ static HostFn pending_fn;
 static void* pending_data;
 CUresult cuStreamSynchronize(void* s) {
   (void)s;
+  __atomic_add_fetch(&synchronizations, 1, __ATOMIC_RELAXED);
   if (pending_fn) { HostFn fn = pending_fn; pending_fn = 0; fn(pending_data); }
   return 0;
 }
@@ -179,8 +183,12 @@ CUresult cuEventRecord(unsigned long long* e, void* s) { (void)s; *e = device_ns
 CUresult cuEventElapsedTime_v2(float* ms, unsigned long long* a, unsigned long long* b) { *ms = (float)((*b - *a) / 1e6); return 0; }
 CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t n) { *p = (CUdeviceptr)aligned_alloc(256, (n + 255) / 256 * 256); return *p ? 0 : 2; }
 CUresult cuMemFree_v2(CUdeviceptr p) { free((void*)p); return 0; }
-CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* h, size_t n, void* s) { (void)s; memcpy((void*)d, h, n); return 0; }
-CUresult cuMemcpyDtoHAsync_v2(void* h, CUdeviceptr d, size_t n, void* s) { (void)s; memcpy(h, (void*)d, n); return 0; }
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* h, size_t n, void* s) {
+  (void)s; memcpy((void*)d, h, n); __atomic_add_fetch(&copies_to_device, 1, __ATOMIC_RELAXED); return 0;
+}
+CUresult cuMemcpyDtoHAsync_v2(void* h, CUdeviceptr d, size_t n, void* s) {
+  (void)s; memcpy(h, (void*)d, n); __atomic_add_fetch(&copies_to_host, 1, __ATOMIC_RELAXED); return 0;
+}
 CUresult cuModuleLoadDataEx(void** m, const void* image, unsigned n, void* o, void** v) {
   (void)n; (void)o; (void)v;
   if (memcmp(image, "\x7f" "ELF\x5a", 5) != 0) return 200;  /* only the sm_90 fake cubin */

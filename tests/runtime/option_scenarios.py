@@ -1,13 +1,16 @@
 """Run as a script (in a process of its own, so the driver it loads is the one
-LD_LIBRARY_PATH names): for each scenario (name, [[key, value], ...]) of argv[1] (JSON),
-reset CudaGqaBackend's options to their defaults, set the scenario's through ExecuTorch's
-set_option (cuda_gqa.runtime.set_backend_option), read them back with get_option, then
-init a delegate from the payload file argv[2] and execute it twice on x = arange, y = 0.5
-(float32 [2, 64], host memory) through the C API. Prints one JSON object: per scenario what
-was refused, the values read back, whether both outputs were x + y (or init's and
-execute's error codes), the kernel time profiled meanwhile, and the stderr written
-meanwhile (the backend's log lines)."""
+LD_LIBRARY_PATH names, the fake of fake_programs.py): for each scenario (name, options
+[[key, value], ...], placement) of argv[1] (JSON), reset CudaGqaBackend's options to their
+defaults, set the scenario's through ExecuTorch's set_option
+(cuda_gqa.runtime.set_backend_option), read them back with get_option, then init a delegate
+from the payload file argv[2] and execute it twice on x = arange, y = 0.5 (float32 [2, 64])
+through the C API, the tensors marked as in host memory ("host") or in device memory of
+device N ("cuda:N"; the fake driver's device memory is host memory). Prints one JSON
+object: per scenario what was refused, the values read back, init's and execute's error
+codes, whether both outputs were x + y, the kernel time profiled, the fake driver's copies
+and synchronisations, and the stderr written meanwhile (the backend's log lines)."""
 
+import ctypes
 import json
 import os
 import sys
@@ -21,7 +24,13 @@ import delegate_api
 DEFAULTS = {"device": 0, "stream": "0", "synchronize": True, "profile": False}
 
 
-def run(options, payload, lib) -> dict:
+def fake_calls() -> dict:
+    counts = [ctypes.c_int() for _ in range(3)]
+    ctypes.CDLL("libcuda.so.1").fake_calls(*map(ctypes.byref, counts))
+    return dict(zip(("copies_to_device", "copies_to_host", "synchronizations"), (c.value for c in counts)))
+
+
+def run(options, placement, payload, lib) -> dict:
     report = {"refused": []}
     for key, value in DEFAULTS.items():
         cr.set_backend_option(key, value)
@@ -37,13 +46,18 @@ def run(options, payload, lib) -> dict:
     if handle is None:
         return report
     x, y = np.arange(128, dtype=np.float32).reshape(2, 64), np.full((2, 64), 0.5, np.float32)
-    matches, codes = True, []
+    device = -1 if placement == "host" else int(placement.removeprefix("cuda:"))
+    matches, codes, calls = True, [], fake_calls()
     for _ in range(2):
         out = np.zeros((2, 64), np.float32)
-        codes.append(delegate_api.execute(lib, handle, [delegate_api.host_tensor(a) for a in (x, y, out)]))
+        tensors = [delegate_api.host_tensor(a) for a in (x, y, out)]
+        for t in tensors:
+            t.device = device
+        codes.append(delegate_api.execute(lib, handle, tensors))
         matches &= bool(np.array_equal(out, x + y))
+    calls = {key: value - calls[key] for key, value in fake_calls().items()}
     lib.cuda_gqa_delegate_destroy(handle)
-    report.update(execute=codes, matches=matches, profiled_ns=cr.profiled_kernel_time_ns() - before)
+    report.update(execute=codes, matches=matches, profiled_ns=cr.profiled_kernel_time_ns() - before, calls=calls)
     return report
 
 
@@ -51,12 +65,12 @@ def main():
     scenarios, payload = json.loads(sys.argv[1]), open(sys.argv[2], "rb").read()
     lib = delegate_api.load(cr.library_path())
     results = {}
-    for name, options in scenarios:
+    for name, options, placement in scenarios:
         log = tempfile.TemporaryFile()
         saved = os.dup(2)
         os.dup2(log.fileno(), 2)
         try:
-            results[name] = run(options, payload, lib)
+            results[name] = run(options, placement, payload, lib)
         finally:
             os.dup2(saved, 2)
         log.seek(0)

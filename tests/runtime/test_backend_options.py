@@ -43,7 +43,12 @@ SCENARIOS = {
     "device 1, caller's stream, no sync": [["device", 1], ["stream", "0x5"], ["synchronize", False]],
     "defaults": [],
     "profile": [["profile", True]],
+    "device tensors": [],
+    "device tensors, no sync": [["synchronize", False]],
+    "host tensors, no sync": [["synchronize", False]],
+    "tensors on another device": [],
 }
+PLACEMENTS = {"device tensors": "cuda:0", "device tensors, no sync": "cuda:0", "tensors on another device": "cuda:1"}
 DEFAULT_VALUES = {"device": 0, "stream": "0x0", "synchronize": True, "profile": False}
 
 
@@ -51,7 +56,8 @@ DEFAULT_VALUES = {"device": 0, "stream": "0x0", "synchronize": True, "profile": 
 def scenarios(fake_driver_dir, tmp_path_factory) -> dict:
     payload = tmp_path_factory.mktemp("options") / "add.bin"
     payload.write_bytes(add_payload())
-    result = subprocess.run([sys.executable, str(SCENARIO_SCRIPT), json.dumps(list(SCENARIOS.items())),
+    scenario_list = [(name, options, PLACEMENTS.get(name, "host")) for name, options in SCENARIOS.items()]
+    result = subprocess.run([sys.executable, str(SCENARIO_SCRIPT), json.dumps(scenario_list),
                              str(payload)], capture_output=True, text=True, timeout=300, cwd=ROOT,
                             env=fake_env(fake_driver_dir))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -117,3 +123,28 @@ def test_runner_device_reaches_init_as_a_runtime_spec(programs, fake_driver_dir)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "sm_90 on device 1" in result.stderr
     assert result.stdout.count("kernels: median 125.0 us") == 1, result.stdout
+
+
+def test_host_tensors_are_staged_and_waited_for(scenarios):
+    report = scenarios["defaults"]
+    assert report["execute"] == [0, 0] and report["matches"] is True
+    # Per execute: x and y to the device, out back, one synchronisation.
+    assert report["calls"] == {"copies_to_device": 4, "copies_to_host": 2, "synchronizations": 2}
+    # Host memory the caller owns is read and written by the copies: execute waits even when told not to.
+    assert scenarios["host tensors, no sync"]["calls"] == report["calls"]
+
+
+def test_device_tensors_are_used_in_place(scenarios):
+    report = scenarios["device tensors"]
+    assert report["execute"] == [0, 0] and report["matches"] is True, report
+    assert report["calls"] == {"copies_to_device": 0, "copies_to_host": 0, "synchronizations": 2}
+    # "synchronize" false: execute only enqueues.
+    no_sync = scenarios["device tensors, no sync"]
+    assert no_sync["execute"] == [0, 0] and no_sync["matches"] is True, no_sync
+    assert no_sync["calls"] == {"copies_to_device": 0, "copies_to_host": 0, "synchronizations": 0}
+
+
+def test_tensors_on_another_device_are_refused(scenarios):
+    report = scenarios["tensors on another device"]
+    assert report["execute"] == [0x12, 0x12] and report["matches"] is False
+    assert "CudaGqaBackend: delegate arg 0 is on cuda:1, the delegate runs on cuda:0" in report["stderr"]
