@@ -479,3 +479,28 @@ def test_execute_marshals_tensors_params_and_grid(programs, fake_driver_dir, tmp
     # only where x - 0.5 >= 61.25, so x = 0..61 fail.
     assert "output 0: max_abs_err=1, 62 of 128 elements outside atol 0.02 + rtol 0.016 * |expected| FAIL" \
         in result.stdout
+
+
+def test_run_bundle_runs_each_case_and_summarises(programs, fake_driver_dir, tmp_path):
+    bundle = tmp_path / "bundle"
+    x = np.arange(128, dtype=np.float32).reshape(2, 64)
+    for name, expected in (("good", x + x), ("wrong", x - x)):
+        case = bundle / "cases" / name
+        case.mkdir(parents=True)
+        (case / "model.pte").symlink_to(programs / "good.pte")
+        x.tofile(case / "input_0.bin")
+        x.tofile(case / "input_1.bin")
+        expected.tofile(case / "expected_0.bin")
+    (bundle / "cuda_gqa_runner").symlink_to(_runner())
+    result = subprocess.run(["bash", str(ROOT / "runtime" / "runner" / "run_bundle.sh"), str(bundle),
+                             "--iterations", "3"], capture_output=True, text=True, env=fake_env(fake_driver_dir),
+                            timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "runner: 1 passed, 1 failed" in result.stdout
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()
+            if line.startswith(("good ", "wrong "))}
+    # case, execute, kernels (the fake driver's 125 us per launch), overhead, result
+    assert rows["good"][2] == "125.0" and rows["good"][4] == "PASS", rows
+    assert float(rows["good"][3]) == pytest.approx(float(rows["good"][1]) - 125.0, abs=0.11)
+    assert rows["wrong"][4:] == ["FAIL", "(exit", "1)"], rows
+    assert "over 3 iterations" in result.stdout  # the caller's --iterations wins
