@@ -23,6 +23,10 @@ class CudaGqaOptions:
     # Also ship PTX of the lowest arch, JIT-compiled by the driver on GPUs
     # newer than every cubin.
     ptx: bool = True
+    # "cuda:N": ExecuTorch's device-aware memory planning (PropagateDevicePass)
+    # plans the delegate's inputs and outputs in that GPU's memory, allocated
+    # by the runtime's CUDA DeviceAllocator. None: host memory, staged by the delegate.
+    target_device: str | None = None
 
 
 def _parse_arch(arch: int | str) -> int:
@@ -35,23 +39,35 @@ def _parse_arch(arch: int | str) -> int:
     return int(text)
 
 
-def make_compile_specs(archs: Iterable[int | str] = DEFAULT_ARCHS, ptx: bool = True) -> list[CompileSpec]:
-    """Compile specs for CudaGqaPartitioner; archs as 90 or "sm_90"."""
+def _parse_target_device(device: str) -> str:
+    index = device.removeprefix("cuda:")
+    if not device.startswith("cuda:") or not index.isdigit():
+        raise ValueError(f"target_device must be 'cuda:N', got {device!r}")
+    return f"cuda:{int(index)}"
+
+
+def make_compile_specs(archs: Iterable[int | str] = DEFAULT_ARCHS, ptx: bool = True,
+                       target_device: str | None = None) -> list[CompileSpec]:
+    """Compile specs for CudaGqaPartitioner; archs as 90 or "sm_90"; target_device as "cuda:0"."""
     parsed = sorted({_parse_arch(a) for a in archs})
     if not parsed:
         raise ValueError("at least one target arch is needed")
-    return [
+    specs = [
         CompileSpec("archs", ",".join(map(str, parsed)).encode()),
         CompileSpec("ptx", b"1" if ptx else b"0"),
     ]
+    if target_device is not None:
+        # The key ExecuTorch's PropagateDevicePass reads.
+        specs.append(CompileSpec("target_device", _parse_target_device(target_device).encode()))
+    return specs
 
 
 def parse_compile_specs(specs: Sequence[CompileSpec]) -> CudaGqaOptions:
     """Read compile specs back; unknown keys and bad values are refused."""
     values = {}
     for spec in specs:
-        if spec.key not in ("archs", "ptx"):
-            raise ValueError(f"unknown CudaGqaBackend compile spec {spec.key!r} (known: archs, ptx)")
+        if spec.key not in ("archs", "ptx", "target_device"):
+            raise ValueError(f"unknown CudaGqaBackend compile spec {spec.key!r} (known: archs, ptx, target_device)")
         values[spec.key] = bytes(spec.value).decode()
     options = {}
     if "archs" in values:
@@ -60,4 +76,6 @@ def parse_compile_specs(specs: Sequence[CompileSpec]) -> CudaGqaOptions:
         if values["ptx"] not in ("0", "1"):
             raise ValueError(f"compile spec ptx must be 0 or 1, got {values['ptx']!r}")
         options["ptx"] = values["ptx"] == "1"
+    if "target_device" in values:
+        options["target_device"] = _parse_target_device(values["target_device"])
     return CudaGqaOptions(**options)

@@ -52,6 +52,7 @@ LoadedDriver* load_driver() {
   ok &= resolve(lib, "cuDevicePrimaryCtxRetain", &a.DevicePrimaryCtxRetain, &missing);
   ok &= resolve(lib, "cuDevicePrimaryCtxRelease_v2", &a.DevicePrimaryCtxRelease, &missing);
   ok &= resolve(lib, "cuCtxSetCurrent", &a.CtxSetCurrent, &missing);
+  ok &= resolve(lib, "cuCtxSynchronize", &a.CtxSynchronize, &missing);
   ok &= resolve(lib, "cuStreamCreate", &a.StreamCreate, &missing);
   ok &= resolve(lib, "cuStreamDestroy_v2", &a.StreamDestroy, &missing);
   ok &= resolve(lib, "cuStreamSynchronize", &a.StreamSynchronize, &missing);
@@ -68,6 +69,8 @@ LoadedDriver* load_driver() {
   }
   ok &= resolve(lib, "cuMemAlloc_v2", &a.MemAlloc, &missing);
   ok &= resolve(lib, "cuMemFree_v2", &a.MemFree, &missing);
+  ok &= resolve(lib, "cuMemcpyHtoD_v2", &a.MemcpyHtoD, &missing);
+  ok &= resolve(lib, "cuMemcpyDtoH_v2", &a.MemcpyDtoH, &missing);
   ok &= resolve(lib, "cuMemcpyHtoDAsync_v2", &a.MemcpyHtoDAsync, &missing);
   ok &= resolve(lib, "cuMemcpyDtoHAsync_v2", &a.MemcpyDtoHAsync, &missing);
   ok &= resolve(lib, "cuModuleLoadDataEx", &a.ModuleLoadDataEx, &missing);

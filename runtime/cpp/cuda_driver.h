@@ -27,6 +27,7 @@ struct CudaDriver {
   decltype(&::cuDevicePrimaryCtxRetain) DevicePrimaryCtxRetain = nullptr;
   decltype(&::cuDevicePrimaryCtxRelease_v2) DevicePrimaryCtxRelease = nullptr;
   decltype(&::cuCtxSetCurrent) CtxSetCurrent = nullptr;
+  decltype(&::cuCtxSynchronize) CtxSynchronize = nullptr;
   decltype(&::cuStreamCreate) StreamCreate = nullptr;
   decltype(&::cuStreamDestroy_v2) StreamDestroy = nullptr;
   decltype(&::cuStreamSynchronize) StreamSynchronize = nullptr;
@@ -40,6 +41,8 @@ struct CudaDriver {
   decltype(&::cuLaunchHostFunc) LaunchHostFunc = nullptr;
   decltype(&::cuMemAlloc_v2) MemAlloc = nullptr;
   decltype(&::cuMemFree_v2) MemFree = nullptr;
+  decltype(&::cuMemcpyHtoD_v2) MemcpyHtoD = nullptr;
+  decltype(&::cuMemcpyDtoH_v2) MemcpyDtoH = nullptr;
   decltype(&::cuMemcpyHtoDAsync_v2) MemcpyHtoDAsync = nullptr;
   decltype(&::cuMemcpyDtoHAsync_v2) MemcpyDtoHAsync = nullptr;
   decltype(&::cuModuleLoadDataEx) ModuleLoadDataEx = nullptr;

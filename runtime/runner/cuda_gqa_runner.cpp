@@ -18,6 +18,7 @@
 #include <executorch/extension/module/module.h>
 #include <executorch/runtime/backend/backend_options_map.h>
 #include <executorch/runtime/backend/options.h>
+#include <executorch/runtime/core/device_allocator.h>
 #include <executorch/extension/tensor/tensor_ptr.h>
 #include <executorch/runtime/platform/runtime.h>
 
@@ -353,6 +354,19 @@ int main(int argc, char** argv) {
     }
     const Tensor& t = outputs[i].toTensor();
     const auto* data = static_cast<const uint8_t*>(t.const_data_ptr());
+    // An output the program planned in device memory (a "target_device"
+    // delegate output returned as is) is read back through its allocator.
+    std::vector<uint8_t> host_copy;
+    const auto* impl = t.unsafeGetTensorImpl();
+    if (impl->device_type() != executorch::runtime::etensor::DeviceType::CPU) {
+      auto* allocator =
+          executorch::runtime::DeviceAllocatorRegistry::instance().get_allocator(impl->device_type());
+      if (allocator == nullptr) return fail("no device allocator", "for output " + std::to_string(i));
+      host_copy.resize(t.nbytes());
+      err = allocator->copy_device_to_host(host_copy.data(), data, t.nbytes(), impl->device_index());
+      if (err != Error::Ok) return fail(("copying output " + std::to_string(i) + " to the host failed").c_str(), err);
+      data = host_copy.data();
+    }
     if (!opt.output_dir.empty()) {
       const std::string path = opt.output_dir + "/output_" + std::to_string(i) + ".bin";
       if (!write_file(path, data, t.nbytes())) return fail("cannot write", path);

@@ -65,6 +65,7 @@ import sys, torch
 from executorch.exir import to_edge
 from executorch.exir.backend.backend_api import to_backend
 from executorch.exir.backend.backend_details import BackendDetails, PreprocessResult
+from executorch.exir.backend.compile_spec_schema import CompileSpec
 
 # Stands in for the real preprocess (not imported here, so this is the only
 # BackendDetails named CudaGqaBackend): it embeds a given payload as is.
@@ -88,10 +89,12 @@ class Wrapper(torch.nn.Module):
         return self.lowered(x, y)
 
 inputs = (torch.ones(2, 64), torch.ones(2, 64))
-for payload_path, pte_path in zip(sys.argv[1::2], sys.argv[2::2]):
+# Triples: payload file, .pte file, target_device compile spec ("-": none).
+for payload_path, pte_path, device in zip(sys.argv[1::3], sys.argv[2::3], sys.argv[3::3]):
     CudaGqaBackend.payload = open(payload_path, "rb").read()
     edge = to_edge(torch.export.export(Add(), inputs))
-    lowered = to_backend("CudaGqaBackend", edge.exported_program(), [])
+    specs = [] if device == "-" else [CompileSpec("target_device", device.encode())]
+    lowered = to_backend("CudaGqaBackend", edge.exported_program(), specs)
     program = to_edge(torch.export.export(Wrapper(lowered), inputs)).to_executorch()
     open(pte_path, "wb").write(program.buffer)
 """
@@ -113,13 +116,15 @@ def add_payload(sizes=(2, 64), version=None) -> bytes:
 
 def make_programs(folder: Path) -> Path:
     """.pte files embedding: a good payload, a version-2 one, one with a dynamic size
-    (good.pte, v2.pte, dynamic.pte), and input files x.bin (2x64 ones) and wrong_size.bin."""
-    payloads = {"good": add_payload(), "v2": add_payload(version=PAYLOAD_VERSION + 1),
-                "dynamic": add_payload(sizes=(-1, 64))}
+    (good.pte, v2.pte, dynamic.pte), the good one planned by ExecuTorch's device-aware
+    memory planning with its inputs and outputs on cuda:0 (device.pte), and input files
+    x.bin (2x64 ones) and wrong_size.bin."""
+    payloads = {"good": (add_payload(), "-"), "v2": (add_payload(version=PAYLOAD_VERSION + 1), "-"),
+                "dynamic": (add_payload(sizes=(-1, 64)), "-"), "device": (add_payload(), "cuda:0")}
     argv = []
-    for name, data in payloads.items():
+    for name, (data, device) in payloads.items():
         (folder / f"{name}.bin").write_bytes(data)
-        argv += [str(folder / f"{name}.bin"), str(folder / f"{name}.pte")]
+        argv += [str(folder / f"{name}.bin"), str(folder / f"{name}.pte"), device]
     result = subprocess.run([sys.executable, "-c", MAKE_PTE_SCRIPT, *argv], capture_output=True, text=True,
                             timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -139,7 +144,7 @@ typedef int CUresult;
 typedef unsigned long long CUdeviceptr;
 static int launches;
 /* Calls counted for tests (fake_calls reads them): copies and synchronisations. */
-static int copies_to_device, copies_to_host, synchronizations;
+static int copies_to_device, copies_to_host, synchronizations, sync_copies;
 void fake_calls(int* htod, int* dtoh, int* syncs) { *htod = copies_to_device; *dtoh = copies_to_host; *syncs = synchronizations; }
 CUresult cuGetErrorName(CUresult e, const char** s) { *s = e ? "CUDA_ERROR_FAKE" : "CUDA_SUCCESS"; return 0; }
 CUresult cuGetErrorString(CUresult e, const char** s) { *s = e ? "fake failure" : "no error"; return 0; }
@@ -154,7 +159,12 @@ CUresult cuDeviceGetAttribute(int* v, int attr, int d) {
   return 0;
 }
 CUresult cuDevicePrimaryCtxRetain(void** c, int d) { (void)d; *c = (void*)1; return 0; }
-CUresult cuDevicePrimaryCtxRelease_v2(int d) { (void)d; fprintf(stderr, "fake: context released after %d launches\n", launches); return 0; }
+CUresult cuDevicePrimaryCtxRelease_v2(int d) {
+  (void)d;
+  fprintf(stderr, "fake: context released after %d launches, %d staging copies, %d synchronous copies\n", launches,
+          copies_to_device + copies_to_host, sync_copies);
+  return 0;
+}
 CUresult cuCtxSetCurrent(void* c) { (void)c; return 0; }
 CUresult cuStreamCreate(void** s, unsigned f) { (void)f; *s = (void*)2; return 0; }
 CUresult cuStreamDestroy_v2(void* s) { fprintf(stderr, "fake: stream %p destroyed\n", s); return 0; }
@@ -168,6 +178,7 @@ CUresult cuStreamSynchronize(void* s) {
   if (pending_fn) { HostFn fn = pending_fn; pending_fn = 0; fn(pending_data); }
   return 0;
 }
+CUresult cuCtxSynchronize(void) { return cuStreamSynchronize((void*)2); }
 CUresult cuLaunchHostFunc(void* s, HostFn fn, void* data) { (void)s; pending_fn = fn; pending_data = data; return 0; }
 /* Streams 0x2 (created) and 0x5 belong to context 0x1; 0x6 to another one; others are invalid. */
 CUresult cuStreamGetCtx(void* s, void** c) {
@@ -183,6 +194,12 @@ CUresult cuEventRecord(unsigned long long* e, void* s) { (void)s; *e = device_ns
 CUresult cuEventElapsedTime_v2(float* ms, unsigned long long* a, unsigned long long* b) { *ms = (float)((*b - *a) / 1e6); return 0; }
 CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t n) { *p = (CUdeviceptr)aligned_alloc(256, (n + 255) / 256 * 256); return *p ? 0 : 2; }
 CUresult cuMemFree_v2(CUdeviceptr p) { free((void*)p); return 0; }
+CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void* h, size_t n) {
+  memcpy((void*)d, h, n); __atomic_add_fetch(&sync_copies, 1, __ATOMIC_RELAXED); return 0;
+}
+CUresult cuMemcpyDtoH_v2(void* h, CUdeviceptr d, size_t n) {
+  memcpy(h, (void*)d, n); __atomic_add_fetch(&sync_copies, 1, __ATOMIC_RELAXED); return 0;
+}
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* h, size_t n, void* s) {
   (void)s; memcpy((void*)d, h, n); __atomic_add_fetch(&copies_to_device, 1, __ATOMIC_RELAXED); return 0;
 }
@@ -232,3 +249,22 @@ def build_fake_driver(folder: Path) -> Path:
 
 def fake_env(folder: Path) -> dict:
     return {**os.environ, "LD_LIBRARY_PATH": f"{folder}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+
+
+# A libcuda.so.1 from before cuLaunchHostFunc and friends: it loads, but lacks entry points.
+OLD_DRIVER_C = r"""
+typedef int CUresult;
+CUresult cuGetErrorName(CUresult e, const char** s) { *s = "CUDA_ERROR_OLD"; return 0; }
+CUresult cuInit(unsigned f) { (void)f; return 0; }
+"""
+
+
+def build_old_driver(folder: Path) -> Path:
+    """folder/libcuda.so.1 built from OLD_DRIVER_C; None without a C compiler."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    (folder / "old_cuda.c").write_text(OLD_DRIVER_C)
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(folder / "libcuda.so.1"), str(folder / "old_cuda.c")],
+                   check=True)
+    return folder
