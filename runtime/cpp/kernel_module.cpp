@@ -108,9 +108,14 @@ bool load_kernel(const CudaDriver& driver, CUdevice device, const KernelDesc& ke
     return false;
   }
   int max_threads = 0;
-  if (driver.FuncGetAttribute(&max_threads, CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK,
-                              function) == CUDA_SUCCESS &&
-      max_threads < static_cast<int>(32 * kernel.num_warps)) {
+  r = driver.FuncGetAttribute(&max_threads, CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, function);
+  if (r != CUDA_SUCCESS) {
+    driver.ModuleUnload(module);
+    *error = "kernel " + kernel.name + ": cuFuncGetAttribute(MAX_THREADS_PER_BLOCK) failed: " +
+             driver.error_string(r);
+    return false;
+  }
+  if (max_threads < static_cast<int>(32 * kernel.num_warps)) {
     driver.ModuleUnload(module);
     *error = "kernel " + kernel.name + ": needs " + std::to_string(32 * kernel.num_warps) +
              " threads per block, the function allows " + std::to_string(max_threads);
