@@ -1,0 +1,6 @@
+"""LLM export: the built-in decoder family, its presets and checkpoints, and export_llm."""
+
+from .decoder import Decoder, DecoderConfig
+from .presets import PRESETS, TINY_PRESETS, build_preset
+
+__all__ = ["Decoder", "DecoderConfig", "PRESETS", "TINY_PRESETS", "build_preset"]
