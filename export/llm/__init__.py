@@ -1,6 +1,7 @@
 """LLM export: the built-in decoder family, its presets and checkpoints, and export_llm."""
 
 from .decoder import Decoder, DecoderConfig
+from .checkpoint import CheckpointError, load_checkpoint
 from .presets import PRESETS, TINY_PRESETS, build_preset
 
-__all__ = ["Decoder", "DecoderConfig", "PRESETS", "TINY_PRESETS", "build_preset"]
+__all__ = ["CheckpointError", "Decoder", "DecoderConfig", "PRESETS", "TINY_PRESETS", "build_preset", "load_checkpoint"]

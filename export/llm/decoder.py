@@ -239,8 +239,7 @@ class Decoder(nn.Module):
                                     for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.norm_weight_offset)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        if config.tie_word_embeddings:
-            self.lm_head.weight = self.embed_tokens.weight
+        self._tie_weights()
         self.register_buffer("rope_cos", torch.empty(max_seq_len, config.head_dim), persistent=False)
         self.register_buffer("rope_sin", torch.empty(max_seq_len, config.head_dim), persistent=False)
         self.to(dtype)
@@ -253,9 +252,14 @@ class Decoder(nn.Module):
         no time spent on initialisations about to be overwritten."""
         with torch.device("meta"):
             model = cls(config, **options)
-        model.to_empty(device="cpu")
+        model.to_empty(device="cpu")  # allocates tied weights apart: tie them again
+        model._tie_weights()
         model.reset_buffers()
         return model
+
+    def _tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
 
     def reset_buffers(self) -> None:
         """RoPE tables computed, caches zeroed."""

@@ -111,3 +111,10 @@ def test_seeded_weights_repeat():
     a = build_preset("tiny-qwen3", max_seq_len=8, seed=3)
     b = randomize_weights(Decoder.uninitialized(PRESETS["tiny-qwen3"], max_seq_len=8), seed=3)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_tied_embeddings_stay_tied():
+    model = build_preset("tiny-llama3", max_seq_len=8)
+    assert model.lm_head.weight is model.embed_tokens.weight
+    untied = build_preset("tiny-qwen3", max_seq_len=8)
+    assert not torch.equal(untied.lm_head.weight, untied.embed_tokens.weight)
