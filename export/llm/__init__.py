@@ -2,6 +2,8 @@
 
 from .decoder import Decoder, DecoderConfig
 from .checkpoint import CheckpointError, load_checkpoint
+from .pipeline import LlmExport, export_llm
 from .presets import PRESETS, TINY_PRESETS, build_preset
 
-__all__ = ["CheckpointError", "Decoder", "DecoderConfig", "PRESETS", "TINY_PRESETS", "build_preset", "load_checkpoint"]
+__all__ = ["CheckpointError", "Decoder", "DecoderConfig", "LlmExport", "PRESETS", "TINY_PRESETS", "build_preset",
+           "export_llm", "load_checkpoint"]

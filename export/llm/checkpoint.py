@@ -118,10 +118,11 @@ def load_checkpoint(directory: Union[str, Path], *, max_seq_len: int, dtype: tor
         raise CheckpointError(f"{directory}: no config.json (expected a Hugging Face-format directory)") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{config_path}: not valid JSON ({e})") from e
+    config = config_from_hf(hf)
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{directory}: no *.safetensors files")
-    model = Decoder.uninitialized(config_from_hf(hf), max_seq_len=max_seq_len, batch_size=batch_size, dtype=dtype)
+    model = Decoder.uninitialized(config, max_seq_len=max_seq_len, batch_size=batch_size, dtype=dtype)
 
     expected = model.state_dict()
     loaded = set()
