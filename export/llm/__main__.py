@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -49,6 +50,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="      %(message)s")
     logging.getLogger("cuda_gqa.backends.attention_plan").setLevel(logging.INFO)  # compile progress
+    # Expected here, and noise on the console: the caches are mutated buffers
+    # meant to start empty, and torch's pytree deprecations are not ours to fix.
+    warnings.filterwarnings("ignore", message="Mutation on a buffer in the model is detected")
+    warnings.filterwarnings("ignore", category=FutureWarning)
     dtype = DTYPES[args.dtype]
     log = lambda message: print(f"[export] {message}", flush=True)
     if args.checkpoint is not None:
