@@ -1,6 +1,7 @@
 """export_llm and its CLI: the .pte's methods, shared cache, numerics and partition report."""
 
 import contextlib
+import dataclasses
 import io
 import json
 
@@ -9,8 +10,10 @@ import torch
 from executorch.exir._serialize._program import deserialize_pte_binary
 from executorch.runtime import Runtime
 
+from cuda_gqa.backends.sdpa import SdpaCall, is_sdpa
 from cuda_gqa.export.llm.__main__ import main
 from cuda_gqa.export.llm.pipeline import export_llm
+from cuda_gqa.export.llm.presets import TINY_PRESETS, build_preset
 
 from llm_models import MAX_SEQ_LEN, PREFILL_LEN, one_layer
 from test_checkpoint import HF_CONFIGS, write_checkpoint
@@ -107,3 +110,22 @@ def test_xnnpack_takes_the_projections(cpu_pte):
     preset, _, pte = cpu_pte
     xnnpack = _delegates(pte, "XnnpackBackend")
     assert (xnnpack["prefill"] > 0 and xnnpack["decode"] > 0) == (preset == "tiny-mistral")
+
+
+@pytest.mark.parametrize("preset", TINY_PRESETS)
+def test_attention_calls_are_ones_the_kernels_take_but_for_the_mask(preset):
+    """What the partitioner will see: each layer's SDPA reads the whole cache with a bool
+    mask [1, 1, L, max_seq_len]; apart from that mask, the kernels take every call
+    (Gemma 2's soft-capped attention has no SDPA)."""
+    model = build_preset(preset, max_seq_len=MAX_SEQ_LEN, dtype=torch.bfloat16).requires_grad_(False)
+    with torch.no_grad():
+        graph = torch.export.export(model, (torch.zeros(1, PREFILL_LEN, dtype=torch.long),
+                                            torch.tensor([0]))).graph_module.graph
+    calls = [SdpaCall.from_node(n) for n in graph.nodes if is_sdpa(n)]
+    config = model.config
+    assert len(calls) == (0 if config.attn_logit_softcap else config.num_layers)
+    for call in calls:
+        assert call.shapes[1] == (1, config.num_kv_heads, MAX_SEQ_LEN, config.head_dim)
+        mask = call.attn_mask.meta["val"]
+        assert (mask.dtype, tuple(mask.shape)) == (torch.bool, (1, 1, PREFILL_LEN, MAX_SEQ_LEN))
+        assert dataclasses.replace(call, attn_mask=None).unsupported_reason() is None
