@@ -1,12 +1,14 @@
 """The decoder in eager PyTorch: cache consistency and each family's attention variant."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from cuda_gqa.export.llm.decoder import SLIDING_ATTENTION, Decoder, DecoderConfig, softcapped_attention
+from cuda_gqa.export.llm.decoder import (SLIDING_ATTENTION, Decoder, DecoderConfig, rope_inverse_frequencies,
+                                         softcapped_attention)
 from cuda_gqa.export.llm.presets import PRESETS, TINY_PRESETS, build_preset, randomize_weights
 
 MAX_SEQ_LEN = 24
@@ -118,3 +120,17 @@ def test_tied_embeddings_stay_tied():
     assert model.lm_head.weight is model.embed_tokens.weight
     untied = build_preset("tiny-qwen3", max_seq_len=8)
     assert not torch.equal(untied.lm_head.weight, untied.embed_tokens.weight)
+
+
+def test_llama3_rope_scaling_slows_only_long_wavelengths():
+    config = PRESETS["llama3.2-1b"]
+    scaled = rope_inverse_frequencies(config)
+    plain = rope_inverse_frequencies(dataclasses.replace(config, rope_scaling=None))
+    wavelength = 2 * math.pi / plain
+    short, long = wavelength < 8192 / 4, wavelength > 8192 / 1  # original context / high and low factors
+    assert short.any() and long.any() and (~short & ~long).any()
+    torch.testing.assert_close(scaled[short], plain[short])
+    torch.testing.assert_close(scaled[long], plain[long] / 32)
+    between = ~short & ~long  # a ramp from unscaled to scaled as the wavelength grows
+    assert ((scaled[between] < plain[between]) & (scaled[between] > plain[between] / 32)).all()
+    assert (scaled[between] / plain[between]).diff().le(0).all()
