@@ -58,12 +58,12 @@ GPU_CASES := demo:--dtype=float16 \
              fp16-gqa7:--dtype=float16,--heads-q=14,--heads-kv=2,--seq-len=64 \
              fp16-d80:--dtype=float16,--heads-q=8,--heads-kv=2,--head-dim=80,--seq-len=100 \
              bf16-d256:--dtype=bfloat16,--heads-q=4,--heads-kv=1,--head-dim=256,--seq-len=50 \
-             decode-bf16-llama-4k:--dtype=bfloat16,--heads-q=32,--heads-kv=8,--head-dim=128,--seq-len=1,--kv-len=4096 \
+             decode-bf16-llama-2k:--dtype=bfloat16,--heads-q=32,--heads-kv=8,--head-dim=128,--seq-len=1,--kv-len=2048 \
              decode-fp16-mqa-lq4:--dtype=float16,--heads-q=32,--heads-kv=1,--head-dim=128,--seq-len=4,--kv-len=4000,--causal \
              decode-bf16-short:--dtype=bfloat16,--heads-q=8,--heads-kv=2,--head-dim=64,--seq-len=1,--kv-len=200 \
              fp16-hf-repeat-kv:--dtype=float16,--heads-q=8,--heads-kv=2,--seq-len=96,--kv-expansion=repeat_kv \
              fp16-bool-mask:--dtype=float16,--heads-q=8,--heads-kv=2,--head-dim=64,--seq-len=77,--kv-len=300,--mask=bool \
-             bf16-additive-mask-decode:--dtype=bfloat16,--heads-q=32,--heads-kv=8,--head-dim=128,--seq-len=1,--kv-len=5000,--mask=additive \
+             bf16-additive-mask-decode:--dtype=bfloat16,--heads-q=16,--heads-kv=2,--head-dim=128,--seq-len=1,--kv-len=3000,--mask=additive \
              bf16-repeat-interleave:--dtype=bfloat16,--heads-q=12,--heads-kv=4,--seq-len=80,--kv-expansion=repeat_interleave \
              demo-device-planned:--dtype=float16,--target-device=cuda:0 \
              decode-bf16-short-device-planned:--dtype=bfloat16,--heads-q=8,--heads-kv=2,--head-dim=64,--seq-len=1,--kv-len=200,--target-device=cuda:0

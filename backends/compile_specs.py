@@ -51,9 +51,10 @@ def _parse_archs(archs: Iterable[int | str]) -> tuple[int, ...]:
 
 
 def _parse_target_device(device: str) -> str:
-    index = device.removeprefix("cuda:")
-    if not device.startswith("cuda:") or not index.isdigit():
-        raise ValueError(f"target_device must be 'cuda:N', got {device!r}")
+    """"cuda:N", or "cuda" for "cuda:0" (as torch.device reads it)."""
+    index = "0" if device == "cuda" else device.removeprefix("cuda:")
+    if not device.startswith("cuda") or not index.isdigit():
+        raise ValueError(f"target_device must be 'cuda' or 'cuda:N', got {device!r}")
     return f"cuda:{int(index)}"
 
 

@@ -519,7 +519,7 @@ def test_target_device_compile_spec():
     assert CompileSpec("target_device", b"cuda:1") in specs  # the key PropagateDevicePass reads
     assert parse_compile_specs(specs).target_device == "cuda:1"
     assert parse_compile_specs(make_compile_specs(archs=[90])).target_device is None
-    with pytest.raises(ValueError, match="target_device must be 'cuda:N', got 'gpu0'"):
+    with pytest.raises(ValueError, match="target_device must be 'cuda' or 'cuda:N', got 'gpu0'"):
         make_compile_specs(target_device="gpu0")
 
 
