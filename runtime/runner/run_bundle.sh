@@ -5,7 +5,11 @@
 # otherwise; a case's runner_args file adds options), then print one summary
 # line per case.
 # Usage: run_bundle.sh BUNDLE_DIR [runner options...]
+# RUNNER_WRAPPER runs the runner under a tool, e.g.
+#   RUNNER_WRAPPER="compute-sanitizer --tool memcheck --error-exitcode 3" \
+#     run_bundle.sh .gpu --warmup 0 --iterations 1
 set -u
+read -ra wrapper <<< "${RUNNER_WRAPPER:-}"
 bundle=${1:?usage: run_bundle.sh BUNDLE_DIR [runner options...]}
 shift
 failed=0
@@ -20,7 +24,7 @@ for case_dir in "$bundle"/cases/*/; do
   case_args=()
   if [ -f "$case_dir/runner_args" ]; then read -ra case_args < "$case_dir/runner_args"; fi
   # Later options win: the caller's override these defaults.
-  log=$("$bundle/cuda_gqa_runner" "$case_dir/model.pte" "${inputs[@]}" \
+  log=$("${wrapper[@]}" "$bundle/cuda_gqa_runner" "$case_dir/model.pte" "${inputs[@]}" \
           --expected "$case_dir/expected_0.bin" --warmup 10 --iterations 100 "${case_args[@]}" "$@" 2>&1)
   status=$?
   echo "$log"

@@ -511,6 +511,15 @@ def test_run_bundle_runs_each_case_and_summarises(programs, fake_driver_dir, tmp
     assert rows["wrong"][4:] == ["FAIL", "(exit", "1)"], rows
     assert "over 3 iterations" in result.stdout  # the caller's --iterations wins
 
+    # RUNNER_WRAPPER runs each case under a tool (compute-sanitizer on the GPU machine).
+    wrapper = tmp_path / "wrapper.sh"
+    wrapper.write_text('#!/bin/sh\necho "wrapped: $(basename "$1")" >&2\nexec "$@"\n')
+    wrapper.chmod(0o755)
+    wrapped = subprocess.run(["bash", str(ROOT / "runtime" / "runner" / "run_bundle.sh"), str(bundle),
+                              "--warmup", "0", "--iterations", "1"], capture_output=True, text=True,
+                             env={**fake_env(fake_driver_dir), "RUNNER_WRAPPER": f"{wrapper} "}, timeout=120)
+    assert wrapped.stdout.count("wrapped: cuda_gqa_runner") == 3, wrapped.stdout
+
 
 # --------------------------------------------------------------------------
 # device-aware memory planning: the CUDA DeviceAllocator the library registers
