@@ -299,17 +299,30 @@ int main(int argc, char** argv) {
     std::vector<executorch::aten::SizesType> sizes(info->sizes().begin(), info->sizes().end());
     std::vector<executorch::aten::DimOrderType> dim_order(info->dim_order().begin(),
                                                           info->dim_order().end());
-    input_tensors.push_back(executorch::extension::make_tensor_ptr(
-        std::move(sizes), input_data[i].data(), std::move(dim_order), {},
-        info->scalar_type()));
     if (opt.inputs_on_device) {
-      // Copied once, through the registered CUDA DeviceAllocator; the
-      // timed executes then read device memory only.
+      // Copied once, through the registered CUDA DeviceAllocator; the timed
+      // executes then read device memory only. (Not clone_tensor_ptr_to:
+      // it aborts when the allocation fails.)
       namespace et = executorch::runtime::etensor;
-      const et::Device device(et::DeviceType::CUDA,
-                              static_cast<et::DeviceIndex>(std::max(opt.device, 0L)));
-      input_tensors.back() = executorch::extension::clone_tensor_ptr_to(input_tensors.back(), device);
-      if (input_tensors.back() == nullptr) return fail("cannot copy input to the device", std::to_string(i));
+      const auto index = static_cast<et::DeviceIndex>(std::max(opt.device, 0L));
+      auto* allocator =
+          executorch::runtime::DeviceAllocatorRegistry::instance().get_allocator(et::DeviceType::CUDA);
+      if (allocator == nullptr) return fail("--inputs-on-device", "no CUDA device allocator registered");
+      auto memory = allocator->allocate(input_data[i].size(), index);
+      if (!memory.ok()) return fail(("device memory for input " + std::to_string(i)).c_str(), memory.error());
+      err = allocator->copy_host_to_device(*memory, input_data[i].data(), input_data[i].size(), index);
+      if (err != Error::Ok) {
+        allocator->deallocate(*memory, index);
+        return fail(("copying input " + std::to_string(i) + " to the device").c_str(), err);
+      }
+      input_tensors.push_back(executorch::extension::make_tensor_ptr(
+          std::move(sizes), *memory, std::move(dim_order), {}, info->scalar_type(),
+          et::Device(et::DeviceType::CUDA, index), executorch::aten::TensorShapeDynamism::STATIC,
+          [allocator, index](void* p) { allocator->deallocate(p, index); }));
+    } else {
+      input_tensors.push_back(executorch::extension::make_tensor_ptr(
+          std::move(sizes), input_data[i].data(), std::move(dim_order), {},
+          info->scalar_type()));
     }
     inputs.emplace_back(*input_tensors.back());
   }

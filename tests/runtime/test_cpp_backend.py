@@ -581,3 +581,12 @@ def test_device_io_program_keeps_method_inputs_and_outputs_on_the_device(program
     # 8 executes, no copies in any: the inputs went to the device once (2) and the
     # device-resident output came back once for the comparison (1).
     assert "context released after 8 launches, 0 staging copies, 3 synchronous copies" in result.stderr
+
+
+def test_inputs_on_device_without_a_usable_driver_fail_cleanly(programs, old_driver_dir):
+    x = programs / "x.bin"
+    result = subprocess.run([str(_runner()), str(programs / "device_io.pte"), "--input", str(x), "--input", str(x),
+                             "--inputs-on-device"], capture_output=True, text=True, env=fake_env(old_driver_dir),
+                            timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "error: device memory for input 0: executorch error 0x10" in result.stderr
