@@ -50,8 +50,10 @@ clean:
 # (runner, backend, ExecuTorch runtime libraries, .pte files with inputs and
 # expected outputs). Run it there with runtime/runner/run_bundle.sh .gpu
 # Small hidden sizes keep the projection weights, and so the bundle, small.
-# The *-device-planned cases keep the delegate's tensors in GPU memory
-# (ExecuTorch's device-aware memory planning, the backend's DeviceAllocator).
+# demo-device-planned keeps the delegate's tensors in GPU memory (ExecuTorch's
+# device-aware memory planning, the backend's DeviceAllocator); the
+# *-device-io case keeps the method's inputs and outputs there too (a decode
+# step with GPU-resident inputs and outputs: the host-overhead case).
 GPU_CASES := demo:--dtype=float16 \
              bf16-gqa4-d128-batch2:--dtype=bfloat16,--heads-q=8,--heads-kv=2,--head-dim=128,--seq-len=200,--batch=2 \
              fp32-mqa:--dtype=float32,--heads-q=4,--heads-kv=1,--seq-len=77 \
@@ -66,7 +68,7 @@ GPU_CASES := demo:--dtype=float16 \
              bf16-additive-mask-decode:--dtype=bfloat16,--heads-q=16,--heads-kv=2,--head-dim=128,--seq-len=1,--kv-len=3000,--mask=additive \
              bf16-repeat-interleave:--dtype=bfloat16,--heads-q=12,--heads-kv=4,--seq-len=80,--kv-expansion=repeat_interleave \
              demo-device-planned:--dtype=float16,--target-device=cuda:0 \
-             decode-bf16-short-device-planned:--dtype=bfloat16,--heads-q=8,--heads-kv=2,--head-dim=64,--seq-len=1,--kv-len=200,--target-device=cuda:0
+             decode-bf16-short-device-io:--dtype=bfloat16,--heads-q=8,--heads-kv=2,--head-dim=64,--seq-len=1,--kv-len=200,--target-device=cuda:0,--device-io
 
 gpu-bundle: build
 	rm -rf .gpu && mkdir -p .gpu

@@ -53,7 +53,14 @@ def parse_args(argv):
     parser.add_argument("--target-device", metavar="cuda:N",
                         help="plan the delegate's inputs and outputs in this GPU's memory (ExecuTorch's "
                              "device-aware memory planning; the program copies to and from it)")
-    return parser.parse_args(argv)
+    parser.add_argument("--device-io", action="store_true",
+                        help="with --target-device: the method's inputs and outputs that are the delegate's stay "
+                             "in device memory too (no copies at the program's edges; run with the runner's "
+                             "--inputs-on-device, written to runner_args beside model.pte)")
+    args = parser.parse_args(argv)
+    if args.device_io and args.target_device is None:
+        parser.error("--device-io needs --target-device")
+    return args
 
 
 def export_demo(args) -> Path:
@@ -74,13 +81,16 @@ def export_demo(args) -> Path:
           flush=True)
     start = time.perf_counter()
     placement = {} if args.target_device is None else {"target_device": args.target_device}
-    program, report = lower_to_executorch(model, inputs, archs=args.archs.split(","), **placement)
+    program, report = lower_to_executorch(model, inputs, device_io=args.device_io, archs=args.archs.split(","),
+                                          **placement)
     for d in report:
         where = f"{d.module}.{d.node}" if d.module else d.node
         print(f"      {where}: {'delegated to CudaGqaBackend' if d.delegated else 'left on CPU'} ({d.reason})")
     args.out.mkdir(parents=True, exist_ok=True)
     pte = args.out / "model.pte"
     pte.write_bytes(program.buffer)
+    if args.device_io:  # read by runtime/runner/run_bundle.sh
+        (args.out / "runner_args").write_text(f"--inputs-on-device --device {args.target_device.split(':')[1]}\n")
     for i, x in enumerate(inputs):
         write_tensor(args.out / f"input_{i}.bin", x)
     write_tensor(args.out / "expected_0.bin", expected)
@@ -118,6 +128,10 @@ def load_and_run(args, pte: Path) -> int:
             print("error: 'forward' loaded without a GPU", file=sys.stderr)
             return 1
         print(f"      on a GPU machine run: {runner_cmd}")
+        return 0
+    if args.device_io:
+        # The method wants device tensors as inputs, which executorch's Python runtime cannot make.
+        print(f"[3/3] --device-io: run it with the C++ runner on {device}: {runner_cmd} --inputs-on-device")
         return 0
     print(f"[3/3] running on {device} ...", flush=True)
     method = program.load_method("forward")

@@ -55,6 +55,12 @@ def load_backend_library() -> ctypes.CDLL:
     lib.cuda_gqa_profiled_kernel_time_ns.restype = ctypes.c_uint64
     lib.cuda_gqa_loaded_module_count.argtypes = []
     lib.cuda_gqa_loaded_module_count.restype = ctypes.c_size_t
+    lib.cuda_gqa_delegate_init.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)]
+    lib.cuda_gqa_delegate_init.restype = ctypes.c_int
+    lib.cuda_gqa_delegate_execute.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    lib.cuda_gqa_delegate_execute.restype = ctypes.c_int
+    lib.cuda_gqa_delegate_destroy.argtypes = [ctypes.c_void_p]
+    lib.cuda_gqa_delegate_destroy.restype = None
     return lib
 
 

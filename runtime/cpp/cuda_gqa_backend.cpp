@@ -97,20 +97,26 @@ struct DelegateState {
 
   ~DelegateState() {
     if (driver == nullptr || context == nullptr) return;
-    driver->CtxSetCurrent(context);
-    if (stream != nullptr) driver->StreamSynchronize(stream);
-    for (DeviceBuffer& b : staging) {
-      if (b.ptr != 0) driver->MemFree(b.ptr);
+    // destroy cannot fail: failures are logged by name and the teardown goes on.
+    const CudaDriver& d = *driver;
+    auto check = [&d](CUresult r, const char* call) {
+      if (r != CUDA_SUCCESS) {
+        ET_LOG(Error, "CudaGqaBackend: destroy: %s failed: %s", call, d.error_string(r).c_str());
+      }
+    };
+    check(d.CtxSetCurrent(context), "cuCtxSetCurrent");
+    if (stream != nullptr) check(d.StreamSynchronize(stream), "cuStreamSynchronize");
+    for (const auto* buffers : {&staging, &scratch}) {
+      for (const DeviceBuffer& b : *buffers) {
+        if (b.ptr != 0) check(d.MemFree(b.ptr), "cuMemFree");
+      }
     }
-    for (DeviceBuffer& b : scratch) {
-      if (b.ptr != 0) driver->MemFree(b.ptr);
-    }
-    if (workspace.ptr != 0) driver->MemFree(workspace.ptr);
-    for (LoadedKernel& m : modules) release_kernel(*driver, &m);
-    if (profile_start != nullptr) driver->EventDestroy(profile_start);
-    if (profile_stop != nullptr) driver->EventDestroy(profile_stop);
-    if (stream != nullptr && owns_stream) driver->StreamDestroy(stream);
-    driver->DevicePrimaryCtxRelease(device);
+    if (workspace.ptr != 0) check(d.MemFree(workspace.ptr), "cuMemFree");
+    for (LoadedKernel& m : modules) release_kernel(d, &m);
+    if (profile_start != nullptr) check(d.EventDestroy(profile_start), "cuEventDestroy");
+    if (profile_stop != nullptr) check(d.EventDestroy(profile_stop), "cuEventDestroy");
+    if (stream != nullptr && owns_stream) check(d.StreamDestroy(stream), "cuStreamDestroy");
+    check(d.DevicePrimaryCtxRelease(device), "cuDevicePrimaryCtxRelease");
   }
 };
 

@@ -1,5 +1,7 @@
 #include "kernel_module.h"
 
+#include <executorch/runtime/platform/log.h>
+
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -215,7 +217,11 @@ void release_kernel(const CudaDriver& driver, LoadedKernel* kernel) {
   for (size_t i = 0; i < entries.size(); ++i) {
     if (entries[i].get() != target) continue;
     if (--target->references == 0) {
-      driver.ModuleUnload(target->loaded.module);
+      const CUresult r = driver.ModuleUnload(target->loaded.module);
+      if (r != CUDA_SUCCESS) {
+        ET_LOG(Error, "CudaGqaBackend: cuModuleUnload(%s) failed: %s", target->name.c_str(),
+               driver.error_string(r).c_str());
+      }
       entries.erase(entries.begin() + static_cast<std::ptrdiff_t>(i));
     }
     return;

@@ -3,7 +3,7 @@
 //
 //   cuda_gqa_runner MODEL.pte [--method NAME] [--input FILE]... [--expected FILE]...
 //                   [--output-dir DIR] [--atol X] [--rtol X] [--warmup N] [--iterations N]
-//                   [--device N]
+//                   [--device N] [--inputs-on-device]
 //
 // Inputs are raw little-endian tensors in the method's input order; dtype and
 // shape come from the program. Exit status: 0 ok, 1 an output differs from
@@ -62,13 +62,14 @@ struct Options {
   long warmup = 3;
   long iterations = 10;
   long device = -1;  // -1: the backend's default (option "device")
+  bool inputs_on_device = false;
 };
 
 void usage(FILE* out) {
   std::fprintf(out,
                "usage: cuda_gqa_runner MODEL.pte [--method NAME] [--input FILE]...\n"
                "         [--expected FILE]... [--output-dir DIR] [--atol X] [--rtol X]\n"
-               "         [--warmup N] [--iterations N] [--device N]\n"
+               "         [--warmup N] [--iterations N] [--device N] [--inputs-on-device]\n"
                "  --input FILE      raw little-endian input tensor, repeated in input order\n"
                "  --expected FILE   raw expected output, repeated in output order\n"
                "  --output-dir DIR  write DIR/output_<i>.bin for each output\n"
@@ -78,6 +79,8 @@ void usage(FILE* out) {
                "  --iterations N    timed executions (default 10); reports execute time, kernel\n"
                "                    time (a second, profiled pass) and host-side overhead\n"
                "  --device N        CUDA device for CudaGqaBackend delegates (default 0)\n"
+               "  --inputs-on-device  copy the inputs to that device once and pass device tensors\n"
+               "                    (programs exported with device-resident method inputs)\n"
                "(CudaGqaBackend payload version %d)\n",
                cuda_gqa_payload_version());
 }
@@ -134,8 +137,11 @@ int parse_args(int argc, char** argv, Options* o) {
       if (!parse_long(v, &o->warmup)) return fail("bad --warmup", v);
     } else if (a == "--iterations" && value(&v)) {
       if (!parse_long(v, &o->iterations)) return fail("bad --iterations", v);
+    } else if (a == "--inputs-on-device") {
+      o->inputs_on_device = true;
     } else if (a == "--device" && value(&v)) {
-      if (!parse_long(v, &o->device) || o->device > INT32_MAX) return fail("bad --device", v);
+      // Tensors name their device in an int8.
+      if (!parse_long(v, &o->device) || o->device > 127) return fail("bad --device", v);
     } else if (!a.empty() && a[0] != '-' && o->model.empty()) {
       o->model = a;
     } else {
@@ -293,9 +299,31 @@ int main(int argc, char** argv) {
     std::vector<executorch::aten::SizesType> sizes(info->sizes().begin(), info->sizes().end());
     std::vector<executorch::aten::DimOrderType> dim_order(info->dim_order().begin(),
                                                           info->dim_order().end());
-    input_tensors.push_back(executorch::extension::make_tensor_ptr(
-        std::move(sizes), input_data[i].data(), std::move(dim_order), {},
-        info->scalar_type()));
+    if (opt.inputs_on_device) {
+      // Copied once, through the registered CUDA DeviceAllocator; the timed
+      // executes then read device memory only. (Not clone_tensor_ptr_to:
+      // it aborts when the allocation fails.)
+      namespace et = executorch::runtime::etensor;
+      const auto index = static_cast<et::DeviceIndex>(std::max(opt.device, 0L));
+      auto* allocator =
+          executorch::runtime::DeviceAllocatorRegistry::instance().get_allocator(et::DeviceType::CUDA);
+      if (allocator == nullptr) return fail("--inputs-on-device", "no CUDA device allocator registered");
+      auto memory = allocator->allocate(input_data[i].size(), index);
+      if (!memory.ok()) return fail(("device memory for input " + std::to_string(i)).c_str(), memory.error());
+      err = allocator->copy_host_to_device(*memory, input_data[i].data(), input_data[i].size(), index);
+      if (err != Error::Ok) {
+        allocator->deallocate(*memory, index);
+        return fail(("copying input " + std::to_string(i) + " to the device").c_str(), err);
+      }
+      input_tensors.push_back(executorch::extension::make_tensor_ptr(
+          std::move(sizes), *memory, std::move(dim_order), {}, info->scalar_type(),
+          et::Device(et::DeviceType::CUDA, index), executorch::aten::TensorShapeDynamism::STATIC,
+          [allocator, index](void* p) { allocator->deallocate(p, index); }));
+    } else {
+      input_tensors.push_back(executorch::extension::make_tensor_ptr(
+          std::move(sizes), input_data[i].data(), std::move(dim_order), {},
+          info->scalar_type()));
+    }
     inputs.emplace_back(*input_tensors.back());
   }
 

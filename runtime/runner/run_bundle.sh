@@ -2,9 +2,14 @@
 # Run every exported case of a GPU bundle (made by `make gpu-bundle`) through
 # cuda_gqa_runner, comparing with the eager PyTorch outputs exported beside it
 # and timing it (10 warm-up and 100 timed executes unless the options say
-# otherwise), then print one summary line per case.
+# otherwise; a case's runner_args file adds options), then print one summary
+# line per case.
 # Usage: run_bundle.sh BUNDLE_DIR [runner options...]
+# RUNNER_WRAPPER runs the runner under a tool, e.g.
+#   RUNNER_WRAPPER="compute-sanitizer --tool memcheck --error-exitcode 3" \
+#     run_bundle.sh .gpu --warmup 0 --iterations 1
 set -u
+read -ra wrapper <<< "${RUNNER_WRAPPER:-}"
 bundle=${1:?usage: run_bundle.sh BUNDLE_DIR [runner options...]}
 shift
 failed=0
@@ -15,9 +20,12 @@ for case_dir in "$bundle"/cases/*/; do
   echo "== $name"
   inputs=()
   for f in "$case_dir"/input_*.bin; do inputs+=(--input "$f"); done
+  # Options the export wrote for this case (e.g. --inputs-on-device).
+  case_args=()
+  if [ -f "$case_dir/runner_args" ]; then read -ra case_args < "$case_dir/runner_args"; fi
   # Later options win: the caller's override these defaults.
-  log=$("$bundle/cuda_gqa_runner" "$case_dir/model.pte" "${inputs[@]}" \
-          --expected "$case_dir/expected_0.bin" --warmup 10 --iterations 100 "$@" 2>&1)
+  log=$("${wrapper[@]}" "$bundle/cuda_gqa_runner" "$case_dir/model.pte" "${inputs[@]}" \
+          --expected "$case_dir/expected_0.bin" --warmup 10 --iterations 100 "${case_args[@]}" "$@" 2>&1)
   status=$?
   echo "$log"
   if [ "$status" -eq 0 ]; then

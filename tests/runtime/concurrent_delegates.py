@@ -14,23 +14,21 @@ import threading
 
 import numpy as np
 
-import cuda_gqa.runtime as cr
-import delegate_api
+from cuda_gqa.runtime import cpp_delegate
 
 THREADS, ROUNDS, SHARED_THREADS, SHARED_ROUNDS = 8, 25, 4, 50
 
 
-def add_once(lib, handle, rows, seed) -> tuple[int, bool]:
+def add_once(handle, rows, seed) -> tuple[int, bool]:
     x = np.random.default_rng(seed).standard_normal((rows, 64)).astype(np.float32)
     y = np.full((rows, 64), float(seed % 7), np.float32)
     out = np.zeros_like(x)
-    rc = delegate_api.execute(lib, handle, [delegate_api.host_tensor(a) for a in (x, y, out)])
+    rc = cpp_delegate.execute(handle, [cpp_delegate.host_tensor(a) for a in (x, y, out)])
     return rc, rc == 0 and bool(np.array_equal(out, x + y))
 
 
 def main():
     payloads = [(open(path, "rb").read(), rows) for path, rows in zip(sys.argv[1::2], map(int, sys.argv[2::2]))]
-    lib = delegate_api.load(cr.library_path())
     lock = threading.Lock()
     report = {"init": {}, "execute": {}, "wrong_outputs": 0, "peak_modules": 0}
 
@@ -41,27 +39,27 @@ def main():
     def own_delegates(worker):
         for r in range(ROUNDS):
             payload, rows = payloads[(worker + r) % len(payloads)]
-            rc, handle = delegate_api.init(lib, payload)
+            rc, handle = cpp_delegate.init(payload)
             count("init", rc)
             if handle is None:
                 continue
             with lock:
-                report["peak_modules"] = max(report["peak_modules"], lib.cuda_gqa_loaded_module_count())
+                report["peak_modules"] = max(report["peak_modules"], cpp_delegate.loaded_module_count())
             for i in range(3):
-                rc, ok = add_once(lib, handle, rows, worker * 1000 + r * 10 + i)
+                rc, ok = add_once(handle, rows, worker * 1000 + r * 10 + i)
                 count("execute", rc)
                 if rc == 0 and not ok:
                     with lock:
                         report["wrong_outputs"] += 1
-            lib.cuda_gqa_delegate_destroy(handle)
+            cpp_delegate.destroy(handle)
 
     shared_payload, shared_rows = payloads[0]
-    rc, shared = delegate_api.init(lib, shared_payload)
+    rc, shared = cpp_delegate.init(shared_payload)
     count("init", rc)
 
     def shared_delegate(worker):
         for r in range(SHARED_ROUNDS):
-            rc, ok = add_once(lib, shared, shared_rows, 10**6 + worker * 1000 + r)
+            rc, ok = add_once(shared, shared_rows, 10**6 + worker * 1000 + r)
             count("execute", rc)
             if rc == 0 and not ok:
                 with lock:
@@ -74,8 +72,8 @@ def main():
         t.start()
     for t in threads:
         t.join()
-    lib.cuda_gqa_delegate_destroy(shared)
-    report["modules_at_end"] = lib.cuda_gqa_loaded_module_count()
+    cpp_delegate.destroy(shared)
+    report["modules_at_end"] = cpp_delegate.loaded_module_count()
     print(json.dumps(report))
 
 

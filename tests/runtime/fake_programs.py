@@ -66,6 +66,7 @@ from executorch.exir import to_edge
 from executorch.exir.backend.backend_api import to_backend
 from executorch.exir.backend.backend_details import BackendDetails, PreprocessResult
 from executorch.exir.backend.compile_spec_schema import CompileSpec
+from cuda_gqa.export.device_io import device_io_config
 
 # Stands in for the real preprocess (not imported here, so this is the only
 # BackendDetails named CudaGqaBackend): it embeds a given payload as is.
@@ -89,13 +90,16 @@ class Wrapper(torch.nn.Module):
         return self.lowered(x, y)
 
 inputs = (torch.ones(2, 64), torch.ones(2, 64))
-# Triples: payload file, .pte file, target_device compile spec ("-": none).
+# Triples: payload file, .pte file, target_device compile spec ("-": none; a "+io" suffix:
+# the method's inputs and outputs stay in device memory too).
 for payload_path, pte_path, device in zip(sys.argv[1::3], sys.argv[2::3], sys.argv[3::3]):
     CudaGqaBackend.payload = open(payload_path, "rb").read()
     edge = to_edge(torch.export.export(Add(), inputs))
-    specs = [] if device == "-" else [CompileSpec("target_device", device.encode())]
+    target, _, io = device.partition("+")
+    specs = [] if target == "-" else [CompileSpec("target_device", target.encode())]
     lowered = to_backend("CudaGqaBackend", edge.exported_program(), specs)
-    program = to_edge(torch.export.export(Wrapper(lowered), inputs)).to_executorch()
+    config = device_io_config() if io else None
+    program = to_edge(torch.export.export(Wrapper(lowered), inputs)).to_executorch(config)
     open(pte_path, "wb").write(program.buffer)
 """
 
@@ -117,10 +121,12 @@ def add_payload(sizes=(2, 64), version=None) -> bytes:
 def make_programs(folder: Path) -> Path:
     """.pte files embedding: a good payload, a version-2 one, one with a dynamic size
     (good.pte, v2.pte, dynamic.pte), the good one planned by ExecuTorch's device-aware
-    memory planning with its inputs and outputs on cuda:0 (device.pte), and input files
-    x.bin (2x64 ones) and wrong_size.bin."""
+    memory planning with the delegate's inputs and outputs on cuda:0 (device.pte; the
+    program copies its inputs there) and with the method's inputs and outputs there too
+    (device_io.pte), and input files x.bin (2x64 ones) and wrong_size.bin."""
     payloads = {"good": (add_payload(), "-"), "v2": (add_payload(version=PAYLOAD_VERSION + 1), "-"),
-                "dynamic": (add_payload(sizes=(-1, 64)), "-"), "device": (add_payload(), "cuda:0")}
+                "dynamic": (add_payload(sizes=(-1, 64)), "-"), "device": (add_payload(), "cuda:0"),
+                "device_io": (add_payload(), "cuda:0+io")}
     argv = []
     for name, (data, device) in payloads.items():
         (folder / f"{name}.bin").write_bytes(data)

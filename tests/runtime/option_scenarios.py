@@ -19,7 +19,7 @@ import tempfile
 import numpy as np
 
 import cuda_gqa.runtime as cr
-import delegate_api
+from cuda_gqa.runtime import cpp_delegate
 
 DEFAULTS = {"device": 0, "stream": "0", "synchronize": True, "profile": False}
 
@@ -30,7 +30,7 @@ def fake_calls() -> dict:
     return dict(zip(("copies_to_device", "copies_to_host", "synchronizations"), (c.value for c in counts)))
 
 
-def run(options, placement, payload, lib) -> dict:
+def run(options, placement, payload) -> dict:
     report = {"refused": []}
     for key, value in DEFAULTS.items():
         cr.set_backend_option(key, value)
@@ -41,7 +41,7 @@ def run(options, placement, payload, lib) -> dict:
             report["refused"].append(str(error))
     report["values"] = {key: cr.get_backend_option(key) for key in DEFAULTS}
     before = cr.profiled_kernel_time_ns()
-    rc, handle = delegate_api.init(lib, payload)
+    rc, handle = cpp_delegate.init(payload)
     report["init"] = rc
     if handle is None:
         return report
@@ -50,27 +50,26 @@ def run(options, placement, payload, lib) -> dict:
     matches, codes, calls = True, [], fake_calls()
     for _ in range(2):
         out = np.zeros((2, 64), np.float32)
-        tensors = [delegate_api.host_tensor(a) for a in (x, y, out)]
+        tensors = [cpp_delegate.host_tensor(a) for a in (x, y, out)]
         for t in tensors:
             t.device = device
-        codes.append(delegate_api.execute(lib, handle, tensors))
+        codes.append(cpp_delegate.execute(handle, tensors))
         matches &= bool(np.array_equal(out, x + y))
     calls = {key: value - calls[key] for key, value in fake_calls().items()}
-    lib.cuda_gqa_delegate_destroy(handle)
+    cpp_delegate.destroy(handle)
     report.update(execute=codes, matches=matches, profiled_ns=cr.profiled_kernel_time_ns() - before, calls=calls)
     return report
 
 
 def main():
     scenarios, payload = json.loads(sys.argv[1]), open(sys.argv[2], "rb").read()
-    lib = delegate_api.load(cr.library_path())
     results = {}
     for name, options, placement in scenarios:
         log = tempfile.TemporaryFile()
         saved = os.dup(2)
         os.dup2(log.fileno(), 2)
         try:
-            results[name] = run(options, placement, payload, lib)
+            results[name] = run(options, placement, payload)
         finally:
             os.dup2(saved, 2)
         log.seek(0)

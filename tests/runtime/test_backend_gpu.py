@@ -14,7 +14,7 @@ import threading
 import pytest
 import torch
 
-import delegate_api
+from cuda_gqa.runtime import cpp_delegate
 
 pytestmark = pytest.mark.gpu
 
@@ -31,15 +31,15 @@ def tolerance(dtype):
 
 
 @pytest.fixture(scope="module")
-def lib():
+def backend():
     import cuda_gqa.runtime as cr
 
     torch.cuda.init()  # the backend runs in the primary context torch uses
-    return delegate_api.load(cr.library_path())
+    return cr.load_backend_library()
 
 
 @pytest.fixture(autouse=True)
-def default_options(lib):
+def default_options(backend):
     import cuda_gqa.runtime as cr
 
     for key, value in DEFAULT_OPTIONS.items():
@@ -76,32 +76,32 @@ def inputs(name, seed, stream=None):
     return q, k, v, out, expected
 
 
-def init(lib, payload) -> int:
-    rc, handle = delegate_api.init(lib, payload)
+def init(payload) -> int:
+    rc, handle = cpp_delegate.init(payload)
     assert rc == 0, f"init failed with executorch error {rc:#x} (see the log above)"
     return handle
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_device_and_host_placements(lib, payloads, name):
-    handle = init(lib, payloads[name])
+def test_device_and_host_placements(backend, payloads, name):
+    handle = init(payloads[name])
     try:
         q, k, v, out, expected = inputs(name, seed=1)
         torch.cuda.synchronize()  # the delegate's own stream does not wait for torch's
-        assert delegate_api.execute(lib, handle, [delegate_api.torch_tensor(t) for t in (q, k, v, out)]) == 0
+        assert cpp_delegate.execute(handle, [cpp_delegate.torch_tensor(t) for t in (q, k, v, out)]) == 0
         torch.testing.assert_close(out.float(), expected, **tolerance(q.dtype))
 
         # The same delegate with every tensor in host memory (staged through its buffers).
         host = [t.cpu() for t in (q, k, v)] + [torch.full_like(out, float("nan"), device="cpu")]
-        assert delegate_api.execute(lib, handle, [delegate_api.torch_tensor(t) for t in host]) == 0
+        assert cpp_delegate.execute(handle, [cpp_delegate.torch_tensor(t) for t in host]) == 0
         torch.testing.assert_close(host[3].float(), expected.cpu(), **tolerance(q.dtype))
     finally:
-        lib.cuda_gqa_delegate_destroy(handle)
+        cpp_delegate.destroy(handle)
 
 
-def test_threads_execute_different_payloads(lib, payloads):
+def test_threads_execute_different_payloads(backend, payloads):
     names = sorted(CASES) * 2
-    handles = [init(lib, payloads[name]) for name in names]
+    handles = [init(payloads[name]) for name in names]
     data = [inputs(name, seed=10 + i) for i, name in enumerate(names)]
     torch.cuda.synchronize()
     failures = []
@@ -111,7 +111,7 @@ def test_threads_execute_different_payloads(lib, payloads):
         for _ in range(20):
             out.fill_(float("nan"))
             torch.cuda.synchronize()
-            rc = delegate_api.execute(lib, handles[i], [delegate_api.torch_tensor(t) for t in (q, k, v, out)])
+            rc = cpp_delegate.execute(handles[i], [cpp_delegate.torch_tensor(t) for t in (q, k, v, out)])
             if rc != 0:
                 failures.append(f"{names[i]}: execute returned {rc:#x}")
                 return
@@ -127,57 +127,57 @@ def test_threads_execute_different_payloads(lib, payloads):
     for t in threads:
         t.join()
     for handle in handles:
-        lib.cuda_gqa_delegate_destroy(handle)
+        cpp_delegate.destroy(handle)
     assert failures == []
 
 
-def test_delegates_of_one_payload_share_its_modules(lib, payloads):
-    before = lib.cuda_gqa_loaded_module_count()
-    first = init(lib, payloads["decode_multi_split"])
-    loaded = lib.cuda_gqa_loaded_module_count() - before
-    second = init(lib, payloads["decode_multi_split"])
+def test_delegates_of_one_payload_share_its_modules(backend, payloads):
+    before = cpp_delegate.loaded_module_count()
+    first = init(payloads["decode_multi_split"])
+    loaded = cpp_delegate.loaded_module_count() - before
+    second = init(payloads["decode_multi_split"])
     assert loaded == 2  # split + combine
-    assert lib.cuda_gqa_loaded_module_count() - before == loaded
-    lib.cuda_gqa_delegate_destroy(first)
-    lib.cuda_gqa_delegate_destroy(second)
-    assert lib.cuda_gqa_loaded_module_count() == before
+    assert cpp_delegate.loaded_module_count() - before == loaded
+    cpp_delegate.destroy(first)
+    cpp_delegate.destroy(second)
+    assert cpp_delegate.loaded_module_count() == before
 
 
-def test_callers_stream_without_synchronisation(lib, payloads):
+def test_callers_stream_without_synchronisation(backend, payloads):
     import cuda_gqa.runtime as cr
 
     stream = torch.cuda.Stream()
     cr.set_backend_option("stream", str(stream.cuda_stream))
     cr.set_backend_option("synchronize", False)
-    handle = init(lib, payloads["decode_multi_split"])
+    handle = init(payloads["decode_multi_split"])
     try:
         q, k, v, out, expected = inputs("decode_multi_split", seed=3, stream=stream)
         with torch.cuda.stream(stream):
             # Enqueued behind the inputs on the caller's stream; the copy is ordered after the kernels.
-            assert delegate_api.execute(lib, handle, [delegate_api.torch_tensor(t) for t in (q, k, v, out)]) == 0
+            assert cpp_delegate.execute(handle, [cpp_delegate.torch_tensor(t) for t in (q, k, v, out)]) == 0
             result = out.clone()
         stream.synchronize()
         torch.testing.assert_close(result.float(), expected, **tolerance(q.dtype))
     finally:
-        lib.cuda_gqa_delegate_destroy(handle)
+        cpp_delegate.destroy(handle)
 
 
-def test_profile_reports_the_kernels_device_time(lib, payloads):
+def test_profile_reports_the_kernels_device_time(backend, payloads):
     import time
 
     import cuda_gqa.runtime as cr
 
     cr.set_backend_option("profile", True)
-    handle = init(lib, payloads["decode_multi_split"])
+    handle = init(payloads["decode_multi_split"])
     try:
         q, k, v, out, expected = inputs("decode_multi_split", seed=4)
         torch.cuda.synchronize()
-        tensors = [delegate_api.torch_tensor(t) for t in (q, k, v, out)]
+        tensors = [cpp_delegate.torch_tensor(t) for t in (q, k, v, out)]
         before, start = cr.profiled_kernel_time_ns(), time.perf_counter_ns()
         for _ in range(10):
-            assert delegate_api.execute(lib, handle, tensors) == 0
+            assert cpp_delegate.execute(handle, tensors) == 0
         wall, kernels = time.perf_counter_ns() - start, cr.profiled_kernel_time_ns() - before
         torch.testing.assert_close(out.float(), expected, **tolerance(q.dtype))
         assert 0 < kernels < wall, (kernels, wall)
     finally:
-        lib.cuda_gqa_delegate_destroy(handle)
+        cpp_delegate.destroy(handle)

@@ -484,10 +484,12 @@ def test_execute_marshals_tensors_params_and_grid(programs, fake_driver_dir, tmp
 def test_run_bundle_runs_each_case_and_summarises(programs, fake_driver_dir, tmp_path):
     bundle = tmp_path / "bundle"
     x = np.arange(128, dtype=np.float32).reshape(2, 64)
-    for name, expected in (("good", x + x), ("wrong", x - x)):
+    for name, expected, program in (("good", x + x, "good"), ("wrong", x - x, "good"), ("io", x + x, "device_io")):
         case = bundle / "cases" / name
         case.mkdir(parents=True)
-        (case / "model.pte").symlink_to(programs / "good.pte")
+        (case / "model.pte").symlink_to(programs / f"{program}.pte")
+        if program == "device_io":
+            (case / "runner_args").write_text("--inputs-on-device\n")
         x.tofile(case / "input_0.bin")
         x.tofile(case / "input_1.bin")
         expected.tofile(case / "expected_0.bin")
@@ -496,14 +498,27 @@ def test_run_bundle_runs_each_case_and_summarises(programs, fake_driver_dir, tmp
                              "--iterations", "3"], capture_output=True, text=True, env=fake_env(fake_driver_dir),
                             timeout=120)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "runner: 1 passed, 1 failed" in result.stdout
+    assert "runner: 2 passed, 1 failed" in result.stdout
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()
-            if line.startswith(("good ", "wrong "))}
+            if line.startswith(("good ", "wrong ", "io "))}
+    assert rows["io"][4] == "PASS", rows
+    # The case's runner_args reached the runner: in 2 x (10 + 3) executes the inputs went to the
+    # device once and nothing was staged (the runner's log is in run_bundle.sh's stdout).
+    assert "context released after 26 launches, 0 staging copies, 3 synchronous copies" in result.stdout
     # case, execute, kernels (the fake driver's 125 us per launch), overhead, result
     assert rows["good"][2] == "125.0" and rows["good"][4] == "PASS", rows
     assert float(rows["good"][3]) == pytest.approx(float(rows["good"][1]) - 125.0, abs=0.11)
     assert rows["wrong"][4:] == ["FAIL", "(exit", "1)"], rows
     assert "over 3 iterations" in result.stdout  # the caller's --iterations wins
+
+    # RUNNER_WRAPPER runs each case under a tool (compute-sanitizer on the GPU machine).
+    wrapper = tmp_path / "wrapper.sh"
+    wrapper.write_text('#!/bin/sh\necho "wrapped: $(basename "$1")" >&2\nexec "$@"\n')
+    wrapper.chmod(0o755)
+    wrapped = subprocess.run(["bash", str(ROOT / "runtime" / "runner" / "run_bundle.sh"), str(bundle),
+                              "--warmup", "0", "--iterations", "1"], capture_output=True, text=True,
+                             env={**fake_env(fake_driver_dir), "RUNNER_WRAPPER": f"{wrapper} "}, timeout=120)
+    assert wrapped.stdout.count("wrapped: cuda_gqa_runner") == 3, wrapped.stdout
 
 
 # --------------------------------------------------------------------------
@@ -551,3 +566,27 @@ def test_device_planned_program_without_a_usable_driver_fails_cleanly(programs, 
                             capture_output=True, text=True, env=fake_env(old_driver_dir), timeout=120)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "CudaGqaBackend: device allocator: cuda:0: libcuda.so.1 is too old: it lacks" in result.stderr
+
+
+def test_device_io_program_keeps_method_inputs_and_outputs_on_the_device(programs, fake_driver_dir, tmp_path):
+    x = np.arange(128, dtype=np.float32).reshape(2, 64)
+    x.tofile(tmp_path / "x.bin")
+    (x + x).tofile(tmp_path / "expected.bin")
+    result = subprocess.run([str(_runner()), str(programs / "device_io.pte"), "--input", str(tmp_path / "x.bin"),
+                             "--input", str(tmp_path / "x.bin"), "--expected", str(tmp_path / "expected.bin"),
+                             "--warmup", "1", "--iterations", "3", "--inputs-on-device"],
+                            capture_output=True, text=True, env=fake_env(fake_driver_dir), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASS" in result.stdout
+    # 8 executes, no copies in any: the inputs went to the device once (2) and the
+    # device-resident output came back once for the comparison (1).
+    assert "context released after 8 launches, 0 staging copies, 3 synchronous copies" in result.stderr
+
+
+def test_inputs_on_device_without_a_usable_driver_fail_cleanly(programs, old_driver_dir):
+    x = programs / "x.bin"
+    result = subprocess.run([str(_runner()), str(programs / "device_io.pte"), "--input", str(x), "--input", str(x),
+                             "--inputs-on-device"], capture_output=True, text=True, env=fake_env(old_driver_dir),
+                            timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "error: device memory for input 0: executorch error 0x10" in result.stderr

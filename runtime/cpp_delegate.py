@@ -1,0 +1,65 @@
+"""CudaGqaBackend's own init/execute/destroy through the C API (cuda_gqa_delegate_*), without an
+ExecuTorch program: the C++ backend on numpy arrays and CPU torch tensors (host memory, staged)
+and CUDA torch tensors (device memory, used in place). For tests and benchmarks of the C++
+runtime; CubinLauncher is the pure-Python way to run a payload on torch tensors."""
+
+from __future__ import annotations
+
+import ctypes
+
+from .backend_library import load_backend_library
+
+MAX_RANK = 8  # CUDA_GQA_MAX_RANK
+ERROR_OK = 0
+# DType of payload.fbs for each numpy / torch element type name.
+DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}
+
+
+class CudaGqaTensor(ctypes.Structure):
+    _fields_ = [("dtype", ctypes.c_int32), ("rank", ctypes.c_uint32), ("sizes", ctypes.c_int64 * MAX_RANK),
+                ("strides", ctypes.c_int64 * MAX_RANK), ("data", ctypes.c_void_p), ("device", ctypes.c_int32)]
+
+
+def init(payload: bytes) -> tuple[int, int | None]:
+    """(ExecuTorch error code, delegate handle or None); options: the process-wide ones."""
+    buf = ctypes.create_string_buffer(payload, len(payload))
+    handle = ctypes.c_void_p()
+    rc = load_backend_library().cuda_gqa_delegate_init(buf, len(payload), ctypes.byref(handle))
+    return rc, handle.value if rc == ERROR_OK else None
+
+
+def host_tensor(array) -> CudaGqaTensor:
+    """A numpy array, in host memory."""
+    t = CudaGqaTensor(dtype=DTYPES[str(array.dtype)], rank=array.ndim, data=array.ctypes.data, device=-1)
+    for d in range(array.ndim):
+        t.sizes[d], t.strides[d] = array.shape[d], array.strides[d] // array.itemsize
+    return t
+
+
+def torch_tensor(tensor) -> CudaGqaTensor:
+    """A torch tensor, read and written in place: host memory for a CPU tensor, else device memory."""
+    t = CudaGqaTensor(dtype=DTYPES[str(tensor.dtype).removeprefix("torch.")], rank=tensor.dim(),
+                      data=tensor.data_ptr(), device=-1 if tensor.device.type == "cpu" else tensor.device.index)
+    for d in range(tensor.dim()):
+        t.sizes[d], t.strides[d] = tensor.shape[d], tensor.stride(d)
+    return t
+
+
+def arguments(tensors: list[CudaGqaTensor]):
+    """The argument array execute takes; build it once to time executes alone."""
+    return (CudaGqaTensor * len(tensors))(*tensors)
+
+
+def execute(handle: int, tensors) -> int:
+    """ExecuTorch error code of one execute on `tensors` (a list, or arguments(list))."""
+    args = tensors if isinstance(tensors, ctypes.Array) else arguments(tensors)
+    return load_backend_library().cuda_gqa_delegate_execute(handle, args, len(args))
+
+
+def destroy(handle: int | None) -> None:
+    load_backend_library().cuda_gqa_delegate_destroy(handle)
+
+
+def loaded_module_count() -> int:
+    """Modules the C++ backend's process-wide cache holds."""
+    return int(load_backend_library().cuda_gqa_loaded_module_count())
