@@ -50,6 +50,8 @@ clean:
 # (runner, backend, ExecuTorch runtime libraries, .pte files with inputs and
 # expected outputs). Run it there with runtime/runner/run_bundle.sh .gpu
 # Small hidden sizes keep the projection weights, and so the bundle, small.
+# The *-device-planned cases keep the delegate's tensors in GPU memory
+# (ExecuTorch's device-aware memory planning, the backend's DeviceAllocator).
 GPU_CASES := demo:--dtype=float16 \
              bf16-gqa4-d128-batch2:--dtype=bfloat16,--heads-q=8,--heads-kv=2,--head-dim=128,--seq-len=200,--batch=2 \
              fp32-mqa:--dtype=float32,--heads-q=4,--heads-kv=1,--seq-len=77 \
@@ -62,7 +64,9 @@ GPU_CASES := demo:--dtype=float16 \
              fp16-hf-repeat-kv:--dtype=float16,--heads-q=8,--heads-kv=2,--seq-len=96,--kv-expansion=repeat_kv \
              fp16-bool-mask:--dtype=float16,--heads-q=8,--heads-kv=2,--head-dim=64,--seq-len=77,--kv-len=300,--mask=bool \
              bf16-additive-mask-decode:--dtype=bfloat16,--heads-q=32,--heads-kv=8,--head-dim=128,--seq-len=1,--kv-len=5000,--mask=additive \
-             bf16-repeat-interleave:--dtype=bfloat16,--heads-q=12,--heads-kv=4,--seq-len=80,--kv-expansion=repeat_interleave
+             bf16-repeat-interleave:--dtype=bfloat16,--heads-q=12,--heads-kv=4,--seq-len=80,--kv-expansion=repeat_interleave \
+             demo-device-planned:--dtype=float16,--target-device=cuda:0 \
+             decode-bf16-short-device-planned:--dtype=bfloat16,--heads-q=8,--heads-kv=2,--head-dim=64,--seq-len=1,--kv-len=200,--target-device=cuda:0
 
 gpu-bundle: build
 	rm -rf .gpu && mkdir -p .gpu

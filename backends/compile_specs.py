@@ -18,7 +18,7 @@ SUPPORTED_ARCHS = (80, 86, 87, 89, 90)
 # Every supported arch by default: a .pte runs on whichever of these GPUs it
 # lands on, and on newer ones through the PTX fallback.
 DEFAULT_ARCHS = SUPPORTED_ARCHS
-_KNOWN_KEYS = ("archs", "ptx")
+_KNOWN_KEYS = ("archs", "ptx", "target_device")
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,10 @@ class CudaGqaOptions:
     # Also ship PTX of the lowest arch, JIT-compiled by the driver on GPUs
     # newer than every cubin.
     ptx: bool = True
+    # "cuda:N": ExecuTorch's device-aware memory planning (PropagateDevicePass)
+    # plans the delegate's inputs and outputs in that GPU's memory, allocated
+    # by the runtime's CUDA DeviceAllocator. None: host memory, staged by the delegate.
+    target_device: str | None = None
 
 
 def _parse_arch(arch: int | str) -> int:
@@ -46,16 +50,28 @@ def _parse_archs(archs: Iterable[int | str]) -> tuple[int, ...]:
     return parsed
 
 
-def make_compile_specs(archs: Iterable[int | str] = DEFAULT_ARCHS, ptx: bool = True) -> list[CompileSpec]:
-    """Compile specs for CudaGqaPartitioner; archs as 90 or "sm_90"."""
+def _parse_target_device(device: str) -> str:
+    index = device.removeprefix("cuda:")
+    if not device.startswith("cuda:") or not index.isdigit():
+        raise ValueError(f"target_device must be 'cuda:N', got {device!r}")
+    return f"cuda:{int(index)}"
+
+
+def make_compile_specs(archs: Iterable[int | str] = DEFAULT_ARCHS, ptx: bool = True,
+                       target_device: str | None = None) -> list[CompileSpec]:
+    """Compile specs for CudaGqaPartitioner; archs as 90 or "sm_90"; target_device as "cuda:0"."""
     if isinstance(archs, (str, int)):
         raise ValueError(f"archs must be a list of archs, e.g. ['sm_80', 'sm_90'], got {archs!r}")
     if not isinstance(ptx, bool):
         raise ValueError(f"ptx must be True or False, got {ptx!r}")
-    return [
+    specs = [
         CompileSpec("archs", ",".join(map(str, _parse_archs(archs))).encode()),
         CompileSpec("ptx", b"1" if ptx else b"0"),
     ]
+    if target_device is not None:
+        # The key ExecuTorch's PropagateDevicePass reads.
+        specs.append(CompileSpec("target_device", _parse_target_device(target_device).encode()))
+    return specs
 
 
 def parse_compile_specs(specs: Sequence[CompileSpec]) -> CudaGqaOptions:
@@ -78,4 +94,6 @@ def parse_compile_specs(specs: Sequence[CompileSpec]) -> CudaGqaOptions:
         if values["ptx"] not in ("0", "1"):
             raise ValueError(f"compile spec ptx must be 0 or 1, got {values['ptx']!r}")
         options["ptx"] = values["ptx"] == "1"
+    if "target_device" in values:
+        options["target_device"] = _parse_target_device(values["target_device"])
     return CudaGqaOptions(**options)

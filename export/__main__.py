@@ -50,6 +50,9 @@ def parse_args(argv):
     parser.add_argument("--archs", default=",".join(f"sm_{a}" for a in DEFAULT_ARCHS),
                         help="target archs, comma separated (default %(default)s; from "
                              + ", ".join(f"sm_{a}" for a in SUPPORTED_ARCHS) + ")")
+    parser.add_argument("--target-device", metavar="cuda:N",
+                        help="plan the delegate's inputs and outputs in this GPU's memory (ExecuTorch's "
+                             "device-aware memory planning; the program copies to and from it)")
     return parser.parse_args(argv)
 
 
@@ -70,7 +73,8 @@ def export_demo(args) -> Path:
           f"{args.dtype}, batch {args.batch}, seq {args.seq_len}) for {args.archs} ...",
           flush=True)
     start = time.perf_counter()
-    program, report = lower_to_executorch(model, inputs, archs=args.archs.split(","))
+    placement = {} if args.target_device is None else {"target_device": args.target_device}
+    program, report = lower_to_executorch(model, inputs, archs=args.archs.split(","), **placement)
     for d in report:
         where = f"{d.module}.{d.node}" if d.module else d.node
         print(f"      {where}: {'delegated to CudaGqaBackend' if d.delegated else 'left on CPU'} ({d.reason})")

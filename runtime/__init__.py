@@ -3,15 +3,21 @@
 from .backend_library import (
     BackendLibraryError,
     device_status,
+    get_backend_option,
     library_path,
     load_backend_library,
+    profiled_kernel_time_ns,
+    set_backend_option,
     validate_payload,
 )
 
 __all__ = [
     "BackendLibraryError",
     "device_status",
+    "get_backend_option",
     "library_path",
     "load_backend_library",
+    "profiled_kernel_time_ns",
+    "set_backend_option",
     "validate_payload",
 ]

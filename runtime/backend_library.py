@@ -22,13 +22,18 @@ class BackendLibraryError(RuntimeError):
 
 
 def library_path() -> Path:
-    """$CUDA_GQA_BACKEND_LIB, else the CMake build folder of this checkout."""
-    path = Path(os.environ.get(ENV_LIBRARY) or _REPO_BUILD_DIR / LIBRARY_NAME)
-    if not path.is_file():
-        raise BackendLibraryError(
-            f"{path} not found: build it with `make build` or point {ENV_LIBRARY} at it"
-        )
-    return path
+    """$CUDA_GQA_BACKEND_LIB, else the CMake build folder of this checkout, else its GPU
+    bundle (.gpu/, from `make gpu-bundle`: the library with ExecuTorch's beside it)."""
+    if os.environ.get(ENV_LIBRARY):
+        candidates = [Path(os.environ[ENV_LIBRARY])]
+    else:
+        candidates = [_REPO_BUILD_DIR / LIBRARY_NAME, _REPO_BUILD_DIR.parent / ".gpu" / LIBRARY_NAME]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise BackendLibraryError(
+        f"{' or '.join(map(str, candidates))} not found: build it with `make build` or point {ENV_LIBRARY} at it"
+    )
 
 
 @lru_cache(maxsize=None)
@@ -41,6 +46,15 @@ def load_backend_library() -> ctypes.CDLL:
     lib.cuda_gqa_validate_payload.restype = ctypes.c_int
     lib.cuda_gqa_payload_version.argtypes = []
     lib.cuda_gqa_payload_version.restype = ctypes.c_int
+    lib.cuda_gqa_set_option.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_char_p]
+    lib.cuda_gqa_set_option.restype = ctypes.c_int
+    lib.cuda_gqa_get_option.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int),
+                                        ctypes.c_char_p, ctypes.c_size_t]
+    lib.cuda_gqa_get_option.restype = ctypes.c_int
+    lib.cuda_gqa_profiled_kernel_time_ns.argtypes = []
+    lib.cuda_gqa_profiled_kernel_time_ns.restype = ctypes.c_uint64
+    lib.cuda_gqa_loaded_module_count.argtypes = []
+    lib.cuda_gqa_loaded_module_count.restype = ctypes.c_size_t
     return lib
 
 
@@ -57,3 +71,48 @@ def validate_payload(data: bytes) -> str | None:
     buf = ctypes.create_string_buffer(bytes(data), len(data))
     rc = load_backend_library().cuda_gqa_validate_payload(buf, len(data), message, len(message))
     return None if rc == 0 else message.value.decode(errors="replace")
+
+
+# Value kinds of cuda_gqa_set_option / cuda_gqa_get_option (cuda_gqa_c_api.h).
+_OPTION_BOOL, _OPTION_INT, _OPTION_STRING = 0, 1, 2
+# Each option's type (runtime/cpp/backend_options.h documents them).
+BACKEND_OPTION_TYPES = {"device": int, "stream": str, "synchronize": bool, "profile": bool}
+
+
+def set_backend_option(key: str, value: bool | int | str) -> None:
+    """Sets a process-wide CudaGqaBackend option through ExecuTorch's set_option; it applies
+    to delegates initialised afterwards. "stream" takes the CUstream handle as a string
+    (e.g. str(torch.cuda.current_stream().cuda_stream)). Raises ValueError when the backend
+    refuses the value (its log line on stderr names the cause)."""
+    if isinstance(value, bool):
+        kind, number, text = _OPTION_BOOL, int(value), None
+    elif isinstance(value, int):
+        kind, number, text = _OPTION_INT, value, None
+    elif isinstance(value, str):
+        kind, number, text = _OPTION_STRING, 0, value.encode()
+    else:
+        raise TypeError(f"option {key!r}: {type(value).__name__} is not a bool, int or str")
+    if kind == _OPTION_INT and not -(2**31) <= number < 2**31:
+        raise ValueError(f"option {key!r}: {number} does not fit ExecuTorch's int option")
+    rc = load_backend_library().cuda_gqa_set_option(key.encode(), kind, number, text)
+    if rc != 0:
+        raise ValueError(f"CudaGqaBackend refused option {key!r}={value!r} (executorch error {rc:#x})")
+
+
+def get_backend_option(key: str) -> bool | int | str:
+    """The process-wide value of a CudaGqaBackend option, read through ExecuTorch's get_option."""
+    if key not in BACKEND_OPTION_TYPES:
+        raise KeyError(f"unknown CudaGqaBackend option {key!r} (known: {', '.join(BACKEND_OPTION_TYPES)})")
+    kind = {bool: _OPTION_BOOL, int: _OPTION_INT, str: _OPTION_STRING}[BACKEND_OPTION_TYPES[key]]
+    number, text = ctypes.c_int(0), ctypes.create_string_buffer(256)
+    rc = load_backend_library().cuda_gqa_get_option(key.encode(), kind, ctypes.byref(number), text, len(text))
+    if rc != 0:
+        raise ValueError(f"CudaGqaBackend get_option({key!r}) failed (executorch error {rc:#x})")
+    if kind == _OPTION_STRING:
+        return text.value.decode()
+    return bool(number.value) if kind == _OPTION_BOOL else number.value
+
+
+def profiled_kernel_time_ns() -> int:
+    """Kernel time of every execute run with the "profile" option, summed since loading."""
+    return int(load_backend_library().cuda_gqa_profiled_kernel_time_ns())

@@ -100,7 +100,7 @@ def gqa_decode_split(
         kv_hi = tl.minimum(kv_lo + split_len, kv_hi)
     row_max, row_sum, acc = attend_key_range(
         q, k_base, v_base, stride_kn, stride_vn, dims, dim_ok, q_row, row_ok, diagonal, kv_lo, kv_hi, sm_scale,
-        row_max, row_sum, acc, mask_rows, stride_mn, BLOCK_N, IS_CAUSAL, WINDOW_LEFT, MASK_KIND, SOFTCAP)
+        row_max, row_sum, acc, mask_rows, stride_mn, BLOCK_N, IS_CAUSAL, WINDOW_LEFT, MASK_KIND, SOFTCAP, True)
 
     saw_key = row_sum > 0.0
     out = acc / tl.where(saw_key, row_sum, 1.0)[:, None]

@@ -16,7 +16,7 @@ device, and blocks past it are never loaded. Unused pointers are None.
 import triton
 import triton.language as tl
 
-from .online_softmax import attend_key_range, filled_length, visible_key_range
+from .online_softmax import attend_key_range, filled_length, fully_visible_end, visible_key_range
 
 
 @triton.jit
@@ -65,9 +65,15 @@ def gqa_attention_fwd(
     # last row's diagonal and before the first row's window.
     kv_lo, kv_hi = visible_key_range(block_m * BLOCK_M, (block_m + 1) * BLOCK_M - 1, diagonal, L_kv,
                                      BLOCK_N, IS_CAUSAL, WINDOW_LEFT)
+    # Blocks every row sees run without per-key tests; the rest (the causal
+    # diagonal, the end of the keys, a window's edge) with them.
+    kv_mid = fully_visible_end(block_m * BLOCK_M, diagonal, kv_lo, kv_hi, BLOCK_N, IS_CAUSAL, WINDOW_LEFT)
     row_max, row_sum, acc = attend_key_range(
-        q, k_base, v_base, stride_kn, stride_vn, dims, dim_ok, rows, row_ok, diagonal, kv_lo, kv_hi, sm_scale,
-        row_max, row_sum, acc, mask_rows, stride_mn, BLOCK_N, IS_CAUSAL, WINDOW_LEFT, MASK_KIND, SOFTCAP)
+        q, k_base, v_base, stride_kn, stride_vn, dims, dim_ok, rows, row_ok, diagonal, kv_lo, kv_mid, sm_scale,
+        row_max, row_sum, acc, mask_rows, stride_mn, BLOCK_N, IS_CAUSAL, WINDOW_LEFT, MASK_KIND, SOFTCAP, False)
+    row_max, row_sum, acc = attend_key_range(
+        q, k_base, v_base, stride_kn, stride_vn, dims, dim_ok, rows, row_ok, diagonal, kv_mid, kv_hi, sm_scale,
+        row_max, row_sum, acc, mask_rows, stride_mn, BLOCK_N, IS_CAUSAL, WINDOW_LEFT, MASK_KIND, SOFTCAP, True)
 
     out = acc / tl.where(row_sum == 0.0, 1.0, row_sum)[:, None]
     tl.store(o_base + rows[:, None] * stride_om + dims[None, :], out.to(Out.dtype.element_ty),

@@ -35,19 +35,42 @@ def visible_key_range(first_row, last_row, diagonal, L_kv,
 
 
 @triton.jit
+def fully_visible_end(first_row, diagonal, kv_lo, kv_hi, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                      WINDOW_LEFT: tl.constexpr):
+    """End of the keys [kv_lo, end) every row from first_row on sees, in whole BLOCK_N blocks.
+
+    They need no bounds, causal or window test: attend_key_range runs them
+    with ON_EDGE=False and only [end, kv_hi) with the tests. kv_lo must be a
+    multiple of BLOCK_N; with a window every block is tested (end = kv_lo).
+    """
+    end = kv_hi
+    if IS_CAUSAL:
+        end = tl.minimum(end, first_row + diagonal + 1)
+    end = tl.maximum(end // BLOCK_N * BLOCK_N, kv_lo)
+    if WINDOW_LEFT >= 0:
+        end = kv_lo
+    return end
+
+
+@triton.jit
 def attend_key_range(q, k_base, v_base, stride_kn, stride_vn, dims, dim_ok, query_rows, row_ok, diagonal,
                      kv_lo, kv_hi, sm_scale, row_max, row_sum, acc, mask_rows, stride_mn,
                      BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, WINDOW_LEFT: tl.constexpr,
-                     MASK_KIND: tl.constexpr, SOFTCAP: tl.constexpr):
+                     MASK_KIND: tl.constexpr, SOFTCAP: tl.constexpr, ON_EDGE: tl.constexpr):
     """Fold keys [kv_lo, kv_hi) into the running (row_max, row_sum, acc) of an online softmax.
 
     mask_rows: per query row, the address of its mask row (unused when MASK_KIND is "none").
+    ON_EDGE=False promises whole BLOCK_N blocks that every row sees (see
+    fully_visible_end): loads go unpredicated along keys and the bounds,
+    causal and window tests are skipped.
     """
     cols_in_block = tl.arange(0, BLOCK_N)
     for kv_start in range(kv_lo, kv_hi, BLOCK_N):
         cols = kv_start + cols_in_block
         col_ok = cols < kv_hi
-        kv_mask = col_ok[:, None] & dim_ok[None, :]
+        kv_mask = dim_ok[None, :]  # a padded head dim
+        if ON_EDGE:
+            kv_mask = col_ok[:, None] & kv_mask
         k = tl.load(k_base + cols[:, None] * stride_kn + dims[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_base + cols[:, None] * stride_vn + dims[None, :], mask=kv_mask, other=0.0)
         qk = tl.dot(q, tl.trans(k))
@@ -57,19 +80,22 @@ def attend_key_range(q, k_base, v_base, stride_kn, stride_vn, dims, dim_ok, quer
             scores = capped * (SOFTCAP * LOG2E)
         else:
             scores = qk * (sm_scale * LOG2E)
-        visible = col_ok[None, :]
-        if IS_CAUSAL:
-            visible = visible & (cols[None, :] <= query_rows[:, None] + diagonal)
-        if WINDOW_LEFT >= 0:
-            visible = visible & (cols[None, :] >= query_rows[:, None] + diagonal - WINDOW_LEFT)
         if MASK_KIND != "none":
-            mask_ok = row_ok[:, None] & col_ok[None, :]
-            mask = tl.load(mask_rows[:, None] + cols[None, :] * stride_mn, mask=mask_ok, other=0)
+            mask = tl.load(mask_rows[:, None] + cols[None, :] * stride_mn,
+                           mask=row_ok[:, None] & col_ok[None, :], other=0)
+            if MASK_KIND == "additive":
+                scores = scores + mask.to(tl.float32) * LOG2E
+        if ON_EDGE:
+            visible = col_ok[None, :]
+            if IS_CAUSAL:
+                visible = visible & (cols[None, :] <= query_rows[:, None] + diagonal)
+            if WINDOW_LEFT >= 0:
+                visible = visible & (cols[None, :] >= query_rows[:, None] + diagonal - WINDOW_LEFT)
             if MASK_KIND == "bool":
                 visible = visible & (mask != 0)
-            else:
-                scores = scores + mask.to(tl.float32) * LOG2E
-        scores = tl.where(visible, scores, float("-inf"))
+            scores = tl.where(visible, scores, float("-inf"))
+        elif MASK_KIND == "bool":
+            scores = tl.where(mask != 0, scores, float("-inf"))
 
         new_max = tl.maximum(row_max, tl.max(scores, 1))
         # A row that has seen no key yet keeps max -inf; shift by 0 instead

@@ -52,11 +52,25 @@ LoadedDriver* load_driver() {
   ok &= resolve(lib, "cuDevicePrimaryCtxRetain", &a.DevicePrimaryCtxRetain, &missing);
   ok &= resolve(lib, "cuDevicePrimaryCtxRelease_v2", &a.DevicePrimaryCtxRelease, &missing);
   ok &= resolve(lib, "cuCtxSetCurrent", &a.CtxSetCurrent, &missing);
+  ok &= resolve(lib, "cuCtxSynchronize", &a.CtxSynchronize, &missing);
   ok &= resolve(lib, "cuStreamCreate", &a.StreamCreate, &missing);
   ok &= resolve(lib, "cuStreamDestroy_v2", &a.StreamDestroy, &missing);
   ok &= resolve(lib, "cuStreamSynchronize", &a.StreamSynchronize, &missing);
+  ok &= resolve(lib, "cuStreamGetCtx", &a.StreamGetCtx, &missing);
+  ok &= resolve(lib, "cuEventCreate", &a.EventCreate, &missing);
+  ok &= resolve(lib, "cuEventDestroy_v2", &a.EventDestroy, &missing);
+  ok &= resolve(lib, "cuEventRecord", &a.EventRecord, &missing);
+  ok &= resolve(lib, "cuLaunchHostFunc", &a.LaunchHostFunc, &missing);
+  {
+    std::string absent;  // either name will do
+    if (!resolve(lib, "cuEventElapsedTime_v2", &a.EventElapsedTime, &absent)) {
+      ok &= resolve(lib, "cuEventElapsedTime", &a.EventElapsedTime, &missing);
+    }
+  }
   ok &= resolve(lib, "cuMemAlloc_v2", &a.MemAlloc, &missing);
   ok &= resolve(lib, "cuMemFree_v2", &a.MemFree, &missing);
+  ok &= resolve(lib, "cuMemcpyHtoD_v2", &a.MemcpyHtoD, &missing);
+  ok &= resolve(lib, "cuMemcpyDtoH_v2", &a.MemcpyDtoH, &missing);
   ok &= resolve(lib, "cuMemcpyHtoDAsync_v2", &a.MemcpyHtoDAsync, &missing);
   ok &= resolve(lib, "cuMemcpyDtoHAsync_v2", &a.MemcpyDtoHAsync, &missing);
   ok &= resolve(lib, "cuModuleLoadDataEx", &a.ModuleLoadDataEx, &missing);
@@ -67,7 +81,7 @@ LoadedDriver* load_driver() {
   ok &= resolve(lib, "cuLaunchKernel", &a.LaunchKernel, &missing);
   if (!ok) {
     d->status = DriverStatus::kSymbolMissing;
-    d->message = "libcuda.so.1 lacks " + missing + " (driver too old?)";
+    d->message = "libcuda.so.1 is too old: it lacks " + missing;
     return d;
   }
   CUresult r = a.Init(0);
@@ -116,8 +130,8 @@ int cuda_compute_capability(const CudaDriver& driver, CUdevice device) {
   return major * 10 + minor;
 }
 
-bool cuda_first_device(const CudaDriver** driver_out, CUdevice* device,
-                       int* compute_capability, std::string* message) {
+bool cuda_device_at(int index, const CudaDriver** driver_out, CUdevice* device,
+                    int* compute_capability, std::string* message) {
   std::string why;
   const CudaDriver* driver = cuda_driver(nullptr, &why);
   if (driver == nullptr) {
@@ -134,20 +148,25 @@ bool cuda_first_device(const CudaDriver** driver_out, CUdevice* device,
     *message = "no CUDA device found";
     return false;
   }
+  if (index < 0 || index >= count) {
+    *message = "no CUDA device " + std::to_string(index) + " (this machine has " +
+               std::to_string(count) + ")";
+    return false;
+  }
   CUdevice dev = 0;
-  r = driver->DeviceGet(&dev, 0);
+  r = driver->DeviceGet(&dev, index);
   if (r != CUDA_SUCCESS) {
-    *message = "cuDeviceGet(0) failed: " + driver->error_string(r);
+    *message = "cuDeviceGet(" + std::to_string(index) + ") failed: " + driver->error_string(r);
     return false;
   }
   const int cc = cuda_compute_capability(*driver, dev);
   if (cc < 0) {
-    *message = "cannot read the compute capability of device 0";
+    *message = "cannot read the compute capability of device " + std::to_string(index);
     return false;
   }
   char name[256] = {0};
   if (driver->DeviceGetName(name, sizeof(name) - 1, dev) != CUDA_SUCCESS) {
-    std::snprintf(name, sizeof(name), "device 0");
+    std::snprintf(name, sizeof(name), "device %d", index);
   }
   *message = std::string(name) + ", sm_" + std::to_string(cc);
   *driver_out = driver;

@@ -27,11 +27,22 @@ struct CudaDriver {
   decltype(&::cuDevicePrimaryCtxRetain) DevicePrimaryCtxRetain = nullptr;
   decltype(&::cuDevicePrimaryCtxRelease_v2) DevicePrimaryCtxRelease = nullptr;
   decltype(&::cuCtxSetCurrent) CtxSetCurrent = nullptr;
+  decltype(&::cuCtxSynchronize) CtxSynchronize = nullptr;
   decltype(&::cuStreamCreate) StreamCreate = nullptr;
   decltype(&::cuStreamDestroy_v2) StreamDestroy = nullptr;
   decltype(&::cuStreamSynchronize) StreamSynchronize = nullptr;
+  decltype(&::cuStreamGetCtx) StreamGetCtx = nullptr;
+  decltype(&::cuEventCreate) EventCreate = nullptr;
+  decltype(&::cuEventDestroy_v2) EventDestroy = nullptr;
+  decltype(&::cuEventRecord) EventRecord = nullptr;
+  // cuEventElapsedTime_v2 where the driver has it (12.8+), else the original
+  // of the same signature.
+  decltype(&::cuEventElapsedTime_v2) EventElapsedTime = nullptr;
+  decltype(&::cuLaunchHostFunc) LaunchHostFunc = nullptr;
   decltype(&::cuMemAlloc_v2) MemAlloc = nullptr;
   decltype(&::cuMemFree_v2) MemFree = nullptr;
+  decltype(&::cuMemcpyHtoD_v2) MemcpyHtoD = nullptr;
+  decltype(&::cuMemcpyDtoH_v2) MemcpyDtoH = nullptr;
   decltype(&::cuMemcpyHtoDAsync_v2) MemcpyHtoDAsync = nullptr;
   decltype(&::cuMemcpyDtoHAsync_v2) MemcpyDtoHAsync = nullptr;
   decltype(&::cuModuleLoadDataEx) ModuleLoadDataEx = nullptr;
@@ -58,10 +69,10 @@ enum class DriverStatus {
 const CudaDriver* cuda_driver(DriverStatus* status = nullptr,
                               std::string* message = nullptr);
 
-// Device 0 and a description ("NVIDIA H100 80GB HBM3, sm_90"), or false with
-// the reason (driver missing, cuInit failure, no device).
-bool cuda_first_device(const CudaDriver** driver, CUdevice* device,
-                       int* compute_capability, std::string* message);
+// Device `index` and a description ("NVIDIA H100 80GB HBM3, sm_90"), or
+// false with the reason (driver missing, cuInit failure, no such device).
+bool cuda_device_at(int index, const CudaDriver** driver, CUdevice* device,
+                    int* compute_capability, std::string* message);
 
 // Compute capability of `device` as major*10+minor, or -1 on failure.
 int cuda_compute_capability(const CudaDriver& driver, CUdevice device);

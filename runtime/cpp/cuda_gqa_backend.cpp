@@ -1,20 +1,33 @@
 // CudaGqaBackend: the ExecuTorch BackendInterface that runs a payload's
-// kernels on device 0, registered from a static initializer when the library
-// is loaded.
+// kernels on a CUDA device, registered from a static initializer when the
+// library is loaded.
+//
+// Threads: init, execute and destroy of different delegates (methods,
+// programs) may run concurrently; the module cache they share and the
+// process-wide options are guarded by mutexes. Executes of one delegate are
+// serialised by its own mutex (its staging buffers, workspace and launch
+// slots are single-use), so a second thread calling execute on the same
+// method waits. destroy must not race an execute of the same delegate
+// (ExecuTorch destroys a delegate with its Method).
 #include <executorch/runtime/backend/interface.h>
 #include <executorch/runtime/core/error.h>
 #include <executorch/runtime/core/evalue.h>
 #include <executorch/runtime/core/named_data_map.h>
 #include <executorch/runtime/platform/log.h>
 
+#include <atomic>
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <new>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "backend_options.h"
 #include "cuda_driver.h"
+#include "cuda_gqa_c_api.h"
 #include "kernel_module.h"
 #include "launcher.h"
 #include "payload.h"
@@ -27,6 +40,8 @@ using executorch::runtime::ArrayRef;
 using executorch::runtime::BackendExecutionContext;
 using executorch::runtime::BackendInitContext;
 using executorch::runtime::BackendInterface;
+using executorch::runtime::BackendOption;
+using executorch::runtime::BackendOptionContext;
 using executorch::runtime::CompileSpec;
 using executorch::runtime::DelegateHandle;
 using executorch::runtime::Error;
@@ -41,21 +56,43 @@ struct DeviceBuffer {
   size_t bytes = 0;
 };
 
+// Process-wide option values (set_option); each delegate copies them at init.
+std::mutex g_settings_mutex;
+BackendSettings g_settings;
+
+// Kernel time of every profiled execute, summed (cuda_gqa_profiled_kernel_time_ns).
+std::atomic<uint64_t> g_profiled_kernel_ns{0};
+
+// A host function holding the stream until *gate (a std::atomic<bool>) opens:
+// with the kernels enqueued behind it, the profile events time them back to
+// back, without the host's launch latency in between.
+void CUDA_CB hold_stream_until_open(void* gate) {
+  auto* open = static_cast<std::atomic<bool>*>(gate);
+  while (!open->load(std::memory_order_acquire)) std::this_thread::yield();
+}
+
 // Everything one delegate instance owns. Built by init, released by the
 // destructor whatever state init reached.
 struct DelegateState {
   const CudaDriver* driver = nullptr;
+  BackendSettings settings;
   CUdevice device = 0;
   int compute_capability = 0;
   CUcontext context = nullptr;  // retained primary context
   CUstream stream = nullptr;
+  bool owns_stream = false;
   PayloadDesc payload;  // image views cleared once modules are loaded
-  std::vector<DeviceBuffer> staging;  // one per delegate arg
+  std::vector<DeviceBuffer> staging;  // one per delegate arg, used for host-resident tensors
   std::vector<DeviceBuffer> scratch;
   DeviceBuffer workspace;  // Payload.workspace_bytes, shared by the kernels in order
   std::vector<LoadedKernel> modules;
   std::vector<KernelLauncher> launchers;
+  CUevent profile_start = nullptr;  // profile: around the kernels of one execute
+  CUevent profile_stop = nullptr;
+  std::atomic<bool> profile_gate{true};
+  std::mutex execute_mutex;        // one execute at a time (see the top of this file)
   std::vector<ArgDesc> arg_descs;  // reused by every execute
+  std::vector<uint8_t> on_device;  // per arg: the tensor's data is device memory
   std::string error;               // reused by execute's refusals
 
   ~DelegateState() {
@@ -69,14 +106,16 @@ struct DelegateState {
       if (b.ptr != 0) driver->MemFree(b.ptr);
     }
     if (workspace.ptr != 0) driver->MemFree(workspace.ptr);
-    for (LoadedKernel& m : modules) unload_kernel(*driver, &m);
-    if (stream != nullptr) driver->StreamDestroy(stream);
+    for (LoadedKernel& m : modules) release_kernel(*driver, &m);
+    if (profile_start != nullptr) driver->EventDestroy(profile_start);
+    if (profile_stop != nullptr) driver->EventDestroy(profile_stop);
+    if (stream != nullptr && owns_stream) driver->StreamDestroy(stream);
     driver->DevicePrimaryCtxRelease(device);
   }
 };
 
 // The launch's view of an ExecuTorch tensor whose data the kernel reads or
-// writes at `device` (its staging buffer).
+// writes at `device` (the tensor's own data or its staging buffer).
 void describe_tensor(const Tensor& t, CUdeviceptr device, ArgDesc* out) {
   switch (t.scalar_type()) {
     case executorch::aten::ScalarType::Float: out->dtype = static_cast<int>(DType::kFloat32); break;
@@ -171,7 +210,8 @@ Error set_up_device(DelegateState* s, const NamedDataMap* named_data, std::strin
     }
   }
   std::string message;
-  if (!cuda_first_device(&s->driver, &s->device, &s->compute_capability, &message)) {
+  if (!cuda_device_at(s->settings.device, &s->driver, &s->device, &s->compute_capability,
+                      &message)) {
     s->driver = nullptr;
     *why = message;
     return Error::NotSupported;
@@ -190,13 +230,42 @@ Error set_up_device(DelegateState* s, const NamedDataMap* named_data, std::strin
     *why = "cuCtxSetCurrent failed: " + d.error_string(r);
     return Error::Internal;
   }
-  // Non-blocking: delegate work does not serialize with other users of the
-  // legacy default stream in the process.
-  r = d.StreamCreate(&s->stream, CU_STREAM_NON_BLOCKING);
-  if (r != CUDA_SUCCESS) {
-    s->stream = nullptr;
-    *why = "cuStreamCreate failed: " + d.error_string(r);
-    return Error::Internal;
+  if (s->settings.stream != 0) {
+    // The caller's stream must belong to the context the kernels load into.
+    s->stream = reinterpret_cast<CUstream>(static_cast<uintptr_t>(s->settings.stream));
+    CUcontext stream_context = nullptr;
+    r = d.StreamGetCtx(s->stream, &stream_context);
+    if (r != CUDA_SUCCESS) {
+      s->stream = nullptr;
+      *why = "option 'stream': cuStreamGetCtx failed: " + d.error_string(r);
+      return Error::InvalidArgument;
+    }
+    if (stream_context != s->context) {
+      s->stream = nullptr;
+      *why = "option 'stream': the stream belongs to another CUDA context than device " +
+             std::to_string(s->settings.device) + "'s primary context";
+      return Error::InvalidArgument;
+    }
+  } else {
+    // Non-blocking: delegate work does not serialize with other users of the
+    // legacy default stream in the process.
+    r = d.StreamCreate(&s->stream, CU_STREAM_NON_BLOCKING);
+    if (r != CUDA_SUCCESS) {
+      s->stream = nullptr;
+      *why = "cuStreamCreate failed: " + d.error_string(r);
+      return Error::Internal;
+    }
+    s->owns_stream = true;
+  }
+  if (s->settings.profile) {
+    for (CUevent* event : {&s->profile_start, &s->profile_stop}) {
+      r = d.EventCreate(event, CU_EVENT_DEFAULT);
+      if (r != CUDA_SUCCESS) {
+        *event = nullptr;
+        *why = "cuEventCreate failed: " + d.error_string(r);
+        return Error::Internal;
+      }
+    }
   }
 
   const size_t num_kernels = s->payload.kernels.size();
@@ -208,8 +277,8 @@ Error set_up_device(DelegateState* s, const NamedDataMap* named_data, std::strin
                            &named_images, why)) {
       return Error::InvalidProgram;
     }
-    if (!load_kernel(d, s->device, s->compute_capability, s->payload.kernels[i],
-                     &s->modules[i], why)) {
+    if (!acquire_kernel(d, s->context, s->device, s->compute_capability, s->payload.kernels[i],
+                        &s->modules[i], why)) {
       return Error::NotSupported;
     }
   }
@@ -217,6 +286,7 @@ Error set_up_device(DelegateState* s, const NamedDataMap* named_data, std::strin
   const size_t num_args = s->payload.num_args();
   s->staging.resize(num_args);
   s->arg_descs.resize(num_args);
+  s->on_device.resize(num_args);
   for (size_t i = 0; i < num_args; ++i) {
     const TensorSpecDesc& spec = s->payload.arg_spec(i);
     const size_t bytes = static_cast<size_t>(spec.numel()) * dtype_size(spec.dtype);
@@ -278,6 +348,15 @@ Error set_up_device(DelegateState* s, const NamedDataMap* named_data, std::strin
   return Error::Ok;
 }
 
+// Opens the profile gate when it goes out of scope, so that no return path
+// leaves the stream held.
+struct OpenGateOnExit {
+  std::atomic<bool>* gate;
+  ~OpenGateOnExit() {
+    if (gate != nullptr) gate->store(true, std::memory_order_release);
+  }
+};
+
 class CudaGqaBackend final : public BackendInterface {
  public:
   // The real availability (driver, device, arch) is reported by init with
@@ -300,8 +379,17 @@ class CudaGqaBackend final : public BackendInterface {
     Error err = Error::Ok;
     std::string why;
     try {
+      {
+        std::lock_guard<std::mutex> lock(g_settings_mutex);
+        state->settings = g_settings;
+      }
+      // Options given for this load override the process-wide ones.
+      err = apply_backend_options(context.runtime_specs(), &state->settings, &why);
       std::vector<uint64_t> aligned_copy;  // read by set_up_device, below
-      if (!parse_payload(processed->data(), processed->size(), &aligned_copy, &state->payload, &why)) {
+      if (err != Error::Ok) {
+        why = "runtime spec " + why;
+      } else if (!parse_payload(processed->data(), processed->size(), &aligned_copy,
+                                &state->payload, &why)) {
         // A payload from another schema version is well-formed but foreign.
         err = state->payload.version != 0 && state->payload.version != kPayloadVersion
                   ? Error::DelegateInvalidCompatibility
@@ -322,8 +410,8 @@ class CudaGqaBackend final : public BackendInterface {
       delete state;
       return err;
     }
-    ET_LOG(Info, "CudaGqaBackend: %zu kernel(s) loaded for sm_%d", state->modules.size(),
-           state->compute_capability);
+    ET_LOG(Info, "CudaGqaBackend: %zu kernel(s) loaded for sm_%d on device %d", state->modules.size(),
+           state->compute_capability, state->settings.device);
     return static_cast<DelegateHandle*>(state);
   }
 
@@ -332,18 +420,33 @@ class CudaGqaBackend final : public BackendInterface {
     (void)context;
     ET_CHECK_OR_RETURN_ERROR(handle != nullptr, InvalidState, "CudaGqaBackend: null handle");
     auto* s = static_cast<DelegateState*>(handle);
+    std::lock_guard<std::mutex> lock(s->execute_mutex);
     const CudaDriver& d = *s->driver;
     const size_t num_inputs = s->payload.inputs.size();
     const size_t num_args = s->payload.num_args();
     ET_CHECK_OR_RETURN_ERROR(args.size() == num_args, InvalidArgument,
                              "CudaGqaBackend: %zu delegate args, the payload expects %zu",
                              args.size(), num_args);
+    bool host_resident = false;
     for (size_t i = 0; i < num_args; ++i) {
       ET_CHECK_OR_RETURN_ERROR(args[i] != nullptr && args[i]->isTensor(), InvalidArgument,
                                "CudaGqaBackend: delegate arg %zu is not a tensor", i);
       const Tensor& t = args[i]->toTensor();
+      // Tensors planned on the GPU are read and written in place; the others
+      // go through the staging buffer allocated at init.
+      const bool on_device = t.unsafeGetTensorImpl()->device_type() ==
+                             executorch::runtime::etensor::DeviceType::CUDA;
+      ET_CHECK_OR_RETURN_ERROR(
+          !on_device || t.unsafeGetTensorImpl()->device_index() == s->settings.device,
+          InvalidArgument, "CudaGqaBackend: delegate arg %zu is on cuda:%d, the delegate runs on cuda:%d",
+          i, static_cast<int>(t.unsafeGetTensorImpl()->device_index()), s->settings.device);
+      s->on_device[i] = on_device;
+      host_resident |= !on_device;
       ArgDesc& a = s->arg_descs[i];
-      describe_tensor(t, s->staging[i].ptr, &a);
+      describe_tensor(t,
+                      on_device ? static_cast<CUdeviceptr>(reinterpret_cast<uintptr_t>(t.const_data_ptr()))
+                                : s->staging[i].ptr,
+                      &a);
       if (!check_arg(s->payload.arg_spec(i), a, i, num_inputs, &s->error)) {
         ET_LOG(Error, "CudaGqaBackend: %s", s->error.c_str());
         return Error::InvalidArgument;
@@ -362,40 +465,103 @@ class CudaGqaBackend final : public BackendInterface {
     }
     Error err = Error::Ok;
     for (size_t i = 0; i < num_inputs && err == Error::Ok; ++i) {
-      if (s->staging[i].bytes == 0) continue;
+      if (s->on_device[i] || s->staging[i].bytes == 0) continue;
       r = d.MemcpyHtoDAsync(s->staging[i].ptr, args[i]->toTensor().const_data_ptr(),
                             s->staging[i].bytes, s->stream);
       if (r != CUDA_SUCCESS) {
-        ET_LOG(Error, "CudaGqaBackend: copying input %zu to the device failed: %s", i,
+        ET_LOG(Error, "CudaGqaBackend: cuMemcpyHtoDAsync of input %zu failed: %s", i,
                d.error_string(r).c_str());
+        err = Error::Internal;
+      }
+    }
+    const bool profile = s->settings.profile && err == Error::Ok;
+    OpenGateOnExit gate{nullptr};
+    if (profile) {
+      s->profile_gate.store(false, std::memory_order_release);
+      r = d.LaunchHostFunc(s->stream, hold_stream_until_open, &s->profile_gate);
+      if (r == CUDA_SUCCESS) {
+        gate.gate = &s->profile_gate;
+        r = d.EventRecord(s->profile_start, s->stream);
+      } else {
+        s->profile_gate.store(true, std::memory_order_release);
+      }
+      if (r != CUDA_SUCCESS) {
+        ET_LOG(Error, "CudaGqaBackend: profile: %s failed: %s",
+               gate.gate == nullptr ? "cuLaunchHostFunc" : "cuEventRecord", d.error_string(r).c_str());
         err = Error::Internal;
       }
     }
     for (size_t k = 0; k < s->launchers.size() && err == Error::Ok; ++k) {
       err = s->launchers[k].launch(d, s->stream, s->arg_descs.data(), num_args);
     }
+    if (profile && err == Error::Ok) {
+      r = d.EventRecord(s->profile_stop, s->stream);
+      if (r != CUDA_SUCCESS) {
+        ET_LOG(Error, "CudaGqaBackend: profile: cuEventRecord failed: %s", d.error_string(r).c_str());
+        err = Error::Internal;
+      }
+    }
+    if (gate.gate != nullptr) {
+      gate.gate->store(true, std::memory_order_release);
+      gate.gate = nullptr;
+    }
     for (size_t i = num_inputs; i < num_args && err == Error::Ok; ++i) {
-      if (s->staging[i].bytes == 0) continue;
+      if (s->on_device[i] || s->staging[i].bytes == 0) continue;
       r = d.MemcpyDtoHAsync(args[i]->toTensor().mutable_data_ptr(), s->staging[i].ptr,
                             s->staging[i].bytes, s->stream);
       if (r != CUDA_SUCCESS) {
-        ET_LOG(Error, "CudaGqaBackend: copying output %zu to the host failed: %s",
+        ET_LOG(Error, "CudaGqaBackend: cuMemcpyDtoHAsync of output %zu failed: %s",
                i - num_inputs, d.error_string(r).c_str());
         err = Error::Internal;
       }
     }
-    // Always wait: copies already enqueued read or write host memory the
-    // caller owns, even when a later step failed.
-    r = d.StreamSynchronize(s->stream);
-    if (r != CUDA_SUCCESS) {
-      ET_LOG(Error, "CudaGqaBackend: kernel execution failed: %s", d.error_string(r).c_str());
-      if (err == Error::Ok) err = Error::Internal;
+    // Wait when asked to, when host memory the caller owns is read or
+    // written by copies already enqueued (even if a later step failed), and
+    // when profiling (the events are read next).
+    if (s->settings.synchronize || host_resident || profile || err != Error::Ok) {
+      r = d.StreamSynchronize(s->stream);
+      if (r != CUDA_SUCCESS) {
+        ET_LOG(Error, "CudaGqaBackend: cuStreamSynchronize failed (kernel execution error?): %s",
+               d.error_string(r).c_str());
+        if (err == Error::Ok) err = Error::Internal;
+      }
+    }
+    if (profile && err == Error::Ok) {
+      float ms = 0.0f;
+      r = d.EventElapsedTime(&ms, s->profile_start, s->profile_stop);
+      if (r != CUDA_SUCCESS) {
+        ET_LOG(Error, "CudaGqaBackend: profile: cuEventElapsedTime failed: %s", d.error_string(r).c_str());
+        return Error::Internal;
+      }
+      g_profiled_kernel_ns.fetch_add(static_cast<uint64_t>(static_cast<double>(ms) * 1e6 + 0.5),
+                                     std::memory_order_relaxed);
     }
     return err;
   }
 
   void destroy(DelegateHandle* handle) const override {
     delete static_cast<DelegateState*>(handle);
+  }
+
+  // Process-wide values for delegates initialised from now on.
+  Error set_option(BackendOptionContext& context,
+                   const Span<BackendOption>& backend_options) override {
+    (void)context;
+    std::string why;
+    std::lock_guard<std::mutex> lock(g_settings_mutex);
+    const Error err = apply_backend_options(
+        Span<const BackendOption>(backend_options.data(), backend_options.size()), &g_settings, &why);
+    if (err != Error::Ok) ET_LOG(Error, "CudaGqaBackend: set_option: %s", why.c_str());
+    return err;
+  }
+
+  Error get_option(BackendOptionContext& context, Span<BackendOption>& backend_options) override {
+    (void)context;
+    std::string why;
+    std::lock_guard<std::mutex> lock(g_settings_mutex);
+    const Error err = read_backend_options(g_settings, backend_options, &why);
+    if (err != Error::Ok) ET_LOG(Error, "CudaGqaBackend: get_option: %s", why.c_str());
+    return err;
   }
 };
 
@@ -407,3 +573,8 @@ const Error g_registered = executorch::runtime::register_backend(g_backend_entry
 
 }  // namespace
 }  // namespace cuda_gqa
+
+// Part of the C API (cuda_gqa_c_api.h); defined here, beside the counter.
+extern "C" uint64_t cuda_gqa_profiled_kernel_time_ns(void) {
+  return cuda_gqa::g_profiled_kernel_ns.load(std::memory_order_relaxed);
+}

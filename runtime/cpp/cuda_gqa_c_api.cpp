@@ -1,5 +1,9 @@
 #include "cuda_gqa_c_api.h"
 
+#include <executorch/runtime/backend/interface.h>
+#include <executorch/runtime/core/evalue.h>
+#include <executorch/runtime/platform/log.h>
+
 #include <cstring>
 #include <new>
 #include <string>
@@ -57,7 +61,7 @@ int cuda_gqa_device_status(char* message, size_t message_size) {
     CUdevice device = 0;
     int cc = 0;
     std::string text;
-    const bool ok = cuda_gqa::cuda_first_device(&driver, &device, &cc, &text);
+    const bool ok = cuda_gqa::cuda_device_at(0, &driver, &device, &cc, &text);
     write_message(text, message, message_size);
     return ok ? 0 : 1;
   } catch (...) {
@@ -191,6 +195,179 @@ int cuda_gqa_evaluate_launch(const void* data, size_t size, int device_cc, size_
     write_message("unexpected exception", message, message_size);
   }
   return CUDA_GQA_EVAL_INTERNAL;
+}
+
+namespace {
+
+// A BackendOption whose key is `key`, or false if it does not fit.
+bool make_option(const char* key, executorch::runtime::BackendOption* out) {
+  if (key == nullptr) return false;
+  const size_t n = std::strlen(key);
+  if (n >= executorch::runtime::kMaxOptionKeyLength) return false;
+  std::memcpy(out->key, key, n + 1);
+  return true;
+}
+
+}  // namespace
+
+int cuda_gqa_set_option(const char* key, int kind, int int_value, const char* string_value) {
+  using executorch::runtime::Error;
+  executorch::runtime::BackendOption option;
+  if (!make_option(key, &option)) return static_cast<int>(Error::InvalidArgument);
+  if (kind == CUDA_GQA_OPTION_BOOL) {
+    option.value = int_value != 0;
+  } else if (kind == CUDA_GQA_OPTION_INT) {
+    option.value = int_value;
+  } else if (kind == CUDA_GQA_OPTION_STRING && string_value != nullptr) {
+    std::array<char, executorch::runtime::kMaxOptionValueLength> text{};
+    std::strncpy(text.data(), string_value, text.size() - 1);
+    option.value = text;
+  } else {
+    return static_cast<int>(Error::InvalidArgument);
+  }
+  return static_cast<int>(executorch::runtime::set_option(
+      "CudaGqaBackend", executorch::runtime::Span<executorch::runtime::BackendOption>(&option, 1)));
+}
+
+int cuda_gqa_get_option(const char* key, int kind, int* int_value, char* string_value,
+                        size_t string_size) {
+  using executorch::runtime::Error;
+  executorch::runtime::BackendOption option;
+  if (!make_option(key, &option)) return static_cast<int>(Error::InvalidArgument);
+  const Error err = executorch::runtime::get_option(
+      "CudaGqaBackend", executorch::runtime::Span<executorch::runtime::BackendOption>(&option, 1));
+  if (err != Error::Ok) return static_cast<int>(err);
+  if (kind == CUDA_GQA_OPTION_BOOL || kind == CUDA_GQA_OPTION_INT) {
+    const bool* b = std::get_if<bool>(&option.value);
+    const int* i = std::get_if<int>(&option.value);
+    if (int_value == nullptr || (kind == CUDA_GQA_OPTION_BOOL ? b == nullptr : i == nullptr)) {
+      return static_cast<int>(Error::InvalidArgument);
+    }
+    *int_value = kind == CUDA_GQA_OPTION_BOOL ? static_cast<int>(*b) : *i;
+    return static_cast<int>(Error::Ok);
+  }
+  const auto* text =
+      std::get_if<std::array<char, executorch::runtime::kMaxOptionValueLength>>(&option.value);
+  if (kind != CUDA_GQA_OPTION_STRING || text == nullptr) return static_cast<int>(Error::InvalidArgument);
+  write_message(text->data(), string_value, string_size);
+  return static_cast<int>(Error::Ok);
+}
+
+size_t cuda_gqa_loaded_module_count(void) { return cuda_gqa::cached_module_count(); }
+
+}  // extern "C"
+
+struct CudaGqaDelegate {
+  executorch::runtime::BackendInterface* backend = nullptr;
+  executorch::runtime::DelegateHandle* handle = nullptr;
+};
+
+namespace {
+
+using executorch::runtime::Error;
+
+executorch::runtime::BackendInterface* cuda_gqa_backend() {
+  return executorch::runtime::get_backend_class("CudaGqaBackend");
+}
+
+// An ExecuTorch tensor over a CudaGqaTensor; false (with a log line) if it
+// cannot be described.
+struct TensorView {
+  executorch::aten::SizesType sizes[CUDA_GQA_MAX_RANK];
+  executorch::aten::StridesType strides[CUDA_GQA_MAX_RANK];
+  executorch::aten::DimOrderType dim_order[CUDA_GQA_MAX_RANK];
+};
+
+bool scalar_type_of(int32_t dtype, executorch::aten::ScalarType* out) {
+  switch (static_cast<cuda_gqa::DType>(dtype)) {
+    case cuda_gqa::DType::kFloat32: *out = executorch::aten::ScalarType::Float; return true;
+    case cuda_gqa::DType::kFloat16: *out = executorch::aten::ScalarType::Half; return true;
+    case cuda_gqa::DType::kBFloat16: *out = executorch::aten::ScalarType::BFloat16; return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+extern "C" {
+
+int cuda_gqa_delegate_init(const void* payload, size_t size, CudaGqaDelegate** out) {
+  if (out == nullptr) return static_cast<int>(Error::InvalidArgument);
+  *out = nullptr;
+  auto* delegate = new (std::nothrow) CudaGqaDelegate();
+  if (delegate == nullptr) return static_cast<int>(Error::MemoryAllocationFailed);
+  delegate->backend = cuda_gqa_backend();
+  if (delegate->backend == nullptr) {
+    delete delegate;
+    return static_cast<int>(Error::NotFound);
+  }
+  // No free function: init reads the caller's bytes during the call only.
+  executorch::runtime::FreeableBuffer processed(payload, size, nullptr);
+  executorch::runtime::BackendInitContext context(/*runtime_allocator=*/nullptr);
+  auto handle = delegate->backend->init(context, &processed, {});
+  if (!handle.ok()) {
+    delete delegate;
+    return static_cast<int>(handle.error());
+  }
+  delegate->handle = *handle;
+  *out = delegate;
+  return static_cast<int>(Error::Ok);
+}
+
+int cuda_gqa_delegate_execute(CudaGqaDelegate* delegate, const CudaGqaTensor* args,
+                              size_t num_args) {
+  if (delegate == nullptr || (num_args > 0 && args == nullptr)) {
+    return static_cast<int>(Error::InvalidArgument);
+  }
+  if (num_args > CUDA_GQA_MAX_DELEGATE_ARGS) {
+    ET_LOG(Error, "CudaGqaBackend: %zu delegate args, at most %d through the C API", num_args,
+           CUDA_GQA_MAX_DELEGATE_ARGS);
+    return static_cast<int>(Error::InvalidArgument);
+  }
+  // Fixed storage: no allocation around the backend's execute.
+  TensorView views[CUDA_GQA_MAX_DELEGATE_ARGS];
+  alignas(executorch::aten::TensorImpl) unsigned char
+      impl_storage[CUDA_GQA_MAX_DELEGATE_ARGS][sizeof(executorch::aten::TensorImpl)];
+  alignas(executorch::runtime::EValue) unsigned char
+      value_storage[CUDA_GQA_MAX_DELEGATE_ARGS][sizeof(executorch::runtime::EValue)];
+  executorch::runtime::EValue* values[CUDA_GQA_MAX_DELEGATE_ARGS];
+  for (size_t i = 0; i < num_args; ++i) {
+    const CudaGqaTensor& a = args[i];
+    executorch::aten::ScalarType type;
+    if (!scalar_type_of(a.dtype, &type) || a.rank > CUDA_GQA_MAX_RANK || a.device > INT8_MAX) {
+      ET_LOG(Error, "CudaGqaBackend: delegate arg %zu: dtype %d, rank %u or device %d not describable",
+             i, static_cast<int>(a.dtype), a.rank, static_cast<int>(a.device));
+      return static_cast<int>(Error::InvalidArgument);
+    }
+    for (uint32_t d = 0; d < a.rank; ++d) {
+      if (a.sizes[d] < 0 || a.sizes[d] > INT32_MAX || a.strides[d] < INT32_MIN ||
+          a.strides[d] > INT32_MAX) {
+        ET_LOG(Error, "CudaGqaBackend: delegate arg %zu dim %u: size or stride outside int32", i, d);
+        return static_cast<int>(Error::InvalidArgument);
+      }
+      views[i].sizes[d] = static_cast<executorch::aten::SizesType>(a.sizes[d]);
+      views[i].strides[d] = static_cast<executorch::aten::StridesType>(a.strides[d]);
+      views[i].dim_order[d] = static_cast<executorch::aten::DimOrderType>(d);
+    }
+    auto* impl = new (impl_storage[i]) executorch::aten::TensorImpl(
+        type, static_cast<ssize_t>(a.rank), views[i].sizes, a.data, views[i].dim_order,
+        views[i].strides, executorch::aten::TensorShapeDynamism::STATIC,
+        a.device >= 0 ? executorch::runtime::etensor::DeviceType::CUDA
+                      : executorch::runtime::etensor::DeviceType::CPU,
+        static_cast<executorch::runtime::etensor::DeviceIndex>(a.device >= 0 ? a.device : 0));
+    values[i] = new (value_storage[i]) executorch::runtime::EValue(executorch::aten::Tensor(impl));
+  }
+  executorch::runtime::BackendExecutionContext context;
+  const Error err = delegate->backend->execute(
+      context, delegate->handle, executorch::runtime::Span<executorch::runtime::EValue*>(values, num_args));
+  // TensorImpl and EValue over borrowed memory: nothing to release.
+  return static_cast<int>(err);
+}
+
+void cuda_gqa_delegate_destroy(CudaGqaDelegate* delegate) {
+  if (delegate == nullptr) return;
+  delegate->backend->destroy(delegate->handle);
+  delete delegate;
 }
 
 }  // extern "C"

@@ -68,6 +68,68 @@ CUDA_GQA_EXPORT int cuda_gqa_evaluate_launch(
     uint64_t profile_scratch, uint64_t workspace, uint32_t* launch, uint64_t* param_values, size_t max_params,
     size_t* num_params, char* message, size_t message_size);
 
+// Value kinds of the backend options (ExecuTorch's BackendOption variant).
+#define CUDA_GQA_OPTION_BOOL 0
+#define CUDA_GQA_OPTION_INT 1
+#define CUDA_GQA_OPTION_STRING 2
+
+// Sets one process-wide CudaGqaBackend option through ExecuTorch's
+// executorch::runtime::set_option (see backend_options.h for the keys):
+// a bool or int from int_value, a string from string_value. Returns the
+// ExecuTorch Error code (0: Ok; InvalidArgument with a log line naming the
+// cause for an unknown key, a wrong type or a bad value).
+CUDA_GQA_EXPORT int cuda_gqa_set_option(const char* key, int kind, int int_value,
+                                        const char* string_value);
+
+// Reads one option through executorch::runtime::get_option as `kind`:
+// bools and ints into *int_value, strings into string_value (NUL-terminated
+// within string_size). Returns the ExecuTorch Error code.
+CUDA_GQA_EXPORT int cuda_gqa_get_option(const char* key, int kind, int* int_value,
+                                        char* string_value, size_t string_size);
+
+// Nanoseconds of kernel time of every execute run with the "profile" option,
+// summed since the library was loaded (CUDA events around each execute's
+// kernels, enqueued back to back).
+CUDA_GQA_EXPORT uint64_t cuda_gqa_profiled_kernel_time_ns(void);
+
+// Modules the process-wide module cache holds now: delegates loading the
+// same image for the same entry point in the same context share one.
+CUDA_GQA_EXPORT size_t cuda_gqa_loaded_module_count(void);
+
+// --- a delegate without an ExecuTorch program ----------------------------------
+// CudaGqaBackend's own init/execute/destroy (the BackendInterface ExecuTorch
+// calls), for PyTorch users, tests and the concurrency checks: the same
+// checks, launches, options (process-wide, set_option) and thread safety.
+
+// One delegate argument. Sizes and strides (in elements) must fit int32, as
+// in ExecuTorch's tensors.
+typedef struct {
+  int32_t dtype;  // a DType of payload.fbs
+  uint32_t rank;
+  int64_t sizes[CUDA_GQA_MAX_RANK];
+  int64_t strides[CUDA_GQA_MAX_RANK];
+  void* data;
+  int32_t device;  // -1: host memory; else memory of this CUDA device (the delegate's)
+} CudaGqaTensor;
+
+typedef struct CudaGqaDelegate CudaGqaDelegate;
+
+// Most arguments cuda_gqa_delegate_execute takes.
+#define CUDA_GQA_MAX_DELEGATE_ARGS 16
+
+// Initialises a delegate from a payload (read during the call only). Returns
+// the ExecuTorch Error code init returns (0: Ok, *out set), the cause logged.
+CUDA_GQA_EXPORT int cuda_gqa_delegate_init(const void* payload, size_t size, CudaGqaDelegate** out);
+
+// Runs the delegate on `args` (inputs, then outputs). Returns the ExecuTorch
+// Error code execute returns. Executes of one delegate are serialised;
+// different delegates run concurrently.
+CUDA_GQA_EXPORT int cuda_gqa_delegate_execute(CudaGqaDelegate* delegate, const CudaGqaTensor* args,
+                                              size_t num_args);
+
+// Frees the delegate (null: nothing). Must not race an execute of it.
+CUDA_GQA_EXPORT void cuda_gqa_delegate_destroy(CudaGqaDelegate* delegate);
+
 #ifdef __cplusplus
 }
 #endif

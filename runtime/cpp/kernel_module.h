@@ -2,6 +2,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "cuda_driver.h"
 #include "payload.h"
@@ -21,19 +22,30 @@ struct ImageChoice {
 bool select_image(const KernelDesc& kernel, int device_cc, ImageChoice* out,
                   std::string* error);
 
+struct ModuleCacheEntry;
+
 struct LoadedKernel {
   CUmodule module = nullptr;
   CUfunction function = nullptr;
   uint32_t arch = 0;
   bool from_ptx = false;
+  ModuleCacheEntry* entry = nullptr;  // the shared module this refers to
 };
 
 // Loads the chosen image (the driver JIT-compiles PTX), looks up the entry
-// point and opts in to dynamic shared memory above 48 KiB. Requires the
-// target context to be current. On failure nothing stays loaded.
-bool load_kernel(const CudaDriver& driver, CUdevice device, int device_cc,
-                 const KernelDesc& kernel, LoadedKernel* out, std::string* error);
+// point and opts in to dynamic shared memory above 48 KiB, or shares the
+// module an earlier call loaded in `context` from the same image for the
+// same entry point, warps and shared memory. The process-wide cache is
+// guarded by a mutex; delegates of several programs and threads share it.
+// Requires `context` to be current. On failure nothing stays loaded.
+bool acquire_kernel(const CudaDriver& driver, CUcontext context, CUdevice device, int device_cc,
+                    const KernelDesc& kernel, LoadedKernel* out, std::string* error);
 
-void unload_kernel(const CudaDriver& driver, LoadedKernel* kernel);
+// Drops this reference; the last one unloads the module. `kernel`'s context
+// must be current.
+void release_kernel(const CudaDriver& driver, LoadedKernel* kernel);
+
+// Modules loaded now (for tests of sharing).
+size_t cached_module_count();
 
 }  // namespace cuda_gqa

@@ -3,11 +3,22 @@
 //
 //   cuda_gqa_runner MODEL.pte [--method NAME] [--input FILE]... [--expected FILE]...
 //                   [--output-dir DIR] [--atol X] [--rtol X] [--warmup N] [--iterations N]
+//                   [--device N]
 //
 // Inputs are raw little-endian tensors in the method's input order; dtype and
 // shape come from the program. Exit status: 0 ok, 1 an output differs from
 // --expected by more than --atol + --rtol * |expected|, 2 bad usage or a load/run error.
+//
+// Timing: --warmup untimed executes, then --iterations timed ones (wall time
+// of Module::execute, which waits for the GPU). Then the program is loaded
+// again with CudaGqaBackend's "profile" option and run as many times: each
+// delegate holds its stream until its kernels are enqueued and times them
+// with CUDA events, so the kernels' device time excludes the host's launch
+// latency. Host-side overhead = median execute time - median kernel time.
 #include <executorch/extension/module/module.h>
+#include <executorch/runtime/backend/backend_options_map.h>
+#include <executorch/runtime/backend/options.h>
+#include <executorch/runtime/core/device_allocator.h>
 #include <executorch/extension/tensor/tensor_ptr.h>
 #include <executorch/runtime/platform/runtime.h>
 
@@ -30,6 +41,7 @@ using executorch::aten::ScalarType;
 using executorch::aten::Tensor;
 using executorch::extension::Module;
 using executorch::extension::TensorPtr;
+using executorch::runtime::BackendOption;
 using executorch::runtime::Error;
 using executorch::runtime::EValue;
 using executorch::runtime::Tag;
@@ -49,20 +61,23 @@ struct Options {
   double rtol = 1.6e-2;
   long warmup = 3;
   long iterations = 10;
+  long device = -1;  // -1: the backend's default (option "device")
 };
 
 void usage(FILE* out) {
   std::fprintf(out,
                "usage: cuda_gqa_runner MODEL.pte [--method NAME] [--input FILE]...\n"
                "         [--expected FILE]... [--output-dir DIR] [--atol X] [--rtol X]\n"
-               "         [--warmup N] [--iterations N]\n"
+               "         [--warmup N] [--iterations N] [--device N]\n"
                "  --input FILE      raw little-endian input tensor, repeated in input order\n"
                "  --expected FILE   raw expected output, repeated in output order\n"
                "  --output-dir DIR  write DIR/output_<i>.bin for each output\n"
                "  --atol X, --rtol X  an element passes when |out - expected| <= atol + rtol * |expected|\n"
                "                    (defaults 2e-2, 1.6e-2)\n"
                "  --warmup N        untimed executions first (default 3)\n"
-               "  --iterations N    timed executions (default 10)\n"
+               "  --iterations N    timed executions (default 10); reports execute time, kernel\n"
+               "                    time (a second, profiled pass) and host-side overhead\n"
+               "  --device N        CUDA device for CudaGqaBackend delegates (default 0)\n"
                "(CudaGqaBackend payload version %d)\n",
                cuda_gqa_payload_version());
 }
@@ -119,6 +134,8 @@ int parse_args(int argc, char** argv, Options* o) {
       if (!parse_long(v, &o->warmup)) return fail("bad --warmup", v);
     } else if (a == "--iterations" && value(&v)) {
       if (!parse_long(v, &o->iterations)) return fail("bad --iterations", v);
+    } else if (a == "--device" && value(&v)) {
+      if (!parse_long(v, &o->device) || o->device > INT32_MAX) return fail("bad --device", v);
     } else if (!a.empty() && a[0] != '-' && o->model.empty()) {
       o->model = a;
     } else {
@@ -214,6 +231,21 @@ double percentile(std::vector<double> v, double q) {
   return v[std::min(idx, v.size() - 1)];
 }
 
+// Loads `path` with CudaGqaBackend's runtime specs: --device, and "profile".
+Error load_module(Module* module, const Options& opt, bool profile) {
+  BackendOption options[2];
+  size_t n = 0;
+  std::strcpy(options[n].key, "profile");
+  options[n++].value = profile;
+  if (opt.device >= 0) {
+    std::strcpy(options[n].key, "device");
+    options[n++].value = static_cast<int>(opt.device);
+  }
+  executorch::runtime::LoadBackendOptionsMap map;
+  Error err = map.set_options("CudaGqaBackend", executorch::runtime::Span<BackendOption>(options, n));
+  return err != Error::Ok ? err : module->load(map);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -227,7 +259,7 @@ int main(int argc, char** argv) {
     if (!probe) return fail("cannot open model", opt.model);
   }
   Module module(opt.model, Module::LoadMode::File);
-  Error err = module.load();
+  Error err = load_module(&module, opt, /*profile=*/false);
   if (err != Error::Ok) return fail(("loading " + opt.model + " failed").c_str(), err);
 
   auto meta = module.method_meta(opt.method);
@@ -282,8 +314,31 @@ int main(int argc, char** argv) {
     if (r + 1 == runs) outputs = std::move(*result);
   }
   if (opt.iterations > 0) {
-    std::printf("execute: median %.1f us, p90 %.1f us over %zu iterations\n",
-                percentile(times_us, 0.5), percentile(times_us, 0.9), times_us.size());
+    // The profiled pass: the same program loaded with "profile" on.
+    Module profiled(opt.model, Module::LoadMode::File);
+    err = load_module(&profiled, opt, /*profile=*/true);
+    if (err != Error::Ok) return fail(("loading " + opt.model + " to profile failed").c_str(), err);
+    std::vector<double> kernel_us;
+    for (long r = 0; r < runs; ++r) {
+      const uint64_t before = cuda_gqa_profiled_kernel_time_ns();
+      auto result = profiled.execute(opt.method, inputs);
+      if (!result.ok()) {
+        return fail(("executing '" + opt.method + "' to profile failed").c_str(), result.error());
+      }
+      if (r >= opt.warmup) {
+        kernel_us.push_back(static_cast<double>(cuda_gqa_profiled_kernel_time_ns() - before) / 1e3);
+      }
+    }
+    const double execute_median = percentile(times_us, 0.5);
+    const double kernel_median = percentile(kernel_us, 0.5);
+    std::printf("execute: median %.1f us, p90 %.1f us over %zu iterations\n", execute_median,
+                percentile(times_us, 0.9), times_us.size());
+    std::printf("kernels: median %.1f us, p90 %.1f us (CUDA events around each execute's kernels, "
+                "enqueued back to back)\n",
+                kernel_median, percentile(kernel_us, 0.9));
+    std::printf("host overhead: median %.1f us (median execute - median kernels; includes the "
+                "copies of inputs and outputs in host memory)\n",
+                execute_median - kernel_median);
   }
 
   if (!opt.expected.empty() && opt.expected.size() != outputs.size()) {
@@ -299,6 +354,19 @@ int main(int argc, char** argv) {
     }
     const Tensor& t = outputs[i].toTensor();
     const auto* data = static_cast<const uint8_t*>(t.const_data_ptr());
+    // An output the program planned in device memory (a "target_device"
+    // delegate output returned as is) is read back through its allocator.
+    std::vector<uint8_t> host_copy;
+    const auto* impl = t.unsafeGetTensorImpl();
+    if (impl->device_type() != executorch::runtime::etensor::DeviceType::CPU) {
+      auto* allocator =
+          executorch::runtime::DeviceAllocatorRegistry::instance().get_allocator(impl->device_type());
+      if (allocator == nullptr) return fail("no device allocator", "for output " + std::to_string(i));
+      host_copy.resize(t.nbytes());
+      err = allocator->copy_device_to_host(host_copy.data(), data, t.nbytes(), impl->device_index());
+      if (err != Error::Ok) return fail(("copying output " + std::to_string(i) + " to the host failed").c_str(), err);
+      data = host_copy.data();
+    }
     if (!opt.output_dir.empty()) {
       const std::string path = opt.output_dir + "/output_" + std::to_string(i) + ".bin";
       if (!write_file(path, data, t.nbytes())) return fail("cannot write", path);

@@ -38,7 +38,7 @@ def test_bad_ptx_flag_is_refused():
 
 
 @pytest.mark.parametrize("specs, message", [
-    ([CompileSpec("max_batch", b"4")], "unknown CudaGqaBackend compile spec 'max_batch' \\(known: archs, ptx\\)"),
+    ([CompileSpec("max_batch", b"4")], "unknown CudaGqaBackend compile spec 'max_batch' \\(known: archs, ptx, target_device\\)"),
     ([CompileSpec("archs", b"80"), CompileSpec("archs", b"90")], "'archs' given twice"),
     ([CompileSpec("archs", b"80,75")], "unsupported target arch '75'"),
     ([CompileSpec("archs", b"")], "at least one target arch"),

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
-import shutil
+import re
 import subprocess
 import sys
 import textwrap
@@ -21,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cuda_gqa.backends.serialization import PAYLOAD_VERSION, serialize_payload
+from cuda_gqa.backends.serialization import PAYLOAD_VERSION
 from cuda_gqa.backends.serialization import payload_generated as fb
+from fake_programs import LIBRARY, ROOT, RUNNER, K, P, fake_env, pack, param, sample_payload, u8
+from payload_fuzz import run_payload_fuzz
 
-ROOT = Path(__file__).resolve().parents[2]
-LIBRARY = ROOT / "build" / "libcuda_gqa_backend.so"
-RUNNER = ROOT / "build" / "cuda_gqa_runner"
+FUZZ_DRIVER = ROOT / "build" / "cuda_gqa_payload_fuzz"
 
 
 # --------------------------------------------------------------------------
@@ -65,46 +64,6 @@ def select_images(lib: ctypes.CDLL, data: bytes, cc: int) -> tuple[int, str]:
     message = ctypes.create_string_buffer(512)
     rc = lib.cuda_gqa_select_images(buf, len(data), cc, message, len(message))
     return rc, message.value.decode(errors="replace")
-
-
-def u8(data: bytes) -> np.ndarray:
-    return np.frombuffer(data, dtype=np.uint8)
-
-
-def param(kind, type_, arg=0, dim=0, divisibility=0, f32=0.0):
-    return fb.KernelParamT(kind=kind, type=type_, arg=arg, dim=dim, divisibility=divisibility, f32Value=f32)
-
-
-def sample_payload(cubin_archs=(80, 90), ptx_arch=80, sizes=(1, 4, 16, 64)) -> fb.PayloadT:
-    """A GQA-shaped payload (q, k, v -> out) with fake images: validation never loads them."""
-    spec = lambda: fb.TensorSpecT(dtype=fb.DType.Float16, sizes=list(sizes))  # noqa: E731
-    K, P = fb.ParamKind, fb.ParamType
-    params = [param(K.TensorPointer, P.Pointer, arg=a, divisibility=16) for a in range(4)]
-    params += [param(K.TensorStride, P.Int32, arg=0, dim=d, divisibility=16 if d < 3 else 0) for d in range(4)]
-    params += [param(K.TensorSize, P.Int32, arg=1, dim=2),
-               param(K.Float32Constant, P.Float32, f32=0.125),
-               param(K.GlobalScratch, P.Pointer), param(K.ProfileScratch, P.Pointer)]
-    grid = [fb.GridDimT(factors=[fb.GridFactorT(arg=0, dim=2, divisor=64)]),
-            fb.GridDimT(factors=[fb.GridFactorT(arg=0, dim=0, divisor=1), fb.GridFactorT(arg=0, dim=1, divisor=1)]),
-            fb.GridDimT()]
-    kernel = fb.KernelT(
-        name="gqa_attention_fwd",
-        cubins=[fb.CubinT(arch=a, image=u8(b"\x7fELF" + bytes([a]) * 64)) for a in cubin_archs],
-        ptx=u8(b".version 8.7\n.target sm_80\n") if ptx_arch else None, ptxArch=ptx_arch or 0,
-        numWarps=4, sharedMemBytes=65536, globalScratchBytes=0, profileScratchBytes=0,
-        params=params, grid=grid)
-    return fb.PayloadT(inputs=[spec(), spec(), spec()], outputs=[spec()], kernels=[kernel])
-
-
-def pack(payload: fb.PayloadT, version: int | None = None) -> bytes:
-    if version is None:
-        return serialize_payload(payload)
-    import flatbuffers
-
-    payload.version = version
-    builder = flatbuffers.Builder(0)
-    builder.Finish(payload.Pack(builder), file_identifier=b"CGQA")
-    return bytes(builder.Output())
 
 
 def run_python(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -246,8 +205,6 @@ def _mutate(change):
     return pack(payload)
 
 
-K, P = fb.ParamKind, fb.ParamType
-
 SEMANTIC_CASES = {
     "param arg out of range": (lambda p: setattr(p.kernels[0].params[0], "arg", 4), "param 0: arg 4 out of range"),
     "stride dim out of range": (lambda p: setattr(p.kernels[0].params[4], "dim", 4),
@@ -342,49 +299,20 @@ def test_dynamic_sizes_pass_validation():
     assert validate(load_library(), pack(payload)) == (0, "ok")
 
 
-FUZZ_SCRIPT = """
-import ctypes, json, random, sys
-lib = ctypes.CDLL(sys.argv[1], mode=ctypes.RTLD_GLOBAL)
-f = lib.cuda_gqa_validate_payload
-f.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
-f.restype = ctypes.c_int
-valid = open(sys.argv[2], "rb").read()
-message = ctypes.create_string_buffer(256)
-def check(data):
-    # Exact-size buffer: reading past the end would hit the heap red zone under ASan.
-    buf = ctypes.create_string_buffer(data, len(data)) if data else None
-    return f(buf, len(data), message, len(message))
-stats = {"calls": 0, "accepted": 0, "truncated_accepted": 0}
-for n in range(len(valid)):
-    rc = check(valid[:n])
-    stats["calls"] += 1
-    stats["truncated_accepted"] += rc == 0
-rng = random.Random(1234)
-for _ in range(int(sys.argv[3])):
-    data = bytearray(valid)
-    for _ in range(rng.choice((1, 1, 2, 4, 16))):
-        data[rng.randrange(len(data))] = rng.randrange(256)
-    rc = check(bytes(data))
-    stats["calls"] += 1
-    stats["accepted"] += rc == 0
-print(json.dumps(stats))
-"""
-
-
 def test_truncations_and_byte_flips_never_crash(tmp_path):
-    require_library()
+    """Every proper prefix and 4000 byte-flipped copies through the parser and launch evaluation."""
     valid = pack(sample_payload())
     (tmp_path / "valid.bin").write_bytes(valid)
     flips = 4000
-    result = subprocess.run([sys.executable, "-c", FUZZ_SCRIPT, str(LIBRARY), str(tmp_path / "valid.bin"),
-                             str(flips)], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"validator crashed (rc {result.returncode}): {result.stderr[-2000:]}"
-    stats = json.loads(result.stdout.strip().splitlines()[-1])
-    assert stats["calls"] == len(valid) + flips
+    result, stats = run_payload_fuzz(FUZZ_DRIVER, [tmp_path / "valid.bin"], truncations=len(valid), flips=flips)
+    assert result.returncode == 0, f"fuzz driver failed (rc {result.returncode}): {result.stderr[-2000:]}"
+    (counts,) = stats
+    assert (counts["truncations"], counts["flips"]) == (len(valid), flips)
     # No proper prefix of a payload is a payload.
-    assert stats["truncated_accepted"] == 0
+    assert counts["truncations_accepted"] == 0
     # Flips inside the fake images stay valid; most flips must not.
-    assert 0 < stats["accepted"] < flips
+    assert 0 < counts["flips_accepted"] < flips
+    assert counts["launches_evaluated"] > 0
 
 
 # --------------------------------------------------------------------------
@@ -463,75 +391,6 @@ def test_runner_refuses_a_file_that_is_not_a_program(tmp_path):
 # --------------------------------------------------------------------------
 # a real .pte through the runner: init reports its cause, never crashes
 
-MAKE_PTE_SCRIPT = """
-import sys, torch
-from executorch.exir import to_edge
-from executorch.exir.backend.backend_api import to_backend
-from executorch.exir.backend.backend_details import BackendDetails, PreprocessResult
-
-# Stands in for the real preprocess (not imported here, so this is the only
-# BackendDetails named CudaGqaBackend): it embeds a given payload as is.
-class CudaGqaBackend(BackendDetails):
-    payload = b""
-
-    @staticmethod
-    def preprocess(edge_program, compile_specs):
-        return PreprocessResult(processed_bytes=CudaGqaBackend.payload)
-
-class Add(torch.nn.Module):
-    def forward(self, x, y):
-        return x + y
-
-class Wrapper(torch.nn.Module):
-    def __init__(self, lowered):
-        super().__init__()
-        self.lowered = lowered
-
-    def forward(self, x, y):
-        return self.lowered(x, y)
-
-inputs = (torch.ones(2, 64), torch.ones(2, 64))
-for payload_path, pte_path in zip(sys.argv[1::2], sys.argv[2::2]):
-    CudaGqaBackend.payload = open(payload_path, "rb").read()
-    edge = to_edge(torch.export.export(Add(), inputs))
-    lowered = to_backend("CudaGqaBackend", edge.exported_program(), [])
-    program = to_edge(torch.export.export(Wrapper(lowered), inputs)).to_executorch()
-    open(pte_path, "wb").write(program.buffer)
-"""
-
-
-def add_payload(sizes=(2, 64), version=None) -> bytes:
-    """A payload whose delegate computes x + y on float32 (2, 64); fake cubins."""
-    spec = lambda: fb.TensorSpecT(dtype=fb.DType.Float32, sizes=list(sizes))  # noqa: E731
-    payload = sample_payload()
-    payload.inputs, payload.outputs = [spec(), spec()], [spec()]
-    kernel = payload.kernels[0]
-    kernel.name = "add_f32"  # the entry point the fake driver below implements
-    kernel.globalScratchBytes, kernel.globalScratchAlign = 256, 1024  # exercises scratch sizing in init
-    kernel.params = [param(K.TensorPointer, P.Pointer, arg=a, divisibility=16) for a in range(3)]
-    kernel.params.append(param(K.TensorSize, P.Int32, arg=0, dim=1))
-    kernel.grid = [fb.GridDimT(factors=[fb.GridFactorT(arg=0, dim=0, divisor=1)]), fb.GridDimT(), fb.GridDimT()]
-    return pack(payload, version=version)
-
-
-@pytest.fixture(scope="module")
-def programs(tmp_path_factory):
-    """.pte files embedding: a good payload, a version-2 one, one with a dynamic size."""
-    folder = tmp_path_factory.mktemp("programs")
-    payloads = {"good": add_payload(), "v2": add_payload(version=PAYLOAD_VERSION + 1),
-                "dynamic": add_payload(sizes=(-1, 64))}
-    argv = []
-    for name, data in payloads.items():
-        (folder / f"{name}.bin").write_bytes(data)
-        argv += [str(folder / f"{name}.bin"), str(folder / f"{name}.pte")]
-    result = subprocess.run([sys.executable, "-c", MAKE_PTE_SCRIPT, *argv], capture_output=True, text=True,
-                            timeout=600, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    np.ones((2, 64), np.float32).tofile(folder / "x.bin")
-    np.ones((3, 64), np.float32).tofile(folder / "wrong_size.bin")
-    return folder
-
-
 def run_runner(*args) -> subprocess.CompletedProcess:
     return subprocess.run([str(_runner()), *map(str, args)], capture_output=True, text=True, timeout=120)
 
@@ -579,78 +438,6 @@ def test_runner_checks_input_files_against_the_program(programs):
 # --------------------------------------------------------------------------
 # the execute path against a fake libcuda.so.1 that runs on the host
 
-FAKE_DRIVER_C = r"""
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-typedef int CUresult;
-typedef unsigned long long CUdeviceptr;
-static int launches;
-CUresult cuGetErrorName(CUresult e, const char** s) { *s = e ? "CUDA_ERROR_FAKE" : "CUDA_SUCCESS"; return 0; }
-CUresult cuGetErrorString(CUresult e, const char** s) { *s = e ? "fake failure" : "no error"; return 0; }
-CUresult cuInit(unsigned f) { (void)f; return 0; }
-CUresult cuDriverGetVersion(int* v) { *v = 13000; return 0; }
-CUresult cuDeviceGetCount(int* n) { *n = 1; return 0; }
-CUresult cuDeviceGet(int* d, int i) { *d = i; return 0; }
-CUresult cuDeviceGetName(char* s, int n, int d) { (void)d; snprintf(s, n, "Fake GPU"); return 0; }
-CUresult cuDeviceGetAttribute(int* v, int attr, int d) {
-  (void)d;
-  *v = attr == 75 ? 9 : attr == 76 ? 0 : attr == 97 ? 232448 : 0;  /* CC 9.0, smem opt-in */
-  return 0;
-}
-CUresult cuDevicePrimaryCtxRetain(void** c, int d) { (void)d; *c = (void*)1; return 0; }
-CUresult cuDevicePrimaryCtxRelease_v2(int d) { (void)d; fprintf(stderr, "fake: context released after %d launches\n", launches); return 0; }
-CUresult cuCtxSetCurrent(void* c) { (void)c; return 0; }
-CUresult cuStreamCreate(void** s, unsigned f) { (void)f; *s = (void*)2; return 0; }
-CUresult cuStreamDestroy_v2(void* s) { (void)s; return 0; }
-CUresult cuStreamSynchronize(void* s) { (void)s; return 0; }
-CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t n) { *p = (CUdeviceptr)aligned_alloc(256, (n + 255) / 256 * 256); return *p ? 0 : 2; }
-CUresult cuMemFree_v2(CUdeviceptr p) { free((void*)p); return 0; }
-CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* h, size_t n, void* s) { (void)s; memcpy((void*)d, h, n); return 0; }
-CUresult cuMemcpyDtoHAsync_v2(void* h, CUdeviceptr d, size_t n, void* s) { (void)s; memcpy(h, (void*)d, n); return 0; }
-CUresult cuModuleLoadDataEx(void** m, const void* image, unsigned n, void* o, void** v) {
-  (void)n; (void)o; (void)v;
-  if (memcmp(image, "\x7f" "ELF\x5a", 5) != 0) return 200;  /* only the sm_90 fake cubin */
-  *m = (void*)3;
-  return 0;
-}
-CUresult cuModuleUnload(void* m) { (void)m; return 0; }
-CUresult cuModuleGetFunction(void** f, void* m, const char* name) { (void)m; *f = (void*)4; return strcmp(name, "add_f32") ? 500 : 0; }
-CUresult cuFuncSetAttribute(void* f, int a, int v) { (void)f; return a == 8 && v == 65536 ? 0 : 1; }
-CUresult cuFuncGetAttribute(int* v, int a, void* f) { (void)f; *v = a == 0 ? 1024 : 0; return 0; }
-/* add_f32(x, y, out, int32 cols), one CTA per row */
-CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                        unsigned smem, void* s, void** params, void** extra) {
-  (void)f; (void)s; (void)extra;
-  if (gy != 1 || gz != 1 || bx != 128 || by != 1 || bz != 1 || smem != 65536) return 1;
-  const float* x = *(const float**)params[0];
-  const float* y = *(const float**)params[1];
-  float* out = *(float**)params[2];
-  int cols = *(int*)params[3];
-  for (unsigned r = 0; r < gx; ++r)
-    for (int c = 0; c < cols; ++c) out[r * cols + c] = x[r * cols + c] + y[r * cols + c];
-  ++launches;
-  return 0;
-}
-"""
-
-
-@pytest.fixture(scope="module")
-def fake_driver_dir(tmp_path_factory):
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        pytest.skip("no C compiler to build the fake driver")
-    folder = tmp_path_factory.mktemp("fake_cuda")
-    (folder / "fake_cuda.c").write_text(FAKE_DRIVER_C)
-    subprocess.run([compiler, "-shared", "-fPIC", "-O1", "-o", str(folder / "libcuda.so.1"),
-                    str(folder / "fake_cuda.c")], check=True)
-    return folder
-
-
-def fake_env(folder: Path) -> dict:
-    return {**os.environ, "LD_LIBRARY_PATH": f"{folder}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
-
-
 def test_device_status_with_a_driver(fake_driver_dir):
     result = subprocess.run(
         [sys.executable, "-c",
@@ -676,9 +463,14 @@ def test_execute_marshals_tensors_params_and_grid(programs, fake_driver_dir, tmp
     assert "output 0: max_abs_err=0, 0 of 128 elements outside atol 0.02 + rtol 0.016 * |expected| PASS" \
         in result.stdout
     assert "execute: median" in result.stdout and "over 4 iterations" in result.stdout
+    # The profiled pass reads the fake device clock (125 us per launch) through the events.
+    assert "kernels: median 125.0 us, p90 125.0 us" in result.stdout, result.stdout
+    overhead = re.search(r"host overhead: median (-?[0-9.]+) us", result.stdout)
+    execute = re.search(r"execute: median ([0-9.]+) us", result.stdout)
+    assert overhead and float(overhead.group(1)) == pytest.approx(float(execute.group(1)) - 125.0, abs=0.11)
     np.testing.assert_array_equal(np.fromfile(tmp_path / "output_0.bin", np.float32).reshape(2, 64), x + y)
-    # destroy ran and released the context after warmup + timed runs
-    assert "fake: context released after 5 launches" in result.stderr
+    # Both loads' delegates ran warmup + timed runs, then destroy released the context.
+    assert result.stderr.count("fake: context released after 10 launches") == 2, result.stderr
 
     result = subprocess.run([*common, "--expected", str(tmp_path / "wrong.bin")], capture_output=True, text=True,
                             env=env, timeout=120)
@@ -687,3 +479,75 @@ def test_execute_marshals_tensors_params_and_grid(programs, fake_driver_dir, tmp
     # only where x - 0.5 >= 61.25, so x = 0..61 fail.
     assert "output 0: max_abs_err=1, 62 of 128 elements outside atol 0.02 + rtol 0.016 * |expected| FAIL" \
         in result.stdout
+
+
+def test_run_bundle_runs_each_case_and_summarises(programs, fake_driver_dir, tmp_path):
+    bundle = tmp_path / "bundle"
+    x = np.arange(128, dtype=np.float32).reshape(2, 64)
+    for name, expected in (("good", x + x), ("wrong", x - x)):
+        case = bundle / "cases" / name
+        case.mkdir(parents=True)
+        (case / "model.pte").symlink_to(programs / "good.pte")
+        x.tofile(case / "input_0.bin")
+        x.tofile(case / "input_1.bin")
+        expected.tofile(case / "expected_0.bin")
+    (bundle / "cuda_gqa_runner").symlink_to(_runner())
+    result = subprocess.run(["bash", str(ROOT / "runtime" / "runner" / "run_bundle.sh"), str(bundle),
+                             "--iterations", "3"], capture_output=True, text=True, env=fake_env(fake_driver_dir),
+                            timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "runner: 1 passed, 1 failed" in result.stdout
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()
+            if line.startswith(("good ", "wrong "))}
+    # case, execute, kernels (the fake driver's 125 us per launch), overhead, result
+    assert rows["good"][2] == "125.0" and rows["good"][4] == "PASS", rows
+    assert float(rows["good"][3]) == pytest.approx(float(rows["good"][1]) - 125.0, abs=0.11)
+    assert rows["wrong"][4:] == ["FAIL", "(exit", "1)"], rows
+    assert "over 3 iterations" in result.stdout  # the caller's --iterations wins
+
+
+# --------------------------------------------------------------------------
+# device-aware memory planning: the CUDA DeviceAllocator the library registers
+
+
+def test_target_device_compile_spec():
+    from executorch.exir.backend.compile_spec_schema import CompileSpec
+
+    from cuda_gqa.backends.compile_specs import make_compile_specs, parse_compile_specs
+
+    specs = make_compile_specs(archs=[90], target_device="cuda:1")
+    assert CompileSpec("target_device", b"cuda:1") in specs  # the key PropagateDevicePass reads
+    assert parse_compile_specs(specs).target_device == "cuda:1"
+    assert parse_compile_specs(make_compile_specs(archs=[90])).target_device is None
+    with pytest.raises(ValueError, match="target_device must be 'cuda:N', got 'gpu0'"):
+        make_compile_specs(target_device="gpu0")
+
+
+def test_device_planned_program_runs_with_delegate_tensors_in_device_memory(programs, fake_driver_dir, tmp_path):
+    x = np.arange(128, dtype=np.float32).reshape(2, 64)
+    x.tofile(tmp_path / "x.bin")
+    (x + x).tofile(tmp_path / "expected.bin")
+    args = ["--input", tmp_path / "x.bin", "--input", tmp_path / "x.bin", "--expected", tmp_path / "expected.bin",
+            "--warmup", "0", "--iterations", "2"]
+    env = fake_env(fake_driver_dir)
+    device = subprocess.run([str(_runner()), str(programs / "device.pte"), *map(str, args)], capture_output=True,
+                            text=True, env=env, timeout=120)
+    assert device.returncode == 0, device.stdout + device.stderr
+    assert "PASS" in device.stdout
+    # 4 executes (2 timed, 2 profiled): the delegate staged nothing; the program's et_copy
+    # kernels copied both inputs to the device through the allocator (8), and the runner
+    # read the device-resident output back through it once (1).
+    assert "context released after 4 launches, 0 staging copies, 9 synchronous copies" in device.stderr
+    host = subprocess.run([str(_runner()), str(programs / "good.pte"), *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert host.returncode == 0, host.stdout + host.stderr
+    # The same delegate on host memory stages two inputs and one output per execute.
+    assert "context released after 4 launches, 12 staging copies, 0 synchronous copies" in host.stderr
+
+
+def test_device_planned_program_without_a_usable_driver_fails_cleanly(programs, old_driver_dir):
+    x = programs / "x.bin"
+    result = subprocess.run([str(_runner()), str(programs / "device.pte"), "--input", str(x), "--input", str(x)],
+                            capture_output=True, text=True, env=fake_env(old_driver_dir), timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "CudaGqaBackend: device allocator: cuda:0: libcuda.so.1 is too old: it lacks" in result.stderr

@@ -15,8 +15,8 @@ from cuda_gqa.backends.named_images import move_images_to_named_data
 from cuda_gqa.backends.serialization import deserialize_payload, serialize_payload
 from cuda_gqa.runtime.launch_plan import LaunchError, LaunchPlan
 
-from test_cpp_backend import (  # noqa: F401  (fake_driver_dir is a fixture)
-    ROOT, _runner, add_payload, fake_driver_dir, fake_env, load_library, sample_payload, u8, validate)
+from fake_programs import ROOT, add_payload, fake_env, sample_payload, u8
+from test_cpp_backend import _runner, load_library, validate
 
 
 def keyed(payload_bytes: bytes):

@@ -1,0 +1,84 @@
+"""python -m cuda_gqa.export.llm: export an LLM to one .pte with `prefill` and `decode` methods.
+
+The model is a named preset (seeded random weights) or a Hugging Face-format
+checkpoint directory. Attention goes to CudaGqaBackend (cubins for --archs),
+the rest of the graph to the CPU partitioner. Prints each stage, compile
+progress, and a summary: attention calls delegated per method, .pte size, time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from cuda_gqa.backends.compile_specs import DEFAULT_ARCHS, SUPPORTED_ARCHS
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .pipeline import CPU_PARTITIONERS, DEFAULT_PREFILL_LEN, export_llm
+from .presets import PRESETS, build_preset
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m cuda_gqa.export.llm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--preset", choices=PRESETS, help="a built-in shape with seeded random weights")
+    model.add_argument("--checkpoint", type=Path, help="a Hugging Face-format directory (config.json + *.safetensors)")
+    parser.add_argument("--max-seq-len", type=int, default=2048, help="KV cache length (default %(default)s)")
+    parser.add_argument("--prefill-len", type=int,
+                        help=f"tokens per prefill call (default min({DEFAULT_PREFILL_LEN}, max-seq-len))")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument("--archs", default=",".join(f"sm_{a}" for a in DEFAULT_ARCHS),
+                        help="GPU archs for the attention cubins, comma separated (default %(default)s; from "
+                             + ", ".join(f"sm_{a}" for a in SUPPORTED_ARCHS)
+                             + "), or 'none' to leave attention on the CPU")
+    parser.add_argument("--cpu-partitioner", choices=[*CPU_PARTITIONERS, "none"], default="xnnpack",
+                        help="who takes the rest of the graph (default %(default)s; none: portable kernels)")
+    parser.add_argument("--seed", type=int, default=0, help="weights seed of a preset")
+    parser.add_argument("--out", type=Path, help="the .pte to write (default out/<preset or checkpoint name>.pte)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="      %(message)s")
+    logging.getLogger("cuda_gqa.backends.attention_plan").setLevel(logging.INFO)  # compile progress
+    # Expected here, and noise on the console: the caches are mutated buffers
+    # meant to start empty, and torch's pytree deprecations are not ours to fix.
+    warnings.filterwarnings("ignore", message="Mutation on a buffer in the model is detected")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    dtype = DTYPES[args.dtype]
+    log = lambda message: print(f"[export] {message}", flush=True)
+    if args.checkpoint is not None:
+        log(f"loading {args.checkpoint}")
+        try:
+            model = load_checkpoint(args.checkpoint, max_seq_len=args.max_seq_len, dtype=dtype)
+        except CheckpointError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        name = args.checkpoint.resolve().name
+    else:
+        log(f"building {args.preset} with seeded random weights (seed {args.seed})")
+        model = build_preset(args.preset, max_seq_len=args.max_seq_len, dtype=dtype, seed=args.seed)
+        name = args.preset
+    archs = None if args.archs == "none" else args.archs.split(",")
+    try:
+        result = export_llm(model, prefill_len=args.prefill_len, archs=archs, log=log,
+                            cpu_partitioner=None if args.cpu_partitioner == "none" else args.cpu_partitioner,
+                            out=args.out or Path("out") / f"{name}.pte")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(result.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Hugging Face-format checkpoints (config.json + *.safetensors) onto the built-in decoder.
+
+config.json's `model_type` (checked against `architectures`) picks how its
+fields map onto DecoderConfig; tensors load by name, since the decoder's
+parameter names are Hugging Face's minus the `model.` prefix. Anything the
+decoder cannot represent, and any missing, unexpected or mis-shaped tensor,
+fails with a CheckpointError naming it. No `transformers` needed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .decoder import FULL_ATTENTION, SLIDING_ATTENTION, Decoder, DecoderConfig, RopeScaling
+
+ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+}
+_ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
+# Buffers some checkpoints carry that the decoder recomputes.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def _rope(hf: dict) -> tuple[float, Optional[RopeScaling]]:
+    # transformers 5 moved these into rope_parameters; earlier configs have rope_theta + rope_scaling.
+    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind == "default":
+        return theta, None
+    if kind != "llama3":
+        raise CheckpointError(f"config.json: rope type {kind!r} is not supported (supported: default, llama3)")
+    return theta, RopeScaling(
+        factor=float(params["factor"]), low_freq_factor=float(params["low_freq_factor"]),
+        high_freq_factor=float(params["high_freq_factor"]),
+        original_max_position_embeddings=int(params["original_max_position_embeddings"]))
+
+
+def config_from_hf(hf: dict) -> DecoderConfig:
+    """DecoderConfig of a Hugging Face config.json (as a dict)."""
+    model_type, architectures = hf.get("model_type"), hf.get("architectures") or []
+    if model_type not in ARCHITECTURES:
+        raise CheckpointError(f"config.json: model_type {model_type!r} (architectures {architectures}) is not "
+                              f"supported; supported: {', '.join(ARCHITECTURES)}")
+    if architectures and architectures != [ARCHITECTURES[model_type]]:
+        raise CheckpointError(f"config.json: architectures {architectures} is not supported for model_type "
+                              f"{model_type!r} (expected [{ARCHITECTURES[model_type]!r}])")
+
+    def field(key, default=KeyError):
+        if key not in hf or hf[key] is None:
+            if default is KeyError:
+                raise CheckpointError(f"config.json: {key!r} is missing")
+            return default
+        return hf[key]
+
+    activation = field("hidden_activation", None) or field("hidden_act", "silu")
+    if activation not in _ACTIVATIONS:
+        raise CheckpointError(f"config.json: activation {activation!r} is not supported ({', '.join(_ACTIVATIONS)})")
+    if field("attention_bias", False) and model_type != "qwen2":
+        raise CheckpointError("config.json: attention_bias=True is not supported")
+    if field("use_sliding_window", False):
+        raise CheckpointError("config.json: use_sliding_window=True (Qwen's per-layer windows) is not supported")
+    num_layers, num_heads = field("num_hidden_layers"), field("num_attention_heads")
+    theta, scaling = _rope(hf)
+    eos = field("eos_token_id", ())
+    options = dict(
+        vocab_size=field("vocab_size"), hidden_size=field("hidden_size"),
+        intermediate_size=field("intermediate_size"), num_layers=num_layers, num_heads=num_heads,
+        num_kv_heads=field("num_key_value_heads", num_heads),
+        head_dim=field("head_dim", field("hidden_size") // num_heads), rope_theta=theta, rope_scaling=scaling,
+        rms_norm_eps=field("rms_norm_eps", 1e-6), hidden_act=_ACTIVATIONS[activation],
+        tie_word_embeddings=field("tie_word_embeddings", model_type == "gemma2"),
+        bos_token_id=field("bos_token_id", None), eos_token_ids=tuple(eos) if isinstance(eos, list) else (eos,),
+    )
+    window = field("sliding_window", None)
+    if model_type == "qwen2":
+        options["qkv_bias"] = True
+    elif model_type == "qwen3":
+        options["qk_norm"] = True
+    elif model_type == "mistral" and window is not None:
+        options.update(sliding_window=window, layer_types=(SLIDING_ATTENTION,) * num_layers)
+    elif model_type == "gemma2":
+        # Gemma 2 alternates: even layers local (sliding), odd layers global.
+        default_types = [SLIDING_ATTENTION if i % 2 == 0 else FULL_ATTENTION for i in range(num_layers)]
+        options.update(
+            sliding_window=field("sliding_window"), layer_types=tuple(field("layer_types", default_types)),
+            attn_logit_softcap=field("attn_logit_softcapping", None),
+            final_logit_softcap=field("final_logit_softcapping", None),
+            query_pre_attn_scalar=field("query_pre_attn_scalar"), norm_weight_offset=1.0, scale_embeddings=True,
+            sandwich_norms=True)
+    try:
+        return DecoderConfig(**options)
+    except ValueError as e:
+        raise CheckpointError(f"config.json: {e}") from e
+
+
+def load_checkpoint(directory: Union[str, Path], *, max_seq_len: int, dtype: torch.dtype = torch.float32,
+                    batch_size: int = 1) -> Decoder:
+    """The decoder of a Hugging Face-format directory, with its weights, in `dtype`."""
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    try:
+        hf = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{directory}: no config.json (expected a Hugging Face-format directory)") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{config_path}: not valid JSON ({e})") from e
+    config = config_from_hf(hf)
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{directory}: no *.safetensors files")
+    model = Decoder.uninitialized(config, max_seq_len=max_seq_len, batch_size=batch_size, dtype=dtype)
+
+    expected = model.state_dict()
+    loaded = set()
+    with torch.no_grad():
+        for path in files:
+            try:
+                with safe_open(path, framework="pt") as tensors:
+                    for key in tensors.keys():
+                        if key.endswith(_IGNORED_SUFFIXES):
+                            continue
+                        name = key.removeprefix("model.")
+                        if name not in expected:
+                            raise CheckpointError(f"{path.name}: tensor {key!r} has no place in the "
+                                                  f"{hf['model_type']} decoder")
+                        tensor = tensors.get_tensor(key)
+                        if tensor.shape != expected[name].shape:
+                            raise CheckpointError(f"{path.name}: tensor {key!r} has shape {tuple(tensor.shape)}, "
+                                                  f"the decoder expects {tuple(expected[name].shape)}")
+                        expected[name].copy_(tensor)
+                        loaded.add(name)
+            except SafetensorError as e:
+                raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+    if model.config.tie_word_embeddings and "embed_tokens.weight" in loaded:
+        loaded.add("lm_head.weight")  # the same tensor
+    missing = [("model." + name if name != "lm_head.weight" else name) for name in expected if name not in loaded]
+    if missing:
+        raise CheckpointError(f"{directory}: {len(missing)} tensor(s) missing, e.g. {', '.join(missing[:3])}")
+    return model.eval()

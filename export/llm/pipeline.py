@@ -1,0 +1,148 @@
+"""export_llm: a decoder with a static KV cache -> one .pte with `prefill` and `decode` methods.
+
+Both methods are the same module exported at two static query lengths
+(prefill_len tokens, and 1), so each attention call is one static problem
+the AOT stage plans for (forward kernel for prefill, split-KV decode kernels
+for decode). They share the KV-cache buffers (ExecuTorch's
+`share_mutable_buffers`): a prompt prefilled through one is decoded by the
+other. Prompts longer than prefill_len go in chunks; a shorter last chunk is
+padded (its padding rows land at positions the next writes overwrite before
+any query can see them).
+
+The model contract: forward(tokens [B, L] int64, input_pos [1] int64) ->
+logits [B, L, vocab], writing its cache at input_pos .. input_pos + L - 1,
+with attributes max_seq_len and (optionally) batch_size; `Decoder` meets it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+from executorch.exir.passes import MemoryPlanningPass
+
+from cuda_gqa.backends.compile_specs import DEFAULT_ARCHS
+from cuda_gqa.backends.partition import AttentionDecision, CudaGqaPartitioner
+
+from .decoder import Decoder
+from .presets import build_preset
+
+METHODS = ("prefill", "decode")
+CPU_PARTITIONERS = ("xnnpack",)
+DEFAULT_PREFILL_LEN = 64
+
+
+@dataclass
+class LlmExport:
+    program: bytes  # the .pte
+    # Per method: every SDPA call, delegated or why not (empty when attention was left on the CPU).
+    reports: dict[str, list[AttentionDecision]]
+    metadata: dict[str, object]  # the program's constant methods
+    seconds: float
+    pte: Optional[Path] = None
+
+    def delegated(self, method: str) -> list[AttentionDecision]:
+        return [d for d in self.reports[method] if d.delegated]
+
+    def summary(self) -> str:
+        lines = [] if self.reports else ["attention left on the CPU (no GPU archs)"]
+        for method in self.reports:
+            report = self.reports[method]
+            lines.append(f"{method}: {len(self.delegated(method))} of {len(report)} attention calls delegated "
+                         f"to CudaGqaBackend")
+            for reason, count in Counter(d.reason for d in report if not d.delegated).items():
+                lines.append(f"  {count} left on the CPU: {reason}")
+        where = f" to {self.pte}" if self.pte else ""
+        lines.append(f"{len(self.program) / 2**20:.1f} MiB written{where} in {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def _make_partitioners(archs: Optional[Sequence], cpu_partitioner: Optional[str]):
+    """Per method: ours first (it takes the attention), then the CPU partitioner for the rest."""
+    if cpu_partitioner not in (None, *CPU_PARTITIONERS):
+        raise ValueError(f"unknown cpu_partitioner {cpu_partitioner!r}: choose from {CPU_PARTITIONERS} or None")
+    partitioners = {}
+    for method in METHODS:
+        partitioners[method] = [] if archs is None else [CudaGqaPartitioner(archs=archs)]
+        if cpu_partitioner == "xnnpack":
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+            partitioners[method].append(XnnpackPartitioner())
+    return partitioners
+
+
+def export_llm(
+    model: Union[torch.nn.Module, str],
+    *,
+    max_seq_len: Optional[int] = None,
+    prefill_len: Optional[int] = None,
+    dtype: Optional[torch.dtype] = None,
+    archs: Optional[Sequence[Union[int, str]]] = DEFAULT_ARCHS,
+    out: Optional[Union[str, Path]] = None,
+    cpu_partitioner: Optional[str] = "xnnpack",
+    log: Callable[[str], None] = lambda message: None,
+) -> LlmExport:
+    """Export `model` (a module meeting the contract above, or a preset name) to a .pte.
+
+    max_seq_len: the cache length (needed for presets; a module has its own).
+    prefill_len: tokens per prefill call (default min(64, max_seq_len)).
+    dtype: converts the module (presets are built in it; default float32).
+    archs: GPU archs for CudaGqaBackend; None leaves attention on the CPU.
+    out: where to write the .pte (the bytes are returned either way).
+    cpu_partitioner: "xnnpack" or None (ExecuTorch's portable kernels).
+    log: called with a line per stage.
+    """
+    start = time.perf_counter()
+    if isinstance(model, str):
+        if max_seq_len is None:
+            raise ValueError("max_seq_len is needed to build a preset")
+        log(f"building preset {model} (max_seq_len {max_seq_len}, {dtype or torch.float32}, seeded random weights)")
+        model = build_preset(model, max_seq_len=max_seq_len, dtype=dtype or torch.float32)
+    elif dtype is not None:
+        model = model.to(dtype)
+    model_len = getattr(model, "max_seq_len", None)
+    if model_len is None or (max_seq_len is not None and max_seq_len != model_len):
+        raise ValueError(f"the model's max_seq_len attribute ({model_len}) must be set"
+                         + (f" and equal max_seq_len={max_seq_len}" if max_seq_len is not None else ""))
+    prefill_len = prefill_len or min(DEFAULT_PREFILL_LEN, model_len)
+    if not 1 <= prefill_len <= model_len:
+        raise ValueError(f"prefill_len={prefill_len} must be in 1..max_seq_len={model_len}")
+    model = model.eval().requires_grad_(False)
+    batch = getattr(model, "batch_size", 1)
+
+    programs = {}
+    with torch.no_grad():
+        for method, length in zip(METHODS, (prefill_len, 1)):
+            log(f"torch.export: {method} ({batch} x {length} tokens)")
+            tokens = torch.zeros(batch, length, dtype=torch.long)
+            programs[method] = torch.export.export(model, (tokens, torch.tensor([0])))
+
+    partitioners = _make_partitioners(archs, cpu_partitioner)
+    names = ["CudaGqaPartitioner" if archs is not None else None, cpu_partitioner]
+    log(f"lowering to ExecuTorch ({' then '.join(n for n in names if n) or 'portable kernels only'})")
+    metadata = {"get_max_seq_len": model_len, "get_prefill_len": prefill_len, "get_batch_size": batch}
+    if isinstance(model, Decoder):
+        config = model.config
+        metadata["get_vocab_size"] = config.vocab_size
+        if config.bos_token_id is not None:
+            metadata["get_bos_id"] = config.bos_token_id
+        if config.eos_token_ids:
+            metadata["get_eos_ids"] = list(config.eos_token_ids)
+    edge = to_edge_transform_and_lower(programs, partitioner=partitioners, constant_methods=metadata)
+    log("emitting the program (KV caches shared between prefill and decode)")
+    program = edge.to_executorch(ExecutorchBackendConfig(
+        memory_planning_pass=MemoryPlanningPass(share_mutable_buffers=True)))
+
+    reports = {} if archs is None else {method: parts[0].report for method, parts in partitioners.items()}
+    result = LlmExport(program=program.buffer, reports=reports, metadata=metadata,
+                       seconds=time.perf_counter() - start)
+    if out is not None:
+        result.pte = Path(out)
+        result.pte.parent.mkdir(parents=True, exist_ok=True)
+        result.pte.write_bytes(result.program)
+    return result

@@ -1,0 +1,265 @@
+// cuda_gqa_payload_fuzz: feeds seeded truncations and byte flips of real
+// payload files through what init and execute do with a payload (parse,
+// arch-variant choice, image selection, scratch sizing, launch evaluation),
+// and counts what was accepted. Built plainly and, with CUDA_GQA_SANITIZE,
+// under AddressSanitizer and UndefinedBehaviorSanitizer, where any
+// out-of-bounds read or undefined operation aborts the run.
+//
+//   cuda_gqa_payload_fuzz [--seed N] [--truncations N] [--flips N] PAYLOAD...
+//
+// --truncations N: N prefixes of random lengths, or every proper prefix when
+// N >= the payload's size. --flips N: N copies with 1 to 16 bytes replaced,
+// half of them only outside the images (where the structure is). Each case
+// is copied into a buffer of exactly its size, at an odd address every other
+// case, so reads past the end hit the sanitizer's red zone and both the
+// aligned and the copying path of parse_payload run.
+//
+// Prints one JSON line per file. Exit status: 0 ran to the end; 2 bad usage,
+// an unreadable file, or a file that is not a valid payload to begin with.
+#include <cinttypes>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kernel_module.h"
+#include "launcher.h"
+#include "payload.h"
+
+namespace {
+
+using cuda_gqa::ArgDesc;
+using cuda_gqa::KernelDesc;
+using cuda_gqa::PayloadDesc;
+
+// Compute capabilities whose launch plans the evaluation walks.
+constexpr int kDeviceArchs[] = {75, 80, 86, 89, 90, 100, 120};
+
+struct Stats {
+  uint64_t truncations = 0;
+  uint64_t truncations_accepted = 0;
+  uint64_t flips = 0;
+  uint64_t flips_accepted = 0;
+  uint64_t launches_evaluated = 0;
+  uint64_t launches_refused = 0;
+};
+
+// Byte ranges [begin, end) of the compiled images inside the payload.
+std::vector<std::pair<size_t, size_t>> image_ranges(const PayloadDesc& p, const uint8_t* base) {
+  std::vector<std::pair<size_t, size_t>> ranges;
+  auto add = [&](const cuda_gqa::ImageView& v) {
+    if (v.size == 0) return;
+    const size_t begin = static_cast<size_t>(v.data - base);
+    ranges.emplace_back(begin, begin + v.size);
+  };
+  auto add_kernels = [&](const std::vector<KernelDesc>& kernels) {
+    for (const KernelDesc& k : kernels) {
+      for (const cuda_gqa::ImageView& c : k.cubins) add(c);
+      add(k.ptx);
+    }
+  };
+  add_kernels(p.kernels);
+  for (const cuda_gqa::ArchVariantDesc& v : p.arch_variants) add_kernels(v.kernels);
+  return ranges;
+}
+
+bool inside_an_image(size_t pos, const std::vector<std::pair<size_t, size_t>>& ranges) {
+  for (const auto& r : ranges) {
+    if (pos >= r.first && pos < r.second) return true;
+  }
+  return false;
+}
+
+// Contiguous arguments of the payload's static shapes (dynamic extents: 1)
+// at 256-byte aligned fake addresses.
+std::vector<ArgDesc> contiguous_args(const PayloadDesc& p) {
+  std::vector<ArgDesc> args(p.num_args());
+  for (size_t i = 0; i < args.size(); ++i) {
+    const cuda_gqa::TensorSpecDesc& spec = p.arg_spec(i);
+    ArgDesc& a = args[i];
+    a.dtype = static_cast<int>(spec.dtype);
+    a.rank = spec.sizes.size();
+    int64_t stride = 1;
+    for (size_t d = a.rank; d-- > 0;) {
+      a.sizes[d] = spec.sizes[d] < 0 ? 1 : spec.sizes[d];
+      a.strides[d] = stride;
+      // Sizes are bounded by parse_payload; saturate rather than overflow.
+      if (__builtin_mul_overflow(stride, a.sizes[d], &stride)) stride = INT64_MAX / 2;
+    }
+    a.address = 0x7f0000000000ull + (uint64_t{i} << 36);
+  }
+  return args;
+}
+
+// What init and execute do with an accepted payload, for each device arch.
+void evaluate_accepted(const PayloadDesc& parsed, Stats* stats) {
+  std::string error;
+  for (int cc : kDeviceArchs) {
+    PayloadDesc p = parsed;
+    cuda_gqa::use_arch_variant(&p, cc);
+    const std::vector<ArgDesc> args = contiguous_args(p);
+    bool args_fit = true;
+    for (size_t i = 0; i < args.size(); ++i) {
+      args_fit &= cuda_gqa::check_arg(p.arg_spec(i), args[i], i, p.inputs.size(), &error);
+    }
+    if (!args_fit) continue;
+    for (const KernelDesc& k : p.kernels) {
+      cuda_gqa::ImageChoice choice;
+      if (!cuda_gqa::select_image(k, cc, &choice, &error)) continue;
+      cuda_gqa::ScratchDesc scratch;
+      scratch.workspace = p.workspace_bytes > 0 ? 0x7e0000000000ull : 0;
+      if (k.global_scratch_bytes > 0 || k.profile_scratch_bytes > 0) {
+        if (!cuda_gqa::static_grid_ctas(p, k, &scratch.ctas, &error)) continue;
+        scratch.global = k.global_scratch_bytes > 0 ? 0x7d0000000000ull : 0;
+        scratch.profile = k.profile_scratch_bytes > 0 ? 0x7c0000000000ull : 0;
+      }
+      if (!cuda_gqa::check_scratch(k, scratch, &error)) continue;
+      std::vector<uint64_t> values(k.params.size());
+      cuda_gqa::LaunchConfig config;
+      const auto err = cuda_gqa::evaluate_launch(k, args.data(), args.size(), scratch,
+                                                 values.data(), &config, &error);
+      ++(err == executorch::runtime::Error::Ok ? stats->launches_evaluated
+                                               : stats->launches_refused);
+    }
+  }
+}
+
+// Parses `data` from an exact-size heap copy (at an odd address when
+// `misalign`); true if accepted, and then evaluates it.
+bool run_case(const uint8_t* data, size_t size, bool misalign, Stats* stats) {
+  const size_t offset = misalign ? 1 : 0;
+  std::unique_ptr<uint8_t[]> copy(size + offset > 0 ? new uint8_t[size + offset] : nullptr);
+  if (size > 0) std::memcpy(copy.get() + offset, data, size);
+  std::vector<uint64_t> aligned_storage;
+  PayloadDesc parsed;
+  std::string error;
+  const bool ok = cuda_gqa::parse_payload(size > 0 ? copy.get() + offset : nullptr, size,
+                                          &aligned_storage, &parsed, &error);
+  if (ok) evaluate_accepted(parsed, stats);
+  return ok;
+}
+
+bool read_file(const char* path, std::vector<uint8_t>* out) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return false;
+  out->assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  return !f.bad();
+}
+
+bool parse_count(const char* s, uint64_t* out) {
+  char* end = nullptr;
+  const unsigned long long v = std::strtoull(s, &end, 10);
+  if (end == s || *end != '\0' || s[0] == '-') return false;
+  *out = v;
+  return true;
+}
+
+// `text` as a JSON string literal (paths may hold quotes or backslashes).
+std::string json_string(const char* text) {
+  std::string out = "\"";
+  for (const char* c = text; *c != '\0'; ++c) {
+    if (*c == '"' || *c == '\\') out += '\\';
+    out += *c;
+  }
+  return out + "\"";
+}
+
+int usage(const char* why) {
+  std::fprintf(stderr,
+               "error: %s\nusage: cuda_gqa_payload_fuzz [--seed N] [--truncations N] "
+               "[--flips N] PAYLOAD...\n",
+               why);
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  uint64_t seed = 1234, truncations = 2000, flips = 4000;
+  std::vector<const char*> files;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    uint64_t* target = a == "--seed" ? &seed
+                       : a == "--truncations" ? &truncations
+                       : a == "--flips" ? &flips
+                                        : nullptr;
+    if (target != nullptr) {
+      if (i + 1 >= argc || !parse_count(argv[++i], target)) return usage(("bad " + a).c_str());
+    } else if (!a.empty() && a[0] == '-') {
+      return usage(("unknown option " + a).c_str());
+    } else {
+      files.push_back(argv[i]);
+    }
+  }
+  if (files.empty()) return usage("no payload files");
+
+  for (const char* path : files) {
+    std::vector<uint8_t> valid;
+    if (!read_file(path, &valid)) return usage((std::string("cannot read ") + path).c_str());
+    PayloadDesc parsed;
+    std::vector<uint64_t> storage;
+    std::string error;
+    // Aligned copy so that image views point into `storage`, whose offsets
+    // equal the file's.
+    storage.resize((valid.size() + 7) / 8);
+    if (!valid.empty()) std::memcpy(storage.data(), valid.data(), valid.size());
+    std::vector<uint64_t> unused;
+    if (!cuda_gqa::parse_payload(storage.data(), valid.size(), &unused, &parsed, &error)) {
+      std::fprintf(stderr, "error: %s is not a valid payload to start from: %s\n", path,
+                   error.c_str());
+      return 2;
+    }
+    const auto images =
+        image_ranges(parsed, reinterpret_cast<const uint8_t*>(storage.data()));
+
+    // mt19937_64's output sequence is fixed by the standard; the mapping
+    // to ranges below is ours, so the cases are the same everywhere.
+    std::mt19937_64 rng(seed);
+    auto below = [&](uint64_t n) { return n == 0 ? 0 : rng() % n; };
+    Stats stats;
+    const size_t size = valid.size();
+    const bool every_prefix = truncations >= size;
+    const uint64_t num_truncations = every_prefix ? size : truncations;
+    for (uint64_t t = 0; t < num_truncations; ++t) {
+      const size_t n = every_prefix ? static_cast<size_t>(t) : static_cast<size_t>(below(size));
+      ++stats.truncations;
+      stats.truncations_accepted += run_case(valid.data(), n, t % 2 == 1, &stats);
+    }
+    static constexpr int kFlipCounts[] = {1, 1, 2, 4, 16};
+    static constexpr uint8_t kSpecialBytes[] = {0x00, 0xff, 0x7f, 0x80, 0x01};
+    std::vector<uint8_t> mutated = valid;
+    std::vector<size_t> changed;
+    for (uint64_t f = 0; f < flips && size > 0; ++f) {
+      const bool structure_only = f % 2 == 0 && images.size() > 0;
+      const int count = kFlipCounts[below(5)];
+      for (int c = 0; c < count; ++c) {
+        size_t pos = static_cast<size_t>(below(size));
+        // Structure bytes are a small part of a payload with cubins; draw
+        // again until one is hit (bounded: a payload of images only keeps the last).
+        for (int tries = 0; structure_only && tries < 64 && inside_an_image(pos, images); ++tries) {
+          pos = static_cast<size_t>(below(size));
+        }
+        mutated[pos] = below(4) == 0 ? kSpecialBytes[below(5)] : static_cast<uint8_t>(rng());
+        changed.push_back(pos);
+      }
+      ++stats.flips;
+      stats.flips_accepted += run_case(mutated.data(), mutated.size(), f % 2 == 1, &stats);
+      for (size_t pos : changed) mutated[pos] = valid[pos];
+      changed.clear();
+    }
+    std::printf("{\"file\": %s, \"size\": %zu, \"truncations\": %" PRIu64
+                ", \"truncations_accepted\": %" PRIu64 ", \"flips\": %" PRIu64
+                ", \"flips_accepted\": %" PRIu64 ", \"launches_evaluated\": %" PRIu64
+                ", \"launches_refused\": %" PRIu64 "}\n",
+                json_string(path).c_str(), size, stats.truncations, stats.truncations_accepted, stats.flips,
+                stats.flips_accepted, stats.launches_evaluated, stats.launches_refused);
+    std::fflush(stdout);
+  }
+  return 0;
+}

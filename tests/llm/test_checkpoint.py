@@ -1,0 +1,139 @@
+"""Hugging Face-format checkpoints: written here from seeded decoders, read back by load_checkpoint."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from cuda_gqa.export.llm.checkpoint import CheckpointError, config_from_hf, load_checkpoint
+from cuda_gqa.export.llm.decoder import Decoder
+from cuda_gqa.export.llm.presets import randomize_weights
+
+_TINY = {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+         "num_attention_heads": 8, "num_key_value_heads": 2, "torch_dtype": "float32"}
+# config.json as Hugging Face writes them, at tiny sizes.
+HF_CONFIGS = {
+    "llama": {**_TINY, "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+              "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "tie_word_embeddings": True, "attention_bias": False,
+              "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                               "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+              "bos_token_id": 1, "eos_token_id": [2, 3]},
+    "qwen2": {**_TINY, "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
+              "num_attention_heads": 14, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+              "tie_word_embeddings": False, "use_sliding_window": False, "sliding_window": 32768},
+    "qwen3": {**_TINY, "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_act": "silu",
+              "head_dim": 16, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": True},
+    "mistral": {**_TINY, "architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_act": "silu",
+                "sliding_window": 6, "rope_theta": 10000.0},
+    "gemma2": {**_TINY, "architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "head_dim": 16,
+               "num_attention_heads": 4, "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": 32,
+               "sliding_window": 6, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+               "rms_norm_eps": 1e-6},
+}
+# Layer 0's tensors under their Hugging Face names, per family.
+_LLAMA_LAYER = ["input_layernorm.weight", "mlp.down_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
+                "post_attention_layernorm.weight", "self_attn.k_proj.weight", "self_attn.o_proj.weight",
+                "self_attn.q_proj.weight", "self_attn.v_proj.weight"]
+HF_LAYER_TENSORS = {
+    "llama": _LLAMA_LAYER,
+    "mistral": _LLAMA_LAYER,
+    "qwen2": _LLAMA_LAYER + ["self_attn.k_proj.bias", "self_attn.q_proj.bias", "self_attn.v_proj.bias"],
+    "qwen3": _LLAMA_LAYER + ["self_attn.k_norm.weight", "self_attn.q_norm.weight"],
+    "gemma2": _LLAMA_LAYER + ["post_feedforward_layernorm.weight", "pre_feedforward_layernorm.weight"],
+}
+
+
+def write_checkpoint(directory, hf_config: dict, seed: int = 0) -> Decoder:
+    """A Hugging Face-format checkpoint of a seeded decoder; returns the decoder."""
+    model = randomize_weights(Decoder(config_from_hf(hf_config), max_seq_len=16), seed).eval()
+    tensors = {(name if name == "lm_head.weight" else "model." + name): t.contiguous()
+               for name, t in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        del tensors["lm_head.weight"]  # Hugging Face stores tied weights once
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(hf_config))
+    names = sorted(tensors)
+    # Two shards, as larger checkpoints come.
+    save_file({n: tensors[n] for n in names[::2]}, directory / "model-00001-of-00002.safetensors")
+    save_file({n: tensors[n] for n in names[1::2]}, directory / "model-00002-of-00002.safetensors")
+    return model
+
+
+@pytest.mark.parametrize("family", HF_CONFIGS)
+def test_checkpoint_round_trip_gives_the_same_logits(tmp_path, family):
+    original = write_checkpoint(tmp_path, HF_CONFIGS[family])
+    layer_0 = sorted(n.removeprefix("layers.0.") for n in original.state_dict() if n.startswith("layers.0."))
+    assert layer_0 == sorted(HF_LAYER_TENSORS[family])
+    loaded = load_checkpoint(tmp_path, max_seq_len=16)
+    assert loaded.config == original.config
+    tokens = torch.randint(0, 256, (1, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens, torch.tensor([0])), original(tokens, torch.tensor([0])),
+                                   atol=0, rtol=0)
+
+
+def test_hf_fields_reach_the_config():
+    llama = config_from_hf(HF_CONFIGS["llama"])
+    assert (llama.rope_scaling.factor, llama.tie_word_embeddings, llama.eos_token_ids) == (32.0, True, (2, 3))
+    assert llama.head_dim == 64 // 8
+    gemma = config_from_hf(HF_CONFIGS["gemma2"])
+    assert gemma.layer_types == ("sliding_attention", "full_attention")
+    assert (gemma.attn_logit_softcap, gemma.final_logit_softcap, gemma.softmax_scale) == (50.0, 30.0, 32**-0.5)
+    assert gemma.tie_word_embeddings and gemma.sandwich_norms and gemma.hidden_act == "gelu_tanh"
+    assert config_from_hf(HF_CONFIGS["qwen2"]).qkv_bias
+    assert config_from_hf(HF_CONFIGS["mistral"]).window(1) == 6
+
+
+def test_loads_in_the_requested_dtype(tmp_path):
+    write_checkpoint(tmp_path, HF_CONFIGS["qwen3"])
+    model = load_checkpoint(tmp_path, max_seq_len=16, dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.layers[0].self_attn.k_cache.dtype == torch.bfloat16
+
+
+def test_unknown_architecture_is_named(tmp_path):
+    write_checkpoint(tmp_path, HF_CONFIGS["llama"])
+    (tmp_path / "config.json").write_text(json.dumps({**HF_CONFIGS["llama"], "model_type": "falcon",
+                                                      "architectures": ["FalconForCausalLM"]}))
+    with pytest.raises(CheckpointError, match=r"model_type 'falcon' \(architectures \['FalconForCausalLM'\]\) "
+                                              r"is not supported"):
+        load_checkpoint(tmp_path, max_seq_len=16)
+    with pytest.raises(CheckpointError, match="architectures \\['LlamaForSequenceClassification'\\]"):
+        config_from_hf({**HF_CONFIGS["llama"], "architectures": ["LlamaForSequenceClassification"]})
+
+
+def test_corrupt_safetensors_file_is_named(tmp_path):
+    write_checkpoint(tmp_path, HF_CONFIGS["llama"])
+    shard = tmp_path / "model-00002-of-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="model-00002-of-00002.safetensors: not a readable safetensors file"):
+        load_checkpoint(tmp_path, max_seq_len=16)
+
+
+def test_missing_unexpected_and_mis_shaped_tensors_are_named(tmp_path):
+    write_checkpoint(tmp_path, HF_CONFIGS["qwen2"])
+    config = HF_CONFIGS["qwen2"]
+    # Missing: the config says tied embeddings are not tied, so lm_head.weight is expected too.
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
+    with pytest.raises(CheckpointError, match=r"tensor\(s\) missing, e.g. model\.layers\.2\."):
+        load_checkpoint(tmp_path, max_seq_len=16)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
+    with pytest.raises(CheckpointError, match="tensor 'model.layers.1.[a-z_.]+' has no place in the qwen2 decoder"):
+        load_checkpoint(tmp_path, max_seq_len=16)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))
+    with pytest.raises(CheckpointError, match=r"tensor 'model.layers.0.mlp.[a-z_]+.weight' has shape \("):
+        load_checkpoint(tmp_path, max_seq_len=16)
+
+
+def test_not_a_checkpoint_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_checkpoint(tmp_path, max_seq_len=16)
+    (tmp_path / "config.json").write_text("{")
+    with pytest.raises(CheckpointError, match="config.json: not valid JSON"):
+        load_checkpoint(tmp_path, max_seq_len=16)
+    (tmp_path / "config.json").write_text(json.dumps(HF_CONFIGS["llama"]))
+    with pytest.raises(CheckpointError, match="no \\*.safetensors files"):
+        load_checkpoint(tmp_path, max_seq_len=16)
+    with pytest.raises(CheckpointError, match="rope type 'yarn' is not supported"):
+        config_from_hf({**HF_CONFIGS["llama"], "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})

@@ -1,0 +1,136 @@
+"""The decoder in eager PyTorch: cache consistency and each family's attention variant."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from cuda_gqa.export.llm.decoder import (SLIDING_ATTENTION, Decoder, DecoderConfig, rope_inverse_frequencies,
+                                         softcapped_attention)
+from cuda_gqa.export.llm.presets import PRESETS, TINY_PRESETS, build_preset, randomize_weights
+
+MAX_SEQ_LEN = 24
+
+
+def _tokens(length: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 256, (1, length), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def _incremental(model: Decoder, tokens: torch.Tensor, prefill: int) -> torch.Tensor:
+    """Logits of a prefill of the first `prefill` tokens, then one decode step per token."""
+    steps = [model(tokens[:, :prefill], torch.tensor([0]))]
+    steps += [model(tokens[:, i:i + 1], torch.tensor([i])) for i in range(prefill, tokens.shape[1])]
+    return torch.cat(steps, dim=1)
+
+
+@pytest.mark.parametrize("preset", TINY_PRESETS)
+def test_prefill_then_decode_matches_one_pass(preset):
+    model = build_preset(preset, max_seq_len=MAX_SEQ_LEN)
+    tokens = _tokens(20)
+    with torch.no_grad():
+        whole = model(tokens, torch.tensor([0]))
+    model.reset_buffers()
+    torch.testing.assert_close(_incremental(model, tokens, prefill=7), whole, atol=1e-5, rtol=1e-5)
+    assert whole.shape == (1, 20, PRESETS[preset].vocab_size)
+    assert whole.std() > 0.05  # the seeded weights give logits that are not flat
+
+
+def test_restarting_at_position_zero_ignores_the_previous_sequence():
+    model = build_preset("tiny-llama3", max_seq_len=MAX_SEQ_LEN)
+    first, second = _tokens(12, seed=1), _tokens(5, seed=2)
+    with torch.no_grad():
+        model(first, torch.tensor([0]))
+        after_other_sequence = model(second, torch.tensor([0]))
+    fresh = build_preset("tiny-llama3", max_seq_len=MAX_SEQ_LEN)
+    with torch.no_grad():
+        torch.testing.assert_close(after_other_sequence, fresh(second, torch.tensor([0])))
+
+
+def test_sliding_window_hides_keys_that_far_back():
+    windowed = build_preset("tiny-mistral", max_seq_len=MAX_SEQ_LEN)
+    window = windowed.config.sliding_window
+    full_config = dataclasses.replace(windowed.config, layer_types=None, sliding_window=None)
+    full = Decoder(full_config, max_seq_len=MAX_SEQ_LEN)
+    full.load_state_dict(windowed.state_dict())
+    tokens = _tokens(20)
+    with torch.no_grad():
+        a, b = windowed(tokens, torch.tensor([0])), full(tokens, torch.tensor([0]))
+    # Positions that see no more than `window` keys are unchanged; later ones differ.
+    torch.testing.assert_close(a[:, :window], b[:, :window])
+    assert (a[:, window:] - b[:, window:]).abs().amax(dim=-1).min() > 1e-4
+
+
+def test_attention_mask_of_a_sliding_layer():
+    model = build_preset("tiny-gemma2", max_seq_len=10)
+    assert [model.config.window(i) for i in range(2)] == [8, None]
+    mask = model.attention_mask(torch.tensor([8, 9]), window=3)
+    assert mask.shape == (1, 1, 2, 10)
+    assert mask[0, 0].nonzero().tolist() == [[0, 6], [0, 7], [0, 8], [1, 7], [1, 8], [1, 9]]
+
+
+def test_softcapped_attention_is_sdpa_when_the_cap_is_far_away():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, l, 16, generator=g) for h, l in ((4, 3), (2, 10), (2, 10)))
+    mask = torch.rand(1, 1, 3, 10, generator=g) > 0.3
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.2, enable_gqa=True)
+    torch.testing.assert_close(softcapped_attention(q, k, v, mask, 0.2, softcap=1e6), expected)
+    capped = softcapped_attention(q, k, v, mask, 0.2, softcap=0.5)
+    assert (capped - expected).abs().max() > 1e-3
+
+
+def test_gemma2_final_logits_are_soft_capped():
+    model = build_preset("tiny-gemma2", max_seq_len=MAX_SEQ_LEN)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1e4)  # tied with the embedding: logits would be huge
+        logits = model(_tokens(4), torch.tensor([0]))
+    assert logits.abs().max() <= model.config.final_logit_softcap
+
+
+def test_presets_have_the_published_shapes():
+    llama = PRESETS["llama3-8b"]
+    assert (llama.num_heads // llama.num_kv_heads, llama.head_dim, llama.num_layers) == (4, 128, 32)
+    qwen = PRESETS["qwen2.5-1.5b"]
+    assert (qwen.num_heads // qwen.num_kv_heads, qwen.qkv_bias) == (6, True)
+    assert PRESETS["tiny-qwen2"].num_heads // PRESETS["tiny-qwen2"].num_kv_heads == 7
+    assert PRESETS["tiny-mqa"].num_kv_heads == 1
+    assert PRESETS["tiny-gemma2"].layer_types == (SLIDING_ATTENTION, "full_attention")
+
+
+def test_bad_configs_are_refused():
+    tiny = PRESETS["tiny-llama3"]
+    with pytest.raises(ValueError, match="not a multiple of num_kv_heads"):
+        dataclasses.replace(tiny, num_kv_heads=3)
+    with pytest.raises(ValueError, match="need sliding_window"):
+        dataclasses.replace(tiny, layer_types=(SLIDING_ATTENTION,) * 2)
+    with pytest.raises(ValueError, match="unknown preset 'llama5'"):
+        build_preset("llama5", max_seq_len=8)
+
+
+def test_seeded_weights_repeat():
+    a = build_preset("tiny-qwen3", max_seq_len=8, seed=3)
+    b = randomize_weights(Decoder.uninitialized(PRESETS["tiny-qwen3"], max_seq_len=8), seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_tied_embeddings_stay_tied():
+    model = build_preset("tiny-llama3", max_seq_len=8)
+    assert model.lm_head.weight is model.embed_tokens.weight
+    untied = build_preset("tiny-qwen3", max_seq_len=8)
+    assert not torch.equal(untied.lm_head.weight, untied.embed_tokens.weight)
+
+
+def test_llama3_rope_scaling_slows_only_long_wavelengths():
+    config = PRESETS["llama3.2-1b"]
+    scaled = rope_inverse_frequencies(config)
+    plain = rope_inverse_frequencies(dataclasses.replace(config, rope_scaling=None))
+    wavelength = 2 * math.pi / plain
+    short, long = wavelength < 8192 / 4, wavelength > 8192 / 1  # original context / high and low factors
+    assert short.any() and long.any() and (~short & ~long).any()
+    torch.testing.assert_close(scaled[short], plain[short])
+    torch.testing.assert_close(scaled[long], plain[long] / 32)
+    between = ~short & ~long  # a ramp from unscaled to scaled as the wavelength grows
+    assert ((scaled[between] < plain[between]) & (scaled[between] > plain[between] / 32)).all()
+    assert (scaled[between] / plain[between]).diff().le(0).all()

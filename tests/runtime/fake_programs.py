@@ -1,0 +1,270 @@
+"""Payloads, programs and a fake libcuda.so.1 for the C++ runtime's CPU tests
+(shared by the test files of tests/runtime through conftest.py's fixtures)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cuda_gqa.backends.serialization import PAYLOAD_VERSION, serialize_payload
+from cuda_gqa.backends.serialization import payload_generated as fb
+
+ROOT = Path(__file__).resolve().parents[2]
+LIBRARY = ROOT / "build" / "libcuda_gqa_backend.so"
+RUNNER = ROOT / "build" / "cuda_gqa_runner"
+K, P = fb.ParamKind, fb.ParamType
+
+
+def u8(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def param(kind, type_, arg=0, dim=0, divisibility=0, f32=0.0):
+    return fb.KernelParamT(kind=kind, type=type_, arg=arg, dim=dim, divisibility=divisibility, f32Value=f32)
+
+
+def sample_payload(cubin_archs=(80, 90), ptx_arch=80, sizes=(1, 4, 16, 64)) -> fb.PayloadT:
+    """A GQA-shaped payload (q, k, v -> out) with fake images: validation never loads them."""
+    spec = lambda: fb.TensorSpecT(dtype=fb.DType.Float16, sizes=list(sizes))  # noqa: E731
+    K, P = fb.ParamKind, fb.ParamType
+    params = [param(K.TensorPointer, P.Pointer, arg=a, divisibility=16) for a in range(4)]
+    params += [param(K.TensorStride, P.Int32, arg=0, dim=d, divisibility=16 if d < 3 else 0) for d in range(4)]
+    params += [param(K.TensorSize, P.Int32, arg=1, dim=2),
+               param(K.Float32Constant, P.Float32, f32=0.125),
+               param(K.GlobalScratch, P.Pointer), param(K.ProfileScratch, P.Pointer)]
+    grid = [fb.GridDimT(factors=[fb.GridFactorT(arg=0, dim=2, divisor=64)]),
+            fb.GridDimT(factors=[fb.GridFactorT(arg=0, dim=0, divisor=1), fb.GridFactorT(arg=0, dim=1, divisor=1)]),
+            fb.GridDimT()]
+    kernel = fb.KernelT(
+        name="gqa_attention_fwd",
+        cubins=[fb.CubinT(arch=a, image=u8(b"\x7fELF" + bytes([a]) * 64)) for a in cubin_archs],
+        ptx=u8(b".version 8.7\n.target sm_80\n") if ptx_arch else None, ptxArch=ptx_arch or 0,
+        numWarps=4, sharedMemBytes=65536, globalScratchBytes=0, profileScratchBytes=0,
+        params=params, grid=grid)
+    return fb.PayloadT(inputs=[spec(), spec(), spec()], outputs=[spec()], kernels=[kernel])
+
+
+def pack(payload: fb.PayloadT, version: int | None = None) -> bytes:
+    if version is None:
+        return serialize_payload(payload)
+    import flatbuffers
+
+    payload.version = version
+    builder = flatbuffers.Builder(0)
+    builder.Finish(payload.Pack(builder), file_identifier=b"CGQA")
+    return bytes(builder.Output())
+
+
+MAKE_PTE_SCRIPT = """
+import sys, torch
+from executorch.exir import to_edge
+from executorch.exir.backend.backend_api import to_backend
+from executorch.exir.backend.backend_details import BackendDetails, PreprocessResult
+from executorch.exir.backend.compile_spec_schema import CompileSpec
+
+# Stands in for the real preprocess (not imported here, so this is the only
+# BackendDetails named CudaGqaBackend): it embeds a given payload as is.
+class CudaGqaBackend(BackendDetails):
+    payload = b""
+
+    @staticmethod
+    def preprocess(edge_program, compile_specs):
+        return PreprocessResult(processed_bytes=CudaGqaBackend.payload)
+
+class Add(torch.nn.Module):
+    def forward(self, x, y):
+        return x + y
+
+class Wrapper(torch.nn.Module):
+    def __init__(self, lowered):
+        super().__init__()
+        self.lowered = lowered
+
+    def forward(self, x, y):
+        return self.lowered(x, y)
+
+inputs = (torch.ones(2, 64), torch.ones(2, 64))
+# Triples: payload file, .pte file, target_device compile spec ("-": none).
+for payload_path, pte_path, device in zip(sys.argv[1::3], sys.argv[2::3], sys.argv[3::3]):
+    CudaGqaBackend.payload = open(payload_path, "rb").read()
+    edge = to_edge(torch.export.export(Add(), inputs))
+    specs = [] if device == "-" else [CompileSpec("target_device", device.encode())]
+    lowered = to_backend("CudaGqaBackend", edge.exported_program(), specs)
+    program = to_edge(torch.export.export(Wrapper(lowered), inputs)).to_executorch()
+    open(pte_path, "wb").write(program.buffer)
+"""
+
+
+def add_payload(sizes=(2, 64), version=None) -> bytes:
+    """A payload whose delegate computes x + y on float32 (2, 64); fake cubins."""
+    spec = lambda: fb.TensorSpecT(dtype=fb.DType.Float32, sizes=list(sizes))  # noqa: E731
+    payload = sample_payload()
+    payload.inputs, payload.outputs = [spec(), spec()], [spec()]
+    kernel = payload.kernels[0]
+    kernel.name = "add_f32"  # the entry point the fake driver below implements
+    kernel.globalScratchBytes, kernel.globalScratchAlign = 256, 1024  # exercises scratch sizing in init
+    kernel.params = [param(K.TensorPointer, P.Pointer, arg=a, divisibility=16) for a in range(3)]
+    kernel.params.append(param(K.TensorSize, P.Int32, arg=0, dim=1))
+    kernel.grid = [fb.GridDimT(factors=[fb.GridFactorT(arg=0, dim=0, divisor=1)]), fb.GridDimT(), fb.GridDimT()]
+    return pack(payload, version=version)
+
+
+def make_programs(folder: Path) -> Path:
+    """.pte files embedding: a good payload, a version-2 one, one with a dynamic size
+    (good.pte, v2.pte, dynamic.pte), the good one planned by ExecuTorch's device-aware
+    memory planning with its inputs and outputs on cuda:0 (device.pte), and input files
+    x.bin (2x64 ones) and wrong_size.bin."""
+    payloads = {"good": (add_payload(), "-"), "v2": (add_payload(version=PAYLOAD_VERSION + 1), "-"),
+                "dynamic": (add_payload(sizes=(-1, 64)), "-"), "device": (add_payload(), "cuda:0")}
+    argv = []
+    for name, (data, device) in payloads.items():
+        (folder / f"{name}.bin").write_bytes(data)
+        argv += [str(folder / f"{name}.bin"), str(folder / f"{name}.pte"), device]
+    result = subprocess.run([sys.executable, "-c", MAKE_PTE_SCRIPT, *argv], capture_output=True, text=True,
+                            timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.ones((2, 64), np.float32).tofile(folder / "x.bin")
+    np.ones((3, 64), np.float32).tofile(folder / "wrong_size.bin")
+    return folder
+
+
+# the execute path against a fake libcuda.so.1 that runs on the host
+
+FAKE_DRIVER_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+typedef int CUresult;
+typedef unsigned long long CUdeviceptr;
+static int launches;
+/* Calls counted for tests (fake_calls reads them): copies and synchronisations. */
+static int copies_to_device, copies_to_host, synchronizations, sync_copies;
+void fake_calls(int* htod, int* dtoh, int* syncs) { *htod = copies_to_device; *dtoh = copies_to_host; *syncs = synchronizations; }
+CUresult cuGetErrorName(CUresult e, const char** s) { *s = e ? "CUDA_ERROR_FAKE" : "CUDA_SUCCESS"; return 0; }
+CUresult cuGetErrorString(CUresult e, const char** s) { *s = e ? "fake failure" : "no error"; return 0; }
+CUresult cuInit(unsigned f) { (void)f; return 0; }
+CUresult cuDriverGetVersion(int* v) { *v = 13000; return 0; }
+CUresult cuDeviceGetCount(int* n) { *n = 2; return 0; }
+CUresult cuDeviceGet(int* d, int i) { *d = i; return 0; }
+CUresult cuDeviceGetName(char* s, int n, int d) { (void)d; snprintf(s, n, "Fake GPU"); return 0; }
+CUresult cuDeviceGetAttribute(int* v, int attr, int d) {
+  (void)d;
+  *v = attr == 75 ? 9 : attr == 76 ? 0 : attr == 97 ? 232448 : 0;  /* CC 9.0, smem opt-in */
+  return 0;
+}
+CUresult cuDevicePrimaryCtxRetain(void** c, int d) { (void)d; *c = (void*)1; return 0; }
+CUresult cuDevicePrimaryCtxRelease_v2(int d) {
+  (void)d;
+  fprintf(stderr, "fake: context released after %d launches, %d staging copies, %d synchronous copies\n", launches,
+          copies_to_device + copies_to_host, sync_copies);
+  return 0;
+}
+CUresult cuCtxSetCurrent(void* c) { (void)c; return 0; }
+CUresult cuStreamCreate(void** s, unsigned f) { (void)f; *s = (void*)2; return 0; }
+CUresult cuStreamDestroy_v2(void* s) { fprintf(stderr, "fake: stream %p destroyed\n", s); return 0; }
+/* Host functions run at the next synchronisation (kernels run at launch). */
+typedef void (*HostFn)(void*);
+static HostFn pending_fn;
+static void* pending_data;
+CUresult cuStreamSynchronize(void* s) {
+  (void)s;
+  __atomic_add_fetch(&synchronizations, 1, __ATOMIC_RELAXED);
+  if (pending_fn) { HostFn fn = pending_fn; pending_fn = 0; fn(pending_data); }
+  return 0;
+}
+CUresult cuCtxSynchronize(void) { return cuStreamSynchronize((void*)2); }
+CUresult cuLaunchHostFunc(void* s, HostFn fn, void* data) { (void)s; pending_fn = fn; pending_data = data; return 0; }
+/* Streams 0x2 (created) and 0x5 belong to context 0x1; 0x6 to another one; others are invalid. */
+CUresult cuStreamGetCtx(void* s, void** c) {
+  if (s == (void*)2 || s == (void*)5) { *c = (void*)1; return 0; }
+  if (s == (void*)6) { *c = (void*)9; return 0; }
+  return 400;
+}
+/* Device time: each launch takes 125 us; an event records the clock. */
+static unsigned long long device_ns;
+CUresult cuEventCreate(unsigned long long** e, unsigned f) { (void)f; *e = calloc(1, 8); return *e ? 0 : 2; }
+CUresult cuEventDestroy_v2(unsigned long long* e) { free(e); return 0; }
+CUresult cuEventRecord(unsigned long long* e, void* s) { (void)s; *e = device_ns; return 0; }
+CUresult cuEventElapsedTime_v2(float* ms, unsigned long long* a, unsigned long long* b) { *ms = (float)((*b - *a) / 1e6); return 0; }
+CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t n) { *p = (CUdeviceptr)aligned_alloc(256, (n + 255) / 256 * 256); return *p ? 0 : 2; }
+CUresult cuMemFree_v2(CUdeviceptr p) { free((void*)p); return 0; }
+CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void* h, size_t n) {
+  memcpy((void*)d, h, n); __atomic_add_fetch(&sync_copies, 1, __ATOMIC_RELAXED); return 0;
+}
+CUresult cuMemcpyDtoH_v2(void* h, CUdeviceptr d, size_t n) {
+  memcpy(h, (void*)d, n); __atomic_add_fetch(&sync_copies, 1, __ATOMIC_RELAXED); return 0;
+}
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* h, size_t n, void* s) {
+  (void)s; memcpy((void*)d, h, n); __atomic_add_fetch(&copies_to_device, 1, __ATOMIC_RELAXED); return 0;
+}
+CUresult cuMemcpyDtoHAsync_v2(void* h, CUdeviceptr d, size_t n, void* s) {
+  (void)s; memcpy(h, (void*)d, n); __atomic_add_fetch(&copies_to_host, 1, __ATOMIC_RELAXED); return 0;
+}
+CUresult cuModuleLoadDataEx(void** m, const void* image, unsigned n, void* o, void** v) {
+  (void)n; (void)o; (void)v;
+  if (memcmp(image, "\x7f" "ELF\x5a", 5) != 0) return 200;  /* only the sm_90 fake cubin */
+  *m = (void*)3;
+  return 0;
+}
+CUresult cuModuleUnload(void* m) { (void)m; return 0; }
+CUresult cuModuleGetFunction(void** f, void* m, const char* name) { (void)m; *f = (void*)4; return strcmp(name, "add_f32") ? 500 : 0; }
+CUresult cuFuncSetAttribute(void* f, int a, int v) { (void)f; return a == 8 && v == 65536 ? 0 : 1; }
+CUresult cuFuncGetAttribute(int* v, int a, void* f) { (void)f; *v = a == 0 ? 1024 : 0; return 0; }
+/* add_f32(x, y, out, int32 cols), one CTA per row */
+CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                        unsigned smem, void* s, void** params, void** extra) {
+  (void)f; (void)s; (void)extra;
+  if (gy != 1 || gz != 1 || bx != 128 || by != 1 || bz != 1 || smem != 65536) return 1;
+  usleep(100);  /* a kernel takes time: executes of several threads overlap */
+  const float* x = *(const float**)params[0];
+  const float* y = *(const float**)params[1];
+  float* out = *(float**)params[2];
+  int cols = *(int*)params[3];
+  for (unsigned r = 0; r < gx; ++r)
+    for (int c = 0; c < cols; ++c) out[r * cols + c] = x[r * cols + c] + y[r * cols + c];
+  /* Atomic: the concurrency tests launch from several threads. */
+  __atomic_add_fetch(&launches, 1, __ATOMIC_RELAXED);
+  __atomic_add_fetch(&device_ns, 125000, __ATOMIC_RELAXED);
+  return 0;
+}
+"""
+
+
+def build_fake_driver(folder: Path) -> Path:
+    """folder/libcuda.so.1 built from FAKE_DRIVER_C; None without a C compiler."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    (folder / "fake_cuda.c").write_text(FAKE_DRIVER_C)
+    subprocess.run([compiler, "-shared", "-fPIC", "-O1", "-o", str(folder / "libcuda.so.1"),
+                    str(folder / "fake_cuda.c")], check=True)
+    return folder
+
+
+def fake_env(folder: Path) -> dict:
+    return {**os.environ, "LD_LIBRARY_PATH": f"{folder}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+
+
+# A libcuda.so.1 from before cuLaunchHostFunc and friends: it loads, but lacks entry points.
+OLD_DRIVER_C = r"""
+typedef int CUresult;
+CUresult cuGetErrorName(CUresult e, const char** s) { *s = "CUDA_ERROR_OLD"; return 0; }
+CUresult cuInit(unsigned f) { (void)f; return 0; }
+"""
+
+
+def build_old_driver(folder: Path) -> Path:
+    """folder/libcuda.so.1 built from OLD_DRIVER_C; None without a C compiler."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    (folder / "old_cuda.c").write_text(OLD_DRIVER_C)
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(folder / "libcuda.so.1"), str(folder / "old_cuda.c")],
+                   check=True)
+    return folder

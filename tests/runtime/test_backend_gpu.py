@@ -1,0 +1,183 @@
+"""The C++ backend on a real GPU through the C API's delegate functions (CudaGqaBackend's
+own init/execute/destroy): payloads compiled by the local Triton for this device, tensors
+in device memory (used in place) and in host memory (staged), threads executing different
+payloads at once, a caller's stream without synchronisation, and profiling.
+
+Needs libcuda_gqa_backend.so with ExecuTorch's runtime library beside it or on its RUNPATH
+(`make gpu-bundle` puts both in .gpu/; or set CUDA_GQA_BACKEND_LIB). Skipped
+(tests/conftest.py) where torch sees no CUDA device."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+import delegate_api
+
+pytestmark = pytest.mark.gpu
+
+CASES = {  # dtype, batch, H_q, H_kv, L_q, L_kv, D, causal
+    "prefill": (torch.bfloat16, 1, 8, 2, 128, 128, 64, True),
+    "decode_single_split": (torch.float16, 1, 8, 2, 1, 200, 64, False),
+    "decode_multi_split": (torch.bfloat16, 1, 32, 8, 1, 4096, 128, False),
+}
+DEFAULT_OPTIONS = {"device": 0, "stream": "0", "synchronize": True, "profile": False}
+
+
+def tolerance(dtype):
+    return dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else dict(atol=5e-3, rtol=5e-3)
+
+
+@pytest.fixture(scope="module")
+def lib():
+    import cuda_gqa.runtime as cr
+
+    torch.cuda.init()  # the backend runs in the primary context torch uses
+    return delegate_api.load(cr.library_path())
+
+
+@pytest.fixture(autouse=True)
+def default_options(lib):
+    import cuda_gqa.runtime as cr
+
+    for key, value in DEFAULT_OPTIONS.items():
+        cr.set_backend_option(key, value)
+    yield
+    for key, value in DEFAULT_OPTIONS.items():
+        cr.set_backend_option(key, value)
+
+
+@pytest.fixture(scope="module")
+def payloads() -> dict:
+    from cuda_gqa.backends.attention_plan import build_attention_payload
+
+    major, minor = torch.cuda.get_device_capability()
+    built = {}
+    for name, (dtype, b, hq, hkv, lq, lkv, d, causal) in CASES.items():
+        built[name] = build_attention_payload(dtype=dtype, batch=b, num_heads_q=hq, num_heads_kv=hkv, head_dim=d,
+                                              l_q=lq, l_kv=lkv, is_causal=causal, archs=[10 * major + minor])
+    return built
+
+
+def inputs(name, seed, stream=None):
+    """q, k, v, an output full of NaN, and the float32 reference, made on `stream` (default: current)."""
+    from cuda_gqa.backends.kernels.reference import reference_attention
+
+    dtype, b, hq, hkv, lq, lkv, d, causal = CASES[name]
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    with torch.cuda.stream(stream or torch.cuda.current_stream()):
+        q = torch.randn(b, hq, lq, d, device="cuda", dtype=dtype, generator=gen)
+        k = torch.randn(b, hkv, lkv, d, device="cuda", dtype=dtype, generator=gen)
+        v = torch.randn(b, hkv, lkv, d, device="cuda", dtype=dtype, generator=gen)
+        out = torch.full((b, hq, lq, d), float("nan"), device="cuda", dtype=dtype)
+        expected = reference_attention(q, k, v, is_causal=causal, scale=None)
+    return q, k, v, out, expected
+
+
+def init(lib, payload) -> int:
+    rc, handle = delegate_api.init(lib, payload)
+    assert rc == 0, f"init failed with executorch error {rc:#x} (see the log above)"
+    return handle
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_device_and_host_placements(lib, payloads, name):
+    handle = init(lib, payloads[name])
+    try:
+        q, k, v, out, expected = inputs(name, seed=1)
+        torch.cuda.synchronize()  # the delegate's own stream does not wait for torch's
+        assert delegate_api.execute(lib, handle, [delegate_api.torch_tensor(t) for t in (q, k, v, out)]) == 0
+        torch.testing.assert_close(out.float(), expected, **tolerance(q.dtype))
+
+        # The same delegate with every tensor in host memory (staged through its buffers).
+        host = [t.cpu() for t in (q, k, v)] + [torch.full_like(out, float("nan"), device="cpu")]
+        assert delegate_api.execute(lib, handle, [delegate_api.torch_tensor(t) for t in host]) == 0
+        torch.testing.assert_close(host[3].float(), expected.cpu(), **tolerance(q.dtype))
+    finally:
+        lib.cuda_gqa_delegate_destroy(handle)
+
+
+def test_threads_execute_different_payloads(lib, payloads):
+    names = sorted(CASES) * 2
+    handles = [init(lib, payloads[name]) for name in names]
+    data = [inputs(name, seed=10 + i) for i, name in enumerate(names)]
+    torch.cuda.synchronize()
+    failures = []
+
+    def worker(i):
+        q, k, v, out, expected = data[i]
+        for _ in range(20):
+            out.fill_(float("nan"))
+            torch.cuda.synchronize()
+            rc = delegate_api.execute(lib, handles[i], [delegate_api.torch_tensor(t) for t in (q, k, v, out)])
+            if rc != 0:
+                failures.append(f"{names[i]}: execute returned {rc:#x}")
+                return
+            try:
+                torch.testing.assert_close(out.float(), expected, **tolerance(q.dtype))
+            except AssertionError as error:
+                failures.append(f"{names[i]}: {error}")
+                return
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(names))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for handle in handles:
+        lib.cuda_gqa_delegate_destroy(handle)
+    assert failures == []
+
+
+def test_delegates_of_one_payload_share_its_modules(lib, payloads):
+    before = lib.cuda_gqa_loaded_module_count()
+    first = init(lib, payloads["decode_multi_split"])
+    loaded = lib.cuda_gqa_loaded_module_count() - before
+    second = init(lib, payloads["decode_multi_split"])
+    assert loaded == 2  # split + combine
+    assert lib.cuda_gqa_loaded_module_count() - before == loaded
+    lib.cuda_gqa_delegate_destroy(first)
+    lib.cuda_gqa_delegate_destroy(second)
+    assert lib.cuda_gqa_loaded_module_count() == before
+
+
+def test_callers_stream_without_synchronisation(lib, payloads):
+    import cuda_gqa.runtime as cr
+
+    stream = torch.cuda.Stream()
+    cr.set_backend_option("stream", str(stream.cuda_stream))
+    cr.set_backend_option("synchronize", False)
+    handle = init(lib, payloads["decode_multi_split"])
+    try:
+        q, k, v, out, expected = inputs("decode_multi_split", seed=3, stream=stream)
+        with torch.cuda.stream(stream):
+            # Enqueued behind the inputs on the caller's stream; the copy is ordered after the kernels.
+            assert delegate_api.execute(lib, handle, [delegate_api.torch_tensor(t) for t in (q, k, v, out)]) == 0
+            result = out.clone()
+        stream.synchronize()
+        torch.testing.assert_close(result.float(), expected, **tolerance(q.dtype))
+    finally:
+        lib.cuda_gqa_delegate_destroy(handle)
+
+
+def test_profile_reports_the_kernels_device_time(lib, payloads):
+    import time
+
+    import cuda_gqa.runtime as cr
+
+    cr.set_backend_option("profile", True)
+    handle = init(lib, payloads["decode_multi_split"])
+    try:
+        q, k, v, out, expected = inputs("decode_multi_split", seed=4)
+        torch.cuda.synchronize()
+        tensors = [delegate_api.torch_tensor(t) for t in (q, k, v, out)]
+        before, start = cr.profiled_kernel_time_ns(), time.perf_counter_ns()
+        for _ in range(10):
+            assert delegate_api.execute(lib, handle, tensors) == 0
+        wall, kernels = time.perf_counter_ns() - start, cr.profiled_kernel_time_ns() - before
+        torch.testing.assert_close(out.float(), expected, **tolerance(q.dtype))
+        assert 0 < kernels < wall, (kernels, wall)
+    finally:
+        lib.cuda_gqa_delegate_destroy(handle)
