@@ -72,7 +72,7 @@ gpu-bundle: build
 	rm -rf .gpu && mkdir -p .gpu
 	cp $(BACKEND_LIB) $(RUNNER) .gpu/
 	cp $(addprefix $(ET_LIB_DIR)/,libexecutorch.so libexecutorch_kernels_optimized.so libexecutorch_threadpool.so) .gpu/
-	$(foreach case,$(GPU_CASES),$(PYTHON) -m cuda_gqa.export --export-only --out .gpu/cases/$(word 1,$(subst :, ,$(case))) $(subst $(comma), ,$(word 2,$(subst :, ,$(case)))) &&) true
+	$(foreach case,$(GPU_CASES),$(PYTHON) -m cuda_gqa.export --export-only --archs=sm_80,sm_90 --out .gpu/cases/$(word 1,$(subst :, ,$(case))) $(subst $(comma), ,$(word 2,$(subst :, ,$(case)))) &&) true
 	rm -f .gpu/cases/*/reference.pt
 	du -sh .gpu
 comma := ,
