@@ -18,9 +18,6 @@ the tuning table of each); archs that choose alike share one launch plan.
 
 from __future__ import annotations
 
-import logging
-import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -29,7 +26,7 @@ import torch
 
 from .aot.attention import compile_attention
 from .aot.attention_decode import COMBINE_BLOCK_S, compile_decode_combine, compile_decode_split
-from .aot.compile_pool import worker_count
+from .aot.compile_pool import compile_in_batch, compiling_together
 from .aot.variant import MASK_STRIDES, AttentionVariant
 from .kernels.attention_decode import decode_split_grid, decode_workspace_shape
 from .heuristics import NOMINAL_SMS, KernelConfig, attention_config, decode_config, decode_split_count, split_plan
@@ -37,7 +34,6 @@ from .kernels.jit_launch import MAX_DECODE_L_Q
 from .serialization import payload_generated as fb
 from .serialization import serialize_payload
 
-logger = logging.getLogger(__name__)
 
 DTYPE_TO_PAYLOAD = {
     torch.float32: fb.DType.Float32,
@@ -133,19 +129,17 @@ def _compile_for_archs(compile_one, archs: Iterable[int], ptx: bool, describe) -
     """compile_one(arch) for each arch into one payload kernel; describe(kernel, compiled)
     binds params and grid from the first arch's entry point (all must agree).
 
-    The archs compile side by side (one thread each; aot/compile_pool runs
-    the compilations in worker processes), with a progress line per arch."""
+    Inside build_attention_payload the compilations only start here, side by
+    side with those of the payload's other kernels (aot/compile_pool.py), and
+    the kernel is filled in when they have all finished."""
     archs = list(archs)
     kernel = fb.KernelT(cubins=[])
+    compile_in_batch(compile_one, archs, lambda results: _fill_kernel(kernel, archs, results, ptx, describe))
+    return kernel
+
+
+def _fill_kernel(kernel: fb.KernelT, archs: list[int], results, ptx: bool, describe) -> None:
     first = None
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=max(min(len(archs), worker_count()), 1)) as threads:
-        pending = {threads.submit(compile_one, arch): arch for arch in archs}
-        for done, future in enumerate(as_completed(pending), 1):
-            compiled = future.result()
-            logger.info("compiled %s sm_%d (%d/%d, %.1f s)", compiled.name, pending[future], done, len(archs),
-                        time.perf_counter() - start)
-        results = [future.result() for future in pending]
     for arch, compiled in zip(archs, results):
         if first is None:
             first = compiled
@@ -168,7 +162,6 @@ def _compile_for_archs(compile_one, archs: Iterable[int], ptx: bool, describe) -
         kernel.globalScratchBytes = max(kernel.globalScratchBytes, compiled.global_scratch_bytes)
         kernel.profileScratchBytes = max(kernel.profileScratchBytes, compiled.profile_scratch_bytes)
         kernel.cubins.append(fb.CubinT(arch=arch, image=np.frombuffer(compiled.cubin, dtype=np.uint8)))
-    return kernel
 
 
 def attention_kernel(*, config: KernelConfig, dtype: torch.dtype, num_heads_q: int, num_heads_kv: int,
@@ -384,12 +377,13 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
             return [attention_kernel(config=choice, **common)], 0
         return decode_kernels(plan=choice, **common), choice.workspace_bytes
 
-    (base_archs, base_choice), *others = _arch_groups(archs, choose)
-    kernels, workspace_bytes = launch_set(base_archs, base_choice, ptx)
-    variants = []
-    for group, choice in others:
-        variant_kernels, variant_workspace = launch_set(group, choice, False)
-        variants.append(fb.ArchVariantT(archs=group, kernels=variant_kernels, workspaceBytes=variant_workspace))
+    with compiling_together():  # every (kernel, arch) of the payload side by side
+        (base_archs, base_choice), *others = _arch_groups(archs, choose)
+        kernels, workspace_bytes = launch_set(base_archs, base_choice, ptx)
+        variants = []
+        for group, choice in others:
+            variant_kernels, variant_workspace = launch_set(group, choice, False)
+            variants.append(fb.ArchVariantT(archs=group, kernels=variant_kernels, workspaceBytes=variant_workspace))
 
     def spec(dtype: torch.dtype, sizes) -> fb.TensorSpecT:
         return fb.TensorSpecT(dtype=DTYPE_TO_PAYLOAD[dtype], sizes=list(sizes))

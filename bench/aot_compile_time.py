@@ -60,7 +60,7 @@ def main(argv=None) -> int:
         return 0
 
     print(f"{args.layers}-layer attention stack, H_q 32, H_kv 8, D 128, bf16; prefill L=512, decode L_kv=4096; "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} before")
     with tempfile.TemporaryDirectory() as caches:
         env = dict(os.environ, CUDA_GQA_CACHE_DIR=f"{caches}/cuda_gqa", TRITON_HOME=f"{caches}/triton")
         for run in ("cold", "warm"):

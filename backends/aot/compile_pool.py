@@ -3,8 +3,10 @@
 Compiling a kernel is CPU-bound Python and MLIR plus a ptxas subprocess,
 so threads do not overlap it: each compile goes to one of a few worker
 processes (as many as this process may use CPUs; $CUDA_GQA_COMPILE_WORKERS
-overrides, 1 compiles in this process). Callers wanting several compiles at
-once call from several threads (attention_plan does, one per arch).
+overrides, 1 compiles in this process). Within `compiling_together()`,
+compile_in_batch() starts compilations on as many threads, each waiting for
+its worker, and logs a progress line as each finishes; the batch ends when
+all have (attention_plan runs every (kernel, arch) of a payload in one).
 
 Workers are started with "spawn" (torch's threads make fork unsafe) once
 per process and reused. The kernel travels by import path; a kernel that
@@ -19,9 +21,12 @@ import logging
 import multiprocessing
 import os
 import threading
-from concurrent.futures import ProcessPoolExecutor
+import time
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Callable, Optional
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable, Iterator, Optional
 
 from .compiled_kernel import CompiledKernel
 
@@ -98,3 +103,66 @@ def run_compile(compile_here: Callable[..., CompiledKernel], fn, spec: dict) -> 
                        "`if __name__ == \"__main__\":`", e)
         _drop_pool(pool)
         return compile_here(fn, **spec)
+
+
+class _Batch:
+    """Compilations started together; counts them for the progress lines."""
+
+    def __init__(self, threads: ThreadPoolExecutor):
+        self.threads = threads
+        self.start = time.perf_counter()
+        self.lock = threading.Lock()
+        self.submitted = self.finished = 0
+        self.on_exit: list[Callable[[], None]] = []
+
+    def submit(self, compile_one: Callable[[int], CompiledKernel], arch: int) -> Future:
+        with self.lock:
+            self.submitted += 1
+        future = self.threads.submit(compile_one, arch)
+        future.add_done_callback(lambda f: self._log(f, arch))
+        return future
+
+    def _log(self, future: Future, arch: int) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        with self.lock:
+            self.finished += 1
+            finished, submitted = self.finished, self.submitted
+        logger.info("compiled %s sm_%d (%d/%d, %.1f s)", future.result().name, arch, finished, submitted,
+                    time.perf_counter() - self.start)
+
+
+_batch: ContextVar[Optional[_Batch]] = ContextVar("cuda_gqa_compile_batch", default=None)
+
+
+@contextmanager
+def compiling_together() -> Iterator[None]:
+    """Compilations started inside (compile_in_batch) run side by side; on exit,
+    once all have finished, the callbacks given to compile_in_batch run in
+    order. Nested uses join the outermost batch."""
+    if _batch.get() is not None:
+        yield
+        return
+    with ThreadPoolExecutor(max_workers=worker_count(), thread_name_prefix="cuda_gqa_compile") as threads:
+        batch = _Batch(threads)
+        token = _batch.set(batch)
+        try:
+            yield
+            for callback in batch.on_exit:
+                callback()
+        except BaseException:
+            threads.shutdown(wait=True, cancel_futures=True)
+            raise
+        finally:
+            _batch.reset(token)
+
+
+def compile_in_batch(compile_one: Callable[[int], CompiledKernel], archs: list[int],
+                     use: Callable[[list[CompiledKernel]], None]) -> None:
+    """Start compile_one(arch) for each arch in the current batch (or in one of
+    their own, finished before returning); use(the results, in arch order) runs
+    when the batch ends."""
+    with compiling_together():
+        batch = _batch.get()
+        futures = [batch.submit(compile_one, arch) for arch in archs]
+        batch.on_exit.append(lambda: use([future.result() for future in futures]))
