@@ -12,7 +12,7 @@ from .backend_library import load_backend_library
 MAX_RANK = 8  # CUDA_GQA_MAX_RANK
 ERROR_OK = 0
 # DType of payload.fbs for each numpy / torch element type name.
-DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}
+DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2, "bool": 3, "int32": 4, "int64": 5}  # payload DType
 
 
 class CudaGqaTensor(ctypes.Structure):

@@ -283,6 +283,9 @@ bool scalar_type_of(int32_t dtype, executorch::aten::ScalarType* out) {
     case cuda_gqa::DType::kFloat32: *out = executorch::aten::ScalarType::Float; return true;
     case cuda_gqa::DType::kFloat16: *out = executorch::aten::ScalarType::Half; return true;
     case cuda_gqa::DType::kBFloat16: *out = executorch::aten::ScalarType::BFloat16; return true;
+    case cuda_gqa::DType::kBool: *out = executorch::aten::ScalarType::Bool; return true;
+    case cuda_gqa::DType::kInt32: *out = executorch::aten::ScalarType::Int; return true;
+    case cuda_gqa::DType::kInt64: *out = executorch::aten::ScalarType::Long; return true;
   }
   return false;
 }
