@@ -67,8 +67,8 @@ GPU_CASES := demo:--dtype=float16 \
              fp16-bool-mask:--dtype=float16,--heads-q=8,--heads-kv=2,--head-dim=64,--seq-len=77,--kv-len=300,--mask=bool \
              bf16-additive-mask-decode:--dtype=bfloat16,--heads-q=16,--heads-kv=2,--head-dim=128,--seq-len=1,--kv-len=3000,--mask=additive \
              bf16-repeat-interleave:--dtype=bfloat16,--heads-q=12,--heads-kv=4,--seq-len=80,--kv-expansion=repeat_interleave \
-             demo-device-planned:--dtype=float16,--target-device=cuda:0 \
-             decode-bf16-short-device-io:--dtype=bfloat16,--heads-q=8,--heads-kv=2,--head-dim=64,--seq-len=1,--kv-len=200,--target-device=cuda:0,--device-io
+             demo-device-planned:--dtype=float16,--target-device=cuda \
+             decode-bf16-short-device-io:--dtype=bfloat16,--heads-q=8,--heads-kv=2,--head-dim=64,--seq-len=1,--kv-len=200,--target-device=cuda,--device-io
 
 gpu-bundle: build
 	rm -rf .gpu && mkdir -p .gpu
