@@ -88,12 +88,22 @@ def _drop_pool(broken: ProcessPoolExecutor) -> None:
     broken.shutdown(wait=False, cancel_futures=True)
 
 
+def _compile_in_this_process(compile_here: Callable[..., CompiledKernel], fn, spec: dict) -> CompiledKernel:
+    # Triton parses kernel sources with ast.parse, which CPython 3.11 does not
+    # allow in two threads at once: compilations here take turns.
+    with _in_process_lock:
+        return compile_here(fn, **spec)
+
+
+_in_process_lock = threading.Lock()
+
+
 def run_compile(compile_here: Callable[..., CompiledKernel], fn, spec: dict) -> CompiledKernel:
     """compile_here(fn, **spec), in a worker process when there are several."""
     workers = worker_count()
     path = _import_path(fn) if workers > 1 else None
     if path is None:
-        return compile_here(fn, **spec)
+        return _compile_in_this_process(compile_here, fn, spec)
     pool = _get_pool(workers)
     try:
         return pool.submit(_compile_by_import_path, *path, spec).result()
@@ -102,7 +112,7 @@ def run_compile(compile_here: Callable[..., CompiledKernel], fn, spec: dict) -> 
                        "module: a script run as `python script.py` needs its top-level code under "
                        "`if __name__ == \"__main__\":`", e)
         _drop_pool(pool)
-        return compile_here(fn, **spec)
+        return _compile_in_this_process(compile_here, fn, spec)
 
 
 class _Batch:

@@ -70,6 +70,9 @@ def _cache_invalidating_env() -> dict:
     return get_cache_invalidating_env_vars()
 
 
+_source_hash_lock = threading.Lock()
+
+
 def compile_key(fn, *, signature: dict[str, str], constexprs: dict[str, object], divisible_by_16: frozenset[str],
                 arch: int, num_warps: int, num_stages: int) -> str:
     """SHA-256 naming one compilation, from the pieces Triton keys its own cache on:
@@ -80,7 +83,11 @@ def compile_key(fn, *, signature: dict[str, str], constexprs: dict[str, object],
     backend = make_backend(GPUTarget("cuda", arch, 32))
     options = backend.parse_options(_options(num_warps, num_stages))
     env = sorted(_cache_invalidating_env().items())
-    text = (f"cuda_gqa-{CACHE_FORMAT}-triton-{triton.__version__}-{source.hash()}-{backend.hash()}-"
+    # source.hash() parses kernel sources with ast.parse, which CPython 3.11
+    # does not allow in two threads at once (compile batches key in threads).
+    with _source_hash_lock:
+        source_hash = source.hash()
+    text = (f"cuda_gqa-{CACHE_FORMAT}-triton-{triton.__version__}-{source_hash}-{backend.hash()}-"
             f"{options.hash()}-{env}")
     return hashlib.sha256(text.encode()).hexdigest()
 
