@@ -94,7 +94,7 @@ def export_llm(
     prefill_len: tokens per prefill call (default min(64, max_seq_len)).
     dtype: converts the module (presets are built in it; default float32).
     archs: GPU archs for CudaGqaBackend; None leaves attention on the CPU.
-    out: where to write the .pte (the bytes are returned either way).
+    out: where to write the .pte (result.program.buffer holds its bytes either way).
     cpu_partitioner: "xnnpack" or None (ExecuTorch's portable kernels).
     log: called with a line per stage.
     """
