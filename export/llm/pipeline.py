@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import torch
-from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+from executorch.exir import ExecutorchBackendConfig, ExecutorchProgramManager, to_edge_transform_and_lower
 from executorch.exir.passes import MemoryPlanningPass
 
 from cuda_gqa.backends.compile_specs import DEFAULT_ARCHS
@@ -39,12 +39,13 @@ DEFAULT_PREFILL_LEN = 64
 
 @dataclass
 class LlmExport:
-    program: bytes  # the .pte
+    program: ExecutorchProgramManager  # .buffer: the .pte's bytes
     # Per method: every SDPA call, delegated or why not (empty when attention was left on the CPU).
     reports: dict[str, list[AttentionDecision]]
     metadata: dict[str, object]  # the program's constant methods
     seconds: float
-    pte: Optional[Path] = None
+    size_bytes: int
+    pte: Optional[Path] = None  # where it was written
 
     def delegated(self, method: str) -> list[AttentionDecision]:
         return [d for d in self.reports[method] if d.delegated]
@@ -58,7 +59,7 @@ class LlmExport:
             for reason, count in Counter(d.reason for d in report if not d.delegated).items():
                 lines.append(f"  {count} left on the CPU: {reason}")
         where = f" to {self.pte}" if self.pte else ""
-        lines.append(f"{len(self.program) / 2**20:.1f} MiB written{where} in {self.seconds:.1f} s")
+        lines.append(f"{self.size_bytes / 2**20:.1f} MiB written{where} in {self.seconds:.1f} s")
         return "\n".join(lines)
 
 
@@ -93,7 +94,7 @@ def export_llm(
     prefill_len: tokens per prefill call (default min(64, max_seq_len)).
     dtype: converts the module (presets are built in it; default float32).
     archs: GPU archs for CudaGqaBackend; None leaves attention on the CPU.
-    out: where to write the .pte (the bytes are returned either way).
+    out: where to write the .pte (result.program.buffer holds its bytes either way).
     cpu_partitioner: "xnnpack" or None (ExecuTorch's portable kernels).
     log: called with a line per stage.
     """
@@ -139,10 +140,13 @@ def export_llm(
         memory_planning_pass=MemoryPlanningPass(share_mutable_buffers=True)))
 
     reports = {} if archs is None else {method: parts[0].report for method, parts in partitioners.items()}
-    result = LlmExport(program=program.buffer, reports=reports, metadata=metadata,
-                       seconds=time.perf_counter() - start)
-    if out is not None:
-        result.pte = Path(out)
-        result.pte.parent.mkdir(parents=True, exist_ok=True)
-        result.pte.write_bytes(result.program)
-    return result
+    if out is None:
+        pte, size = None, len(program.buffer)
+    else:
+        pte = Path(out)
+        pte.parent.mkdir(parents=True, exist_ok=True)
+        with pte.open("wb") as f:
+            program.write_to_file(f)  # without a contiguous copy of a multi-GB program
+        size = pte.stat().st_size
+    return LlmExport(program=program, reports=reports, metadata=metadata, seconds=time.perf_counter() - start,
+                     size_bytes=size, pte=pte)
