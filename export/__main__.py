@@ -90,7 +90,7 @@ def export_demo(args) -> Path:
     pte = args.out / "model.pte"
     pte.write_bytes(program.buffer)
     if args.device_io:  # read by runtime/runner/run_bundle.sh
-        (args.out / "runner_args").write_text(f"--inputs-on-device --device {args.target_device.split(':')[1]}\n")
+        (args.out / "runner_args").write_text(f"--inputs-on-device --device {torch.device(args.target_device).index or 0}\n")
     for i, x in enumerate(inputs):
         write_tensor(args.out / f"input_{i}.bin", x)
     write_tensor(args.out / "expected_0.bin", expected)
