@@ -55,10 +55,10 @@ class Shape:
 
     @property
     def causal(self) -> bool:
-        # Prefill is causal (L_q == L_kv, so both alignments agree). A single
-        # decode query sees every key: bottom-right causal is no mask, while
-        # PyTorch's is_causal is top-left aligned and would hide all but key 0.
-        return self.l_q > 1
+        # Prefill is causal (L_q == L_kv, so both alignments agree). Decode and
+        # verify rows see the whole cache: PyTorch's is_causal is top-left
+        # aligned and would hide almost all of it.
+        return self.kind == "prefill"
 
     @property
     def key(self) -> str:
@@ -82,6 +82,10 @@ SHAPES = [
     Shape("decode", "mqa", 1, 32, 1, 128, 1, 32768),
     Shape("decode", "llama3-8b", 8, 32, 8, 128, 1, 8192),
     Shape("decode", "phi3", 1, 32, 8, 96, 1, 32768),
+    # A few query rows against a KV cache (speculative verification), unmasked like decode.
+    Shape("verify", "llama3-8b", 1, 32, 8, 128, 4, 8192),
+    Shape("verify", "llama3-8b", 1, 32, 8, 128, 16, 8192),
+    Shape("verify", "qwen2.5-7b", 1, 28, 4, 128, 8, 32768),
     Shape("prefill", "llama3-8b", 1, 32, 8, 128, 4096, 4096),
     Shape("prefill", "llama3-8b", 1, 32, 8, 128, 8192, 8192),
 ]
@@ -121,7 +125,7 @@ def matmul_rate() -> float:
 
 
 def bound_us(shape: Shape, bandwidth: float, flops: float) -> float:
-    if shape.kind == "decode":
+    if shape.kind in ("decode", "verify"):
         kv = 2 * shape.batch * shape.heads_kv * shape.l_kv * shape.head_dim * 2
         q_o = 2 * shape.batch * shape.heads_q * shape.l_q * shape.head_dim * 2
         return (kv + q_o) / bandwidth * 1e6
@@ -180,7 +184,7 @@ def run_shape(shape: Shape, upstream, payloads: Optional[Path]) -> dict[str, str
     make = lambda h, l: torch.randn(shape.batch, h, l, shape.head_dim, device="cuda", dtype=torch.bfloat16)
     q, k, v = make(shape.heads_q, shape.l_q), make(shape.heads_kv, shape.l_kv), make(shape.heads_kv, shape.l_kv)
     # The reference materialises the scores: chunk long prefills by query rows.
-    expected = torch.cat([_reference_rows(q, k, v, i, min(i + 1024, shape.l_q))
+    expected = torch.cat([_reference_rows(q, k, v, i, min(i + 1024, shape.l_q), shape.causal)
                           for i in range(0, shape.l_q, 1024)], dim=2)
     results: dict[str, str | float] = {}
     for name, fn in candidates(shape, q, k, v, upstream, payloads).items():
@@ -197,8 +201,8 @@ def run_shape(shape: Shape, upstream, payloads: Optional[Path]) -> dict[str, str
     return results
 
 
-def _reference_rows(q, k, v, start: int, stop: int) -> torch.Tensor:
-    """Rows start..stop of bottom-right causal attention, in float32."""
+def _reference_rows(q, k, v, start: int, stop: int, causal: bool = True) -> torch.Tensor:
+    """Rows start..stop of attention in float32, bottom-right causal unless causal=False."""
     l_q, l_kv = q.shape[2], k.shape[2]
     group = q.shape[1] // k.shape[1]
     qq = q[:, :, start:stop].float()
@@ -206,13 +210,14 @@ def _reference_rows(q, k, v, start: int, stop: int) -> torch.Tensor:
     scores = qq @ kk.transpose(-1, -2) * q.shape[-1] ** -0.5
     rows = torch.arange(start, stop, device=q.device)[:, None]
     cols = torch.arange(l_kv, device=q.device)[None, :]
-    scores = scores.masked_fill(cols > rows + (l_kv - l_q), float("-inf"))
+    if causal:
+        scores = scores.masked_fill(cols > rows + (l_kv - l_q), float("-inf"))
     return torch.softmax(scores, dim=-1).nan_to_num(0.0) @ vv
 
 
 def markdown(rows, names, bandwidth, flops) -> str:
     lines = [
-        f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}; bf16; prefill causal, decode unmasked; "
+        f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}; bf16; prefill causal, decode and verify unmasked; "
         f"CUDA-graph timing, "
         f"median of {REPLAYS} replays of {CALLS_PER_GRAPH} calls.",
         f"Measured in this run: copy bandwidth {bandwidth / 1e12:.2f} TB/s (read+write), "
