@@ -327,7 +327,8 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
                             attended_keys: Optional[int] = None, window_left: int = -1, softcap: float = 0.0,
                             mask_shape: Optional[tuple[int, ...]] = None, mask_dtype: Optional[torch.dtype] = None,
                             kv_len_dtype: Optional[torch.dtype] = None, archs: Iterable[int] = (80, 90),
-                            ptx: bool = True, args: AttentionArgs = AttentionArgs()) -> bytes:
+                            ptx: bool = True, args: AttentionArgs = AttentionArgs(),
+                            fwd_config: Optional[KernelConfig] = None) -> bytes:
     """The payload of one SDPA call with static shapes q [B, H_q, L_q, D], k/v [B, H_kv, L_kv, D].
 
     is_causal is the kernels' bottom-right alignment. attended_keys, when
@@ -336,6 +337,8 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
     mask_dtype describe the attn_mask input args.mask (broadcastable to
     [B, H_q, L_q, L_kv]); kv_len_dtype the device kv_len scalar args.kv_len.
     window_left and softcap are the kernels' (backends/kernels/online_softmax.py).
+    fwd_config: the forward kernel's tiles instead of the heuristics' (for
+    tuning sweeps of the AOT cubins, bench/tune_aot.py).
 
     Each arch gets the tiles heuristics choose for it. Archs that choose
     alike share one launch plan; the plan of the lowest arch is the payload's
@@ -368,7 +371,7 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
 
     def choose(arch: int):
         plan = decode_plan(batch=batch, l_q=l_q, l_kv=l_kv, attended_keys=attended_keys, arch=arch, **problem)
-        return plan if plan is not None else attention_config(head_dim, dtype, arch)
+        return plan if plan is not None else fwd_config or attention_config(head_dim, dtype, arch)
 
     def launch_set(group: list[int], choice, with_ptx: bool) -> tuple[list[fb.KernelT], int]:
         common = dict(variant=variant, scale=softmax_scale, archs=group, ptx=with_ptx, args=args,

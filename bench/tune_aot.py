@@ -1,0 +1,105 @@
+"""Sweep the forward kernel's tiles as AOT cubins: what the product ships, not the Triton JIT.
+
+The GPU machine's Triton may differ from the one that compiles .pte files
+(there: 3.6; here: the pinned 3.9), and the same tiles can time differently
+under the two compilers. So the sweep compiles here and times there:
+
+    python bench/tune_aot.py emit DIR [--head-dims 128,96,256]      # build machine: one payload per config
+    python3 bench/tune_aot.py time DIR [--out FILE]                 # GPU machine: time each through CubinLauncher
+
+Shape: causal prefill, B=1, 32/8 heads, L = 4096, bf16 (the tuning table's
+attention_fwd shape). Each payload is checked against the float32 reference
+before it is timed, as in bench_attention.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+LENGTH = 4096
+CONFIGS = [dict(block_m=m, block_n=n, num_warps=w, num_stages=s)
+           for m, n, w, s in itertools.product((64, 128), (64, 128), (4, 8), (2, 3))
+           if not (m == 64 and w == 8)]
+
+
+def emit(out: Path, head_dims: list[int], arch: int) -> None:
+    from cuda_gqa.backends.attention_plan import build_attention_payload
+    from cuda_gqa.backends.heuristics import KernelConfig, estimated_shared_bytes
+
+    out.mkdir(parents=True, exist_ok=True)
+    for head_dim, config in itertools.product(head_dims, CONFIGS):
+        if estimated_shared_bytes(config["block_m"], config["block_n"], head_dim, torch.bfloat16,
+                                  config["num_stages"]) > 227 * 1024:
+            continue
+        name = f"d{head_dim}-m{config['block_m']}-n{config['block_n']}-w{config['num_warps']}-s{config['num_stages']}"
+        payload = build_attention_payload(dtype=torch.bfloat16, batch=1, num_heads_q=32, num_heads_kv=8,
+                                          head_dim=head_dim, l_q=LENGTH, l_kv=LENGTH, is_causal=True, archs=[arch],
+                                          ptx=False, fwd_config=KernelConfig(**config))
+        (out / f"{name}.cgqa").write_bytes(payload)
+        print(f"{name}: {len(payload) // 1024} KiB", flush=True)
+
+
+def time_all(folder: Path, out: Path | None) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_attention import _reference_rows, time_us
+
+    from cuda_gqa.runtime.cubin_launcher import CubinLauncher
+
+    results = {}
+    for path in sorted(folder.glob("*.cgqa")):
+        head_dim = int(path.stem.split("-")[0][1:])
+        torch.manual_seed(0)
+        q = torch.randn(1, 32, LENGTH, head_dim, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(1, 8, LENGTH, head_dim, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn_like(k)
+        out_tensor = torch.empty_like(q)
+        try:
+            launcher = CubinLauncher(path.read_bytes())
+            launcher(q, k, v, out=out_tensor)
+        except Exception as e:  # too much shared memory for this GPU, ...
+            print(f"{path.stem}: {type(e).__name__}: {str(e)[:120]}", flush=True)
+            continue
+        err = (out_tensor[:, :, -256:].float() - _reference_rows(q, k, v, LENGTH - 256, LENGTH)).abs().max().item()
+        if not err <= 3e-2:
+            print(f"{path.stem}: wrong (err {err:.1e})", flush=True)
+            continue
+        results[path.stem] = round(time_us(lambda: launcher(q, k, v, out=out_tensor)), 2)
+        print(f"{path.stem}: {results[path.stem]} us", flush=True)
+    best = {}
+    for name, us in results.items():
+        head = name.split("-")[0]
+        if head not in best or us < results[best[head]]:
+            best[head] = name
+    summary = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "results_us": results,
+               "best": {head: [name, results[name]] for head, name in best.items()}}
+    print(json.dumps(summary["best"], indent=1))
+    if out is not None:
+        out.write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    emit_parser = sub.add_parser("emit")
+    emit_parser.add_argument("folder", type=Path)
+    emit_parser.add_argument("--head-dims", default="128,96,256")
+    emit_parser.add_argument("--arch", type=int, default=90)
+    time_parser = sub.add_parser("time")
+    time_parser.add_argument("folder", type=Path)
+    time_parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "emit":
+        emit(args.folder, [int(d) for d in args.head_dims.split(",")], args.arch)
+    else:
+        time_all(args.folder, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
