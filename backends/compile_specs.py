@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+import torch
 from executorch.exir.backend.compile_spec_schema import CompileSpec
+
+from .limits import SUPPORTED_DTYPES
 
 
 # Architectures Triton 3.x compiles for that the kernels are written for:
@@ -18,7 +21,8 @@ SUPPORTED_ARCHS = (80, 86, 87, 89, 90)
 # Every supported arch by default: a .pte runs on whichever of these GPUs it
 # lands on, and on newer ones through the PTX fallback.
 DEFAULT_ARCHS = SUPPORTED_ARCHS
-_KNOWN_KEYS = ("archs", "ptx", "target_device")
+_KNOWN_KEYS = ("archs", "ptx", "target_device", "dtypes", "max_seq_len")
+_DTYPE_NAMES = {str(d).removeprefix("torch."): d for d in SUPPORTED_DTYPES}
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,10 @@ class CudaGqaOptions:
     # plans the delegate's inputs and outputs in that GPU's memory, allocated
     # by the runtime's CUDA DeviceAllocator. None: host memory, staged by the delegate.
     target_device: str | None = None
+    # Delegate only attention in these dtypes (the rest stays on the CPU).
+    dtypes: tuple[torch.dtype, ...] = SUPPORTED_DTYPES
+    # Delegate only attention with L_q and L_kv up to this (None: any).
+    max_seq_len: int | None = None
 
 
 def _parse_arch(arch: int | str) -> int:
@@ -58,9 +66,30 @@ def _parse_target_device(device: str) -> str:
     return f"cuda:{int(index)}"
 
 
+def _parse_dtypes(dtypes: Iterable[torch.dtype | str]) -> tuple[torch.dtype, ...]:
+    parsed = set()
+    for dtype in dtypes:
+        name = str(dtype).strip().removeprefix("torch.")
+        if name not in _DTYPE_NAMES:
+            raise ValueError(f"unsupported dtype {dtype!r}: choose from {', '.join(_DTYPE_NAMES)}")
+        parsed.add(_DTYPE_NAMES[name])
+    if not parsed:
+        raise ValueError("at least one dtype is needed")
+    return tuple(d for d in SUPPORTED_DTYPES if d in parsed)
+
+
+def _parse_max_seq_len(value: int | str) -> int:
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise ValueError(f"max_seq_len must be a positive integer, got {value!r}")
+    return int(text)
+
+
 def make_compile_specs(archs: Iterable[int | str] = DEFAULT_ARCHS, ptx: bool = True,
-                       target_device: str | None = None) -> list[CompileSpec]:
-    """Compile specs for CudaGqaPartitioner; archs as 90 or "sm_90"; target_device as "cuda:0"."""
+                       target_device: str | None = None, dtypes: Iterable[torch.dtype | str] | None = None,
+                       max_seq_len: int | None = None) -> list[CompileSpec]:
+    """Compile specs for CudaGqaPartitioner; archs as 90 or "sm_90"; target_device as "cuda:0";
+    dtypes as torch dtypes or names ("bfloat16"); max_seq_len bounds L_q and L_kv."""
     if isinstance(archs, (str, int)):
         raise ValueError(f"archs must be a list of archs, e.g. ['sm_80', 'sm_90'], got {archs!r}")
     if not isinstance(ptx, bool):
@@ -72,6 +101,13 @@ def make_compile_specs(archs: Iterable[int | str] = DEFAULT_ARCHS, ptx: bool = T
     if target_device is not None:
         # The key ExecuTorch's PropagateDevicePass reads.
         specs.append(CompileSpec("target_device", _parse_target_device(target_device).encode()))
+    if dtypes is not None:
+        if isinstance(dtypes, (str, torch.dtype)):
+            raise ValueError(f"dtypes must be a list, e.g. ['bfloat16'], got {dtypes!r}")
+        names = (str(d).removeprefix("torch.") for d in _parse_dtypes(dtypes))
+        specs.append(CompileSpec("dtypes", ",".join(names).encode()))
+    if max_seq_len is not None:
+        specs.append(CompileSpec("max_seq_len", str(_parse_max_seq_len(max_seq_len)).encode()))
     return specs
 
 
@@ -97,4 +133,8 @@ def parse_compile_specs(specs: Sequence[CompileSpec]) -> CudaGqaOptions:
         options["ptx"] = values["ptx"] == "1"
     if "target_device" in values:
         options["target_device"] = _parse_target_device(values["target_device"])
+    if "dtypes" in values:
+        options["dtypes"] = _parse_dtypes(values["dtypes"].split(","))
+    if "max_seq_len" in values:
+        options["max_seq_len"] = _parse_max_seq_len(values["max_seq_len"])
     return CudaGqaOptions(**options)

@@ -16,7 +16,7 @@ from executorch.exir.backend.compile_spec_schema import CompileSpec
 from executorch.exir.backend.partitioner import DelegationSpec, Partitioner, PartitionResult
 from torch.export import ExportedProgram
 
-from ..compile_specs import make_compile_specs
+from ..compile_specs import make_compile_specs, parse_compile_specs
 from ..cuda_gqa_backend import CudaGqaBackend
 from ..sdpa import SDPA_OP, SdpaCall, is_contiguous_clone, is_sdpa
 from .kv_expansion import fold_kv_expansion
@@ -51,6 +51,7 @@ class CudaGqaPartitioner(Partitioner):
         self.include_mha = include_mha
         # ExecuTorch finds the backend by its class name among BackendDetails subclasses.
         self.delegation_spec = DelegationSpec(CudaGqaBackend.__name__, specs)
+        self.options = parse_compile_specs(specs)
         self._decisions: dict[str, AttentionDecision] = {}
         self._folded: dict[str, str] = {}  # call site -> K/V expansion style folded into it
 
@@ -60,7 +61,17 @@ class CudaGqaPartitioner(Partitioner):
         return list(self._decisions.values())
 
     def _reason(self, node: torch.fx.Node) -> Optional[str]:
-        return SdpaCall.from_node(node).unsupported_reason(include_mha=self.include_mha)
+        call = SdpaCall.from_node(node)
+        reason = call.unsupported_reason(include_mha=self.include_mha)
+        if reason is not None:
+            return reason
+        if call.dtype not in self.options.dtypes:
+            names = ", ".join(str(d).removeprefix("torch.") for d in self.options.dtypes)
+            return f"dtype {str(call.dtype).removeprefix('torch.')} is not in the compile spec dtypes ({names})"
+        (_, _, l_q, _), (_, _, l_kv, _), _ = call.shapes
+        if self.options.max_seq_len is not None and max(l_q, l_kv) > self.options.max_seq_len:
+            return f"L_q={l_q}, L_kv={l_kv} exceed the compile spec max_seq_len={self.options.max_seq_len}"
+        return None
 
     def _decide(self, node: torch.fx.Node, delegated: bool, reason: str) -> None:
         name, module = _call_site(node)

@@ -38,13 +38,36 @@ def test_bad_ptx_flag_is_refused():
 
 
 @pytest.mark.parametrize("specs, message", [
-    ([CompileSpec("max_batch", b"4")], "unknown CudaGqaBackend compile spec 'max_batch' \\(known: archs, ptx, target_device\\)"),
+    ([CompileSpec("max_batch", b"4")], "unknown CudaGqaBackend compile spec 'max_batch' \\(known: archs, ptx, target_device, dtypes, max_seq_len\\)"),
     ([CompileSpec("archs", b"80"), CompileSpec("archs", b"90")], "'archs' given twice"),
     ([CompileSpec("archs", b"80,75")], "unsupported target arch '75'"),
     ([CompileSpec("archs", b"")], "at least one target arch"),
     ([CompileSpec("archs", b"\xff\xfe")], "'archs' is not ASCII text"),
     ([CompileSpec("ptx", b"yes")], "ptx must be 0 or 1, got 'yes'"),
+    ([CompileSpec("dtypes", b"float16,int8")], "unsupported dtype 'int8'"),
+    ([CompileSpec("max_seq_len", b"0")], "max_seq_len must be a positive integer, got '0'"),
 ])
 def test_bad_specs_reaching_preprocess_are_refused(specs, message):
     with pytest.raises(ValueError, match=message):
         parse_compile_specs(specs)
+
+
+def test_dtypes_and_max_seq_len_round_trip():
+    import torch
+
+    specs = make_compile_specs(archs=[90], dtypes=["bfloat16", torch.float16], max_seq_len=4096)
+    options = parse_compile_specs(specs)
+    assert options.dtypes == (torch.float16, torch.bfloat16) and options.max_seq_len == 4096
+    assert parse_compile_specs(make_compile_specs(archs=[90])).max_seq_len is None
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(dtypes=["float64"]), "unsupported dtype 'float64': choose from float16, bfloat16, float32"),
+    (dict(dtypes=[]), "at least one dtype"),
+    (dict(dtypes="bfloat16"), "dtypes must be a list"),
+    (dict(max_seq_len=-5), "max_seq_len must be a positive integer, got -5"),
+    (dict(max_seq_len=True), "max_seq_len must be a positive integer, got True"),
+])
+def test_bad_dtypes_and_max_seq_len_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_compile_specs(**kwargs)

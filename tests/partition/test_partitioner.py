@@ -133,6 +133,15 @@ def test_report_lists_every_call_in_order_with_its_module():
     assert len({d.node for d in report}) == 2 and len(delegates) == 1
 
 
+@pytest.mark.parametrize("options, reason", [
+    (dict(dtypes=["bfloat16"]), "dtype float16 is not in the compile spec dtypes (bfloat16)"),
+    (dict(max_seq_len=8), "L_q=16, L_kv=16 exceed the compile spec max_seq_len=8"),
+], ids=["dtypes", "max-seq-len"])
+def test_compile_spec_limits_leave_attention_on_cpu(options, reason):
+    report, delegates, _ = lower(Attention(enable_gqa=True), qkv(), **options)
+    assert not delegates and report[0].reason == reason
+
+
 def test_mha_is_delegated_when_asked():
     report, delegates, _ = lower(Attention(is_causal=True), qkv(h_q=8, h_kv=8), include_mha=True)
     assert [d.delegated for d in report] == [True] and len(delegates) == 1
