@@ -31,18 +31,13 @@ from .aot.variant import MASK_STRIDES, AttentionVariant
 from .kernels.attention_decode import decode_split_grid, decode_workspace_shape
 from .heuristics import NOMINAL_SMS, KernelConfig, attention_config, decode_config, decode_split_count, split_plan
 from .kernels.jit_launch import MAX_DECODE_L_Q
+from .limits import mask_shape_problem
 from .serialization import payload_generated as fb
 from .serialization import serialize_payload
+from .serialization.dtypes import torch_dtype_codes
 
 
-DTYPE_TO_PAYLOAD = {
-    torch.float32: fb.DType.Float32,
-    torch.float16: fb.DType.Float16,
-    torch.bfloat16: fb.DType.BFloat16,
-    torch.bool: fb.DType.Bool,
-    torch.int32: fb.DType.Int32,
-    torch.int64: fb.DType.Int64,
-}
+DTYPE_TO_PAYLOAD = torch_dtype_codes(torch)
 
 
 @dataclass(frozen=True)
@@ -236,21 +231,12 @@ def decode_plan(*, dtype: torch.dtype, batch: int, num_heads_q: int, num_heads_k
                       partial_bytes=partial_bytes, lse_offset=lse_offset, lse_bytes=lse_bytes)
 
 
-def _workspace_binding(offset: int, extent: int):
+def _binding(kind: int, **fields):
+    """A bind_params `extra` entry: the parameter gets `kind` and these KernelParamT fields."""
     def bind(param: fb.KernelParamT) -> None:
-        param.kind, param.workspaceOffset, param.workspaceExtent = fb.ParamKind.Workspace, offset, extent
-    return bind
-
-
-def _int32_binding(value: int):
-    def bind(param: fb.KernelParamT) -> None:
-        param.kind, param.i32Value = fb.ParamKind.Int32Constant, value
-    return bind
-
-
-def _tensor_binding(arg: int):
-    def bind(param: fb.KernelParamT) -> None:
-        param.kind, param.arg = fb.ParamKind.TensorPointer, arg
+        param.kind = kind
+        for name, value in fields.items():
+            setattr(param, name, value)
     return bind
 
 
@@ -263,10 +249,13 @@ def decode_kernels(*, plan: DecodePlan, dtype: torch.dtype, num_heads_q: int, nu
     if single:
         # SINGLE_SPLIT never touches Partial/Lse; they still are entry
         # parameters, so they get Out's (valid, 16-byte aligned) address.
-        workspace = {"Partial": _tensor_binding(args.out), "Lse": _tensor_binding(args.out)}
+        out = _binding(fb.ParamKind.TensorPointer, arg=args.out)
+        workspace = {"Partial": out, "Lse": out}
     else:
-        workspace = {"Partial": _workspace_binding(plan.partial_offset, plan.partial_bytes),
-                     "Lse": _workspace_binding(plan.lse_offset, plan.lse_bytes)}
+        workspace = {"Partial": _binding(fb.ParamKind.Workspace, workspaceOffset=plan.partial_offset,
+                                         workspaceExtent=plan.partial_bytes),
+                     "Lse": _binding(fb.ParamKind.Workspace, workspaceOffset=plan.lse_offset,
+                                     workspaceExtent=plan.lse_bytes)}
 
     def compile_split(arch):
         return compile_decode_split(
@@ -293,7 +282,7 @@ def decode_kernels(*, plan: DecodePlan, dtype: torch.dtype, num_heads_q: int, nu
 
     def describe_combine(kernel, compiled):
         kernel.params = bind_params(compiled.params, args, scale, kernel=compiled.name,
-                                    extra={**workspace, "NUM_SPLITS": _int32_binding(plan.num_splits)})
+                                    extra={**workspace, "NUM_SPLITS": _binding(fb.ParamKind.Int32Constant, i32Value=plan.num_splits)})
         q = args.query  # grid (L_q, B * H_q, 1)
         kernel.grid = [fb.GridDimT(factors=[_factor(q, 2)]), fb.GridDimT(factors=[_factor(q, 0), _factor(q, 1)]),
                        fb.GridDimT(factors=[])]
@@ -313,13 +302,8 @@ def _arch_groups(archs: list[int], choose) -> list[tuple[list[int], object]]:
 def _mask_stride_bindings(args: AttentionArgs, mask_shape: tuple[int, ...], broadcast: tuple[bool, ...]) -> dict:
     """Mask stride parameters -> the mask input's own dims (a rank-r mask aligns to the last r of 4)."""
     first = 4 - len(mask_shape)
-
-    def stride_of(dim: int):
-        def bind(param: fb.KernelParamT) -> None:
-            param.kind, param.arg, param.dim = fb.ParamKind.TensorStride, args.mask, dim
-        return bind
-
-    return {name: stride_of(d - first) for d, name in enumerate(MASK_STRIDES) if not broadcast[d]}
+    return {name: _binding(fb.ParamKind.TensorStride, arg=args.mask, dim=d - first)
+            for d, name in enumerate(MASK_STRIDES) if not broadcast[d]}
 
 
 def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int, num_heads_kv: int,
@@ -355,10 +339,10 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
     mask_broadcast = (False,) * 4
     extra_bindings = {}
     if mask_shape is not None:
+        mask_problem = mask_shape_problem(mask_shape, full_shape)
+        if mask_problem is not None:
+            raise ValueError(mask_problem)
         aligned = (1,) * (4 - len(mask_shape)) + tuple(mask_shape)
-        if len(mask_shape) > 4 or any(m not in (1, n) for m, n in zip(aligned, full_shape)):
-            raise ValueError(f"mask shape {tuple(mask_shape)} does not broadcast to [B, H_q, L_q, L_kv] = "
-                             f"{list(full_shape)}")
         # Size-1 dims (and missing leading ones) are indexed at 0 only: their strides are compiled as 0.
         mask_broadcast = tuple(m == 1 for m in aligned)
         extra_bindings.update(_mask_stride_bindings(args, tuple(mask_shape), mask_broadcast))
@@ -367,7 +351,7 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
     if attended_keys is not None:
         if not 0 < attended_keys <= l_kv:
             raise ValueError(f"attended_keys={attended_keys} is not in [1, L_kv={l_kv}]")
-        extra_bindings["L_kv"] = _int32_binding(attended_keys)
+        extra_bindings["L_kv"] = _binding(fb.ParamKind.Int32Constant, i32Value=attended_keys)
 
     def choose(arch: int):
         plan = decode_plan(batch=batch, l_q=l_q, l_kv=l_kv, attended_keys=attended_keys, arch=arch, **problem)

@@ -27,3 +27,11 @@ def check_head_dim(head_dim: int) -> None:
     problem = head_dim_problem(head_dim)
     if problem is not None:
         raise ValueError(problem)
+
+
+def mask_shape_problem(mask_shape, full_shape) -> Optional[str]:
+    """None when an attn_mask of mask_shape broadcasts to full_shape = [B, H_q, L_q, L_kv], else why not."""
+    mask_shape, full_shape = tuple(mask_shape), tuple(full_shape)
+    if not 1 <= len(mask_shape) <= 4 or any(m not in (1, n) for m, n in zip(mask_shape[::-1], full_shape[::-1])):
+        return f"attn_mask shape {mask_shape} does not broadcast to [B, H_q, L_q, L_kv] = {list(full_shape)}"
+    return None

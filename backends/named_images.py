@@ -42,15 +42,17 @@ def _payload_kernels(payload: fb.PayloadT) -> list:
 def move_images_to_named_data(payload: fb.PayloadT, store: "NamedDataStore") -> None:
     """Replace every inline cubin and PTX of `payload` by a key into `store`
     (anything with NamedDataStore's add_named_data(key, data, alignment))."""
+
+    def move(holder, image_field: str, key_field: str) -> None:
+        image = getattr(holder, image_field)
+        if image is None or len(image) == 0:
+            return
+        data = _as_bytes(image)
+        setattr(holder, key_field, image_key(data))
+        store.add_named_data(getattr(holder, key_field), data, alignment=IMAGE_ALIGNMENT)
+        setattr(holder, image_field, None)
+
     for kernel in _payload_kernels(payload):
         for cubin in kernel.cubins or []:
-            if cubin.image is not None and len(cubin.image) > 0:
-                data = _as_bytes(cubin.image)
-                cubin.imageKey = image_key(data)
-                store.add_named_data(cubin.imageKey, data, alignment=IMAGE_ALIGNMENT)
-                cubin.image = None
-        if kernel.ptx is not None and len(kernel.ptx) > 0:
-            data = _as_bytes(kernel.ptx)
-            kernel.ptxKey = image_key(data)
-            store.add_named_data(kernel.ptxKey, data, alignment=IMAGE_ALIGNMENT)
-            kernel.ptx = None
+            move(cubin, "image", "imageKey")
+        move(kernel, "ptx", "ptxKey")

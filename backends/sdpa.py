@@ -14,7 +14,7 @@ import torch
 from executorch.exir.dialects.edge._ops import EdgeOpOverload
 from torch.fx import Node
 
-from .limits import MASK_DTYPES, SUPPORTED_DTYPES, head_dim_problem
+from .limits import MASK_DTYPES, SUPPORTED_DTYPES, head_dim_problem, mask_shape_problem
 
 SDPA_OP = torch.ops.aten.scaled_dot_product_attention.default
 
@@ -140,10 +140,7 @@ class SdpaCall:
             return f"attn_mask dtype {mask.dtype}: use bool, float32 or the query's dtype {q.dtype}"
         if any(not isinstance(s, int) for s in mask.shape):
             return "attn_mask has symbolic shapes"
-        full = (q.shape[0], q.shape[1], q.shape[2], self._val(self.key).shape[2])
-        if not 1 <= mask.dim() <= 4 or any(m not in (1, n) for m, n in zip(reversed(mask.shape), reversed(full))):
-            return f"attn_mask shape {list(mask.shape)} does not broadcast to [B, H_q, L_q, L_kv] = {list(full)}"
-        return None
+        return mask_shape_problem(mask.shape, (q.shape[0], q.shape[1], q.shape[2], self._val(self.key).shape[2]))
 
     def unsupported_reason(self, include_mha: bool = False) -> Optional[str]:
         """None when the kernels run this node, else why not (for the partition report).

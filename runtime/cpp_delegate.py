@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import ctypes
 
+from cuda_gqa.backends.serialization.dtypes import DTYPE_OF_NAME
+
 from .backend_library import load_backend_library
 
 MAX_RANK = 8  # CUDA_GQA_MAX_RANK
 ERROR_OK = 0
-# DType of payload.fbs for each numpy / torch element type name.
-DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2, "bool": 3, "int32": 4, "int64": 5}  # payload DType
 
 
 class CudaGqaTensor(ctypes.Structure):
@@ -30,7 +30,7 @@ def init(payload: bytes) -> tuple[int, int | None]:
 
 def host_tensor(array) -> CudaGqaTensor:
     """A numpy array, in host memory."""
-    t = CudaGqaTensor(dtype=DTYPES[str(array.dtype)], rank=array.ndim, data=array.ctypes.data, device=-1)
+    t = CudaGqaTensor(dtype=DTYPE_OF_NAME[str(array.dtype)], rank=array.ndim, data=array.ctypes.data, device=-1)
     for d in range(array.ndim):
         t.sizes[d], t.strides[d] = array.shape[d], array.strides[d] // array.itemsize
     return t
@@ -38,7 +38,7 @@ def host_tensor(array) -> CudaGqaTensor:
 
 def torch_tensor(tensor) -> CudaGqaTensor:
     """A torch tensor, read and written in place: host memory for a CPU tensor, else device memory."""
-    t = CudaGqaTensor(dtype=DTYPES[str(tensor.dtype).removeprefix("torch.")], rank=tensor.dim(),
+    t = CudaGqaTensor(dtype=DTYPE_OF_NAME[str(tensor.dtype).removeprefix("torch.")], rank=tensor.dim(),
                       data=tensor.data_ptr(), device=-1 if tensor.device.type == "cpu" else tensor.device.index)
     for d in range(tensor.dim()):
         t.sizes[d], t.strides[d] = tensor.shape[d], tensor.stride(d)

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from cuda_gqa.backends.serialization import payload_generated as fb
+from cuda_gqa.backends.serialization.dtypes import torch_dtype_codes
 
 from .launch_plan import WORKSPACE_ALIGN, ArgInfo, KernelLaunch, LaunchError, LaunchPlan
 
@@ -88,17 +89,12 @@ class _ForeignStream:
         self.__cuda_stream__ = _CallableTuple((0, int(handle)))
 
 
-def _torch_dtypes(torch) -> dict:
-    return {torch.float32: fb.DType.Float32, torch.float16: fb.DType.Float16, torch.bfloat16: fb.DType.BFloat16,
-            torch.bool: fb.DType.Bool, torch.int32: fb.DType.Int32, torch.int64: fb.DType.Int64}
-
-
 def arg_info(tensor, dtypes: Optional[dict] = None) -> ArgInfo:
     """The launch plan's view of a torch tensor: dtype, sizes, strides, data address."""
     if dtypes is None:
         import torch
 
-        dtypes = _torch_dtypes(torch)
+        dtypes = torch_dtype_codes(torch)
     code = dtypes.get(tensor.dtype, -1)
     return ArgInfo(dtype=code, sizes=tuple(tensor.shape), strides=tuple(tensor.stride()),
                    address=tensor.data_ptr(), dtype_label=None if code >= 0 else str(tensor.dtype).removeprefix("torch."))
@@ -143,7 +139,7 @@ class CubinLauncher:
         self._torch = torch
         self._cc = _import_cuda_core()
         self._driver = _import_driver()
-        self._dtypes = _torch_dtypes(torch)
+        self._dtypes = torch_dtype_codes(torch)
         self._torch_dtype = {v: k for k, v in self._dtypes.items()}
 
         if device is None:

@@ -25,6 +25,7 @@ import numpy as np
 
 from cuda_gqa.backends.serialization import deserialize_payload
 from cuda_gqa.backends.serialization import payload_generated as fb
+from cuda_gqa.backends.serialization.dtypes import DTYPE_NAMES, DTYPE_SIZES
 
 __all__ = [
     "ArgInfo",
@@ -50,10 +51,6 @@ MAX_WORKSPACE_BYTES = 1 << 40
 WORKSPACE_ALIGN = 256  # alignment of the workspace base (cuMemAlloc's)
 GRID_LIMITS = (0x7FFFFFFF, 65535, 65535)
 
-DTYPE_NAMES = {fb.DType.Float32: "float32", fb.DType.Float16: "float16", fb.DType.BFloat16: "bfloat16",
-               fb.DType.Bool: "bool", fb.DType.Int32: "int32", fb.DType.Int64: "int64"}
-DTYPE_SIZES = {fb.DType.Float32: 4, fb.DType.Float16: 2, fb.DType.BFloat16: 2, fb.DType.Bool: 1,
-               fb.DType.Int32: 4, fb.DType.Int64: 8}
 _PARAM_KINDS = range(fb.ParamKind.TensorPointer, fb.ParamKind.Int32Constant + 1)
 _PARAM_TYPES = range(fb.ParamType.Pointer, fb.ParamType.Float32 + 1)
 _INT_TYPES = (fb.ParamType.Int32, fb.ParamType.Int64)

@@ -48,15 +48,21 @@ def worker_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def _resolve(module: str, name: str):
+    """The object `name` (a qualified name) of `module`, imported."""
+    found = importlib.import_module(module)
+    for part in name.split("."):
+        found = getattr(found, part)
+    return found
+
+
 def _import_path(fn) -> Optional[tuple[str, str]]:
     """(module, qualified name) under which a worker finds `fn`, or None."""
     module, name = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
     if not module or not name or module == "__main__" or "<locals>" in name:
         return None
     try:
-        found = importlib.import_module(module)
-        for part in name.split("."):
-            found = getattr(found, part)
+        found = _resolve(module, name)
     except (ImportError, AttributeError):
         return None
     return (module, name) if found is fn else None
@@ -66,10 +72,7 @@ def _compile_by_import_path(module: str, name: str, spec: dict) -> CompiledKerne
     """Runs in a worker."""
     from .triton_to_cubin import compile_uncached
 
-    fn = importlib.import_module(module)
-    for part in name.split("."):
-        fn = getattr(fn, part)
-    return compile_uncached(fn, **spec)
+    return compile_uncached(_resolve(module, name), **spec)
 
 
 def _get_pool(workers: int) -> ProcessPoolExecutor:

@@ -64,10 +64,14 @@ class AttentionVariant:
             signature["KvLen"] = POINTER_TYPE[self.kv_len_dtype]
         return signature
 
+    def kernel_constexprs(self) -> dict[str, object]:
+        """The constexprs naming the kernels' variant (what the Triton JIT is given too)."""
+        return {"IS_CAUSAL": self.is_causal, "WINDOW_LEFT": self.window_left, "MASK_KIND": self.mask_kind,
+                "SOFTCAP": float(self.softcap)}
+
     def constexprs(self) -> dict[str, object]:
-        """The variant's constexprs, unused pointers and broadcast strides included."""
-        constexprs = {"IS_CAUSAL": self.is_causal, "WINDOW_LEFT": self.window_left, "MASK_KIND": self.mask_kind,
-                      "SOFTCAP": float(self.softcap)}
+        """All constexprs of an AOT compile: kernel_constexprs, unused pointers and broadcast strides."""
+        constexprs = self.kernel_constexprs()
         constexprs.update({name: 0 for name in MASK_STRIDES if name not in self.runtime_mask_strides})
         if self.mask_dtype is None:
             constexprs["Mask"] = None

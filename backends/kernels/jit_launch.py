@@ -21,6 +21,7 @@ from .attention_decode import (
     gqa_decode_split,
 )
 from .attention_fwd import gqa_attention_fwd, launch_grid
+from ..aot.variant import AttentionVariant
 from ..heuristics import KernelConfig, attention_config, decode_config, decode_split_count, split_plan
 
 # Query lengths up to this run the split-KV decode kernels.
@@ -48,11 +49,6 @@ class Variant:
     softcap: float = 0.0
     kv_len: Optional[torch.Tensor] = None
 
-    def mask_kind(self) -> str:
-        if self.attn_mask is None:
-            return "none"
-        return "bool" if self.attn_mask.dtype == torch.bool else "additive"
-
     def mask_and_strides(self, q: torch.Tensor, k: torch.Tensor) -> tuple[Optional[torch.Tensor], tuple]:
         """The mask as a [B, H_q, L_q, L_kv] view (stride 0 along broadcast dims), and its strides."""
         if self.attn_mask is None:
@@ -61,8 +57,12 @@ class Variant:
         return full, full.stride()
 
     def constexprs(self) -> dict:
-        return dict(IS_CAUSAL=self.is_causal, WINDOW_LEFT=self.window_left, MASK_KIND=self.mask_kind(),
-                    SOFTCAP=float(self.softcap))
+        """The kernels' variant constexprs, as the AOT stage compiles this call (validated there)."""
+        return AttentionVariant(
+            is_causal=self.is_causal, window_left=self.window_left, softcap=self.softcap,
+            mask_dtype=None if self.attn_mask is None else self.attn_mask.dtype,
+            kv_len_dtype=None if self.kv_len is None else self.kv_len.dtype,
+        ).kernel_constexprs()
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, attn_mask: Optional[torch.Tensor] = None,

@@ -43,12 +43,13 @@ def fully_visible_end(first_row, diagonal, kv_lo, kv_hi, BLOCK_N: tl.constexpr, 
     with ON_EDGE=False and only [end, kv_hi) with the tests. kv_lo must be a
     multiple of BLOCK_N; with a window every block is tested (end = kv_lo).
     """
-    end = kv_hi
-    if IS_CAUSAL:
-        end = tl.minimum(end, first_row + diagonal + 1)
-    end = tl.maximum(end // BLOCK_N * BLOCK_N, kv_lo)
     if WINDOW_LEFT >= 0:
         end = kv_lo
+    else:
+        end = kv_hi
+        if IS_CAUSAL:
+            end = tl.minimum(end, first_row + diagonal + 1)
+        end = tl.maximum(end // BLOCK_N * BLOCK_N, kv_lo)
     return end
 
 

@@ -28,6 +28,7 @@
 #include "backend_options.h"
 #include "cuda_driver.h"
 #include "cuda_gqa_c_api.h"
+#include "dtype_map.h"
 #include "kernel_module.h"
 #include "launcher.h"
 #include "payload.h"
@@ -82,7 +83,10 @@ struct DelegateState {
   CUstream stream = nullptr;
   bool owns_stream = false;
   PayloadDesc payload;  // image views cleared once modules are loaded
-  std::vector<DeviceBuffer> staging;  // one per delegate arg, used for host-resident tensors
+  // Per delegate arg: a staging buffer for host-resident tensors (none when
+  // the program plans the delegate's tensors on the GPU), and its size.
+  std::vector<DeviceBuffer> staging;
+  std::vector<size_t> arg_bytes;
   std::vector<DeviceBuffer> scratch;
   DeviceBuffer workspace;  // Payload.workspace_bytes, shared by the kernels in order
   std::vector<LoadedKernel> modules;
@@ -123,20 +127,13 @@ struct DelegateState {
 // The launch's view of an ExecuTorch tensor whose data the kernel reads or
 // writes at `device` (the tensor's own data or its staging buffer).
 void describe_tensor(const Tensor& t, CUdeviceptr device, ArgDesc* out) {
-  switch (t.scalar_type()) {
-    case executorch::aten::ScalarType::Float: out->dtype = static_cast<int>(DType::kFloat32); break;
-    case executorch::aten::ScalarType::Half: out->dtype = static_cast<int>(DType::kFloat16); break;
-    case executorch::aten::ScalarType::BFloat16:
-      out->dtype = static_cast<int>(DType::kBFloat16);
-      break;
-    case executorch::aten::ScalarType::Bool: out->dtype = static_cast<int>(DType::kBool); break;
-    case executorch::aten::ScalarType::Int: out->dtype = static_cast<int>(DType::kInt32); break;
-    case executorch::aten::ScalarType::Long: out->dtype = static_cast<int>(DType::kInt64); break;
-    default:
-      out->dtype = -1;
-      out->dtype_label = nullptr;
-      out->foreign_dtype_code = static_cast<int>(t.scalar_type());
-      break;
+  DType dtype;
+  if (dtype_of(t.scalar_type(), &dtype)) {
+    out->dtype = static_cast<int>(dtype);
+  } else {
+    out->dtype = -1;
+    out->dtype_label = nullptr;
+    out->foreign_dtype_code = static_cast<int>(t.scalar_type());
   }
   out->rank = static_cast<size_t>(t.dim());
   for (size_t d = 0; d < out->rank && d < kMaxRank; ++d) {
@@ -206,7 +203,8 @@ bool fetch_named_image(const NamedDataMap* named_data, int device_cc, KernelDesc
 
 // Init after the payload is parsed: device, context, stream, modules,
 // buffers. Returns the error and fills *why on failure.
-Error set_up_device(DelegateState* s, const NamedDataMap* named_data, std::string* why) {
+Error set_up_device(DelegateState* s, const NamedDataMap* named_data, bool device_planned,
+                    std::string* why) {
   for (const auto* specs : {&s->payload.inputs, &s->payload.outputs}) {
     for (const TensorSpecDesc& spec : *specs) {
       if (!spec.is_static()) {
@@ -291,11 +289,14 @@ Error set_up_device(DelegateState* s, const NamedDataMap* named_data, std::strin
 
   const size_t num_args = s->payload.num_args();
   s->staging.resize(num_args);
+  s->arg_bytes.resize(num_args);
   s->arg_descs.resize(num_args);
   s->on_device.resize(num_args);
   for (size_t i = 0; i < num_args; ++i) {
     const TensorSpecDesc& spec = s->payload.arg_spec(i);
     const size_t bytes = static_cast<size_t>(spec.numel()) * dtype_size(spec.dtype);
+    s->arg_bytes[i] = bytes;
+    if (device_planned) continue;  // its tensors live on the GPU: nothing to stage
     CUdeviceptr unused;
     if (!device_alloc(s, bytes, 0, &s->staging[i], &unused, why)) {
       *why = "staging buffer for delegate arg " + std::to_string(i) + ": " + *why;
@@ -371,7 +372,12 @@ class CudaGqaBackend final : public BackendInterface {
 
   Result<DelegateHandle*> init(BackendInitContext& context, FreeableBuffer* processed,
                                ArrayRef<CompileSpec> compile_specs) const override {
-    (void)compile_specs;
+    // ExecuTorch's device-aware memory planning puts the delegate's tensors
+    // on the GPU when the program was lowered with a target_device.
+    bool device_planned = false;
+    for (const CompileSpec& spec : compile_specs) {
+      device_planned |= spec.key != nullptr && std::strcmp(spec.key, "target_device") == 0;
+    }
     if (processed == nullptr || processed->data() == nullptr) {
       ET_LOG(Error, "CudaGqaBackend: no payload");
       return Error::InvalidProgram;
@@ -401,7 +407,7 @@ class CudaGqaBackend final : public BackendInterface {
                   ? Error::DelegateInvalidCompatibility
                   : Error::InvalidProgram;
       } else {
-        err = set_up_device(state, context.get_named_data_map(), &why);
+        err = set_up_device(state, context.get_named_data_map(), device_planned, &why);
       }
     } catch (const std::bad_alloc&) {
       err = Error::MemoryAllocationFailed;
@@ -457,9 +463,13 @@ class CudaGqaBackend final : public BackendInterface {
         ET_LOG(Error, "CudaGqaBackend: %s", s->error.c_str());
         return Error::InvalidArgument;
       }
-      ET_CHECK_OR_RETURN_ERROR(t.nbytes() == s->staging[i].bytes, InvalidArgument,
+      ET_CHECK_OR_RETURN_ERROR(t.nbytes() == s->arg_bytes[i], InvalidArgument,
                                "CudaGqaBackend: delegate arg %zu has %zu bytes, expected %zu", i,
-                               t.nbytes(), s->staging[i].bytes);
+                               t.nbytes(), s->arg_bytes[i]);
+      ET_CHECK_OR_RETURN_ERROR(
+          on_device || s->staging[i].ptr != 0 || s->arg_bytes[i] == 0, InvalidArgument,
+          "CudaGqaBackend: delegate arg %zu is in host memory, but the program plans the delegate's "
+          "tensors on the GPU (target_device)", i);
       ET_CHECK_OR_RETURN_ERROR(t.nbytes() == 0 || t.const_data_ptr() != nullptr, InvalidArgument,
                                "CudaGqaBackend: delegate arg %zu has no data", i);
     }

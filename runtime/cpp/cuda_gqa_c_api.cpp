@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cuda_driver.h"
+#include "dtype_map.h"
 #include "kernel_module.h"
 #include "launcher.h"
 #include "payload.h"
@@ -278,18 +279,6 @@ struct TensorView {
   executorch::aten::DimOrderType dim_order[CUDA_GQA_MAX_RANK];
 };
 
-bool scalar_type_of(int32_t dtype, executorch::aten::ScalarType* out) {
-  switch (static_cast<cuda_gqa::DType>(dtype)) {
-    case cuda_gqa::DType::kFloat32: *out = executorch::aten::ScalarType::Float; return true;
-    case cuda_gqa::DType::kFloat16: *out = executorch::aten::ScalarType::Half; return true;
-    case cuda_gqa::DType::kBFloat16: *out = executorch::aten::ScalarType::BFloat16; return true;
-    case cuda_gqa::DType::kBool: *out = executorch::aten::ScalarType::Bool; return true;
-    case cuda_gqa::DType::kInt32: *out = executorch::aten::ScalarType::Int; return true;
-    case cuda_gqa::DType::kInt64: *out = executorch::aten::ScalarType::Long; return true;
-  }
-  return false;
-}
-
 }  // namespace
 
 extern "C" {
@@ -337,7 +326,7 @@ int cuda_gqa_delegate_execute(CudaGqaDelegate* delegate, const CudaGqaTensor* ar
   for (size_t i = 0; i < num_args; ++i) {
     const CudaGqaTensor& a = args[i];
     executorch::aten::ScalarType type;
-    if (!scalar_type_of(a.dtype, &type) || a.rank > CUDA_GQA_MAX_RANK || a.device > INT8_MAX) {
+    if (!cuda_gqa::scalar_type_of(a.dtype, &type) || a.rank > CUDA_GQA_MAX_RANK || a.device > INT8_MAX) {
       ET_LOG(Error, "CudaGqaBackend: delegate arg %zu: dtype %d, rank %u or device %d not describable",
              i, static_cast<int>(a.dtype), a.rank, static_cast<int>(a.device));
       return static_cast<int>(Error::InvalidArgument);

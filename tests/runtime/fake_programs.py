@@ -60,22 +60,14 @@ def pack(payload: fb.PayloadT, version: int | None = None) -> bytes:
     return bytes(builder.Output())
 
 
-MAKE_PTE_SCRIPT = """
+# Script text (for `python -c`) after which write_add_program(pte_path, specs, config) writes a
+# .pte of x + y on float32 (2, 64) lowered to the BackendDetails named CudaGqaBackend the
+# script defines next (a stand-in for the real preprocess, which is not imported).
+ADD_PROGRAM_SCRIPT = """
 import sys, torch
 from executorch.exir import to_edge
 from executorch.exir.backend.backend_api import to_backend
 from executorch.exir.backend.backend_details import BackendDetails, PreprocessResult
-from executorch.exir.backend.compile_spec_schema import CompileSpec
-from cuda_gqa.export.device_io import device_io_config
-
-# Stands in for the real preprocess (not imported here, so this is the only
-# BackendDetails named CudaGqaBackend): it embeds a given payload as is.
-class CudaGqaBackend(BackendDetails):
-    payload = b""
-
-    @staticmethod
-    def preprocess(edge_program, compile_specs):
-        return PreprocessResult(processed_bytes=CudaGqaBackend.payload)
 
 class Add(torch.nn.Module):
     def forward(self, x, y):
@@ -89,18 +81,33 @@ class Wrapper(torch.nn.Module):
     def forward(self, x, y):
         return self.lowered(x, y)
 
-inputs = (torch.ones(2, 64), torch.ones(2, 64))
+def write_add_program(pte_path, specs=(), config=None):
+    inputs = (torch.ones(2, 64), torch.ones(2, 64))
+    edge = to_edge(torch.export.export(Add(), inputs))
+    lowered = to_backend("CudaGqaBackend", edge.exported_program(), list(specs))
+    program = to_edge(torch.export.export(Wrapper(lowered), inputs)).to_executorch(config)
+    open(pte_path, "wb").write(program.buffer)
+"""
+
+MAKE_PTE_SCRIPT = ADD_PROGRAM_SCRIPT + """
+from executorch.exir.backend.compile_spec_schema import CompileSpec
+from cuda_gqa.export.device_io import device_io_config
+
+# Embeds a given payload as is.
+class CudaGqaBackend(BackendDetails):
+    payload = b""
+
+    @staticmethod
+    def preprocess(edge_program, compile_specs):
+        return PreprocessResult(processed_bytes=CudaGqaBackend.payload)
+
 # Triples: payload file, .pte file, target_device compile spec ("-": none; a "+io" suffix:
 # the method's inputs and outputs stay in device memory too).
 for payload_path, pte_path, device in zip(sys.argv[1::3], sys.argv[2::3], sys.argv[3::3]):
     CudaGqaBackend.payload = open(payload_path, "rb").read()
-    edge = to_edge(torch.export.export(Add(), inputs))
     target, _, io = device.partition("+")
     specs = [] if target == "-" else [CompileSpec("target_device", target.encode())]
-    lowered = to_backend("CudaGqaBackend", edge.exported_program(), specs)
-    config = device_io_config() if io else None
-    program = to_edge(torch.export.export(Wrapper(lowered), inputs)).to_executorch(config)
-    open(pte_path, "wb").write(program.buffer)
+    write_add_program(pte_path, specs, device_io_config() if io else None)
 """
 
 

@@ -15,7 +15,7 @@ from cuda_gqa.backends.named_images import move_images_to_named_data
 from cuda_gqa.backends.serialization import deserialize_payload, serialize_payload
 from cuda_gqa.runtime.launch_plan import LaunchError, LaunchPlan
 
-from fake_programs import ROOT, add_payload, fake_env, sample_payload, u8
+from fake_programs import ADD_PROGRAM_SCRIPT, ROOT, add_payload, fake_env, sample_payload, u8
 from test_cpp_backend import _runner, load_library, validate
 
 
@@ -75,11 +75,7 @@ def test_cpp_accepts_payloads_with_named_images():
     assert validate(load_library(), serialize_payload(payload)) == (0, "ok")
 
 
-MAKE_PTE_SCRIPT = """
-import sys, torch
-from executorch.exir import to_edge
-from executorch.exir.backend.backend_api import to_backend
-from executorch.exir.backend.backend_details import BackendDetails, PreprocessResult
+MAKE_PTE_SCRIPT = ADD_PROGRAM_SCRIPT + """
 from executorch.exir._serialize._named_data_store import NamedDataStore
 from cuda_gqa.backends.named_images import move_images_to_named_data
 from cuda_gqa.backends.serialization import deserialize_payload, serialize_payload
@@ -100,26 +96,10 @@ class CudaGqaBackend(BackendDetails):
             del out.pte_data[sm90]
         return PreprocessResult(processed_bytes=serialize_payload(payload), data_store_output=out)
 
-class Add(torch.nn.Module):
-    def forward(self, x, y):
-        return x + y
-
-class Wrapper(torch.nn.Module):
-    def __init__(self, lowered):
-        super().__init__()
-        self.lowered = lowered
-
-    def forward(self, x, y):
-        return self.lowered(x, y)
-
-inputs = (torch.ones(2, 64), torch.ones(2, 64))
 CudaGqaBackend.payload = open(sys.argv[1], "rb").read()
 for drop, pte_path in ((False, sys.argv[2]), (True, sys.argv[3])):
     CudaGqaBackend.drop_sm90 = drop
-    edge = to_edge(torch.export.export(Add(), inputs))
-    lowered = to_backend("CudaGqaBackend", edge.exported_program(), [])
-    program = to_edge(torch.export.export(Wrapper(lowered), inputs)).to_executorch()
-    open(pte_path, "wb").write(program.buffer)
+    write_add_program(pte_path)
 """
 
 
