@@ -18,6 +18,7 @@ the tuning table of each); archs that choose alike share one launch plan.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -31,6 +32,7 @@ from .aot.variant import MASK_STRIDES, AttentionVariant
 from .kernels.attention_decode import decode_split_grid, decode_workspace_shape
 from .heuristics import NOMINAL_SMS, KernelConfig, attention_config, decode_config, decode_split_count, split_plan
 from .kernels.jit_launch import MAX_DECODE_L_Q
+from .kv_cache_plan import KV_LEN_SLOT_BYTES, KvCacheArgs, cache_write_kernel, kv_len_offset
 from .limits import mask_shape_problem
 from .serialization import payload_generated as fb
 from .serialization import serialize_payload
@@ -312,7 +314,7 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
                             mask_shape: Optional[tuple[int, ...]] = None, mask_dtype: Optional[torch.dtype] = None,
                             kv_len_dtype: Optional[torch.dtype] = None, archs: Iterable[int] = (80, 90),
                             ptx: bool = True, args: AttentionArgs = AttentionArgs(),
-                            fwd_config: Optional[KernelConfig] = None) -> bytes:
+                            fwd_config: Optional[KernelConfig] = None, cache: Optional[KvCacheArgs] = None) -> bytes:
     """The payload of one SDPA call with static shapes q [B, H_q, L_q, D], k/v [B, H_kv, L_kv, D].
 
     is_causal is the kernels' bottom-right alignment. attended_keys, when
@@ -323,6 +325,12 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
     window_left and softcap are the kernels' (backends/kernels/online_softmax.py).
     fwd_config: the forward kernel's tiles instead of the heuristics' (for
     tuning sweeps of the AOT cubins, bench/tune_aot.py).
+
+    cache: the delegate owns the KV cache (kv_cache_plan.py). K and V are
+    then the payload's two states [B, H_kv, l_kv, D] (l_kv = the cache
+    length; args.key/args.value are ignored), written each call from the
+    inputs cache.k_new/v_new at cache.positions by a kv_cache_write launch
+    ahead of the attention kernels, which attend only the filled keys.
 
     Each arch gets the tiles heuristics choose for it. Archs that choose
     alike share one launch plan; the plan of the lowest arch is the payload's
@@ -336,6 +344,14 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
         raise ValueError("a mask needs mask_shape, mask_dtype and its argument index args.mask together")
     if (kv_len_dtype is None) != (args.kv_len is None):
         raise ValueError("a kv_len needs kv_len_dtype and its argument index args.kv_len together")
+    if cache is not None:
+        if args.kv_len is not None or attended_keys is not None:
+            raise ValueError("a delegate-owned cache bounds the keys itself: no kv_len input or attended_keys")
+        if l_kv != cache.max_seq_len:
+            raise ValueError(f"l_kv={l_kv} must be the cache length max_seq_len={cache.max_seq_len}")
+        # States follow the outputs: the attention kernels read the caches there.
+        args = dataclasses.replace(args, key=args.out + 1, value=args.out + 2)
+        kv_len_dtype = torch.int32
     mask_broadcast = (False,) * 4
     extra_bindings = {}
     if mask_shape is not None:
@@ -358,11 +374,22 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
         return plan if plan is not None else fwd_config or attention_config(head_dim, dtype, arch)
 
     def launch_set(group: list[int], choice, with_ptx: bool) -> tuple[list[fb.KernelT], int]:
+        workspace = 0 if isinstance(choice, KernelConfig) else choice.workspace_bytes
+        bindings, first = extra_bindings, []
+        if cache is not None:
+            # kv_cache_write leaves kv_len in a slot after this plan's workspace.
+            slot = kv_len_offset(workspace)
+            bindings = {**extra_bindings, "KvLen": _binding(fb.ParamKind.Workspace, workspaceOffset=slot,
+                                                            workspaceExtent=4)}
+            first = [cache_write_kernel(cache=cache, k_state_arg=args.key, v_state_arg=args.value,
+                                        kv_len_offset=slot, dtype=dtype, head_dim=head_dim,
+                                        num_heads_kv=num_heads_kv, l_new=l_q, archs=group, ptx=with_ptx)]
+            workspace = slot + KV_LEN_SLOT_BYTES
         common = dict(variant=variant, scale=softmax_scale, archs=group, ptx=with_ptx, args=args,
-                      extra_bindings=extra_bindings, **problem)
+                      extra_bindings=bindings, **problem)
         if isinstance(choice, KernelConfig):
-            return [attention_kernel(config=choice, **common)], 0
-        return decode_kernels(plan=choice, **common), choice.workspace_bytes
+            return first + [attention_kernel(config=choice, **common)], workspace
+        return first + decode_kernels(plan=choice, **common), workspace
 
     with compiling_together():  # every (kernel, arch) of the payload side by side
         (base_archs, base_choice), *others = _arch_groups(archs, choose)
@@ -377,8 +404,16 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
 
     inputs: list[Optional[fb.TensorSpecT]] = [None] * args.num_inputs
     inputs[args.query] = spec(dtype, [batch, num_heads_q, l_q, head_dim])
-    inputs[args.key] = spec(dtype, [batch, num_heads_kv, l_kv, head_dim])
-    inputs[args.value] = spec(dtype, [batch, num_heads_kv, l_kv, head_dim])
+    states = None
+    if cache is None:
+        inputs[args.key] = spec(dtype, [batch, num_heads_kv, l_kv, head_dim])
+        inputs[args.value] = spec(dtype, [batch, num_heads_kv, l_kv, head_dim])
+    else:
+        for index in (cache.k_new, cache.v_new):
+            inputs[index] = spec(dtype, [batch, num_heads_kv, l_q, head_dim])
+        inputs[cache.positions] = spec(cache.position_dtype, [l_q])
+        states = [fb.StateSpecT(name=name, dtype=DTYPE_TO_PAYLOAD[dtype], sizes=[batch, num_heads_kv, l_kv, head_dim])
+                  for name in (cache.k_state, cache.v_state)]
     if args.mask is not None:
         inputs[args.mask] = spec(mask_dtype, mask_shape)
     if args.kv_len is not None:
@@ -387,4 +422,4 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
         raise ValueError(f"delegate arguments {args} leave an input unbound")
     return serialize_payload(fb.PayloadT(inputs=inputs, outputs=[spec(dtype, [batch, num_heads_q, l_q, head_dim])],
                                          kernels=kernels, workspaceBytes=workspace_bytes,
-                                         archVariants=variants or None))
+                                         archVariants=variants or None, states=states))

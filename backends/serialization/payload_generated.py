@@ -1236,8 +1236,32 @@ class Payload(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
         return o == 0
 
+    # Payload
+    def States(self, j):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(16))
+        if o != 0:
+            x = self._tab.Vector(o)
+            x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
+            x = self._tab.Indirect(x)
+            obj = StateSpec()
+            obj.Init(self._tab.Bytes, x)
+            return obj
+        return None
+
+    # Payload
+    def StatesLength(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(16))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # Payload
+    def StatesIsNone(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(16))
+        return o == 0
+
 def PayloadStart(builder):
-    builder.StartObject(6)
+    builder.StartObject(7)
 
 def PayloadAddVersion(builder, version):
     builder.PrependUint32Slot(0, version, 0)
@@ -1269,6 +1293,12 @@ def PayloadAddArchVariants(builder, archVariants):
 def PayloadStartArchVariantsVector(builder, numElems):
     return builder.StartVector(4, numElems, 4)
 
+def PayloadAddStates(builder, states):
+    builder.PrependUOffsetTRelativeSlot(6, flatbuffers.number_types.UOffsetTFlags.py_type(states), 0)
+
+def PayloadStartStatesVector(builder, numElems):
+    return builder.StartVector(4, numElems, 4)
+
 def PayloadEnd(builder):
     return builder.EndObject()
 
@@ -1289,6 +1319,7 @@ class PayloadT(object):
         kernels = None,
         workspaceBytes = 0,
         archVariants = None,
+        states = None,
     ):
         self.version = version  # type: int
         self.inputs = inputs  # type: Optional[List[TensorSpecT]]
@@ -1296,6 +1327,7 @@ class PayloadT(object):
         self.kernels = kernels  # type: Optional[List[KernelT]]
         self.workspaceBytes = workspaceBytes  # type: int
         self.archVariants = archVariants  # type: Optional[List[ArchVariantT]]
+        self.states = states  # type: Optional[List[StateSpecT]]
 
     @classmethod
     def InitFromBuf(cls, buf, pos):
@@ -1352,6 +1384,14 @@ class PayloadT(object):
                 else:
                     archVariant_ = ArchVariantT.InitFromObj(payload.ArchVariants(i))
                     self.archVariants.append(archVariant_)
+        if not payload.StatesIsNone():
+            self.states = []
+            for i in range(payload.StatesLength()):
+                if payload.States(i) is None:
+                    self.states.append(None)
+                else:
+                    stateSpec_ = StateSpecT.InitFromObj(payload.States(i))
+                    self.states.append(stateSpec_)
 
     # PayloadT
     def Pack(self, builder):
@@ -1387,6 +1427,14 @@ class PayloadT(object):
             for i in reversed(range(len(self.archVariants))):
                 builder.PrependUOffsetTRelative(archVariantslist[i])
             archVariants = builder.EndVector()
+        if self.states is not None:
+            stateslist = []
+            for i in range(len(self.states)):
+                stateslist.append(self.states[i].Pack(builder))
+            PayloadStartStatesVector(builder, len(self.states))
+            for i in reversed(range(len(self.states))):
+                builder.PrependUOffsetTRelative(stateslist[i])
+            states = builder.EndVector()
         PayloadStart(builder)
         PayloadAddVersion(builder, self.version)
         if self.inputs is not None:
@@ -1398,8 +1446,163 @@ class PayloadT(object):
         PayloadAddWorkspaceBytes(builder, self.workspaceBytes)
         if self.archVariants is not None:
             PayloadAddArchVariants(builder, archVariants)
+        if self.states is not None:
+            PayloadAddStates(builder, states)
         payload = PayloadEnd(builder)
         return payload
+
+
+class StateSpec(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = StateSpec()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsStateSpec(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    @classmethod
+    def StateSpecBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
+        return flatbuffers.util.BufferHasIdentifier(buf, offset, b"\x43\x47\x51\x41", size_prefixed=size_prefixed)
+
+    # StateSpec
+    def Init(self, buf, pos):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # StateSpec
+    def Name(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+    # StateSpec
+    def Dtype(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Int8Flags, o + self._tab.Pos)
+        return 0
+
+    # StateSpec
+    def Sizes(self, j):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            a = self._tab.Vector(o)
+            return self._tab.Get(flatbuffers.number_types.Int64Flags, a + flatbuffers.number_types.UOffsetTFlags.py_type(j * 8))
+        return 0
+
+    # StateSpec
+    def SizesAsNumpy(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.GetVectorAsNumpy(flatbuffers.number_types.Int64Flags, o)
+        return 0
+
+    # StateSpec
+    def SizesLength(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # StateSpec
+    def SizesIsNone(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        return o == 0
+
+def StateSpecStart(builder):
+    builder.StartObject(3)
+
+def StateSpecAddName(builder, name):
+    builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(name), 0)
+
+def StateSpecAddDtype(builder, dtype):
+    builder.PrependInt8Slot(1, dtype, 0)
+
+def StateSpecAddSizes(builder, sizes):
+    builder.PrependUOffsetTRelativeSlot(2, flatbuffers.number_types.UOffsetTFlags.py_type(sizes), 0)
+
+def StateSpecStartSizesVector(builder, numElems):
+    return builder.StartVector(8, numElems, 8)
+
+def StateSpecEnd(builder):
+    return builder.EndObject()
+
+
+try:
+    from typing import List
+except:
+    pass
+
+class StateSpecT(object):
+
+    # StateSpecT
+    def __init__(
+        self,
+        name = None,
+        dtype = 0,
+        sizes = None,
+    ):
+        self.name = name  # type: Optional[str]
+        self.dtype = dtype  # type: int
+        self.sizes = sizes  # type: Optional[List[int]]
+
+    @classmethod
+    def InitFromBuf(cls, buf, pos):
+        stateSpec = StateSpec()
+        stateSpec.Init(buf, pos)
+        return cls.InitFromObj(stateSpec)
+
+    @classmethod
+    def InitFromPackedBuf(cls, buf, pos=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, pos)
+        return cls.InitFromBuf(buf, pos+n)
+
+    @classmethod
+    def InitFromObj(cls, stateSpec):
+        x = StateSpecT()
+        x._UnPack(stateSpec)
+        return x
+
+    # StateSpecT
+    def _UnPack(self, stateSpec):
+        if stateSpec is None:
+            return
+        self.name = stateSpec.Name()
+        self.dtype = stateSpec.Dtype()
+        if not stateSpec.SizesIsNone():
+            if np is None:
+                self.sizes = []
+                for i in range(stateSpec.SizesLength()):
+                    self.sizes.append(stateSpec.Sizes(i))
+            else:
+                self.sizes = stateSpec.SizesAsNumpy()
+
+    # StateSpecT
+    def Pack(self, builder):
+        if self.name is not None:
+            name = builder.CreateString(self.name)
+        if self.sizes is not None:
+            if np is not None and type(self.sizes) is np.ndarray:
+                sizes = builder.CreateNumpyVector(self.sizes)
+            else:
+                StateSpecStartSizesVector(builder, len(self.sizes))
+                for i in reversed(range(len(self.sizes))):
+                    builder.PrependInt64(self.sizes[i])
+                sizes = builder.EndVector()
+        StateSpecStart(builder)
+        if self.name is not None:
+            StateSpecAddName(builder, name)
+        StateSpecAddDtype(builder, self.dtype)
+        if self.sizes is not None:
+            StateSpecAddSizes(builder, sizes)
+        stateSpec = StateSpecEnd(builder)
+        return stateSpec
 
 
 class ArchVariant(object):

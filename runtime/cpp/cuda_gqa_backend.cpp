@@ -32,6 +32,7 @@
 #include "kernel_module.h"
 #include "launcher.h"
 #include "payload.h"
+#include "state_registry.h"
 
 namespace cuda_gqa {
 namespace {
@@ -98,6 +99,10 @@ struct DelegateState {
   std::vector<ArgDesc> arg_descs;  // reused by every execute
   std::vector<uint8_t> on_device;  // per arg: the tensor's data is device memory
   std::string error;               // reused by execute's refusals
+  // Payload.states: the key owner (state_registry.h) and how many of the
+  // payload's states were acquired (released in order by the destructor).
+  const void* state_owner = nullptr;
+  size_t states_acquired = 0;
 
   ~DelegateState() {
     if (driver == nullptr || context == nullptr) return;
@@ -110,6 +115,9 @@ struct DelegateState {
     };
     check(d.CtxSetCurrent(context), "cuCtxSetCurrent");
     if (stream != nullptr) check(d.StreamSynchronize(stream), "cuStreamSynchronize");
+    for (size_t i = 0; i < states_acquired; ++i) {
+      release_state(d, state_owner, settings.device, payload.states[i].name);
+    }
     for (const auto* buffers : {&staging, &scratch}) {
       for (const DeviceBuffer& b : *buffers) {
         if (b.ptr != 0) check(d.MemFree(b.ptr), "cuMemFree");
@@ -205,6 +213,13 @@ bool fetch_named_image(const NamedDataMap* named_data, int device_cc, KernelDesc
 // buffers. Returns the error and fills *why on failure.
 Error set_up_device(DelegateState* s, const NamedDataMap* named_data, bool device_planned,
                     std::string* why) {
+  // Delegates of one Program share its named-data map: that map keys the
+  // states they share (state_registry.h). Without one, the states are this
+  // delegate's own.
+  s->state_owner = named_data != nullptr ? static_cast<const void*>(named_data) : s;
+  if (named_data == nullptr && !s->payload.states.empty()) {
+    ET_LOG(Info, "CudaGqaBackend: the program has no named data: this delegate's states are not shared");
+  }
   for (const auto* specs : {&s->payload.inputs, &s->payload.outputs}) {
     for (const TensorSpecDesc& spec : *specs) {
       if (!spec.is_static()) {
@@ -290,7 +305,7 @@ Error set_up_device(DelegateState* s, const NamedDataMap* named_data, bool devic
   const size_t num_args = s->payload.num_args();
   s->staging.resize(num_args);
   s->arg_bytes.resize(num_args);
-  s->arg_descs.resize(num_args);
+  s->arg_descs.resize(s->payload.num_launch_args());
   s->on_device.resize(num_args);
   for (size_t i = 0; i < num_args; ++i) {
     const TensorSpecDesc& spec = s->payload.arg_spec(i);
@@ -303,6 +318,26 @@ Error set_up_device(DelegateState* s, const NamedDataMap* named_data, bool devic
       return Error::MemoryAllocationFailed;
     }
     s->staging[i].bytes = bytes;
+  }
+
+  // The states, after the caller's arguments: device buffers that stay put,
+  // so their launch descriptions are filled once, here.
+  for (const StateSpecDesc& state : s->payload.states) {
+    CUdeviceptr address = 0;
+    if (!acquire_state(d, s->context, s->state_owner, s->settings.device, state, &address, why)) {
+      return Error::MemoryAllocationFailed;
+    }
+    ++s->states_acquired;
+    ArgDesc& a = s->arg_descs[num_args + s->states_acquired - 1];
+    a.dtype = static_cast<int>(state.spec.dtype);
+    a.rank = state.spec.sizes.size();
+    int64_t stride = 1;
+    for (size_t dim = a.rank; dim-- > 0;) {
+      a.sizes[dim] = state.spec.sizes[dim];
+      a.strides[dim] = stride;
+      stride *= state.spec.sizes[dim];
+    }
+    a.address = static_cast<uint64_t>(address);
   }
 
   // One workspace for the delegate, allocated here once and never per call:
@@ -508,7 +543,7 @@ class CudaGqaBackend final : public BackendInterface {
       }
     }
     for (size_t k = 0; k < s->launchers.size() && err == Error::Ok; ++k) {
-      err = s->launchers[k].launch(d, s->stream, s->arg_descs.data(), num_args);
+      err = s->launchers[k].launch(d, s->stream, s->arg_descs.data(), s->payload.num_launch_args());
     }
     if (profile && err == Error::Ok) {
       r = d.EventRecord(s->profile_stop, s->stream);

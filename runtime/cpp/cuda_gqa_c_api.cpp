@@ -13,6 +13,7 @@
 #include "dtype_map.h"
 #include "kernel_module.h"
 #include "launcher.h"
+#include "state_registry.h"
 #include "payload.h"
 
 namespace {
@@ -149,9 +150,10 @@ int cuda_gqa_evaluate_launch(const void* data, size_t size, int device_cc, size_
       return CUDA_GQA_EVAL_BAD_PAYLOAD;
     }
     // What execute checks, then the launch itself.
-    if (num_args != payload.num_args()) {
+    // The evaluator takes every launch argument: the payload's states too.
+    if (num_args != payload.num_launch_args()) {
       write_message(std::to_string(num_args) + " delegate args, the payload expects " +
-                        std::to_string(payload.num_args()),
+                        std::to_string(payload.num_launch_args()),
                     message, message_size);
       return CUDA_GQA_EVAL_REFUSED;
     }
@@ -255,6 +257,15 @@ int cuda_gqa_get_option(const char* key, int kind, int* int_value, char* string_
 }
 
 size_t cuda_gqa_loaded_module_count(void) { return cuda_gqa::cached_module_count(); }
+
+size_t cuda_gqa_live_state_count(void) { return cuda_gqa::live_state_count(); }
+
+int cuda_gqa_zero_states(char* message, size_t message_size) {
+  std::string error;
+  if (cuda_gqa::zero_all_states(&error)) return 0;
+  write_message(error, message, message_size);
+  return 1;
+}
 
 }  // extern "C"
 

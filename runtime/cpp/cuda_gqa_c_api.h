@@ -96,6 +96,13 @@ CUDA_GQA_EXPORT uint64_t cuda_gqa_profiled_kernel_time_ns(void);
 // same image for the same entry point in the same context share one.
 CUDA_GQA_EXPORT size_t cuda_gqa_loaded_module_count(void);
 
+// Delegate-owned state buffers (Payload.states, e.g. KV caches) alive in the
+// process, and a synchronous zeroing of all of them (0: done; else 1 with the
+// cause in message). Starting a sequence at position 0 needs no zeroing:
+// rows past the filled length are never read.
+CUDA_GQA_EXPORT size_t cuda_gqa_live_state_count(void);
+CUDA_GQA_EXPORT int cuda_gqa_zero_states(char* message, size_t message_size);
+
 // --- a delegate without an ExecuTorch program ----------------------------------
 // CudaGqaBackend's own init/execute/destroy (the BackendInterface ExecuTorch
 // calls), for PyTorch users, tests and the concurrency checks: the same

@@ -53,7 +53,8 @@ bool fail(std::string* error, const std::string& where, const std::string& what)
   return false;
 }
 
-bool read_spec(const fb::TensorSpec* spec, const std::string& where,
+template <typename Spec>  // fb::TensorSpec or fb::StateSpec
+bool read_spec(const Spec* spec, const std::string& where,
                TensorSpecDesc* out, std::string* error) {
   if (spec == nullptr) return fail(error, where, "missing tensor spec");
   const auto dtype = static_cast<int>(spec->dtype());
@@ -119,10 +120,10 @@ bool read_param(const fb::KernelParam* p, const PayloadDesc& pl, uint64_t worksp
     case ParamKind::kTensorPointer:
     case ParamKind::kTensorStride:
     case ParamKind::kTensorSize: {
-      if (out->arg >= pl.num_args()) {
+      if (out->arg >= pl.num_launch_args()) {
         return fail(error, where,
                     "arg " + std::to_string(out->arg) + " out of range (" +
-                        std::to_string(pl.num_args()) + " delegate args)");
+                        std::to_string(pl.num_launch_args()) + " delegate args)");
       }
       if (out->kind == ParamKind::kTensorPointer) {
         if (out->type != ParamType::kPointer) {
@@ -320,7 +321,7 @@ bool read_kernel(const fb::Kernel* k, const PayloadDesc& pl, uint64_t workspace_
     for (uint32_t f = 0; f < factors->size(); ++f) {
       const fb::GridFactor* gf = factors->Get(f);
       GridFactorDesc d{gf->arg(), gf->dim(), gf->divisor()};
-      if (d.arg >= pl.num_args()) {
+      if (d.arg >= pl.num_launch_args()) {
         return fail(error, gw, "factor arg " + std::to_string(d.arg) + " out of range");
       }
       if (d.dim >= pl.arg_spec(d.arg).sizes.size()) {
@@ -450,8 +451,26 @@ bool parse_payload(const void* data, size_t size, std::vector<uint64_t>* aligned
       return false;
     }
   }
+  if (const auto* states = p->states()) {
+    out->states.resize(states->size());
+    for (uint32_t i = 0; i < states->size(); ++i) {
+      const std::string where = "state " + std::to_string(i);
+      const fb::StateSpec* state = states->Get(i);
+      if (!read_spec(state, where, &out->states[i].spec, error)) return false;
+      if (state->name() == nullptr || state->name()->size() == 0) {
+        return fail(error, where, "has no name");
+      }
+      out->states[i].name = state->name()->str();
+      if (!out->states[i].spec.is_static()) return fail(error, where, "has dynamic sizes");
+      for (uint32_t j = 0; j < i; ++j) {
+        if (out->states[j].name == out->states[i].name) {
+          return fail(error, where, "repeats the name '" + out->states[i].name + "'");
+        }
+      }
+    }
+  }
   // Param and grid args are one byte wide.
-  if (out->num_args() > 256) {
+  if (out->num_launch_args() > 256) {
     return fail(error, "", "more than 256 delegate arguments");
   }
   if (!read_workspace_bytes(p->workspace_bytes(), "", &out->workspace_bytes, error)) {

@@ -96,6 +96,13 @@ struct KernelDesc {
   std::array<std::vector<GridFactorDesc>, 3> grid;  // x, y, z
 };
 
+// A device buffer the delegate owns (Payload.states): allocated and zeroed at
+// init, shared by the delegates of one program that name it.
+struct StateSpecDesc {
+  std::string name;
+  TensorSpecDesc spec;  // static sizes only
+};
+
 // The launch plan of some archs, in place of the payload's own (see payload.fbs).
 struct ArchVariantDesc {
   std::vector<uint32_t> archs;
@@ -110,11 +117,17 @@ struct PayloadDesc {
   std::vector<KernelDesc> kernels;
   uint64_t workspace_bytes = 0;  // one device buffer allocated at init; 0: none
   std::vector<ArchVariantDesc> arch_variants;
+  std::vector<StateSpecDesc> states;
 
+  // Arguments the caller passes: inputs, then outputs.
   size_t num_args() const { return inputs.size() + outputs.size(); }
-  // Delegate argument i: inputs first, then outputs.
+  // Arguments the kernels address: those, then the delegate's states.
+  size_t num_launch_args() const { return num_args() + states.size(); }
+  // Launch argument i: inputs first, then outputs, then states.
   const TensorSpecDesc& arg_spec(size_t i) const {
-    return i < inputs.size() ? inputs[i] : outputs[i - inputs.size()];
+    if (i < inputs.size()) return inputs[i];
+    if (i < num_args()) return outputs[i - inputs.size()];
+    return states[i - num_args()].spec;
   }
 };
 

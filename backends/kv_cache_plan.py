@@ -1,0 +1,106 @@
+"""The delegate-owned KV cache of one attention call: its states and the kernel that writes them.
+
+When the partitioner takes a layer's cache update with its SDPA, the
+delegate keeps K and V caches [B, H_kv, S, D] as payload states (device
+buffers allocated and zeroed at init, shared by the program's delegates
+that name them) and runs, before the attention kernels:
+
+  kv_cache_write: the call's new rows -> the caches at their positions, and
+                  kv_len = last position + 1 into an int32 workspace slot,
+
+which the attention kernels read through their KvLen pointer: they attend
+keys [0, kv_len) of the caches, so the cost follows the filled length.
+Only q, the new K/V rows, their positions and the mask cross from the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+
+from .aot.kv_cache_write import POSITION_DTYPES, compile_kv_cache_write
+from .kernels.kv_cache_write import kv_cache_write_grid  # noqa: F401  (the grid below follows it)
+from .serialization import payload_generated as fb
+
+# The kv_len slot: int32, at a 16-byte aligned offset of the workspace.
+KV_LEN_SLOT_BYTES = 16
+_STRIDE_DIM = {"b": 0, "h": 1, "l": 2, "s": 2}  # [B, H_kv, L_new or S, D]
+
+
+@dataclass(frozen=True)
+class KvCacheArgs:
+    """A cache update the delegate runs before attending.
+
+    k_new, v_new: input indices of the new rows [B, H_kv, L_new, D];
+    positions: input index of their cache positions [L_new] (int32/int64);
+    k_state, v_state: the cache states' names (shared across the program's
+    delegates: use the buffers' FQNs); max_seq_len: the caches' length S.
+    """
+
+    k_new: int
+    v_new: int
+    positions: int
+    k_state: str
+    v_state: str
+    max_seq_len: int
+    position_dtype: torch.dtype = torch.int64
+
+    def __post_init__(self):
+        if self.position_dtype not in POSITION_DTYPES:
+            raise ValueError(f"cache positions must be int32 or int64, not {self.position_dtype}")
+        if self.max_seq_len < 1:
+            raise ValueError(f"max_seq_len={self.max_seq_len} must be >= 1")
+        if self.k_state == self.v_state or not self.k_state or not self.v_state:
+            raise ValueError(f"the K and V caches need two distinct non-empty names, got {self.k_state!r}, "
+                             f"{self.v_state!r}")
+
+
+def kv_len_offset(workspace_bytes: int) -> int:
+    """Where the kv_len slot goes after a launch plan's own workspace."""
+    return -(-workspace_bytes // KV_LEN_SLOT_BYTES) * KV_LEN_SLOT_BYTES
+
+
+def cache_write_kernel(*, cache: KvCacheArgs, k_state_arg: int, v_state_arg: int, kv_len_offset: int,
+                       dtype: torch.dtype, head_dim: int, num_heads_kv: int, l_new: int, archs: Iterable[int],
+                       ptx: bool) -> fb.KernelT:
+    """kv_cache_write compiled for `archs`, bound to the delegate's arguments and its kv_len slot."""
+    from .attention_plan import _binding, _compile_for_archs, _factor, _PARAM_TYPE
+
+    tensors = {"K_new": cache.k_new, "V_new": cache.v_new, "Positions": cache.positions, "K_cache": k_state_arg,
+               "V_cache": v_state_arg}
+    stride_of = {"k": cache.k_new, "v": cache.v_new, "kc": k_state_arg, "vc": v_state_arg}
+    sizes = {"L_new": (cache.positions, 0), "S": (k_state_arg, 2)}
+
+    def compile_one(arch):
+        return compile_kv_cache_write(dtype=dtype, position_dtype=cache.position_dtype, head_dim=head_dim,
+                                      num_heads_kv=num_heads_kv, l_new=l_new, arch=arch)
+
+    def describe(kernel, compiled):
+        params = []
+        for p in compiled.params:
+            param = fb.KernelParamT(type=_PARAM_TYPE[p.type], divisibility=p.divisibility)
+            if p.name in tensors:
+                param.kind, param.arg = fb.ParamKind.TensorPointer, tensors[p.name]
+            elif p.name == "KvLen":
+                _binding(fb.ParamKind.Workspace, workspaceOffset=kv_len_offset, workspaceExtent=4)(param)
+            elif p.name in sizes:
+                param.kind, (param.arg, param.dim) = fb.ParamKind.TensorSize, sizes[p.name]
+            elif p.name.startswith("stride_"):
+                tensor, dim = p.name.removeprefix("stride_")[:-1], p.name[-1]
+                param.kind, param.arg, param.dim = fb.ParamKind.TensorStride, stride_of[tensor], _STRIDE_DIM[dim]
+            elif p.name == "global_scratch":
+                param.kind = fb.ParamKind.GlobalScratch
+            elif p.name == "profile_scratch":
+                param.kind = fb.ParamKind.ProfileScratch
+            else:
+                raise ValueError(f"{compiled.name} has an entry parameter {p.name!r} this plan cannot bind")
+            params.append(param)
+        kernel.params = params
+        # kv_cache_write_grid: (L_new, B * H_kv, 1)
+        kernel.grid = [fb.GridDimT(factors=[_factor(cache.positions, 0)]),
+                       fb.GridDimT(factors=[_factor(cache.k_new, 0), _factor(cache.k_new, 1)]),
+                       fb.GridDimT(factors=[])]
+
+    return _compile_for_archs(compile_one, archs, ptx, describe)

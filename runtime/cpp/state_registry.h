@@ -1,0 +1,42 @@
+// Device buffers delegates own (Payload.states, e.g. a layer's KV cache),
+// shared by every delegate of one program that names the same state.
+//
+// A program's prefill and decode methods are separate delegates that must
+// write and read one cache. ExecuTorch hands a delegate no program handle,
+// but BackendInitContext::get_named_data_map() is the Program's own
+// named-data map (for programs without external data), the same object for
+// all its methods and a different one for each Program loaded, even from
+// the same file. States are keyed by (that owner, device, name) and
+// reference-counted: allocated and zeroed by the first delegate that
+// acquires them, freed with the last one.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include "cuda_driver.h"
+#include "payload.h"
+
+namespace cuda_gqa {
+
+// The device buffer of state `spec` of `owner` on `device`: the existing one
+// (whose dtype and sizes must match spec's) or a new zeroed one in `context`
+// (current on this thread). False with *error on a mismatch or a failed
+// allocation.
+bool acquire_state(const CudaDriver& driver, CUcontext context, const void* owner, int device,
+                   const StateSpecDesc& spec, CUdeviceptr* address, std::string* error);
+
+// Drops one reference taken by acquire_state; the last frees the buffer
+// (the owner's context must be current). Logs failures.
+void release_state(const CudaDriver& driver, const void* owner, int device, const std::string& name);
+
+// Zeroes every state buffer alive in the process (synchronous; makes each
+// state's context current on the calling thread). False with *error
+// if a copy failed. A new sequence never needs it (rows past the filled
+// length are never read); it is there to wipe a cache's contents.
+bool zero_all_states(std::string* error);
+
+// Number of state buffers alive in the process (tests).
+size_t live_state_count();
+
+}  // namespace cuda_gqa
