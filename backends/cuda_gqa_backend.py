@@ -18,6 +18,8 @@ from torch.export import ExportedProgram
 
 from .attention_plan import AttentionArgs, build_attention_payload
 from .compile_specs import parse_compile_specs
+from .kv_cache_plan import KvCacheArgs
+from .kv_cache_update import sdpa_cache_updates
 from .named_images import move_images_to_named_data
 from .sdpa import SdpaCall, is_contiguous_clone, is_sdpa
 from .serialization import deserialize_payload, serialize_payload
@@ -40,25 +42,45 @@ class CudaGqaBackend(BackendDetails):
         user_inputs = set(edge_program.graph_signature.user_inputs)
         inputs = [n for n in graph.nodes if n.op == "placeholder" and n.name in user_inputs]
         (output_node,) = [n for n in graph.nodes if n.op == "output"]
-        (result,) = output_node.args[0]
+        # With the KV cache taken in, its updates are the delegate's buffer
+        # mutations (outputs ExecuTorch never hands the delegate) before the result.
+        updates = sdpa_cache_updates(call, edge_program)
+        mutations = [] if updates is None else [u.node for u in updates]
+        *written, result = output_node.args[0]
+        if sorted(n.name for n in written) != sorted(n.name for n in mutations):
+            raise RuntimeError(f"CudaGqaBackend delegate outputs {output_node.args[0]}: expected the KV cache "
+                               "updates it owns, then the SDPA result")
         if not (result is call.node or (is_contiguous_clone(result) and result.args[0] is call.node)):
             raise RuntimeError(f"CudaGqaBackend delegate must output exactly the SDPA result, got {output_node.args[0]}")
-        operands = [call.query, call.key, call.value] + ([call.attn_mask] if call.attn_mask is not None else [])
+        if updates is not None:
+            k_update, v_update = updates
+            operands = [call.query, k_update.new_rows, v_update.new_rows, k_update.positions]
+        else:
+            operands = [call.query, call.key, call.value]
+        operands += [call.attn_mask] if call.attn_mask is not None else []
         for operand in operands:
             if operand not in inputs:
                 raise RuntimeError(f"SDPA operand {operand.name} is not a delegate input")
 
         (batch, num_heads_q, l_q, head_dim), (_, num_heads_kv, l_kv, _), _ = call.shapes
         mask = call.mask
+        cache = None
+        if updates is not None:
+            cache = KvCacheArgs(k_new=inputs.index(k_update.new_rows), v_new=inputs.index(v_update.new_rows),
+                                positions=inputs.index(k_update.positions), k_state=k_update.buffer_name,
+                                v_state=v_update.buffer_name, max_seq_len=l_kv,
+                                position_dtype=k_update.positions.meta["val"].dtype)
         payload = build_attention_payload(
             dtype=call.dtype, batch=batch, num_heads_q=num_heads_q, num_heads_kv=num_heads_kv, head_dim=head_dim,
             l_q=l_q, l_kv=l_kv, is_causal=call.is_causal, scale=call.softmax_scale, attended_keys=call.attended_keys,
             mask_shape=None if mask is None else tuple(mask.shape), mask_dtype=None if mask is None else mask.dtype,
             archs=options.archs,
             ptx=options.ptx,
-            args=AttentionArgs(query=inputs.index(call.query), key=inputs.index(call.key),
-                               value=inputs.index(call.value), out=len(inputs),
+            args=AttentionArgs(query=inputs.index(call.query),
+                               key=inputs.index(call.key) if cache is None else cache.k_new,
+                               value=inputs.index(call.value) if cache is None else cache.v_new, out=len(inputs),
                                mask=None if mask is None else inputs.index(call.attn_mask)),
+            cache=cache,
         )
         images = NamedDataStore()
         payload_with_keys = deserialize_payload(payload)

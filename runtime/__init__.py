@@ -9,6 +9,7 @@ from .backend_library import (
     profiled_kernel_time_ns,
     set_backend_option,
     validate_payload,
+    zero_states,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "profiled_kernel_time_ns",
     "set_backend_option",
     "validate_payload",
+    "zero_states",
 ]

@@ -37,6 +37,14 @@ def library_path() -> Path:
 
 
 @lru_cache(maxsize=None)
+def zero_states() -> None:
+    """Zeroes every delegate-owned state (KV caches) the C++ backend holds in this process.
+    Not needed to start a new sequence at position 0: rows past the filled length are never read."""
+    message = ctypes.create_string_buffer(512)
+    if load_backend_library().cuda_gqa_zero_states(message, len(message)) != 0:
+        raise RuntimeError(f"CudaGqaBackend: zeroing the states failed: {message.value.decode()}")
+
+
 def load_backend_library() -> ctypes.CDLL:
     """Load the backend library once; registers CudaGqaBackend with ExecuTorch."""
     lib = ctypes.CDLL(str(library_path()), mode=ctypes.RTLD_GLOBAL)
@@ -53,6 +61,10 @@ def load_backend_library() -> ctypes.CDLL:
     lib.cuda_gqa_get_option.restype = ctypes.c_int
     lib.cuda_gqa_profiled_kernel_time_ns.argtypes = []
     lib.cuda_gqa_profiled_kernel_time_ns.restype = ctypes.c_uint64
+    lib.cuda_gqa_live_state_count.argtypes = []
+    lib.cuda_gqa_live_state_count.restype = ctypes.c_size_t
+    lib.cuda_gqa_zero_states.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    lib.cuda_gqa_zero_states.restype = ctypes.c_int
     lib.cuda_gqa_loaded_module_count.argtypes = []
     lib.cuda_gqa_loaded_module_count.restype = ctypes.c_size_t
     lib.cuda_gqa_delegate_init.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)]

@@ -28,7 +28,7 @@ from cuda_gqa.backends.serialization.dtypes import torch_dtype_codes
 
 from .launch_plan import WORKSPACE_ALIGN, ArgInfo, KernelLaunch, LaunchError, LaunchPlan
 
-__all__ = ["CubinLauncher", "CudaCoreUnavailable", "LaunchError", "arg_info"]
+__all__ = ["CubinLauncher", "CudaCoreUnavailable", "LaunchError", "StateBuffers", "arg_info"]
 
 _DEFAULT_SHARED_MEM_LIMIT = 48 * 1024
 
@@ -113,6 +113,40 @@ def _check_driver(result, what: str):
         raise RuntimeError(f"{what} failed: {err!r}")
 
 
+class StateBuffers:
+    """The device buffers payload states name (a delegate-owned KV cache), by name.
+
+    CubinLaunchers given the same StateBuffers share the states they name,
+    as the C++ backend shares them between the delegates of one program:
+    pass one to the launchers of a program's prefill and decode payloads.
+    A state is allocated zeroed when a launcher first asks for it; a
+    launcher built without one gets states of its own.
+    """
+
+    def __init__(self):
+        self.tensors: dict = {}  # name -> torch tensor
+
+    def get(self, name: str, dtype, sizes: Sequence[int], device):
+        """The buffer of state `name`, allocated zeroed on first use; LaunchError if an
+        earlier launcher declared it with another dtype, shape or device."""
+        import torch
+
+        tensor = self.tensors.get(name)
+        if tensor is None:
+            tensor = torch.zeros(tuple(sizes), dtype=dtype, device=device)
+            self.tensors[name] = tensor
+        elif tensor.dtype != dtype or tuple(tensor.shape) != tuple(sizes) or tensor.device != torch.device(device):
+            raise LaunchError(f"state '{name}' is {dtype} {list(sizes)} on {device} here but "
+                              f"{tensor.dtype} {list(tensor.shape)} on {tensor.device} in another launcher")
+        return tensor
+
+    def zero_(self) -> None:
+        """Zeroes every state (a new sequence from position 0 does not need it:
+        rows past the filled length are never read)."""
+        for tensor in self.tensors.values():
+            tensor.zero_()
+
+
 class CubinLauncher:
     """A payload's kernels, loaded on one CUDA device, callable on torch tensors.
 
@@ -134,7 +168,8 @@ class CubinLauncher:
     payload has several).
     """
 
-    def __init__(self, payload_bytes: bytes, device: Any = None, named_data: Optional[Mapping[str, bytes]] = None):
+    def __init__(self, payload_bytes: bytes, device: Any = None, named_data: Optional[Mapping[str, bytes]] = None,
+                 states: Optional[StateBuffers] = None):
         torch = _import_torch()
         self._torch = torch
         self._cc = _import_cuda_core()
@@ -196,6 +231,12 @@ class CubinLauncher:
             self._workspace = torch.empty(self.plan.workspace_bytes + align - 1, dtype=torch.uint8,
                                           device=self.device)
             self.workspace_address = (self._workspace.data_ptr() + align - 1) // align * align
+        # The payload's states (Payload.states): launch arguments after the
+        # outputs, at addresses fixed for the launcher's lifetime.
+        self.states = states if states is not None else StateBuffers()
+        self._state_infos = [arg_info(self.states.get(name, self._torch_dtype[dtype], sizes, self.device),
+                                      self._dtypes)
+                             for name, dtype, sizes in self.plan.states]
         self._launch_takes_stream_first = self._launch_signature_stream_first()
         self._streams = {}
 
@@ -259,8 +300,9 @@ class CubinLauncher:
     # -- launching -----------------------------------------------------------
 
     def plan_launches(self, args: Sequence[ArgInfo]) -> list[KernelLaunch]:
-        """What __call__ would launch for these arguments (inputs then outputs)."""
-        return self.plan.evaluate_all(args, self._scratch, workspace=self.workspace_address)
+        """What __call__ would launch for these arguments (inputs then outputs; the states are appended)."""
+        return self.plan.evaluate_all(list(args) + self._state_infos, self._scratch,
+                                      workspace=self.workspace_address)
 
     def _output(self, index: int):
         dtype, sizes = self.plan.specs[self.plan.num_inputs + index]
@@ -270,7 +312,7 @@ class CubinLauncher:
 
     def __call__(self, *inputs, out=None):
         torch = self._torch
-        num_outputs = self.plan.num_args - self.plan.num_inputs
+        num_outputs = self.plan.num_outputs
         if len(inputs) != self.plan.num_inputs:
             raise LaunchError(f"{len(inputs)} inputs, the payload expects {self.plan.num_inputs}")
         if out is None:

@@ -420,7 +420,22 @@ class LaunchPlan:
             raise LaunchError("payload has no outputs")
         outputs = [_check_spec(s, f"output {i}") for i, s in enumerate(payload.outputs)]
         self.num_inputs = len(inputs)
-        self.specs: list[tuple[int, tuple[int, ...]]] = inputs + outputs
+        self.num_outputs = len(outputs)
+        # Payload.states: (name, dtype, sizes) of the device buffers the
+        # delegate owns; launch arguments after the outputs.
+        self.states: list[tuple[str, int, tuple[int, ...]]] = []
+        for i, state in enumerate(payload.states or []):
+            where = f"state {i}"
+            dtype, sizes = _check_spec(state, where)
+            name = _as_str(state.name) if state.name else ""
+            if not name:
+                raise _fail(where, "has no name")
+            if any(s < 0 for s in sizes):
+                raise _fail(where, "has dynamic sizes")
+            if any(name == other for other, _, _ in self.states):
+                raise _fail(where, f"repeats the name '{name}'")
+            self.states.append((name, dtype, sizes))
+        self.specs: list[tuple[int, tuple[int, ...]]] = inputs + outputs + [(d, s) for _, d, s in self.states]
         if len(self.specs) > 256:
             raise LaunchError("more than 256 delegate arguments")
         self.workspace_bytes = _check_workspace_bytes(payload.workspaceBytes, "")
@@ -441,6 +456,7 @@ class LaunchPlan:
 
     @property
     def num_args(self) -> int:
+        """Launch arguments: inputs, outputs, then states."""
         return len(self.specs)
 
     def arg_name(self, index: int) -> str:

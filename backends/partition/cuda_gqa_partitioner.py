@@ -19,6 +19,7 @@ from torch.export import ExportedProgram
 from ..compile_specs import make_compile_specs, parse_compile_specs
 from ..cuda_gqa_backend import CudaGqaBackend
 from ..sdpa import SDPA_OP, SdpaCall, is_contiguous_clone, is_sdpa
+from ..kv_cache_update import sdpa_cache_updates
 from .kv_expansion import fold_kv_expansion
 
 logger = logging.getLogger(__name__)
@@ -41,14 +42,19 @@ def _call_site(node: torch.fx.Node) -> tuple[str, str]:
 
 class CudaGqaPartitioner(Partitioner):
     def __init__(self, compile_specs: Optional[Sequence[CompileSpec]] = None, *, include_mha: bool = False,
-                 **options):
+                 own_kv_cache: bool = True, **options):
         """compile_specs: as made by `make_compile_specs(...)`; or pass its keyword options.
 
         include_mha: also delegate plain multi-head attention (H_q == H_kv).
+        own_kv_cache: take a static KV cache's update (index_copy_ / index_put_
+        of a mutable buffer) with its SDPA, so the delegate keeps the cache in
+        device memory (kv_cache_update.py); False leaves the caches to the
+        program, which then copies them to the delegate on every call.
         """
         specs = list(compile_specs) if compile_specs is not None else make_compile_specs(**options)
         super().__init__()
         self.include_mha = include_mha
+        self.own_kv_cache = own_kv_cache
         # ExecuTorch finds the backend by its class name among BackendDetails subclasses.
         self.delegation_spec = DelegationSpec(CudaGqaBackend.__name__, specs)
         self.options = parse_compile_specs(specs)
@@ -148,5 +154,14 @@ class CudaGqaPartitioner(Partitioner):
                     user.meta["delegation_tag"] = tag
             tags[tag] = self.delegation_spec
             folded = self._folded.get(_call_site(node)[0])
-            self._decide(node, True, call.describe() + (f", K/V expansion ({folded}) folded in" if folded else ""))
+            what = call.describe() + (f", K/V expansion ({folded}) folded in" if folded else "")
+            updates = sdpa_cache_updates(call, exported_program) if self.own_kv_cache else None
+            if updates is not None:
+                # The buffers and their updates join the SDPA: ExecuTorch moves
+                # the buffers and their mutations into the delegate.
+                for update in updates:
+                    update.node.meta["delegation_tag"] = tag
+                    update.buffer.meta["delegation_tag"] = tag
+                what += f", KV cache owned by the delegate ({', '.join(u.buffer_name for u in updates)})"
+            self._decide(node, True, what)
         return PartitionResult(tagged_exported_program=exported_program, partition_tags=tags)

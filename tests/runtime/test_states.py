@@ -1,0 +1,174 @@
+"""Delegate-owned state buffers (Payload.states, the device KV cache) in the C++ and Python runtimes,
+on the CPU: validation, and a fake libcuda.so.1 running two-method programs whose delegates
+share a state by name within one program and not across programs."""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from cuda_gqa.backends.serialization import payload_generated as fb
+from cuda_gqa.runtime.launch_plan import LaunchError, LaunchPlan
+
+from fake_programs import ROOT, K, P, add_payload, fake_env, pack, param
+from test_cpp_backend import load_library, validate
+
+from cuda_gqa.backends.serialization import deserialize_payload
+
+
+def state(name="layers.0.k_cache", sizes=(2, 64)) -> fb.StateSpecT:
+    return fb.StateSpecT(name=name, dtype=fb.DType.Float32, sizes=list(sizes))
+
+
+def state_payload(pointer_args=(0, 3, 2), states=None) -> fb.PayloadT:
+    """add_f32 over x, y -> out (2 x 64 float32) with a state "s" as arg 3: the fake driver's
+    kernel adds its first two pointers into the third, so (0, 3, 2) reads the state
+    (out = x + s) and (0, 1, 3) writes it (s = x + y)."""
+    payload = deserialize_payload(add_payload())
+    payload.states = states if states is not None else [state("s")]
+    kernel = payload.kernels[0]
+    kernel.params = [param(K.TensorPointer, P.Pointer, arg=a, divisibility=16) for a in pointer_args]
+    kernel.params.append(param(K.TensorSize, P.Int32, arg=0, dim=1))
+    return payload
+
+
+def test_states_are_launch_arguments_after_the_outputs():
+    data = pack(state_payload())
+    assert validate(load_library(), data) == (0, "ok")
+    plan = LaunchPlan(data)
+    assert plan.states == [("s", fb.DType.Float32, (2, 64))]
+    assert (plan.num_inputs, plan.num_outputs, plan.num_args) == (2, 1, 4)
+
+
+BAD_STATES = {
+    "no name": ([state("")], "state 0: has no name"),
+    "dynamic": ([state("s", (-1, 64))], "state 0: has dynamic sizes"),
+    "repeated": ([state("s"), state("s")], "state 1: repeats the name 's'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_STATES))
+def test_bad_states_are_refused_alike_in_cpp_and_python(case):
+    states, reason = BAD_STATES[case]
+    data = pack(state_payload(states=states))
+    rc, message = validate(load_library(), data)
+    assert rc != 0 and reason in message, message
+    with pytest.raises(LaunchError, match=reason):
+        LaunchPlan(data)
+
+
+def test_a_param_past_the_states_is_refused():
+    data = pack(state_payload(pointer_args=(0, 1, 4)))  # 2 inputs, 1 output, 1 state: arg 4 is none
+    rc, message = validate(load_library(), data)
+    assert rc != 0 and "arg 4 out of range (4 delegate args)" in message, message
+    with pytest.raises(LaunchError):
+        LaunchPlan(data)
+
+
+# Two methods, "write" (s = x + y) and "read" (out = x + s), each one delegate
+# naming state "s"; payload images go to the program's named data (the
+# program identity the C++ registry keys states by).
+TWO_METHOD_SCRIPT = """
+import sys, torch
+from executorch.exir import to_edge
+from executorch.exir._serialize._named_data_store import NamedDataStore
+from executorch.exir.backend.backend_api import to_backend
+from executorch.exir.backend.backend_details import BackendDetails, PreprocessResult
+from cuda_gqa.backends.named_images import move_images_to_named_data
+from cuda_gqa.backends.serialization import deserialize_payload, serialize_payload
+
+class Add(torch.nn.Module):
+    def forward(self, x, y):
+        return x + y
+
+class Wrapper(torch.nn.Module):
+    def __init__(self, lowered):
+        super().__init__()
+        self.lowered = lowered
+
+    def forward(self, x, y):
+        return self.lowered(x, y)
+
+class CudaGqaBackend(BackendDetails):
+    payload = b""
+
+    @staticmethod
+    def preprocess(edge_program, compile_specs):
+        payload, store = deserialize_payload(CudaGqaBackend.payload), NamedDataStore()
+        move_images_to_named_data(payload, store)
+        return PreprocessResult(processed_bytes=serialize_payload(payload),
+                                data_store_output=store.get_named_data_store_output())
+
+inputs = (torch.ones(2, 64), torch.ones(2, 64))
+methods = {}
+for name, path in (("write", sys.argv[1]), ("read", sys.argv[2])):
+    CudaGqaBackend.payload = open(path, "rb").read()
+    lowered = to_backend("CudaGqaBackend", to_edge(torch.export.export(Add(), inputs)).exported_program(), [])
+    methods[name] = torch.export.export(Wrapper(lowered), inputs)
+open(sys.argv[3], "wb").write(to_edge(methods).to_executorch().buffer)
+"""
+
+RUN_SCRIPT = """
+import sys, torch
+from executorch.runtime import Runtime
+from cuda_gqa.runtime import load_backend_library, zero_states
+lib = load_backend_library()
+x, y = torch.ones(2, 64), torch.full((2, 64), 2.0)
+first = Runtime.get().load_program(sys.argv[1])
+write, read = first.load_method("write"), first.load_method("read")
+print("fresh", read.execute([x, y])[0][0, 0].item())
+write.execute([x, y])
+print("after write", read.execute([x, y])[0][0, 0].item())
+second = Runtime.get().load_program(sys.argv[1])
+other_read = second.load_method("read")
+print("other program", other_read.execute([x, y])[0][0, 0].item())
+print("live states", lib.cuda_gqa_live_state_count())
+zero_states()
+print("zeroed", read.execute([x, y])[0][0, 0].item())
+del other_read, second
+print("live states", lib.cuda_gqa_live_state_count())
+"""
+
+
+def test_delegates_of_one_program_share_states_and_programs_do_not(fake_driver_dir, tmp_path):
+    (tmp_path / "write.bin").write_bytes(pack(state_payload(pointer_args=(0, 1, 3))))
+    (tmp_path / "read.bin").write_bytes(pack(state_payload(pointer_args=(0, 3, 2))))
+    pte = tmp_path / "two_methods.pte"
+    made = subprocess.run([sys.executable, "-c", TWO_METHOD_SCRIPT, str(tmp_path / "write.bin"),
+                           str(tmp_path / "read.bin"), str(pte)], capture_output=True, text=True, timeout=600,
+                          cwd=ROOT)
+    assert made.returncode == 0, made.stderr[-3000:]
+    run = subprocess.run([sys.executable, "-c", RUN_SCRIPT, str(pte)], capture_output=True, text=True, timeout=300,
+                         cwd=ROOT, env=fake_env(fake_driver_dir))
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    # A fresh state reads as zeros; the write method's state is the read
+    # method's; another program loaded from the same file has its own; zeroing works.
+    assert run.stdout.splitlines() == ["fresh 1.0", "after write 4.0", "other program 1.0", "live states 2",
+                                       "zeroed 1.0", "live states 1"], run.stdout + run.stderr[-2000:]
+
+
+C_API_SCRIPT = """
+import sys, numpy as np
+from cuda_gqa.runtime import cpp_delegate, load_backend_library
+lib = load_backend_library()
+rc, handle = cpp_delegate.init(open(sys.argv[1], "rb").read())
+assert rc == 0, rc
+print("live states", lib.cuda_gqa_live_state_count())
+x, out = np.ones((2, 64), np.float32), np.full((2, 64), 7.0, np.float32)
+assert cpp_delegate.execute(handle, [cpp_delegate.host_tensor(a) for a in (x, x, out)]) == 0
+print("out", out[0, 0], out[1, 63])
+cpp_delegate.destroy(handle)
+print("live states", lib.cuda_gqa_live_state_count())
+"""
+
+
+def test_a_delegate_without_a_program_gets_its_own_zeroed_state_freed_with_it(fake_driver_dir, tmp_path):
+    (tmp_path / "read.bin").write_bytes(pack(state_payload(pointer_args=(0, 3, 2))))
+    run = subprocess.run([sys.executable, "-c", textwrap.dedent(C_API_SCRIPT), str(tmp_path / "read.bin")],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT, env=fake_env(fake_driver_dir))
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    assert run.stdout.splitlines() == ["live states 1", "out 1.0 1.0", "live states 0"], run.stdout
