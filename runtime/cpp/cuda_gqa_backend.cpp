@@ -324,8 +324,10 @@ Error set_up_device(DelegateState* s, const NamedDataMap* named_data, bool devic
   // so their launch descriptions are filled once, here.
   for (const StateSpecDesc& state : s->payload.states) {
     CUdeviceptr address = 0;
-    if (!acquire_state(d, s->context, s->state_owner, s->settings.device, state, &address, why)) {
-      return Error::MemoryAllocationFailed;
+    bool mismatch = false;
+    if (!acquire_state(d, s->context, s->state_owner, s->settings.device, state, &address, &mismatch,
+                       why)) {
+      return mismatch ? Error::InvalidProgram : Error::MemoryAllocationFailed;
     }
     ++s->states_acquired;
     ArgDesc& a = s->arg_descs[num_args + s->states_acquired - 1];

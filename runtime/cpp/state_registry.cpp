@@ -57,7 +57,9 @@ std::string describe(const TensorSpecDesc& spec) {
 }  // namespace
 
 bool acquire_state(const CudaDriver& driver, CUcontext context, const void* owner, int device,
-                   const StateSpecDesc& spec, CUdeviceptr* address, std::string* error) {
+                   const StateSpecDesc& spec, CUdeviceptr* address, bool* mismatch,
+                   std::string* error) {
+  *mismatch = false;
   std::lock_guard<std::mutex> lock(g_states_mutex);
   StateKey key{owner, device, spec.name};
   auto found = g_states.find(key);
@@ -66,6 +68,7 @@ bool acquire_state(const CudaDriver& driver, CUcontext context, const void* owne
     if (b.spec.dtype != spec.spec.dtype || b.spec.sizes != spec.spec.sizes) {
       *error = "state '" + spec.name + "' is " + describe(spec.spec) + " here but " + describe(b.spec) +
                " in another delegate of this program";
+      *mismatch = true;
       return false;
     }
     ++b.references;

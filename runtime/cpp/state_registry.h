@@ -21,10 +21,12 @@ namespace cuda_gqa {
 
 // The device buffer of state `spec` of `owner` on `device`: the existing one
 // (whose dtype and sizes must match spec's) or a new zeroed one in `context`
-// (current on this thread). False with *error on a mismatch or a failed
-// allocation.
+// (current on this thread). On failure *error says why and *mismatch
+// whether another delegate declared the state differently (else the
+// allocation failed).
 bool acquire_state(const CudaDriver& driver, CUcontext context, const void* owner, int device,
-                   const StateSpecDesc& spec, CUdeviceptr* address, std::string* error);
+                   const StateSpecDesc& spec, CUdeviceptr* address, bool* mismatch,
+                   std::string* error);
 
 // Drops one reference taken by acquire_state; the last frees the buffer
 // (the owner's context must be current). Logs failures.

@@ -69,8 +69,9 @@ def test_a_param_past_the_states_is_refused():
         LaunchPlan(data)
 
 
-# Two methods, "write" (s = x + y) and "read" (out = x + s), each one delegate
-# naming state "s"; payload images go to the program's named data (the
+# Methods given as (name, payload file) pairs, then the .pte path, each one
+# delegate: "write" (s = x + y) and "read" (out = x + s) name state "s"
+# alike, "mismatched" declares "s" with other sizes. Payload images go to the program's named data (the
 # program identity the C++ registry keys states by).
 TWO_METHOD_SCRIPT = """
 import sys, torch
@@ -105,11 +106,11 @@ class CudaGqaBackend(BackendDetails):
 
 inputs = (torch.ones(2, 64), torch.ones(2, 64))
 methods = {}
-for name, path in (("write", sys.argv[1]), ("read", sys.argv[2])):
+for name, path in zip(sys.argv[1:-1:2], sys.argv[2:-1:2]):
     CudaGqaBackend.payload = open(path, "rb").read()
     lowered = to_backend("CudaGqaBackend", to_edge(torch.export.export(Add(), inputs)).exported_program(), [])
     methods[name] = torch.export.export(Wrapper(lowered), inputs)
-open(sys.argv[3], "wb").write(to_edge(methods).to_executorch().buffer)
+open(sys.argv[-1], "wb").write(to_edge(methods).to_executorch().buffer)
 """
 
 RUN_SCRIPT = """
@@ -129,6 +130,11 @@ print("other program", other_read.execute([x, y])[0][0, 0].item())
 print("live states", lib.cuda_gqa_live_state_count())
 zero_states()
 print("zeroed", read.execute([x, y])[0][0, 0].item())
+try:
+    first.load_method("mismatched")
+    print("mismatched loaded")
+except Exception:
+    print("mismatched refused")
 del other_read, second
 print("live states", lib.cuda_gqa_live_state_count())
 """
@@ -137,18 +143,22 @@ print("live states", lib.cuda_gqa_live_state_count())
 def test_delegates_of_one_program_share_states_and_programs_do_not(fake_driver_dir, tmp_path):
     (tmp_path / "write.bin").write_bytes(pack(state_payload(pointer_args=(0, 1, 3))))
     (tmp_path / "read.bin").write_bytes(pack(state_payload(pointer_args=(0, 3, 2))))
-    pte = tmp_path / "two_methods.pte"
-    made = subprocess.run([sys.executable, "-c", TWO_METHOD_SCRIPT, str(tmp_path / "write.bin"),
-                           str(tmp_path / "read.bin"), str(pte)], capture_output=True, text=True, timeout=600,
-                          cwd=ROOT)
+    (tmp_path / "mismatched.bin").write_bytes(pack(state_payload(states=[state("s", (4, 32))])))
+    pte = tmp_path / "methods.pte"
+    methods = [arg for name in ("write", "read", "mismatched") for arg in (name, str(tmp_path / f"{name}.bin"))]
+    made = subprocess.run([sys.executable, "-c", TWO_METHOD_SCRIPT, *methods, str(pte)], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)
     assert made.returncode == 0, made.stderr[-3000:]
     run = subprocess.run([sys.executable, "-c", RUN_SCRIPT, str(pte)], capture_output=True, text=True, timeout=300,
                          cwd=ROOT, env=fake_env(fake_driver_dir))
     assert run.returncode == 0, run.stdout + run.stderr[-3000:]
     # A fresh state reads as zeros; the write method's state is the read
-    # method's; another program loaded from the same file has its own; zeroing works.
+    # method's; another program loaded from the same file has its own; zeroing works;
+    # a delegate declaring the state otherwise is refused at load, naming both.
     assert run.stdout.splitlines() == ["fresh 1.0", "after write 4.0", "other program 1.0", "live states 2",
-                                       "zeroed 1.0", "live states 1"], run.stdout + run.stderr[-2000:]
+                                       "zeroed 1.0", "mismatched refused", "live states 1"], \
+        run.stdout + run.stderr[-2000:]
+    assert "state 's' is float32[4, 32] here but float32[2, 64] in another delegate of this program" in run.stderr
 
 
 C_API_SCRIPT = """
