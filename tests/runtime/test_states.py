@@ -182,3 +182,20 @@ def test_a_delegate_without_a_program_gets_its_own_zeroed_state_freed_with_it(fa
                          capture_output=True, text=True, timeout=300, cwd=ROOT, env=fake_env(fake_driver_dir))
     assert run.returncode == 0, run.stdout + run.stderr[-3000:]
     assert run.stdout.splitlines() == ["live states 1", "out 1.0 1.0", "live states 0"], run.stdout
+
+
+def test_cpp_and_python_evaluate_a_state_bound_launch_alike():
+    from cuda_gqa.runtime.launch_plan import ArgInfo, evaluate_launch_cpp
+
+    data = pack(state_payload(pointer_args=(0, 3, 2)))
+    tensor = lambda address: ArgInfo(dtype=fb.DType.Float32, sizes=(2, 64), strides=(64, 1), address=address)
+    args = [tensor(0x10000), tensor(0x20000), tensor(0x30000), tensor(0x40000)]  # x, y, out, state
+    python = LaunchPlan(data).evaluate(0, args, global_scratch=0x50000)
+    cpp = evaluate_launch_cpp(data, 0, args, global_scratch=0x50000, lib=load_library())
+    assert python.params == cpp.params and python.grid == cpp.grid
+    assert [value for _, value in python.params[:3]] == [0x10000, 0x40000, 0x30000]  # x, the state, out
+    # The state is an argument like the others: leaving it out is refused by both.
+    with pytest.raises(LaunchError, match="3 delegate args, the payload expects 4"):
+        LaunchPlan(data).evaluate_all(args[:3])
+    with pytest.raises(LaunchError, match="3 delegate args, the payload expects 4"):
+        evaluate_launch_cpp(data, 0, args[:3], global_scratch=0x50000, lib=load_library())
