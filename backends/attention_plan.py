@@ -347,6 +347,9 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
     if cache is not None:
         if args.kv_len is not None or attended_keys is not None:
             raise ValueError("a delegate-owned cache bounds the keys itself: no kv_len input or attended_keys")
+        if any(size != 1 for size in (batch, num_heads_kv)[:4 - cache.new_rows_rank]):
+            raise ValueError(f"new K/V rows of rank {cache.new_rows_rank} leave out dims of size {batch}, "
+                             f"{num_heads_kv}: only size-1 dims may be left out")
         if l_kv != cache.max_seq_len:
             raise ValueError(f"l_kv={l_kv} must be the cache length max_seq_len={cache.max_seq_len}")
         # States follow the outputs: the attention kernels read the caches there.
@@ -410,7 +413,7 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
         inputs[args.value] = spec(dtype, [batch, num_heads_kv, l_kv, head_dim])
     else:
         for index in (cache.k_new, cache.v_new):
-            inputs[index] = spec(dtype, [batch, num_heads_kv, l_q, head_dim])
+            inputs[index] = spec(dtype, [batch, num_heads_kv, l_q, head_dim][4 - cache.new_rows_rank:])
         inputs[cache.positions] = spec(cache.position_dtype, [l_q])
         states = [fb.StateSpecT(name=name, dtype=DTYPE_TO_PAYLOAD[dtype], sizes=[batch, num_heads_kv, l_kv, head_dim])
                   for name in (cache.k_state, cache.v_state)]

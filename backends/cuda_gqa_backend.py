@@ -69,7 +69,8 @@ class CudaGqaBackend(BackendDetails):
             cache = KvCacheArgs(k_new=inputs.index(k_update.new_rows), v_new=inputs.index(v_update.new_rows),
                                 positions=inputs.index(k_update.positions), k_state=k_update.buffer_name,
                                 v_state=v_update.buffer_name, max_seq_len=l_kv,
-                                position_dtype=k_update.positions.meta["val"].dtype)
+                                position_dtype=k_update.positions.meta["val"].dtype,
+                                new_rows_rank=k_update.new_rows.meta["val"].dim())
         payload = build_attention_payload(
             dtype=call.dtype, batch=batch, num_heads_q=num_heads_q, num_heads_kv=num_heads_kv, head_dim=head_dim,
             l_q=l_q, l_kv=l_kv, is_causal=call.is_causal, scale=call.softmax_scale, attended_keys=call.attended_keys,

@@ -46,10 +46,15 @@ class KvCacheArgs:
     v_state: str
     max_seq_len: int
     position_dtype: torch.dtype = torch.int64
+    # Rank of the new-row inputs: 4, or fewer when their leading size-1 dims
+    # are left out (index_put broadcasts them); missing dims get stride 0.
+    new_rows_rank: int = 4
 
     def __post_init__(self):
         if self.position_dtype not in POSITION_DTYPES:
             raise ValueError(f"cache positions must be int32 or int64, not {self.position_dtype}")
+        if not 2 <= self.new_rows_rank <= 4:
+            raise ValueError(f"new_rows_rank={self.new_rows_rank}: the new rows keep at least [L_new, D]")
         if self.max_seq_len < 1:
             raise ValueError(f"max_seq_len={self.max_seq_len} must be >= 1")
         if self.k_state == self.v_state or not self.k_state or not self.v_state:
@@ -71,6 +76,7 @@ def cache_write_kernel(*, cache: KvCacheArgs, k_state_arg: int, v_state_arg: int
     tensors = {"K_new": cache.k_new, "V_new": cache.v_new, "Positions": cache.positions, "K_cache": k_state_arg,
                "V_cache": v_state_arg}
     stride_of = {"k": cache.k_new, "v": cache.v_new, "kc": k_state_arg, "vc": v_state_arg}
+    missing = 4 - cache.new_rows_rank  # leading dims of [B, H_kv, L_new, D] the new rows leave out
     sizes = {"L_new": (cache.positions, 0), "S": (k_state_arg, 2)}
 
     def compile_one(arch):
@@ -90,6 +96,11 @@ def cache_write_kernel(*, cache: KvCacheArgs, k_state_arg: int, v_state_arg: int
             elif p.name.startswith("stride_"):
                 tensor, dim = p.name.removeprefix("stride_")[:-1], p.name[-1]
                 param.kind, param.arg, param.dim = fb.ParamKind.TensorStride, stride_of[tensor], _STRIDE_DIM[dim]
+                if tensor in ("k", "v"):
+                    if param.dim < missing:  # a left-out size-1 dim: index 0 only
+                        param.kind, param.dim, param.i32Value = fb.ParamKind.Int32Constant, 0, 0
+                    else:
+                        param.dim -= missing
             elif p.name == "global_scratch":
                 param.kind = fb.ParamKind.GlobalScratch
             elif p.name == "profile_scratch":
@@ -98,9 +109,9 @@ def cache_write_kernel(*, cache: KvCacheArgs, k_state_arg: int, v_state_arg: int
                 raise ValueError(f"{compiled.name} has an entry parameter {p.name!r} this plan cannot bind")
             params.append(param)
         kernel.params = params
-        # kv_cache_write_grid: (L_new, B * H_kv, 1)
+        # kv_cache_write_grid: (L_new, B * H_kv, 1); a left-out dim has size 1
         kernel.grid = [fb.GridDimT(factors=[_factor(cache.positions, 0)]),
-                       fb.GridDimT(factors=[_factor(cache.k_new, 0), _factor(cache.k_new, 1)]),
+                       fb.GridDimT(factors=[_factor(cache.k_new, d - missing) for d in (0, 1) if d >= missing]),
                        fb.GridDimT(factors=[])]
 
     return _compile_for_archs(compile_one, archs, ptx, describe)

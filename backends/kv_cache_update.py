@@ -41,7 +41,7 @@ class CacheUpdate:
     buffer: Node  # the mutable buffer's placeholder
     buffer_name: str  # its FQN (the state's name in the payload)
     positions: Node  # [L_new] integer positions along dim 2
-    new_rows: Node  # [B, H_kv, L_new, D]
+    new_rows: Node  # [B, H_kv, L_new, D], or its last dims when the leading ones are 1 (index_put broadcasts)
 
 
 def _val(node) -> Optional[torch.Tensor]:
@@ -81,12 +81,14 @@ def cache_update(node: Node, program: ExportedProgram) -> Optional[CacheUpdate]:
     cache_val, positions_val, new_val = _val(cache), _val(positions), _val(new)
     if cache_val is None or positions_val is None or new_val is None:
         return None
-    if cache_val.dim() != 4 or new_val.dim() != 4 or positions_val.dim() != 1:
+    if cache_val.dim() != 4 or not 1 <= new_val.dim() <= 4 or positions_val.dim() != 1:
         return None
     if positions_val.dtype not in POSITION_DTYPES or new_val.dtype != cache_val.dtype:
         return None
     b, h, _, d = cache_val.shape
-    if tuple(new_val.shape) != (b, h, positions_val.shape[0], d):
+    # `cache[:, :, positions] = new` traces new without its leading size-1 dims.
+    aligned = (1,) * (4 - new_val.dim()) + tuple(new_val.shape)
+    if aligned != (b, h, positions_val.shape[0], d) or new_val.dim() < 2:
         return None
     # The delegate owns the buffer: nothing but this update may read it.
     if list(cache.users) != [node]:
@@ -104,6 +106,8 @@ def sdpa_cache_updates(call: SdpaCall, program: ExportedProgram) -> Optional[tup
     k, v = updates
     if k.node is v.node or k.positions is not v.positions:
         return None
+    if _val(k.new_rows).shape != _val(v.new_rows).shape:
+        return None  # one layout for both (the payload binds them alike)
     for update in (k, v):
         # Read only by this SDPA (the output node writes it back to the buffer).
         if any(user is not call.node and user.op != "output" for user in update.node.users):

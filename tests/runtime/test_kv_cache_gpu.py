@@ -54,7 +54,7 @@ def test_cache_write_kernel_matches_index_copy(dtype):
     assert torch.equal(k_cache, expected_k) and kv_len.item() == s
 
 
-def cached_payload(dtype, l_new: int) -> bytes:
+def cached_payload(dtype, l_new: int, new_rows_rank: int = 4) -> bytes:
     """One layer's attention over a delegate-owned cache: inputs q, k_new, v_new, positions,
     mask [1, 1, L, S] (bool); output; states "k" and "v"."""
     from cuda_gqa.backends.attention_plan import AttentionArgs, build_attention_payload
@@ -64,7 +64,8 @@ def cached_payload(dtype, l_new: int) -> bytes:
         dtype=dtype, batch=B, num_heads_q=H_Q, num_heads_kv=H_KV, head_dim=D, l_q=l_new, l_kv=MAX_SEQ_LEN,
         is_causal=False, mask_shape=(1, 1, l_new, MAX_SEQ_LEN), mask_dtype=torch.bool, archs=[device_arch()],
         args=AttentionArgs(query=0, key=1, value=2, mask=4, out=5),
-        cache=KvCacheArgs(k_new=1, v_new=2, positions=3, k_state="k", v_state="v", max_seq_len=MAX_SEQ_LEN))
+        cache=KvCacheArgs(k_new=1, v_new=2, positions=3, k_state="k", v_state="v", max_seq_len=MAX_SEQ_LEN,
+                          new_rows_rank=new_rows_rank))
 
 
 class EagerLayer:
@@ -136,6 +137,21 @@ def test_prefill_and_decode_share_the_cache_and_a_new_sequence_needs_no_reset(dt
     assert len(first) == 9
     states.zero_()
     assert not states.tensors["k"].any()
+
+
+def test_new_rows_without_their_batch_dim():
+    """`cache[:, :, positions] = new` traces new as [H_kv, L, D] (B = 1): the cache write reads it so."""
+    from cuda_gqa.runtime.cubin_launcher import CubinLauncher
+
+    dtype = torch.float16
+    decode = CubinLauncher(cached_payload(dtype, 1, new_rows_rank=3))
+    gen, eager = torch.Generator(device="cuda").manual_seed(4), EagerLayer()
+    for pos in range(10):
+        q, k, v, positions, mask = step_inputs(dtype, torch.tensor([pos], device="cuda"), gen)
+        out = decode(q, k[0], v[0], positions, mask)
+        torch.testing.assert_close(out.float(), eager(q, k, v, positions, mask), **tolerance(dtype))
+    torch.cuda.synchronize()
+    assert torch.equal(decode.states.tensors["k"][:, :, :10].float(), eager.k[:, :, :10])
 
 
 def test_cpp_backend_keeps_the_cache_across_executes():
