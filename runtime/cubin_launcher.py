@@ -161,6 +161,10 @@ class CubinLauncher:
     for the grid of the payload's static sizes and the payload's workspace
     (once; every call reuses it).
 
+    `states`: the StateBuffers holding the payload's states (Payload.states,
+    a delegate-owned KV cache); launchers given the same one share them
+    (a program's prefill and decode). Default: states of this launcher's own.
+
     `launcher(*inputs, out=None)` checks the tensors (device, dtype, sizes,
     strides, alignment; LaunchError before any launch if one is off), allocates
     the output when `out` is None (static output sizes only), launches every
