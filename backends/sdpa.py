@@ -19,6 +19,29 @@ from .limits import MASK_DTYPES, SUPPORTED_DTYPES, head_dim_problem, mask_shape_
 SDPA_OP = torch.ops.aten.scaled_dot_product_attention.default
 
 
+# The op an SDPA call the partitioner takes becomes before decompositions run:
+# same schema and result as aten SDPA, but in no decomposition table, so it
+# reaches partition() whole whatever other partitioners ask to decompose.
+# (ExecuTorch 1.5.1's to_edge_transform_and_lower runs each partitioner's
+# decomposition table in turn; XnnpackPartitioner's decomposes aten SDPA even
+# when CudaGqaPartitioner asked to keep it.) Its CPU and fake kernels make the
+# graph run and trace as before.
+@torch.library.custom_op("cuda_gqa::sdpa", mutates_args=())
+def _taken_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                dropout_p: float = 0.0, is_causal: bool = False, scale: Optional[float] = None,
+                enable_gqa: bool = False) -> torch.Tensor:
+    return torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+        enable_gqa=enable_gqa).contiguous()
+
+
+@_taken_sdpa.register_fake
+def _(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    return query.new_empty((*query.shape[:-1], value.shape[-1]))
+
+
+TAKEN_SDPA_OP = torch.ops.cuda_gqa.sdpa.default
+
 
 def _aten_target(node: Node):
     return node.target._op if isinstance(node.target, EdgeOpOverload) else node.target
@@ -37,10 +60,10 @@ def is_contiguous_clone(node: Node) -> bool:
 
 
 def is_sdpa(node: Node) -> bool:
-    """True for SDPA nodes, in the aten or the edge dialect."""
+    """True for SDPA nodes (aten's, or one the partitioner took), in the aten or the edge dialect."""
     if node.op != "call_function":
         return False
-    return _aten_target(node) == SDPA_OP
+    return _aten_target(node) in (SDPA_OP, TAKEN_SDPA_OP)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from executorch.exir.backend.compile_spec_schema import CompileSpec
@@ -18,7 +18,7 @@ from torch.export import ExportedProgram
 
 from ..compile_specs import make_compile_specs, parse_compile_specs
 from ..cuda_gqa_backend import CudaGqaBackend
-from ..sdpa import SDPA_OP, SdpaCall, is_contiguous_clone, is_sdpa
+from ..sdpa import TAKEN_SDPA_OP, SdpaCall, is_contiguous_clone, is_sdpa
 from .kv_expansion import fold_kv_expansion
 
 logger = logging.getLogger(__name__)
@@ -80,8 +80,10 @@ class CudaGqaPartitioner(Partitioner):
                     "delegated" if delegated else "left on CPU", reason)
 
     def transform_for_pre_decomposition(self, exported_program: ExportedProgram) -> ExportedProgram:
-        """Fold hand-written K/V expansion into SDPA, then follow each SDPA we take with a
-        contiguous clone, taken into the delegate too.
+        """Fold hand-written K/V expansion into SDPA, turn each SDPA we take into
+        TAKEN_SDPA_OP (backends/sdpa.py: it survives every partitioner's
+        decompositions), and follow it with a contiguous clone, taken into the
+        delegate too.
 
         Folding (kv_expansion.py) makes an SDPA over K/V repeated per query
         head read the unexpanded K/V with enable_gqa=True: same result, and
@@ -110,6 +112,7 @@ class CudaGqaPartitioner(Partitioner):
             # Holds this call's place in the report until partition() decides.
             name, module = _call_site(node)
             self._decisions[name] = AttentionDecision(name, module, False, "kept whole but not seen by partition()")
+            node.target = TAKEN_SDPA_OP
             if all(user.op == "output" for user in node.users):
                 continue  # returned as is: no view of it to protect
             with graph.inserting_after(node):
@@ -119,17 +122,6 @@ class CudaGqaPartitioner(Partitioner):
             node.replace_all_uses_with(clone, delete_user_cb=lambda user: user is not clone and user.op != "output")
         exported_program.graph_module.recompile()
         return exported_program
-
-    def ops_to_not_decompose(
-        self, ep: ExportedProgram
-    ) -> tuple[list[torch._ops.OpOverload], Optional[Callable[[torch.fx.Node], bool]]]:
-        # Keep the SDPA nodes we will take whole through to_edge; let the
-        # others decompose as usual so the CPU can run them. ExecuTorch asks
-        # this of every node in the graph.
-        def keep_whole(node: torch.fx.Node) -> bool:
-            return is_sdpa(node) and self._reason(node) is None
-
-        return [SDPA_OP], keep_whole
 
     def partition(self, exported_program: ExportedProgram) -> PartitionResult:
         tags = {}
