@@ -20,6 +20,7 @@ from ..compile_specs import make_compile_specs, parse_compile_specs
 from ..cuda_gqa_backend import CudaGqaBackend
 from ..sdpa import TAKEN_SDPA_OP, SdpaCall, is_contiguous_clone, is_sdpa
 from .kv_expansion import fold_kv_expansion
+from .softcapped_attention import discard, insert_taken_sdpa, match_softcapped_attention, replace_match
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class CudaGqaPartitioner(Partitioner):
         """
         self._decisions, self._folded = {}, {}
         graph = exported_program.graph_module.graph
+        self._take_softcapped_attention(graph)
         for node in list(graph.nodes):
             if not is_sdpa(node):
                 continue
@@ -122,6 +124,25 @@ class CudaGqaPartitioner(Partitioner):
             node.replace_all_uses_with(clone, delete_user_cb=lambda user: user is not clone and user.op != "output")
         exported_program.graph_module.recompile()
         return exported_program
+
+    def _take_softcapped_attention(self, graph: torch.fx.Graph) -> None:
+        """Soft-capped attention written out (softcapped_attention.py) that the kernels run
+        becomes one TAKEN_SDPA_OP call; the rest stays as written, with a report entry."""
+        for softmax in list(graph.nodes):
+            match = match_softcapped_attention(softmax)
+            if match is None:
+                continue
+            node = insert_taken_sdpa(match)
+            # Judged in its folded (GQA) form; a call we leave is discarded whole.
+            style = fold_kv_expansion(node, accept=lambda n: True)
+            reason = self._reason(node)
+            if reason is not None:
+                self._decide(node, False, f"written-out soft-capped attention: {reason}")
+                discard(node)
+                continue
+            replace_match(match, node)
+            if style is not None:
+                self._folded[_call_site(node)[0]] = style
 
     def partition(self, exported_program: ExportedProgram) -> PartitionResult:
         tags = {}
