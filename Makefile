@@ -76,11 +76,17 @@ GPU_CASES := demo:--dtype=float16 \
              zoo-mha:--zoo=mha,--dtype=float32 \
              zoo-gemma2:--zoo=gemma2,--dtype=float16
 
+# LLM cases: each tiny preset exported by export_llm (float32, so greedy tokens
+# can match exactly) with a prompt and eager PyTorch's greedy generation of 64
+# tokens; run there with runtime/runner/run_llm_bundle.sh .gpu
+LLM_CASES := tiny-llama3 tiny-qwen2 tiny-qwen3 tiny-mistral tiny-gemma2 tiny-mqa
+
 gpu-bundle: build
 	rm -rf .gpu && mkdir -p .gpu
-	cp $(BACKEND_LIB) $(RUNNER) .gpu/
-	cp $(addprefix $(ET_LIB_DIR)/,libexecutorch.so libexecutorch_kernels_optimized.so libexecutorch_threadpool.so) .gpu/
+	cp $(BACKEND_LIB) $(RUNNER) $(BUILD_DIR)/cuda_gqa_llm_runner .gpu/
+	cp $(addprefix $(ET_LIB_DIR)/,libexecutorch.so libexecutorch_kernels_optimized.so libexecutorch_threadpool.so libexecutorch_backend_xnnpack.so) .gpu/
 	$(foreach case,$(GPU_CASES),$(PYTHON) -m cuda_gqa.export --export-only --archs=sm_80,sm_90 --out .gpu/cases/$(word 1,$(subst :, ,$(case))) $(subst $(comma), ,$(word 2,$(subst :, ,$(case)))) &&) true
+	$(foreach preset,$(LLM_CASES),$(PYTHON) -m cuda_gqa.export.llm --preset $(preset) --max-seq-len 256 --archs sm_80,sm_90 --out .gpu/llm/$(preset)/model.pte --reference-tokens 64 &&) true
 	rm -f .gpu/cases/*/reference.pt
 	du -sh .gpu
 comma := ,
