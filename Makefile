@@ -68,13 +68,25 @@ GPU_CASES := demo:--dtype=float16 \
              bf16-additive-mask-decode:--dtype=bfloat16,--heads-q=16,--heads-kv=2,--head-dim=128,--seq-len=1,--kv-len=3000,--mask=additive \
              bf16-repeat-interleave:--dtype=bfloat16,--heads-q=12,--heads-kv=4,--seq-len=80,--kv-expansion=repeat_interleave \
              demo-device-planned:--dtype=float16,--target-device=cuda \
-             decode-bf16-short-device-io:--dtype=bfloat16,--heads-q=8,--heads-kv=2,--head-dim=64,--seq-len=1,--kv-len=200,--target-device=cuda,--device-io
+             decode-bf16-short-device-io:--dtype=bfloat16,--heads-q=8,--heads-kv=2,--head-dim=64,--seq-len=1,--kv-len=200,--target-device=cuda,--device-io \
+             zoo-llama-hf:--zoo=llama-hf,--dtype=float16 \
+             zoo-qwen2:--zoo=qwen2,--dtype=bfloat16 \
+             zoo-mistral:--zoo=mistral,--dtype=bfloat16 \
+             zoo-mqa:--zoo=mqa,--dtype=float16 \
+             zoo-mha:--zoo=mha,--dtype=float32 \
+             zoo-gemma2:--zoo=gemma2,--dtype=float16
+
+# LLM cases: each tiny preset exported by export_llm (float32, so greedy tokens
+# can match exactly) with a prompt and eager PyTorch's greedy generation of 64
+# tokens; run there with runtime/runner/run_llm_bundle.sh .gpu
+LLM_CASES := tiny-llama3 tiny-qwen2 tiny-qwen3 tiny-mistral tiny-gemma2 tiny-mqa
 
 gpu-bundle: build
 	rm -rf .gpu && mkdir -p .gpu
-	cp $(BACKEND_LIB) $(RUNNER) .gpu/
-	cp $(addprefix $(ET_LIB_DIR)/,libexecutorch.so libexecutorch_kernels_optimized.so libexecutorch_threadpool.so) .gpu/
+	cp $(BACKEND_LIB) $(RUNNER) $(BUILD_DIR)/cuda_gqa_llm_runner .gpu/
+	cp $(addprefix $(ET_LIB_DIR)/,libexecutorch.so libexecutorch_kernels_optimized.so libexecutorch_threadpool.so libexecutorch_backend_xnnpack.so) .gpu/
 	$(foreach case,$(GPU_CASES),$(PYTHON) -m cuda_gqa.export --export-only --archs=sm_80,sm_90 --out .gpu/cases/$(word 1,$(subst :, ,$(case))) $(subst $(comma), ,$(word 2,$(subst :, ,$(case)))) &&) true
+	$(foreach preset,$(LLM_CASES),$(PYTHON) -m cuda_gqa.export.llm --preset $(preset) --max-seq-len 256 --archs sm_80,sm_90 --out .gpu/llm/$(preset)/model.pte --reference-tokens 64 &&) true
 	rm -f .gpu/cases/*/reference.pt
 	du -sh .gpu
 comma := ,

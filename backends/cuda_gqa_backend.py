@@ -73,7 +73,7 @@ class CudaGqaBackend(BackendDetails):
                                 new_rows_rank=k_update.new_rows.meta["val"].dim())
         payload = build_attention_payload(
             dtype=call.dtype, batch=batch, num_heads_q=num_heads_q, num_heads_kv=num_heads_kv, head_dim=head_dim,
-            l_q=l_q, l_kv=l_kv, is_causal=call.is_causal, scale=call.softmax_scale, attended_keys=call.attended_keys,
+            l_q=l_q, l_kv=l_kv, is_causal=call.is_causal, scale=call.softmax_scale, softcap=call.softcap, attended_keys=call.attended_keys,
             mask_shape=None if mask is None else tuple(mask.shape), mask_dtype=None if mask is None else mask.dtype,
             archs=options.archs,
             ptx=options.ptx,

@@ -19,6 +19,39 @@ from .limits import MASK_DTYPES, SUPPORTED_DTYPES, head_dim_problem, mask_shape_
 SDPA_OP = torch.ops.aten.scaled_dot_product_attention.default
 
 
+# The op an SDPA call the partitioner takes becomes before decompositions run:
+# same schema and result as aten SDPA, but in no decomposition table, so it
+# reaches partition() whole whatever other partitioners ask to decompose.
+# (ExecuTorch 1.5.1's to_edge_transform_and_lower runs each partitioner's
+# decomposition table in turn; XnnpackPartitioner's decomposes aten SDPA even
+# when CudaGqaPartitioner asked to keep it.) Its CPU and fake kernels make the
+# graph run and trace as before.
+@torch.library.custom_op("cuda_gqa::sdpa", mutates_args=())
+def _taken_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                dropout_p: float = 0.0, is_causal: bool = False, scale: Optional[float] = None,
+                enable_gqa: bool = False, softcap: float = 0.0) -> torch.Tensor:
+    """aten SDPA, plus Gemma 2's logit soft-cap (softcap > 0: scaled logits become
+    softcap * tanh(logits / softcap) before masks apply)."""
+    if softcap == 0.0:
+        return torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+            enable_gqa=enable_gqa).contiguous()
+    from .kernels.reference import reference_attention
+
+    if is_causal:  # aten's top-left alignment: query i sees keys 0..i
+        causal = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool).tril()
+        attn_mask = causal if attn_mask is None else attn_mask & causal if attn_mask.dtype == torch.bool \
+            else attn_mask.masked_fill(~causal, float("-inf"))
+    return reference_attention(query, key, value, attn_mask=attn_mask, scale=scale, softcap=softcap).to(query.dtype)
+
+
+@_taken_sdpa.register_fake
+def _(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False, softcap=0.0):
+    return query.new_empty((*query.shape[:-1], value.shape[-1]))
+
+
+TAKEN_SDPA_OP = torch.ops.cuda_gqa.sdpa.default
+
 
 def _aten_target(node: Node):
     return node.target._op if isinstance(node.target, EdgeOpOverload) else node.target
@@ -37,10 +70,10 @@ def is_contiguous_clone(node: Node) -> bool:
 
 
 def is_sdpa(node: Node) -> bool:
-    """True for SDPA nodes, in the aten or the edge dialect."""
+    """True for SDPA nodes (aten's, or one the partitioner took), in the aten or the edge dialect."""
     if node.op != "call_function":
         return False
-    return _aten_target(node) == SDPA_OP
+    return _aten_target(node) in (SDPA_OP, TAKEN_SDPA_OP)
 
 
 @dataclass(frozen=True)
@@ -56,10 +89,11 @@ class SdpaCall:
     is_causal: bool
     scale: Optional[float]
     enable_gqa: bool
+    softcap: float = 0.0  # TAKEN_SDPA_OP's (a soft-capped attention the partitioner recognised)
 
     @classmethod
     def from_node(cls, node: Node) -> "SdpaCall":
-        schema = SDPA_OP._schema.arguments
+        schema = _aten_target(node)._schema.arguments
         bound = {a.name: a.default_value for a in schema if a.has_default_value()}
         bound.update(zip((a.name for a in schema), node.args))
         bound.update(node.kwargs)
@@ -73,6 +107,7 @@ class SdpaCall:
             is_causal=bool(bound["is_causal"]),
             scale=bound["scale"],
             enable_gqa=bool(bound["enable_gqa"]),
+            softcap=float(bound.get("softcap", 0.0)),
         )
 
     def _val(self, n: Node) -> torch.Tensor:
@@ -126,6 +161,8 @@ class SdpaCall:
                  str(self.dtype).removeprefix("torch.")]
         if self.is_causal:
             parts.append("causal")
+        if self.softcap > 0:
+            parts.append(f"soft-cap {self.softcap:g}")
         if self.mask is not None:
             kind = "bool" if self.mask.dtype == torch.bool else f"additive {str(self.mask.dtype).removeprefix('torch.')}"
             parts.append(f"{kind} mask {list(self.mask.shape)}")

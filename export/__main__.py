@@ -20,6 +20,7 @@ import torch
 from cuda_gqa.backends.compile_specs import DEFAULT_ARCHS, SUPPORTED_ARCHS
 
 from .attention_demo import KV_EXPANSIONS, MASKS, make_attention_only, make_demo
+from .zoo import ZOO, make_zoo_model
 from .lower import lower_to_executorch
 from .tensor_files import write_tensor
 
@@ -46,6 +47,9 @@ def parse_args(argv):
                         help="with --kv-len: is_causal=True (PyTorch aligns it top-left: query i sees keys 0..i)")
     parser.add_argument("--mask", choices=MASKS,
                         help="with --kv-len: pass a sliding-window attn_mask of this kind as a fourth input")
+    parser.add_argument("--zoo", choices=sorted(ZOO),
+                        help="export this model-zoo attention block (export/zoo.py: GQA as a model family "
+                             "writes it) instead of the demo block; --dtype and --batch apply")
     parser.add_argument("--export-only", action="store_true", help="write the files, skip loading and running")
     parser.add_argument("--archs", default=",".join(f"sm_{a}" for a in DEFAULT_ARCHS),
                         help="target archs, comma separated (default %(default)s; from "
@@ -58,13 +62,19 @@ def parse_args(argv):
                              "in device memory too (no copies at the program's edges; run with the runner's "
                              "--inputs-on-device, written to runner_args beside model.pte)")
     args = parser.parse_args(argv)
+    if args.zoo is not None and (args.kv_len is not None or args.kv_expansion is not None):
+        parser.error("--zoo exports a zoo block as written: no --kv-len or --kv-expansion")
     if args.device_io and args.target_device is None:
         parser.error("--device-io needs --target-device")
     return args
 
 
 def export_demo(args) -> Path:
-    if args.kv_len is None:
+    options = {}
+    if args.zoo is not None:
+        model, inputs = make_zoo_model(args.zoo, DTYPES[args.dtype], args.batch)
+        options = ZOO[args.zoo].partitioner_options
+    elif args.kv_len is None:
         model, inputs = make_demo(DTYPES[args.dtype], args.seq_len, args.heads_q, args.heads_kv, args.head_dim,
                                   args.batch, kv_expansion=args.kv_expansion)
     else:
@@ -73,16 +83,19 @@ def export_demo(args) -> Path:
                                             mask=args.mask)
     with torch.no_grad():
         expected = model(*inputs)
-    what = ("a GQA attention block" if args.kv_len is None
-            else f"{'causal ' if args.causal else ''}GQA SDPA over {args.kv_len} keys"
-                 + (f" with a {args.mask} mask" if args.mask else ""))
-    print(f"[1/3] exporting {what} ({args.heads_q}/{args.heads_kv} heads, D={args.head_dim}, "
-          f"{args.dtype}, batch {args.batch}, seq {args.seq_len}) for {args.archs} ...",
-          flush=True)
+    if args.zoo is not None:
+        what = f"zoo block {args.zoo}: {ZOO[args.zoo].description}, {args.dtype}, batch {args.batch}"
+    else:
+        what = ("a GQA attention block" if args.kv_len is None
+                else f"{'causal ' if args.causal else ''}GQA SDPA over {args.kv_len} keys"
+                     + (f" with a {args.mask} mask" if args.mask else ""))
+        what += (f" ({args.heads_q}/{args.heads_kv} heads, D={args.head_dim}, {args.dtype}, batch {args.batch}, "
+                 f"seq {args.seq_len})")
+    print(f"[1/3] exporting {what} for {args.archs} ...", flush=True)
     start = time.perf_counter()
     placement = {} if args.target_device is None else {"target_device": args.target_device}
     program, report = lower_to_executorch(model, inputs, device_io=args.device_io, archs=args.archs.split(","),
-                                          **placement)
+                                          **placement, **options)
     for d in report:
         where = f"{d.module}.{d.node}" if d.module else d.node
         print(f"      {where}: {'delegated to CudaGqaBackend' if d.delegated else 'left on CPU'} ({d.reason})")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from executorch.exir.backend.compile_spec_schema import CompileSpec
@@ -18,9 +18,10 @@ from torch.export import ExportedProgram
 
 from ..compile_specs import make_compile_specs, parse_compile_specs
 from ..cuda_gqa_backend import CudaGqaBackend
-from ..sdpa import SDPA_OP, SdpaCall, is_contiguous_clone, is_sdpa
 from ..kv_cache_update import sdpa_cache_updates
+from ..sdpa import TAKEN_SDPA_OP, SdpaCall, is_contiguous_clone, is_sdpa
 from .kv_expansion import fold_kv_expansion
+from .softcapped_attention import discard, insert_taken_sdpa, match_softcapped_attention, replace_match
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +87,10 @@ class CudaGqaPartitioner(Partitioner):
                     "delegated" if delegated else "left on CPU", reason)
 
     def transform_for_pre_decomposition(self, exported_program: ExportedProgram) -> ExportedProgram:
-        """Fold hand-written K/V expansion into SDPA, then follow each SDPA we take with a
-        contiguous clone, taken into the delegate too.
+        """Fold hand-written K/V expansion into SDPA, turn each SDPA we take into
+        TAKEN_SDPA_OP (backends/sdpa.py: it survives every partitioner's
+        decompositions), and follow it with a contiguous clone, taken into the
+        delegate too.
 
         Folding (kv_expansion.py) makes an SDPA over K/V repeated per query
         head read the unexpanded K/V with enable_gqa=True: same result, and
@@ -103,6 +106,7 @@ class CudaGqaPartitioner(Partitioner):
         """
         self._decisions, self._folded = {}, {}
         graph = exported_program.graph_module.graph
+        self._take_softcapped_attention(graph)
         for node in list(graph.nodes):
             if not is_sdpa(node):
                 continue
@@ -116,6 +120,7 @@ class CudaGqaPartitioner(Partitioner):
             # Holds this call's place in the report until partition() decides.
             name, module = _call_site(node)
             self._decisions[name] = AttentionDecision(name, module, False, "kept whole but not seen by partition()")
+            node.target = TAKEN_SDPA_OP
             if all(user.op == "output" for user in node.users):
                 continue  # returned as is: no view of it to protect
             with graph.inserting_after(node):
@@ -126,16 +131,24 @@ class CudaGqaPartitioner(Partitioner):
         exported_program.graph_module.recompile()
         return exported_program
 
-    def ops_to_not_decompose(
-        self, ep: ExportedProgram
-    ) -> tuple[list[torch._ops.OpOverload], Optional[Callable[[torch.fx.Node], bool]]]:
-        # Keep the SDPA nodes we will take whole through to_edge; let the
-        # others decompose as usual so the CPU can run them. ExecuTorch asks
-        # this of every node in the graph.
-        def keep_whole(node: torch.fx.Node) -> bool:
-            return is_sdpa(node) and self._reason(node) is None
-
-        return [SDPA_OP], keep_whole
+    def _take_softcapped_attention(self, graph: torch.fx.Graph) -> None:
+        """Soft-capped attention written out (softcapped_attention.py) that the kernels run
+        becomes one TAKEN_SDPA_OP call; the rest stays as written, with a report entry."""
+        for softmax in list(graph.nodes):
+            match = match_softcapped_attention(softmax)
+            if match is None:
+                continue
+            node = insert_taken_sdpa(match)
+            # Judged in its folded (GQA) form; a call we leave is discarded whole.
+            style = fold_kv_expansion(node, accept=lambda n: True)
+            reason = self._reason(node)
+            if reason is not None:
+                self._decide(node, False, f"written-out soft-capped attention: {reason}")
+                discard(node)
+                continue
+            replace_match(match, node)
+            if style is not None:
+                self._folded[_call_site(node)[0]] = style
 
     def partition(self, exported_program: ExportedProgram) -> PartitionResult:
         tags = {}

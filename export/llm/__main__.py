@@ -18,7 +18,9 @@ import torch
 
 from cuda_gqa.backends.compile_specs import DEFAULT_ARCHS, SUPPORTED_ARCHS
 
+from ..tensor_files import write_tensor
 from .checkpoint import CheckpointError, load_checkpoint
+from .generate import eager_greedy
 from .pipeline import CPU_PARTITIONERS, DEFAULT_PREFILL_LEN, export_llm
 from .presets import PRESETS, build_preset
 
@@ -43,7 +45,25 @@ def parse_args(argv):
                         help="who takes the rest of the graph (default %(default)s; none: portable kernels)")
     parser.add_argument("--seed", type=int, default=0, help="weights seed of a preset")
     parser.add_argument("--out", type=Path, help="the .pte to write (default out/<preset or checkpoint name>.pte)")
+    parser.add_argument("--reference-tokens", type=int, metavar="N",
+                        help="also write, beside the .pte, a seeded prompt (prompt.bin) and eager PyTorch's greedy "
+                             "generation of N tokens from it (expected_tokens.bin, expected_logits.bin), the "
+                             "files build/cuda_gqa_llm_runner checks a GPU run against")
+    parser.add_argument("--reference-prompt-len", type=int, default=11, metavar="P",
+                        help="prompt length for --reference-tokens (default %(default)s)")
     return parser.parse_args(argv)
+
+
+def write_reference(model, pte: Path, new_tokens: int, prompt_len: int) -> str:
+    """Writes the --reference-tokens files; returns the runner command that checks them."""
+    prompt = torch.randint(0, model.config.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(0))
+    tokens, logits = eager_greedy(model, prompt.tolist(), new_tokens)
+    folder = pte.parent
+    for name, tensor in (("prompt", prompt), ("expected_tokens", torch.tensor(tokens)),
+                         ("expected_logits", logits)):
+        write_tensor(folder / f"{name}.bin", tensor)
+    return (f"build/cuda_gqa_llm_runner {pte} --prompt {folder / 'prompt.bin'} --new-tokens {new_tokens} "
+            f"--expected-tokens {folder / 'expected_tokens.bin'} --expected-logits {folder / 'expected_logits.bin'}")
 
 
 def main(argv=None) -> int:
@@ -77,6 +97,10 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(result.summary())
+    if args.reference_tokens is not None:
+        command = write_reference(model, result.pte, args.reference_tokens, args.reference_prompt_len)
+        log(f"wrote eager PyTorch's greedy generation of {args.reference_tokens} tokens beside it; check a run with:")
+        print(f"  {command}")
     return 0
 
 

@@ -173,8 +173,9 @@ def softcapped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
                          softcap: float) -> torch.Tensor:
     """Gemma 2's attention: logits squashed by cap * tanh(logits / cap) before the mask and softmax.
 
-    SDPA has no soft-cap, so this is written out (and so stays on the CPU
-    until the partitioner learns the pattern). q [B, H, L, D]; k/v [B, H_kv, S, D].
+    SDPA has no soft-cap, so this is written out; the partitioner recognises
+    the pattern (backends/partition/softcapped_attention.py). q [B, H, L, D];
+    k/v [B, H_kv, S, D].
     """
     group = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)

@@ -3,18 +3,11 @@
 import pytest
 import torch
 
-from cuda_gqa.export.llm.generate import PteDecoder, generate, main, sample
+from cuda_gqa.export.llm.generate import PteDecoder, eager_greedy, generate, main, sample
 
 
-@torch.no_grad()
 def _eager_greedy(model, prompt: list[int], new_tokens: int) -> list[int]:
-    model.reset_buffers()
-    logits = model(torch.tensor([prompt]), torch.tensor([0]))[0, -1]
-    tokens = []
-    for _ in range(new_tokens):
-        tokens.append(int(logits.argmax()))
-        logits = model(torch.tensor([[tokens[-1]]]), torch.tensor([len(prompt) + len(tokens) - 1]))[0, -1]
-    return tokens
+    return eager_greedy(model, prompt, new_tokens)[0]
 
 
 @pytest.mark.parametrize("prompt_len", [5, 8, 11, 16])  # padded, one chunk, overlapping chunks, two chunks

@@ -56,6 +56,23 @@ def test_gqa_sdpa_is_delegated_whole():
     assert len(inner) == 1 and is_sdpa(inner[0])
 
 
+def test_attention_is_delegated_beside_xnnpack():
+    """XNNPACK's decomposition table decomposes aten SDPA; the calls we take must reach us whole
+    with XNNPACK after us in the list (as in every LLM export) and before us."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    from cuda_gqa.export.attention_demo import make_demo
+
+    model, inputs = make_demo(torch.float32, seq_len=16)
+    for order in (0, 1):
+        ours = CudaGqaPartitioner(archs=[80])
+        partitioners = [ours, XnnpackPartitioner()][::1 - 2 * order]
+        edge = to_edge_transform_and_lower(torch.export.export(model, inputs), partitioner=partitioners)
+        backends = [lowered.backend_id for _, lowered, _ in get_lowered_submodules(edge.exported_program().graph_module)]
+        assert [d.delegated for d in ours.report] == [True]
+        assert backends.count("CudaGqaBackend") == 1 and "XnnpackBackend" in backends
+
+
 def test_each_gqa_attention_becomes_its_own_delegate():
     class TwoLayers(nn.Module):
         def forward(self, q, k, v):

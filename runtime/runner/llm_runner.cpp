@@ -1,0 +1,322 @@
+// cuda_gqa_llm_runner: greedy generation with a .pte from export_llm
+// (python -m cuda_gqa.export.llm), in C++ with ExecuTorch's runtime: the
+// loop of python -m cuda_gqa.export.llm.generate, for GPU machines without
+// executorch's Python package.
+//
+//   cuda_gqa_llm_runner MODEL.pte --prompt FILE [--new-tokens N] [--device N]
+//                       [--expected-tokens FILE] [--expected-logits FILE]
+//                       [--atol X] [--rtol X] [--tokens-out FILE]
+//
+// --prompt: int64 token ids, raw little-endian. The prompt is prefilled from
+// position 0 in chunks of the program's prefill length (the last chunk
+// overlapping the one before, or padded when the prompt is shorter than one
+// chunk), then --new-tokens tokens are decoded greedily one at a time.
+// --expected-tokens (int64) and --expected-logits (float32, one row of vocab
+// logits per generated token: the prefill's last row, then each decode step's)
+// are compared; an element passes when |got - want| <= atol + rtol * |want|.
+// Prints prefill time, decode time per token (median, p90) and tokens/s.
+//
+// Exit status: 0 ok, 1 a comparison failed, 2 bad usage or a load/run error.
+
+#include <executorch/extension/module/module.h>
+#include <executorch/extension/tensor/tensor_ptr.h>
+#include <executorch/runtime/backend/backend_options_map.h>
+#include <executorch/runtime/backend/options.h>
+#include <executorch/runtime/platform/runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+using executorch::aten::ScalarType;
+using executorch::aten::Tensor;
+using executorch::extension::Module;
+using executorch::runtime::BackendOption;
+using executorch::runtime::Error;
+using executorch::runtime::EValue;
+
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitMismatch = 1;
+constexpr int kExitError = 2;
+
+struct Options {
+  std::string model, prompt, expected_tokens, expected_logits, tokens_out;
+  long new_tokens = 16;
+  long device = 0;
+  double atol = 2e-2, rtol = 1.6e-2;
+};
+
+int fail(const std::string& what, const std::string& detail) {
+  std::fprintf(stderr, "error: %s%s%s\n", what.c_str(), detail.empty() ? "" : ": ", detail.c_str());
+  return kExitError;
+}
+
+int fail(const std::string& what, Error err) {
+  char code[16];
+  std::snprintf(code, sizeof(code), "0x%x", static_cast<unsigned>(err));
+  return fail(what, std::string("executorch error ") + code);
+}
+
+void usage(FILE* out) {
+  std::fprintf(out,
+               "usage: cuda_gqa_llm_runner MODEL.pte --prompt FILE [--new-tokens N] [--device N]\n"
+               "         [--expected-tokens FILE] [--expected-logits FILE] [--atol X] [--rtol X]\n"
+               "         [--tokens-out FILE]\n"
+               "  --prompt FILE           int64 token ids (raw little-endian)\n"
+               "  --new-tokens N          tokens to generate greedily (default 16)\n"
+               "  --device N              CUDA device for CudaGqaBackend delegates (default 0)\n"
+               "  --expected-tokens FILE  int64 ids the generation must reproduce\n"
+               "  --expected-logits FILE  float32 [new tokens, vocab] logits to compare\n"
+               "  --tokens-out FILE       write the generated ids (int64)\n");
+}
+
+bool parse_number(const char* s, double* out) {
+  char* end = nullptr;
+  *out = std::strtod(s, &end);
+  return end != s && *end == '\0' && std::isfinite(*out) && *out >= 0;
+}
+
+int parse_args(int argc, char** argv, Options* o) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const bool has_value = i + 1 < argc;
+    auto next = [&]() { return std::string(argv[++i]); };
+    double number = 0;
+    if (a == "-h" || a == "--help") {
+      usage(stdout);
+      return kExitOk;
+    } else if (a == "--prompt" && has_value) {
+      o->prompt = next();
+    } else if (a == "--expected-tokens" && has_value) {
+      o->expected_tokens = next();
+    } else if (a == "--expected-logits" && has_value) {
+      o->expected_logits = next();
+    } else if (a == "--tokens-out" && has_value) {
+      o->tokens_out = next();
+    } else if ((a == "--new-tokens" || a == "--device") && has_value) {
+      const std::string v = next();
+      if (!parse_number(v.c_str(), &number) || number != std::floor(number) || number > 1e6) {
+        return fail("bad " + a, v);
+      }
+      (a == "--new-tokens" ? o->new_tokens : o->device) = static_cast<long>(number);
+    } else if ((a == "--atol" || a == "--rtol") && has_value) {
+      const std::string v = next();
+      if (!parse_number(v.c_str(), &number)) return fail("bad " + a, v);
+      (a == "--atol" ? o->atol : o->rtol) = number;
+    } else if (!a.empty() && a[0] != '-' && o->model.empty()) {
+      o->model = a;
+    } else {
+      usage(stderr);
+      return fail("unknown or incomplete argument", a);
+    }
+  }
+  if (o->model.empty() || o->prompt.empty()) {
+    usage(stderr);
+    return fail("a model and --prompt are needed", "");
+  }
+  if (o->new_tokens < 1) return fail("--new-tokens", "at least 1");
+  return -1;
+}
+
+template <typename T>
+bool read_array(const std::string& path, std::vector<T>* out, std::string* error) {
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
+  if (!f) {
+    *error = "cannot open " + path;
+    return false;
+  }
+  const std::streamsize n = f.tellg();
+  if (n % static_cast<std::streamsize>(sizeof(T)) != 0) {
+    *error = path + ": " + std::to_string(n) + " bytes is not a whole number of elements";
+    return false;
+  }
+  f.seekg(0);
+  out->resize(static_cast<size_t>(n) / sizeof(T));
+  if (n > 0 && !f.read(reinterpret_cast<char*>(out->data()), n)) {
+    *error = "cannot read " + path;
+    return false;
+  }
+  return true;
+}
+
+double percentile(std::vector<double> v, double q) {
+  std::sort(v.begin(), v.end());
+  const size_t idx = static_cast<size_t>(std::ceil(q * static_cast<double>(v.size())));
+  return v[std::min(idx == 0 ? 0 : idx - 1, v.size() - 1)];
+}
+
+// The int64 a constant method (get_prefill_len, ...) returns.
+bool constant(Module& module, const char* method, int64_t* out, std::string* error) {
+  auto result = module.execute(method);
+  if (!result.ok() || result->empty() || !(*result)[0].isInt()) {
+    *error = std::string("the program has no int constant method ") + method +
+             " (not a .pte from export_llm?)";
+    return false;
+  }
+  *out = (*result)[0].toInt();
+  return true;
+}
+
+struct Decoder {
+  Module* module;
+  int64_t prefill_len = 0, max_seq_len = 0;
+
+  // Runs `method` on tokens written at `position`; copies row `row` of its
+  // float32 logits [1, L, vocab] into *logits.
+  Error step(const char* method, std::vector<int64_t> tokens, int64_t position, int64_t row,
+             std::vector<float>* logits) {
+    const auto length = static_cast<executorch::aten::SizesType>(tokens.size());
+    auto token_tensor = executorch::extension::make_tensor_ptr({1, length}, std::move(tokens));
+    auto position_tensor = executorch::extension::make_tensor_ptr({1}, std::vector<int64_t>{position});
+    auto result = module->execute(method, {EValue(*token_tensor), EValue(*position_tensor)});
+    if (!result.ok()) return result.error();
+    const Tensor& out = (*result)[0].toTensor();
+    if (out.scalar_type() != ScalarType::Float || out.dim() != 3 || out.size(1) <= row) {
+      return Error::InvalidProgram;
+    }
+    const auto vocab = static_cast<size_t>(out.size(2));
+    const float* data = out.const_data_ptr<float>() + static_cast<size_t>(row) * vocab;
+    logits->assign(data, data + vocab);
+    return Error::Ok;
+  }
+};
+
+int64_t argmax(const std::vector<float>& v) {
+  return static_cast<int64_t>(std::max_element(v.begin(), v.end()) - v.begin());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options opt;
+  const int parsed = parse_args(argc, argv, &opt);
+  if (parsed >= 0) return parsed;
+  executorch::runtime::runtime_init();
+
+  std::vector<int64_t> prompt;
+  std::string error;
+  if (!read_array(opt.prompt, &prompt, &error)) return fail("prompt", error);
+  if (prompt.empty()) return fail("prompt", opt.prompt + " holds no tokens");
+
+  // export_llm plans the caches its methods share (share_mutable_buffers) in
+  // one arena, which the methods must then be given in common.
+  Module module(opt.model, Module::LoadMode::File, nullptr, nullptr, nullptr, /*share_memory_arenas=*/true);
+  BackendOption device;
+  std::strcpy(device.key, "device");
+  device.value = static_cast<int>(opt.device);
+  executorch::runtime::LoadBackendOptionsMap backend_options;
+  Error err = backend_options.set_options("CudaGqaBackend", executorch::runtime::Span<BackendOption>(&device, 1));
+  if (err == Error::Ok) err = module.load(backend_options);
+  if (err != Error::Ok) return fail("loading " + opt.model + " failed", err);
+  Decoder decoder{&module};
+  if (!constant(module, "get_prefill_len", &decoder.prefill_len, &error) ||
+      !constant(module, "get_max_seq_len", &decoder.max_seq_len, &error)) {
+    return fail(opt.model, error);
+  }
+  for (const char* method : {"prefill", "decode"}) {
+    err = module.load_method(method);
+    if (err != Error::Ok) return fail(std::string("loading method '") + method + "' failed", err);
+  }
+  const auto n = static_cast<int64_t>(prompt.size());
+  if (n + opt.new_tokens > decoder.max_seq_len) {
+    return fail("too long", std::to_string(n) + " prompt tokens + " + std::to_string(opt.new_tokens) +
+                                " new ones exceed the program's max_seq_len " +
+                                std::to_string(decoder.max_seq_len));
+  }
+
+  // Prefill: whole chunks, then a last one overlapping the one before (it
+  // rewrites identical cache rows) or, for a short prompt, padded.
+  const int64_t chunk = decoder.prefill_len;
+  std::vector<int64_t> starts;
+  for (int64_t s = 0; s + chunk <= n; s += chunk) starts.push_back(s);
+  if (starts.empty()) starts.push_back(0);
+  if (starts.back() + chunk < n) starts.push_back(n - chunk);
+  std::vector<float> logits;
+  std::vector<std::vector<float>> rows;
+  const auto prefill_start = std::chrono::steady_clock::now();
+  for (int64_t start : starts) {
+    std::vector<int64_t> tokens(prompt.begin() + start, prompt.begin() + std::min(start + chunk, n));
+    const int64_t last = static_cast<int64_t>(tokens.size()) - 1;
+    tokens.resize(static_cast<size_t>(chunk), 0);
+    err = decoder.step("prefill", std::move(tokens), start, last, &logits);
+    if (err != Error::Ok) return fail("prefill failed", err);
+  }
+  const double prefill_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - prefill_start).count();
+
+  std::vector<int64_t> generated;
+  std::vector<double> step_ms;
+  while (true) {
+    rows.push_back(logits);
+    generated.push_back(argmax(logits));
+    if (static_cast<long>(generated.size()) == opt.new_tokens) break;
+    const auto t0 = std::chrono::steady_clock::now();
+    err = decoder.step("decode", {generated.back()}, n + static_cast<int64_t>(generated.size()) - 1, 0,
+                       &logits);
+    step_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    if (err != Error::Ok) return fail("decode step " + std::to_string(generated.size()) + " failed", err);
+  }
+
+  std::printf("prompt %lld tokens: prefill %.2f ms (%zu call(s) of %lld tokens)\n", static_cast<long long>(n),
+              prefill_ms, starts.size(), static_cast<long long>(chunk));
+  if (!step_ms.empty()) {
+    double total = 0;
+    for (double ms : step_ms) total += ms;
+    std::printf("decode: %zu steps, median %.3f ms, p90 %.3f ms per token, %.1f tokens/s\n", step_ms.size(),
+                percentile(step_ms, 0.5), percentile(step_ms, 0.9), 1e3 * step_ms.size() / total);
+  }
+  std::printf("tokens:");
+  for (int64_t t : generated) std::printf(" %lld", static_cast<long long>(t));
+  std::printf("\n");
+  if (!opt.tokens_out.empty()) {
+    std::ofstream f(opt.tokens_out, std::ios::binary | std::ios::trunc);
+    if (!f || !f.write(reinterpret_cast<const char*>(generated.data()),
+                       static_cast<std::streamsize>(generated.size() * sizeof(int64_t)))) {
+      return fail("cannot write", opt.tokens_out);
+    }
+  }
+
+  bool pass = true;
+  if (!opt.expected_tokens.empty()) {
+    std::vector<int64_t> want;
+    if (!read_array(opt.expected_tokens, &want, &error)) return fail("expected tokens", error);
+    size_t same = 0;
+    while (same < std::min(want.size(), generated.size()) && want[same] == generated[same]) ++same;
+    const bool ok = want.size() == generated.size() && same == want.size();
+    pass = pass && ok;
+    std::printf("tokens: %zu of %zu match eager before the first difference %s\n", same, want.size(),
+                ok ? "PASS" : "FAIL");
+  }
+  if (!opt.expected_logits.empty()) {
+    std::vector<float> want;
+    if (!read_array(opt.expected_logits, &want, &error)) return fail("expected logits", error);
+    const size_t vocab = rows.front().size();
+    if (want.size() != vocab * rows.size()) {
+      return fail("expected logits", opt.expected_logits + " holds " + std::to_string(want.size()) +
+                                         " floats, the run made " + std::to_string(rows.size()) + " rows of " +
+                                         std::to_string(vocab));
+    }
+    double max_err = 0;
+    size_t bad = 0;
+    for (size_t r = 0; r < rows.size(); ++r) {
+      for (size_t v = 0; v < vocab; ++v) {
+        const double got = rows[r][v], expected = want[r * vocab + v];
+        const double d = std::fabs(got - expected);
+        if (!(d <= opt.atol + opt.rtol * std::fabs(expected))) ++bad;
+        if (!std::isnan(d)) max_err = std::max(max_err, d);
+      }
+    }
+    pass = pass && bad == 0;
+    std::printf("logits: max_abs_err=%g over %zu rows, %zu elements outside atol %g + rtol %g * |expected| %s\n",
+                max_err, rows.size(), bad, opt.atol, opt.rtol, bad == 0 ? "PASS" : "FAIL");
+  }
+  return pass ? kExitOk : kExitMismatch;
+}
