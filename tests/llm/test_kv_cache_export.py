@@ -102,3 +102,16 @@ def test_pte_size_does_not_carry_the_caches(exported, tmp_path):
                    - (payloads(longer) - payloads(exported)))
     cache_growth = LAYERS * 2 * 4 * (1024 - MAX_SEQ_LEN) * CONFIG.num_kv_heads * CONFIG.head_dim
     assert abs(unexplained) < 8192 < cache_growth, (unexplained, cache_growth)
+
+
+@pytest.mark.parametrize("preset,cpu_partitioner", [("tiny-gemma2", None), ("tiny-mistral", "xnnpack")])
+def test_soft_capped_and_windowed_layers_beside_xnnpack_own_their_caches_too(preset, cpu_partitioner):
+    """Gemma 2's written-out soft-capped attention (folded into one call) and Mistral's
+    sliding-window mask with XNNPACK taking the rest: the caches still go to the delegates."""
+    from llm_models import one_layer
+
+    result = export_llm(one_layer(preset), prefill_len=PREFILL_LEN, archs=["sm_90"], cpu_partitioner=cpu_partitioner)
+    for method in ("prefill", "decode"):
+        (decision,) = result.reports[method]
+        assert decision.delegated and "KV cache owned by the delegate" in decision.reason, decision
+        assert result.program.exported_program(method).graph_signature.buffers_to_mutate == {}
