@@ -21,7 +21,6 @@ from typing import Iterable
 import torch
 
 from .aot.kv_cache_write import POSITION_DTYPES, compile_kv_cache_write
-from .kernels.kv_cache_write import kv_cache_write_grid  # noqa: F401  (the grid below follows it)
 from .serialization import payload_generated as fb
 
 # The kv_len slot: int32, at a 16-byte aligned offset of the workspace.
@@ -71,6 +70,7 @@ def cache_write_kernel(*, cache: KvCacheArgs, k_state_arg: int, v_state_arg: int
                        dtype: torch.dtype, head_dim: int, num_heads_kv: int, l_new: int, archs: Iterable[int],
                        ptx: bool) -> fb.KernelT:
     """kv_cache_write compiled for `archs`, bound to the delegate's arguments and its kv_len slot."""
+    # attention_plan imports this module (its cache= path); its helpers are imported here, late.
     from .attention_plan import _binding, _compile_for_archs, _factor, _PARAM_TYPE
 
     tensors = {"K_new": cache.k_new, "V_new": cache.v_new, "Positions": cache.positions, "K_cache": k_state_arg,
@@ -109,7 +109,7 @@ def cache_write_kernel(*, cache: KvCacheArgs, k_state_arg: int, v_state_arg: int
                 raise ValueError(f"{compiled.name} has an entry parameter {p.name!r} this plan cannot bind")
             params.append(param)
         kernel.params = params
-        # kv_cache_write_grid: (L_new, B * H_kv, 1); a left-out dim has size 1
+        # kernels/kv_cache_write.py's grid: (L_new, B * H_kv, 1); a left-out dim has size 1
         kernel.grid = [fb.GridDimT(factors=[_factor(cache.positions, 0)]),
                        fb.GridDimT(factors=[_factor(cache.k_new, d - missing) for d in (0, 1) if d >= missing]),
                        fb.GridDimT(factors=[])]
