@@ -33,7 +33,8 @@ bool acquire_state(const CudaDriver& driver, CUcontext context, const void* owne
 void release_state(const CudaDriver& driver, const void* owner, int device, const std::string& name);
 
 // Zeroes every state buffer alive in the process (synchronous; makes each
-// state's context current on the calling thread). False with *error
+// state's context current on the calling thread). Call it with no execute
+// in flight: the copies do not wait for the delegates' non-blocking streams. False with *error
 // if a copy failed. A new sequence never needs it (rows past the filled
 // length are never read); it is there to wipe a cache's contents.
 bool zero_all_states(std::string* error);
