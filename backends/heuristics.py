@@ -57,6 +57,13 @@ DECODE_TILE_CANDIDATES = ((64, 3), (64, 2), (32, 2), (16, 2), (16, 1))
 # (64 rows of a 256-wide head): beyond it the packed rows are split in M tiles.
 MAX_ACC_ELEMENTS = 64 * 256
 
+# The fused merge reads at most this many fp32 partial bytes per merging
+# program (splits * packed rows * head dim * 4); bench/tune_attention.py
+# --fused measured where one launch stops paying (bench/results).
+MAX_FUSED_MERGE_BYTES = 64 * 1024
+# Elements of one block of partials the fused merge loads at once, for 4 warps.
+MERGE_BLOCK_ELEMENTS = 8192
+
 MIN_SPLIT_LEN = 256
 # The H100 sweep (bench/results) found 16 to 64 splits best at 8K-32K keys
 # for 1 to 8 KV heads; more only add merge work.
@@ -163,3 +170,24 @@ def decode_split_count(batch: int, num_heads_kv: int, l_kv: int, num_sms: int, b
         candidates[launched] = wave_efficiency(ctas * launched, num_sms)
     best = max(candidates.values())
     return min(s for s, eff in candidates.items() if eff >= EFFICIENCY_FRACTION * best)
+
+
+def fused_combine_for(num_splits: int, group_size: int, l_q: int, head_dim: int) -> bool:
+    """Whether several splits merge inside the split kernel (one launch) rather than in
+    gqa_decode_combine (see the module docstring)."""
+    merge_bytes = num_splits * group_size * l_q * triton.next_power_of_2(head_dim) * 4
+    return num_splits > 1 and merge_bytes <= MAX_FUSED_MERGE_BYTES
+
+
+def merge_block_s(block_m: int, head_dim: int) -> int:
+    """Splits the fused merge loads per step (a power of 2, at least 1)."""
+    per_split = block_m * triton.next_power_of_2(head_dim)
+    return max(1, min(16, triton.next_power_of_2(MERGE_BLOCK_ELEMENTS // per_split + 1) // 2))
+
+
+def combine_block_s(num_splits: int, head_dim: int) -> int:
+    """Splits gqa_decode_combine merges per step: all of them at once where a
+    [BLOCK_S, BLOCK_D] fp32 block stays within MERGE_BLOCK_ELEMENTS, so its
+    L2 round trips are not serialised."""
+    cap = max(1, MERGE_BLOCK_ELEMENTS // triton.next_power_of_2(head_dim))
+    return max(1, min(triton.next_power_of_2(num_splits), cap))

@@ -207,6 +207,7 @@ CUresult cuEventRecord(unsigned long long* e, void* s) { (void)s; *e = device_ns
 CUresult cuEventElapsedTime_v2(float* ms, unsigned long long* a, unsigned long long* b) { *ms = (float)((*b - *a) / 1e6); return 0; }
 CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t n) { *p = (CUdeviceptr)aligned_alloc(256, (n + 255) / 256 * 256); return *p ? 0 : 2; }
 CUresult cuMemFree_v2(CUdeviceptr p) { free((void*)p); return 0; }
+CUresult cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) { memset((void*)d, v, n); return 0; }
 CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void* h, size_t n) {
   memcpy((void*)d, h, n); __atomic_add_fetch(&sync_copies, 1, __ATOMIC_RELAXED); return 0;
 }
