@@ -60,14 +60,15 @@ MAX_ACC_ELEMENTS = 64 * 256
 # The fused merge reads at most this many fp32 partial bytes per merging
 # program (splits * packed rows * head dim * 4); bench/tune_attention.py
 # --fused measured where one launch stops paying (bench/results).
-MAX_FUSED_MERGE_BYTES = 64 * 1024
+MAX_FUSED_MERGE_BYTES = 16 * 1024
 # Elements of one block of partials the fused merge loads at once, for 4 warps.
 MERGE_BLOCK_ELEMENTS = 8192
 
 MIN_SPLIT_LEN = 256
 # The H100 sweep (bench/results) found 16 to 64 splits best at 8K-32K keys
-# for 1 to 8 KV heads; more only add merge work.
-MAX_SPLITS = 64
+# for 2 to 8 KV heads; MQA (1 KV head) at 32K keys is fastest with 128 on the
+# H200 (bench/tune_decode_merge.py): 64 leave half the SMs idle.
+MAX_SPLITS = 128
 FILLED_FRACTION = 0.8
 EFFICIENCY_FRACTION = 0.85
 

@@ -143,7 +143,7 @@ def load_upstream(path: Optional[Path]):
 
 
 def candidates(shape: Shape, q, k, v, upstream, payloads: Optional[Path],
-               baseline_payloads: Optional[Path] = None) -> dict[str, Callable[[], torch.Tensor]]:
+               baseline_payloads: Optional[list[Path]] = None) -> dict[str, Callable[[], torch.Tensor]]:
     group = shape.heads_q // shape.heads_kv
     causal = shape.causal
     k_rep, v_rep = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
@@ -166,11 +166,12 @@ def candidates(shape: Shape, q, k, v, upstream, payloads: Optional[Path],
 
         launcher = CubinLauncher((payloads / f"{shape.key}.cgqa").read_bytes())
         found["cuda_gqa (AOT cubin)"] = lambda: launcher(q, k, v, out=out)
-    if baseline_payloads is not None and (baseline_payloads / f"{shape.key}.cgqa").exists():
-        from cuda_gqa.runtime.cubin_launcher import CubinLauncher
+    for folder in baseline_payloads or []:
+        if (folder / f"{shape.key}.cgqa").exists():
+            from cuda_gqa.runtime.cubin_launcher import CubinLauncher
 
-        baseline = CubinLauncher((baseline_payloads / f"{shape.key}.cgqa").read_bytes())
-        found["cuda_gqa (AOT cubin, baseline)"] = lambda: baseline(q, k, v, out=out)
+            other = CubinLauncher((folder / f"{shape.key}.cgqa").read_bytes())
+            found[f"cuda_gqa (AOT cubin, {folder.name})"] = lambda other=other: other(q, k, v, out=out)
     # The decode workspace is allocated once, outside the timed calls, as the runtime does.
     workspace = decode_workspace(q, num_splits=128) if shape.l_q <= MAX_DECODE_L_Q else None
     found["cuda_gqa (Triton JIT)"] = lambda: attention(q, k, v, is_causal=causal, out=out, workspace=workspace)
@@ -186,7 +187,7 @@ def candidates(shape: Shape, q, k, v, upstream, payloads: Optional[Path],
 
 
 def run_shape(shape: Shape, upstream, payloads: Optional[Path],
-              baseline_payloads: Optional[Path] = None) -> dict[str, str | float]:
+              baseline_payloads: Optional[list[Path]] = None) -> dict[str, str | float]:
     torch.manual_seed(0)
     make = lambda h, l: torch.randn(shape.batch, h, l, shape.head_dim, device="cuda", dtype=torch.bfloat16)
     q, k, v = make(shape.heads_q, shape.l_q), make(shape.heads_kv, shape.l_kv), make(shape.heads_kv, shape.l_kv)
@@ -274,8 +275,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--upstream-sdpa", type=Path, help="upstream ExecuTorch backends/cuda/triton/kernels/sdpa.py")
     parser.add_argument("--payloads", type=Path, help="folder written by bench/make_payloads.py")
-    parser.add_argument("--baseline-payloads", type=Path,
-                        help="another such folder (say, of an earlier commit), timed in the same run")
+    parser.add_argument("--baseline-payloads", type=Path, action="append",
+                        help="another such folder (say, of an earlier commit), timed in the same run and named "
+                             "by the folder's name; may be repeated")
     parser.add_argument("--only", help="run shapes whose label contains this text")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():

@@ -85,6 +85,8 @@ def main():
     parser.add_argument("--heads-kv", type=int, default=2)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--kv-len", type=int, default=200)
+    parser.add_argument("--payload", type=Path, help="a payload file for this shape (bench/make_payloads.py) "
+                        "instead of one compiled here")
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -99,9 +101,12 @@ def main():
     out = torch.empty_like(q)
     expected = scaled_dot_product_attention(q, k, v, enable_gqa=True)
 
-    payload = build_attention_payload(dtype=dtype, batch=batch, num_heads_q=args.heads_q,
-                                      num_heads_kv=args.heads_kv, head_dim=args.head_dim, l_q=l_q,
-                                      l_kv=args.kv_len, is_causal=False, archs=[10 * major + minor])
+    if args.payload:
+        payload = args.payload.read_bytes()
+    else:
+        payload = build_attention_payload(dtype=dtype, batch=batch, num_heads_q=args.heads_q,
+                                          num_heads_kv=args.heads_kv, head_dim=args.head_dim, l_q=l_q,
+                                          l_kv=args.kv_len, is_causal=False, archs=[10 * major + minor])
     lib = cr.load_backend_library()
     handles = {}
     for mode in ("plain", "profile", "enqueue"):

@@ -145,29 +145,36 @@ def merge_splits(Partial, Lse, first_slot, num_splits, row_ok, dims, dim_ok,
                  MERGE_BLOCK_S: tl.constexpr):
     """The normalised merge of num_splits partials of BLOCK_M rows (first_slot: each row's split 0).
 
-    Online over blocks of MERGE_BLOCK_S splits, loaded at once ([BLOCK_M,
-    MERGE_BLOCK_S, BLOCK_D]) so few L2 round trips are serialised. Loads
-    are .cg: other SMs wrote these lines, this SM's L1 may hold old copies.
+    Two passes in the [BLOCK_M, *] layouts of the split's own tile (no 3-D
+    reductions, which cost layout shuffles through shared memory): the
+    log-sum-exps, MERGE_BLOCK_S splits per load, give each row's maximum
+    and weight sum; then the partials are summed split by split with their
+    weights. Loads are .cg: other SMs wrote these lines, this SM's L1 may
+    hold old copies.
     """
     in_block = tl.arange(0, MERGE_BLOCK_S)
     best = tl.full([BLOCK_M], float("-inf"), tl.float32)
     weight_sum = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for s_start in range(0, num_splits, MERGE_BLOCK_S):
         splits = s_start + in_block
-        ok = row_ok[:, None] & (splits < num_splits)[None, :]
-        slots = first_slot[:, None] + splits[None, :]
-        lse = tl.load(Lse + slots, mask=ok, other=float("-inf"), cache_modifier=".cg")
-        part = tl.load(Partial + slots[:, :, None] * HEAD_DIM + dims[None, None, :],
-                       mask=ok[:, :, None] & dim_ok[None, None, :], other=0.0, cache_modifier=".cg")
+        lse = tl.load(Lse + first_slot[:, None] + splits[None, :],
+                      mask=row_ok[:, None] & (splits < num_splits)[None, :], other=float("-inf"),
+                      cache_modifier=".cg")
         new_best = tl.maximum(best, tl.max(lse, 1))
         shift = tl.where(new_best == float("-inf"), 0.0, new_best)
-        weights = tl.exp2(lse - shift[:, None])  # 0 for splits that saw no key
-        rescale = tl.exp2(best - shift)
-        weight_sum = weight_sum * rescale + tl.sum(weights, 1)
-        acc = acc * rescale[:, None] + tl.sum(weights[:, :, None] * part, 1)
+        weight_sum = weight_sum * tl.exp2(best - shift) + tl.sum(tl.exp2(lse - shift[:, None]), 1)
         best = new_best
-    return acc / tl.where(weight_sum > 0.0, weight_sum, 1.0)[:, None]
+    shift = tl.where(best == float("-inf"), 0.0, best)
+    scale = 1.0 / tl.where(weight_sum > 0.0, weight_sum, 1.0)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    part_mask = row_ok[:, None] & dim_ok[None, :]
+    for split in range(0, num_splits):
+        slot = first_slot + split
+        lse = tl.load(Lse + slot, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
+        part = tl.load(Partial + slot[:, None] * HEAD_DIM + dims[None, :], mask=part_mask, other=0.0,
+                       cache_modifier=".cg")
+        acc += (tl.exp2(lse - shift) * scale)[:, None] * part  # weight 0 for splits that saw no key
+    return acc
 
 
 @triton.jit

@@ -53,8 +53,8 @@ CASES = {
     "softcap-split": dict(GQA, l_q=1, l_kv=50, causal=True, splits=2, softcap=3.0, scale=1.0, dtype="float32"),
     # Fused: the last split program of each (batch, KV head, M tile) merges in the split kernel.
     "fused-gqa-decode": dict(GQA, l_q=1, l_kv=45, causal=False, splits=3, fused=True),
-    # Five splits merged two at a time (MERGE_BLOCK_S of 64 rows x 64 dims), batch 2.
-    "fused-many-splits-batch-2": dict(GQA, batch=2, l_q=1, l_kv=90, causal=True, splits=5, fused=True,
+    # Five splits whose log-sum-exps are read two at a time (MERGE_BLOCK_S for 64 rows x 64 dims), batch 2.
+    "fused-many-splits-batch-2": dict(GQA, batch=2, l_q=1, l_kv=80, causal=True, splits=5, fused=True,
                                       block_m=64),
     "fused-mqa-lq4-causal": dict(MQA, l_q=4, l_kv=45, causal=True, splits=2, fused=True),
     # Rows 0-1 see no key in any split; kv_len leaves splits with no key at all.
