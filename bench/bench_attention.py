@@ -73,12 +73,16 @@ class Shape:
 
 
 SHAPES = [
+    Shape("decode", "llama3-8b", 1, 32, 8, 128, 1, 1024),
     Shape("decode", "llama3-8b", 1, 32, 8, 128, 1, 2048),
+    Shape("decode", "llama3-8b", 1, 32, 8, 128, 1, 4096),
     Shape("decode", "llama3-8b", 1, 32, 8, 128, 1, 8192),
     Shape("decode", "llama3-8b", 1, 32, 8, 128, 1, 32768),
+    Shape("decode", "qwen2.5-7b", 1, 28, 4, 128, 1, 2048),
     Shape("decode", "qwen2.5-7b", 1, 28, 4, 128, 1, 32768),
     Shape("decode", "qwen3.5-moe", 1, 16, 2, 256, 1, 8192),
     Shape("decode", "qwen3.5-moe", 1, 16, 2, 256, 1, 32768),
+    Shape("decode", "mqa", 1, 32, 1, 128, 1, 2048),
     Shape("decode", "mqa", 1, 32, 1, 128, 1, 32768),
     Shape("decode", "llama3-8b", 8, 32, 8, 128, 1, 8192),
     Shape("decode", "phi3", 1, 32, 8, 96, 1, 32768),

@@ -147,10 +147,11 @@ def merge_splits(Partial, Lse, first_slot, num_splits, row_ok, dims, dim_ok,
 
     Two passes in the [BLOCK_M, *] layouts of the split's own tile (no 3-D
     reductions, which cost layout shuffles through shared memory): the
-    log-sum-exps, MERGE_BLOCK_S splits per load, give each row's maximum
-    and weight sum; then the partials are summed split by split with their
-    weights. Loads are .cg: other SMs wrote these lines, this SM's L1 may
-    hold old copies.
+    log-sum-exps give each row's maximum and weight sum; then the partials
+    are summed with their weights, MERGE_BLOCK_S splits per step unrolled so
+    their loads are in flight together rather than one L2 round trip each.
+    Loads are .cg: other SMs wrote these lines, this SM's L1 may hold old
+    copies.
     """
     in_block = tl.arange(0, MERGE_BLOCK_S)
     best = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -167,13 +168,14 @@ def merge_splits(Partial, Lse, first_slot, num_splits, row_ok, dims, dim_ok,
     shift = tl.where(best == float("-inf"), 0.0, best)
     scale = 1.0 / tl.where(weight_sum > 0.0, weight_sum, 1.0)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    part_mask = row_ok[:, None] & dim_ok[None, :]
-    for split in range(0, num_splits):
-        slot = first_slot + split
-        lse = tl.load(Lse + slot, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
-        part = tl.load(Partial + slot[:, None] * HEAD_DIM + dims[None, :], mask=part_mask, other=0.0,
-                       cache_modifier=".cg")
-        acc += (tl.exp2(lse - shift) * scale)[:, None] * part  # weight 0 for splits that saw no key
+    for s_start in range(0, num_splits, MERGE_BLOCK_S):
+        for u in tl.static_range(MERGE_BLOCK_S):
+            slot = first_slot + s_start + u
+            ok = row_ok & (slot < first_slot + num_splits)
+            lse = tl.load(Lse + slot, mask=ok, other=float("-inf"), cache_modifier=".cg")
+            part = tl.load(Partial + slot[:, None] * HEAD_DIM + dims[None, :], mask=ok[:, None] & dim_ok[None, :],
+                           other=0.0, cache_modifier=".cg")
+            acc += (tl.exp2(lse - shift) * scale)[:, None] * part  # weight 0 for splits that saw no key
     return acc
 
 
