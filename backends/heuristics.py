@@ -58,13 +58,21 @@ DECODE_TILE_CANDIDATES = ((64, 3), (64, 2), (32, 2), (16, 2), (16, 1))
 MAX_ACC_ELEMENTS = 64 * 256
 
 # The fused merge reads at most this many fp32 partial bytes per merging
-# program (splits * packed rows * head dim * 4); bench/tune_attention.py
-# --fused measured where one launch stops paying (bench/results).
-MAX_FUSED_MERGE_BYTES = 16 * 1024
+# program (splits * packed rows * head dim * 4). On the H200 (AOT cubins,
+# bench/results/h200_decode_merge.md) the fused launch won only for 2 splits
+# of 4 rows (llama3-8b B=8: 65.9 against 66.4 us) and lost from 4 splits of 4
+# rows on (llama3-8b 1K: 7.1 against 6.5 us): its last program's serial merge
+# costs more than the combine launch, which a CUDA graph or a busy stream
+# hides. In eager execution it still saves the host a launch (C API enqueue
+# 4.9 against 8.7 us at llama3-8b 2K, the same wall time).
+MAX_FUSED_MERGE_BYTES = 4 * 1024
 # Elements of one block of partials the fused merge loads at once, for 4 warps.
 MERGE_BLOCK_ELEMENTS = 8192
 
-MIN_SPLIT_LEN = 256
+# Down to 128 keys a split (one BLOCK_N block of the tuned D128 tiles): short
+# contexts then fill the GPU (llama3-8b 2K: 16 splits, 6.3 against 7.0 us;
+# MQA 2K 7.0 against 8.1 us on the H200, bench/results/h200_decode_merge.md).
+MIN_SPLIT_LEN = 128
 # The H100 sweep (bench/results) found 16 to 64 splits best at 8K-32K keys
 # for 2 to 8 KV heads; MQA (1 KV head) at 32K keys is fastest with 128 on the
 # H200 (bench/tune_decode_merge.py): 64 leave half the SMs idle.

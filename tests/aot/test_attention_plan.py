@@ -78,27 +78,27 @@ def test_decode_emits_split_then_combine(llama_decode):
     assert [p.arg for p in params_of(split, K.TensorPointer)] == [Q, KEY, V, OUT, OUT]
 
 
-def test_short_decode_with_a_small_merge_is_one_fused_launch():
-    """Llama-3-8B decode over 2K keys: 8 splits of 4 rows merge in the split kernel."""
-    payload = deserialize_payload(build(1, 32, 8, 128, 1, 2048))
+def test_decode_with_a_small_merge_is_one_fused_launch():
+    """Batched llama3-8b decode (B=8): 2 splits of 4 rows per KV head merge in the split kernel."""
+    data = build(8, 32, 8, 128, 1, 8192)
+    payload = deserialize_payload(data)
     (split,) = payload.kernels
-    plan = decode_plan(dtype=torch.float16, batch=1, num_heads_q=32, num_heads_kv=8, head_dim=128, l_q=1,
-                       l_kv=2048, arch=90)
-    assert plan.fused and plan.num_splits > 1
-    partial_bytes = 32 * plan.num_splits * 128 * 4
-    lse_bytes = 32 * plan.num_splits * 4
+    plan = decode_plan(dtype=torch.float16, batch=8, num_heads_q=32, num_heads_kv=8, head_dim=128, l_q=1,
+                       l_kv=8192, arch=90)
+    assert plan.fused and plan.num_splits == 2
+    partial_bytes = 8 * 32 * plan.num_splits * 128 * 4
+    lse_bytes = 8 * 32 * plan.num_splits * 4
     arrivals_offset = -(-(partial_bytes + lse_bytes) // 16) * 16
     # Partial, Lse, then one int32 counter per (batch, KV head) at a 16-byte boundary.
     assert [(p.workspaceOffset, p.workspaceExtent) for p in params_of(split, K.Workspace)] == [
-        (0, partial_bytes), (partial_bytes, lse_bytes), (arrivals_offset, 8 * 4)]
-    assert payload.workspaceBytes == arrivals_offset + 8 * 4 == plan.workspace_bytes
+        (0, partial_bytes), (partial_bytes, lse_bytes), (arrivals_offset, 8 * 8 * 4)]
+    assert payload.workspaceBytes == arrivals_offset + 8 * 8 * 4 == plan.workspace_bytes
     assert factors(split)[0] == [(KEY, 2, plan.grid_divisor)]
     # Python and C++ evaluate it alike.
-    sizes = [(1, 32, 1, 128), (1, 8, 2048, 128), (1, 8, 2048, 128), (1, 32, 1, 128)]
+    sizes = [(8, 32, 1, 128), (8, 8, 8192, 128), (8, 8, 8192, 128), (8, 32, 1, 128)]
     args = [contiguous(s, 0x7000_0000_0000 + i * (1 << 32)) for i, s in enumerate(sizes)]
-    data = build(1, 32, 8, 128, 1, 2048)
     (launch,) = LaunchPlan(data).evaluate_all(args, workspace=WORKSPACE)
-    assert launch.grid == (plan.num_splits, 8, 1)
+    assert launch.grid == (2, 64, 1)
     cpp = evaluate_launch_cpp(data, 0, args, workspace=WORKSPACE)
     assert (cpp.grid, cpp.params, cpp.slots()) == (launch.grid, launch.params, launch.slots())
 
@@ -116,7 +116,7 @@ def test_decode_payload_evaluates_identically_in_python_and_cpp(llama_decode):
 
 
 def test_short_context_is_one_single_split_launch():
-    payload = deserialize_payload(build(1, 32, 8, 128, 1, 256))
+    payload = deserialize_payload(build(1, 32, 8, 128, 1, 200))
     (split,) = payload.kernels
     assert split.name == b"gqa_decode_split"
     assert payload.workspaceBytes == 0
@@ -167,7 +167,7 @@ def test_attended_keys_bound_the_key_range_by_a_constant():
 def test_attended_keys_split_count_follows_the_bound():
     """Splits are planned for the attended keys, and the grid still comes from K's length."""
     bounded = decode_plan(dtype=torch.float16, batch=1, num_heads_q=32, num_heads_kv=8, head_dim=128, l_q=1,
-                          l_kv=30000, attended_keys=3000)
+                          l_kv=30000, attended_keys=1000)
     full = decode_plan(dtype=torch.float16, batch=1, num_heads_q=32, num_heads_kv=8, head_dim=128, l_q=1,
                        l_kv=30000)
     assert 1 < bounded.num_splits < full.num_splits
@@ -262,7 +262,7 @@ def test_mask_and_kv_len_inputs_evaluate_identically_in_python_and_cpp():
     assert [list(s.sizes) for s in payload.inputs[3:]] == [[2, 1, 1, 8192], []]
     split = payload.kernels[0]
     pointers = [p.arg for p in params_of(split, K.TensorPointer)]
-    assert pointers == [Q, KEY, V, 5, 3, 4]  # Q K V Out, then Mask and KvLen
+    assert pointers == [Q, KEY, V, 5, 5, 3, 4]  # Q K V Out, Arrivals (unused: Out), then Mask and KvLen
     # Only the mask's batch and key strides are runtime values; its size-1 dims are compiled as 0.
     assert [(p.arg, p.dim) for p in params_of(split, K.TensorStride) if p.arg == 3] == [(3, 0), (3, 3)]
 
