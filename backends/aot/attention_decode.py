@@ -41,7 +41,8 @@ def compile_decode_split(*, dtype: torch.dtype, head_dim: int, num_heads_q: int,
     check_head_dim(head_dim)
     pointer = _pointer_type(dtype)
     signature = {"Q": pointer, "K": pointer, "V": pointer, "Out": pointer, "Partial": "*fp32", "Lse": "*fp32",
-                 "Arrivals": "*i32", "sm_scale": "fp32", "L_q": "i32", "L_kv": "i32", **{s: "i32" for s in _SPLIT_STRIDES},
+                 "Arrivals": "*i32", "sm_scale": "fp32", "L_q": "i32", "L_kv": "i32",
+                 **{s: "i32" for s in _SPLIT_STRIDES},
                  **variant.signature()}
     constexprs = {"NUM_HEADS_Q": num_heads_q, "GROUP_SIZE": group_size, "HEAD_DIM": head_dim,
                   "BLOCK_D": triton.next_power_of_2(head_dim), "BLOCK_M": block_m, "BLOCK_N": block_n,

@@ -102,7 +102,11 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant: Va
 def decode_workspace(q: torch.Tensor, num_splits: int, num_heads_kv: Optional[int] = None,
                      m_tiles: int = 1) -> list[torch.Tensor]:
     """The split kernel's partial outputs and log-sum-exps, and the fused path's arrival
-    counters (zeroed here; each fused launch leaves them 0); allocate once, reuse every step."""
+    counters (zeroed here; each fused launch leaves them 0); allocate once, reuse every step.
+
+    num_heads_kv (default: as many as query heads, enough for any grouping) and m_tiles size
+    the counters: decode_arrivals_count(batch, num_heads_kv, m_tiles) of them.
+    """
     batch, num_heads_q, l_q, head_dim = q.shape
     arrivals = decode_arrivals_count(batch, num_heads_q if num_heads_kv is None else num_heads_kv, m_tiles)
     return [torch.empty(s, device=q.device, dtype=torch.float32)
@@ -144,7 +148,8 @@ def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant:
     partial, lse, arrivals = (*workspace, None)[:3]
     mask, mask_strides = variant.mask_and_strides(q, k)
     gqa_decode_split[grid](
-        q, k, v, out, partial, lse, arrivals if fused else out, mask, variant.kv_len, head_dim**-0.5 if scale is None else scale,
+        q, k, v, out, partial, lse, arrivals if fused else out, mask, variant.kv_len,
+        head_dim**-0.5 if scale is None else scale,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *mask_strides, l_q, l_kv,
         NUM_HEADS_Q=num_heads_q, GROUP_SIZE=group, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, **variant.constexprs(), SINGLE_SPLIT=num_splits == 1,

@@ -27,15 +27,11 @@ def split_kernel(arch, single_split, dtype=torch.float16, head_dim=128, heads_q=
                                 num_stages=config.num_stages, fused_combine=fused)
 
 
-@pytest.fixture(scope="module", params=[(80, False), (90, False), (90, True), (80, False, 16, 128, 32, 4, 1, True),
-                                        (90, False, 16, 128, 32, 4, 1, True)],
-                ids=lambda p: f"sm_{p[0]}-{'single' if p[1] else 'fused' if p[-1] is True and len(p) > 2 else 'split'}")
+@pytest.fixture(scope="module", params=[(80, "split"), (90, "split"), (90, "single"), (80, "fused"), (90, "fused")],
+                ids=lambda p: f"sm_{p[0]}-{p[1]}")
 def split(request):
-    arch, single, *rest = request.param
-    if rest:
-        _, head_dim, heads_q, group, l_q, fused = rest
-        return split_kernel(arch, single, head_dim=head_dim, heads_q=heads_q, group=group, l_q=l_q, fused=fused)
-    return split_kernel(arch, single)
+    arch, kind = request.param
+    return split_kernel(arch, kind == "single", fused=kind == "fused")
 
 
 @pytest.fixture(scope="module", params=[80, 90], ids=lambda a: f"sm_{a}")

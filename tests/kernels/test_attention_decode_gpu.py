@@ -1,4 +1,5 @@
-"""Split-KV decode (gqa_decode_split + gqa_decode_combine, or the split kernel merging itself) matches a float32 reference on the GPU (Triton JIT)."""
+"""Split-KV decode (gqa_decode_split + gqa_decode_combine, or the split kernel merging itself) matches a
+float32 reference on the GPU (Triton JIT)."""
 
 import pytest
 import torch
