@@ -10,7 +10,11 @@ split count decided here for a nominal GPU (heuristics.NOMINAL_SMS):
   one split:  [gqa_decode_split (SINGLE_SPLIT)], writing Out, no workspace;
   several:    [gqa_decode_split, gqa_decode_combine] in order on one stream,
               through fp32 Partial/Lse buffers in the payload's workspace,
-              which the runtime allocates once at init.
+              which the runtime allocates once at init;
+  fused:      several splits merged in the split kernel ([gqa_decode_split
+              (FUSED_COMBINE)], one launch) where heuristics.fused_combine_for
+              says so; its int32 arrival counters follow Lse in the workspace,
+              which the runtime zeroes once at init.
 
 Tiles, split length and split count are chosen per arch (heuristics.py reads
 the tuning table of each); archs that choose alike share one launch plan.
@@ -26,11 +30,12 @@ import numpy as np
 import torch
 
 from .aot.attention import compile_attention
-from .aot.attention_decode import COMBINE_BLOCK_S, compile_decode_combine, compile_decode_split
+from .aot.attention_decode import compile_decode_combine, compile_decode_split
 from .aot.compile_pool import compile_in_batch, compiling_together
 from .aot.variant import MASK_STRIDES, AttentionVariant
-from .kernels.attention_decode import decode_split_grid, decode_workspace_shape
-from .heuristics import NOMINAL_SMS, KernelConfig, attention_config, decode_config, decode_split_count, split_plan
+from .kernels.attention_decode import decode_arrivals_count, decode_split_grid, decode_workspace_shape
+from .heuristics import (NOMINAL_SMS, KernelConfig, attention_config, combine_block_s, decode_config,
+                         decode_split_count, fused_combine_for, split_plan)
 from .kernels.jit_launch import MAX_DECODE_L_Q
 from .kv_cache_plan import KV_LEN_SLOT_BYTES, KvCacheArgs, cache_write_kernel, kv_len_offset
 from .limits import mask_shape_problem
@@ -193,10 +198,15 @@ class DecodePlan:
     partial_bytes: int
     lse_offset: int
     lse_bytes: int
+    fused: bool = False  # several splits merged in the split kernel (one launch)
+    arrivals_offset: int = 0
+    arrivals_bytes: int = 0
 
     @property
     def workspace_bytes(self) -> int:
-        return 0 if self.num_splits == 1 else self.lse_offset + self.lse_bytes
+        if self.num_splits == 1:
+            return 0
+        return self.arrivals_offset + self.arrivals_bytes if self.fused else self.lse_offset + self.lse_bytes
 
 
 def decode_plan(*, dtype: torch.dtype, batch: int, num_heads_q: int, num_heads_kv: int, head_dim: int,
@@ -229,8 +239,12 @@ def decode_plan(*, dtype: torch.dtype, batch: int, num_heads_q: int, num_heads_k
     partial_bytes = int(np.prod(partial_shape)) * 4  # fp32
     lse_bytes = int(np.prod(lse_shape)) * 4
     lse_offset = _round_up(partial_bytes, WORKSPACE_ALIGN)
+    fused = fused_combine_for(num_splits, group, l_q, head_dim)
+    arrivals_offset = _round_up(lse_offset + lse_bytes, WORKSPACE_ALIGN)
+    arrivals_bytes = decode_arrivals_count(batch, num_heads_kv, m_tiles) * 4 if fused else 0  # int32
     return DecodePlan(config=config, grid_divisor=grid_divisor, num_splits=num_splits, partial_offset=0,
-                      partial_bytes=partial_bytes, lse_offset=lse_offset, lse_bytes=lse_bytes)
+                      partial_bytes=partial_bytes, lse_offset=lse_offset, lse_bytes=lse_bytes, fused=fused,
+                      arrivals_offset=arrivals_offset, arrivals_bytes=arrivals_bytes)
 
 
 def _binding(kind: int, **fields):
@@ -245,25 +259,30 @@ def _binding(kind: int, **fields):
 def decode_kernels(*, plan: DecodePlan, dtype: torch.dtype, num_heads_q: int, num_heads_kv: int, head_dim: int,
                    variant: AttentionVariant, scale: float, archs: Iterable[int], ptx: bool,
                    args: AttentionArgs, extra_bindings: Optional[dict] = None) -> list[fb.KernelT]:
-    """Compile the split kernel (and the combine kernel for several splits) and describe their launches."""
+    """Compile the split kernel (and the combine kernel for several unfused splits) and describe their launches."""
     archs = list(archs)
     config, single = plan.config, plan.num_splits == 1
+    # Workspace pointers a launch never touches still are entry parameters:
+    # they get Out's (valid, 16-byte aligned) address.
+    out = _binding(fb.ParamKind.TensorPointer, arg=args.out)
     if single:
-        # SINGLE_SPLIT never touches Partial/Lse; they still are entry
-        # parameters, so they get Out's (valid, 16-byte aligned) address.
-        out = _binding(fb.ParamKind.TensorPointer, arg=args.out)
-        workspace = {"Partial": out, "Lse": out}
+        workspace = {"Partial": out, "Lse": out, "Arrivals": out}
     else:
         workspace = {"Partial": _binding(fb.ParamKind.Workspace, workspaceOffset=plan.partial_offset,
                                          workspaceExtent=plan.partial_bytes),
                      "Lse": _binding(fb.ParamKind.Workspace, workspaceOffset=plan.lse_offset,
-                                     workspaceExtent=plan.lse_bytes)}
+                                     workspaceExtent=plan.lse_bytes),
+                     "Arrivals": out}
+        if plan.fused:
+            workspace["Arrivals"] = _binding(fb.ParamKind.Workspace, workspaceOffset=plan.arrivals_offset,
+                                             workspaceExtent=plan.arrivals_bytes)
 
     def compile_split(arch):
         return compile_decode_split(
             dtype=dtype, head_dim=head_dim, num_heads_q=num_heads_q, group_size=num_heads_q // num_heads_kv,
             variant=variant, single_split=single, arch=arch, block_m=config.block_m,
             block_n=config.block_n, num_warps=config.num_warps, num_stages=config.num_stages,
+            fused_combine=plan.fused,
         )
 
     def describe_split(kernel, compiled):
@@ -275,12 +294,12 @@ def decode_kernels(*, plan: DecodePlan, dtype: torch.dtype, num_heads_q: int, nu
                        fb.GridDimT(factors=[])]  # one M tile (decode_plan)
 
     kernels = [_compile_for_archs(compile_split, archs, ptx, describe_split)]
-    if single:
+    if single or plan.fused:
         return kernels
 
     def compile_combine(arch):
         return compile_decode_combine(dtype=dtype, head_dim=head_dim, num_heads_q=num_heads_q, arch=arch,
-                                      block_s=COMBINE_BLOCK_S)
+                                      block_s=combine_block_s(plan.num_splits, head_dim))
 
     def describe_combine(kernel, compiled):
         kernel.params = bind_params(compiled.params, args, scale, kernel=compiled.name,

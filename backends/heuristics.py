@@ -57,10 +57,26 @@ DECODE_TILE_CANDIDATES = ((64, 3), (64, 2), (32, 2), (16, 2), (16, 1))
 # (64 rows of a 256-wide head): beyond it the packed rows are split in M tiles.
 MAX_ACC_ELEMENTS = 64 * 256
 
-MIN_SPLIT_LEN = 256
+# The fused merge reads at most this many fp32 partial bytes per merging
+# program (splits * packed rows * head dim * 4). On the H200 (AOT cubins,
+# bench/results/h200_decode_merge.md) the fused launch won only for 2 splits
+# of 4 rows (llama3-8b B=8: 65.9 against 66.4 us) and lost from 4 splits of 4
+# rows on (llama3-8b 1K: 7.1 against 6.5 us): its last program's serial merge
+# costs more than the combine launch, which a CUDA graph or a busy stream
+# hides. In eager execution it still saves the host a launch (C API enqueue
+# 4.9 against 8.7 us at llama3-8b 2K, the same wall time).
+MAX_FUSED_MERGE_BYTES = 4 * 1024
+# Elements of one block of partials the fused merge loads at once, for 4 warps.
+MERGE_BLOCK_ELEMENTS = 8192
+
+# Down to 128 keys a split (one BLOCK_N block of the tuned D128 tiles): short
+# contexts then fill the GPU (llama3-8b 2K: 16 splits, 6.3 against 7.0 us;
+# MQA 2K 7.0 against 8.1 us on the H200, bench/results/h200_decode_merge.md).
+MIN_SPLIT_LEN = 128
 # The H100 sweep (bench/results) found 16 to 64 splits best at 8K-32K keys
-# for 1 to 8 KV heads; more only add merge work.
-MAX_SPLITS = 64
+# for 2 to 8 KV heads; MQA (1 KV head) at 32K keys is fastest with 128 on the
+# H200 (bench/tune_decode_merge.py): 64 leave half the SMs idle.
+MAX_SPLITS = 128
 FILLED_FRACTION = 0.8
 EFFICIENCY_FRACTION = 0.85
 
@@ -163,3 +179,24 @@ def decode_split_count(batch: int, num_heads_kv: int, l_kv: int, num_sms: int, b
         candidates[launched] = wave_efficiency(ctas * launched, num_sms)
     best = max(candidates.values())
     return min(s for s, eff in candidates.items() if eff >= EFFICIENCY_FRACTION * best)
+
+
+def fused_combine_for(num_splits: int, group_size: int, l_q: int, head_dim: int) -> bool:
+    """Whether several splits merge inside the split kernel (one launch) rather than in
+    gqa_decode_combine (see the module docstring)."""
+    merge_bytes = num_splits * group_size * l_q * triton.next_power_of_2(head_dim) * 4
+    return num_splits > 1 and merge_bytes <= MAX_FUSED_MERGE_BYTES
+
+
+def merge_block_s(block_m: int, head_dim: int) -> int:
+    """Splits the fused merge loads per step (a power of 2, at least 1)."""
+    per_split = block_m * triton.next_power_of_2(head_dim)
+    return max(1, min(16, triton.next_power_of_2(MERGE_BLOCK_ELEMENTS // per_split + 1) // 2))
+
+
+def combine_block_s(num_splits: int, head_dim: int) -> int:
+    """Splits gqa_decode_combine merges per step: all of them at once where a
+    [BLOCK_S, BLOCK_D] fp32 block stays within MERGE_BLOCK_ELEMENTS, so its
+    L2 round trips are not serialised."""
+    cap = max(1, MERGE_BLOCK_ELEMENTS // triton.next_power_of_2(head_dim))
+    return max(1, min(triton.next_power_of_2(num_splits), cap))

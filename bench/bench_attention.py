@@ -73,12 +73,16 @@ class Shape:
 
 
 SHAPES = [
+    Shape("decode", "llama3-8b", 1, 32, 8, 128, 1, 1024),
     Shape("decode", "llama3-8b", 1, 32, 8, 128, 1, 2048),
+    Shape("decode", "llama3-8b", 1, 32, 8, 128, 1, 4096),
     Shape("decode", "llama3-8b", 1, 32, 8, 128, 1, 8192),
     Shape("decode", "llama3-8b", 1, 32, 8, 128, 1, 32768),
+    Shape("decode", "qwen2.5-7b", 1, 28, 4, 128, 1, 2048),
     Shape("decode", "qwen2.5-7b", 1, 28, 4, 128, 1, 32768),
     Shape("decode", "qwen3.5-moe", 1, 16, 2, 256, 1, 8192),
     Shape("decode", "qwen3.5-moe", 1, 16, 2, 256, 1, 32768),
+    Shape("decode", "mqa", 1, 32, 1, 128, 1, 2048),
     Shape("decode", "mqa", 1, 32, 1, 128, 1, 32768),
     Shape("decode", "llama3-8b", 8, 32, 8, 128, 1, 8192),
     Shape("decode", "phi3", 1, 32, 8, 96, 1, 32768),
@@ -142,7 +146,8 @@ def load_upstream(path: Optional[Path]):
     return module.sdpa
 
 
-def candidates(shape: Shape, q, k, v, upstream, payloads: Optional[Path]) -> dict[str, Callable[[], torch.Tensor]]:
+def candidates(shape: Shape, q, k, v, upstream, payloads: Optional[Path],
+               baseline_payloads: Optional[list[Path]] = None) -> dict[str, Callable[[], torch.Tensor]]:
     group = shape.heads_q // shape.heads_kv
     causal = shape.causal
     k_rep, v_rep = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
@@ -165,6 +170,12 @@ def candidates(shape: Shape, q, k, v, upstream, payloads: Optional[Path]) -> dic
 
         launcher = CubinLauncher((payloads / f"{shape.key}.cgqa").read_bytes())
         found["cuda_gqa (AOT cubin)"] = lambda: launcher(q, k, v, out=out)
+    for folder in baseline_payloads or []:
+        if (folder / f"{shape.key}.cgqa").exists():
+            from cuda_gqa.runtime.cubin_launcher import CubinLauncher
+
+            other = CubinLauncher((folder / f"{shape.key}.cgqa").read_bytes())
+            found[f"cuda_gqa (AOT cubin, {folder.name})"] = lambda other=other: other(q, k, v, out=out)
     # The decode workspace is allocated once, outside the timed calls, as the runtime does.
     workspace = decode_workspace(q, num_splits=128) if shape.l_q <= MAX_DECODE_L_Q else None
     found["cuda_gqa (Triton JIT)"] = lambda: attention(q, k, v, is_causal=causal, out=out, workspace=workspace)
@@ -179,7 +190,8 @@ def candidates(shape: Shape, q, k, v, upstream, payloads: Optional[Path]) -> dic
     return found
 
 
-def run_shape(shape: Shape, upstream, payloads: Optional[Path]) -> dict[str, str | float]:
+def run_shape(shape: Shape, upstream, payloads: Optional[Path],
+              baseline_payloads: Optional[list[Path]] = None) -> dict[str, str | float]:
     torch.manual_seed(0)
     make = lambda h, l: torch.randn(shape.batch, h, l, shape.head_dim, device="cuda", dtype=torch.bfloat16)
     q, k, v = make(shape.heads_q, shape.l_q), make(shape.heads_kv, shape.l_kv), make(shape.heads_kv, shape.l_kv)
@@ -187,7 +199,7 @@ def run_shape(shape: Shape, upstream, payloads: Optional[Path]) -> dict[str, str
     expected = torch.cat([_reference_rows(q, k, v, i, min(i + 1024, shape.l_q), shape.causal)
                           for i in range(0, shape.l_q, 1024)], dim=2)
     results: dict[str, str | float] = {}
-    for name, fn in candidates(shape, q, k, v, upstream, payloads).items():
+    for name, fn in candidates(shape, q, k, v, upstream, payloads, baseline_payloads).items():
         try:
             err = (fn().float() - expected).abs().max().item()
         except Exception as e:  # a backend that does not support this shape
@@ -267,6 +279,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--upstream-sdpa", type=Path, help="upstream ExecuTorch backends/cuda/triton/kernels/sdpa.py")
     parser.add_argument("--payloads", type=Path, help="folder written by bench/make_payloads.py")
+    parser.add_argument("--baseline-payloads", type=Path, action="append",
+                        help="another such folder (say, of an earlier commit), timed in the same run and named "
+                             "by the folder's name; may be repeated")
     parser.add_argument("--only", help="run shapes whose label contains this text")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -278,7 +293,8 @@ def main(argv=None) -> int:
     for shape in SHAPES:
         if args.only and args.only not in shape.label:
             continue
-        rows.append((shape, bound_us(shape, bandwidth, flops), run_shape(shape, upstream, args.payloads)))
+        rows.append((shape, bound_us(shape, bandwidth, flops), run_shape(shape, upstream, args.payloads,
+                                                                         args.baseline_payloads)))
         print(shape.label, {n: (round(t, 2) if isinstance(t, float) else t) for n, t in rows[-1][2].items()},
               flush=True)
     names = list(dict.fromkeys(n for _, _, r in rows for n in r))

@@ -17,6 +17,7 @@ kernel time.
                    function and shown, not subtracted.
   PyTorch eager    scaled_dot_product_attention(enable_gqa=True) then torch.cuda.synchronize().
                    Kernel time: a CUDA graph of 20 calls replayed, per call (no launch gaps).
+The host time of an execute that only enqueues (the "synchronize" option off) is shown too.
 Writes DIR/bench_overhead.md.
 """
 
@@ -84,6 +85,8 @@ def main():
     parser.add_argument("--heads-kv", type=int, default=2)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--kv-len", type=int, default=200)
+    parser.add_argument("--payload", type=Path, help="a payload file for this shape (bench/make_payloads.py) "
+                        "instead of one compiled here")
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -98,31 +101,45 @@ def main():
     out = torch.empty_like(q)
     expected = scaled_dot_product_attention(q, k, v, enable_gqa=True)
 
-    payload = build_attention_payload(dtype=dtype, batch=batch, num_heads_q=args.heads_q,
-                                      num_heads_kv=args.heads_kv, head_dim=args.head_dim, l_q=l_q,
-                                      l_kv=args.kv_len, is_causal=False, archs=[10 * major + minor])
+    if args.payload:
+        payload = args.payload.read_bytes()
+    else:
+        payload = build_attention_payload(dtype=dtype, batch=batch, num_heads_q=args.heads_q,
+                                          num_heads_kv=args.heads_kv, head_dim=args.head_dim, l_q=l_q,
+                                          l_kv=args.kv_len, is_causal=False, archs=[10 * major + minor])
     lib = cr.load_backend_library()
     handles = {}
-    for profile in (False, True):
-        cr.set_backend_option("profile", profile)
-        rc, handles[profile] = cpp_delegate.init(payload)
+    for mode in ("plain", "profile", "enqueue"):
+        cr.set_backend_option("profile", mode == "profile")
+        cr.set_backend_option("synchronize", mode != "enqueue")
+        rc, handles[mode] = cpp_delegate.init(payload)
         if rc != 0:
             raise SystemExit(f"cuda_gqa init failed: executorch error {rc:#x} (see the log above)")
     cr.set_backend_option("profile", False)
+    cr.set_backend_option("synchronize", True)
     torch.cuda.synchronize()
     arguments = cpp_delegate.arguments([cpp_delegate.torch_tensor(t) for t in (q, k, v, out)])
     execute, count = lib.cuda_gqa_delegate_execute, len(arguments)
-    if execute(handles[False], arguments, count) != 0:
+    if execute(handles["plain"], arguments, count) != 0:
         raise SystemExit("cuda_gqa execute failed (see the log above)")
     torch.testing.assert_close(out.float(), expected.float(), atol=2e-2, rtol=2e-2)
 
     rows = []
-    cuda_gqa_wall = wall_us(lambda: execute(handles[False], arguments, count), args.iterations)
+    cuda_gqa_wall = wall_us(lambda: execute(handles["plain"], arguments, count), args.iterations)
     profiled = []
     for _ in range(args.iterations):
         before = cr.profiled_kernel_time_ns()
-        execute(handles[True], arguments, count)
+        execute(handles["profile"], arguments, count)
         profiled.append((cr.profiled_kernel_time_ns() - before) / 1e3)
+    # Host time alone: an execute that only enqueues ("synchronize" off), the GPU drained
+    # outside the timed span.
+    enqueue = []
+    for _ in range(WARMUP + args.iterations):
+        start = time.perf_counter_ns()
+        execute(handles["enqueue"], arguments, count)
+        enqueue.append((time.perf_counter_ns() - start) / 1e3)
+        torch.cuda.synchronize()
+    enqueue_us = statistics.median(enqueue[WARMUP:])
     no_op = lib.cuda_gqa_payload_version
     ctypes_us = statistics.median(wall_us(no_op, args.iterations))
     rows.append(("cuda_gqa C API (ctypes)", cuda_gqa_wall, statistics.median(profiled)))
@@ -144,7 +161,9 @@ def main():
     for name, wall, kernels in rows:
         median, p90 = median_p90(wall)
         lines.append(f"| {name} | {median:.1f} | {p90:.1f} | {kernels:.1f} | {median - kernels:.1f} |")
-    lines += ["", f"A ctypes call of a no-op C function: {ctypes_us:.2f} us (included in the C API row)."]
+    lines += ["", f"A ctypes call of a no-op C function: {ctypes_us:.2f} us (included in the C API row).",
+              f"Host time of one C API execute that only enqueues (\"synchronize\" off): {enqueue_us:.2f} us "
+              f"median; the rest of the overhead is launch latency and the wait."]
     text = "\n".join(lines)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)

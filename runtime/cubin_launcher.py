@@ -232,7 +232,9 @@ class CubinLauncher:
         self.workspace_address = 0
         if self.plan.workspace_bytes:
             align = WORKSPACE_ALIGN
-            self._workspace = torch.empty(self.plan.workspace_bytes + align - 1, dtype=torch.uint8,
+            # Zeroed once: fused split-KV kernels keep arrival counters there
+            # (payload.fbs, Workspace); each launch leaves them 0.
+            self._workspace = torch.zeros(self.plan.workspace_bytes + align - 1, dtype=torch.uint8,
                                           device=self.device)
             self.workspace_address = (self._workspace.data_ptr() + align - 1) // align * align
         # The payload's states (Payload.states): launch arguments after the

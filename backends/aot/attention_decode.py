@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import triton
 
+from ..heuristics import merge_block_s
 from ..kernels.attention_decode import gqa_decode_combine, gqa_decode_split
 from ..limits import SUPPORTED_DTYPES, check_head_dim
 from .triton_to_cubin import CompiledKernel, compile_to_cubin
@@ -13,7 +14,7 @@ from .variant import POINTER_TYPE, AttentionVariant
 _SPLIT_STRIDES = [f"stride_{t}{d}" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("o", "bhm"))
                   for d in dims]
 _OUT_STRIDES = ["stride_ob", "stride_oh", "stride_om"]
-# Splits merged per step of the combine's loop: covers the usual counts in one step.
+# Splits merged per step of the combine's loop by default (plans pass heuristics.combine_block_s).
 COMBINE_BLOCK_S = 16
 
 
@@ -25,12 +26,14 @@ def _pointer_type(dtype: torch.dtype) -> str:
 
 def compile_decode_split(*, dtype: torch.dtype, head_dim: int, num_heads_q: int, group_size: int,
                          variant: AttentionVariant, single_split: bool, arch: int, block_m: int, block_n: int,
-                         num_warps: int = 4, num_stages: int = 2) -> CompiledKernel:
+                         num_warps: int = 4, num_stages: int = 2, fused_combine: bool = False) -> CompiledKernel:
     """gqa_decode_split specialised for this problem, as a cubin for sm_<arch>.
 
     single_split=True is the one-launch variant that writes Out (grid axis 0
     must then be 1); otherwise it writes the fp32 Partial/Lse workspace for
-    gqa_decode_combine. Q/K/V/Out, the workspace pointers and all strides are
+    gqa_decode_combine, or with fused_combine=True merges the splits itself
+    through int32 Arrivals counters in the workspace (zeroed once at init by
+    the runtime). Q/K/V/Out, the workspace pointers and all strides are
     compiled as multiples of 16 (bytes for pointers, elements for strides),
     as in compile_attention; the runtime checks this per launch. The mask
     and kv_len pointers and mask strides carry no such assumption.
@@ -38,13 +41,16 @@ def compile_decode_split(*, dtype: torch.dtype, head_dim: int, num_heads_q: int,
     check_head_dim(head_dim)
     pointer = _pointer_type(dtype)
     signature = {"Q": pointer, "K": pointer, "V": pointer, "Out": pointer, "Partial": "*fp32", "Lse": "*fp32",
-                 "sm_scale": "fp32", "L_q": "i32", "L_kv": "i32", **{s: "i32" for s in _SPLIT_STRIDES},
+                 "Arrivals": "*i32", "sm_scale": "fp32", "L_q": "i32", "L_kv": "i32",
+                 **{s: "i32" for s in _SPLIT_STRIDES},
                  **variant.signature()}
     constexprs = {"NUM_HEADS_Q": num_heads_q, "GROUP_SIZE": group_size, "HEAD_DIM": head_dim,
                   "BLOCK_D": triton.next_power_of_2(head_dim), "BLOCK_M": block_m, "BLOCK_N": block_n,
-                  "SINGLE_SPLIT": single_split, **variant.constexprs()}
+                  "SINGLE_SPLIT": single_split, "FUSED_COMBINE": fused_combine and not single_split,
+                  "MERGE_BLOCK_S": merge_block_s(block_m, head_dim), **variant.constexprs()}
     return compile_to_cubin(gqa_decode_split, signature=signature, constexprs=constexprs,
-                            divisible_by_16=frozenset(["Q", "K", "V", "Out", "Partial", "Lse", *_SPLIT_STRIDES]),
+                            divisible_by_16=frozenset(["Q", "K", "V", "Out", "Partial", "Lse", "Arrivals",
+                                                       *_SPLIT_STRIDES]),
                             arch=arch, num_warps=num_warps, num_stages=num_stages)
 
 

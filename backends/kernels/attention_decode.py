@@ -33,6 +33,18 @@ gqa_decode_split: one program per (KV split, batch * KV head, M tile).
   axis 0. A workspace sized for larger B*H_q, L_q or split counts can be reused
   as is: only its leading elements are touched.
 
+  With FUSED_COMBINE the merge happens in the same launch (no combine kernel,
+  so a short decode costs one launch): after writing its partials, each
+  program increments Arrivals[batch * KV heads + kv_head, m_tile] (int32, in
+  the workspace); the program that arrives last merges every split of its
+  tile's rows, as gqa_decode_combine would, writes Out and sets the counter
+  back to 0. The counters must be 0 before the first launch (the runtimes
+  zero the workspace once at init) and are 0 again after each launch, so
+  launches in stream order (and CUDA graph replays) reuse them. Ordering: a
+  CTA barrier then an acq_rel gpu-scope atomic publish the CTA's partial
+  stores (the atomic releases what the barrier ordered before it); the last
+  program's atomic acquires them, and its merge loads bypass L1 (.cg).
+
 gqa_decode_combine: one program per (query row, batch * query head). It merges
   the splits of that row, each weighted by 2^(Lse_s - max Lse) and divided by
   their sum, and writes Out in Out's dtype; a row no split saw a key for gets 0.
@@ -46,7 +58,7 @@ from .online_softmax import attend_key_range, filled_length, visible_key_range
 
 @triton.jit
 def gqa_decode_split(
-    Q, K, V, Out, Partial, Lse, Mask, KvLen,
+    Q, K, V, Out, Partial, Lse, Arrivals, Mask, KvLen,
     sm_scale,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
@@ -58,7 +70,7 @@ def gqa_decode_split(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, WINDOW_LEFT: tl.constexpr, MASK_KIND: tl.constexpr, SOFTCAP: tl.constexpr,
-    SINGLE_SPLIT: tl.constexpr,
+    SINGLE_SPLIT: tl.constexpr, FUSED_COMBINE: tl.constexpr = False, MERGE_BLOCK_S: tl.constexpr = 1,
 ):
     split = tl.program_id(0)
     batch_kv_head = tl.program_id(1)
@@ -113,6 +125,58 @@ def gqa_decode_split(
         lse = tl.where(saw_key, row_max + tl.log2(tl.where(saw_key, row_sum, 1.0)), float("-inf"))
         tl.store(Lse + slot, lse, mask=row_ok)
         tl.store(Partial + slot[:, None] * HEAD_DIM + dims[None, :], out, mask=q_mask)
+        if FUSED_COMBINE:
+            tl.debug_barrier()  # every thread's partial stores, before the release below
+            arrivals = Arrivals + batch_kv_head * tl.num_programs(2) + m_tile
+            arrived = tl.atomic_add(arrivals, 1, sem="acq_rel", scope="gpu")
+            if arrived == num_splits - 1:
+                first_slot = ((batch * NUM_HEADS_Q + head) * L_q + q_row) * num_splits
+                merged = merge_splits(Partial, Lse, first_slot, num_splits, row_ok, dims, dim_ok,
+                                      BLOCK_M, BLOCK_D, HEAD_DIM, MERGE_BLOCK_S)
+                o_rows = Out + batch * stride_ob + head * stride_oh + q_row * stride_om
+                tl.store(o_rows[:, None] + dims[None, :], merged.to(Out.dtype.element_ty), mask=q_mask)
+                # Every split has arrived: nothing else touches the counter in this launch.
+                tl.atomic_xchg(arrivals, 0, sem="relaxed", scope="gpu")
+
+
+@triton.jit
+def merge_splits(Partial, Lse, first_slot, num_splits, row_ok, dims, dim_ok,
+                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+                 MERGE_BLOCK_S: tl.constexpr):
+    """The normalised merge of num_splits partials of BLOCK_M rows (first_slot: each row's split 0).
+
+    Two passes in the [BLOCK_M, *] layouts of the split's own tile (no 3-D
+    reductions, which cost layout shuffles through shared memory): the
+    log-sum-exps give each row's maximum and weight sum; then the partials
+    are summed with their weights, MERGE_BLOCK_S splits per step unrolled so
+    their loads are in flight together rather than one L2 round trip each.
+    Loads are .cg: other SMs wrote these lines, this SM's L1 may hold old
+    copies.
+    """
+    in_block = tl.arange(0, MERGE_BLOCK_S)
+    best = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    weight_sum = tl.zeros([BLOCK_M], tl.float32)
+    for s_start in range(0, num_splits, MERGE_BLOCK_S):
+        splits = s_start + in_block
+        lse = tl.load(Lse + first_slot[:, None] + splits[None, :],
+                      mask=row_ok[:, None] & (splits < num_splits)[None, :], other=float("-inf"),
+                      cache_modifier=".cg")
+        new_best = tl.maximum(best, tl.max(lse, 1))
+        shift = tl.where(new_best == float("-inf"), 0.0, new_best)
+        weight_sum = weight_sum * tl.exp2(best - shift) + tl.sum(tl.exp2(lse - shift[:, None]), 1)
+        best = new_best
+    shift = tl.where(best == float("-inf"), 0.0, best)
+    scale = 1.0 / tl.where(weight_sum > 0.0, weight_sum, 1.0)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for s_start in range(0, num_splits, MERGE_BLOCK_S):
+        for u in tl.static_range(MERGE_BLOCK_S):
+            slot = first_slot + s_start + u
+            ok = row_ok & (slot < first_slot + num_splits)
+            lse = tl.load(Lse + slot, mask=ok, other=float("-inf"), cache_modifier=".cg")
+            part = tl.load(Partial + slot[:, None] * HEAD_DIM + dims[None, :], mask=ok[:, None] & dim_ok[None, :],
+                           other=0.0, cache_modifier=".cg")
+            acc += (tl.exp2(lse - shift) * scale)[:, None] * part  # weight 0 for splits that saw no key
+    return acc
 
 
 @triton.jit
@@ -163,6 +227,11 @@ def decode_workspace_shape(batch: int, num_heads_q: int, l_q: int, head_dim: int
     run; any smaller problem uses the leading elements.
     """
     return (batch, num_heads_q, l_q, num_splits, head_dim), (batch, num_heads_q, l_q, num_splits)
+
+
+def decode_arrivals_count(batch: int, num_heads_kv: int, m_tiles: int = 1) -> int:
+    """int32 arrival counters gqa_decode_split with FUSED_COMBINE needs (zeroed before first use)."""
+    return batch * num_heads_kv * m_tiles
 
 
 def decode_split_grid(num_splits: int, batch: int, num_heads_kv: int, group_size: int, l_q: int,

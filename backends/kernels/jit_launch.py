@@ -14,6 +14,7 @@ import torch
 import triton
 
 from .attention_decode import (
+    decode_arrivals_count,
     decode_combine_grid,
     decode_split_grid,
     decode_workspace_shape,
@@ -22,7 +23,9 @@ from .attention_decode import (
 )
 from .attention_fwd import gqa_attention_fwd, launch_grid
 from ..aot.variant import AttentionVariant
-from ..heuristics import KernelConfig, attention_config, decode_config, decode_split_count, split_plan
+from ..heuristics import (KernelConfig, attention_config, decode_config, decode_split_count, fused_combine_for,
+                          merge_block_s, split_plan)
+from ..heuristics import combine_block_s as combine_block_s_for
 
 # Query lengths up to this run the split-KV decode kernels.
 MAX_DECODE_L_Q = 16
@@ -96,22 +99,34 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant: Va
     return out
 
 
-def decode_workspace(q: torch.Tensor, num_splits: int) -> list[torch.Tensor]:
-    """The split kernel's partial outputs and log-sum-exps; allocate once, reuse every step."""
+def decode_workspace(q: torch.Tensor, num_splits: int, num_heads_kv: Optional[int] = None,
+                     m_tiles: int = 1) -> list[torch.Tensor]:
+    """The split kernel's partial outputs and log-sum-exps, and the fused path's arrival
+    counters (zeroed here; each fused launch leaves them 0); allocate once, reuse every step.
+
+    num_heads_kv (default: as many as query heads, enough for any grouping) and m_tiles size
+    the counters: decode_arrivals_count(batch, num_heads_kv, m_tiles) of them.
+    """
     batch, num_heads_q, l_q, head_dim = q.shape
+    arrivals = decode_arrivals_count(batch, num_heads_q if num_heads_kv is None else num_heads_kv, m_tiles)
     return [torch.empty(s, device=q.device, dtype=torch.float32)
-            for s in decode_workspace_shape(batch, num_heads_q, l_q, head_dim, num_splits)]
+            for s in decode_workspace_shape(batch, num_heads_q, l_q, head_dim, num_splits)] + [
+        torch.zeros(arrivals, device=q.device, dtype=torch.int32)]
 
 
 def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant: Variant = Variant(), *,
                      scale: Optional[float] = None, out: Optional[torch.Tensor] = None,
                      num_splits: Optional[int] = None, workspace: Optional[Sequence[torch.Tensor]] = None,
-                     config: Optional[KernelConfig] = None, combine_block_s: int = 16) -> tuple[torch.Tensor, int]:
-    """Split-KV decode: (output, splits launched). One launch when one split suffices.
+                     config: Optional[KernelConfig] = None, combine_block_s: Optional[int] = None,
+                     fused: Optional[bool] = None) -> tuple[torch.Tensor, int]:
+    """Split-KV decode: (output, splits launched). One launch when one split suffices, or
+    when the splits merge in the split kernel (fused; None: as the heuristics choose).
 
     The split count is planned for all L_kv keys (a kv_len only shortens each
-    split). num_splits / config / combine_block_s: instead of the
-    heuristics' (for tuning sweeps and the interpreter).
+    split). num_splits / config / combine_block_s / fused: instead of the
+    heuristics' (for tuning sweeps and the interpreter). workspace: (Partial,
+    Lse[, Arrivals]) as decode_workspace makes them; the fused path needs
+    Arrivals, all 0 before its first launch (it leaves them 0).
     """
     batch, num_heads_q, l_q, head_dim = q.shape
     num_heads_kv, l_kv = k.shape[1], k.shape[2]
@@ -123,20 +138,28 @@ def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant:
                                         torch.cuda.get_device_properties(q.device).multi_processor_count,
                                         config.block_n, m_tiles=m_tiles)
     num_splits = split_plan(l_kv, num_splits, config.block_n)[1]
+    grid = decode_split_grid(num_splits, batch, num_heads_kv, group, l_q, config.block_m)
+    if fused is None:
+        fused = fused_combine_for(num_splits, group, l_q, head_dim)
+    fused = fused and num_splits > 1
     out = torch.empty_like(q) if out is None else out
-    partial, lse = decode_workspace(q, num_splits) if workspace is None else workspace
+    if workspace is None or (fused and len(workspace) < 3):
+        workspace = decode_workspace(q, num_splits, num_heads_kv, grid[2])
+    partial, lse, arrivals = (*workspace, None)[:3]
     mask, mask_strides = variant.mask_and_strides(q, k)
-    gqa_decode_split[decode_split_grid(num_splits, batch, num_heads_kv, group, l_q, config.block_m)](
-        q, k, v, out, partial, lse, mask, variant.kv_len, head_dim**-0.5 if scale is None else scale,
+    gqa_decode_split[grid](
+        q, k, v, out, partial, lse, arrivals if fused else out, mask, variant.kv_len,
+        head_dim**-0.5 if scale is None else scale,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *mask_strides, l_q, l_kv,
         NUM_HEADS_Q=num_heads_q, GROUP_SIZE=group, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, **variant.constexprs(), SINGLE_SPLIT=num_splits == 1,
+        FUSED_COMBINE=fused, MERGE_BLOCK_S=merge_block_s(config.block_m, head_dim),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
-    if num_splits > 1:
+    if num_splits > 1 and not fused:
         gqa_decode_combine[decode_combine_grid(batch, num_heads_q, l_q)](
             partial, lse, out, *out.stride()[:3], l_q, num_splits,
             NUM_HEADS_Q=num_heads_q, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
-            BLOCK_S=combine_block_s,
+            BLOCK_S=combine_block_s or combine_block_s_for(num_splits, head_dim),
         )
     return out, num_splits

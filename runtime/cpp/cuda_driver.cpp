@@ -69,6 +69,7 @@ LoadedDriver* load_driver() {
   }
   ok &= resolve(lib, "cuMemAlloc_v2", &a.MemAlloc, &missing);
   ok &= resolve(lib, "cuMemFree_v2", &a.MemFree, &missing);
+  ok &= resolve(lib, "cuMemsetD8_v2", &a.MemsetD8, &missing);
   ok &= resolve(lib, "cuMemcpyHtoD_v2", &a.MemcpyHtoD, &missing);
   ok &= resolve(lib, "cuMemcpyDtoH_v2", &a.MemcpyDtoH, &missing);
   ok &= resolve(lib, "cuMemcpyHtoDAsync_v2", &a.MemcpyHtoDAsync, &missing);

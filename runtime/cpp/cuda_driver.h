@@ -41,6 +41,7 @@ struct CudaDriver {
   decltype(&::cuLaunchHostFunc) LaunchHostFunc = nullptr;
   decltype(&::cuMemAlloc_v2) MemAlloc = nullptr;
   decltype(&::cuMemFree_v2) MemFree = nullptr;
+  decltype(&::cuMemsetD8_v2) MemsetD8 = nullptr;
   decltype(&::cuMemcpyHtoD_v2) MemcpyHtoD = nullptr;
   decltype(&::cuMemcpyDtoH_v2) MemcpyDtoH = nullptr;
   decltype(&::cuMemcpyHtoDAsync_v2) MemcpyHtoDAsync = nullptr;

@@ -350,6 +350,18 @@ Error set_up_device(DelegateState* s, const NamedDataMap* named_data, bool devic
     *why = "workspace: " + *why;
     return Error::MemoryAllocationFailed;
   }
+  // Zeroed once: fused split-KV kernels keep arrival counters there that
+  // must start at 0 and that each launch leaves at 0 (payload.fbs, Workspace).
+  if (workspace != 0) {
+    // cuMemsetD8 is ordered on the legacy stream, which the delegate's
+    // non-blocking stream does not wait for: finish it here.
+    CUresult r = s->driver->MemsetD8(workspace, 0, static_cast<size_t>(s->payload.workspace_bytes));
+    if (r == CUDA_SUCCESS) r = s->driver->CtxSynchronize();
+    if (r != CUDA_SUCCESS) {
+      *why = "workspace: zeroing failed: " + s->driver->error_string(r);
+      return Error::Internal;
+    }
+  }
 
   s->launchers.resize(num_kernels);
   s->scratch.reserve(2 * num_kernels);

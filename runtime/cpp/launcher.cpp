@@ -52,14 +52,15 @@ bool static_grid_ctas(const PayloadDesc& payload, const KernelDesc& kernel,
 
 bool check_arg(const TensorSpecDesc& spec, const ArgDesc& arg, size_t index,
                size_t num_inputs, std::string* error) {
-  const std::string name = arg_name(index, num_inputs);
+  // Called for every argument of every execute: the argument's name is only
+  // built for a message, so a passing check allocates and formats nothing.
   if (arg.dtype != static_cast<int>(spec.dtype)) {
-    *error = name + " has dtype " + arg_dtype_name(arg) + ", the kernels were compiled for " +
-             dtype_name(spec.dtype);
+    *error = arg_name(index, num_inputs) + " has dtype " + arg_dtype_name(arg) +
+             ", the kernels were compiled for " + dtype_name(spec.dtype);
     return false;
   }
   if (arg.rank != spec.sizes.size()) {
-    *error = name + " has rank " + std::to_string(arg.rank) + ", expected " +
+    *error = arg_name(index, num_inputs) + " has rank " + std::to_string(arg.rank) + ", expected " +
              std::to_string(spec.sizes.size());
     return false;
   }
@@ -67,15 +68,16 @@ bool check_arg(const TensorSpecDesc& spec, const ArgDesc& arg, size_t index,
     const int64_t want = spec.sizes[d];
     const int64_t got = arg.sizes[d];
     if (got < 0 || (want >= 0 && got != want)) {
-      *error = name + " has size " + std::to_string(got) + " at dim " + std::to_string(d) +
-               ", expected " + (want >= 0 ? std::to_string(want) : std::string("a size >= 0"));
+      *error = arg_name(index, num_inputs) + " has size " + std::to_string(got) + " at dim " +
+               std::to_string(d) + ", expected " +
+               (want >= 0 ? std::to_string(want) : std::string("a size >= 0"));
       return false;
     }
   }
   // Kernels index the last dimension with unit stride.
   if (arg.rank > 0 && arg.sizes[arg.rank - 1] > 1 && arg.strides[arg.rank - 1] != 1) {
-    *error = name + ": last dimension has stride " + std::to_string(arg.strides[arg.rank - 1]) +
-             ", expected 1";
+    *error = arg_name(index, num_inputs) + ": last dimension has stride " +
+             std::to_string(arg.strides[arg.rank - 1]) + ", expected 1";
     return false;
   }
   return true;

@@ -1,12 +1,13 @@
 """attention_plan picks the kernels of a delegated attention call ahead of time (no GPU):
-split-KV decode [split, combine] for decode shapes, [split (SINGLE_SPLIT)] for short
-contexts, the forward kernel for prefill and for packed rows that need several M tiles."""
+split-KV decode [split, combine] for decode shapes with much to merge, [split (FUSED_COMBINE)]
+where the merge is small, [split (SINGLE_SPLIT)] for short contexts, the forward kernel for
+prefill and for packed rows that need several M tiles."""
 
 import pytest
 import torch
 
 from cuda_gqa.backends.attention_plan import build_attention_payload, decode_plan
-from cuda_gqa.backends.heuristics import NOMINAL_SMS, decode_config, decode_split_count, split_plan
+from cuda_gqa.backends.heuristics import NOMINAL_SMS, decode_config, decode_split_count, fused_combine_for, split_plan
 from cuda_gqa.backends.serialization import deserialize_payload, serialize_payload
 from cuda_gqa.backends.serialization import payload_generated as fb
 from cuda_gqa.runtime.launch_plan import ArgInfo, LaunchError, LaunchPlan, evaluate_launch_cpp
@@ -37,9 +38,14 @@ def contiguous(sizes, address):
     return ArgInfo(dtype=fb.DType.Float16, sizes=sizes, strides=tuple(reversed(strides)), address=address)
 
 
+# Qwen3.5-MoE decode (16/2 heads, D256) over 32K keys: dozens of splits of 8 rows, too much to
+# merge in one program per KV head, so the splits are merged by a second launch.
+HQ, HKV, D, LKV = 16, 2, 256, 32768
+
+
 @pytest.fixture(scope="module")
 def llama_decode():
-    return build(1, 32, 8, 128, 1, 8192)
+    return build(1, HQ, HKV, D, 1, LKV)
 
 
 def test_decode_emits_split_then_combine(llama_decode):
@@ -47,49 +53,77 @@ def test_decode_emits_split_then_combine(llama_decode):
     split, combine = payload.kernels
     assert (split.name, combine.name) == (b"gqa_decode_split", b"gqa_decode_combine")
 
-    config = decode_config(128, torch.float16, 4, 1, 90)  # the payload is built for sm_90
-    split_len, num_splits = split_plan(8192, decode_split_count(1, 8, 8192, NOMINAL_SMS, config.block_n),
+    config = decode_config(D, torch.float16, HQ // HKV, 1, 90)  # the payload is built for sm_90
+    split_len, num_splits = split_plan(LKV, decode_split_count(1, HKV, LKV, NOMINAL_SMS, config.block_n),
                                        config.block_n)
     assert num_splits > 1 and NOMINAL_SMS == 132
+    assert not fused_combine_for(num_splits, HQ // HKV, 1, D)
     # Split grid: (num_splits, B * H_kv, 1), as cdiv(L_kv, divisor); combine grid: (L_q, B * H_q, 1).
     (divisor,) = [f.divisor for f in split.grid[0].factors]
-    assert -(-8192 // divisor) == num_splits and divisor <= split_len
+    assert -(-LKV // divisor) == num_splits and divisor <= split_len
     assert factors(split) == [[(KEY, 2, divisor)], [(KEY, 0, 1), (KEY, 1, 1)], []]
     assert factors(combine) == [[(Q, 2, 1)], [(Q, 0, 1), (Q, 1, 1)], []]
     assert not params_of(split, K.Int32Constant)  # the kernel cuts its splits itself
     assert [p.i32Value for p in params_of(combine, K.Int32Constant)] == [num_splits]
 
-    partial_bytes = 1 * 32 * 1 * num_splits * 128 * 4
-    lse_bytes = 1 * 32 * 1 * num_splits * 4
+    partial_bytes = 1 * HQ * 1 * num_splits * D * 4
+    lse_bytes = 1 * HQ * 1 * num_splits * 4
     assert payload.workspaceBytes == partial_bytes + lse_bytes
     for kernel in (split, combine):
         ws = params_of(kernel, K.Workspace)
         assert [(p.workspaceOffset, p.workspaceExtent) for p in ws] == [(0, partial_bytes),
                                                                         (partial_bytes, lse_bytes)]
         assert all(p.workspaceOffset % 16 == 0 and p.divisibility == 16 for p in ws)
+    # The split kernel's arrival counters are unused without FUSED_COMBINE: Out's address.
+    assert [p.arg for p in params_of(split, K.TensorPointer)] == [Q, KEY, V, OUT, OUT]
+
+
+def test_decode_with_a_small_merge_is_one_fused_launch():
+    """Batched llama3-8b decode (B=8): 2 splits of 4 rows per KV head merge in the split kernel."""
+    data = build(8, 32, 8, 128, 1, 8192)
+    payload = deserialize_payload(data)
+    (split,) = payload.kernels
+    plan = decode_plan(dtype=torch.float16, batch=8, num_heads_q=32, num_heads_kv=8, head_dim=128, l_q=1,
+                       l_kv=8192, arch=90)
+    assert plan.fused and plan.num_splits == 2
+    partial_bytes = 8 * 32 * plan.num_splits * 128 * 4
+    lse_bytes = 8 * 32 * plan.num_splits * 4
+    arrivals_offset = -(-(partial_bytes + lse_bytes) // 16) * 16
+    # Partial, Lse, then one int32 counter per (batch, KV head) at a 16-byte boundary.
+    assert [(p.workspaceOffset, p.workspaceExtent) for p in params_of(split, K.Workspace)] == [
+        (0, partial_bytes), (partial_bytes, lse_bytes), (arrivals_offset, 8 * 8 * 4)]
+    assert payload.workspaceBytes == arrivals_offset + 8 * 8 * 4 == plan.workspace_bytes
+    assert factors(split)[0] == [(KEY, 2, plan.grid_divisor)]
+    # Python and C++ evaluate it alike.
+    sizes = [(8, 32, 1, 128), (8, 8, 8192, 128), (8, 8, 8192, 128), (8, 32, 1, 128)]
+    args = [contiguous(s, 0x7000_0000_0000 + i * (1 << 32)) for i, s in enumerate(sizes)]
+    (launch,) = LaunchPlan(data).evaluate_all(args, workspace=WORKSPACE)
+    assert launch.grid == (2, 64, 1)
+    cpp = evaluate_launch_cpp(data, 0, args, workspace=WORKSPACE)
+    assert (cpp.grid, cpp.params, cpp.slots()) == (launch.grid, launch.params, launch.slots())
 
 
 def test_decode_payload_evaluates_identically_in_python_and_cpp(llama_decode):
     plan = LaunchPlan(llama_decode)
-    sizes = [(1, 32, 1, 128), (1, 8, 8192, 128), (1, 8, 8192, 128), (1, 32, 1, 128)]
+    sizes = [(1, HQ, 1, D), (1, HKV, LKV, D), (1, HKV, LKV, D), (1, HQ, 1, D)]
     args = [contiguous(s, 0x7000_0000_0000 + i * (1 << 32)) for i, s in enumerate(sizes)]
     launches = plan.evaluate_all(args, workspace=WORKSPACE)
     num_splits = deserialize_payload(llama_decode).kernels[1].params[-3].i32Value
-    assert [l.grid for l in launches] == [(num_splits, 8, 1), (1, 32, 1)]
+    assert [l.grid for l in launches] == [(num_splits, HKV, 1), (1, HQ, 1)]
     for k, launch in enumerate(launches):
         cpp = evaluate_launch_cpp(llama_decode, k, args, workspace=WORKSPACE)
         assert (cpp.grid, cpp.params, cpp.slots()) == (launch.grid, launch.params, launch.slots())
 
 
 def test_short_context_is_one_single_split_launch():
-    payload = deserialize_payload(build(1, 32, 8, 128, 1, 256))
+    payload = deserialize_payload(build(1, 32, 8, 128, 1, 200))
     (split,) = payload.kernels
     assert split.name == b"gqa_decode_split"
     assert payload.workspaceBytes == 0
     assert factors(split) == [[], [(KEY, 0, 1), (KEY, 1, 1)], []]
     assert not params_of(split, K.Workspace)
-    # Partial/Lse are never touched with SINGLE_SPLIT: they get Out's address.
-    assert [p.arg for p in params_of(split, K.TensorPointer)] == [Q, KEY, V, OUT, OUT, OUT]
+    # Partial/Lse/Arrivals are never touched with SINGLE_SPLIT: they get Out's address.
+    assert [p.arg for p in params_of(split, K.TensorPointer)] == [Q, KEY, V, OUT, OUT, OUT, OUT]
     LaunchPlan(payload)  # valid without a workspace
 
 
@@ -133,7 +167,7 @@ def test_attended_keys_bound_the_key_range_by_a_constant():
 def test_attended_keys_split_count_follows_the_bound():
     """Splits are planned for the attended keys, and the grid still comes from K's length."""
     bounded = decode_plan(dtype=torch.float16, batch=1, num_heads_q=32, num_heads_kv=8, head_dim=128, l_q=1,
-                          l_kv=30000, attended_keys=3000)
+                          l_kv=30000, attended_keys=1000)
     full = decode_plan(dtype=torch.float16, batch=1, num_heads_q=32, num_heads_kv=8, head_dim=128, l_q=1,
                        l_kv=30000)
     assert 1 < bounded.num_splits < full.num_splits
@@ -228,7 +262,7 @@ def test_mask_and_kv_len_inputs_evaluate_identically_in_python_and_cpp():
     assert [list(s.sizes) for s in payload.inputs[3:]] == [[2, 1, 1, 8192], []]
     split = payload.kernels[0]
     pointers = [p.arg for p in params_of(split, K.TensorPointer)]
-    assert pointers == [Q, KEY, V, 5, 3, 4]  # Q K V Out, then Mask and KvLen
+    assert pointers == [Q, KEY, V, 5, 5, 3, 4]  # Q K V Out, Arrivals (unused: Out), then Mask and KvLen
     # Only the mask's batch and key strides are runtime values; its size-1 dims are compiled as 0.
     assert [(p.arg, p.dim) for p in params_of(split, K.TensorStride) if p.arg == 3] == [(3, 0), (3, 3)]
 

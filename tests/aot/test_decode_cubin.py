@@ -9,7 +9,7 @@ from cuda_gqa.backends.heuristics import SHARED_MEMORY_BUDGET, decode_config
 
 EM_CUDA = 190
 SPLIT_STRIDES = [f"stride_{t}{d}" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("o", "bhm")) for d in dims]
-SPLIT_ARGS = ["Q", "K", "V", "Out", "Partial", "Lse", "sm_scale", *SPLIT_STRIDES, "L_q", "L_kv"]
+SPLIT_ARGS = ["Q", "K", "V", "Out", "Partial", "Lse", "Arrivals", "sm_scale", *SPLIT_STRIDES, "L_q", "L_kv"]
 COMBINE_ARGS = ["Partial", "Lse", "Out", "stride_ob", "stride_oh", "stride_om", "L_q", "NUM_SPLITS"]
 HIDDEN = ["global_scratch", "profile_scratch"]
 
@@ -19,17 +19,19 @@ def elf_cuda_arch(image: bytes) -> int:
     return flags & 0xFF if flags & 0xFF >= 20 else (flags >> 8) & 0xFF
 
 
-def split_kernel(arch, single_split, dtype=torch.float16, head_dim=128, heads_q=32, group=4, l_q=1):
+def split_kernel(arch, single_split, dtype=torch.float16, head_dim=128, heads_q=32, group=4, l_q=1, fused=False):
     config = decode_config(head_dim, dtype, group, l_q)
     return compile_decode_split(dtype=dtype, head_dim=head_dim, num_heads_q=heads_q, group_size=group,
                                 variant=AttentionVariant(is_causal=True), single_split=single_split, arch=arch,
-                                block_m=config.block_m, block_n=config.block_n, num_warps=config.num_warps, num_stages=config.num_stages)
+                                block_m=config.block_m, block_n=config.block_n, num_warps=config.num_warps,
+                                num_stages=config.num_stages, fused_combine=fused)
 
 
-@pytest.fixture(scope="module", params=[(80, False), (90, False), (90, True)],
-                ids=lambda p: f"sm_{p[0]}-{'single' if p[1] else 'split'}")
+@pytest.fixture(scope="module", params=[(80, "split"), (90, "split"), (90, "single"), (80, "fused"), (90, "fused")],
+                ids=lambda p: f"sm_{p[0]}-{p[1]}")
 def split(request):
-    return split_kernel(*request.param)
+    arch, kind = request.param
+    return split_kernel(arch, kind == "single", fused=kind == "fused")
 
 
 @pytest.fixture(scope="module", params=[80, 90], ids=lambda a: f"sm_{a}")
@@ -52,7 +54,7 @@ def test_split_is_a_cuda_elf_with_runtime_args_then_scratch(split):
     assert [types[n] for n in ("Q", "Partial", "Lse", "sm_scale", "L_kv", "global_scratch")] == \
         ["ptr", "ptr", "ptr", "fp32", "i32", "ptr"]
     divisible = {p.name for p in split.params if p.divisibility == 16}
-    assert divisible == {"Q", "K", "V", "Out", "Partial", "Lse", *SPLIT_STRIDES}
+    assert divisible == {"Q", "K", "V", "Out", "Partial", "Lse", "Arrivals", *SPLIT_STRIDES}
     assert "ld.global.v4" in split.ptx  # 16-byte K/V loads from the divisibility assumption
     assert 0 < split.shared_mem_bytes <= SHARED_MEMORY_BUDGET
     assert split.global_scratch_bytes == 0 and split.profile_scratch_bytes == 0
@@ -92,11 +94,19 @@ def test_mask_and_kv_len_become_entry_parameters_without_alignment_assumptions()
     kernel = compile_decode_split(dtype=torch.bfloat16, head_dim=128, num_heads_q=32, group_size=4, variant=variant,
                                   single_split=False, arch=90, block_m=config.block_m, block_n=config.block_n)
     names = [p.name for p in kernel.params]
-    assert names == ["Q", "K", "V", "Out", "Partial", "Lse", "Mask", "KvLen", "sm_scale", *SPLIT_STRIDES,
+    assert names == ["Q", "K", "V", "Out", "Partial", "Lse", "Arrivals", "Mask", "KvLen", "sm_scale", *SPLIT_STRIDES,
                      "stride_mb", "stride_mm", "stride_mn", "L_q", "L_kv"] + HIDDEN
     divisibility = {p.name: p.divisibility for p in kernel.params}
     assert all(divisibility[n] == 1 for n in ("Mask", "KvLen", "stride_mb", "stride_mm", "stride_mn"))
     assert "ld.global.u64" in kernel.ptx or "ld.global.b64" in kernel.ptx  # the int64 kv_len load
+
+
+def test_fused_split_publishes_partials_with_a_gpu_scope_acq_rel_atomic_and_merges_through_l2():
+    fused = split_kernel(90, False, fused=True)
+    plain = split_kernel(90, False)
+    assert "atom.global.gpu.acq_rel.add" in fused.ptx.replace(".s32", "").replace(".u32", "")
+    assert "bar.sync" in fused.ptx and "ld.global.cg" in fused.ptx
+    assert "atom." not in plain.ptx  # the two-launch split kernel has no counter
 
 
 @pytest.mark.parametrize("bad, message", [(dict(window_left=-2), "window_left=-2"),

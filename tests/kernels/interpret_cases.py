@@ -12,7 +12,9 @@ block_m, block_n, splits, block_s, window_left, softcap, kv_len (a device
 scalar of kv_len_dtype), mask ("bool" | "additive") with mask_shape (a
 broadcastable shape, "H" for H_q, "Q"/"K" for L_q/L_kv), hidden_rows (query
 rows the mask hides every key from), top_left_causal (PyTorch's own is_causal
-with L_q < L_kv, run as the AOT stage runs it: bottom-right over L_q keys).
+with L_q < L_kv, run as the AOT stage runs it: bottom-right over L_q keys),
+fused (decode: merge the splits in the split kernel; runs twice on one
+workspace, and reports the arrival counters it leaves).
 """
 
 import json
@@ -25,7 +27,8 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 from cuda_gqa.backends.heuristics import KernelConfig  # noqa: E402
-from cuda_gqa.backends.kernels.jit_launch import Variant, attention_decode, attention_fwd  # noqa: E402
+from cuda_gqa.backends.kernels.jit_launch import (  # noqa: E402
+    Variant, attention_decode, attention_fwd, decode_workspace)
 from cuda_gqa.backends.kernels.reference import reference_attention  # noqa: E402
 
 
@@ -60,7 +63,7 @@ def run_case(case: dict) -> dict:
     kv_len_tensor = None if kv_len is None else torch.tensor(kv_len, dtype=getattr(torch, case.get("kv_len_dtype", "int32")))
     variant = Variant(attn_mask=mask, is_causal=case["causal"], window_left=case.get("window_left", -1),
                       softcap=case.get("softcap", 0.0), kv_len=kv_len_tensor)
-    launched = 1
+    launched, arrivals_left = 1, 0
     if case["kernel"] == "fwd":
         config = KernelConfig(block_m=case.get("block_m", 16), block_n=case.get("block_n", 16), num_warps=4,
                               num_stages=1)
@@ -69,8 +72,21 @@ def run_case(case: dict) -> dict:
         group = h_q // h_kv
         config = KernelConfig(block_m=case.get("block_m", max(16, triton.next_power_of_2(group * l_q))),
                               block_n=case.get("block_n", 16), num_warps=4, num_stages=1)
-        _, launched = attention_decode(q, k, v, variant, scale=scale, out=out, num_splits=case["splits"],
-                                       config=config, combine_block_s=case.get("block_s", 16))
+        fused = case.get("fused", False)
+        workspace = None
+        if fused:
+            # Garbage partials, zero counters: what a reused workspace looks like.
+            m_tiles = triton.cdiv(group * l_q, config.block_m)
+            workspace = decode_workspace(q, max(case["splits"], 1), h_kv, m_tiles)
+            workspace[0].fill_(float("nan"))
+            workspace[1].fill_(float("nan"))
+        for _ in range(2 if fused else 1):
+            out.fill_(float("nan"))
+            _, launched = attention_decode(q, k, v, variant, scale=scale, out=out, num_splits=case["splits"],
+                                           config=config, combine_block_s=case.get("block_s", 16), fused=fused,
+                                           workspace=workspace)
+        if fused:
+            arrivals_left = int(workspace[2].abs().sum())
     if case.get("top_left_causal"):
         expected = torch.nn.functional.scaled_dot_product_attention(
             q.float(), k.float(), v.float(), is_causal=True, scale=scale, enable_gqa=True)
@@ -79,7 +95,8 @@ def run_case(case: dict) -> dict:
                                        window_left=case.get("window_left", -1), softcap=case.get("softcap", 0.0),
                                        kv_len=kv_len)
     return {"id": case["id"], "max_abs_err": (out.float() - expected).abs().max().item(),
-            "nan": bool(out.isnan().any()), "splits": launched}
+            "nan": bool(out.isnan().any()), "splits": launched,
+            "arrivals_left": arrivals_left}
 
 
 if __name__ == "__main__":

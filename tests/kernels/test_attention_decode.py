@@ -51,6 +51,25 @@ CASES = {
     "window-split": dict(GQA, l_q=2, l_kv=90, causal=True, splits=3, window_left=20),
     "window-kv-len-split": dict(GQA, l_q=1, l_kv=128, causal=True, splits=3, window_left=30, kv_len=100),
     "softcap-split": dict(GQA, l_q=1, l_kv=50, causal=True, splits=2, softcap=3.0, scale=1.0, dtype="float32"),
+    # Fused: the last split program of each (batch, KV head, M tile) merges in the split kernel.
+    "fused-gqa-decode": dict(GQA, l_q=1, l_kv=45, causal=False, splits=3, fused=True),
+    # Five splits whose log-sum-exps are read two at a time (MERGE_BLOCK_S for 64 rows x 64 dims), batch 2.
+    "fused-many-splits-batch-2": dict(GQA, batch=2, l_q=1, l_kv=80, causal=True, splits=5, fused=True,
+                                      block_m=64),
+    "fused-mqa-lq4-causal": dict(MQA, l_q=4, l_kv=45, causal=True, splits=2, fused=True),
+    # Rows 0-1 see no key in any split; kv_len leaves splits with no key at all.
+    "fused-lq-over-kv-len": dict(GQA, l_q=4, l_kv=40, causal=True, splits=2, kv_len=2, fused=True),
+    "fused-kv-len-fewer-keys-than-splits": dict(GQA, l_q=2, l_kv=200, causal=True, splits=4, kv_len=9,
+                                                fused=True),
+    "fused-kv-len-zero": dict(GQA, l_q=1, l_kv=64, causal=True, splits=2, kv_len=0, fused=True),
+    "fused-m-tiles": dict(GQA, l_q=4, heads_q=16, heads_kv=2, l_kv=40, causal=True, splits=2, block_m=16,
+                          fused=True),
+    "fused-bool-mask-bhqk": dict(GQA, batch=2, l_q=3, l_kv=50, causal=False, splits=2, mask="bool",
+                                 mask_shape="BHQK", hidden_rows=[1], fused=True),
+    "fused-additive-mask-window": dict(GQA, l_q=2, l_kv=90, causal=True, splits=3, window_left=20,
+                                       mask="additive", mask_shape="B11K", fused=True),
+    "fused-head-dim-80-fp32": dict(GQA, head_dim=80, l_q=2, l_kv=41, causal=True, splits=2, fused=True,
+                                   dtype="float32"),
 }
 
 
@@ -69,3 +88,10 @@ def test_cases_cover_both_paths(results):
     assert launched["gqa-decode-single-launch"] == 1 and launched["gqa-lq4-single-launch"] == 1
     assert launched["gqa-decode-split"] == 3 and launched["many-splits-blocked-combine"] == 7
     assert launched["kv-len-fewer-keys-than-splits"] == 4 and launched["lq-over-kv-len-split"] == 2
+    assert launched["fused-many-splits-batch-2"] == 5 and launched["fused-kv-len-fewer-keys-than-splits"] == 4
+
+
+@pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.get("fused")])
+def test_fused_merge_leaves_arrival_counters_zero(results, name):
+    # Two launches ran on one workspace: the second relied on the first having reset them.
+    assert results[name]["arrivals_left"] == 0

@@ -5,9 +5,9 @@ import torch
 import triton
 
 from cuda_gqa.backends.heuristics import (
-    EFFICIENCY_FRACTION, MAX_SPLITS, MIN_SPLIT_LEN, SHARED_MEMORY_BUDGET, SHARED_MEMORY_PER_BLOCK,
-    attention_config, decode_config, decode_split_count, estimated_shared_bytes, split_plan, tuning_table,
-    wave_efficiency)
+    EFFICIENCY_FRACTION, MAX_FUSED_MERGE_BYTES, MAX_SPLITS, MIN_SPLIT_LEN, SHARED_MEMORY_BUDGET,
+    SHARED_MEMORY_PER_BLOCK, attention_config, combine_block_s, decode_config, decode_split_count,
+    estimated_shared_bytes, fused_combine_for, merge_block_s, split_plan, tuning_table, wave_efficiency)
 
 SMS = 132
 BLOCK_N = 64
@@ -36,9 +36,10 @@ def test_split_count_fills_the_sms_or_hits_the_minimum_split(batch, heads_kv, l_
 
 def test_decode_table_picks():
     picks = {shape: decode_split_count(*shape, SMS, BLOCK_N) for shape in DECODE_TABLE}
-    # Whole-wave fill for the long llama context; 256-key splits cap the short ones.
+    # Whole-wave fill for the llama contexts, short ones too (16 splits of 128 keys at 2K).
     assert picks[(1, 8, 8192)] * 8 >= 0.85 * SMS
-    assert picks[(1, 2, 8192)] == 32 and split_plan(8192, 32, BLOCK_N)[0] == 256
+    assert picks[(1, 8, 2048)] == 16 and split_plan(2048, 16, BLOCK_N)[0] == MIN_SPLIT_LEN == 128
+    assert picks[(1, 2, 8192)] == 64 and split_plan(8192, 64, BLOCK_N)[0] == 128
     assert EFFICIENCY_FRACTION * MAX_SPLITS <= picks[(1, 1, 32768)] <= MAX_SPLITS
     assert picks[(8, 8, 8192)] == 2  # 64 CTAs -> 128 of 132 SMs
 
@@ -48,7 +49,7 @@ def test_one_split_when_batch_and_heads_fill_the_sms(batch, heads_kv):
     assert decode_split_count(batch, heads_kv, 32768, SMS, BLOCK_N) == 1
 
 
-@pytest.mark.parametrize("l_kv", [1, 100, 300, 511])
+@pytest.mark.parametrize("l_kv", [1, 100, 200, 255])
 def test_short_contexts_are_not_split(l_kv):
     assert decode_split_count(1, 8, l_kv, SMS, BLOCK_N) == 1
 
@@ -59,6 +60,21 @@ def test_pick_is_the_smallest_within_85_percent_of_the_best():
     best = max(wave_efficiency(8 * s, SMS) for s in candidates)
     assert wave_efficiency(8 * splits, SMS) >= EFFICIENCY_FRACTION * best
     assert all(wave_efficiency(8 * s, SMS) < EFFICIENCY_FRACTION * best for s in candidates if s < splits)
+
+
+def test_only_small_merges_are_fused():
+    """The split kernel merges its splits itself only where each merging program reads at most
+    MAX_FUSED_MERGE_BYTES of partials: llama3-8b B=8 (2 splits of 4 rows), not B=1's 16 splits."""
+    assert fused_combine_for(2, 4, 1, 128) and 2 * 4 * 128 * 4 <= MAX_FUSED_MERGE_BYTES
+    assert not fused_combine_for(16, 4, 1, 128)
+    assert not fused_combine_for(1, 4, 1, 128)  # one split writes Out directly
+    assert not fused_combine_for(2, 32, 1, 128)  # MQA: 32 rows per KV head
+
+
+def test_merge_blocks_stay_within_the_register_budget():
+    assert combine_block_s(128, 128) == 64 and combine_block_s(16, 128) == 16 and combine_block_s(57, 256) == 32
+    assert combine_block_s(1, 64) == 1
+    assert merge_block_s(16, 128) == 4 and merge_block_s(32, 128) == 2 and merge_block_s(64, 256) == 1
 
 
 def test_max_splits_is_respected():

@@ -111,8 +111,9 @@ for payload_path, pte_path, device in zip(sys.argv[1::3], sys.argv[2::3], sys.ar
 """
 
 
-def add_payload(sizes=(2, 64), version=None) -> bytes:
-    """A payload whose delegate computes x + y on float32 (2, 64); fake cubins."""
+def add_payload(sizes=(2, 64), version=None, workspace_bytes=0) -> bytes:
+    """A payload whose delegate computes x + y on float32 (2, 64); fake cubins; a workspace
+    of workspace_bytes the kernel does not use."""
     spec = lambda: fb.TensorSpecT(dtype=fb.DType.Float32, sizes=list(sizes))  # noqa: E731
     payload = sample_payload()
     payload.inputs, payload.outputs = [spec(), spec()], [spec()]
@@ -122,6 +123,7 @@ def add_payload(sizes=(2, 64), version=None) -> bytes:
     kernel.params = [param(K.TensorPointer, P.Pointer, arg=a, divisibility=16) for a in range(3)]
     kernel.params.append(param(K.TensorSize, P.Int32, arg=0, dim=1))
     kernel.grid = [fb.GridDimT(factors=[fb.GridFactorT(arg=0, dim=0, divisor=1)]), fb.GridDimT(), fb.GridDimT()]
+    payload.workspaceBytes = workspace_bytes
     return pack(payload, version=version)
 
 
@@ -205,8 +207,20 @@ CUresult cuEventCreate(unsigned long long** e, unsigned f) { (void)f; *e = callo
 CUresult cuEventDestroy_v2(unsigned long long* e) { free(e); return 0; }
 CUresult cuEventRecord(unsigned long long* e, void* s) { (void)s; *e = device_ns; return 0; }
 CUresult cuEventElapsedTime_v2(float* ms, unsigned long long* a, unsigned long long* b) { *ms = (float)((*b - *a) / 1e6); return 0; }
-CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t n) { *p = (CUdeviceptr)aligned_alloc(256, (n + 255) / 256 * 256); return *p ? 0 : 2; }
+/* Fresh device memory holds garbage, as on a GPU. */
+CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t n) {
+  *p = (CUdeviceptr)aligned_alloc(256, (n + 255) / 256 * 256);
+  if (*p) memset((void*)*p, 0xA5, n);
+  return *p ? 0 : 2;
+}
 CUresult cuMemFree_v2(CUdeviceptr p) { free((void*)p); return 0; }
+static unsigned long long zeroed_bytes;
+unsigned long long fake_zeroed_bytes(void) { return zeroed_bytes; }
+CUresult cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) {
+  memset((void*)d, v, n);
+  if (v == 0) __atomic_add_fetch(&zeroed_bytes, n, __ATOMIC_RELAXED);
+  return 0;
+}
 CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void* h, size_t n) {
   memcpy((void*)d, h, n); __atomic_add_fetch(&sync_copies, 1, __ATOMIC_RELAXED); return 0;
 }

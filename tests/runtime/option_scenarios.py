@@ -8,7 +8,8 @@ through the C API, the tensors marked as in host memory ("host") or in device me
 device N ("cuda:N"; the fake driver's device memory is host memory). Prints one JSON
 object: per scenario what was refused, the values read back, init's and execute's error
 codes, whether both outputs were x + y, the kernel time profiled, the fake driver's copies
-and synchronisations, and the stderr written meanwhile (the backend's log lines)."""
+and synchronisations, the bytes init zeroed, and the stderr written meanwhile (the backend's
+log lines)."""
 
 import ctypes
 import json
@@ -41,8 +42,12 @@ def run(options, placement, payload) -> dict:
             report["refused"].append(str(error))
     report["values"] = {key: cr.get_backend_option(key) for key in DEFAULTS}
     before = cr.profiled_kernel_time_ns()
+    zeroed = ctypes.CDLL("libcuda.so.1").fake_zeroed_bytes
+    zeroed.restype = ctypes.c_ulonglong
+    zeroed_before = zeroed()
     rc, handle = cpp_delegate.init(payload)
     report["init"] = rc
+    report["zeroed_at_init"] = zeroed() - zeroed_before
     if handle is None:
         return report
     x, y = np.arange(128, dtype=np.float32).reshape(2, 64), np.full((2, 64), 0.5, np.float32)

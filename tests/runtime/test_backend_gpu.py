@@ -22,6 +22,8 @@ CASES = {  # dtype, batch, H_q, H_kv, L_q, L_kv, D, causal
     "prefill": (torch.bfloat16, 1, 8, 2, 128, 128, 64, True),
     "decode_single_split": (torch.float16, 1, 8, 2, 1, 200, 64, False),
     "decode_multi_split": (torch.bfloat16, 1, 32, 8, 1, 4096, 128, False),
+    # Batched: 2 splits per KV head, merged by the split kernel itself (one launch, arrival counters).
+    "decode_fused_merge": (torch.bfloat16, 8, 32, 8, 1, 2048, 128, False),
 }
 DEFAULT_OPTIONS = {"device": 0, "stream": "0", "synchronize": True, "profile": False}
 

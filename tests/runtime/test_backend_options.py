@@ -50,12 +50,13 @@ SCENARIOS = {
 }
 PLACEMENTS = {"device tensors": "cuda:0", "device tensors, no sync": "cuda:0", "tensors on another device": "cuda:1"}
 DEFAULT_VALUES = {"device": 0, "stream": "0x0", "synchronize": True, "profile": False}
+WORKSPACE_BYTES = 1000
 
 
 @pytest.fixture(scope="module")
 def scenarios(fake_driver_dir, tmp_path_factory) -> dict:
     payload = tmp_path_factory.mktemp("options") / "add.bin"
-    payload.write_bytes(add_payload())
+    payload.write_bytes(add_payload(workspace_bytes=WORKSPACE_BYTES))
     scenario_list = [(name, options, PLACEMENTS.get(name, "host")) for name, options in SCENARIOS.items()]
     result = subprocess.run([sys.executable, str(SCENARIO_SCRIPT), json.dumps(scenario_list),
                              str(payload)], capture_output=True, text=True, timeout=300, cwd=ROOT,
@@ -123,6 +124,14 @@ def test_runner_device_reaches_init_as_a_runtime_spec(programs, fake_driver_dir)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "sm_90 on device 1" in result.stderr
     assert result.stdout.count("kernels: median 125.0 us") == 1, result.stdout
+
+
+def test_init_zeroes_the_workspace_once(scenarios):
+    """Fused split-KV kernels keep arrival counters in the workspace that must start at 0
+    (payload.fbs, Workspace); the fake driver's fresh memory is garbage."""
+    assert scenarios["defaults"]["init"] == 0
+    assert scenarios["defaults"]["zeroed_at_init"] == WORKSPACE_BYTES
+    assert scenarios["defaults"]["matches"]
 
 
 def test_host_tensors_are_staged_and_waited_for(scenarios):

@@ -24,7 +24,7 @@ TOOLS = Path(sys.executable).parent  # cmake and ninja come from the venv
 
 # prefill (forward kernel; sm_90 tiles as an arch variant), decode with one
 # split (no combine, no workspace), decode with several splits (split +
-# combine sharing a workspace; variant for sm_90).
+# combine sharing a workspace; variant for sm_90), decode merging in the split kernel.
 PAYLOADS = {
     "prefill": dict(dtype=torch.bfloat16, batch=1, num_heads_q=8, num_heads_kv=2, head_dim=64, l_q=128, l_kv=128,
                     is_causal=True),
@@ -32,6 +32,9 @@ PAYLOADS = {
                                 l_kv=200, is_causal=False),
     "decode_multi_split": dict(dtype=torch.bfloat16, batch=1, num_heads_q=32, num_heads_kv=8, head_dim=128, l_q=1,
                                l_kv=4096, is_causal=False),
+    # Splits merged in the split kernel: three workspace ranges (partials, log-sum-exps, counters).
+    "decode_fused_merge": dict(dtype=torch.bfloat16, batch=8, num_heads_q=32, num_heads_kv=8, head_dim=128, l_q=1,
+                               l_kv=2048, is_causal=False),
 }
 SANITIZER_REPORTS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer", "SUMMARY: ")
 
