@@ -31,10 +31,13 @@ def _repeat_kv(x: torch.Tensor, group: int) -> torch.Tensor:
 
 
 class _Projections(nn.Module):
+    # Hidden size smaller than H_q * D keeps the weights (and the GPU bundle) small.
+    HIDDEN = 256
+
     def __init__(self, heads_q: int, heads_kv: int, head_dim: int, bias: bool = False):
         super().__init__()
         self.heads_q, self.heads_kv, self.head_dim = heads_q, heads_kv, head_dim
-        hidden = heads_q * head_dim
+        hidden = self.HIDDEN
         self.q_proj = nn.Linear(hidden, heads_q * head_dim, bias=bias)
         self.k_proj = nn.Linear(hidden, heads_kv * head_dim, bias=bias)
         self.v_proj = nn.Linear(hidden, heads_kv * head_dim, bias=bias)
@@ -142,5 +145,5 @@ def make_zoo_model(name: str, dtype: torch.dtype = torch.float16, batch: int = 1
     for p in model.parameters():
         nn.init.normal_(p, std=model.head_dim**-0.5 / 2)
     model = model.to(dtype)
-    x = torch.randn(batch, entry.seq_len, model.heads_q * model.head_dim, dtype=dtype)
+    x = torch.randn(batch, entry.seq_len, model.HIDDEN, dtype=dtype)
     return model, (x,)
