@@ -48,11 +48,14 @@ class CudaGqaBackend(BackendDetails):
             if operand not in inputs:
                 raise RuntimeError(f"SDPA operand {operand.name} is not a delegate input")
 
-        (batch, num_heads_q, l_q, head_dim), (_, num_heads_kv, l_kv, _), _ = call.shapes
+        (batch, num_heads_q, _, head_dim), (_, num_heads_kv, _, _), _ = call.shapes
+        # Static lengths are (n, n); dynamic ones their export bounds: one payload serves the range.
+        l_q, l_kv = call.lengths
         mask = call.mask
         payload = build_attention_payload(
             dtype=call.dtype, batch=batch, num_heads_q=num_heads_q, num_heads_kv=num_heads_kv, head_dim=head_dim,
             l_q=l_q, l_kv=l_kv, is_causal=call.is_causal, scale=call.softmax_scale, attended_keys=call.attended_keys,
+            keys_follow_query=call.keys_follow_query, kv_follows_query=call.kv_follows_query,
             mask_shape=None if mask is None else tuple(mask.shape), mask_dtype=None if mask is None else mask.dtype,
             archs=options.archs,
             ptx=options.ptx,
