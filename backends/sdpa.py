@@ -31,8 +31,11 @@ def length_range(size) -> LengthRange:
     if isinstance(size, int):
         return size, size
     bounds = size.node.shape_env.bound_sympy(size.node.expr)
-    lower, upper = int(bounds.lower), bounds.upper
-    upper = int(upper) if upper.is_finite else None
+    lower = int(bounds.lower)
+    try:
+        upper = int(bounds.upper)
+    except (TypeError, ValueError, OverflowError, AttributeError):  # torch's int_oo: no bound
+        upper = None
     return (1 if lower <= 2 else lower), upper
 
 

@@ -374,7 +374,7 @@ def _check_plan(plan, specs, workspace_bytes: int, where: str) -> None:
 def plans_for_arch(plans, device_cc: Optional[int]) -> list[int]:
     """Indices of the plans init keeps for compute capability device_cc: those
     listing it if any plan does, else those listing no arch (None: the latter)."""
-    listing = [i for i, p in enumerate(plans) if device_cc is not None and device_cc in list(p.archs or [])]
+    listing = [i for i, p in enumerate(plans) if device_cc is not None and _len(p.archs) and device_cc in list(p.archs)]
     return listing or [i for i, p in enumerate(plans) if not _len(p.archs)]
 
 
@@ -493,7 +493,7 @@ class LaunchPlan:
         self.plan_indices = plans_for_arch(payload.plans, device_cc)
         if not self.plan_indices:
             raise LaunchError(f"no launch plan for sm_{device_cc} in this payload (its plans list archs "
-                              f"{sorted({int(a) for p in payload.plans for a in p.archs or []})})")
+                              f"{sorted({int(a) for p in payload.plans if _len(p.archs) for a in p.archs})})")
         self.plans = [payload.plans[i] for i in self.plan_indices]
 
     @property
