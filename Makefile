@@ -68,7 +68,8 @@ GPU_CASES := demo:--dtype=float16 \
              bf16-additive-mask-decode:--dtype=bfloat16,--heads-q=16,--heads-kv=2,--head-dim=128,--seq-len=1,--kv-len=3000,--mask=additive \
              bf16-repeat-interleave:--dtype=bfloat16,--heads-q=12,--heads-kv=4,--seq-len=80,--kv-expansion=repeat_interleave \
              demo-device-planned:--dtype=float16,--target-device=cuda \
-             decode-bf16-short-device-io:--dtype=bfloat16,--heads-q=8,--heads-kv=2,--head-dim=64,--seq-len=1,--kv-len=200,--target-device=cuda,--device-io
+             decode-bf16-short-device-io:--dtype=bfloat16,--heads-q=8,--heads-kv=2,--head-dim=64,--seq-len=1,--kv-len=200,--target-device=cuda,--device-io \
+             demo-dynamic:--dtype=float16,--dynamic
 
 gpu-bundle: build
 	rm -rf .gpu && mkdir -p .gpu
