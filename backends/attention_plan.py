@@ -470,8 +470,11 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
         extra_bindings["L_kv"] = _binding(fb.ParamKind.TensorSize, arg=args.query, dim=2)
 
     def choose(arch: int):
-        return dispatch_rows(batch=batch, l_q=q_range, l_kv=kv_range, keys_follow_query=keys_follow_query,
+        rows = dispatch_rows(batch=batch, l_q=q_range, l_kv=kv_range, keys_follow_query=keys_follow_query,
                              attended_keys=attended_keys, arch=arch, fwd_config=fwd_config, **problem)
+        if kv_follows_query:  # L_kv is L_q: rows whose L_kv range misses their L_q range never run
+            rows = tuple(r for r in rows if r[1][0] <= r[0][1] and r[0][0] <= r[1][1])
+        return rows
 
     def when(q_rows: tuple[int, int], kv_rows: tuple[int, int]) -> list[fb.SizeRangeT]:
         """The ranges of a row, on the dynamic sizes only (static ones are the specs')."""
