@@ -167,6 +167,7 @@ class CubinLauncher:
         self._cc_device = self._cc.Device(index)
         self._cc_device.set_current()
 
+        self._kept_plan = {index: p for p, index in enumerate(self.plan.plan_indices)}  # payload's -> kept
         self.images = []  # per kept plan, ImageChoice per kernel
         self._kernels = []  # per kept plan, the loaded kernel per kernel
         loaded = {}  # plans share kernels: load each image and entry point once
@@ -316,7 +317,7 @@ class CubinLauncher:
 
     def _launch(self, stream, launch: KernelLaunch) -> None:
         cc = self._cc
-        kernel = self._kernels[self.plan.plan_indices.index(launch.plan_index)][launch.kernel_index]
+        kernel = self._kernels[self._kept_plan[launch.plan_index]][launch.kernel_index]
         args = [_pack(t, v) for t, v in launch.params]
         if self._launch_takes_stream_first:
             config = cc.LaunchConfig(grid=launch.grid, block=(launch.block, 1, 1),
