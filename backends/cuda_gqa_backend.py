@@ -59,6 +59,7 @@ class CudaGqaBackend(BackendDetails):
             mask_shape=None if mask is None else tuple(mask.shape), mask_dtype=None if mask is None else mask.dtype,
             archs=options.archs,
             ptx=options.ptx,
+            generic=options.generic_plans,
             args=AttentionArgs(query=inputs.index(call.query), key=inputs.index(call.key),
                                value=inputs.index(call.value), out=len(inputs),
                                mask=None if mask is None else inputs.index(call.attn_mask)),
