@@ -522,6 +522,69 @@ def test_dynamic_payload_executes_and_refuses_sizes_above_its_bounds(programs, f
     assert "CudaGqaBackend: input 0 has size 2 at dim 0, above its bound 1" in result.stderr
 
 
+DYNAMIC_PROGRAM_SCRIPT = """
+import sys, torch
+from executorch.exir import to_edge
+from executorch.exir.backend.backend_api import to_backend
+from executorch.exir.backend.backend_details import BackendDetails, PreprocessResult
+
+class Add(torch.nn.Module):
+    def forward(self, x, y):
+        return x + y
+
+class Wrapper(torch.nn.Module):
+    def __init__(self, lowered):
+        super().__init__()
+        self.lowered = lowered
+
+    def forward(self, x, y):
+        return self.lowered(x, y)
+
+class CudaGqaBackend(BackendDetails):
+    @staticmethod
+    def preprocess(edge_program, compile_specs):
+        return PreprocessResult(processed_bytes=open(sys.argv[1], "rb").read())
+
+rows = torch.export.Dim("rows", max=4)
+inputs, shapes = (torch.ones(2, 64), torch.ones(2, 64)), ({0: rows}, {0: rows})
+lowered = to_backend("CudaGqaBackend", to_edge(torch.export.export(Add(), inputs, dynamic_shapes=shapes))
+                     .exported_program(), [])
+program = to_edge(torch.export.export(Wrapper(lowered), inputs, dynamic_shapes=shapes)).to_executorch()
+open(sys.argv[2], "wb").write(program.buffer)
+"""
+
+
+def test_a_dynamic_program_resizes_the_delegates_output_per_call(fake_driver_dir, tmp_path):
+    """A program exported with dynamic rows (up to 4) around a dynamic payload: each call
+    through ExecuTorch's Python runtime gets an output of its own inputs' rows."""
+    from fake_programs import add_payload
+
+    (tmp_path / "payload.bin").write_bytes(add_payload(max_rows=4))
+    made = subprocess.run([sys.executable, "-c", DYNAMIC_PROGRAM_SCRIPT, str(tmp_path / "payload.bin"),
+                           str(tmp_path / "dynamic.pte")], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert made.returncode == 0, made.stderr[-3000:]
+    run = textwrap.dedent(f"""
+        import torch
+        from cuda_gqa.runtime.program import load_method
+        forward = load_method({str(tmp_path / "dynamic.pte")!r})
+        for rows in (3, 1, 4):
+            x = torch.arange(rows * 64, dtype=torch.float32).reshape(rows, 64)
+            (out,) = forward.execute([x, x])
+            assert out.shape == (rows, 64) and torch.equal(out, x + x), (rows, out.shape)
+            print("rows", rows, "ok")
+        try:
+            forward.execute([torch.ones(5, 64), torch.ones(5, 64)])
+        except Exception as e:
+            print("5 rows refused:", type(e).__name__)
+    """)
+    result = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True,
+                            env=fake_env(fake_driver_dir), timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert [line for line in result.stdout.splitlines() if line.startswith("rows")] == [
+        "rows 3 ok", "rows 1 ok", "rows 4 ok"]
+    assert "5 rows refused" in result.stdout
+
+
 def test_run_bundle_runs_each_case_and_summarises(programs, fake_driver_dir, tmp_path):
     bundle = tmp_path / "bundle"
     x = np.arange(128, dtype=np.float32).reshape(2, 64)
