@@ -419,8 +419,10 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
     L_kv (the kernels get it as their L_kv and never read past it);
     keys_follow_query bounds them to the first L_q keys of a dynamic call
     (PyTorch's top-left causal mask; L_q must not exceed L_kv). mask_shape /
-    mask_dtype describe the attn_mask input args.mask (static, broadcastable
-    to [B, H_q, L_q, L_kv]); kv_len_dtype the device kv_len scalar args.kv_len.
+    mask_dtype describe the attn_mask input args.mask (broadcastable to
+    [B, H_q, L_q, L_kv]; -1 for a dim that has the dynamic L_q or L_kv, which
+    the runtime checks against q's or k's length); kv_len_dtype the device
+    kv_len scalar args.kv_len.
     window_left and softcap are the kernels' (backends/kernels/online_softmax.py).
     fwd_config: the forward kernel's tiles instead of the heuristics' (for
     tuning sweeps of the AOT cubins, bench/tune_aot.py).
@@ -445,10 +447,23 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
         raise ValueError("a kv_len needs kv_len_dtype and its argument index args.kv_len together")
     mask_broadcast = (False,) * 4
     extra_bindings = {}
+    mask_sources = []  # the mask's dynamic dims: (its dim, the input and dim whose length it has)
     if mask_shape is not None:
-        if q_dynamic or kv_dynamic:
-            raise ValueError("an attn_mask needs static L_q and L_kv")
-        mask_problem = mask_shape_problem(mask_shape, (batch, num_heads_q, q_range[0], kv_range[0]))
+        first = 4 - len(mask_shape)
+        lengths = {2: (q_dynamic, q_range[1], args.query), 3: (kv_dynamic, kv_range[1], args.key)}
+        bounded = list(mask_shape)  # -1 dims at their bound
+        for d, m in enumerate(mask_shape):
+            dynamic, bound, arg = lengths.get(d + first, (False, 0, 0))
+            if dynamic and m not in (1, -1):
+                raise ValueError(f"attn_mask shape {tuple(mask_shape)}: dim {d} meets a dynamic length, "
+                                 "so it must be 1 (broadcast) or -1 (that length)")
+            if m == -1:
+                if not dynamic:
+                    raise ValueError(f"attn_mask shape {tuple(mask_shape)}: only a dynamic L_q or L_kv dim "
+                                     "may be -1")
+                bounded[d] = bound
+                mask_sources.append(fb.DimSourceT(dim=d, arg=arg, argDim=2))
+        mask_problem = mask_shape_problem(bounded, (batch, num_heads_q, q_range[1], kv_range[1]))
         if mask_problem is not None:
             raise ValueError(mask_problem)
         aligned = (1,) * (4 - len(mask_shape)) + tuple(mask_shape)
@@ -521,7 +536,8 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
     inputs[args.key] = qkv_spec(num_heads_kv, kv_range, same_length_as(args.query) if kv_follows_query else None)
     inputs[args.value] = qkv_spec(num_heads_kv, kv_range, same_length_as(args.key) if kv_dynamic else None)
     if args.mask is not None:
-        inputs[args.mask] = spec(mask_dtype, mask_shape)
+        inputs[args.mask] = (spec(mask_dtype, mask_shape) if not mask_sources else
+                             spec(mask_dtype, mask_shape, bounded, mask_sources))
     if args.kv_len is not None:
         inputs[args.kv_len] = spec(kv_len_dtype, [])
     if any(s is None for s in inputs):

@@ -56,7 +56,7 @@ class CudaGqaBackend(BackendDetails):
             dtype=call.dtype, batch=batch, num_heads_q=num_heads_q, num_heads_kv=num_heads_kv, head_dim=head_dim,
             l_q=l_q, l_kv=l_kv, is_causal=call.is_causal, scale=call.softmax_scale, attended_keys=call.attended_keys,
             keys_follow_query=call.keys_follow_query, kv_follows_query=call.kv_follows_query,
-            mask_shape=None if mask is None else tuple(mask.shape), mask_dtype=None if mask is None else mask.dtype,
+            mask_shape=call.mask_shape, mask_dtype=None if mask is None else mask.dtype,
             archs=options.archs,
             ptx=options.ptx,
             generic=options.generic_plans,

@@ -192,9 +192,21 @@ class SdpaCall:
         q = self._val(self.query)
         if mask.dtype not in MASK_DTYPES or (mask.dtype.is_floating_point and mask.dtype not in (q.dtype, torch.float32)):
             return f"attn_mask dtype {mask.dtype}: use bool, float32 or the query's dtype {q.dtype}"
-        if any(not isinstance(s, int) for s in mask.shape):
-            return "attn_mask has symbolic shapes"
-        return mask_shape_problem(mask.shape, (q.shape[0], q.shape[1], q.shape[2], self._val(self.key).shape[2]))
+        full = (q.shape[0], q.shape[1], q.shape[2], self._val(self.key).shape[2])
+        if all(isinstance(s, int) for s in (*mask.shape, *full)):
+            return mask_shape_problem(mask.shape, full)
+        # Dynamic lengths: a mask dim is 1 (broadcast) or the very size it meets.
+        shape = tuple(mask.shape)
+        if not 1 <= len(shape) <= 4 or not all(m == 1 if isinstance(m, int) else same_size(m, n)
+                                               for m, n in zip(shape[::-1], full[::-1])):
+            return f"attn_mask shape {shape} does not broadcast to [B, H_q, L_q, L_kv] = {list(full)}"
+        return None
+
+    @property
+    def mask_shape(self) -> Optional[tuple[int, ...]]:
+        """The attn_mask's shape, -1 where it has a dynamic length (L_q or L_kv), or None."""
+        mask = self.mask
+        return None if mask is None else tuple(s if isinstance(s, int) else -1 for s in mask.shape)
 
     def unsupported_reason(self, include_mha: bool = False) -> Optional[str]:
         """None when the kernels run this node, else why not (for the partition report).
@@ -235,6 +247,4 @@ class SdpaCall:
                         "leaves no key for some queries")
             return (f"is_causal with L_q (up to {q_hi}) that may exceed L_kv (from {kv_lo}): give them one "
                     "dynamic dim, or bounds that keep L_q <= L_kv")
-        if self.mask is not None and self.is_dynamic:
-            return "attn_mask with dynamic L_q or L_kv is not supported yet"
         return head_dim_problem(self.head_dim)

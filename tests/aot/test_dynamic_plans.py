@@ -191,3 +191,31 @@ def test_keys_follow_query_binds_the_kernels_l_kv_to_q_length():
     with pytest.raises(ValueError, match="keys_follow_query needs L_q <= L_kv, but L_q may reach 8 and L_kv be 4"):
         build_attention_payload(l_q=(1, 8), l_kv=(4, 256), keys_follow_query=True, is_causal=True, archs=[80],
                                 ptx=False, **PROBLEM)
+
+
+def test_a_mask_over_dynamic_lengths_takes_them_from_q_and_k():
+    """A [B, 1, L_q, L_kv] bool mask whose last two dims are the dynamic lengths."""
+    from cuda_gqa.backends.attention_plan import AttentionArgs
+
+    data = build_attention_payload(l_q=(17, 64), l_kv=(1, 128), is_causal=False, mask_shape=(B, 1, -1, -1),
+                                   mask_dtype=torch.bool, args=AttentionArgs(mask=3, out=4), archs=[80], ptx=False,
+                                   generic=False, **PROBLEM)
+    mask_spec = deserialize_payload(data).inputs[3]
+    assert (list(mask_spec.sizes), list(mask_spec.maxSizes)) == ([B, 1, -1, -1], [B, 1, 64, 128])
+    assert [(d.dim, d.arg, d.argDim) for d in mask_spec.sizeFrom] == [(2, 0, 2), (3, 1, 2)]
+
+    def args(l_q, l_kv, mask_l_kv=None):
+        mask_l_kv = l_kv if mask_l_kv is None else mask_l_kv
+        q, k, v, out = call_args(l_q, l_kv)
+        mask = ArgInfo(dtype=fb.DType.Bool, sizes=(B, 1, l_q, mask_l_kv), strides=(l_q * mask_l_kv, l_q * mask_l_kv,
+                                                                                  mask_l_kv, 1), address=0x7400_0000_0001)
+        return [q, k, v, mask, out]
+
+    py, cpp = both_runtimes(data, args(40, 100))
+    assert py == cpp and py[0][2] == (1, B * HQ, 1)
+    py, cpp = both_runtimes(data, args(40, 100, mask_l_kv=99))
+    assert py == cpp == "input 3 has size 99 at dim 3, expected input 1's size 100 at dim 2"
+    with pytest.raises(ValueError, match="dim 2 meets a dynamic length, so it must be 1 .broadcast. or -1"):
+        build_attention_payload(l_q=(17, 64), l_kv=(1, 128), is_causal=False, mask_shape=(B, 1, 64, -1),
+                                mask_dtype=torch.bool, args=AttentionArgs(mask=3, out=4), archs=[80], ptx=False,
+                                **PROBLEM)

@@ -103,3 +103,15 @@ def test_dynamic_payload_covers_the_exported_ranges():
     assert all({(r.arg, r.dim) for r in p.when} == {(0, 2), (1, 2)} for p in payload.plans)
     assert all(k.params for p in payload.plans for k in p.kernels)
     assert fb.ParamKind.TensorSize in {q.kind for k in payload.plans[0].kernels for q in k.params}
+
+
+def test_a_mask_over_the_dynamic_lengths_is_delegated():
+    class Masked(torch.nn.Module):
+        def forward(self, q, k, v, mask):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+    q, k, v = qkv(l_q=4, l_kv=8)
+    mask = torch.ones(1, 1, 4, 8, dtype=torch.bool)
+    (decision,) = decide(Masked(), (q, k, v, mask), ({2: L_Q}, {2: L_KV}, {2: L_KV}, {2: L_Q, 3: L_KV}))
+    assert decision.delegated, decision.reason
+    assert "dynamic L_q 1..32, L_kv 1..600" in decision.reason and "bool mask" in decision.reason
