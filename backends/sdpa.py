@@ -182,7 +182,9 @@ class SdpaCall:
             parts.append("causal")
         if self.mask is not None:
             kind = "bool" if self.mask.dtype == torch.bool else f"additive {str(self.mask.dtype).removeprefix('torch.')}"
-            parts.append(f"{kind} mask {list(self.mask.shape)}")
+            names = {len(self.mask.shape) - 2: "L_q", len(self.mask.shape) - 1: "L_kv"}
+            shape = [s if isinstance(s, int) else names.get(d, "?") for d, s in enumerate(self.mask.shape)]
+            parts.append(f"{kind} mask [{', '.join(map(str, shape))}]")
         return ", ".join(parts)
 
     def _mask_problem(self) -> Optional[str]:

@@ -247,3 +247,26 @@ def test_dynamic_causal_self_attention_matches_torch():
         expected = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(),
                                                                     is_causal=True, enable_gqa=True)
         torch.testing.assert_close(out.float(), expected, **tolerance(dtype))
+
+
+def test_a_mask_over_dynamic_lengths_matches_torch():
+    """A bool [1, 1, L_q, L_kv] mask whose last two dims follow the dynamic lengths."""
+    from cuda_gqa.backends.attention_plan import AttentionArgs, build_attention_payload
+    from cuda_gqa.runtime.cubin_launcher import CubinLauncher
+
+    b, hq, hkv, d, dtype = 1, 8, 2, 64, torch.float16
+    launcher = CubinLauncher(build_attention_payload(
+        dtype=dtype, batch=b, num_heads_q=hq, num_heads_kv=hkv, head_dim=d, l_q=(1, 64), l_kv=(1, 512),
+        is_causal=False, mask_shape=(1, 1, -1, -1), mask_dtype=torch.bool, args=AttentionArgs(mask=3, out=4),
+        archs=[device_arch()]))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for l_q, l_kv in [(1, 300), (5, 512), (40, 77)]:
+        q = torch.randn(b, hq, l_q, d, device="cuda", dtype=dtype, generator=gen)
+        k = torch.randn(b, hkv, l_kv, d, device="cuda", dtype=dtype, generator=gen)
+        v = torch.randn(b, hkv, l_kv, d, device="cuda", dtype=dtype, generator=gen)
+        mask = torch.rand(1, 1, l_q, l_kv, device="cuda", generator=gen) > 0.3
+        mask[..., 0] = True  # every query sees a key (PyTorch gives NaN for rows that see none)
+        out = launcher(q, k, v, mask)
+        expected = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                                                    enable_gqa=True)
+        torch.testing.assert_close(out.float(), expected, **tolerance(dtype))
