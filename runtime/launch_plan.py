@@ -1,9 +1,10 @@
 """Evaluates a payload's launch records in Python, as the C++ launcher does.
 
 Given a payload and, for each delegate argument (inputs, then outputs), its
-dtype, sizes, strides and device address, this module decides what
-cuLaunchKernel gets for each kernel: grid, block, dynamic shared memory and
-the entry point's parameter values, after the checks the C++ runtime makes
+dtype, sizes, strides and device address, this module decides which plan
+of the payload's dispatch table runs and what cuLaunchKernel gets for each
+of its kernels: grid, block, dynamic shared memory and the entry point's
+parameter values, after the checks the C++ runtime makes
 (runtime/cpp/payload.cpp at init, runtime/cpp/launcher.cpp at execute).
 Refusals raise LaunchError with the text the C++ backend logs after
 "CudaGqaBackend: ". tests/runtime/test_launch_plan.py holds the two
