@@ -74,7 +74,8 @@ GPU_CASES := demo:--dtype=float16 \
              zoo-mistral:--zoo=mistral,--dtype=bfloat16 \
              zoo-mqa:--zoo=mqa,--dtype=float16 \
              zoo-mha:--zoo=mha,--dtype=float32 \
-             zoo-gemma2:--zoo=gemma2,--dtype=float16
+             zoo-gemma2:--zoo=gemma2,--dtype=float16 \
+             demo-dynamic:--dtype=float16,--dynamic
 
 # LLM cases: each tiny preset exported by export_llm (float32, so greedy tokens
 # can match exactly) with a prompt and eager PyTorch's greedy generation of 64

@@ -23,8 +23,9 @@ the tuning table of each); archs that choose alike share one launch plan.
 from __future__ import annotations
 
 import dataclasses
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Union
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from .aot.compile_pool import compile_in_batch, compiling_together
 from .aot.variant import MASK_STRIDES, AttentionVariant
 from .kernels.attention_decode import decode_arrivals_count, decode_split_grid, decode_workspace_shape
 from .heuristics import (NOMINAL_SMS, KernelConfig, attention_config, combine_block_s, decode_config,
-                         decode_split_count, fused_combine_for, split_plan)
+                         decode_split_count, fused_combine_for, kv_length_buckets, split_plan)
 from .kernels.jit_launch import MAX_DECODE_L_Q
 from .kv_cache_plan import KV_LEN_SLOT_BYTES, KvCacheArgs, cache_write_kernel, kv_len_offset
 from .limits import mask_shape_problem
@@ -127,16 +128,37 @@ def launch_grid(args: AttentionArgs, block_m: int) -> list[fb.GridDimT]:
             fb.GridDimT(factors=[])]
 
 
-def _compile_for_archs(compile_one, archs: Iterable[int], ptx: bool, describe) -> fb.KernelT:
+# Kernels compiled for one payload, by what they are compiled from: plans of
+# a dispatch table share kernels (e.g. one split kernel for every L_kv range),
+# compiled once and described per plan.
+_payload_compiles: ContextVar[Optional[dict]] = ContextVar("cuda_gqa_payload_compiles", default=None)
+
+
+def _compile_for_archs(compile_one, archs: Iterable[int], ptx: bool, describe, key=None) -> fb.KernelT:
     """compile_one(arch) for each arch into one payload kernel; describe(kernel, compiled)
     binds params and grid from the first arch's entry point (all must agree).
 
     Inside build_attention_payload the compilations only start here, side by
     side with those of the payload's other kernels (aot/compile_pool.py), and
-    the kernel is filled in when they have all finished."""
+    the kernel is filled in when they have all finished. `key` names what
+    compile_one compiles: kernels of one payload with equal keys are compiled once."""
     archs = list(archs)
     kernel = fb.KernelT(cubins=[])
-    compile_in_batch(compile_one, archs, lambda results: _fill_kernel(kernel, archs, results, ptx, describe))
+
+    def fill(results):
+        _fill_kernel(kernel, archs, results, ptx, describe)
+
+    shared = _payload_compiles.get()
+    if key is not None and shared is not None:
+        key = (key, tuple(archs))
+        if key in shared:
+            shared[key].append(fill)
+            return kernel
+        shared[key] = [fill]
+        fills = shared[key]
+        compile_in_batch(compile_one, archs, lambda results: [f(results) for f in fills])
+        return kernel
+    compile_in_batch(compile_one, archs, fill)
     return kernel
 
 
@@ -168,31 +190,33 @@ def _fill_kernel(kernel: fb.KernelT, archs: list[int], results, ptx: bool, descr
 
 def attention_kernel(*, config: KernelConfig, dtype: torch.dtype, num_heads_q: int, num_heads_kv: int,
                      head_dim: int, variant: AttentionVariant, scale: float, archs: Iterable[int], ptx: bool,
-                     args: AttentionArgs, extra_bindings: Optional[dict] = None) -> fb.KernelT:
-    """Compile gqa_attention_fwd with `config` for each arch and describe its launch."""
+                     args: AttentionArgs, extra_bindings: Optional[dict] = None, aligned: bool = True) -> fb.KernelT:
+    """Compile gqa_attention_fwd with `config` for each arch and describe its launch.
+
+    aligned=False: the generic variant, compiled with no divisibility assumed."""
 
     def compile_one(arch):
         return compile_attention(
             dtype=dtype, head_dim=head_dim, num_heads_q=num_heads_q, group_size=num_heads_q // num_heads_kv,
             variant=variant, arch=arch, block_m=config.block_m, block_n=config.block_n,
-            num_warps=config.num_warps, num_stages=config.num_stages,
+            num_warps=config.num_warps, num_stages=config.num_stages, aligned=aligned,
         )
 
     def describe(kernel, compiled):
         kernel.params = bind_params(compiled.params, args, scale, extra=extra_bindings)
         kernel.grid = launch_grid(args, config.block_m)
 
-    return _compile_for_archs(compile_one, archs, ptx, describe)
+    return _compile_for_archs(compile_one, archs, ptx, describe, key=("fwd", config, aligned))
 
 
 @dataclass(frozen=True)
 class DecodePlan:
-    """The split-KV decode launch of one static problem, decided ahead of time."""
+    """The split-KV decode launch of one problem (or one range of sizes), decided ahead of time."""
 
     config: KernelConfig
-    # The split grid is cdiv(L_kv, grid_divisor) = num_splits programs; the
-    # kernel divides the keys it may see among however many there are.
-    grid_divisor: int
+    # Programs on the split grid axis, a constant: the split kernel divides
+    # the keys it may see among however many there are, and the combine
+    # merges this many.
     num_splits: int  # 1: the single-launch path
     partial_offset: int
     partial_bytes: int
@@ -214,9 +238,11 @@ def decode_plan(*, dtype: torch.dtype, batch: int, num_heads_q: int, num_heads_k
                 arch: Optional[int] = None) -> Optional[DecodePlan]:
     """The decode plan of a problem on `arch` (None: any), or None when it runs the forward kernel.
 
-    The split count is planned for attended_keys (default: all l_kv) and
-    expressed as a divisor of l_kv for the grid. A device kv_len or a window
-    only shortens the splits the kernel cuts at run time.
+    For a range of sizes, l_q and l_kv are the largest of the range: the
+    workspace holds their partials, and shorter calls use part of it. The
+    split count is planned for attended_keys (default: all l_kv); a device
+    kv_len, a window or a shorter L_kv only shortens the splits the kernel
+    cuts at run time.
     """
     if l_q > MAX_DECODE_L_Q:
         return None
@@ -233,8 +259,6 @@ def decode_plan(*, dtype: torch.dtype, batch: int, num_heads_q: int, num_heads_k
     keys = l_kv if attended_keys is None else attended_keys
     requested = decode_split_count(batch, num_heads_kv, keys, NOMINAL_SMS, config.block_n, m_tiles=m_tiles)
     num_splits = split_plan(keys, requested, config.block_n)[1]
-    grid_divisor = -(-l_kv // num_splits)
-    num_splits = -(-l_kv // grid_divisor)  # <= the planned count; the same when keys == l_kv
     partial_shape, lse_shape = decode_workspace_shape(batch, num_heads_q, l_q, head_dim, num_splits)
     partial_bytes = int(np.prod(partial_shape)) * 4  # fp32
     lse_bytes = int(np.prod(lse_shape)) * 4
@@ -242,9 +266,9 @@ def decode_plan(*, dtype: torch.dtype, batch: int, num_heads_q: int, num_heads_k
     fused = fused_combine_for(num_splits, group, l_q, head_dim)
     arrivals_offset = _round_up(lse_offset + lse_bytes, WORKSPACE_ALIGN)
     arrivals_bytes = decode_arrivals_count(batch, num_heads_kv, m_tiles) * 4 if fused else 0  # int32
-    return DecodePlan(config=config, grid_divisor=grid_divisor, num_splits=num_splits, partial_offset=0,
-                      partial_bytes=partial_bytes, lse_offset=lse_offset, lse_bytes=lse_bytes, fused=fused,
-                      arrivals_offset=arrivals_offset, arrivals_bytes=arrivals_bytes)
+    return DecodePlan(config=config, num_splits=num_splits, partial_offset=0, partial_bytes=partial_bytes,
+                      lse_offset=lse_offset, lse_bytes=lse_bytes, fused=fused, arrivals_offset=arrivals_offset,
+                      arrivals_bytes=arrivals_bytes)
 
 
 def _binding(kind: int, **fields):
@@ -258,12 +282,15 @@ def _binding(kind: int, **fields):
 
 def decode_kernels(*, plan: DecodePlan, dtype: torch.dtype, num_heads_q: int, num_heads_kv: int, head_dim: int,
                    variant: AttentionVariant, scale: float, archs: Iterable[int], ptx: bool,
-                   args: AttentionArgs, extra_bindings: Optional[dict] = None) -> list[fb.KernelT]:
-    """Compile the split kernel (and the combine kernel for several unfused splits) and describe their launches."""
+                   args: AttentionArgs, extra_bindings: Optional[dict] = None,
+                   aligned: bool = True) -> list[fb.KernelT]:
+    """Compile the split kernel (and the combine kernel for several unfused splits) and describe their launches.
+
+    aligned=False: the generic variant, with no divisibility assumed of the tensors."""
     archs = list(archs)
     config, single = plan.config, plan.num_splits == 1
     # Workspace pointers a launch never touches still are entry parameters:
-    # they get Out's (valid, 16-byte aligned) address.
+    # they get Out's (valid) address.
     out = _binding(fb.ParamKind.TensorPointer, arg=args.out)
     if single:
         workspace = {"Partial": out, "Lse": out, "Arrivals": out}
@@ -282,24 +309,26 @@ def decode_kernels(*, plan: DecodePlan, dtype: torch.dtype, num_heads_q: int, nu
             dtype=dtype, head_dim=head_dim, num_heads_q=num_heads_q, group_size=num_heads_q // num_heads_kv,
             variant=variant, single_split=single, arch=arch, block_m=config.block_m,
             block_n=config.block_n, num_warps=config.num_warps, num_stages=config.num_stages,
-            fused_combine=plan.fused,
+            fused_combine=plan.fused, aligned=aligned,
         )
 
     def describe_split(kernel, compiled):
         kernel.params = bind_params(compiled.params, args, scale, kernel=compiled.name,
                                     extra={**workspace, **(extra_bindings or {})})
         # Axis 0: the splits (the kernel reads their count as num_programs(0)).
-        splits = [] if single else [_factor(args.key, 2, plan.grid_divisor)]
-        kernel.grid = [fb.GridDimT(factors=splits), fb.GridDimT(factors=[_factor(args.key, 0), _factor(args.key, 1)]),
+        kernel.grid = [fb.GridDimT(factors=[], multiplier=plan.num_splits),
+                       fb.GridDimT(factors=[_factor(args.key, 0), _factor(args.key, 1)]),
                        fb.GridDimT(factors=[])]  # one M tile (decode_plan)
 
-    kernels = [_compile_for_archs(compile_split, archs, ptx, describe_split)]
+    kernels = [_compile_for_archs(compile_split, archs, ptx, describe_split,
+                                  key=("split", config, single, plan.fused, aligned))]
     if single or plan.fused:
         return kernels
+    block_s = combine_block_s(plan.num_splits, head_dim)
 
     def compile_combine(arch):
         return compile_decode_combine(dtype=dtype, head_dim=head_dim, num_heads_q=num_heads_q, arch=arch,
-                                      block_s=combine_block_s(plan.num_splits, head_dim))
+                                      block_s=block_s, aligned=aligned)
 
     def describe_combine(kernel, compiled):
         kernel.params = bind_params(compiled.params, args, scale, kernel=compiled.name,
@@ -308,7 +337,8 @@ def decode_kernels(*, plan: DecodePlan, dtype: torch.dtype, num_heads_q: int, nu
         kernel.grid = [fb.GridDimT(factors=[_factor(q, 2)]), fb.GridDimT(factors=[_factor(q, 0), _factor(q, 1)]),
                        fb.GridDimT(factors=[])]
 
-    kernels.append(_compile_for_archs(compile_combine, archs, ptx, describe_combine))
+    kernels.append(_compile_for_archs(compile_combine, archs, ptx, describe_combine,
+                                      key=("combine", block_s, aligned)))
     return kernels
 
 
@@ -327,57 +357,156 @@ def _mask_stride_bindings(args: AttentionArgs, mask_shape: tuple[int, ...], broa
             for d, name in enumerate(MASK_STRIDES) if not broadcast[d]}
 
 
+# A sequence length: a static size, or the inclusive range (min, max) of a dynamic one.
+Length = Union[int, tuple[int, int]]
+
+
+def _length_range(name: str, length: Length) -> tuple[int, int]:
+    lo, hi = (length, length) if isinstance(length, int) else (int(length[0]), int(length[1]))
+    if not 0 <= lo <= hi:
+        raise ValueError(f"{name} range [{lo}, {hi}] is empty or negative")
+    return lo, hi
+
+
+def dispatch_rows(*, dtype: torch.dtype, batch: int, num_heads_q: int, num_heads_kv: int, head_dim: int,
+                  l_q: tuple[int, int], l_kv: tuple[int, int], keys_follow_query: bool = False,
+                  attended_keys: Optional[int] = None, arch: Optional[int] = None,
+                  fwd_config: Optional[KernelConfig] = None) -> tuple:
+    """The dispatch table of one arch: ((l_q range, l_kv range, choice), ...), in order.
+
+    choice is a DecodePlan (split-KV decode) or a KernelConfig (forward
+    kernel). L_q is cut where the decode tiles change and at MAX_DECODE_L_Q;
+    decode L_kv is cut at heuristics.kv_length_buckets, each range planned
+    for its longest length. Neighbouring rows that choose alike are merged.
+    keys_follow_query: the kernels attend only the first L_q keys (causal
+    with L_q < L_kv), so splits are planned for L_q keys.
+    """
+    problem = dict(dtype=dtype, num_heads_q=num_heads_q, num_heads_kv=num_heads_kv, head_dim=head_dim)
+    forward = fwd_config or attention_config(head_dim, dtype, arch)
+
+    def launch_kind(choice):
+        """What must agree for two rows to merge; a DecodePlan's workspace may grow."""
+        return choice if isinstance(choice, KernelConfig) else (choice.config, choice.num_splits, choice.fused)
+
+    rows: list[list] = []  # [l_q lo, l_q hi, [(l_kv lo, l_kv hi, choice), ...]]
+    for q in range(l_q[0], min(l_q[1], MAX_DECODE_L_Q) + 1):
+        if decode_plan(batch=batch, l_q=q, l_kv=l_kv[1], arch=arch, **problem) is None:
+            columns = [(l_kv[0], l_kv[1], forward)]
+        else:
+            columns = []
+            keys = q if keys_follow_query else attended_keys
+            for kv_lo, kv_hi in kv_length_buckets(*l_kv):
+                plan = decode_plan(batch=batch, l_q=q, l_kv=kv_hi, attended_keys=keys, arch=arch, **problem)
+                if columns and columns[-1][2] == plan:
+                    columns[-1] = (columns[-1][0], kv_hi, plan)
+                else:
+                    columns.append((kv_lo, kv_hi, plan))
+        _append_row(rows, q, q, columns, launch_kind)
+    if l_q[1] > MAX_DECODE_L_Q:
+        _append_row(rows, max(l_q[0], MAX_DECODE_L_Q + 1), l_q[1], [(l_kv[0], l_kv[1], forward)], launch_kind)
+    return tuple(((q_lo, q_hi), (kv_lo, kv_hi), choice) for q_lo, q_hi, columns in rows
+                 for kv_lo, kv_hi, choice in columns)
+
+
+def _append_row(rows: list, q_lo: int, q_hi: int, columns: list, launch_kind) -> None:
+    """Add L_q rows [q_lo, q_hi], or widen the last row when it launches alike over the same
+    L_kv ranges (taking the new choices: a longer L_q needs the larger workspace)."""
+    if rows:
+        last = rows[-1]
+        if last[1] + 1 == q_lo and [(lo, hi, launch_kind(c)) for lo, hi, c in last[2]] == [
+                (lo, hi, launch_kind(c)) for lo, hi, c in columns]:
+            last[1], last[2] = q_hi, columns
+            return
+    rows.append([q_lo, q_hi, columns])
+
+
 def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int, num_heads_kv: int,
-                            head_dim: int, l_q: int, l_kv: int, is_causal: bool, scale: Optional[float] = None,
-                            attended_keys: Optional[int] = None, window_left: int = -1, softcap: float = 0.0,
+                            head_dim: int, l_q: Length, l_kv: Length, is_causal: bool, scale: Optional[float] = None,
+                            attended_keys: Optional[int] = None, keys_follow_query: bool = False,
+                            kv_follows_query: bool = False, window_left: int = -1, softcap: float = 0.0,
                             mask_shape: Optional[tuple[int, ...]] = None, mask_dtype: Optional[torch.dtype] = None,
                             kv_len_dtype: Optional[torch.dtype] = None, archs: Iterable[int] = (80, 90),
                             ptx: bool = True, args: AttentionArgs = AttentionArgs(),
-                            fwd_config: Optional[KernelConfig] = None, cache: Optional[KvCacheArgs] = None) -> bytes:
-    """The payload of one SDPA call with static shapes q [B, H_q, L_q, D], k/v [B, H_kv, L_kv, D].
+                            fwd_config: Optional[KernelConfig] = None, generic: bool = True,
+                            cache: Optional[KvCacheArgs] = None) -> bytes:
+    """The payload of one SDPA call q [B, H_q, L_q, D], k/v [B, H_kv, L_kv, D].
+
+    l_q and l_kv are static sizes, or (min, max) ranges of dynamic ones: one
+    payload then serves every size in the ranges through its dispatch table
+    (dispatch_rows), and its buffers are sized for the largest.
+    kv_follows_query: L_kv is L_q's dynamic size (self-attention; l_kv must
+    equal l_q), so the key and value must have the query's length at run time.
 
     is_causal is the kernels' bottom-right alignment. attended_keys, when
-    given, bounds the keys attended to the first attended_keys of L_kv (the
-    kernels get it as their L_kv and never read past it). mask_shape /
+    given, bounds the keys attended to the first attended_keys of a static
+    L_kv (the kernels get it as their L_kv and never read past it);
+    keys_follow_query bounds them to the first L_q keys of a dynamic call
+    (PyTorch's top-left causal mask; L_q must not exceed L_kv). mask_shape /
     mask_dtype describe the attn_mask input args.mask (broadcastable to
-    [B, H_q, L_q, L_kv]); kv_len_dtype the device kv_len scalar args.kv_len.
+    [B, H_q, L_q, L_kv]; -1 for a dim that has the dynamic L_q or L_kv, which
+    the runtime checks against q's or k's length); kv_len_dtype the device
+    kv_len scalar args.kv_len.
     window_left and softcap are the kernels' (backends/kernels/online_softmax.py).
     fwd_config: the forward kernel's tiles instead of the heuristics' (for
     tuning sweeps of the AOT cubins, bench/tune_aot.py).
 
-    cache: the delegate owns the KV cache (kv_cache_plan.py). K and V are
-    then the payload's two states [B, H_kv, l_kv, D] (l_kv = the cache
-    length; args.key/args.value are ignored), written each call from the
-    inputs cache.k_new/v_new at cache.positions by a kv_cache_write launch
-    ahead of the attention kernels, which attend only the filled keys.
+    cache: the delegate owns the KV cache (kv_cache_plan.py; static lengths
+    only). K and V are then the payload's two states [B, H_kv, l_kv, D]
+    (l_kv = the cache length; args.key/args.value are ignored), written each
+    call from the inputs cache.k_new/v_new at cache.positions by a
+    kv_cache_write launch ahead of the attention kernels of every plan, which
+    attend only the filled keys.
 
-    Each arch gets the tiles heuristics choose for it. Archs that choose
-    alike share one launch plan; the plan of the lowest arch is the payload's
-    own (with the PTX fallback), the others become arch variants.
+    Each arch gets the tiles heuristics choose for it; archs that choose
+    alike share their plans. Plans of the lowest arch's group list no arch
+    (they carry the PTX fallback and serve any GPU no plan lists); the other
+    groups' plans list their archs. generic: each group's plans are followed
+    by the same plans compiled with no divisibility assumptions, which the
+    runtime takes for misaligned tensors.
     """
     softmax_scale = float(scale) if scale is not None else head_dim**-0.5
     archs = sorted(set(archs))
+    q_range, kv_range = _length_range("L_q", l_q), _length_range("L_kv", l_kv)
+    q_dynamic, kv_dynamic = q_range[0] != q_range[1], kv_range[0] != kv_range[1]
+    if kv_follows_query and kv_range != q_range:
+        raise ValueError(f"kv_follows_query needs equal L_q and L_kv ranges, got {q_range} and {kv_range}")
     problem = dict(dtype=dtype, num_heads_q=num_heads_q, num_heads_kv=num_heads_kv, head_dim=head_dim)
-    full_shape = (batch, num_heads_q, l_q, l_kv)
     if (mask_shape is None) != (args.mask is None) or (mask_shape is None) != (mask_dtype is None):
         raise ValueError("a mask needs mask_shape, mask_dtype and its argument index args.mask together")
     if (kv_len_dtype is None) != (args.kv_len is None):
         raise ValueError("a kv_len needs kv_len_dtype and its argument index args.kv_len together")
     if cache is not None:
-        if args.kv_len is not None or attended_keys is not None:
+        if args.kv_len is not None or attended_keys is not None or keys_follow_query:
             raise ValueError("a delegate-owned cache bounds the keys itself: no kv_len input or attended_keys")
+        if q_dynamic or kv_dynamic:
+            raise ValueError("a delegate-owned cache needs static L_q and L_kv")
         if any(size != 1 for size in (batch, num_heads_kv)[:4 - cache.new_rows_rank]):
             raise ValueError(f"new K/V rows of rank {cache.new_rows_rank} leave out dims of size {batch}, "
                              f"{num_heads_kv}: only size-1 dims may be left out")
-        if l_kv != cache.max_seq_len:
-            raise ValueError(f"l_kv={l_kv} must be the cache length max_seq_len={cache.max_seq_len}")
+        if kv_range[0] != cache.max_seq_len:
+            raise ValueError(f"l_kv={kv_range[0]} must be the cache length max_seq_len={cache.max_seq_len}")
         # States follow the outputs: the attention kernels read the caches there.
         args = dataclasses.replace(args, key=args.out + 1, value=args.out + 2)
         kv_len_dtype = torch.int32
     mask_broadcast = (False,) * 4
     extra_bindings = {}
+    mask_sources = []  # the mask's dynamic dims: (its dim, the input and dim whose length it has)
     if mask_shape is not None:
-        mask_problem = mask_shape_problem(mask_shape, full_shape)
+        first = 4 - len(mask_shape)
+        lengths = {2: (q_dynamic, q_range[1], args.query), 3: (kv_dynamic, kv_range[1], args.key)}
+        bounded = list(mask_shape)  # -1 dims at their bound
+        for d, m in enumerate(mask_shape):
+            dynamic, bound, arg = lengths.get(d + first, (False, 0, 0))
+            if dynamic and m not in (1, -1):
+                raise ValueError(f"attn_mask shape {tuple(mask_shape)}: dim {d} meets a dynamic length, "
+                                 "so it must be 1 (broadcast) or -1 (that length)")
+            if m == -1:
+                if not dynamic:
+                    raise ValueError(f"attn_mask shape {tuple(mask_shape)}: only a dynamic L_q or L_kv dim "
+                                     "may be -1")
+                bounded[d] = bound
+                mask_sources.append(fb.DimSourceT(dim=d, arg=arg, argDim=2))
+        mask_problem = mask_shape_problem(bounded, (batch, num_heads_q, q_range[1], kv_range[1]))
         if mask_problem is not None:
             raise ValueError(mask_problem)
         aligned = (1,) * (4 - len(mask_shape)) + tuple(mask_shape)
@@ -387,61 +516,98 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
     variant = AttentionVariant(is_causal=is_causal, window_left=window_left, softcap=softcap, mask_dtype=mask_dtype,
                                mask_broadcast=mask_broadcast, kv_len_dtype=kv_len_dtype)
     if attended_keys is not None:
-        if not 0 < attended_keys <= l_kv:
-            raise ValueError(f"attended_keys={attended_keys} is not in [1, L_kv={l_kv}]")
+        if kv_dynamic:
+            raise ValueError("attended_keys needs a static L_kv; use keys_follow_query for a dynamic one")
+        if not 0 < attended_keys <= kv_range[0]:
+            raise ValueError(f"attended_keys={attended_keys} is not in [1, L_kv={kv_range[0]}]")
         extra_bindings["L_kv"] = _binding(fb.ParamKind.Int32Constant, i32Value=attended_keys)
+    if keys_follow_query:
+        if q_range[1] > kv_range[0]:
+            raise ValueError(f"keys_follow_query needs L_q <= L_kv, but L_q may reach {q_range[1]} "
+                             f"and L_kv be {kv_range[0]}")
+        extra_bindings["L_kv"] = _binding(fb.ParamKind.TensorSize, arg=args.query, dim=2)
 
     def choose(arch: int):
-        plan = decode_plan(batch=batch, l_q=l_q, l_kv=l_kv, attended_keys=attended_keys, arch=arch, **problem)
-        return plan if plan is not None else fwd_config or attention_config(head_dim, dtype, arch)
+        rows = dispatch_rows(batch=batch, l_q=q_range, l_kv=kv_range, keys_follow_query=keys_follow_query,
+                             attended_keys=attended_keys, arch=arch, fwd_config=fwd_config, **problem)
+        if kv_follows_query:  # L_kv is L_q: rows whose L_kv range misses their L_q range never run
+            rows = tuple(r for r in rows if r[1][0] <= r[0][1] and r[0][0] <= r[1][1])
+        return rows
 
-    def launch_set(group: list[int], choice, with_ptx: bool) -> tuple[list[fb.KernelT], int]:
-        workspace = 0 if isinstance(choice, KernelConfig) else choice.workspace_bytes
-        bindings, first = extra_bindings, []
-        if cache is not None:
-            # kv_cache_write leaves kv_len in a slot after this plan's workspace.
-            slot = kv_len_offset(workspace)
-            bindings = {**extra_bindings, "KvLen": _binding(fb.ParamKind.Workspace, workspaceOffset=slot,
-                                                            workspaceExtent=4)}
-            first = [cache_write_kernel(cache=cache, k_state_arg=args.key, v_state_arg=args.value,
-                                        kv_len_offset=slot, dtype=dtype, head_dim=head_dim,
-                                        num_heads_kv=num_heads_kv, l_new=l_q, archs=group, ptx=with_ptx)]
-            workspace = slot + KV_LEN_SLOT_BYTES
-        common = dict(variant=variant, scale=softmax_scale, archs=group, ptx=with_ptx, args=args,
-                      extra_bindings=bindings, **problem)
-        if isinstance(choice, KernelConfig):
-            return first + [attention_kernel(config=choice, **common)], workspace
-        return first + decode_kernels(plan=choice, **common), workspace
+    def when(q_rows: tuple[int, int], kv_rows: tuple[int, int]) -> list[fb.SizeRangeT]:
+        """The ranges of a row, on the dynamic sizes only (static ones are the specs')."""
+        ranges = []
+        if q_dynamic:
+            ranges.append(fb.SizeRangeT(arg=args.query, dim=2, min=q_rows[0], max=q_rows[1]))
+        if kv_dynamic and not kv_follows_query:
+            ranges.append(fb.SizeRangeT(arg=args.key, dim=2, min=kv_rows[0], max=kv_rows[1]))
+        return ranges
 
-    with compiling_together():  # every (kernel, arch) of the payload side by side
-        (base_archs, base_choice), *others = _arch_groups(archs, choose)
-        kernels, workspace_bytes = launch_set(base_archs, base_choice, ptx)
-        variants = []
-        for group, choice in others:
-            variant_kernels, variant_workspace = launch_set(group, choice, False)
-            variants.append(fb.ArchVariantT(archs=group, kernels=variant_kernels, workspaceBytes=variant_workspace))
+    plans, workspace_bytes = [], 0
+    token = _payload_compiles.set({})
+    try:
+        with compiling_together():  # every (kernel, arch) of the payload side by side
+            for index, (group, rows) in enumerate(_arch_groups(archs, choose)):
+                for aligned in (True, False) if generic else (True,):
+                    with_ptx = ptx and index == 0
+                    for q_rows, kv_rows, choice in rows:
+                        workspace = 0 if isinstance(choice, KernelConfig) else choice.workspace_bytes
+                        bindings, first = extra_bindings, []
+                        if cache is not None:
+                            # kv_cache_write leaves kv_len in a slot after this plan's workspace.
+                            slot = kv_len_offset(workspace)
+                            bindings = {**extra_bindings, "KvLen": _binding(
+                                fb.ParamKind.Workspace, workspaceOffset=slot, workspaceExtent=4)}
+                            first = [cache_write_kernel(cache=cache, k_state_arg=args.key, v_state_arg=args.value,
+                                                        kv_len_offset=slot, dtype=dtype, head_dim=head_dim,
+                                                        num_heads_kv=num_heads_kv, l_new=q_range[0], archs=group,
+                                                        ptx=with_ptx)]
+                            workspace = slot + KV_LEN_SLOT_BYTES
+                        common = dict(variant=variant, scale=softmax_scale, archs=group, ptx=with_ptx,
+                                      args=args, extra_bindings=bindings, aligned=aligned, **problem)
+                        if isinstance(choice, KernelConfig):
+                            kernels = first + [attention_kernel(config=choice, **common)]
+                        else:
+                            kernels = first + decode_kernels(plan=choice, **common)
+                        workspace_bytes = max(workspace_bytes, workspace)
+                        plans.append(fb.LaunchPlanT(archs=[] if index == 0 else group,
+                                                    when=when(q_rows, kv_rows), kernels=kernels))
+    finally:
+        _payload_compiles.reset(token)
 
-    def spec(dtype: torch.dtype, sizes) -> fb.TensorSpecT:
-        return fb.TensorSpecT(dtype=DTYPE_TO_PAYLOAD[dtype], sizes=list(sizes))
+    def spec(dtype: torch.dtype, sizes, max_sizes=None, size_from=None) -> fb.TensorSpecT:
+        return fb.TensorSpecT(dtype=DTYPE_TO_PAYLOAD[dtype], sizes=list(sizes), maxSizes=max_sizes,
+                              sizeFrom=size_from)
+
+    def qkv_spec(heads: int, length: tuple[int, int], size_from=None) -> fb.TensorSpecT:
+        if length[0] == length[1]:
+            return spec(dtype, [batch, heads, length[0], head_dim])
+        return spec(dtype, [batch, heads, -1, head_dim], [batch, heads, length[1], head_dim], size_from)
+
+    def same_length_as(arg: int) -> Optional[list[fb.DimSourceT]]:
+        return [fb.DimSourceT(dim=2, arg=arg, argDim=2)]
 
     inputs: list[Optional[fb.TensorSpecT]] = [None] * args.num_inputs
-    inputs[args.query] = spec(dtype, [batch, num_heads_q, l_q, head_dim])
+    inputs[args.query] = qkv_spec(num_heads_q, q_range)
     states = None
     if cache is None:
-        inputs[args.key] = spec(dtype, [batch, num_heads_kv, l_kv, head_dim])
-        inputs[args.value] = spec(dtype, [batch, num_heads_kv, l_kv, head_dim])
+        inputs[args.key] = qkv_spec(num_heads_kv, kv_range, same_length_as(args.query) if kv_follows_query else None)
+        inputs[args.value] = qkv_spec(num_heads_kv, kv_range, same_length_as(args.key) if kv_dynamic else None)
     else:
+        l_new, l_cache = q_range[0], kv_range[0]
         for index in (cache.k_new, cache.v_new):
-            inputs[index] = spec(dtype, [batch, num_heads_kv, l_q, head_dim][4 - cache.new_rows_rank:])
-        inputs[cache.positions] = spec(cache.position_dtype, [l_q])
-        states = [fb.StateSpecT(name=name, dtype=DTYPE_TO_PAYLOAD[dtype], sizes=[batch, num_heads_kv, l_kv, head_dim])
+            inputs[index] = spec(dtype, [batch, num_heads_kv, l_new, head_dim][4 - cache.new_rows_rank:])
+        inputs[cache.positions] = spec(cache.position_dtype, [l_new])
+        states = [fb.StateSpecT(name=name, dtype=DTYPE_TO_PAYLOAD[dtype], sizes=[batch, num_heads_kv, l_cache, head_dim])
                   for name in (cache.k_state, cache.v_state)]
     if args.mask is not None:
-        inputs[args.mask] = spec(mask_dtype, mask_shape)
+        inputs[args.mask] = (spec(mask_dtype, mask_shape) if not mask_sources else
+                             spec(mask_dtype, mask_shape, bounded, mask_sources))
     if args.kv_len is not None:
         inputs[args.kv_len] = spec(kv_len_dtype, [])
     if any(s is None for s in inputs):
         raise ValueError(f"delegate arguments {args} leave an input unbound")
-    return serialize_payload(fb.PayloadT(inputs=inputs, outputs=[spec(dtype, [batch, num_heads_q, l_q, head_dim])],
-                                         kernels=kernels, workspaceBytes=workspace_bytes,
-                                         archVariants=variants or None, states=states))
+    # The output has the query's shape.
+    output = qkv_spec(num_heads_q, q_range, same_length_as(args.query) if q_dynamic else None)
+    return serialize_payload(fb.PayloadT(inputs=inputs, outputs=[output], plans=plans,
+                                         workspaceBytes=workspace_bytes, states=states))

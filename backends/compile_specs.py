@@ -21,7 +21,7 @@ SUPPORTED_ARCHS = (80, 86, 87, 89, 90)
 # Every supported arch by default: a .pte runs on whichever of these GPUs it
 # lands on, and on newer ones through the PTX fallback.
 DEFAULT_ARCHS = SUPPORTED_ARCHS
-_KNOWN_KEYS = ("archs", "ptx", "target_device", "dtypes", "max_seq_len")
+_KNOWN_KEYS = ("archs", "ptx", "target_device", "dtypes", "max_seq_len", "generic_plans")
 _DTYPE_NAMES = {str(d).removeprefix("torch."): d for d in SUPPORTED_DTYPES}
 
 
@@ -39,6 +39,9 @@ class CudaGqaOptions:
     dtypes: tuple[torch.dtype, ...] = SUPPORTED_DTYPES
     # Delegate only attention with L_q and L_kv up to this (None: any).
     max_seq_len: int | None = None
+    # Follow each launch plan with one compiled without alignment assumptions,
+    # which misaligned tensors run instead of being refused (twice the compiles).
+    generic_plans: bool = True
 
 
 def _parse_arch(arch: int | str) -> int:
@@ -87,13 +90,16 @@ def _parse_max_seq_len(value: int | str) -> int:
 
 def make_compile_specs(archs: Iterable[int | str] = DEFAULT_ARCHS, ptx: bool = True,
                        target_device: str | None = None, dtypes: Iterable[torch.dtype | str] | None = None,
-                       max_seq_len: int | None = None) -> list[CompileSpec]:
+                       max_seq_len: int | None = None, generic_plans: bool = True) -> list[CompileSpec]:
     """Compile specs for CudaGqaPartitioner; archs as 90 or "sm_90"; target_device as "cuda:0";
-    dtypes as torch dtypes or names ("bfloat16"); max_seq_len bounds L_q and L_kv."""
+    dtypes as torch dtypes or names ("bfloat16"); max_seq_len bounds L_q and L_kv;
+    generic_plans=False leaves out the unaligned plans (misaligned tensors are then refused)."""
     if isinstance(archs, (str, int)):
         raise ValueError(f"archs must be a list of archs, e.g. ['sm_80', 'sm_90'], got {archs!r}")
     if not isinstance(ptx, bool):
         raise ValueError(f"ptx must be True or False, got {ptx!r}")
+    if not isinstance(generic_plans, bool):
+        raise ValueError(f"generic_plans must be True or False, got {generic_plans!r}")
     specs = [
         CompileSpec("archs", ",".join(map(str, _parse_archs(archs))).encode()),
         CompileSpec("ptx", b"1" if ptx else b"0"),
@@ -108,6 +114,8 @@ def make_compile_specs(archs: Iterable[int | str] = DEFAULT_ARCHS, ptx: bool = T
         specs.append(CompileSpec("dtypes", ",".join(names).encode()))
     if max_seq_len is not None:
         specs.append(CompileSpec("max_seq_len", str(_parse_max_seq_len(max_seq_len)).encode()))
+    if not generic_plans:
+        specs.append(CompileSpec("generic_plans", b"0"))
     return specs
 
 
@@ -131,6 +139,10 @@ def parse_compile_specs(specs: Sequence[CompileSpec]) -> CudaGqaOptions:
         if values["ptx"] not in ("0", "1"):
             raise ValueError(f"compile spec ptx must be 0 or 1, got {values['ptx']!r}")
         options["ptx"] = values["ptx"] == "1"
+    if "generic_plans" in values:
+        if values["generic_plans"] not in ("0", "1"):
+            raise ValueError(f"compile spec generic_plans must be 0 or 1, got {values['generic_plans']!r}")
+        options["generic_plans"] = values["generic_plans"] == "1"
     if "target_device" in values:
         options["target_device"] = _parse_target_device(values["target_device"])
     if "dtypes" in values:

@@ -62,21 +62,26 @@ class CudaGqaBackend(BackendDetails):
             if operand not in inputs:
                 raise RuntimeError(f"SDPA operand {operand.name} is not a delegate input")
 
-        (batch, num_heads_q, l_q, head_dim), (_, num_heads_kv, l_kv, _), _ = call.shapes
+        (batch, num_heads_q, _, head_dim), (_, num_heads_kv, _, _), _ = call.shapes
+        # Static lengths are (n, n); dynamic ones their export bounds: one payload serves the range.
+        l_q, l_kv = call.lengths
         mask = call.mask
         cache = None
         if updates is not None:
             cache = KvCacheArgs(k_new=inputs.index(k_update.new_rows), v_new=inputs.index(v_update.new_rows),
                                 positions=inputs.index(k_update.positions), k_state=k_update.buffer_name,
-                                v_state=v_update.buffer_name, max_seq_len=l_kv,
+                                v_state=v_update.buffer_name, max_seq_len=l_kv[1],
                                 position_dtype=k_update.positions.meta["val"].dtype,
                                 new_rows_rank=k_update.new_rows.meta["val"].dim())
         payload = build_attention_payload(
             dtype=call.dtype, batch=batch, num_heads_q=num_heads_q, num_heads_kv=num_heads_kv, head_dim=head_dim,
-            l_q=l_q, l_kv=l_kv, is_causal=call.is_causal, scale=call.softmax_scale, softcap=call.softcap, attended_keys=call.attended_keys,
-            mask_shape=None if mask is None else tuple(mask.shape), mask_dtype=None if mask is None else mask.dtype,
+            l_q=l_q, l_kv=l_kv, is_causal=call.is_causal, scale=call.softmax_scale, softcap=call.softcap,
+            attended_keys=call.attended_keys,
+            keys_follow_query=call.keys_follow_query, kv_follows_query=call.kv_follows_query,
+            mask_shape=call.mask_shape, mask_dtype=None if mask is None else mask.dtype,
             archs=options.archs,
             ptx=options.ptx,
+            generic=options.generic_plans,
             args=AttentionArgs(query=inputs.index(call.query),
                                key=inputs.index(call.key) if cache is None else cache.k_new,
                                value=inputs.index(call.value) if cache is None else cache.v_new, out=len(inputs),

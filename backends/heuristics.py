@@ -23,6 +23,10 @@ Split count of the split-KV decode (after FlashAttention-3's rule, restated):
     fraction of the SM-slots of the last wave that do work). The pick is the
     smallest candidate within 85% of the best candidate's efficiency: fewer
     splits means less merge work.
+
+Dynamic L_kv (one payload for a range of lengths): the decode is planned per
+bucket of kv_length_buckets, each for its longest length, so a bucket's
+split count and workspace hold for every length in it.
 """
 
 from __future__ import annotations
@@ -200,3 +204,21 @@ def combine_block_s(num_splits: int, head_dim: int) -> int:
     L2 round trips are not serialised."""
     cap = max(1, MERGE_BLOCK_ELEMENTS // triton.next_power_of_2(head_dim))
     return max(1, min(triton.next_power_of_2(num_splits), cap))
+
+
+def kv_length_buckets(lo: int, hi: int) -> list[tuple[int, int]]:
+    """Inclusive L_kv ranges covering [lo, hi] that a dynamic decode plans one by one:
+    below 2 * MIN_SPLIT_LEN (never split), then up to 4 * MIN_SPLIT_LEN, and
+    doubling from there up to hi. Planned for its longest length, a range's splits are at
+    most half as long as planned at its shortest."""
+    if lo > hi:
+        raise ValueError(f"empty L_kv range [{lo}, {hi}]")
+    unsplit = 2 * MIN_SPLIT_LEN - 1
+    buckets, start, edge = [], lo, unsplit
+    while start <= hi:
+        while edge < start:
+            edge = 4 * MIN_SPLIT_LEN if edge == unsplit else 2 * edge
+        end = min(hi, edge)
+        buckets.append((start, end))
+        start = end + 1
+    return buckets

@@ -36,7 +36,7 @@ def _as_bytes(array) -> bytes:
 
 
 def _payload_kernels(payload: fb.PayloadT) -> list:
-    return list(payload.kernels or []) + [k for v in payload.archVariants or [] for k in v.kernels or []]
+    return [k for plan in payload.plans or [] for k in plan.kernels or []]
 
 
 def move_images_to_named_data(payload: fb.PayloadT, store: "NamedDataStore") -> None:

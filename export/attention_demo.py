@@ -110,3 +110,16 @@ def make_demo(dtype: torch.dtype = torch.float16, seq_len: int = 128, num_heads_
     model = model.to(dtype)
     x = torch.randn(batch, seq_len, model.num_heads_q * model.head_dim, dtype=dtype)
     return model, (x,)
+
+
+def dynamic_lengths(inputs: tuple, block: bool):
+    """torch.export dynamic_shapes making each sequence length dynamic up to its example
+    size: the block's one length (x dim 1), or SDPA's L_q (q) and L_kv (k, v). A length of
+    1 stays static (torch.export specialises examples of size 1)."""
+    if block:
+        (x,) = inputs
+        return ({1: torch.export.Dim("seq", min=1, max=x.shape[1])} if x.shape[1] > 1 else {},)
+    q, k = inputs[0], inputs[1]
+    l_q = {2: torch.export.Dim("l_q", min=1, max=q.shape[2])} if q.shape[2] > 1 else {}
+    l_kv = {2: torch.export.Dim("l_kv", min=1, max=k.shape[2])} if k.shape[2] > 1 else {}
+    return (l_q, l_kv, dict(l_kv)) + ((None,) * (len(inputs) - 3))

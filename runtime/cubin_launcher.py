@@ -158,18 +158,21 @@ class CubinLauncher:
     for the device's compute capability as the C++ runtime does (exact cubin,
     then an older minor of the same major, then PTX), loads it once, opts in
     to dynamic shared memory above 48 KiB, and allocates the kernels' scratch
-    for the grid of the payload's static sizes and the payload's workspace
-    (once; every call reuses it).
+    for the grid at the payload's max sizes and the payload's workspace
+    (once; every call reuses it). Every plan of the dispatch table kept for
+    the device is loaded.
 
     `states`: the StateBuffers holding the payload's states (Payload.states,
     a delegate-owned KV cache); launchers given the same one share them
     (a program's prefill and decode). Default: states of this launcher's own.
 
     `launcher(*inputs, out=None)` checks the tensors (device, dtype, sizes,
-    strides, alignment; LaunchError before any launch if one is off), allocates
-    the output when `out` is None (static output sizes only), launches every
-    kernel on torch's current stream and returns the output (a tuple if the
-    payload has several).
+    bounds, strides; LaunchError before any launch if one is off), allocates
+    the output when `out` is None (dynamic sizes from the inputs, as the
+    payload's size_from says), picks the plan the C++ backend would (the first
+    whose ranges hold and whose alignment assumptions the tensors meet),
+    launches its kernels on torch's current stream and returns the output (a
+    tuple if the payload has several).
     """
 
     def __init__(self, payload_bytes: bytes, device: Any = None, named_data: Optional[Mapping[str, bytes]] = None,
@@ -193,7 +196,7 @@ class CubinLauncher:
         self.device = torch.device("cuda", index)
         major, minor = torch.cuda.get_device_capability(index)
         self.compute_capability = 10 * major + minor
-        # The launch plan for this arch: its arch variant when the payload has one.
+        # The dispatch table's plans for this arch.
         self.plan = LaunchPlan(payload_bytes, device_cc=self.compute_capability, named_data=named_data)
 
         # Initialize torch's context first, so cuda.core shares its primary context.
@@ -203,17 +206,29 @@ class CubinLauncher:
         self._cc_device = self._cc.Device(index)
         self._cc_device.set_current()
 
-        self.images = []  # ImageChoice per kernel
-        self._kernels = []
-        for k, kernel in enumerate(self.plan.kernels):
-            choice = self.plan.select_image(k, self.compute_capability)
-            self.images.append(choice)
-            self._kernels.append(self._load(self.plan.names[k], choice, kernel.sharedMemBytes))
+        self._kept_plan = {index: p for p, index in enumerate(self.plan.plan_indices)}  # payload's -> kept
+        self.images = []  # per kept plan, ImageChoice per kernel
+        self._kernels = []  # per kept plan, the loaded kernel per kernel
+        loaded = {}  # plans share kernels: load each image and entry point once
+        for p in range(len(self.plan.plans)):
+            self.images.append([])
+            self._kernels.append([])
+            for k, kernel in enumerate(self.plan.kernels(p)):
+                choice = self.plan.select_image(p, k, self.compute_capability)
+                name = self.plan.names(p)[k]
+                key = (name, choice.image)
+                if key not in loaded:
+                    loaded[key] = self._load(name, choice, kernel.sharedMemBytes)
+                self.images[p].append(choice)
+                self._kernels[p].append(loaded[key])
 
-        self._scratch = []  # (global, profile) address per kernel
+        self._scratch = []  # per kept plan, (global, profile) address per kernel
         self._scratch_buffers = []  # keeps the tensors alive
-        for k, kernel in enumerate(self.plan.kernels):
-            ctas = self.plan.scratch_ctas(k)
+        for p, k in ((p, k) for p in range(len(self.plan.plans)) for k in range(len(self.plan.kernels(p)))):
+            if k == 0:
+                self._scratch.append([])
+            kernel = self.plan.kernels(p)[k]
+            ctas = self.plan.scratch_ctas(p, k)
             addresses = []
             for nbytes, align in ((kernel.globalScratchBytes, kernel.globalScratchAlign),
                                   (kernel.profileScratchBytes, kernel.profileScratchAlign)):
@@ -224,7 +239,7 @@ class CubinLauncher:
                 buf = torch.empty(ctas * nbytes + align - 1, dtype=torch.uint8, device=self.device)
                 self._scratch_buffers.append(buf)
                 addresses.append((buf.data_ptr() + align - 1) // align * align)
-            self._scratch.append(tuple(addresses))
+            self._scratch[p].append(tuple(addresses))
         # The payload's workspace (split-KV partials and the like): one buffer,
         # allocated here once and shared by the kernels, which run in order on
         # one stream; never allocated per call.
@@ -310,10 +325,11 @@ class CubinLauncher:
         return self.plan.evaluate_all(list(args) + self._state_infos, self._scratch,
                                       workspace=self.workspace_address)
 
-    def _output(self, index: int):
-        dtype, sizes = self.plan.specs[self.plan.num_inputs + index]
+    def _output(self, index: int, inputs: Sequence[ArgInfo]):
+        dtype = self.plan.specs[self.plan.num_inputs + index][0]
+        sizes = self.plan.output_sizes(index, inputs)
         if any(s < 0 for s in sizes):
-            raise LaunchError(f"output {index} has dynamic sizes: pass out=")
+            raise LaunchError(f"output {index} has sizes {list(sizes)} for these inputs: pass out=")
         return self._torch.empty(sizes, dtype=self._torch_dtype[dtype], device=self.device)
 
     def __call__(self, *inputs, out=None):
@@ -321,8 +337,13 @@ class CubinLauncher:
         num_outputs = self.plan.num_outputs
         if len(inputs) != self.plan.num_inputs:
             raise LaunchError(f"{len(inputs)} inputs, the payload expects {self.plan.num_inputs}")
+        for i, t in enumerate(inputs):
+            if not isinstance(t, torch.Tensor):
+                raise LaunchError(f"{self.plan.arg_name(i)} is a {type(t).__name__}, not a torch.Tensor")
+        input_infos = [arg_info(t, self._dtypes) for t in inputs]
         if out is None:
-            outputs = tuple(self._output(i) for i in range(num_outputs))
+            self.plan.check_inputs(input_infos)  # before sizing outputs from them
+            outputs = tuple(self._output(i, input_infos) for i in range(num_outputs))
         else:
             outputs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
             if len(outputs) != num_outputs:
@@ -333,7 +354,7 @@ class CubinLauncher:
                 raise LaunchError(f"{self.plan.arg_name(i)} is a {type(t).__name__}, not a torch.Tensor")
             if t.device != self.device:
                 raise LaunchError(f"{self.plan.arg_name(i)} is on {t.device}, the kernels are loaded on {self.device}")
-        launches = self.plan_launches([arg_info(t, self._dtypes) for t in tensors])
+        launches = self.plan_launches(input_infos + [arg_info(t, self._dtypes) for t in outputs])
         with torch.cuda.device(self.device):
             self._cc_device.set_current()
             stream = self._stream()
@@ -344,7 +365,7 @@ class CubinLauncher:
 
     def _launch(self, stream, launch: KernelLaunch) -> None:
         cc = self._cc
-        kernel = self._kernels[launch.kernel_index]
+        kernel = self._kernels[self._kept_plan[launch.plan_index]][launch.kernel_index]
         args = [_pack(t, v) for t, v in launch.params]
         if self._launch_takes_stream_first:
             config = cc.LaunchConfig(grid=launch.grid, block=(launch.block, 1, 1),

@@ -1,9 +1,10 @@
 """Evaluates a payload's launch records in Python, as the C++ launcher does.
 
 Given a payload and, for each delegate argument (inputs, then outputs), its
-dtype, sizes, strides and device address, this module decides what
-cuLaunchKernel gets for each kernel: grid, block, dynamic shared memory and
-the entry point's parameter values, after the checks the C++ runtime makes
+dtype, sizes, strides and device address, this module decides which plan
+of the payload's dispatch table runs and what cuLaunchKernel gets for each
+of its kernels: grid, block, dynamic shared memory and the entry point's
+parameter values, after the checks the C++ runtime makes
 (runtime/cpp/payload.cpp at init, runtime/cpp/launcher.cpp at execute).
 Refusals raise LaunchError with the text the C++ backend logs after
 "CudaGqaBackend: ". tests/runtime/test_launch_plan.py holds the two
@@ -38,7 +39,9 @@ __all__ = [
     "MAX_RANK",
     "compute_grid",
     "evaluate_launch_cpp",
+    "plans_for_arch",
     "select_image",
+    "select_plan_cpp",
 ]
 
 # Bounds of runtime/cpp/payload.h.
@@ -112,6 +115,7 @@ class KernelLaunch:
     block: int
     shared_mem_bytes: int
     params: tuple[tuple[int, Union[int, float]], ...]
+    plan_index: int = 0  # the payload's plan it belongs to
 
     @property
     def ctas(self) -> int:
@@ -162,7 +166,8 @@ def _f32(x: float) -> float:
         return float(np.float32(x))
 
 
-def _check_spec(spec, where: str) -> tuple[int, tuple[int, ...]]:
+def _check_spec(spec, where: str) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """(dtype, sizes, max sizes) of a spec; max sizes equal sizes where static."""
     if spec is None:
         raise _fail(where, "missing tensor spec")
     dtype = int(spec.dtype)
@@ -173,17 +178,50 @@ def _check_spec(spec, where: str) -> tuple[int, tuple[int, ...]]:
     sizes = tuple(int(s) for s in spec.sizes)
     if len(sizes) > MAX_RANK:
         raise _fail(where, f"rank {len(sizes)} exceeds {MAX_RANK}")
+    declared = getattr(spec, "maxSizes", None)  # a StateSpec has none: it is static
+    max_sizes = tuple(int(s) for s in declared) if _len(declared) else ()
+    if max_sizes and len(max_sizes) != len(sizes):
+        raise _fail(where, f"{len(max_sizes)} max_sizes for rank {len(sizes)}")
     nbytes = DTYPE_SIZES[dtype]
     for d, s in enumerate(sizes):
         if s < -1:
             raise _fail(where, f"size {s} at dim {d}")
-        if s >= 0:
-            nbytes *= s
-            if nbytes >= 1 << 63:
-                raise _fail(where, "tensor byte size overflows")
+        if s < 0 and not max_sizes:
+            raise _fail(where, f"dynamic sizes need {len(sizes)} max_sizes, got 0")
+        bound = max_sizes[d] if max_sizes else s
+        if bound < 0 or (s >= 0 and bound != s):
+            raise _fail(where, f"max size {bound} at dim {d} of size {s}")
+        nbytes *= bound
+        if nbytes >= 1 << 63:
+            raise _fail(where, "tensor byte size overflows")
     if nbytes > 1 << 46:
         raise _fail(where, "tensor larger than 64 TiB")
-    return dtype, sizes
+    return dtype, sizes, max_sizes or sizes
+
+
+def _check_size_from(spec, index: int, specs, num_inputs: int, where: str) -> tuple[tuple[int, int, int], ...]:
+    """A spec's (dim, arg, arg_dim) sources: dynamic dims only, from an input; every
+    dynamic dim of an output has one (its size comes from nowhere else)."""
+    sizes = specs[index][1]
+    sources = []
+    for src in spec.sizeFrom or []:
+        dim, arg, arg_dim = int(src.dim), int(src.arg), int(src.argDim)
+        if dim >= len(sizes) or sizes[dim] >= 0:
+            raise _fail(where, f"size_from names dim {dim}, which is not dynamic")
+        if any(dim == d for d, _, _ in sources):
+            raise _fail(where, f"size_from names dim {dim} twice")
+        if arg >= num_inputs or arg == index:
+            raise _fail(where, f"size_from dim {dim}: arg {arg} is not another input")
+        if arg_dim >= len(specs[arg][1]):
+            raise _fail(where, f"size_from dim {dim}: dim {arg_dim} out of range for arg {arg}")
+        if specs[arg][2][arg_dim] > specs[index][2][dim]:
+            raise _fail(where, f"size_from dim {dim}: arg {arg} dim {arg_dim} may exceed its max size")
+        sources.append((dim, arg, arg_dim))
+    if index >= num_inputs:
+        for d, s in enumerate(sizes):
+            if s < 0 and all(dim != d for dim, _, _ in sources):
+                raise _fail(where, f"dynamic dim {d} has no size_from")
+    return tuple(sources)
 
 
 def _check_param(p, specs: Sequence[tuple[int, tuple[int, ...]]], workspace_bytes: int, where: str) -> None:
@@ -300,6 +338,8 @@ def _check_kernel(k, specs, workspace_bytes: int, where: str) -> None:
                 raise _fail(gw, f"factor dim {f.dim} out of range for arg {f.arg}")
             if f.divisor == 0:
                 raise _fail(gw, "factor divisor is 0")
+        if gd.multiplier == 0:
+            raise _fail(gw, "multiplier is 0")
 
 
 def _check_workspace_bytes(value, where: str) -> int:
@@ -309,21 +349,35 @@ def _check_workspace_bytes(value, where: str) -> int:
     return value
 
 
-def _check_variant(v, specs, where: str) -> None:
-    if v is None:
+def _check_plan(plan, specs, workspace_bytes: int, where: str) -> None:
+    if plan is None:
         raise _fail(where, "missing")
-    if not _len(v.archs):
-        raise _fail(where, "no archs")
-    workspace_bytes = _check_workspace_bytes(v.workspaceBytes, where)
-    if not v.kernels:
+    for arch in plan.archs if _len(plan.archs) else []:
+        if not 10 <= arch <= 1000:
+            raise _fail(where, f"implausible arch {arch}")
+    for r in plan.when or []:
+        if r.arg >= len(specs):
+            raise _fail(where, f"range arg {r.arg} out of range")
+        if r.dim >= len(specs[r.arg][1]):
+            raise _fail(where, f"range dim {r.dim} out of range for arg {r.arg}")
+        if not 0 <= r.min <= r.max:
+            raise _fail(where, f"range [{r.min}, {r.max}] of arg {r.arg} dim {r.dim} is empty")
+    if not plan.kernels:
         raise _fail(where, "no kernels")
-    for i, k in enumerate(v.kernels):
+    for i, k in enumerate(plan.kernels):
         _check_kernel(k, specs, workspace_bytes, f"{where} kernel {i}")
-    for arch in v.archs:
-        # A variant serves its archs from cubins only: no PTX or older-cubin fallback.
-        for k in v.kernels:
+    for arch in plan.archs if _len(plan.archs) else []:
+        # A plan listing archs serves them from cubins only: no PTX or older-cubin fallback.
+        for k in plan.kernels:
             if all(c.arch != arch for c in k.cubins or []):
                 raise _fail(where, f"kernel {_as_str(k.name)} has no cubin for its arch sm_{arch}")
+
+
+def plans_for_arch(plans, device_cc: Optional[int]) -> list[int]:
+    """Indices of the plans init keeps for compute capability device_cc: those
+    listing it if any plan does, else those listing no arch (None: the latter)."""
+    listing = [i for i, p in enumerate(plans) if device_cc is not None and _len(p.archs) and device_cc in list(p.archs)]
+    return listing or [i for i, p in enumerate(plans) if not _len(p.archs)]
 
 
 # ---------------------------------------------------------------------------
@@ -331,12 +385,15 @@ def _check_variant(v, specs, where: str) -> None:
 
 
 def compute_grid(kernel, size_of: Callable[[int, int], int]) -> tuple[int, int, int]:
-    """Each grid dim: product over its factors of ceil_div(size_of(arg, dim), divisor);
-    LaunchError("grid dim g exceeds the hardware limit") beyond the hardware limits."""
+    """Each grid dim: its multiplier times the product over its factors of
+    ceil_div(size_of(arg, dim), divisor); LaunchError("grid dim g exceeds the
+    hardware limit") beyond the hardware limits."""
     grid = []
     for g, gd in enumerate(kernel.grid):
         limit = GRID_LIMITS[g]
-        extent = 1
+        extent = int(gd.multiplier)
+        if extent > limit:
+            raise LaunchError(f"grid dim {g} exceeds the hardware limit")
         for f in gd.factors or []:
             n = -(-int(size_of(f.arg, f.dim)) // f.divisor)
             if n != 0 and extent > limit // n:
@@ -397,17 +454,19 @@ class LaunchPlan:
 
     Construction refuses what the C++ runtime's parse_payload refuses (same
     messages; the schema version is checked only when given bytes, by
-    deserialize_payload). evaluate() then runs, for one kernel, the checks of
-    the backend's init (scratch sized from the static grid) and execute
+    deserialize_payload) and keeps the dispatch table's plans for the device
+    (plans_for_arch). select() picks the plan for a call as execute does;
+    evaluate() then runs, for one kernel of it, the checks of the backend's
+    init (scratch sized from the grid at the specs' max sizes) and execute
     (argument count, each argument against its spec, parameters, grid).
     """
 
     def __init__(self, payload: Union[fb.PayloadT, bytes, bytearray, memoryview], device_cc: Optional[int] = None,
                  named_data: Optional[Mapping[str, bytes]] = None):
-        """device_cc: the GPU's compute capability; its arch variant, if the
-        payload has one, replaces the payload's own kernels and workspace.
-        named_data: the program's named data (key -> bytes), where payloads
-        exported through preprocess keep their cubins and PTX."""
+        """device_cc: the GPU's compute capability, which picks the plans kept
+        (None: those listing no arch). named_data: the program's named data
+        (key -> bytes), where payloads exported through preprocess keep their
+        cubins and PTX."""
         self.named_data = named_data
         if isinstance(payload, (bytes, bytearray, memoryview)):
             try:
@@ -426,7 +485,7 @@ class LaunchPlan:
         self.states: list[tuple[str, int, tuple[int, ...]]] = []
         for i, state in enumerate(payload.states or []):
             where = f"state {i}"
-            dtype, sizes = _check_spec(state, where)
+            dtype, sizes, _ = _check_spec(state, where)
             name = _as_str(state.name) if state.name else ""
             if not name:
                 raise _fail(where, "has no name")
@@ -435,24 +494,25 @@ class LaunchPlan:
             if any(name == other for other, _, _ in self.states):
                 raise _fail(where, f"repeats the name '{name}'")
             self.states.append((name, dtype, sizes))
-        self.specs: list[tuple[int, tuple[int, ...]]] = inputs + outputs + [(d, s) for _, d, s in self.states]
+        # (dtype, sizes, max sizes) per launch arg (inputs, outputs, states), sizes -1 where dynamic.
+        self.specs: list[tuple[int, tuple[int, ...], tuple[int, ...]]] = (
+            inputs + outputs + [(d, s, s) for _, d, s in self.states])
         if len(self.specs) > 256:
             raise LaunchError("more than 256 delegate arguments")
+        all_specs = list(payload.inputs or []) + list(payload.outputs)
+        self.size_from = [_check_size_from(spec, i, self.specs, self.num_inputs, self.arg_name(i))
+                          for i, spec in enumerate(all_specs)] + [[] for _ in self.states]
         self.workspace_bytes = _check_workspace_bytes(payload.workspaceBytes, "")
-        if not payload.kernels:
-            raise LaunchError("payload has no kernels")
-        for i, k in enumerate(payload.kernels):
-            _check_kernel(k, self.specs, self.workspace_bytes, f"kernel {i}")
-        self.kernels = list(payload.kernels)
-        self.variant_archs: Optional[list[int]] = None  # the archs of the variant in use
-        for i, v in enumerate(payload.archVariants or []):
-            _check_variant(v, self.specs, f"arch variant {i}")
-        for v in payload.archVariants or []:
-            if device_cc is not None and device_cc in list(v.archs):
-                self.kernels, self.workspace_bytes = list(v.kernels), int(v.workspaceBytes or 0)
-                self.variant_archs = [int(a) for a in v.archs]
-                break
-        self.names = [_as_str(k.name) for k in self.kernels]
+        if not payload.plans:
+            raise LaunchError("payload has no launch plans")
+        for i, plan in enumerate(payload.plans):
+            _check_plan(plan, self.specs, self.workspace_bytes, f"plan {i}")
+        # The plans kept for this device, as (index in the payload, plan).
+        self.plan_indices = plans_for_arch(payload.plans, device_cc)
+        if not self.plan_indices:
+            raise LaunchError(f"no launch plan for sm_{device_cc} in this payload (its plans list archs "
+                              f"{sorted({int(a) for p in payload.plans if _len(p.archs) for a in p.archs})})")
+        self.plans = [payload.plans[i] for i in self.plan_indices]
 
     @property
     def num_args(self) -> int:
@@ -460,56 +520,72 @@ class LaunchPlan:
         return len(self.specs)
 
     def arg_name(self, index: int) -> str:
-        return f"input {index}" if index < self.num_inputs else f"output {index - self.num_inputs}"
+        if index < self.num_inputs:
+            return f"input {index}"
+        if index < self.num_inputs + self.num_outputs:
+            return f"output {index - self.num_inputs}"
+        return f"state {index - self.num_inputs - self.num_outputs}"
+
+    def kernels(self, p: int) -> list:
+        """Kernels of kept plan p, in launch order."""
+        return list(self.plans[p].kernels)
+
+    def names(self, p: int) -> list[str]:
+        return [_as_str(k.name) for k in self.plans[p].kernels]
 
     # -- init-time ---------------------------------------------------------
 
-    def needs_scratch(self, k: int) -> bool:
-        kernel = self.kernels[k]
+    def needs_scratch(self, p: int, k: int) -> bool:
+        kernel = self.plans[p].kernels[k]
         return kernel.globalScratchBytes > 0 or kernel.profileScratchBytes > 0
 
-    def static_grid_ctas(self, k: int) -> int:
-        """CTAs of kernel k's grid over the static spec sizes (scratch is sized from it);
-        LaunchError if the grid reads a dynamic size."""
-        kernel = self.kernels[k]
-        dynamic = False
-
-        def size_of(arg: int, dim: int) -> int:
-            nonlocal dynamic
-            s = self.specs[arg][1][dim]
-            dynamic |= s < 0
-            return max(s, 0)
-
-        grid = compute_grid(kernel, size_of)
-        if dynamic:
-            raise LaunchError(f"grid of kernel {self.names[k]} depends on a dynamic size")
+    def bounded_grid_ctas(self, p: int, k: int) -> int:
+        """CTAs of kernel k of plan p at the specs' max sizes: the most any call launches
+        (grids grow with sizes); scratch is sized from it."""
+        grid = compute_grid(self.plans[p].kernels[k], lambda arg, dim: self.specs[arg][2][dim])
         return grid[0] * grid[1] * grid[2]
 
-    def uses_workspace(self, k: int) -> bool:
-        return any(int(p.kind) == fb.ParamKind.Workspace for p in self.kernels[k].params)
+    def uses_workspace(self, p: int, k: int) -> bool:
+        return any(int(q.kind) == fb.ParamKind.Workspace for q in self.plans[p].kernels[k].params)
 
-    def scratch_ctas(self, k: int) -> int:
-        """CTAs the scratch of kernel k has room for: 0 when it needs none."""
-        return self.static_grid_ctas(k) if self.needs_scratch(k) else 0
+    def scratch_ctas(self, p: int, k: int) -> int:
+        """CTAs the scratch of kernel k of plan p has room for: 0 when it needs none."""
+        return self.bounded_grid_ctas(p, k) if self.needs_scratch(p, k) else 0
 
-    def select_image(self, k: int, device_cc: int) -> ImageChoice:
+    def select_image(self, p: int, k: int, device_cc: int) -> ImageChoice:
         try:
-            return select_image(self.kernels[k], device_cc, self.named_data)
+            return select_image(self.plans[p].kernels[k], device_cc, self.named_data)
         except LaunchError as e:
-            raise LaunchError(f"kernel {self.names[k]}: {e}") from None
+            raise LaunchError(f"kernel {self.names(p)[k]}: {e}") from None
 
     # -- execute-time ------------------------------------------------------
+
+    def output_sizes(self, index: int, inputs: Sequence[ArgInfo]) -> tuple[int, ...]:
+        """Sizes of output `index` for these inputs: the spec's, dynamic dims from their sources."""
+        arg = self.num_inputs + index
+        sizes = list(self.specs[arg][1])
+        for dim, src, src_dim in self.size_from[arg]:
+            if src < len(inputs) and src_dim < inputs[src].rank:
+                sizes[dim] = inputs[src].sizes[src_dim]
+        return tuple(sizes)
 
     def check_args(self, args: Sequence[ArgInfo]) -> None:
         """The argument count, then each argument against its spec."""
         if len(args) != self.num_args:
             raise LaunchError(f"{len(args)} delegate args, the payload expects {self.num_args}")
         for i, a in enumerate(args):
-            self._check_arg(i, a)
+            self._check_arg(i, a, args)
 
-    def _check_arg(self, index: int, a: ArgInfo) -> None:
+    def check_inputs(self, inputs: Sequence[ArgInfo]) -> None:
+        """The inputs alone against their specs (their size_from sources are inputs)."""
+        if len(inputs) != self.num_inputs:
+            raise LaunchError(f"{len(inputs)} inputs, the payload expects {self.num_inputs}")
+        for i, a in enumerate(inputs):
+            self._check_arg(i, a, inputs)
+
+    def _check_arg(self, index: int, a: ArgInfo, args: Sequence[ArgInfo]) -> None:
         name = self.arg_name(index)
-        dtype, sizes = self.specs[index]
+        dtype, sizes, bounds = self.specs[index]
         if a.dtype != dtype:
             label = DTYPE_NAMES.get(a.dtype) or a.dtype_label or f"code {a.dtype}"
             raise LaunchError(f"{name} has dtype {label}, the kernels were compiled for {DTYPE_NAMES[dtype]}")
@@ -519,19 +595,68 @@ class LaunchPlan:
             if got < 0 or (want >= 0 and got != want):
                 expected = str(want) if want >= 0 else "a size >= 0"
                 raise LaunchError(f"{name} has size {got} at dim {d}, expected {expected}")
+            if got > bounds[d]:
+                raise LaunchError(f"{name} has size {got} at dim {d}, above its bound {bounds[d]}")
+        for dim, src, src_dim in self.size_from[index]:
+            want = args[src].sizes[src_dim] if src_dim < args[src].rank else -1
+            if a.sizes[dim] != want:
+                raise LaunchError(f"{name} has size {a.sizes[dim]} at dim {dim}, expected {self.arg_name(src)}'s "
+                                  f"size {want} at dim {src_dim}")
         if a.rank > 0 and a.sizes[-1] > 1 and a.strides[-1] != 1:
             raise LaunchError(f"{name}: last dimension has stride {a.strides[-1]}, expected 1")
 
+    def select(self, args: Sequence[ArgInfo]) -> int:
+        """The kept plan (index into self.plans) that runs these checked args: the first
+        whose ranges hold and whose cubins' divisibility assumptions they meet; else
+        LaunchError naming the assumption (when a plan's ranges held) or the size."""
+        range_miss = assumption = None
+        for p, plan in enumerate(self.plans):
+            miss = self._range_miss(plan, args)
+            if miss is not None:
+                range_miss = range_miss or miss
+                continue
+            refusal = self._assumption_refusal(p, args)
+            if refusal is None:
+                return p
+            assumption = assumption or refusal
+        raise LaunchError(assumption or f"no launch plan takes these sizes: {range_miss}")
+
+    def _range_miss(self, plan, args: Sequence[ArgInfo]) -> Optional[str]:
+        """None when every range of the plan holds for args, else the first that does not."""
+        for r in plan.when or []:
+            size = args[r.arg].sizes[r.dim]
+            if not r.min <= size <= r.max:
+                return f"{self.arg_name(r.arg)} has size {size} at dim {r.dim}, outside [{r.min}, {r.max}]"
+        return None
+
+    def _assumption_refusal(self, p: int, args: Sequence[ArgInfo]) -> Optional[str]:
+        """Why kernel params of plan p cannot take these args (divisibility), or None."""
+        for k, kernel in enumerate(self.plans[p].kernels):
+            name = _as_str(kernel.name)
+            for i, q in enumerate(kernel.params):
+                refusal = _divisibility_refusal(q, args, f"kernel {name} param {i}: ")
+                if refusal is not None:
+                    return refusal
+        return None
+
     def evaluate(self, k: int, args: Sequence[ArgInfo], *, global_scratch: int = 0,
-                 profile_scratch: int = 0, workspace: int = 0, check_args: bool = True) -> KernelLaunch:
-        """Launch of kernel k over `args` (inputs then outputs), with the scratch
-        buffers at the given addresses (ignored for a kernel that needs none) and
-        the delegate's workspace at `workspace` (ignored when the payload has none)."""
-        kernel = self.kernels[k]
-        name = self.names[k]
+                 profile_scratch: int = 0, workspace: int = 0, check_args: bool = True,
+                 plan: Optional[int] = None) -> KernelLaunch:
+        """Launch of kernel k of the plan select(args) picks (or kept plan `plan`) over
+        `args` (inputs then outputs), with the scratch buffers at the given addresses
+        (ignored for a kernel that needs none) and the delegate's workspace at
+        `workspace` (ignored when the payload has none)."""
+        if check_args:
+            self.check_args(args)
+        p = self.select(args) if plan is None else plan
+        kernels = self.plans[p].kernels
+        if k >= len(kernels):
+            raise LaunchError(f"kernel {k} out of range ({len(kernels)} kernels)")
+        kernel = kernels[k]
+        name = _as_str(kernel.name)
         scratch_ctas = 0
-        if self.needs_scratch(k):
-            scratch_ctas = self.static_grid_ctas(k)
+        if self.needs_scratch(p, k):
+            scratch_ctas = self.bounded_grid_ctas(p, k)
             if scratch_ctas == 0:  # nothing would be allocated
                 global_scratch = profile_scratch = 0
         if kernel.globalScratchBytes == 0:
@@ -542,28 +667,23 @@ class LaunchPlan:
                 (kernel.profileScratchBytes > 0 and not profile_scratch)):
             raise LaunchError(f"kernel {name}: scratch buffer missing")
         workspace = int(workspace) & _U64 if self.workspace_bytes else 0
-        if not workspace and self.uses_workspace(k):
+        if not workspace and self.uses_workspace(p, k):
             raise LaunchError(f"kernel {name}: workspace missing")
         if workspace % WORKSPACE_ALIGN:
             raise LaunchError(f"kernel {name}: workspace is not {WORKSPACE_ALIGN}-byte aligned")
-        if check_args:
-            self.check_args(args)
 
         params = []
-        for i, p in enumerate(kernel.params):
+        for i, q in enumerate(kernel.params):
             where = f"kernel {name} param {i}: "
-            kind, type_ = int(p.kind), int(p.type)
+            kind, type_ = int(q.kind), int(q.type)
+            refusal = _divisibility_refusal(q, args, where)
+            if refusal is not None:
+                raise LaunchError(refusal)
             if kind == fb.ParamKind.TensorPointer:
-                if p.arg >= len(args):
-                    raise LaunchError(f"{where}arg {p.arg} out of range")
-                ptr = args[p.arg].address & _U64
-                if p.divisibility > 1 and ptr % p.divisibility:
-                    raise LaunchError(f"{where}address of arg {p.arg} is not a multiple of "
-                                      f"{p.divisibility} bytes, which the cubin assumes")
-                params.append((type_, ptr))
+                params.append((type_, args[q.arg].address & _U64))
                 continue
             if kind == fb.ParamKind.Float32Constant:
-                params.append((type_, _f32(p.f32Value)))
+                params.append((type_, _f32(q.f32Value)))
                 continue
             if kind == fb.ParamKind.GlobalScratch:
                 params.append((type_, int(global_scratch) & _U64))
@@ -572,22 +692,14 @@ class LaunchPlan:
                 params.append((type_, int(profile_scratch) & _U64))
                 continue
             if kind == fb.ParamKind.Workspace:
-                params.append((type_, (workspace + int(p.workspaceOffset)) & _U64))
+                params.append((type_, (workspace + int(q.workspaceOffset)) & _U64))
                 continue
             if kind == fb.ParamKind.Int32Constant:
-                params.append((type_, int(p.i32Value)))
+                params.append((type_, int(q.i32Value)))
                 continue
             # TensorStride / TensorSize
-            if p.arg >= len(args):
-                raise LaunchError(f"{where}arg {p.arg} out of range")
-            a = args[p.arg]
-            if p.dim >= min(a.rank, MAX_RANK):
-                raise LaunchError(f"{where}dim {p.dim} out of range for arg {p.arg} of rank {a.rank}")
-            is_stride = kind == fb.ParamKind.TensorStride
-            value = a.strides[p.dim] if is_stride else a.sizes[p.dim]
-            if p.divisibility > 1 and value % p.divisibility:
-                raise LaunchError(f"{where}{'stride' if is_stride else 'size'} {value} of arg {p.arg} "
-                                  f"dim {p.dim} is not a multiple of {p.divisibility}, which the cubin assumes")
+            a = args[q.arg]
+            value = a.strides[q.dim] if kind == fb.ParamKind.TensorStride else a.sizes[q.dim]
             if type_ == fb.ParamType.Int32 and not -(1 << 31) <= value < 1 << 31:
                 raise LaunchError(f"{where}{value} does not fit in int32")
             params.append((type_, value))
@@ -602,52 +714,58 @@ class LaunchPlan:
         except LaunchError as e:
             raise LaunchError(f"kernel {name}: {e}") from None
         ctas = grid[0] * grid[1] * grid[2]
-        if ctas and self.needs_scratch(k) and ctas > scratch_ctas:
+        if ctas and self.needs_scratch(p, k) and ctas > scratch_ctas:
             raise LaunchError(f"kernel {name}: grid of {ctas} CTAs exceeds the scratch allocated "
                               f"for {scratch_ctas}")
         return KernelLaunch(kernel_index=k, name=name, grid=grid, block=32 * kernel.numWarps,
-                            shared_mem_bytes=int(kernel.sharedMemBytes), params=tuple(params))
+                            shared_mem_bytes=int(kernel.sharedMemBytes), params=tuple(params),
+                            plan_index=self.plan_indices[p])
 
-    def evaluate_all(self, args: Sequence[ArgInfo], scratch: Optional[Iterable[tuple[int, int]]] = None,
+    def evaluate_all(self, args: Sequence[ArgInfo], scratch: Optional[Sequence[Sequence[tuple[int, int]]]] = None,
                      workspace: int = 0) -> list[KernelLaunch]:
-        """Every kernel's launch, in order; scratch: (global, profile) address per kernel;
-        workspace: the delegate's workspace, shared by all kernels."""
+        """Every launch of the plan select(args) picks, in order; scratch: per kept plan,
+        (global, profile) address per kernel; workspace: the delegate's, shared by all."""
         self.check_args(args)
-        scratch = list(scratch) if scratch is not None else [(0, 0)] * len(self.kernels)
-        return [self.evaluate(k, args, global_scratch=g, profile_scratch=p, workspace=workspace, check_args=False)
-                for k, (g, p) in enumerate(scratch)]
+        p = self.select(args)
+        kernels = self.plans[p].kernels
+        addresses = list(scratch[p]) if scratch is not None else [(0, 0)] * len(kernels)
+        return [self.evaluate(k, args, global_scratch=g, profile_scratch=q, workspace=workspace, check_args=False,
+                              plan=p)
+                for k, (g, q) in enumerate(addresses)]
+
+
+def _divisibility_refusal(q, args: Sequence[ArgInfo], where: str) -> Optional[str]:
+    """Why a pointer, stride or size param breaks the divisibility its cubin assumes, or None."""
+    kind = int(q.kind)
+    if kind not in (fb.ParamKind.TensorPointer, fb.ParamKind.TensorStride, fb.ParamKind.TensorSize):
+        return None
+    if q.arg >= len(args):
+        return f"{where}arg {q.arg} out of range"
+    a = args[q.arg]
+    if kind == fb.ParamKind.TensorPointer:
+        ptr = a.address & _U64
+        if q.divisibility > 1 and ptr % q.divisibility:
+            return (f"{where}address of arg {q.arg} is not a multiple of {q.divisibility} bytes, "
+                    "which the cubin assumes")
+        return None
+    if q.dim >= min(a.rank, MAX_RANK):
+        return f"{where}dim {q.dim} out of range for arg {q.arg} of rank {a.rank}"
+    is_stride = kind == fb.ParamKind.TensorStride
+    value = a.strides[q.dim] if is_stride else a.sizes[q.dim]
+    if q.divisibility > 1 and value % q.divisibility:
+        return (f"{where}{'stride' if is_stride else 'size'} {value} of arg {q.arg} dim {q.dim} is not a "
+                f"multiple of {q.divisibility}, which the cubin assumes")
+    return None
 
 
 # ---------------------------------------------------------------------------
 # the C++ evaluator, for parity tests
 
 
-_EVAL_CODES = {1: "bad payload", 2: "refused", 3: "internal"}
-
-
-def evaluate_launch_cpp(data: bytes, k: int, args: Sequence[ArgInfo], *, global_scratch: int = 0,
-                        profile_scratch: int = 0, workspace: int = 0, device_cc: int = 0,
-                        lib=None) -> KernelLaunch:
-    """Kernel k's launch (of device_cc's plan) as libcuda_gqa_backend.so evaluates it
-    (cuda_gqa_evaluate_launch; no GPU needed). Params come back as
-    (fb.ParamType, value) decoded from the raw slots; refusals raise
-    LaunchError with the C++ message."""
+def _cpp_args(args: Sequence[ArgInfo]):
+    """The argument arrays the C API takes."""
     import ctypes
 
-    if lib is None:
-        from .backend_library import load_backend_library
-
-        lib = load_backend_library()
-    fn = lib.cuda_gqa_evaluate_launch
-    if fn.restype is not ctypes.c_int or not fn.argtypes:
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_size_t, ctypes.c_size_t,
-                       ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_char_p),
-                       ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_int64),
-                       ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_uint64),
-                       ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint32),
-                       ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t),
-                       ctypes.c_char_p, ctypes.c_size_t]
     n = max(len(args), 1)
     dtypes = (ctypes.c_int32 * n)(*[a.dtype for a in args])
     labels = (ctypes.c_char_p * n)(*[(a.dtype_label or "").encode() or None for a in args])
@@ -659,18 +777,79 @@ def evaluate_launch_cpp(data: bytes, k: int, args: Sequence[ArgInfo], *, global_
             sizes[i * MAX_RANK + d] = a.sizes[d]
             strides[i * MAX_RANK + d] = a.strides[d]
     addresses = (ctypes.c_uint64 * n)(*[a.address & _U64 for a in args])
+    return dtypes, labels, ranks, sizes, strides, addresses
+
+
+def _load_lib(lib):
+    if lib is None:
+        from .backend_library import load_backend_library
+
+        lib = load_backend_library()
+    return lib
+
+
+def select_plan_cpp(data: bytes, args: Sequence[ArgInfo], *, device_cc: int = 0, lib=None) -> tuple[int, int]:
+    """(index of the payload's plan, its kernel count) that libcuda_gqa_backend.so's
+    execute runs for these args on device_cc (cuda_gqa_select_plan); refusals
+    raise LaunchError with the C++ message."""
+    import ctypes
+
+    lib = _load_lib(lib)
+    fn = lib.cuda_gqa_select_plan
+    if fn.restype is not ctypes.c_int or not fn.argtypes:
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_size_t,
+                       ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_char_p),
+                       ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_int64),
+                       ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_uint64),
+                       ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t),
+                       ctypes.c_char_p, ctypes.c_size_t]
+    plan_index, num_kernels = ctypes.c_size_t(0), ctypes.c_size_t(0)
+    message = ctypes.create_string_buffer(1024)
+    buf = ctypes.create_string_buffer(bytes(data), len(data))
+    rc = fn(buf, len(data), device_cc, len(args), *_cpp_args(args), ctypes.byref(plan_index),
+            ctypes.byref(num_kernels), message, len(message))
+    if rc != 0:
+        raise LaunchError(message.value.decode(errors="replace"))
+    return plan_index.value, num_kernels.value
+
+
+_EVAL_CODES = {1: "bad payload", 2: "refused", 3: "internal"}
+
+
+def evaluate_launch_cpp(data: bytes, k: int, args: Sequence[ArgInfo], *, global_scratch: int = 0,
+                        profile_scratch: int = 0, workspace: int = 0, device_cc: int = 0,
+                        lib=None) -> KernelLaunch:
+    """Kernel k's launch, of the plan execute picks for these args on device_cc, as
+    libcuda_gqa_backend.so evaluates it (cuda_gqa_evaluate_launch; no GPU needed).
+    Params come back as (fb.ParamType, value) decoded from the raw slots;
+    refusals raise LaunchError with the C++ message."""
+    import ctypes
+
+    lib = _load_lib(lib)
+    fn = lib.cuda_gqa_evaluate_launch
+    if fn.restype is not ctypes.c_int or not fn.argtypes:
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_size_t, ctypes.c_size_t,
+                       ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_char_p),
+                       ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_int64),
+                       ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_uint64),
+                       ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint32),
+                       ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t),
+                       ctypes.c_char_p, ctypes.c_size_t]
     launch = (ctypes.c_uint32 * 5)()
     values = (ctypes.c_uint64 * MAX_PARAMS)()
     num_params = ctypes.c_size_t(0)
     message = ctypes.create_string_buffer(1024)
     buf = ctypes.create_string_buffer(bytes(data), len(data))
-    rc = fn(buf, len(data), device_cc, k, len(args), dtypes, labels, ranks, sizes, strides, addresses,
+    rc = fn(buf, len(data), device_cc, k, len(args), *_cpp_args(args),
             global_scratch & _U64, profile_scratch & _U64, workspace & _U64, launch, values, MAX_PARAMS,
             ctypes.byref(num_params), message, len(message))
     text = message.value.decode(errors="replace")
     if rc != 0:
         raise LaunchError(text)
-    kernel = LaunchPlan(bytes(data), device_cc=device_cc).kernels[k]
+    plan_index = select_plan_cpp(data, args, device_cc=device_cc, lib=lib)[0]
+    kernel = deserialize_payload(bytes(data)).plans[plan_index].kernels[k]
     params = []
     for i, p in enumerate(kernel.params[:num_params.value]):
         raw = values[i]
@@ -688,4 +867,4 @@ def evaluate_launch_cpp(data: bytes, k: int, args: Sequence[ArgInfo], *, global_
             value = raw
         params.append((int(p.type), value))
     return KernelLaunch(kernel_index=k, name=_as_str(kernel.name), grid=tuple(launch[:3]), block=launch[3],
-                        shared_mem_bytes=launch[4], params=tuple(params))
+                        shared_mem_bytes=launch[4], params=tuple(params), plan_index=plan_index)

@@ -75,7 +75,7 @@ class CudaGqaPartitioner(Partitioner):
         if call.dtype not in self.options.dtypes:
             names = ", ".join(str(d).removeprefix("torch.") for d in self.options.dtypes)
             return f"dtype {str(call.dtype).removeprefix('torch.')} is not in the compile spec dtypes ({names})"
-        (_, _, l_q, _), (_, _, l_kv, _), _ = call.shapes
+        (_, l_q), (_, l_kv) = call.lengths  # upper bounds of dynamic ones
         if self.options.max_seq_len is not None and max(l_q, l_kv) > self.options.max_seq_len:
             return f"L_q={l_q}, L_kv={l_kv} exceed the compile spec max_seq_len={self.options.max_seq_len}"
         return None

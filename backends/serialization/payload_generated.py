@@ -340,14 +340,24 @@ class GridDim(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
         return o == 0
 
+    # GridDim
+    def Multiplier(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 1
+
 def GridDimStart(builder):
-    builder.StartObject(1)
+    builder.StartObject(2)
 
 def GridDimAddFactors(builder, factors):
     builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(factors), 0)
 
 def GridDimStartFactorsVector(builder, numElems):
     return builder.StartVector(8, numElems, 4)
+
+def GridDimAddMultiplier(builder, multiplier):
+    builder.PrependUint32Slot(1, multiplier, 1)
 
 def GridDimEnd(builder):
     return builder.EndObject()
@@ -364,8 +374,10 @@ class GridDimT(object):
     def __init__(
         self,
         factors = None,
+        multiplier = 1,
     ):
         self.factors = factors  # type: Optional[List[GridFactorT]]
+        self.multiplier = multiplier  # type: int
 
     @classmethod
     def InitFromBuf(cls, buf, pos):
@@ -396,6 +408,7 @@ class GridDimT(object):
                 else:
                     gridFactor_ = GridFactorT.InitFromObj(gridDim.Factors(i))
                     self.factors.append(gridFactor_)
+        self.multiplier = gridDim.Multiplier()
 
     # GridDimT
     def Pack(self, builder):
@@ -407,6 +420,7 @@ class GridDimT(object):
         GridDimStart(builder)
         if self.factors is not None:
             GridDimAddFactors(builder, factors)
+        GridDimAddMultiplier(builder, self.multiplier)
         gridDim = GridDimEnd(builder)
         return gridDim
 
@@ -968,6 +982,75 @@ class KernelT(object):
         return kernel
 
 
+class DimSource(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def SizeOf(cls):
+        return 3
+
+    # DimSource
+    def Init(self, buf, pos):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # DimSource
+    def Dim(self): return self._tab.Get(flatbuffers.number_types.Uint8Flags, self._tab.Pos + flatbuffers.number_types.UOffsetTFlags.py_type(0))
+    # DimSource
+    def Arg(self): return self._tab.Get(flatbuffers.number_types.Uint8Flags, self._tab.Pos + flatbuffers.number_types.UOffsetTFlags.py_type(1))
+    # DimSource
+    def ArgDim(self): return self._tab.Get(flatbuffers.number_types.Uint8Flags, self._tab.Pos + flatbuffers.number_types.UOffsetTFlags.py_type(2))
+
+def CreateDimSource(builder, dim, arg, argDim):
+    builder.Prep(1, 3)
+    builder.PrependUint8(argDim)
+    builder.PrependUint8(arg)
+    builder.PrependUint8(dim)
+    return builder.Offset()
+
+
+class DimSourceT(object):
+
+    # DimSourceT
+    def __init__(
+        self,
+        dim = 0,
+        arg = 0,
+        argDim = 0,
+    ):
+        self.dim = dim  # type: int
+        self.arg = arg  # type: int
+        self.argDim = argDim  # type: int
+
+    @classmethod
+    def InitFromBuf(cls, buf, pos):
+        dimSource = DimSource()
+        dimSource.Init(buf, pos)
+        return cls.InitFromObj(dimSource)
+
+    @classmethod
+    def InitFromPackedBuf(cls, buf, pos=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, pos)
+        return cls.InitFromBuf(buf, pos+n)
+
+    @classmethod
+    def InitFromObj(cls, dimSource):
+        x = DimSourceT()
+        x._UnPack(dimSource)
+        return x
+
+    # DimSourceT
+    def _UnPack(self, dimSource):
+        if dimSource is None:
+            return
+        self.dim = dimSource.Dim()
+        self.arg = dimSource.Arg()
+        self.argDim = dimSource.ArgDim()
+
+    # DimSourceT
+    def Pack(self, builder):
+        return CreateDimSource(builder, self.dim, self.arg, self.argDim)
+
+
 class TensorSpec(object):
     __slots__ = ['_tab']
 
@@ -1024,8 +1107,58 @@ class TensorSpec(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
         return o == 0
 
+    # TensorSpec
+    def MaxSizes(self, j):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            a = self._tab.Vector(o)
+            return self._tab.Get(flatbuffers.number_types.Int64Flags, a + flatbuffers.number_types.UOffsetTFlags.py_type(j * 8))
+        return 0
+
+    # TensorSpec
+    def MaxSizesAsNumpy(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.GetVectorAsNumpy(flatbuffers.number_types.Int64Flags, o)
+        return 0
+
+    # TensorSpec
+    def MaxSizesLength(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # TensorSpec
+    def MaxSizesIsNone(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        return o == 0
+
+    # TensorSpec
+    def SizeFrom(self, j):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        if o != 0:
+            x = self._tab.Vector(o)
+            x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 3
+            obj = DimSource()
+            obj.Init(self._tab.Bytes, x)
+            return obj
+        return None
+
+    # TensorSpec
+    def SizeFromLength(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # TensorSpec
+    def SizeFromIsNone(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        return o == 0
+
 def TensorSpecStart(builder):
-    builder.StartObject(2)
+    builder.StartObject(4)
 
 def TensorSpecAddDtype(builder, dtype):
     builder.PrependInt8Slot(0, dtype, 0)
@@ -1035,6 +1168,18 @@ def TensorSpecAddSizes(builder, sizes):
 
 def TensorSpecStartSizesVector(builder, numElems):
     return builder.StartVector(8, numElems, 8)
+
+def TensorSpecAddMaxSizes(builder, maxSizes):
+    builder.PrependUOffsetTRelativeSlot(2, flatbuffers.number_types.UOffsetTFlags.py_type(maxSizes), 0)
+
+def TensorSpecStartMaxSizesVector(builder, numElems):
+    return builder.StartVector(8, numElems, 8)
+
+def TensorSpecAddSizeFrom(builder, sizeFrom):
+    builder.PrependUOffsetTRelativeSlot(3, flatbuffers.number_types.UOffsetTFlags.py_type(sizeFrom), 0)
+
+def TensorSpecStartSizeFromVector(builder, numElems):
+    return builder.StartVector(3, numElems, 1)
 
 def TensorSpecEnd(builder):
     return builder.EndObject()
@@ -1052,9 +1197,13 @@ class TensorSpecT(object):
         self,
         dtype = 0,
         sizes = None,
+        maxSizes = None,
+        sizeFrom = None,
     ):
         self.dtype = dtype  # type: int
         self.sizes = sizes  # type: Optional[List[int]]
+        self.maxSizes = maxSizes  # type: Optional[List[int]]
+        self.sizeFrom = sizeFrom  # type: Optional[List[DimSourceT]]
 
     @classmethod
     def InitFromBuf(cls, buf, pos):
@@ -1085,6 +1234,21 @@ class TensorSpecT(object):
                     self.sizes.append(tensorSpec.Sizes(i))
             else:
                 self.sizes = tensorSpec.SizesAsNumpy()
+        if not tensorSpec.MaxSizesIsNone():
+            if np is None:
+                self.maxSizes = []
+                for i in range(tensorSpec.MaxSizesLength()):
+                    self.maxSizes.append(tensorSpec.MaxSizes(i))
+            else:
+                self.maxSizes = tensorSpec.MaxSizesAsNumpy()
+        if not tensorSpec.SizeFromIsNone():
+            self.sizeFrom = []
+            for i in range(tensorSpec.SizeFromLength()):
+                if tensorSpec.SizeFrom(i) is None:
+                    self.sizeFrom.append(None)
+                else:
+                    dimSource_ = DimSourceT.InitFromObj(tensorSpec.SizeFrom(i))
+                    self.sizeFrom.append(dimSource_)
 
     # TensorSpecT
     def Pack(self, builder):
@@ -1096,12 +1260,323 @@ class TensorSpecT(object):
                 for i in reversed(range(len(self.sizes))):
                     builder.PrependInt64(self.sizes[i])
                 sizes = builder.EndVector()
+        if self.maxSizes is not None:
+            if np is not None and type(self.maxSizes) is np.ndarray:
+                maxSizes = builder.CreateNumpyVector(self.maxSizes)
+            else:
+                TensorSpecStartMaxSizesVector(builder, len(self.maxSizes))
+                for i in reversed(range(len(self.maxSizes))):
+                    builder.PrependInt64(self.maxSizes[i])
+                maxSizes = builder.EndVector()
+        if self.sizeFrom is not None:
+            TensorSpecStartSizeFromVector(builder, len(self.sizeFrom))
+            for i in reversed(range(len(self.sizeFrom))):
+                self.sizeFrom[i].Pack(builder)
+            sizeFrom = builder.EndVector()
         TensorSpecStart(builder)
         TensorSpecAddDtype(builder, self.dtype)
         if self.sizes is not None:
             TensorSpecAddSizes(builder, sizes)
+        if self.maxSizes is not None:
+            TensorSpecAddMaxSizes(builder, maxSizes)
+        if self.sizeFrom is not None:
+            TensorSpecAddSizeFrom(builder, sizeFrom)
         tensorSpec = TensorSpecEnd(builder)
         return tensorSpec
+
+
+class SizeRange(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def SizeOf(cls):
+        return 24
+
+    # SizeRange
+    def Init(self, buf, pos):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # SizeRange
+    def Arg(self): return self._tab.Get(flatbuffers.number_types.Uint8Flags, self._tab.Pos + flatbuffers.number_types.UOffsetTFlags.py_type(0))
+    # SizeRange
+    def Dim(self): return self._tab.Get(flatbuffers.number_types.Uint8Flags, self._tab.Pos + flatbuffers.number_types.UOffsetTFlags.py_type(1))
+    # SizeRange
+    def Min(self): return self._tab.Get(flatbuffers.number_types.Int64Flags, self._tab.Pos + flatbuffers.number_types.UOffsetTFlags.py_type(8))
+    # SizeRange
+    def Max(self): return self._tab.Get(flatbuffers.number_types.Int64Flags, self._tab.Pos + flatbuffers.number_types.UOffsetTFlags.py_type(16))
+
+def CreateSizeRange(builder, arg, dim, min, max):
+    builder.Prep(8, 24)
+    builder.PrependInt64(max)
+    builder.PrependInt64(min)
+    builder.Pad(6)
+    builder.PrependUint8(dim)
+    builder.PrependUint8(arg)
+    return builder.Offset()
+
+
+class SizeRangeT(object):
+
+    # SizeRangeT
+    def __init__(
+        self,
+        arg = 0,
+        dim = 0,
+        min = 0,
+        max = 0,
+    ):
+        self.arg = arg  # type: int
+        self.dim = dim  # type: int
+        self.min = min  # type: int
+        self.max = max  # type: int
+
+    @classmethod
+    def InitFromBuf(cls, buf, pos):
+        sizeRange = SizeRange()
+        sizeRange.Init(buf, pos)
+        return cls.InitFromObj(sizeRange)
+
+    @classmethod
+    def InitFromPackedBuf(cls, buf, pos=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, pos)
+        return cls.InitFromBuf(buf, pos+n)
+
+    @classmethod
+    def InitFromObj(cls, sizeRange):
+        x = SizeRangeT()
+        x._UnPack(sizeRange)
+        return x
+
+    # SizeRangeT
+    def _UnPack(self, sizeRange):
+        if sizeRange is None:
+            return
+        self.arg = sizeRange.Arg()
+        self.dim = sizeRange.Dim()
+        self.min = sizeRange.Min()
+        self.max = sizeRange.Max()
+
+    # SizeRangeT
+    def Pack(self, builder):
+        return CreateSizeRange(builder, self.arg, self.dim, self.min, self.max)
+
+
+class LaunchPlan(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = LaunchPlan()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsLaunchPlan(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    @classmethod
+    def LaunchPlanBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
+        return flatbuffers.util.BufferHasIdentifier(buf, offset, b"\x43\x47\x51\x41", size_prefixed=size_prefixed)
+
+    # LaunchPlan
+    def Init(self, buf, pos):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # LaunchPlan
+    def Archs(self, j):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            a = self._tab.Vector(o)
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, a + flatbuffers.number_types.UOffsetTFlags.py_type(j * 4))
+        return 0
+
+    # LaunchPlan
+    def ArchsAsNumpy(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.GetVectorAsNumpy(flatbuffers.number_types.Uint32Flags, o)
+        return 0
+
+    # LaunchPlan
+    def ArchsLength(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # LaunchPlan
+    def ArchsIsNone(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        return o == 0
+
+    # LaunchPlan
+    def When(self, j):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            x = self._tab.Vector(o)
+            x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 24
+            obj = SizeRange()
+            obj.Init(self._tab.Bytes, x)
+            return obj
+        return None
+
+    # LaunchPlan
+    def WhenLength(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # LaunchPlan
+    def WhenIsNone(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        return o == 0
+
+    # LaunchPlan
+    def Kernels(self, j):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            x = self._tab.Vector(o)
+            x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
+            x = self._tab.Indirect(x)
+            obj = Kernel()
+            obj.Init(self._tab.Bytes, x)
+            return obj
+        return None
+
+    # LaunchPlan
+    def KernelsLength(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # LaunchPlan
+    def KernelsIsNone(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        return o == 0
+
+def LaunchPlanStart(builder):
+    builder.StartObject(3)
+
+def LaunchPlanAddArchs(builder, archs):
+    builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(archs), 0)
+
+def LaunchPlanStartArchsVector(builder, numElems):
+    return builder.StartVector(4, numElems, 4)
+
+def LaunchPlanAddWhen(builder, when):
+    builder.PrependUOffsetTRelativeSlot(1, flatbuffers.number_types.UOffsetTFlags.py_type(when), 0)
+
+def LaunchPlanStartWhenVector(builder, numElems):
+    return builder.StartVector(24, numElems, 8)
+
+def LaunchPlanAddKernels(builder, kernels):
+    builder.PrependUOffsetTRelativeSlot(2, flatbuffers.number_types.UOffsetTFlags.py_type(kernels), 0)
+
+def LaunchPlanStartKernelsVector(builder, numElems):
+    return builder.StartVector(4, numElems, 4)
+
+def LaunchPlanEnd(builder):
+    return builder.EndObject()
+
+
+try:
+    from typing import List
+except:
+    pass
+
+class LaunchPlanT(object):
+
+    # LaunchPlanT
+    def __init__(
+        self,
+        archs = None,
+        when = None,
+        kernels = None,
+    ):
+        self.archs = archs  # type: Optional[List[int]]
+        self.when = when  # type: Optional[List[SizeRangeT]]
+        self.kernels = kernels  # type: Optional[List[KernelT]]
+
+    @classmethod
+    def InitFromBuf(cls, buf, pos):
+        launchPlan = LaunchPlan()
+        launchPlan.Init(buf, pos)
+        return cls.InitFromObj(launchPlan)
+
+    @classmethod
+    def InitFromPackedBuf(cls, buf, pos=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, pos)
+        return cls.InitFromBuf(buf, pos+n)
+
+    @classmethod
+    def InitFromObj(cls, launchPlan):
+        x = LaunchPlanT()
+        x._UnPack(launchPlan)
+        return x
+
+    # LaunchPlanT
+    def _UnPack(self, launchPlan):
+        if launchPlan is None:
+            return
+        if not launchPlan.ArchsIsNone():
+            if np is None:
+                self.archs = []
+                for i in range(launchPlan.ArchsLength()):
+                    self.archs.append(launchPlan.Archs(i))
+            else:
+                self.archs = launchPlan.ArchsAsNumpy()
+        if not launchPlan.WhenIsNone():
+            self.when = []
+            for i in range(launchPlan.WhenLength()):
+                if launchPlan.When(i) is None:
+                    self.when.append(None)
+                else:
+                    sizeRange_ = SizeRangeT.InitFromObj(launchPlan.When(i))
+                    self.when.append(sizeRange_)
+        if not launchPlan.KernelsIsNone():
+            self.kernels = []
+            for i in range(launchPlan.KernelsLength()):
+                if launchPlan.Kernels(i) is None:
+                    self.kernels.append(None)
+                else:
+                    kernel_ = KernelT.InitFromObj(launchPlan.Kernels(i))
+                    self.kernels.append(kernel_)
+
+    # LaunchPlanT
+    def Pack(self, builder):
+        if self.archs is not None:
+            if np is not None and type(self.archs) is np.ndarray:
+                archs = builder.CreateNumpyVector(self.archs)
+            else:
+                LaunchPlanStartArchsVector(builder, len(self.archs))
+                for i in reversed(range(len(self.archs))):
+                    builder.PrependUint32(self.archs[i])
+                archs = builder.EndVector()
+        if self.when is not None:
+            LaunchPlanStartWhenVector(builder, len(self.when))
+            for i in reversed(range(len(self.when))):
+                self.when[i].Pack(builder)
+            when = builder.EndVector()
+        if self.kernels is not None:
+            kernelslist = []
+            for i in range(len(self.kernels)):
+                kernelslist.append(self.kernels[i].Pack(builder))
+            LaunchPlanStartKernelsVector(builder, len(self.kernels))
+            for i in reversed(range(len(self.kernels))):
+                builder.PrependUOffsetTRelative(kernelslist[i])
+            kernels = builder.EndVector()
+        LaunchPlanStart(builder)
+        if self.archs is not None:
+            LaunchPlanAddArchs(builder, archs)
+        if self.when is not None:
+            LaunchPlanAddWhen(builder, when)
+        if self.kernels is not None:
+            LaunchPlanAddKernels(builder, kernels)
+        launchPlan = LaunchPlanEnd(builder)
+        return launchPlan
 
 
 class Payload(object):
@@ -1182,26 +1657,26 @@ class Payload(object):
         return o == 0
 
     # Payload
-    def Kernels(self, j):
+    def Plans(self, j):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
         if o != 0:
             x = self._tab.Vector(o)
             x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
             x = self._tab.Indirect(x)
-            obj = Kernel()
+            obj = LaunchPlan()
             obj.Init(self._tab.Bytes, x)
             return obj
         return None
 
     # Payload
-    def KernelsLength(self):
+    def PlansLength(self):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
         if o != 0:
             return self._tab.VectorLen(o)
         return 0
 
     # Payload
-    def KernelsIsNone(self):
+    def PlansIsNone(self):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
         return o == 0
 
@@ -1213,32 +1688,8 @@ class Payload(object):
         return 0
 
     # Payload
-    def ArchVariants(self, j):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
-        if o != 0:
-            x = self._tab.Vector(o)
-            x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
-            x = self._tab.Indirect(x)
-            obj = ArchVariant()
-            obj.Init(self._tab.Bytes, x)
-            return obj
-        return None
-
-    # Payload
-    def ArchVariantsLength(self):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
-        if o != 0:
-            return self._tab.VectorLen(o)
-        return 0
-
-    # Payload
-    def ArchVariantsIsNone(self):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
-        return o == 0
-
-    # Payload
     def States(self, j):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(16))
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
         if o != 0:
             x = self._tab.Vector(o)
             x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
@@ -1250,18 +1701,18 @@ class Payload(object):
 
     # Payload
     def StatesLength(self):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(16))
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
         if o != 0:
             return self._tab.VectorLen(o)
         return 0
 
     # Payload
     def StatesIsNone(self):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(16))
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
         return o == 0
 
 def PayloadStart(builder):
-    builder.StartObject(7)
+    builder.StartObject(6)
 
 def PayloadAddVersion(builder, version):
     builder.PrependUint32Slot(0, version, 0)
@@ -1278,23 +1729,17 @@ def PayloadAddOutputs(builder, outputs):
 def PayloadStartOutputsVector(builder, numElems):
     return builder.StartVector(4, numElems, 4)
 
-def PayloadAddKernels(builder, kernels):
-    builder.PrependUOffsetTRelativeSlot(3, flatbuffers.number_types.UOffsetTFlags.py_type(kernels), 0)
+def PayloadAddPlans(builder, plans):
+    builder.PrependUOffsetTRelativeSlot(3, flatbuffers.number_types.UOffsetTFlags.py_type(plans), 0)
 
-def PayloadStartKernelsVector(builder, numElems):
+def PayloadStartPlansVector(builder, numElems):
     return builder.StartVector(4, numElems, 4)
 
 def PayloadAddWorkspaceBytes(builder, workspaceBytes):
     builder.PrependUint64Slot(4, workspaceBytes, 0)
 
-def PayloadAddArchVariants(builder, archVariants):
-    builder.PrependUOffsetTRelativeSlot(5, flatbuffers.number_types.UOffsetTFlags.py_type(archVariants), 0)
-
-def PayloadStartArchVariantsVector(builder, numElems):
-    return builder.StartVector(4, numElems, 4)
-
 def PayloadAddStates(builder, states):
-    builder.PrependUOffsetTRelativeSlot(6, flatbuffers.number_types.UOffsetTFlags.py_type(states), 0)
+    builder.PrependUOffsetTRelativeSlot(5, flatbuffers.number_types.UOffsetTFlags.py_type(states), 0)
 
 def PayloadStartStatesVector(builder, numElems):
     return builder.StartVector(4, numElems, 4)
@@ -1316,17 +1761,15 @@ class PayloadT(object):
         version = 0,
         inputs = None,
         outputs = None,
-        kernels = None,
+        plans = None,
         workspaceBytes = 0,
-        archVariants = None,
         states = None,
     ):
         self.version = version  # type: int
         self.inputs = inputs  # type: Optional[List[TensorSpecT]]
         self.outputs = outputs  # type: Optional[List[TensorSpecT]]
-        self.kernels = kernels  # type: Optional[List[KernelT]]
+        self.plans = plans  # type: Optional[List[LaunchPlanT]]
         self.workspaceBytes = workspaceBytes  # type: int
-        self.archVariants = archVariants  # type: Optional[List[ArchVariantT]]
         self.states = states  # type: Optional[List[StateSpecT]]
 
     @classmethod
@@ -1367,23 +1810,15 @@ class PayloadT(object):
                 else:
                     tensorSpec_ = TensorSpecT.InitFromObj(payload.Outputs(i))
                     self.outputs.append(tensorSpec_)
-        if not payload.KernelsIsNone():
-            self.kernels = []
-            for i in range(payload.KernelsLength()):
-                if payload.Kernels(i) is None:
-                    self.kernels.append(None)
+        if not payload.PlansIsNone():
+            self.plans = []
+            for i in range(payload.PlansLength()):
+                if payload.Plans(i) is None:
+                    self.plans.append(None)
                 else:
-                    kernel_ = KernelT.InitFromObj(payload.Kernels(i))
-                    self.kernels.append(kernel_)
+                    launchPlan_ = LaunchPlanT.InitFromObj(payload.Plans(i))
+                    self.plans.append(launchPlan_)
         self.workspaceBytes = payload.WorkspaceBytes()
-        if not payload.ArchVariantsIsNone():
-            self.archVariants = []
-            for i in range(payload.ArchVariantsLength()):
-                if payload.ArchVariants(i) is None:
-                    self.archVariants.append(None)
-                else:
-                    archVariant_ = ArchVariantT.InitFromObj(payload.ArchVariants(i))
-                    self.archVariants.append(archVariant_)
         if not payload.StatesIsNone():
             self.states = []
             for i in range(payload.StatesLength()):
@@ -1411,22 +1846,14 @@ class PayloadT(object):
             for i in reversed(range(len(self.outputs))):
                 builder.PrependUOffsetTRelative(outputslist[i])
             outputs = builder.EndVector()
-        if self.kernels is not None:
-            kernelslist = []
-            for i in range(len(self.kernels)):
-                kernelslist.append(self.kernels[i].Pack(builder))
-            PayloadStartKernelsVector(builder, len(self.kernels))
-            for i in reversed(range(len(self.kernels))):
-                builder.PrependUOffsetTRelative(kernelslist[i])
-            kernels = builder.EndVector()
-        if self.archVariants is not None:
-            archVariantslist = []
-            for i in range(len(self.archVariants)):
-                archVariantslist.append(self.archVariants[i].Pack(builder))
-            PayloadStartArchVariantsVector(builder, len(self.archVariants))
-            for i in reversed(range(len(self.archVariants))):
-                builder.PrependUOffsetTRelative(archVariantslist[i])
-            archVariants = builder.EndVector()
+        if self.plans is not None:
+            planslist = []
+            for i in range(len(self.plans)):
+                planslist.append(self.plans[i].Pack(builder))
+            PayloadStartPlansVector(builder, len(self.plans))
+            for i in reversed(range(len(self.plans))):
+                builder.PrependUOffsetTRelative(planslist[i])
+            plans = builder.EndVector()
         if self.states is not None:
             stateslist = []
             for i in range(len(self.states)):
@@ -1441,11 +1868,9 @@ class PayloadT(object):
             PayloadAddInputs(builder, inputs)
         if self.outputs is not None:
             PayloadAddOutputs(builder, outputs)
-        if self.kernels is not None:
-            PayloadAddKernels(builder, kernels)
+        if self.plans is not None:
+            PayloadAddPlans(builder, plans)
         PayloadAddWorkspaceBytes(builder, self.workspaceBytes)
-        if self.archVariants is not None:
-            PayloadAddArchVariants(builder, archVariants)
         if self.states is not None:
             PayloadAddStates(builder, states)
         payload = PayloadEnd(builder)
@@ -1603,191 +2028,5 @@ class StateSpecT(object):
             StateSpecAddSizes(builder, sizes)
         stateSpec = StateSpecEnd(builder)
         return stateSpec
-
-
-class ArchVariant(object):
-    __slots__ = ['_tab']
-
-    @classmethod
-    def GetRootAs(cls, buf, offset=0):
-        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
-        x = ArchVariant()
-        x.Init(buf, n + offset)
-        return x
-
-    @classmethod
-    def GetRootAsArchVariant(cls, buf, offset=0):
-        """This method is deprecated. Please switch to GetRootAs."""
-        return cls.GetRootAs(buf, offset)
-    @classmethod
-    def ArchVariantBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
-        return flatbuffers.util.BufferHasIdentifier(buf, offset, b"\x43\x47\x51\x41", size_prefixed=size_prefixed)
-
-    # ArchVariant
-    def Init(self, buf, pos):
-        self._tab = flatbuffers.table.Table(buf, pos)
-
-    # ArchVariant
-    def Archs(self, j):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
-        if o != 0:
-            a = self._tab.Vector(o)
-            return self._tab.Get(flatbuffers.number_types.Uint32Flags, a + flatbuffers.number_types.UOffsetTFlags.py_type(j * 4))
-        return 0
-
-    # ArchVariant
-    def ArchsAsNumpy(self):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
-        if o != 0:
-            return self._tab.GetVectorAsNumpy(flatbuffers.number_types.Uint32Flags, o)
-        return 0
-
-    # ArchVariant
-    def ArchsLength(self):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
-        if o != 0:
-            return self._tab.VectorLen(o)
-        return 0
-
-    # ArchVariant
-    def ArchsIsNone(self):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
-        return o == 0
-
-    # ArchVariant
-    def Kernels(self, j):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
-        if o != 0:
-            x = self._tab.Vector(o)
-            x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
-            x = self._tab.Indirect(x)
-            obj = Kernel()
-            obj.Init(self._tab.Bytes, x)
-            return obj
-        return None
-
-    # ArchVariant
-    def KernelsLength(self):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
-        if o != 0:
-            return self._tab.VectorLen(o)
-        return 0
-
-    # ArchVariant
-    def KernelsIsNone(self):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
-        return o == 0
-
-    # ArchVariant
-    def WorkspaceBytes(self):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
-        if o != 0:
-            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
-        return 0
-
-def ArchVariantStart(builder):
-    builder.StartObject(3)
-
-def ArchVariantAddArchs(builder, archs):
-    builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(archs), 0)
-
-def ArchVariantStartArchsVector(builder, numElems):
-    return builder.StartVector(4, numElems, 4)
-
-def ArchVariantAddKernels(builder, kernels):
-    builder.PrependUOffsetTRelativeSlot(1, flatbuffers.number_types.UOffsetTFlags.py_type(kernels), 0)
-
-def ArchVariantStartKernelsVector(builder, numElems):
-    return builder.StartVector(4, numElems, 4)
-
-def ArchVariantAddWorkspaceBytes(builder, workspaceBytes):
-    builder.PrependUint64Slot(2, workspaceBytes, 0)
-
-def ArchVariantEnd(builder):
-    return builder.EndObject()
-
-
-try:
-    from typing import List
-except:
-    pass
-
-class ArchVariantT(object):
-
-    # ArchVariantT
-    def __init__(
-        self,
-        archs = None,
-        kernels = None,
-        workspaceBytes = 0,
-    ):
-        self.archs = archs  # type: Optional[List[int]]
-        self.kernels = kernels  # type: Optional[List[KernelT]]
-        self.workspaceBytes = workspaceBytes  # type: int
-
-    @classmethod
-    def InitFromBuf(cls, buf, pos):
-        archVariant = ArchVariant()
-        archVariant.Init(buf, pos)
-        return cls.InitFromObj(archVariant)
-
-    @classmethod
-    def InitFromPackedBuf(cls, buf, pos=0):
-        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, pos)
-        return cls.InitFromBuf(buf, pos+n)
-
-    @classmethod
-    def InitFromObj(cls, archVariant):
-        x = ArchVariantT()
-        x._UnPack(archVariant)
-        return x
-
-    # ArchVariantT
-    def _UnPack(self, archVariant):
-        if archVariant is None:
-            return
-        if not archVariant.ArchsIsNone():
-            if np is None:
-                self.archs = []
-                for i in range(archVariant.ArchsLength()):
-                    self.archs.append(archVariant.Archs(i))
-            else:
-                self.archs = archVariant.ArchsAsNumpy()
-        if not archVariant.KernelsIsNone():
-            self.kernels = []
-            for i in range(archVariant.KernelsLength()):
-                if archVariant.Kernels(i) is None:
-                    self.kernels.append(None)
-                else:
-                    kernel_ = KernelT.InitFromObj(archVariant.Kernels(i))
-                    self.kernels.append(kernel_)
-        self.workspaceBytes = archVariant.WorkspaceBytes()
-
-    # ArchVariantT
-    def Pack(self, builder):
-        if self.archs is not None:
-            if np is not None and type(self.archs) is np.ndarray:
-                archs = builder.CreateNumpyVector(self.archs)
-            else:
-                ArchVariantStartArchsVector(builder, len(self.archs))
-                for i in reversed(range(len(self.archs))):
-                    builder.PrependUint32(self.archs[i])
-                archs = builder.EndVector()
-        if self.kernels is not None:
-            kernelslist = []
-            for i in range(len(self.kernels)):
-                kernelslist.append(self.kernels[i].Pack(builder))
-            ArchVariantStartKernelsVector(builder, len(self.kernels))
-            for i in reversed(range(len(self.kernels))):
-                builder.PrependUOffsetTRelative(kernelslist[i])
-            kernels = builder.EndVector()
-        ArchVariantStart(builder)
-        if self.archs is not None:
-            ArchVariantAddArchs(builder, archs)
-        if self.kernels is not None:
-            ArchVariantAddKernels(builder, kernels)
-        ArchVariantAddWorkspaceBytes(builder, self.workspaceBytes)
-        archVariant = ArchVariantEnd(builder)
-        return archVariant
 
 

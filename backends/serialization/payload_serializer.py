@@ -15,7 +15,7 @@ from . import payload_generated as fb
 
 FILE_IDENTIFIER = b"CGQA"
 # Must match kPayloadVersion in runtime/cpp/payload.h.
-PAYLOAD_VERSION = 2
+PAYLOAD_VERSION = 3
 
 
 class PayloadError(ValueError):

@@ -12,6 +12,7 @@
 #include <executorch/runtime/backend/interface.h>
 #include <executorch/runtime/core/error.h>
 #include <executorch/runtime/core/evalue.h>
+#include <executorch/runtime/core/exec_aten/util/tensor_util.h>
 #include <executorch/runtime/core/named_data_map.h>
 #include <executorch/runtime/platform/log.h>
 
@@ -85,13 +86,14 @@ struct DelegateState {
   bool owns_stream = false;
   PayloadDesc payload;  // image views cleared once modules are loaded
   // Per delegate arg: a staging buffer for host-resident tensors (none when
-  // the program plans the delegate's tensors on the GPU), and its size.
+  // the program plans the delegate's tensors on the GPU), sized for the
+  // spec's max sizes.
   std::vector<DeviceBuffer> staging;
-  std::vector<size_t> arg_bytes;
   std::vector<DeviceBuffer> scratch;
   DeviceBuffer workspace;  // Payload.workspace_bytes, shared by the kernels in order
-  std::vector<LoadedKernel> modules;
-  std::vector<KernelLauncher> launchers;
+  // Per kept plan (payload.plans), per kernel.
+  std::vector<std::vector<LoadedKernel>> modules;
+  std::vector<std::vector<KernelLauncher>> launchers;
   CUevent profile_start = nullptr;  // profile: around the kernels of one execute
   CUevent profile_stop = nullptr;
   std::atomic<bool> profile_gate{true};
@@ -124,7 +126,9 @@ struct DelegateState {
       }
     }
     if (workspace.ptr != 0) check(d.MemFree(workspace.ptr), "cuMemFree");
-    for (LoadedKernel& m : modules) release_kernel(d, &m);
+    for (std::vector<LoadedKernel>& plan : modules) {
+      for (LoadedKernel& m : plan) release_kernel(d, &m);
+    }
     if (profile_start != nullptr) check(d.EventDestroy(profile_start), "cuEventDestroy");
     if (profile_stop != nullptr) check(d.EventDestroy(profile_stop), "cuEventDestroy");
     if (stream != nullptr && owns_stream) check(d.StreamDestroy(stream), "cuStreamDestroy");
@@ -220,14 +224,6 @@ Error set_up_device(DelegateState* s, const NamedDataMap* named_data, bool devic
   if (named_data == nullptr && !s->payload.states.empty()) {
     ET_LOG(Info, "CudaGqaBackend: the program has no named data: this delegate's states are not shared");
   }
-  for (const auto* specs : {&s->payload.inputs, &s->payload.outputs}) {
-    for (const TensorSpecDesc& spec : *specs) {
-      if (!spec.is_static()) {
-        *why = "dynamic sizes are not supported by this runtime yet";
-        return Error::NotSupported;
-      }
-    }
-  }
   std::string message;
   if (!cuda_device_at(s->settings.device, &s->driver, &s->device, &s->compute_capability,
                       &message)) {
@@ -235,8 +231,8 @@ Error set_up_device(DelegateState* s, const NamedDataMap* named_data, bool devic
     *why = message;
     return Error::NotSupported;
   }
-  // Tiles tuned for this arch, when the payload has them.
-  use_arch_variant(&s->payload, s->compute_capability);
+  // The plans for this arch (tiles tuned for it, when the payload has them).
+  if (!keep_plans_for_arch(&s->payload, s->compute_capability, why)) return Error::NotSupported;
   const CudaDriver& d = *s->driver;
   CUresult r = d.DevicePrimaryCtxRetain(&s->context, s->device);
   if (r != CUDA_SUCCESS) {
@@ -287,30 +283,31 @@ Error set_up_device(DelegateState* s, const NamedDataMap* named_data, bool devic
     }
   }
 
-  const size_t num_kernels = s->payload.kernels.size();
-  s->modules.resize(num_kernels);
+  const size_t num_plans = s->payload.plans.size();
+  s->modules.resize(num_plans);
   std::vector<FreeableBuffer> named_images;  // freed once the modules are loaded
-  named_images.reserve(num_kernels);
-  for (size_t i = 0; i < num_kernels; ++i) {
-    if (!fetch_named_image(named_data, s->compute_capability, &s->payload.kernels[i],
-                           &named_images, why)) {
-      return Error::InvalidProgram;
-    }
-    if (!acquire_kernel(d, s->context, s->device, s->compute_capability, s->payload.kernels[i],
-                        &s->modules[i], why)) {
-      return Error::NotSupported;
+  for (size_t p = 0; p < num_plans; ++p) {
+    std::vector<KernelDesc>& kernels = s->payload.plans[p].kernels;
+    s->modules[p].resize(kernels.size());
+    for (size_t i = 0; i < kernels.size(); ++i) {
+      if (!fetch_named_image(named_data, s->compute_capability, &kernels[i], &named_images, why)) {
+        return Error::InvalidProgram;
+      }
+      // The module cache loads each image once, however many plans share it.
+      if (!acquire_kernel(d, s->context, s->device, s->compute_capability, kernels[i],
+                          &s->modules[p][i], why)) {
+        return Error::NotSupported;
+      }
     }
   }
 
   const size_t num_args = s->payload.num_args();
   s->staging.resize(num_args);
-  s->arg_bytes.resize(num_args);
   s->arg_descs.resize(s->payload.num_launch_args());
   s->on_device.resize(num_args);
   for (size_t i = 0; i < num_args; ++i) {
     const TensorSpecDesc& spec = s->payload.arg_spec(i);
-    const size_t bytes = static_cast<size_t>(spec.numel()) * dtype_size(spec.dtype);
-    s->arg_bytes[i] = bytes;
+    const size_t bytes = static_cast<size_t>(spec.max_numel()) * dtype_size(spec.dtype);
     if (device_planned) continue;  // its tensors live on the GPU: nothing to stage
     CUdeviceptr unused;
     if (!device_alloc(s, bytes, 0, &s->staging[i], &unused, why)) {
@@ -363,43 +360,48 @@ Error set_up_device(DelegateState* s, const NamedDataMap* named_data, bool devic
     }
   }
 
-  s->launchers.resize(num_kernels);
-  s->scratch.reserve(2 * num_kernels);
-  for (size_t i = 0; i < num_kernels; ++i) {
-    const KernelDesc& k = s->payload.kernels[i];
-    ScratchDesc scratch;
-    scratch.workspace = workspace;
-    if (k.global_scratch_bytes > 0 || k.profile_scratch_bytes > 0) {
-      uint64_t ctas = 0;
-      if (!static_grid_ctas(s->payload, k, &ctas, why)) return Error::NotSupported;
-      scratch.ctas = ctas;
-      const struct {
-        uint32_t bytes, align;
-        CUdeviceptr* out;
-      } wants[] = {{k.global_scratch_bytes, k.global_scratch_align, &scratch.global},
-                   {k.profile_scratch_bytes, k.profile_scratch_align, &scratch.profile}};
-      for (const auto& w : wants) {
-        if (w.bytes == 0 || ctas == 0) continue;
-        if (ctas > (uint64_t{1} << 40) / w.bytes) {
-          *why = "kernel " + k.name + ": scratch too large";
-          return Error::MemoryAllocationFailed;
-        }
-        s->scratch.emplace_back();
-        if (!device_alloc(s, static_cast<size_t>(ctas * w.bytes), w.align, &s->scratch.back(),
-                          w.out, why)) {
-          *why = "scratch for kernel " + k.name + ": " + *why;
-          return Error::MemoryAllocationFailed;
+  s->launchers.resize(num_plans);
+  for (size_t p = 0; p < num_plans; ++p) {
+    const std::vector<KernelDesc>& kernels = s->payload.plans[p].kernels;
+    s->launchers[p].resize(kernels.size());
+    for (size_t i = 0; i < kernels.size(); ++i) {
+      const KernelDesc& k = kernels[i];
+      ScratchDesc scratch;
+      scratch.workspace = workspace;
+      if (k.global_scratch_bytes > 0 || k.profile_scratch_bytes > 0) {
+        uint64_t ctas = 0;
+        if (!bounded_grid_ctas(s->payload, k, &ctas, why)) return Error::InvalidProgram;
+        scratch.ctas = ctas;
+        const struct {
+          uint32_t bytes, align;
+          CUdeviceptr* out;
+        } wants[] = {{k.global_scratch_bytes, k.global_scratch_align, &scratch.global},
+                     {k.profile_scratch_bytes, k.profile_scratch_align, &scratch.profile}};
+        for (const auto& w : wants) {
+          if (w.bytes == 0 || ctas == 0) continue;
+          if (ctas > (uint64_t{1} << 40) / w.bytes) {
+            *why = "kernel " + k.name + ": scratch too large";
+            return Error::MemoryAllocationFailed;
+          }
+          s->scratch.emplace_back();
+          if (!device_alloc(s, static_cast<size_t>(ctas * w.bytes), w.align, &s->scratch.back(),
+                            w.out, why)) {
+            *why = "scratch for kernel " + k.name + ": " + *why;
+            return Error::MemoryAllocationFailed;
+          }
         }
       }
-    }
-    if (!s->launchers[i].prepare(&k, s->modules[i].function, scratch, why)) {
-      return Error::InvalidProgram;
+      if (!s->launchers[p][i].prepare(&k, s->modules[p][i].function, scratch, why)) {
+        return Error::InvalidProgram;
+      }
     }
   }
   // The images live in buffers init frees; nothing reads them after load.
-  for (KernelDesc& k : s->payload.kernels) {
-    k.cubins.clear();
-    k.ptx = ImageView();
+  for (LaunchPlanDesc& plan : s->payload.plans) {
+    for (KernelDesc& k : plan.kernels) {
+      k.cubins.clear();
+      k.ptx = ImageView();
+    }
   }
   return Error::Ok;
 }
@@ -471,8 +473,8 @@ class CudaGqaBackend final : public BackendInterface {
       delete state;
       return err;
     }
-    ET_LOG(Info, "CudaGqaBackend: %zu kernel(s) loaded for sm_%d on device %d", state->modules.size(),
-           state->compute_capability, state->settings.device);
+    ET_LOG(Info, "CudaGqaBackend: %zu launch plan(s) loaded for sm_%d on device %d",
+           state->modules.size(), state->compute_capability, state->settings.device);
     return static_cast<DelegateHandle*>(state);
   }
 
@@ -489,10 +491,28 @@ class CudaGqaBackend final : public BackendInterface {
                              "CudaGqaBackend: %zu delegate args, the payload expects %zu",
                              args.size(), num_args);
     bool host_resident = false;
+    // Inputs first: the outputs' dynamic sizes come from them.
     for (size_t i = 0; i < num_args; ++i) {
       ET_CHECK_OR_RETURN_ERROR(args[i] != nullptr && args[i]->isTensor(), InvalidArgument,
                                "CudaGqaBackend: delegate arg %zu is not a tensor", i);
       const Tensor& t = args[i]->toTensor();
+      if (i >= num_inputs) {
+        const TensorSpecDesc& spec = s->payload.arg_spec(i);
+        if (!spec.size_from.empty() && static_cast<size_t>(t.dim()) == spec.sizes.size()) {
+          int64_t sizes[kMaxRank];
+          output_sizes(spec, s->arg_descs.data(), num_inputs, sizes);
+          executorch::aten::SizesType new_sizes[kMaxRank];
+          for (size_t d = 0; d < spec.sizes.size(); ++d) {
+            new_sizes[d] = static_cast<executorch::aten::SizesType>(sizes[d]);
+          }
+          const Error resized = executorch::runtime::resize_tensor(
+              t, executorch::aten::ArrayRef<executorch::aten::SizesType>(new_sizes, spec.sizes.size()));
+          ET_CHECK_OR_RETURN_ERROR(resized == Error::Ok, InvalidArgument,
+                                   "CudaGqaBackend: output %zu cannot be resized to its inputs' sizes "
+                                   "(executorch error 0x%x)",
+                                   i - num_inputs, static_cast<unsigned>(resized));
+        }
+      }
       // Tensors planned on the GPU are read and written in place; the others
       // go through the staging buffer allocated at init.
       const bool on_device = t.unsafeGetTensorImpl()->device_type() ==
@@ -508,19 +528,30 @@ class CudaGqaBackend final : public BackendInterface {
                       on_device ? static_cast<CUdeviceptr>(reinterpret_cast<uintptr_t>(t.const_data_ptr()))
                                 : s->staging[i].ptr,
                       &a);
-      if (!check_arg(s->payload.arg_spec(i), a, i, num_inputs, &s->error)) {
-        ET_LOG(Error, "CudaGqaBackend: %s", s->error.c_str());
-        return Error::InvalidArgument;
+      if (i + 1 != num_inputs && i + 1 != num_args) continue;
+      // All inputs (or all args) described: check them.
+      for (size_t j = i + 1 == num_inputs ? 0 : num_inputs; j <= i; ++j) {
+        const Tensor& checked = args[j]->toTensor();
+        if (!check_arg(s->payload.arg_spec(j), s->arg_descs.data(), j, num_inputs, &s->error)) {
+          ET_LOG(Error, "CudaGqaBackend: %s", s->error.c_str());
+          return Error::InvalidArgument;
+        }
+        ET_CHECK_OR_RETURN_ERROR(
+            s->on_device[j] || s->staging[j].ptr != 0 || checked.nbytes() == 0, InvalidArgument,
+            "CudaGqaBackend: delegate arg %zu is in host memory, but the program plans the delegate's "
+            "tensors on the GPU (target_device)", j);
+        ET_CHECK_OR_RETURN_ERROR(s->on_device[j] || checked.nbytes() <= s->staging[j].bytes,
+                                 InvalidArgument,
+                                 "CudaGqaBackend: delegate arg %zu has %zu bytes, its staging buffer %zu",
+                                 j, checked.nbytes(), s->staging[j].bytes);
+        ET_CHECK_OR_RETURN_ERROR(checked.nbytes() == 0 || checked.const_data_ptr() != nullptr,
+                                 InvalidArgument, "CudaGqaBackend: delegate arg %zu has no data", j);
       }
-      ET_CHECK_OR_RETURN_ERROR(t.nbytes() == s->arg_bytes[i], InvalidArgument,
-                               "CudaGqaBackend: delegate arg %zu has %zu bytes, expected %zu", i,
-                               t.nbytes(), s->arg_bytes[i]);
-      ET_CHECK_OR_RETURN_ERROR(
-          on_device || s->staging[i].ptr != 0 || s->arg_bytes[i] == 0, InvalidArgument,
-          "CudaGqaBackend: delegate arg %zu is in host memory, but the program plans the delegate's "
-          "tensors on the GPU (target_device)", i);
-      ET_CHECK_OR_RETURN_ERROR(t.nbytes() == 0 || t.const_data_ptr() != nullptr, InvalidArgument,
-                               "CudaGqaBackend: delegate arg %zu has no data", i);
+    }
+    size_t plan = 0;
+    if (!select_plan(s->payload, s->arg_descs.data(), s->payload.num_launch_args(), &plan, &s->error)) {
+      ET_LOG(Error, "CudaGqaBackend: %s", s->error.c_str());
+      return Error::InvalidArgument;
     }
     // Execute may run on another thread than init.
     CUresult r = d.CtxSetCurrent(s->context);
@@ -530,9 +561,9 @@ class CudaGqaBackend final : public BackendInterface {
     }
     Error err = Error::Ok;
     for (size_t i = 0; i < num_inputs && err == Error::Ok; ++i) {
-      if (s->on_device[i] || s->staging[i].bytes == 0) continue;
-      r = d.MemcpyHtoDAsync(s->staging[i].ptr, args[i]->toTensor().const_data_ptr(),
-                            s->staging[i].bytes, s->stream);
+      const size_t bytes = args[i]->toTensor().nbytes();
+      if (s->on_device[i] || bytes == 0) continue;
+      r = d.MemcpyHtoDAsync(s->staging[i].ptr, args[i]->toTensor().const_data_ptr(), bytes, s->stream);
       if (r != CUDA_SUCCESS) {
         ET_LOG(Error, "CudaGqaBackend: cuMemcpyHtoDAsync of input %zu failed: %s", i,
                d.error_string(r).c_str());
@@ -556,8 +587,9 @@ class CudaGqaBackend final : public BackendInterface {
         err = Error::Internal;
       }
     }
-    for (size_t k = 0; k < s->launchers.size() && err == Error::Ok; ++k) {
-      err = s->launchers[k].launch(d, s->stream, s->arg_descs.data(), s->payload.num_launch_args());
+    std::vector<KernelLauncher>& launchers = s->launchers[plan];
+    for (size_t k = 0; k < launchers.size() && err == Error::Ok; ++k) {
+      err = launchers[k].launch(d, s->stream, s->arg_descs.data(), s->payload.num_launch_args());
     }
     if (profile && err == Error::Ok) {
       r = d.EventRecord(s->profile_stop, s->stream);
@@ -571,9 +603,10 @@ class CudaGqaBackend final : public BackendInterface {
       gate.gate = nullptr;
     }
     for (size_t i = num_inputs; i < num_args && err == Error::Ok; ++i) {
-      if (s->on_device[i] || s->staging[i].bytes == 0) continue;
-      r = d.MemcpyDtoHAsync(args[i]->toTensor().mutable_data_ptr(), s->staging[i].ptr,
-                            s->staging[i].bytes, s->stream);
+      const size_t bytes = args[i]->toTensor().nbytes();
+      if (s->on_device[i] || bytes == 0) continue;
+      r = d.MemcpyDtoHAsync(args[i]->toTensor().mutable_data_ptr(), s->staging[i].ptr, bytes,
+                            s->stream);
       if (r != CUDA_SUCCESS) {
         ET_LOG(Error, "CudaGqaBackend: cuMemcpyDtoHAsync of output %zu failed: %s",
                i - num_inputs, d.error_string(r).c_str());

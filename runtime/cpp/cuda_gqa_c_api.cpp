@@ -78,19 +78,27 @@ int cuda_gqa_select_images(const void* data, size_t size, int device_cc, char* m
     std::vector<uint64_t> storage;
     cuda_gqa::PayloadDesc payload;
     if (!parse_or_report(data, size, &storage, &payload, message, message_size)) return 1;
-    cuda_gqa::use_arch_variant(&payload, device_cc);
     std::string error;
+    if (!cuda_gqa::keep_plans_for_arch(&payload, device_cc, &error)) {
+      write_message(error, message, message_size);
+      return 1;
+    }
     std::string choices;
-    for (const cuda_gqa::KernelDesc& k : payload.kernels) {
-      cuda_gqa::ImageChoice choice;
-      if (!cuda_gqa::select_image(k, device_cc, &choice, &error)) {
-        write_message("kernel " + k.name + ": " + error, message, message_size);
-        return 1;
+    for (const cuda_gqa::LaunchPlanDesc& plan : payload.plans) {
+      for (const cuda_gqa::KernelDesc& k : plan.kernels) {
+        cuda_gqa::ImageChoice choice;
+        if (!cuda_gqa::select_image(k, device_cc, &choice, &error)) {
+          write_message("kernel " + k.name + ": " + error, message, message_size);
+          return 1;
+        }
+        const std::string text = k.name + ": " +
+                                 (choice.is_ptx ? std::string("PTX")
+                                                : "sm_" + std::to_string(choice.image->arch) + " cubin");
+        // Plans share kernels: name each choice once.
+        if (("; " + choices + "; ").find("; " + text + "; ") != std::string::npos) continue;
+        if (!choices.empty()) choices += "; ";
+        choices += text;
       }
-      if (!choices.empty()) choices += "; ";
-      choices += k.name + ": " +
-                 (choice.is_ptx ? std::string("PTX")
-                                : "sm_" + std::to_string(choice.image->arch) + " cubin");
     }
     write_message(choices, message, message_size);
     return 0;
@@ -98,6 +106,96 @@ int cuda_gqa_select_images(const void* data, size_t size, int device_cc, char* m
     write_message("unexpected exception", message, message_size);
   }
   return 2;
+}
+
+namespace {
+
+// The checks execute runs on `num_args` described args (inputs, outputs,
+// then states), then the plan it picks: CUDA_GQA_EVAL_OK with *plan (an index
+// into payload->plans, kept for device_cc), or a code with the reason in
+// `message`.
+int describe_and_select(cuda_gqa::PayloadDesc* payload, int device_cc, size_t num_args,
+                        const int32_t* dtypes, const char* const* dtype_labels,
+                        const uint32_t* ranks, const int64_t* sizes, const int64_t* strides,
+                        const uint64_t* addresses, std::vector<cuda_gqa::ArgDesc>* args,
+                        size_t* plan, char* message, size_t message_size) {
+  std::string error;
+  if (!cuda_gqa::keep_plans_for_arch(payload, device_cc, &error)) {
+    write_message(error, message, message_size);
+    return CUDA_GQA_EVAL_BAD_PAYLOAD;
+  }
+  // The evaluator takes every launch argument: the payload's states too.
+  if (num_args != payload->num_launch_args()) {
+    write_message(std::to_string(num_args) + " delegate args, the payload expects " +
+                      std::to_string(payload->num_launch_args()),
+                  message, message_size);
+    return CUDA_GQA_EVAL_REFUSED;
+  }
+  args->assign(num_args, cuda_gqa::ArgDesc());
+  for (size_t i = 0; i < num_args; ++i) {
+    cuda_gqa::ArgDesc& a = (*args)[i];
+    a.dtype = dtypes[i] >= 0 && dtypes[i] <= static_cast<int>(cuda_gqa::kLastDType) ? dtypes[i] : -1;
+    a.dtype_label = dtype_labels != nullptr ? dtype_labels[i] : nullptr;
+    a.foreign_dtype_code = dtypes[i];
+    a.rank = ranks[i];
+    for (size_t d = 0; d < a.rank && d < cuda_gqa::kMaxRank; ++d) {
+      a.sizes[d] = sizes[i * CUDA_GQA_MAX_RANK + d];
+      a.strides[d] = strides[i * CUDA_GQA_MAX_RANK + d];
+    }
+    a.address = addresses[i];
+  }
+  for (size_t i = 0; i < num_args; ++i) {
+    if (!cuda_gqa::check_arg(payload->arg_spec(i), args->data(), i, payload->inputs.size(), &error)) {
+      write_message(error, message, message_size);
+      return CUDA_GQA_EVAL_REFUSED;
+    }
+  }
+  if (!cuda_gqa::select_plan(*payload, args->data(), num_args, plan, &error)) {
+    write_message(error, message, message_size);
+    return CUDA_GQA_EVAL_REFUSED;
+  }
+  return CUDA_GQA_EVAL_OK;
+}
+
+bool null_args(size_t num_args, const int32_t* dtypes, const uint32_t* ranks, const int64_t* sizes,
+               const int64_t* strides, const uint64_t* addresses) {
+  return num_args > 0 && (dtypes == nullptr || ranks == nullptr || sizes == nullptr ||
+                          strides == nullptr || addresses == nullptr);
+}
+
+}  // namespace
+
+int cuda_gqa_select_plan(const void* data, size_t size, int device_cc, size_t num_args,
+                         const int32_t* dtypes, const char* const* dtype_labels,
+                         const uint32_t* ranks, const int64_t* sizes, const int64_t* strides,
+                         const uint64_t* addresses, size_t* plan_index, size_t* num_kernels,
+                         char* message, size_t message_size) {
+  try {
+    if (plan_index == nullptr || num_kernels == nullptr ||
+        null_args(num_args, dtypes, ranks, sizes, strides, addresses)) {
+      write_message("null buffer", message, message_size);
+      return CUDA_GQA_EVAL_INTERNAL;
+    }
+    std::vector<uint64_t> storage;
+    cuda_gqa::PayloadDesc payload;
+    if (!parse_or_report(data, size, &storage, &payload, message, message_size)) {
+      return CUDA_GQA_EVAL_BAD_PAYLOAD;
+    }
+    std::vector<cuda_gqa::ArgDesc> args;
+    size_t plan = 0;
+    const int rc = describe_and_select(&payload, device_cc, num_args, dtypes, dtype_labels, ranks,
+                                       sizes, strides, addresses, &args, &plan, message, message_size);
+    if (rc != CUDA_GQA_EVAL_OK) return rc;
+    *plan_index = payload.plans[plan].payload_index;
+    *num_kernels = payload.plans[plan].kernels.size();
+    write_message("ok", message, message_size);
+    return CUDA_GQA_EVAL_OK;
+  } catch (const std::bad_alloc&) {
+    write_message("out of host memory", message, message_size);
+  } catch (...) {
+    write_message("unexpected exception", message, message_size);
+  }
+  return CUDA_GQA_EVAL_INTERNAL;
 }
 
 int cuda_gqa_evaluate_launch(const void* data, size_t size, int device_cc, size_t kernel_index,
@@ -112,8 +210,7 @@ int cuda_gqa_evaluate_launch(const void* data, size_t size, int device_cc, size_
   static_assert(CUDA_GQA_MAX_RANK == cuda_gqa::kMaxRank, "CUDA_GQA_MAX_RANK");
   try {
     if (launch == nullptr || num_params == nullptr ||
-        (num_args > 0 && (dtypes == nullptr || ranks == nullptr || sizes == nullptr ||
-                          strides == nullptr || addresses == nullptr))) {
+        null_args(num_args, dtypes, ranks, sizes, strides, addresses)) {
       write_message("null buffer", message, message_size);
       return CUDA_GQA_EVAL_INTERNAL;
     }
@@ -122,19 +219,24 @@ int cuda_gqa_evaluate_launch(const void* data, size_t size, int device_cc, size_
     if (!parse_or_report(data, size, &storage, &payload, message, message_size)) {
       return CUDA_GQA_EVAL_BAD_PAYLOAD;
     }
-    std::string error;
-    cuda_gqa::use_arch_variant(&payload, device_cc);
-    if (kernel_index >= payload.kernels.size()) {
+    std::vector<cuda_gqa::ArgDesc> args;
+    size_t plan = 0;
+    const int rc = describe_and_select(&payload, device_cc, num_args, dtypes, dtype_labels, ranks,
+                                       sizes, strides, addresses, &args, &plan, message, message_size);
+    if (rc != CUDA_GQA_EVAL_OK) return rc;
+    const std::vector<cuda_gqa::KernelDesc>& kernels = payload.plans[plan].kernels;
+    if (kernel_index >= kernels.size()) {
       write_message("kernel " + std::to_string(kernel_index) + " out of range (" +
-                        std::to_string(payload.kernels.size()) + " kernels)",
+                        std::to_string(kernels.size()) + " kernels)",
                     message, message_size);
       return CUDA_GQA_EVAL_BAD_PAYLOAD;
     }
-    const cuda_gqa::KernelDesc& k = payload.kernels[kernel_index];
+    const cuda_gqa::KernelDesc& k = kernels[kernel_index];
     // What init decides: scratch room.
+    std::string error;
     cuda_gqa::ScratchDesc scratch;
     if (k.global_scratch_bytes > 0 || k.profile_scratch_bytes > 0) {
-      if (!cuda_gqa::static_grid_ctas(payload, k, &scratch.ctas, &error)) {
+      if (!cuda_gqa::bounded_grid_ctas(payload, k, &scratch.ctas, &error)) {
         write_message(error, message, message_size);
         return CUDA_GQA_EVAL_BAD_PAYLOAD;
       }
@@ -148,33 +250,6 @@ int cuda_gqa_evaluate_launch(const void* data, size_t size, int device_cc, size_
     if (!cuda_gqa::check_scratch(k, scratch, &error)) {
       write_message(error, message, message_size);
       return CUDA_GQA_EVAL_BAD_PAYLOAD;
-    }
-    // What execute checks, then the launch itself.
-    // The evaluator takes every launch argument: the payload's states too.
-    if (num_args != payload.num_launch_args()) {
-      write_message(std::to_string(num_args) + " delegate args, the payload expects " +
-                        std::to_string(payload.num_launch_args()),
-                    message, message_size);
-      return CUDA_GQA_EVAL_REFUSED;
-    }
-    std::vector<cuda_gqa::ArgDesc> args(num_args);
-    for (size_t i = 0; i < num_args; ++i) {
-      cuda_gqa::ArgDesc& a = args[i];
-      a.dtype = dtypes[i] >= 0 && dtypes[i] <= static_cast<int>(cuda_gqa::kLastDType)
-                    ? dtypes[i]
-                    : -1;
-      a.dtype_label = dtype_labels != nullptr ? dtype_labels[i] : nullptr;
-      a.foreign_dtype_code = dtypes[i];
-      a.rank = ranks[i];
-      for (size_t d = 0; d < a.rank && d < cuda_gqa::kMaxRank; ++d) {
-        a.sizes[d] = sizes[i * CUDA_GQA_MAX_RANK + d];
-        a.strides[d] = strides[i * CUDA_GQA_MAX_RANK + d];
-      }
-      a.address = addresses[i];
-      if (!cuda_gqa::check_arg(payload.arg_spec(i), a, i, payload.inputs.size(), &error)) {
-        write_message(error, message, message_size);
-        return CUDA_GQA_EVAL_REFUSED;
-      }
     }
     std::vector<uint64_t> values(k.params.size(), 0);
     cuda_gqa::LaunchConfig config;

@@ -24,10 +24,10 @@ CUDA_GQA_EXPORT int cuda_gqa_validate_payload(const void* data, size_t size, cha
 CUDA_GQA_EXPORT int cuda_gqa_device_status(char* message, size_t message_size);
 
 // For tests of arch selection without a GPU: 0 if every kernel of the launch
-// plan init would pick for compute capability `device_cc` (major*10+minor;
-// the arch variant listing it, else the payload's own) has an image, with the
-// choices in `message` ("<kernel>: sm_80 cubin; ..."); else nonzero with the
-// reason (the same message init would log).
+// plans init keeps for compute capability `device_cc` (major*10+minor; the
+// plans listing it, else those listing no arch) has an image, with the
+// distinct choices in `message` ("<kernel>: sm_80 cubin; ..."); else nonzero
+// with the reason (the same message init would log).
 CUDA_GQA_EXPORT int cuda_gqa_select_images(const void* data, size_t size, int device_cc,
                                            char* message, size_t message_size);
 
@@ -42,15 +42,16 @@ CUDA_GQA_EXPORT int cuda_gqa_select_images(const void* data, size_t size, int de
 
 // For tests without a GPU: runs exactly the checks and the evaluation the
 // backend's init and execute run for kernel `kernel_index` of the launch plan
-// init picks for compute capability `device_cc` (0: the payload's own),
-// and reports what cuLaunchKernel would get. Delegate argument i (inputs,
+// execute picks for these arguments among those init keeps for compute
+// capability `device_cc` (0: the plans listing no arch), and reports what
+// cuLaunchKernel would get. Delegate argument i (inputs,
 // then outputs; `num_args` of them) has element type dtypes[i] (a DType of
 // payload.fbs; -1: any other type, named dtype_labels[i] in messages when
 // dtype_labels is not null), ranks[i] dimensions, sizes and strides (in
 // elements) at sizes[i*CUDA_GQA_MAX_RANK + d] / strides[...], and device
 // address addresses[i]. `global_scratch` / `profile_scratch` stand for the
-// scratch buffers init would allocate (0: none), sized from the payload's
-// static grid as init does; `workspace` for the workspace init would
+// scratch buffers init would allocate (0: none), sized from the grid at the
+// specs' max sizes as init does; `workspace` for the workspace init would
 // allocate when the payload's workspace_bytes > 0 (ignored otherwise).
 //
 // On CUDA_GQA_EVAL_OK: launch[0..2] = grid x, y, z (all 0 if there is nothing
@@ -67,6 +68,18 @@ CUDA_GQA_EXPORT int cuda_gqa_evaluate_launch(
     const int64_t* strides, const uint64_t* addresses, uint64_t global_scratch,
     uint64_t profile_scratch, uint64_t workspace, uint32_t* launch, uint64_t* param_values, size_t max_params,
     size_t* num_params, char* message, size_t message_size);
+
+// The dispatch of cuda_gqa_evaluate_launch alone: the checks execute runs on
+// these arguments (same layout), then the plan it picks. CUDA_GQA_EVAL_OK
+// with *plan_index = the plan's position in the payload's plans and
+// *num_kernels = its kernel count; otherwise a CUDA_GQA_EVAL_* code with the
+// reason in `message` (for sizes no plan takes, naming the arg, dim and range).
+CUDA_GQA_EXPORT int cuda_gqa_select_plan(const void* data, size_t size, int device_cc, size_t num_args,
+                                         const int32_t* dtypes, const char* const* dtype_labels,
+                                         const uint32_t* ranks, const int64_t* sizes,
+                                         const int64_t* strides, const uint64_t* addresses,
+                                         size_t* plan_index, size_t* num_kernels, char* message,
+                                         size_t message_size);
 
 // Value kinds of the backend options (ExecuTorch's BackendOption variant).
 #define CUDA_GQA_OPTION_BOOL 0

@@ -29,31 +29,24 @@ std::string param_where(const KernelDesc& k, size_t i) {
 
 }  // namespace
 
-bool static_grid_ctas(const PayloadDesc& payload, const KernelDesc& kernel,
-                      uint64_t* ctas, std::string* error) {
-  bool dynamic = false;
+bool bounded_grid_ctas(const PayloadDesc& payload, const KernelDesc& kernel,
+                       uint64_t* ctas, std::string* error) {
   uint32_t grid[3];
-  const bool ok = compute_grid(
-      kernel,
-      [&](uint8_t arg, uint8_t dim) -> int64_t {
-        const int64_t s = payload.arg_spec(arg).sizes[dim];
-        if (s < 0) dynamic = true;
-        return s < 0 ? 0 : s;
-      },
-      grid, error);
-  if (!ok) return false;
-  if (dynamic) {
-    *error = "grid of kernel " + kernel.name + " depends on a dynamic size";
+  if (!compute_grid(
+          kernel,
+          [&](uint8_t arg, uint8_t dim) -> int64_t { return payload.arg_spec(arg).max_sizes[dim]; },
+          grid, error)) {
     return false;
   }
   *ctas = uint64_t{grid[0]} * grid[1] * grid[2];
   return true;
 }
 
-bool check_arg(const TensorSpecDesc& spec, const ArgDesc& arg, size_t index,
+bool check_arg(const TensorSpecDesc& spec, const ArgDesc* args, size_t index,
                size_t num_inputs, std::string* error) {
   // Called for every argument of every execute: the argument's name is only
   // built for a message, so a passing check allocates and formats nothing.
+  const ArgDesc& arg = args[index];
   if (arg.dtype != static_cast<int>(spec.dtype)) {
     *error = arg_name(index, num_inputs) + " has dtype " + arg_dtype_name(arg) +
              ", the kernels were compiled for " + dtype_name(spec.dtype);
@@ -73,6 +66,21 @@ bool check_arg(const TensorSpecDesc& spec, const ArgDesc& arg, size_t index,
                (want >= 0 ? std::to_string(want) : std::string("a size >= 0"));
       return false;
     }
+    if (got > spec.max_sizes[d]) {
+      *error = arg_name(index, num_inputs) + " has size " + std::to_string(got) + " at dim " +
+               std::to_string(d) + ", above its bound " + std::to_string(spec.max_sizes[d]);
+      return false;
+    }
+  }
+  for (const DimSourceDesc& src : spec.size_from) {
+    const ArgDesc& from = args[src.arg];
+    const int64_t want = src.arg_dim < from.rank ? from.sizes[src.arg_dim] : -1;
+    if (arg.sizes[src.dim] != want) {
+      *error = arg_name(index, num_inputs) + " has size " + std::to_string(arg.sizes[src.dim]) + " at dim " +
+               std::to_string(src.dim) + ", expected " + arg_name(src.arg, num_inputs) +
+               "'s size " + std::to_string(want) + " at dim " + std::to_string(src.arg_dim);
+      return false;
+    }
   }
   // Kernels index the last dimension with unit stride.
   if (arg.rank > 0 && arg.sizes[arg.rank - 1] > 1 && arg.strides[arg.rank - 1] != 1) {
@@ -81,6 +89,117 @@ bool check_arg(const TensorSpecDesc& spec, const ArgDesc& arg, size_t index,
     return false;
   }
   return true;
+}
+
+void output_sizes(const TensorSpecDesc& spec, const ArgDesc* inputs, size_t num_inputs,
+                  int64_t* sizes) {
+  for (size_t d = 0; d < spec.sizes.size(); ++d) sizes[d] = spec.sizes[d];
+  for (const DimSourceDesc& src : spec.size_from) {
+    if (src.arg < num_inputs && src.arg_dim < inputs[src.arg].rank && src.arg_dim < kMaxRank) {
+      sizes[src.dim] = inputs[src.arg].sizes[src.arg_dim];
+    }
+  }
+}
+
+namespace {
+
+// Why param i of `k` cannot take these args (a divisibility its cubin
+// assumes, or an arg/dim out of range), or Error::Ok.
+Error param_refusal(const KernelDesc& k, size_t i, const ArgDesc* args, size_t num_args,
+                    std::string* error) {
+  const ParamDesc& p = k.params[i];
+  if (p.kind != ParamKind::kTensorPointer && p.kind != ParamKind::kTensorStride &&
+      p.kind != ParamKind::kTensorSize) {
+    return Error::Ok;
+  }
+  if (p.arg >= num_args) {
+    *error = param_where(k, i) + "arg " + std::to_string(p.arg) + " out of range";
+    return Error::InvalidProgram;
+  }
+  const ArgDesc& a = args[p.arg];
+  if (p.kind == ParamKind::kTensorPointer) {
+    if (p.divisibility > 1 && a.address % p.divisibility != 0) {
+      *error = param_where(k, i) + "address of arg " + std::to_string(p.arg) +
+               " is not a multiple of " + std::to_string(p.divisibility) +
+               " bytes, which the cubin assumes";
+      return Error::InvalidArgument;
+    }
+    return Error::Ok;
+  }
+  const size_t rank = a.rank < kMaxRank ? a.rank : kMaxRank;
+  if (p.dim >= rank) {
+    *error = param_where(k, i) + "dim " + std::to_string(p.dim) + " out of range for arg " +
+             std::to_string(p.arg) + " of rank " + std::to_string(a.rank);
+    return Error::InvalidArgument;
+  }
+  const bool stride = p.kind == ParamKind::kTensorStride;
+  const int64_t value = stride ? a.strides[p.dim] : a.sizes[p.dim];
+  if (p.divisibility > 1 && value % static_cast<int64_t>(p.divisibility) != 0) {
+    *error = param_where(k, i) + (stride ? "stride " : "size ") + std::to_string(value) +
+             " of arg " + std::to_string(p.arg) + " dim " + std::to_string(p.dim) +
+             " is not a multiple of " + std::to_string(p.divisibility) +
+             ", which the cubin assumes";
+    return Error::InvalidArgument;
+  }
+  return Error::Ok;
+}
+
+}  // namespace
+
+bool select_plan(const PayloadDesc& payload, const ArgDesc* args, size_t num_args, size_t* plan,
+                 std::string* error) {
+  // Refusals are built only when no plan is found, so a call that some plan
+  // takes allocates nothing here.
+  const SizeRangeDesc* miss = nullptr;
+  size_t refused_plan = payload.plans.size();
+  for (size_t p = 0; p < payload.plans.size(); ++p) {
+    const LaunchPlanDesc& lp = payload.plans[p];
+    const SizeRangeDesc* range_miss = nullptr;
+    for (const SizeRangeDesc& r : lp.when) {
+      const int64_t size = r.arg < num_args && r.dim < args[r.arg].rank && r.dim < kMaxRank
+                               ? args[r.arg].sizes[r.dim]
+                               : -1;
+      if (size < r.min || size > r.max) {
+        range_miss = &r;
+        break;
+      }
+    }
+    if (range_miss != nullptr) {
+      if (miss == nullptr) miss = range_miss;
+      continue;
+    }
+    bool holds = true;
+    for (const KernelDesc& k : lp.kernels) {
+      for (size_t i = 0; i < k.params.size() && holds; ++i) {
+        holds = param_refusal(k, i, args, num_args, error) == Error::Ok;
+      }
+      if (!holds) break;
+    }
+    if (holds) {
+      *plan = p;
+      return true;
+    }
+    if (refused_plan == payload.plans.size()) refused_plan = p;
+  }
+  if (refused_plan < payload.plans.size()) {
+    // Rebuild the first refusal's message.
+    for (const KernelDesc& k : payload.plans[refused_plan].kernels) {
+      for (size_t i = 0; i < k.params.size(); ++i) {
+        if (param_refusal(k, i, args, num_args, error) != Error::Ok) return false;
+      }
+    }
+  }
+  if (miss == nullptr) {
+    *error = "no launch plan";  // parse_payload refuses payloads without plans
+    return false;
+  }
+  const int64_t size = miss->dim < args[miss->arg].rank && miss->dim < kMaxRank
+                           ? args[miss->arg].sizes[miss->dim]
+                           : -1;
+  *error = "no launch plan takes these sizes: " + arg_name(miss->arg, payload.inputs.size()) +
+           " has size " + std::to_string(size) + " at dim " + std::to_string(miss->dim) +
+           ", outside [" + std::to_string(miss->min) + ", " + std::to_string(miss->max) + "]";
+  return false;
 }
 
 bool uses_workspace(const KernelDesc& kernel) {
@@ -117,36 +236,15 @@ Error evaluate_launch(const KernelDesc& k, const ArgDesc* args, size_t num_args,
     uint64_t* slot = &values[i];
     *slot = 0;
     int64_t value = 0;  // integer value of stride/size params
+    const Error refused = param_refusal(k, i, args, num_args, error);
+    if (refused != Error::Ok) return refused;
     switch (p.kind) {
-      case ParamKind::kTensorPointer: {
-        if (p.arg >= num_args) {
-          *error = param_where(k, i) + "arg " + std::to_string(p.arg) + " out of range";
-          return Error::InvalidProgram;
-        }
-        const uint64_t ptr = args[p.arg].address;
-        if (p.divisibility > 1 && ptr % p.divisibility != 0) {
-          *error = param_where(k, i) + "address of arg " + std::to_string(p.arg) +
-                   " is not a multiple of " + std::to_string(p.divisibility) +
-                   " bytes, which the cubin assumes";
-          return Error::InvalidArgument;
-        }
-        *slot = ptr;
+      case ParamKind::kTensorPointer:
+        *slot = args[p.arg].address;
         continue;
-      }
       case ParamKind::kTensorStride:
       case ParamKind::kTensorSize: {
-        if (p.arg >= num_args) {
-          *error = param_where(k, i) + "arg " + std::to_string(p.arg) + " out of range";
-          return Error::InvalidProgram;
-        }
         const ArgDesc& a = args[p.arg];
-        const size_t rank = a.rank < kMaxRank ? a.rank : kMaxRank;
-        if (p.dim >= rank) {
-          *error = param_where(k, i) + "dim " + std::to_string(p.dim) +
-                   " out of range for arg " + std::to_string(p.arg) + " of rank " +
-                   std::to_string(a.rank);
-          return Error::InvalidArgument;
-        }
         value = p.kind == ParamKind::kTensorStride ? a.strides[p.dim] : a.sizes[p.dim];
         break;
       }
@@ -172,15 +270,7 @@ Error evaluate_launch(const KernelDesc& k, const ArgDesc* args, size_t num_args,
         continue;
       }
     }
-    // Integer parameter: a stride or a size.
-    if (p.divisibility > 1 && value % static_cast<int64_t>(p.divisibility) != 0) {
-      *error = param_where(k, i) +
-               (p.kind == ParamKind::kTensorStride ? "stride " : "size ") +
-               std::to_string(value) + " of arg " + std::to_string(p.arg) + " dim " +
-               std::to_string(p.dim) + " is not a multiple of " +
-               std::to_string(p.divisibility) + ", which the cubin assumes";
-      return Error::InvalidArgument;
-    }
+    // Integer parameter: a stride or a size (divisibility checked above).
     if (p.type == ParamType::kInt32) {
       if (value < INT32_MIN || value > INT32_MAX) {
         *error = param_where(k, i) + std::to_string(value) + " does not fit in int32";

@@ -38,23 +38,36 @@ struct LaunchConfig {
   uint64_t ctas() const { return uint64_t{grid[0]} * grid[1] * grid[2]; }
 };
 
-// Grid extents. Each dim is the product over its factors of
-// ceil_div(size_of(arg, dim), divisor). False (with *error) if an extent is
-// outside the hardware limits. size_of must return sizes >= 0.
+// Grid extents. Each dim is its multiplier times the product over its
+// factors of ceil_div(size_of(arg, dim), divisor). False (with *error) if an
+// extent is outside the hardware limits. size_of must return sizes >= 0.
 template <typename SizeOf>
 bool compute_grid(const KernelDesc& kernel, SizeOf size_of, uint32_t grid[3],
                   std::string* error);
 
-// Number of CTAs the grid of a fully static payload launches; scratch is sized
-// from it. False if a spec the grid reads is dynamic.
-bool static_grid_ctas(const PayloadDesc& payload, const KernelDesc& kernel,
-                      uint64_t* ctas, std::string* error);
+// Number of CTAs the grid of `kernel` launches at the specs' max sizes: the
+// most any call launches (grids grow with sizes); scratch is sized from it.
+bool bounded_grid_ctas(const PayloadDesc& payload, const KernelDesc& kernel,
+                       uint64_t* ctas, std::string* error);
 
-// Checks an argument against its spec: dtype, rank, sizes (>= 0, equal to
-// the static ones), last-dim stride 1. False with a message naming the
-// argument ("input 1 has ...").
-bool check_arg(const TensorSpecDesc& spec, const ArgDesc& arg, size_t index,
+// Checks argument `index` of `args` against its spec: dtype, rank, sizes
+// (>= 0, equal to the static ones, at most the max ones, equal to their
+// size_from source), last-dim stride 1. The sources (inputs) must have been
+// described already. False with a message naming the argument ("input 1 has ...").
+bool check_arg(const TensorSpecDesc& spec, const ArgDesc* args, size_t index,
                size_t num_inputs, std::string* error);
+
+// The sizes of an output for the described inputs: the spec's, dynamic dims
+// from their size_from sources. sizes has spec.sizes.size() entries.
+void output_sizes(const TensorSpecDesc& spec, const ArgDesc* inputs, size_t num_inputs,
+                  int64_t* sizes);
+
+// The plan of payload.plans (already kept for the device) that runs these
+// checked args: the first whose ranges hold and whose cubins' divisibility
+// assumptions they meet. False with *error naming the assumption (when a
+// plan's ranges held) or the size no plan takes.
+bool select_plan(const PayloadDesc& payload, const ArgDesc* args, size_t num_args, size_t* plan,
+                 std::string* error);
 
 // Device buffers init allocates that one kernel's launch reads: its scratch
 // buffers and the number of CTAs they have room for, and the delegate's
@@ -114,7 +127,11 @@ bool compute_grid(const KernelDesc& kernel, SizeOf size_of, uint32_t grid[3],
                   std::string* error) {
   static constexpr uint64_t kLimit[3] = {0x7fffffffu, 65535u, 65535u};
   for (int g = 0; g < 3; ++g) {
-    uint64_t extent = 1;
+    uint64_t extent = kernel.grid_multiplier[g];
+    if (extent > kLimit[g]) {
+      *error = "grid dim " + std::to_string(g) + " exceeds the hardware limit";
+      return false;
+    }
     for (const GridFactorDesc& f : kernel.grid[g]) {
       const int64_t size = size_of(f.arg, f.dim);
       const uint64_t n = (static_cast<uint64_t>(size) + f.divisor - 1) / f.divisor;

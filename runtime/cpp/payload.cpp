@@ -1,5 +1,6 @@
 #include "payload.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -39,9 +40,9 @@ bool TensorSpecDesc::is_static() const {
   return true;
 }
 
-int64_t TensorSpecDesc::numel() const {
+int64_t TensorSpecDesc::max_numel() const {
   int64_t n = 1;
-  for (int64_t s : sizes) n *= s;  // bounded by parse_payload
+  for (int64_t s : max_sizes) n *= s;  // bounded by parse_payload
   return n;
 }
 
@@ -52,6 +53,10 @@ bool fail(std::string* error, const std::string& where, const std::string& what)
   *error = where.empty() ? what : where + ": " + what;
   return false;
 }
+
+// Bounds of a spec's dynamic dims; states have none (they are static).
+const flatbuffers::Vector<int64_t>* max_sizes_of(const fb::TensorSpec* spec) { return spec->max_sizes(); }
+const flatbuffers::Vector<int64_t>* max_sizes_of(const fb::StateSpec*) { return nullptr; }
 
 template <typename Spec>  // fb::TensorSpec or fb::StateSpec
 bool read_spec(const Spec* spec, const std::string& where,
@@ -69,9 +74,16 @@ bool read_spec(const Spec* spec, const std::string& where,
                 "rank " + std::to_string(sizes->size()) + " exceeds " +
                     std::to_string(kMaxRank));
   }
-  // Static extents must multiply (with the element size) without overflow.
+  const auto* max_sizes = max_sizes_of(spec);
+  const bool has_max = max_sizes != nullptr && max_sizes->size() > 0;
+  if (has_max && max_sizes->size() != sizes->size()) {
+    return fail(error, where, std::to_string(max_sizes->size()) + " max_sizes for rank " +
+                                  std::to_string(sizes->size()));
+  }
+  // Extents at their bounds must multiply (with the element size) without overflow.
   int64_t bytes = static_cast<int64_t>(dtype_size(out->dtype));
   out->sizes.clear();
+  out->max_sizes.clear();
   for (uint32_t d = 0; d < sizes->size(); ++d) {
     // memcpy: the verifier checks 4-byte alignment of vectors only, so an
     // int64 element of a corrupt buffer may be misaligned. Flatbuffers are
@@ -82,13 +94,71 @@ bool read_spec(const Spec* spec, const std::string& where,
       return fail(error, where,
                   "size " + std::to_string(s) + " at dim " + std::to_string(d));
     }
-    if (s >= 0 && __builtin_mul_overflow(bytes, s, &bytes)) {
+    if (s < 0 && !has_max) {
+      return fail(error, where, "dynamic sizes need " + std::to_string(sizes->size()) +
+                                    " max_sizes, got 0");
+    }
+    int64_t bound = s;
+    if (has_max) std::memcpy(&bound, max_sizes->Data() + d * sizeof(int64_t), sizeof(bound));
+    if (bound < 0 || (s >= 0 && bound != s)) {
+      return fail(error, where, "max size " + std::to_string(bound) + " at dim " +
+                                    std::to_string(d) + " of size " + std::to_string(s));
+    }
+    if (__builtin_mul_overflow(bytes, bound, &bytes)) {
       return fail(error, where, "tensor byte size overflows");
     }
     out->sizes.push_back(s);
+    out->max_sizes.push_back(bound);
   }
   if (bytes > (int64_t{1} << 46)) {
     return fail(error, where, "tensor larger than 64 TiB");
+  }
+  return true;
+}
+
+// The size_from entries of delegate arg `index` (after every spec is read):
+// dynamic dims only, from another input, within bounds; every dynamic dim
+// of an output has one.
+bool read_size_from(const fb::TensorSpec* spec, size_t index, const std::string& where,
+                    PayloadDesc* pl, std::string* error) {
+  TensorSpecDesc& out = index < pl->inputs.size() ? pl->inputs[index]
+                                                  : pl->outputs[index - pl->inputs.size()];
+  out.size_from.clear();
+  if (const auto* sources = spec->size_from()) {
+    for (uint32_t i = 0; i < sources->size(); ++i) {
+      const fb::DimSource* src = sources->Get(i);
+      const DimSourceDesc d{src->dim(), src->arg(), src->arg_dim()};
+      const std::string dim = "size_from dim " + std::to_string(d.dim);
+      if (d.dim >= out.sizes.size() || out.sizes[d.dim] >= 0) {
+        return fail(error, where, "size_from names dim " + std::to_string(d.dim) +
+                                      ", which is not dynamic");
+      }
+      for (const DimSourceDesc& seen : out.size_from) {
+        if (seen.dim == d.dim) {
+          return fail(error, where, "size_from names dim " + std::to_string(d.dim) + " twice");
+        }
+      }
+      if (d.arg >= pl->inputs.size() || d.arg == index) {
+        return fail(error, where, dim + ": arg " + std::to_string(d.arg) + " is not another input");
+      }
+      const TensorSpecDesc& from = pl->inputs[d.arg];
+      if (d.arg_dim >= from.sizes.size()) {
+        return fail(error, where, dim + ": dim " + std::to_string(d.arg_dim) +
+                                      " out of range for arg " + std::to_string(d.arg));
+      }
+      if (from.max_sizes[d.arg_dim] > out.max_sizes[d.dim]) {
+        return fail(error, where, dim + ": arg " + std::to_string(d.arg) + " dim " +
+                                      std::to_string(d.arg_dim) + " may exceed its max size");
+      }
+      out.size_from.push_back(d);
+    }
+  }
+  if (index >= pl->inputs.size()) {
+    for (size_t d = 0; d < out.sizes.size(); ++d) {
+      bool found = out.sizes[d] >= 0;
+      for (const DimSourceDesc& src : out.size_from) found |= src.dim == d;
+      if (!found) return fail(error, where, "dynamic dim " + std::to_string(d) + " has no size_from");
+    }
   }
   return true;
 }
@@ -313,12 +383,12 @@ bool read_kernel(const fb::Kernel* k, const PayloadDesc& pl, uint64_t workspace_
     const fb::GridDim* gd = grid->Get(g);
     if (gd == nullptr) return fail(error, gw, "missing");
     out->grid[g].clear();
+    out->grid_multiplier[g] = gd->multiplier();
     const auto* factors = gd->factors();
-    if (factors == nullptr) continue;  // no factors: extent 1
-    if (factors->size() > kMaxGridFactors) {
+    if (factors != nullptr && factors->size() > kMaxGridFactors) {
       return fail(error, gw, "too many factors");
     }
-    for (uint32_t f = 0; f < factors->size(); ++f) {
+    for (uint32_t f = 0; factors != nullptr && f < factors->size(); ++f) {
       const fb::GridFactor* gf = factors->Get(f);
       GridFactorDesc d{gf->arg(), gf->dim(), gf->divisor()};
       if (d.arg >= pl.num_launch_args()) {
@@ -331,6 +401,7 @@ bool read_kernel(const fb::Kernel* k, const PayloadDesc& pl, uint64_t workspace_
       if (d.divisor == 0) return fail(error, gw, "factor divisor is 0");
       out->grid[g].push_back(d);
     }
+    if (out->grid_multiplier[g] == 0) return fail(error, gw, "multiplier is 0");
   }
   return true;
 }
@@ -358,16 +429,42 @@ bool read_kernels(const Kernels* kernels, const PayloadDesc& pl, uint64_t worksp
   return true;
 }
 
-bool read_variant(const fb::ArchVariant* v, const PayloadDesc& pl, const std::string& where,
-                  ArchVariantDesc* out, std::string* error) {
-  if (v == nullptr) return fail(error, where, "missing");
-  if (v->archs() == nullptr || v->archs()->size() == 0) return fail(error, where, "no archs");
-  if (!read_workspace_bytes(v->workspace_bytes(), where, &out->workspace_bytes, error) ||
-      !read_kernels(v->kernels(), pl, out->workspace_bytes, where, &out->kernels, error)) {
+bool read_plan(const fb::LaunchPlan* p, const PayloadDesc& pl, const std::string& where,
+               LaunchPlanDesc* out, std::string* error) {
+  if (p == nullptr) return fail(error, where, "missing");
+  if (const auto* archs = p->archs()) {
+    for (uint32_t arch : *archs) {
+      if (arch < 10 || arch > 1000) {
+        return fail(error, where, "implausible arch " + std::to_string(arch));
+      }
+      out->archs.push_back(arch);
+    }
+  }
+  if (const auto* when = p->when()) {
+    for (uint32_t i = 0; i < when->size(); ++i) {
+      const fb::SizeRange* r = when->Get(i);
+      if (r == nullptr) return fail(error, where, "missing range");
+      const SizeRangeDesc d{r->arg(), r->dim(), r->min(), r->max()};
+      if (d.arg >= pl.num_args()) {
+        return fail(error, where, "range arg " + std::to_string(d.arg) + " out of range");
+      }
+      if (d.dim >= pl.arg_spec(d.arg).sizes.size()) {
+        return fail(error, where, "range dim " + std::to_string(d.dim) + " out of range for arg " +
+                                      std::to_string(d.arg));
+      }
+      if (d.min < 0 || d.min > d.max) {
+        return fail(error, where, "range [" + std::to_string(d.min) + ", " + std::to_string(d.max) +
+                                      "] of arg " + std::to_string(d.arg) + " dim " +
+                                      std::to_string(d.dim) + " is empty");
+      }
+      out->when.push_back(d);
+    }
+  }
+  if (!read_kernels(p->kernels(), pl, pl.workspace_bytes, where, &out->kernels, error)) {
     return false;
   }
-  for (uint32_t arch : *v->archs()) {
-    // A variant serves its archs from cubins only: no PTX or older-cubin fallback.
+  for (uint32_t arch : out->archs) {
+    // A plan listing archs serves them from cubins only: no PTX or older-cubin fallback.
     for (const KernelDesc& k : out->kernels) {
       bool found = false;
       for (const ImageView& c : k.cubins) found |= c.arch == arch;
@@ -376,25 +473,36 @@ bool read_variant(const fb::ArchVariant* v, const PayloadDesc& pl, const std::st
                                       std::to_string(arch));
       }
     }
-    out->archs.push_back(arch);
   }
   return true;
 }
 
 }  // namespace
 
-bool use_arch_variant(PayloadDesc* payload, int device_cc) {
-  for (ArchVariantDesc& v : payload->arch_variants) {
-    for (uint32_t arch : v.archs) {
-      if (static_cast<int>(arch) != device_cc) continue;
-      payload->kernels = std::move(v.kernels);
-      payload->workspace_bytes = v.workspace_bytes;
-      payload->arch_variants.clear();
-      return true;
+bool keep_plans_for_arch(PayloadDesc* payload, int device_cc, std::string* error) {
+  bool listed = false;
+  std::vector<uint32_t> archs;  // every arch a plan lists, for the refusal
+  for (const LaunchPlanDesc& p : payload->plans) {
+    for (uint32_t arch : p.archs) {
+      listed |= static_cast<int>(arch) == device_cc;
+      if (std::find(archs.begin(), archs.end(), arch) == archs.end()) archs.push_back(arch);
     }
   }
-  payload->arch_variants.clear();
-  return false;
+  std::vector<LaunchPlanDesc> kept;
+  for (LaunchPlanDesc& p : payload->plans) {
+    const bool lists = std::find(p.archs.begin(), p.archs.end(), static_cast<uint32_t>(device_cc)) !=
+                       p.archs.end();
+    if (listed ? lists : p.archs.empty()) kept.push_back(std::move(p));
+  }
+  payload->plans = std::move(kept);
+  if (payload->plans.empty()) {
+    std::sort(archs.begin(), archs.end());
+    std::string list;
+    for (uint32_t a : archs) list += (list.empty() ? "" : ", ") + std::to_string(a);
+    return fail(error, "", "no launch plan for sm_" + std::to_string(device_cc) +
+                               " in this payload (its plans list archs [" + list + "])");
+  }
+  return true;
 }
 
 bool parse_payload(const void* data, size_t size, std::vector<uint64_t>* aligned_storage,
@@ -473,22 +581,26 @@ bool parse_payload(const void* data, size_t size, std::vector<uint64_t>* aligned
   if (out->num_launch_args() > 256) {
     return fail(error, "", "more than 256 delegate arguments");
   }
+  for (size_t i = 0; i < out->num_args(); ++i) {
+    const bool input = i < out->inputs.size();
+    const fb::TensorSpec* spec =
+        input ? p->inputs()->Get(static_cast<uint32_t>(i))
+              : p->outputs()->Get(static_cast<uint32_t>(i - out->inputs.size()));
+    const std::string where = input ? "input " + std::to_string(i)
+                                    : "output " + std::to_string(i - out->inputs.size());
+    if (!read_size_from(spec, i, where, out, error)) return false;
+  }
   if (!read_workspace_bytes(p->workspace_bytes(), "", &out->workspace_bytes, error)) {
     return false;
   }
-  if (p->kernels() == nullptr || p->kernels()->size() == 0) {
-    return fail(error, "", "payload has no kernels");
+  if (p->plans() == nullptr || p->plans()->size() == 0) {
+    return fail(error, "", "payload has no launch plans");
   }
-  if (!read_kernels(p->kernels(), *out, out->workspace_bytes, "", &out->kernels, error)) {
-    return false;
-  }
-  if (const auto* variants = p->arch_variants()) {
-    out->arch_variants.resize(variants->size());
-    for (uint32_t i = 0; i < variants->size(); ++i) {
-      if (!read_variant(variants->Get(i), *out, "arch variant " + std::to_string(i),
-                        &out->arch_variants[i], error)) {
-        return false;
-      }
+  out->plans.resize(p->plans()->size());
+  for (uint32_t i = 0; i < p->plans()->size(); ++i) {
+    out->plans[i].payload_index = i;
+    if (!read_plan(p->plans()->Get(i), *out, "plan " + std::to_string(i), &out->plans[i], error)) {
+      return false;
     }
   }
   return true;

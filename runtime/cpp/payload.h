@@ -13,7 +13,7 @@
 namespace cuda_gqa {
 
 // Must match PAYLOAD_VERSION in backends/serialization/payload_serializer.py.
-constexpr uint32_t kPayloadVersion = 2;
+constexpr uint32_t kPayloadVersion = 3;
 constexpr char kPayloadIdentifier[] = "CGQA";
 // Upper bounds on what the runtime accepts; far above anything preprocess
 // emits, low enough that products and indices cannot overflow.
@@ -44,12 +44,21 @@ enum class ParamType : uint8_t { kPointer = 0, kInt32 = 1, kInt64 = 2, kFloat32 
 const char* dtype_name(DType dtype);
 size_t dtype_size(DType dtype);
 
+// Output (or input) dimension `dim` has the size of input `arg`'s `arg_dim`.
+struct DimSourceDesc {
+  uint8_t dim = 0;
+  uint8_t arg = 0;
+  uint8_t arg_dim = 0;
+};
+
 struct TensorSpecDesc {
   DType dtype = DType::kFloat32;
-  std::vector<int64_t> sizes;  // -1: any extent
+  std::vector<int64_t> sizes;      // -1: dynamic, up to max_sizes[d]
+  std::vector<int64_t> max_sizes;  // per dim; equal to sizes where static
+  std::vector<DimSourceDesc> size_from;
   bool is_static() const;
-  // Element count of a static spec (sizes all >= 0).
-  int64_t numel() const;
+  // Element count at the max sizes: what staging buffers hold.
+  int64_t max_numel() const;
 };
 
 struct ParamDesc {
@@ -94,6 +103,7 @@ struct KernelDesc {
   uint32_t profile_scratch_align = 0;
   std::vector<ParamDesc> params;
   std::array<std::vector<GridFactorDesc>, 3> grid;  // x, y, z
+  std::array<uint32_t, 3> grid_multiplier = {1, 1, 1};
 };
 
 // A device buffer the delegate owns (Payload.states): allocated and zeroed at
@@ -103,20 +113,27 @@ struct StateSpecDesc {
   TensorSpecDesc spec;  // static sizes only
 };
 
-// The launch plan of some archs, in place of the payload's own (see payload.fbs).
-struct ArchVariantDesc {
-  std::vector<uint32_t> archs;
+struct SizeRangeDesc {
+  uint8_t arg = 0;
+  uint8_t dim = 0;
+  int64_t min = 0;
+  int64_t max = 0;
+};
+
+// One row of the dispatch table (see payload.fbs).
+struct LaunchPlanDesc {
+  std::vector<uint32_t> archs;  // empty: any GPU
+  std::vector<SizeRangeDesc> when;
   std::vector<KernelDesc> kernels;
-  uint64_t workspace_bytes = 0;
+  size_t payload_index = 0;  // position in the payload (keep_plans_for_arch drops others)
 };
 
 struct PayloadDesc {
   uint32_t version = 0;
   std::vector<TensorSpecDesc> inputs;
   std::vector<TensorSpecDesc> outputs;
-  std::vector<KernelDesc> kernels;
+  std::vector<LaunchPlanDesc> plans;
   uint64_t workspace_bytes = 0;  // one device buffer allocated at init; 0: none
-  std::vector<ArchVariantDesc> arch_variants;
   std::vector<StateSpecDesc> states;
 
   // Arguments the caller passes: inputs, then outputs.
@@ -139,8 +156,9 @@ struct PayloadDesc {
 bool parse_payload(const void* data, size_t size, std::vector<uint64_t>* aligned_storage,
                    PayloadDesc* out, std::string* error);
 
-// Makes the arch variant listing device_cc (if any) the payload's kernels and
-// workspace, and drops the variants; true when one was taken.
-bool use_arch_variant(PayloadDesc* payload, int device_cc);
+// Keeps the plans init runs on compute capability device_cc: those listing
+// it if any plan does, else those listing no arch. False (with *error) when
+// none is left.
+bool keep_plans_for_arch(PayloadDesc* payload, int device_cc, std::string* error);
 
 }  // namespace cuda_gqa

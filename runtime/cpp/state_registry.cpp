@@ -79,7 +79,7 @@ bool acquire_state(const CudaDriver& driver, CUcontext context, const void* owne
   b.driver = &driver;
   b.context = context;
   b.spec = spec.spec;
-  b.bytes = static_cast<size_t>(spec.spec.numel()) * dtype_size(spec.spec.dtype);
+  b.bytes = static_cast<size_t>(spec.spec.max_numel()) * dtype_size(spec.spec.dtype);
   if (b.bytes > 0) {
     const CUresult r = driver.MemAlloc(&b.address, b.bytes);
     if (r != CUDA_SUCCESS) {

@@ -64,8 +64,7 @@ std::vector<std::pair<size_t, size_t>> image_ranges(const PayloadDesc& p, const 
       add(k.ptx);
     }
   };
-  add_kernels(p.kernels);
-  for (const cuda_gqa::ArchVariantDesc& v : p.arch_variants) add_kernels(v.kernels);
+  for (const cuda_gqa::LaunchPlanDesc& plan : p.plans) add_kernels(plan.kernels);
   return ranges;
 }
 
@@ -76,8 +75,8 @@ bool inside_an_image(size_t pos, const std::vector<std::pair<size_t, size_t>>& r
   return false;
 }
 
-// Contiguous arguments of the payload's static shapes (dynamic extents: 1)
-// at 256-byte aligned fake addresses.
+// Contiguous arguments of the payload's largest shapes (the max sizes) at
+// 256-byte aligned fake addresses.
 std::vector<ArgDesc> contiguous_args(const PayloadDesc& p) {
   std::vector<ArgDesc> args(p.num_args());
   for (size_t i = 0; i < args.size(); ++i) {
@@ -87,7 +86,7 @@ std::vector<ArgDesc> contiguous_args(const PayloadDesc& p) {
     a.rank = spec.sizes.size();
     int64_t stride = 1;
     for (size_t d = a.rank; d-- > 0;) {
-      a.sizes[d] = spec.sizes[d] < 0 ? 1 : spec.sizes[d];
+      a.sizes[d] = spec.max_sizes[d];
       a.strides[d] = stride;
       // Sizes are bounded by parse_payload; saturate rather than overflow.
       if (__builtin_mul_overflow(stride, a.sizes[d], &stride)) stride = INT64_MAX / 2;
@@ -102,30 +101,36 @@ void evaluate_accepted(const PayloadDesc& parsed, Stats* stats) {
   std::string error;
   for (int cc : kDeviceArchs) {
     PayloadDesc p = parsed;
-    cuda_gqa::use_arch_variant(&p, cc);
+    if (!cuda_gqa::keep_plans_for_arch(&p, cc, &error)) continue;
     const std::vector<ArgDesc> args = contiguous_args(p);
     bool args_fit = true;
     for (size_t i = 0; i < args.size(); ++i) {
-      args_fit &= cuda_gqa::check_arg(p.arg_spec(i), args[i], i, p.inputs.size(), &error);
+      args_fit &= cuda_gqa::check_arg(p.arg_spec(i), args.data(), i, p.inputs.size(), &error);
     }
     if (!args_fit) continue;
-    for (const KernelDesc& k : p.kernels) {
-      cuda_gqa::ImageChoice choice;
-      if (!cuda_gqa::select_image(k, cc, &choice, &error)) continue;
-      cuda_gqa::ScratchDesc scratch;
-      scratch.workspace = p.workspace_bytes > 0 ? 0x7e0000000000ull : 0;
-      if (k.global_scratch_bytes > 0 || k.profile_scratch_bytes > 0) {
-        if (!cuda_gqa::static_grid_ctas(p, k, &scratch.ctas, &error)) continue;
-        scratch.global = k.global_scratch_bytes > 0 ? 0x7d0000000000ull : 0;
-        scratch.profile = k.profile_scratch_bytes > 0 ? 0x7c0000000000ull : 0;
+    size_t selected = 0;
+    ++(cuda_gqa::select_plan(p, args.data(), args.size(), &selected, &error)
+           ? stats->launches_evaluated
+           : stats->launches_refused);
+    for (const cuda_gqa::LaunchPlanDesc& plan : p.plans) {
+      for (const KernelDesc& k : plan.kernels) {
+        cuda_gqa::ImageChoice choice;
+        if (!cuda_gqa::select_image(k, cc, &choice, &error)) continue;
+        cuda_gqa::ScratchDesc scratch;
+        scratch.workspace = p.workspace_bytes > 0 ? 0x7e0000000000ull : 0;
+        if (k.global_scratch_bytes > 0 || k.profile_scratch_bytes > 0) {
+          if (!cuda_gqa::bounded_grid_ctas(p, k, &scratch.ctas, &error)) continue;
+          scratch.global = k.global_scratch_bytes > 0 ? 0x7d0000000000ull : 0;
+          scratch.profile = k.profile_scratch_bytes > 0 ? 0x7c0000000000ull : 0;
+        }
+        if (!cuda_gqa::check_scratch(k, scratch, &error)) continue;
+        std::vector<uint64_t> values(k.params.size());
+        cuda_gqa::LaunchConfig config;
+        const auto err = cuda_gqa::evaluate_launch(k, args.data(), args.size(), scratch,
+                                                   values.data(), &config, &error);
+        ++(err == executorch::runtime::Error::Ok ? stats->launches_evaluated
+                                                 : stats->launches_refused);
       }
-      if (!cuda_gqa::check_scratch(k, scratch, &error)) continue;
-      std::vector<uint64_t> values(k.params.size());
-      cuda_gqa::LaunchConfig config;
-      const auto err = cuda_gqa::evaluate_launch(k, args.data(), args.size(), scratch,
-                                                 values.data(), &config, &error);
-      ++(err == executorch::runtime::Error::Ok ? stats->launches_evaluated
-                                               : stats->launches_refused);
     }
   }
 }

@@ -17,9 +17,10 @@ Q, KEY, V, OUT = 0, 1, 2, 3
 WORKSPACE = 0x7E00_0000_0000
 
 
-def build(b, hq, hkv, d, lq, lkv, causal=True, dtype=torch.float16, archs=(90,), ptx=False):
+def build(b, hq, hkv, d, lq, lkv, causal=True, dtype=torch.float16, archs=(90,), ptx=False, generic=False):
+    """generic: also the unaligned plans (tests/aot/test_dynamic_plans.py covers them)."""
     return build_attention_payload(dtype=dtype, batch=b, num_heads_q=hq, num_heads_kv=hkv, head_dim=d, l_q=lq,
-                                   l_kv=lkv, is_causal=causal, archs=archs, ptx=ptx)
+                                   l_kv=lkv, is_causal=causal, archs=archs, ptx=ptx, generic=generic)
 
 
 def factors(kernel):
@@ -50,7 +51,7 @@ def llama_decode():
 
 def test_decode_emits_split_then_combine(llama_decode):
     payload = deserialize_payload(llama_decode)
-    split, combine = payload.kernels
+    split, combine = payload.plans[0].kernels
     assert (split.name, combine.name) == (b"gqa_decode_split", b"gqa_decode_combine")
 
     config = decode_config(D, torch.float16, HQ // HKV, 1, 90)  # the payload is built for sm_90
@@ -58,10 +59,9 @@ def test_decode_emits_split_then_combine(llama_decode):
                                        config.block_n)
     assert num_splits > 1 and NOMINAL_SMS == 132
     assert not fused_combine_for(num_splits, HQ // HKV, 1, D)
-    # Split grid: (num_splits, B * H_kv, 1), as cdiv(L_kv, divisor); combine grid: (L_q, B * H_q, 1).
-    (divisor,) = [f.divisor for f in split.grid[0].factors]
-    assert -(-LKV // divisor) == num_splits and divisor <= split_len
-    assert factors(split) == [[(KEY, 2, divisor)], [(KEY, 0, 1), (KEY, 1, 1)], []]
+    # Split grid: (num_splits, B * H_kv, 1), the split count a constant; combine grid: (L_q, B * H_q, 1).
+    assert split.grid[0].multiplier == num_splits and -(-LKV // num_splits) <= split_len
+    assert factors(split) == [[], [(KEY, 0, 1), (KEY, 1, 1)], []]
     assert factors(combine) == [[(Q, 2, 1)], [(Q, 0, 1), (Q, 1, 1)], []]
     assert not params_of(split, K.Int32Constant)  # the kernel cuts its splits itself
     assert [p.i32Value for p in params_of(combine, K.Int32Constant)] == [num_splits]
@@ -82,7 +82,7 @@ def test_decode_with_a_small_merge_is_one_fused_launch():
     """Batched llama3-8b decode (B=8): 2 splits of 4 rows per KV head merge in the split kernel."""
     data = build(8, 32, 8, 128, 1, 8192)
     payload = deserialize_payload(data)
-    (split,) = payload.kernels
+    (split,) = payload.plans[0].kernels
     plan = decode_plan(dtype=torch.float16, batch=8, num_heads_q=32, num_heads_kv=8, head_dim=128, l_q=1,
                        l_kv=8192, arch=90)
     assert plan.fused and plan.num_splits == 2
@@ -93,7 +93,7 @@ def test_decode_with_a_small_merge_is_one_fused_launch():
     assert [(p.workspaceOffset, p.workspaceExtent) for p in params_of(split, K.Workspace)] == [
         (0, partial_bytes), (partial_bytes, lse_bytes), (arrivals_offset, 8 * 8 * 4)]
     assert payload.workspaceBytes == arrivals_offset + 8 * 8 * 4 == plan.workspace_bytes
-    assert factors(split)[0] == [(KEY, 2, plan.grid_divisor)]
+    assert factors(split)[0] == [] and split.grid[0].multiplier == plan.num_splits
     # Python and C++ evaluate it alike.
     sizes = [(8, 32, 1, 128), (8, 8, 8192, 128), (8, 8, 8192, 128), (8, 32, 1, 128)]
     args = [contiguous(s, 0x7000_0000_0000 + i * (1 << 32)) for i, s in enumerate(sizes)]
@@ -108,7 +108,7 @@ def test_decode_payload_evaluates_identically_in_python_and_cpp(llama_decode):
     sizes = [(1, HQ, 1, D), (1, HKV, LKV, D), (1, HKV, LKV, D), (1, HQ, 1, D)]
     args = [contiguous(s, 0x7000_0000_0000 + i * (1 << 32)) for i, s in enumerate(sizes)]
     launches = plan.evaluate_all(args, workspace=WORKSPACE)
-    num_splits = deserialize_payload(llama_decode).kernels[1].params[-3].i32Value
+    num_splits = deserialize_payload(llama_decode).plans[0].kernels[1].params[-3].i32Value
     assert [l.grid for l in launches] == [(num_splits, HKV, 1), (1, HQ, 1)]
     for k, launch in enumerate(launches):
         cpp = evaluate_launch_cpp(llama_decode, k, args, workspace=WORKSPACE)
@@ -117,7 +117,7 @@ def test_decode_payload_evaluates_identically_in_python_and_cpp(llama_decode):
 
 def test_short_context_is_one_single_split_launch():
     payload = deserialize_payload(build(1, 32, 8, 128, 1, 200))
-    (split,) = payload.kernels
+    (split,) = payload.plans[0].kernels
     assert split.name == b"gqa_decode_split"
     assert payload.workspaceBytes == 0
     assert factors(split) == [[], [(KEY, 0, 1), (KEY, 1, 1)], []]
@@ -129,7 +129,7 @@ def test_short_context_is_one_single_split_launch():
 
 def test_prefill_runs_the_forward_kernel():
     payload = deserialize_payload(build(1, 8, 2, 64, 128, 128, causal=False))
-    assert [k.name for k in payload.kernels] == [b"gqa_attention_fwd"]
+    assert [k.name for k in payload.plans[0].kernels] == [b"gqa_attention_fwd"]
     assert payload.workspaceBytes == 0
 
 
@@ -145,7 +145,7 @@ def test_decode_needing_several_m_tiles_runs_the_forward_kernel():
 
 def test_mqa_and_batched_plans():
     mqa = decode_plan(dtype=torch.float16, batch=1, num_heads_q=32, num_heads_kv=1, head_dim=128, l_q=1, l_kv=4096)
-    assert mqa.num_splits > 1 and -(-4096 // mqa.grid_divisor) == mqa.num_splits
+    assert mqa.num_splits > 1
     # 8 * 32 KV-head programs fill a 132-SM GPU: no split, no workspace.
     full = decode_plan(dtype=torch.float16, batch=8, num_heads_q=256, num_heads_kv=32, head_dim=128, l_q=1,
                        l_kv=8192)
@@ -157,7 +157,7 @@ def test_attended_keys_bound_the_key_range_by_a_constant():
     payload = deserialize_payload(build_attention_payload(
         dtype=torch.float16, batch=1, num_heads_q=32, num_heads_kv=8, head_dim=128, l_q=4, l_kv=8192,
         is_causal=True, attended_keys=4, archs=[90], ptx=False))
-    (split,) = payload.kernels  # four keys: one split, no combine, no workspace
+    (split,) = payload.plans[0].kernels  # four keys: one split, no combine, no workspace
     assert split.name == b"gqa_decode_split" and payload.workspaceBytes == 0
     assert [(p.arg, p.dim) for p in params_of(split, K.TensorSize)] == [(Q, 2)]
     assert params_of(split, K.Int32Constant)[0].i32Value == 4
@@ -165,13 +165,12 @@ def test_attended_keys_bound_the_key_range_by_a_constant():
 
 
 def test_attended_keys_split_count_follows_the_bound():
-    """Splits are planned for the attended keys, and the grid still comes from K's length."""
+    """Splits are planned for the attended keys."""
     bounded = decode_plan(dtype=torch.float16, batch=1, num_heads_q=32, num_heads_kv=8, head_dim=128, l_q=1,
                           l_kv=30000, attended_keys=1000)
     full = decode_plan(dtype=torch.float16, batch=1, num_heads_q=32, num_heads_kv=8, head_dim=128, l_q=1,
                        l_kv=30000)
     assert 1 < bounded.num_splits < full.num_splits
-    assert -(-30000 // bounded.grid_divisor) == bounded.num_splits
 
 
 @pytest.mark.parametrize("attended", [0, 8193])
@@ -182,13 +181,19 @@ def test_attended_keys_outside_the_key_range_are_refused(attended):
 
 
 # --------------------------------------------------------------------------
-# per-arch launch plans: the payload's own for the lowest arch, variants for the rest
+# per-arch launch plans: the lowest arch's list no arch (and serve any GPU), the others list theirs
 
 
 @pytest.fixture(scope="module")
 def bf16_decode_two_archs():
     """llama3-8b decode in bf16 for sm_80 and sm_90: sm_90 has tuned tiles (backends/tuning/sm_90.json)."""
     return build(1, 32, 8, 128, 1, 8192, causal=False, dtype=torch.bfloat16, archs=[80, 90], ptx=True)
+
+
+def test_static_payloads_have_one_plan_per_arch_group_and_no_ranges(bf16_decode_two_archs):
+    payload = deserialize_payload(bf16_decode_two_archs)
+    assert [(list(p.archs), list(p.when or [])) for p in payload.plans] == [([], []), ([90], [])]
+    assert all(s.maxSizes is None and s.sizeFrom is None for s in payload.inputs + payload.outputs)
 
 
 def test_archs_with_tuned_tiles_get_their_own_plan(bf16_decode_two_archs):
@@ -198,50 +203,50 @@ def test_archs_with_tuned_tiles_get_their_own_plan(bf16_decode_two_archs):
     tuned = decode_plan(dtype=torch.bfloat16, batch=1, num_heads_q=32, num_heads_kv=8, head_dim=128, l_q=1,
                         l_kv=8192, arch=90)
     assert default.config.block_n != tuned.config.block_n
-    # The payload's own plan: sm_80 cubins plus the PTX fallback, default tiles.
-    assert [[c.arch for c in k.cubins] for k in payload.kernels] == [[80], [80]]
-    assert all(k.ptxArch == 80 and len(k.ptx) for k in payload.kernels)
-    assert factors(payload.kernels[0])[0] == [(KEY, 2, default.grid_divisor)]
-    assert payload.workspaceBytes == default.workspace_bytes
-    # sm_90's variant: cubins only, its own split length, splits and workspace.
-    (variant,) = payload.archVariants
-    assert list(variant.archs) == [90]
-    assert [[c.arch for c in k.cubins] for k in variant.kernels] == [[90], [90]]
-    assert not any(len(k.ptx or []) for k in variant.kernels)
-    split, combine = variant.kernels
+    # The plan listing no arch: sm_80 cubins plus the PTX fallback, default tiles.
+    fallback, sm90 = payload.plans
+    assert [[c.arch for c in k.cubins] for k in fallback.kernels] == [[80], [80]]
+    assert all(k.ptxArch == 80 and len(k.ptx) for k in fallback.kernels)
+    assert fallback.kernels[0].grid[0].multiplier == default.num_splits
+    # sm_90's plan: cubins only, its own tiles and splits; the workspace fits both.
+    assert list(sm90.archs) == [90]
+    assert [[c.arch for c in k.cubins] for k in sm90.kernels] == [[90], [90]]
+    assert not any(len(k.ptx or []) for k in sm90.kernels)
+    split, combine = sm90.kernels
     assert split.numWarps == tuned.config.num_warps
-    assert factors(split)[0] == [(KEY, 2, tuned.grid_divisor)]
+    assert split.grid[0].multiplier == tuned.num_splits
     assert params_of(combine, K.Int32Constant)[0].i32Value == tuned.num_splits
-    assert variant.workspaceBytes == tuned.workspace_bytes
+    assert payload.workspaceBytes == max(default.workspace_bytes, tuned.workspace_bytes)
 
 
 def test_archs_that_choose_alike_share_one_plan():
     # Head dim 80 has no sm_90 table entry: sm_80 and sm_90 run the same tiles.
     payload = deserialize_payload(build(1, 32, 8, 80, 1, 8192, dtype=torch.float16, archs=[80, 90]))
-    assert not payload.archVariants
-    assert [[c.arch for c in k.cubins] for k in payload.kernels] == [[80, 90], [80, 90]]
+    (plan,) = payload.plans
+    assert not len(plan.archs)
+    assert [[c.arch for c in k.cubins] for k in plan.kernels] == [[80, 90], [80, 90]]
 
 
 @pytest.mark.parametrize("cc, plan_archs", [(80, [80]), (86, [80]), (90, [90]), (100, [80])])
 def test_both_runtimes_pick_the_same_plan_for_a_device(bf16_decode_two_archs, cc, plan_archs):
     data = bf16_decode_two_archs
     plan = LaunchPlan(data, device_cc=cc)
-    assert [c.arch for c in plan.kernels[0].cubins] == plan_archs
-    assert plan.variant_archs == (None if plan_archs == [80] else plan_archs)
+    assert [c.arch for c in plan.kernels(0)[0].cubins] == plan_archs
+    assert plan.plan_indices == ([0] if plan_archs == [80] else [1])
     sizes = [(1, 32, 1, 128), (1, 8, 8192, 128), (1, 8, 8192, 128), (1, 32, 1, 128)]
     args = [ArgInfo(dtype=fb.DType.BFloat16, sizes=s, strides=contiguous(s, 0).strides,
                     address=0x7000_0000_0000 + i * (1 << 32)) for i, s in enumerate(sizes)]
     for k, launch in enumerate(plan.evaluate_all(args, workspace=WORKSPACE)):
         cpp = evaluate_launch_cpp(data, k, args, workspace=WORKSPACE, device_cc=cc)
-        assert (cpp.name, cpp.grid, cpp.block, cpp.slots()) == (launch.name, launch.grid, launch.block,
-                                                               launch.slots())
+        assert (cpp.name, cpp.grid, cpp.block, cpp.slots(), cpp.plan_index) == (
+            launch.name, launch.grid, launch.block, launch.slots(), launch.plan_index)
 
 
-def test_a_variant_without_cubins_for_its_archs_is_refused(bf16_decode_two_archs):
+def test_a_plan_without_cubins_for_its_archs_is_refused(bf16_decode_two_archs):
     payload = deserialize_payload(bf16_decode_two_archs)
-    payload.archVariants[0].archs = [89, 90]
+    payload.plans[1].archs = [89, 90]
     data = serialize_payload(payload)
-    expected = "arch variant 0: kernel gqa_decode_split has no cubin for its arch sm_89"
+    expected = "plan 1: kernel gqa_decode_split has no cubin for its arch sm_89"
     with pytest.raises(LaunchError, match=expected):
         LaunchPlan(data)
     with pytest.raises(LaunchError, match=expected):
@@ -256,11 +261,11 @@ def test_mask_and_kv_len_inputs_evaluate_identically_in_python_and_cpp():
     data = build_attention_payload(dtype=torch.float16, batch=2, num_heads_q=32, num_heads_kv=8, head_dim=128,
                                    l_q=1, l_kv=8192, is_causal=True, mask_shape=(2, 1, 1, 8192),
                                    mask_dtype=torch.bool, kv_len_dtype=torch.int64, archs=[90], ptx=False,
-                                   args=args_index)
+                                   args=args_index, generic=False)
     payload = deserialize_payload(data)
     assert [s.dtype for s in payload.inputs] == [fb.DType.Float16] * 3 + [fb.DType.Bool, fb.DType.Int64]
     assert [list(s.sizes) for s in payload.inputs[3:]] == [[2, 1, 1, 8192], []]
-    split = payload.kernels[0]
+    split = payload.plans[0].kernels[0]
     pointers = [p.arg for p in params_of(split, K.TensorPointer)]
     assert pointers == [Q, KEY, V, 5, 5, 3, 4]  # Q K V Out, Arrivals (unused: Out), then Mask and KvLen
     # Only the mask's batch and key strides are runtime values; its size-1 dims are compiled as 0.

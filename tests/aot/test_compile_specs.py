@@ -38,12 +38,13 @@ def test_bad_ptx_flag_is_refused():
 
 
 @pytest.mark.parametrize("specs, message", [
-    ([CompileSpec("max_batch", b"4")], "unknown CudaGqaBackend compile spec 'max_batch' \\(known: archs, ptx, target_device, dtypes, max_seq_len\\)"),
+    ([CompileSpec("max_batch", b"4")], "unknown CudaGqaBackend compile spec 'max_batch' \\(known: archs, ptx, target_device, dtypes, max_seq_len, generic_plans\\)"),
     ([CompileSpec("archs", b"80"), CompileSpec("archs", b"90")], "'archs' given twice"),
     ([CompileSpec("archs", b"80,75")], "unsupported target arch '75'"),
     ([CompileSpec("archs", b"")], "at least one target arch"),
     ([CompileSpec("archs", b"\xff\xfe")], "'archs' is not ASCII text"),
     ([CompileSpec("ptx", b"yes")], "ptx must be 0 or 1, got 'yes'"),
+    ([CompileSpec("generic_plans", b"no")], "generic_plans must be 0 or 1, got 'no'"),
     ([CompileSpec("dtypes", b"float16,int8")], "unsupported dtype 'int8'"),
     ([CompileSpec("max_seq_len", b"0")], "max_seq_len must be a positive integer, got '0'"),
 ])
@@ -71,3 +72,10 @@ def test_dtypes_and_max_seq_len_round_trip():
 def test_bad_dtypes_and_max_seq_len_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_compile_specs(**kwargs)
+
+
+def test_generic_plans_default_on_and_round_trip_off():
+    assert parse_compile_specs(make_compile_specs()).generic_plans
+    assert not parse_compile_specs(make_compile_specs(generic_plans=False)).generic_plans
+    with pytest.raises(ValueError, match="generic_plans must be True or False, got 1"):
+        make_compile_specs(generic_plans=1)

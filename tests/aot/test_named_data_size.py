@@ -51,7 +51,9 @@ def test_every_key_a_payload_names_is_in_the_program(programs):
     payloads, named_data = cuda_gqa_delegates(programs[4])
     for data in payloads:
         payload = deserialize_payload(data)
-        for kernel in list(payload.kernels) + [k for v in payload.archVariants or [] for k in v.kernels]:
-            assert kernel.ptx is None and kernel.ptxKey.decode() in named_data
-            for cubin in kernel.cubins:
-                assert cubin.image is None and cubin.imageKey.decode() in named_data
+        for plan in payload.plans:
+            for kernel in plan.kernels:
+                # PTX: in the plans listing no arch (the fallback for GPUs no plan names).
+                assert kernel.ptx is None and (len(plan.archs) or kernel.ptxKey.decode() in named_data)
+                for cubin in kernel.cubins:
+                    assert cubin.image is None and cubin.imageKey.decode() in named_data

@@ -53,7 +53,7 @@ def test_kernels_not_importable_by_workers_compile_here():
 def test_each_finished_arch_logs_a_progress_line(fresh_cache, caplog):
     with caplog.at_level(logging.INFO, logger="cuda_gqa.backends.aot.compile_pool"):
         build_attention_payload(dtype=torch.float16, batch=1, num_heads_q=4, num_heads_kv=1, head_dim=32, l_q=64,
-                                l_kv=64, is_causal=True, archs=(80, 86, 89), ptx=False)
+                                l_kv=64, is_causal=True, archs=(80, 86, 89), ptx=False, generic=False)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("compiled ")]
     assert len(lines) == 3
     assert sorted(line.split()[2] for line in lines) == ["sm_80", "sm_86", "sm_89"]
@@ -65,10 +65,11 @@ def test_all_kernels_of_a_payload_compile_in_one_batch(fresh_cache, caplog):
     # A split-KV decode: split and combine kernels, each for two archs, started together.
     with caplog.at_level(logging.INFO, logger="cuda_gqa.backends.aot.compile_pool"):
         payload = build_attention_payload(dtype=torch.float16, batch=1, num_heads_q=8, num_heads_kv=2, head_dim=64,
-                                          l_q=1, l_kv=4096, is_causal=False, archs=(80, 86), ptx=False)
+                                          l_q=1, l_kv=4096, is_causal=False, archs=(80, 86), ptx=False,
+                                          generic=False)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("compiled ")]
     assert sorted(line.split()[1] for line in lines) == ["gqa_decode_combine"] * 2 + ["gqa_decode_split"] * 2
     assert [line.split("(")[1].split(",")[0] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
-    kernels = deserialize_payload(payload).kernels
+    kernels = deserialize_payload(payload).plans[0].kernels
     assert [k.name for k in kernels] == [b"gqa_decode_split", b"gqa_decode_combine"]
     assert all([c.arch for c in k.cubins] == [80, 86] and k.params for k in kernels)

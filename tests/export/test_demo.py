@@ -52,14 +52,16 @@ def test_demo_pte_carries_cubins_for_sm80_and_sm90(demo_run):
     out, _ = demo_run
     (data,), named_data = cuda_gqa_delegates((out / "model.pte").read_bytes())
     payload = deserialize_payload(data)
-    # fp16 D=64 has tuned sm_90 tiles: sm_80's plan is the payload's own (with
-    # the PTX fallback), sm_90's an arch variant; one cubin per arch either way.
-    (kernel,) = payload.kernels
-    variants = payload.archVariants or []
-    by_arch = {c.arch: c for k in [kernel] + [k for v in variants for k in v.kernels] for c in k.cubins}
-    assert sorted(by_arch) == [80, 90] and sum(len(k.cubins) for k in [kernel] + [
-        k for v in variants for k in v.kernels]) == 2
-    assert [list(v.archs) for v in variants] in ([], [[90]])
+    # fp16 D=64 has tuned sm_90 tiles: sm_80's plan lists no arch (it carries the PTX
+    # fallback), sm_90's lists sm_90; each is followed by its generic (unaligned) copy,
+    # and each kernel has one cubin.
+    aligned = [p for p in payload.plans if any(q.divisibility == 16 for q in p.kernels[0].params)]
+    kernels = [k for p in aligned for k in p.kernels]
+    kernel = aligned[0].kernels[0]
+    by_arch = {c.arch: c for k in kernels for c in k.cubins}
+    assert sorted(by_arch) == [80, 90] and sum(len(k.cubins) for k in kernels) == 2
+    assert [list(p.archs) for p in aligned] in ([[]], [[], [90]])
+    assert len(payload.plans) == 2 * len(aligned)
     # The images live in the program's named data, under their content hash.
     for cubin in by_arch.values():
         assert not cubin.image

@@ -69,16 +69,16 @@ def test_payloads_carry_states_and_the_cache_write_kernel(exported):
         assert plan.states == [(f"layers.{layer}.self_attn.{kv}_cache", fb.DType.Float32, cache) for kv in "kv"]
         # q, the new K and V rows, their positions and the mask cross from the host
         # (in the delegate's placeholder order); the caches do not.
-        inputs = plan.specs[:plan.num_inputs]
+        inputs = [(dtype, sizes) for dtype, sizes, _ in plan.specs[:plan.num_inputs]]
         (l_new,) = [sizes[0] for dtype, sizes in inputs if dtype == fb.DType.Int64]
         seen.add((layer, l_new))
         new_rows = (fb.DType.Float32, (1, CONFIG.num_kv_heads, l_new, CONFIG.head_dim))
         assert sorted(inputs) == sorted([(fb.DType.Float32, (1, CONFIG.num_heads, l_new, CONFIG.head_dim)), new_rows,
                                          new_rows, (fb.DType.Int64, (l_new,)),
                                          (fb.DType.Bool, (1, 1, l_new, MAX_SEQ_LEN))])
-        assert plan.names[0] == "kv_cache_write"
+        assert plan.names(0)[0] == "kv_cache_write"
         states = {plan.num_inputs + plan.num_outputs + i for i in range(2)}
-        write, *attention = plan.kernels
+        write, *attention = plan.kernels(0)
 
         def kv_len_slots(kernel):
             return {(int(p.workspaceOffset), int(p.workspaceExtent)) for p in kernel.params

@@ -112,7 +112,7 @@ def test_pytorch_top_left_causal_attends_only_the_first_l_q_keys():
     def key_lengths(model, inputs):
         report, delegates, _ = lower(model, inputs)
         assert [d.delegated for d in report] == [True]
-        (kernel, *_), = [deserialize_payload(lowered.processed_bytes).kernels for _, lowered, _ in delegates]
+        (kernel, *_), = [deserialize_payload(lowered.processed_bytes).plans[0].kernels for _, lowered, _ in delegates]
         sizes = [p.arg for p in kernel.params if p.kind == fb.ParamKind.TensorSize]
         return sizes, [p.i32Value for p in kernel.params if p.kind == fb.ParamKind.Int32Constant]
 
@@ -193,7 +193,7 @@ def test_masks_are_delegated_as_an_input(shape, dtype):
     assert len(payload.inputs) == 4 and list(payload.inputs[3].sizes) == list(shape)
     expected_dtype = {torch.bool: fb.DType.Bool, torch.float16: fb.DType.Float16, torch.float32: fb.DType.Float32}
     assert payload.inputs[3].dtype == expected_dtype[dtype]
-    (kernel,) = payload.kernels
+    (kernel,) = payload.plans[0].kernels
     mask_params = [p for p in kernel.params if p.arg == 3 and p.kind in (fb.ParamKind.TensorPointer,
                                                                          fb.ParamKind.TensorStride)]
     # The pointer, then the stride of each mask dim longer than 1 (size-1 dims are compiled as stride 0).

@@ -46,7 +46,7 @@ def sample_payload(cubin_archs=(80, 90), ptx_arch=80, sizes=(1, 4, 16, 64)) -> f
         ptx=u8(b".version 8.7\n.target sm_80\n") if ptx_arch else None, ptxArch=ptx_arch or 0,
         numWarps=4, sharedMemBytes=65536, globalScratchBytes=0, profileScratchBytes=0,
         params=params, grid=grid)
-    return fb.PayloadT(inputs=[spec(), spec(), spec()], outputs=[spec()], kernels=[kernel])
+    return fb.PayloadT(inputs=[spec(), spec(), spec()], outputs=[spec()], plans=[fb.LaunchPlanT(kernels=[kernel])])
 
 
 def pack(payload: fb.PayloadT, version: int | None = None) -> bytes:
@@ -111,13 +111,19 @@ for payload_path, pte_path, device in zip(sys.argv[1::3], sys.argv[2::3], sys.ar
 """
 
 
-def add_payload(sizes=(2, 64), version=None, workspace_bytes=0) -> bytes:
+def add_payload(sizes=(2, 64), version=None, max_rows=None, workspace_bytes=0) -> bytes:
     """A payload whose delegate computes x + y on float32 (2, 64); fake cubins; a workspace
-    of workspace_bytes the kernel does not use."""
-    spec = lambda: fb.TensorSpecT(dtype=fb.DType.Float32, sizes=list(sizes))  # noqa: E731
+    of workspace_bytes the kernel does not use. max_rows: rows are dynamic up to it (y's and
+    the output's rows are x's)."""
+    def spec(size_from=None):
+        if max_rows is None:
+            return fb.TensorSpecT(dtype=fb.DType.Float32, sizes=list(sizes))
+        return fb.TensorSpecT(dtype=fb.DType.Float32, sizes=[-1, sizes[1]], maxSizes=[max_rows, sizes[1]],
+                              sizeFrom=size_from)
+    like_x = [fb.DimSourceT(dim=0, arg=0, argDim=0)]
     payload = sample_payload()
-    payload.inputs, payload.outputs = [spec(), spec()], [spec()]
-    kernel = payload.kernels[0]
+    payload.inputs, payload.outputs = [spec(), spec(like_x if max_rows else None)], [spec(like_x)]
+    kernel = payload.plans[0].kernels[0]
     kernel.name = "add_f32"  # the entry point the fake driver below implements
     kernel.globalScratchBytes, kernel.globalScratchAlign = 256, 1024  # exercises scratch sizing in init
     kernel.params = [param(K.TensorPointer, P.Pointer, arg=a, divisibility=16) for a in range(3)]
@@ -128,13 +134,14 @@ def add_payload(sizes=(2, 64), version=None, workspace_bytes=0) -> bytes:
 
 
 def make_programs(folder: Path) -> Path:
-    """.pte files embedding: a good payload, a version-2 one, one with a dynamic size
-    (good.pte, v2.pte, dynamic.pte), the good one planned by ExecuTorch's device-aware
+    """.pte files embedding: a good payload, a version-2 one, ones with dynamic rows up to
+    4 and up to 1 (good.pte, v2.pte, dynamic.pte, dynamic_small.pte), the good one planned by ExecuTorch's device-aware
     memory planning with the delegate's inputs and outputs on cuda:0 (device.pte; the
     program copies its inputs there) and with the method's inputs and outputs there too
     (device_io.pte), and input files x.bin (2x64 ones) and wrong_size.bin."""
     payloads = {"good": (add_payload(), "-"), "v2": (add_payload(version=PAYLOAD_VERSION + 1), "-"),
-                "dynamic": (add_payload(sizes=(-1, 64)), "-"), "device": (add_payload(), "cuda:0"),
+                "dynamic": (add_payload(max_rows=4), "-"), "dynamic_small": (add_payload(max_rows=1), "-"),
+                "device": (add_payload(), "cuda:0"),
                 "device_io": (add_payload(), "cuda:0+io")}
     argv = []
     for name, (data, device) in payloads.items():

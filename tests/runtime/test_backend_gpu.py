@@ -138,7 +138,7 @@ def test_delegates_of_one_payload_share_its_modules(backend, payloads):
     first = init(payloads["decode_multi_split"])
     loaded = cpp_delegate.loaded_module_count() - before
     second = init(payloads["decode_multi_split"])
-    assert loaded == 2  # split + combine
+    assert loaded == 4  # split + combine, aligned and generic
     assert cpp_delegate.loaded_module_count() - before == loaded
     cpp_delegate.destroy(first)
     cpp_delegate.destroy(second)
@@ -181,5 +181,37 @@ def test_profile_reports_the_kernels_device_time(backend, payloads):
         wall, kernels = time.perf_counter_ns() - start, cr.profiled_kernel_time_ns() - before
         torch.testing.assert_close(out.float(), expected, **tolerance(q.dtype))
         assert 0 < kernels < wall, (kernels, wall)
+    finally:
+        cpp_delegate.destroy(handle)
+
+
+def test_one_dynamic_payload_runs_every_length_in_its_range(backend):
+    """L_q in [1, 40], L_kv in [1, 3000]: the backend picks the plan per call, stages host
+    tensors in buffers sized for the bounds, and refuses a length above its bound."""
+    from cuda_gqa.backends.attention_plan import build_attention_payload
+
+    major, minor = torch.cuda.get_device_capability()
+    b, hq, hkv, d, dtype = 1, 16, 4, 128, torch.bfloat16
+    handle = init(build_attention_payload(dtype=dtype, batch=b, num_heads_q=hq, num_heads_kv=hkv, head_dim=d,
+                                          l_q=(1, 40), l_kv=(1, 3000), is_causal=False,
+                                          archs=[10 * major + minor]))
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    try:
+        for l_q, l_kv in [(1, 1), (1, 2999), (2, 600), (16, 3000), (17, 64), (40, 1000)]:
+            q = torch.randn(b, hq, l_q, d, device="cuda", dtype=dtype, generator=gen)
+            k = torch.randn(b, hkv, l_kv, d, device="cuda", dtype=dtype, generator=gen)
+            v = torch.randn(b, hkv, l_kv, d, device="cuda", dtype=dtype, generator=gen)
+            expected = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                                                        enable_gqa=True)
+            out = torch.full_like(q, float("nan"))
+            torch.cuda.synchronize()
+            assert cpp_delegate.execute(handle, [cpp_delegate.torch_tensor(t) for t in (q, k, v, out)]) == 0
+            torch.testing.assert_close(out.float(), expected, **tolerance(dtype))
+            host = [t.cpu() for t in (q, k, v)] + [torch.full_like(out, float("nan"), device="cpu")]
+            assert cpp_delegate.execute(handle, [cpp_delegate.torch_tensor(t) for t in host]) == 0
+            torch.testing.assert_close(host[3].float(), expected.cpu(), **tolerance(dtype))
+        too_long = [torch.zeros(b, hq, 41, d, device="cuda", dtype=dtype), k, v,
+                    torch.zeros(b, hq, 41, d, device="cuda", dtype=dtype)]
+        assert cpp_delegate.execute(handle, [cpp_delegate.torch_tensor(t) for t in too_long]) != 0
     finally:
         cpp_delegate.destroy(handle)

@@ -206,38 +206,67 @@ def _mutate(change):
 
 
 SEMANTIC_CASES = {
-    "param arg out of range": (lambda p: setattr(p.kernels[0].params[0], "arg", 4), "param 0: arg 4 out of range"),
-    "stride dim out of range": (lambda p: setattr(p.kernels[0].params[4], "dim", 4),
+    "param arg out of range": (lambda p: setattr(p.plans[0].kernels[0].params[0], "arg", 4), "param 0: arg 4 out of range"),
+    "stride dim out of range": (lambda p: setattr(p.plans[0].kernels[0].params[4], "dim", 4),
                                 "param 4: dim 4 out of range for arg 0 of rank 4"),
-    "pointer passed as int": (lambda p: setattr(p.kernels[0].params[0], "type", P.Int32),
+    "pointer passed as int": (lambda p: setattr(p.plans[0].kernels[0].params[0], "type", P.Int32),
                               "TensorPointer must be passed as Pointer"),
-    "stride passed as float": (lambda p: setattr(p.kernels[0].params[4], "type", P.Float32),
+    "stride passed as float": (lambda p: setattr(p.plans[0].kernels[0].params[4], "type", P.Float32),
                                "must be Int32 or Int64"),
-    "unknown param kind": (lambda p: setattr(p.kernels[0].params[0], "kind", 9), "unknown param kind 9"),
-    "unknown param type": (lambda p: setattr(p.kernels[0].params[0], "type", -3), "unknown param type -3"),
-    "nan constant": (lambda p: setattr(p.kernels[0].params[9], "f32Value", float("nan")), "not finite"),
-    "grid with two dims": (lambda p: setattr(p.kernels[0], "grid", p.kernels[0].grid[:2]),
+    "unknown param kind": (lambda p: setattr(p.plans[0].kernels[0].params[0], "kind", 9), "unknown param kind 9"),
+    "unknown param type": (lambda p: setattr(p.plans[0].kernels[0].params[0], "type", -3), "unknown param type -3"),
+    "nan constant": (lambda p: setattr(p.plans[0].kernels[0].params[9], "f32Value", float("nan")), "not finite"),
+    "grid with two dims": (lambda p: setattr(p.plans[0].kernels[0], "grid", p.plans[0].kernels[0].grid[:2]),
                            "grid has 2 dims, expected 3"),
-    "grid divisor zero": (lambda p: setattr(p.kernels[0].grid[0].factors[0], "divisor", 0), "divisor is 0"),
-    "grid arg out of range": (lambda p: setattr(p.kernels[0].grid[1].factors[0], "arg", 9),
+    "grid divisor zero": (lambda p: setattr(p.plans[0].kernels[0].grid[0].factors[0], "divisor", 0), "divisor is 0"),
+    "grid arg out of range": (lambda p: setattr(p.plans[0].kernels[0].grid[1].factors[0], "arg", 9),
                               "factor arg 9 out of range"),
-    "grid dim out of range": (lambda p: setattr(p.kernels[0].grid[1].factors[1], "dim", 7),
+    "grid dim out of range": (lambda p: setattr(p.plans[0].kernels[0].grid[1].factors[1], "dim", 7),
                               "factor dim 7 out of range"),
-    "empty cubin image": (lambda p: setattr(p.kernels[0].cubins[1], "image", u8(b"")), "empty image for sm_90"),
-    "duplicate cubin arch": (lambda p: setattr(p.kernels[0].cubins[1], "arch", 80), "duplicate arch sm_80"),
-    "no image at all": (lambda p: (setattr(p.kernels[0], "cubins", []), setattr(p.kernels[0], "ptx", None)),
+    "empty cubin image": (lambda p: setattr(p.plans[0].kernels[0].cubins[1], "image", u8(b"")), "empty image for sm_90"),
+    "duplicate cubin arch": (lambda p: setattr(p.plans[0].kernels[0].cubins[1], "arch", 80), "duplicate arch sm_80"),
+    "no image at all": (lambda p: (setattr(p.plans[0].kernels[0], "cubins", []), setattr(p.plans[0].kernels[0], "ptx", None)),
                         "no cubin and no PTX"),
-    "zero warps": (lambda p: setattr(p.kernels[0], "numWarps", 0), "num_warps 0 outside 1..32"),
-    "too many warps": (lambda p: setattr(p.kernels[0], "numWarps", 33), "num_warps 33"),
-    "no kernels": (lambda p: setattr(p, "kernels", []), "payload has no kernels"),
+    "zero warps": (lambda p: setattr(p.plans[0].kernels[0], "numWarps", 0), "num_warps 0 outside 1..32"),
+    "too many warps": (lambda p: setattr(p.plans[0].kernels[0], "numWarps", 33), "num_warps 33"),
+    "no plans": (lambda p: setattr(p, "plans", []), "payload has no launch plans"),
+    "plan without kernels": (lambda p: setattr(p.plans[0], "kernels", []), "plan 0: no kernels"),
+    "plan arch without cubin": (lambda p: setattr(p.plans[0], "archs", [89]),
+                                "plan 0: kernel gqa_attention_fwd has no cubin for its arch sm_89"),
+    "range arg out of range": (lambda p: setattr(p.plans[0], "when", [fb.SizeRangeT(arg=4, dim=2, min=1, max=2)]),
+                               "plan 0: range arg 4 out of range"),
+    "empty range": (lambda p: setattr(p.plans[0], "when", [fb.SizeRangeT(arg=0, dim=2, min=5, max=4)]),
+                    "plan 0: range [5, 4] of arg 0 dim 2 is empty"),
+    "grid multiplier zero": (lambda p: setattr(p.plans[0].kernels[0].grid[2], "multiplier", 0),
+                             "grid dim 2: multiplier is 0"),
+    "dynamic size without bound": (lambda p: setattr(p.inputs[0], "sizes", [1, 4, -1, 64]),
+                                   "input 0: dynamic sizes need 4 max_sizes, got 0"),
+    "max size of a static dim": (lambda p: (setattr(p.inputs[0], "sizes", [1, 4, -1, 64]),
+                                            setattr(p.inputs[0], "maxSizes", [1, 5, 32, 64])),
+                                 "input 0: max size 5 at dim 1 of size 4"),
+    "dynamic output without size_from": (lambda p: (setattr(p.outputs[0], "sizes", [1, 4, -1, 64]),
+                                                    setattr(p.outputs[0], "maxSizes", [1, 4, 16, 64])),
+                                         "output 0: dynamic dim 2 has no size_from"),
+    "size_from a static dim": (lambda p: setattr(p.outputs[0], "sizeFrom", [fb.DimSourceT(dim=1, arg=0, argDim=1)]),
+                               "output 0: size_from names dim 1, which is not dynamic"),
+    "size_from an output": (lambda p: (setattr(p.outputs[0], "sizes", [1, 4, -1, 64]),
+                                       setattr(p.outputs[0], "maxSizes", [1, 4, 16, 64]),
+                                       setattr(p.outputs[0], "sizeFrom", [fb.DimSourceT(dim=2, arg=3, argDim=2)])),
+                            "output 0: size_from dim 2: arg 3 is not another input"),
+    "size_from above the bound": (lambda p: (setattr(p.inputs[0], "sizes", [1, 4, -1, 64]),
+                                             setattr(p.inputs[0], "maxSizes", [1, 4, 32, 64]),
+                                             setattr(p.outputs[0], "sizes", [1, 4, -1, 64]),
+                                             setattr(p.outputs[0], "maxSizes", [1, 4, 16, 64]),
+                                             setattr(p.outputs[0], "sizeFrom", [fb.DimSourceT(dim=2, arg=0, argDim=2)])),
+                                  "output 0: size_from dim 2: arg 0 dim 2 may exceed its max size"),
     "no outputs": (lambda p: setattr(p, "outputs", []), "payload has no outputs"),
-    "missing name": (lambda p: setattr(p.kernels[0], "name", ""), "missing entry-point name"),
+    "missing name": (lambda p: setattr(p.plans[0].kernels[0], "name", ""), "missing entry-point name"),
     "bad dtype": (lambda p: setattr(p.inputs[1], "dtype", 9), "input 1: unknown dtype 9"),
     "negative size": (lambda p: setattr(p.outputs[0], "sizes", [1, -2, 3, 4]), "output 0: size -2 at dim 1"),
     "rank too high": (lambda p: setattr(p.inputs[0], "sizes", [1] * 9), "input 0: rank 9 exceeds 8"),
     "overflowing sizes": (lambda p: setattr(p.inputs[2], "sizes", [2**40, 2**40]), "overflows"),
-    "scratch align not pow2": (lambda p: (setattr(p.kernels[0], "globalScratchBytes", 64),
-                                          setattr(p.kernels[0], "globalScratchAlign", 24)),
+    "scratch align not pow2": (lambda p: (setattr(p.plans[0].kernels[0], "globalScratchBytes", 64),
+                                          setattr(p.plans[0].kernels[0], "globalScratchAlign", 24)),
                                "scratch alignment is not a power of two"),
 }
 
@@ -246,7 +275,7 @@ def _add_workspace_param(p, workspace_bytes, offset, extent, divisibility=16, ty
     p.workspaceBytes = workspace_bytes
     ws = param(K.Workspace, P.Pointer if type_ is None else type_, divisibility=divisibility)
     ws.workspaceOffset, ws.workspaceExtent = offset, extent
-    p.kernels[0].params.append(ws)
+    p.plans[0].kernels[0].params.append(ws)
 
 
 SEMANTIC_CASES.update({
@@ -266,10 +295,10 @@ SEMANTIC_CASES.update({
     "workspace passed as int": (lambda p: _add_workspace_param(p, 256, 0, 16, type_=P.Int64),
                                 "Workspace must be passed as Pointer"),
     "workspace too large": (lambda p: setattr(p, "workspaceBytes", 2**41), "workspace_bytes 2199023255552 too large"),
-    "int32 constant passed as float": (lambda p: p.kernels[0].params.append(param(K.Int32Constant, P.Float32)),
+    "int32 constant passed as float": (lambda p: p.plans[0].kernels[0].params.append(param(K.Int32Constant, P.Float32)),
                                        "Int32Constant must be passed as Int32"),
     "int32 constant not divisible": (
-        lambda p: p.kernels[0].params.append(fb.KernelParamT(kind=K.Int32Constant, type=P.Int32, i32Value=24,
+        lambda p: p.plans[0].kernels[0].params.append(fb.KernelParamT(kind=K.Int32Constant, type=P.Int32, i32Value=24,
                                                              divisibility=16)),
         "Int32Constant 24 is not a multiple of 16"),
 })
@@ -280,7 +309,7 @@ def test_workspace_params_and_int32_constants_are_accepted():
     _add_workspace_param(payload, 4096 + 64, 4096, 64)
     _add_workspace_param(payload, 4096 + 64, 0, 4096)
     for value in (-(2**31), -5, 0, 2**31 - 1):
-        payload.kernels[0].params.append(fb.KernelParamT(kind=K.Int32Constant, type=P.Int32, i32Value=value))
+        payload.plans[0].kernels[0].params.append(fb.KernelParamT(kind=K.Int32Constant, type=P.Int32, i32Value=value))
     assert validate(load_library(), pack(payload)) == (0, "ok")
 
 
@@ -292,10 +321,9 @@ def test_verifiable_but_meaningless_payload_is_refused(case):
     assert reason in message, message
 
 
-def test_dynamic_sizes_pass_validation():
-    # The schema allows -1; only init (which needs a GPU) refuses it for now.
+def test_dynamic_sizes_with_bounds_pass_validation():
     payload = sample_payload()
-    payload.inputs[0].sizes = [1, 4, -1, 64]
+    payload.inputs[0].sizes, payload.inputs[0].maxSizes = [1, 4, -1, 64], [1, 4, 16, 64]
     assert validate(load_library(), pack(payload)) == (0, "ok")
 
 
@@ -415,13 +443,6 @@ def test_init_refuses_other_payload_versions(programs):
     assert "0x30" in result.stderr  # Error::DelegateInvalidCompatibility
 
 
-def test_init_refuses_dynamic_sizes(programs):
-    x = programs / "x.bin"
-    result = run_runner(programs / "dynamic.pte", "--input", x, "--input", x)
-    assert result.returncode == 2
-    assert "CudaGqaBackend: dynamic sizes are not supported by this runtime yet" in result.stderr
-
-
 def test_runner_checks_input_files_against_the_program(programs):
     x = programs / "x.bin"
     result = run_runner(programs / "good.pte", "--input", x)
@@ -479,6 +500,89 @@ def test_execute_marshals_tensors_params_and_grid(programs, fake_driver_dir, tmp
     # only where x - 0.5 >= 61.25, so x = 0..61 fail.
     assert "output 0: max_abs_err=1, 62 of 128 elements outside atol 0.02 + rtol 0.016 * |expected| FAIL" \
         in result.stdout
+
+
+def test_dynamic_payload_executes_and_refuses_sizes_above_its_bounds(programs, fake_driver_dir, tmp_path):
+    x = np.arange(128, dtype=np.float32).reshape(2, 64)
+    x.tofile(tmp_path / "x.bin")
+    (x + x).tofile(tmp_path / "expected.bin")
+    env = fake_env(fake_driver_dir)
+    # Rows dynamic up to 4: staged at their bound, 2 rows copied, launched and resized into.
+    result = subprocess.run([str(_runner()), str(programs / "dynamic.pte"), "--input", str(tmp_path / "x.bin"),
+                             "--input", str(tmp_path / "x.bin"), "--expected", str(tmp_path / "expected.bin"),
+                             "--warmup", "0", "--iterations", "1"], capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "output 0: max_abs_err=0" in result.stdout and "PASS" in result.stdout
+    # Rows dynamic up to 1: 2 rows are refused, naming the argument, dim and bound.
+    result = subprocess.run([str(_runner()), str(programs / "dynamic_small.pte"), "--input",
+                             str(tmp_path / "x.bin"), "--input", str(tmp_path / "x.bin"), "--iterations", "1"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "CudaGqaBackend: input 0 has size 2 at dim 0, above its bound 1" in result.stderr
+
+
+DYNAMIC_PROGRAM_SCRIPT = """
+import sys, torch
+from executorch.exir import to_edge
+from executorch.exir.backend.backend_api import to_backend
+from executorch.exir.backend.backend_details import BackendDetails, PreprocessResult
+
+class Add(torch.nn.Module):
+    def forward(self, x, y):
+        return x + y
+
+class Wrapper(torch.nn.Module):
+    def __init__(self, lowered):
+        super().__init__()
+        self.lowered = lowered
+
+    def forward(self, x, y):
+        return self.lowered(x, y)
+
+class CudaGqaBackend(BackendDetails):
+    @staticmethod
+    def preprocess(edge_program, compile_specs):
+        return PreprocessResult(processed_bytes=open(sys.argv[1], "rb").read())
+
+rows = torch.export.Dim("rows", max=4)
+inputs, shapes = (torch.ones(2, 64), torch.ones(2, 64)), ({0: rows}, {0: rows})
+lowered = to_backend("CudaGqaBackend", to_edge(torch.export.export(Add(), inputs, dynamic_shapes=shapes))
+                     .exported_program(), [])
+program = to_edge(torch.export.export(Wrapper(lowered), inputs, dynamic_shapes=shapes)).to_executorch()
+open(sys.argv[2], "wb").write(program.buffer)
+"""
+
+
+def test_a_dynamic_program_resizes_the_delegates_output_per_call(fake_driver_dir, tmp_path):
+    """A program exported with dynamic rows (up to 4) around a dynamic payload: each call
+    through ExecuTorch's Python runtime gets an output of its own inputs' rows."""
+    from fake_programs import add_payload
+
+    (tmp_path / "payload.bin").write_bytes(add_payload(max_rows=4))
+    made = subprocess.run([sys.executable, "-c", DYNAMIC_PROGRAM_SCRIPT, str(tmp_path / "payload.bin"),
+                           str(tmp_path / "dynamic.pte")], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert made.returncode == 0, made.stderr[-3000:]
+    run = textwrap.dedent(f"""
+        import torch
+        from cuda_gqa.runtime.program import load_method
+        forward = load_method({str(tmp_path / "dynamic.pte")!r})
+        for rows in (3, 1, 4):
+            x = torch.arange(rows * 64, dtype=torch.float32).reshape(rows, 64)
+            (out,) = forward.execute([x, x])
+            assert out.shape == (rows, 64) and torch.equal(out, x + x), (rows, out.shape)
+            print("rows", rows, "ok")
+        try:
+            forward.execute([torch.ones(5, 64), torch.ones(5, 64)])
+        except Exception as e:
+            print("5 rows refused:", type(e).__name__)
+    """)
+    result = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True,
+                            env=fake_env(fake_driver_dir), timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert [line for line in result.stdout.splitlines() if line.startswith("rows")] == [
+        "rows 3 ok", "rows 1 ok", "rows 4 ok"]
+    assert "5 rows refused" in result.stdout
 
 
 def test_run_bundle_runs_each_case_and_summarises(programs, fake_driver_dir, tmp_path):

@@ -24,11 +24,11 @@ def device_arch() -> int:
     return 10 * major + minor
 
 
-def build(dtype, b, hq, hkv, lq, lkv, d, causal, scale):
+def build(dtype, b, hq, hkv, lq, lkv, d, causal, scale, generic=True):
     from cuda_gqa.backends.attention_plan import build_attention_payload
 
     return build_attention_payload(dtype=dtype, batch=b, num_heads_q=hq, num_heads_kv=hkv, head_dim=d, l_q=lq,
-                                   l_kv=lkv, is_causal=causal, scale=scale, archs=[device_arch()])
+                                   l_kv=lkv, is_causal=causal, scale=scale, archs=[device_arch()], generic=generic)
 
 
 def tolerance(dtype):
@@ -44,7 +44,7 @@ def test_matches_reference(case):
     dtype, b, hq, hkv, lq, lkv, d, causal = case
     scale = 0.9 / d**0.5
     launcher = CubinLauncher(build(dtype, b, hq, hkv, lq, lkv, d, causal, scale))
-    assert not launcher.images[0].is_ptx
+    assert not launcher.images[0][0].is_ptx
     gen = torch.Generator(device="cuda").manual_seed(0)
     q = torch.randn(b, hq, lq, d, device="cuda", dtype=dtype, generator=gen)
     k = torch.randn(b, hkv, lkv, d, device="cuda", dtype=dtype, generator=gen)
@@ -69,7 +69,7 @@ def test_refusals_launch_nothing():
     from cuda_gqa.runtime.launch_plan import LaunchError
 
     b, hq, hkv, l, d = 1, 8, 2, 64, 64
-    launcher = CubinLauncher(build(torch.float16, b, hq, hkv, l, l, d, False, None))
+    launcher = CubinLauncher(build(torch.float16, b, hq, hkv, l, l, d, False, None, generic=False))
     q = torch.randn(b, hq, l, d, device="cuda", dtype=torch.float16)
     k = torch.randn(b, hkv, l, d, device="cuda", dtype=torch.float16)
     v = torch.randn(b, hkv, l, d, device="cuda", dtype=torch.float16)
@@ -108,7 +108,7 @@ def test_decode_payloads_match_reference(case):
     dtype, b, hq, hkv, lq, lkv, d, causal, names = case
     scale = 0.9 / d**0.5
     launcher = CubinLauncher(build(dtype, b, hq, hkv, lq, lkv, d, causal, scale))
-    assert launcher.plan.names == names
+    assert launcher.plan.names(0) == names
     assert bool(launcher.workspace_address) == (len(names) == 2)
     workspace = launcher.workspace_address
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -171,4 +171,102 @@ def test_mask_and_kv_len_payloads_match_reference(l_q, mask_shape, mask_dtype):
         kv_len = torch.tensor(filled, device="cuda", dtype=torch.int64)
         out = launcher(q, k, v, mask, kv_len)
         expected = reference_attention(q, k, v, attn_mask=mask, is_causal=True, kv_len=filled)
+        torch.testing.assert_close(out.float(), expected, **tolerance(dtype))
+
+
+def test_misaligned_tensors_run_the_generic_plan():
+    """A payload with generic plans computes on tensors that break the 16-byte alignment."""
+    from cuda_gqa.backends.kernels.reference import reference_attention
+    from cuda_gqa.runtime.cubin_launcher import CubinLauncher, arg_info
+
+    b, hq, hkv, l, d, dtype = 1, 8, 2, 64, 64, torch.float16
+    launcher = CubinLauncher(build(dtype, b, hq, hkv, l, l, d, False, None))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(b, hq, l, d, device="cuda", dtype=dtype, generator=gen)
+    k = torch.randn(b, hkv, l, d, device="cuda", dtype=dtype, generator=gen)
+    v = torch.randn(b, hkv, l, d, device="cuda", dtype=dtype, generator=gen)
+    raw = torch.empty(q.numel() * 2 + 8, device="cuda", dtype=torch.uint8)
+    misaligned = raw[2:2 + q.numel() * 2].view(dtype).view(q.shape)
+    misaligned.copy_(q)
+    out = torch.empty_like(q)
+    (launch,) = launcher.plan_launches([arg_info(t) for t in (misaligned, k, v, out)])
+    assert launch.plan_index == 1  # the generic plan, after the aligned one
+    launcher(misaligned, k, v, out=out)
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out.float(), reference_attention(q, k, v, is_causal=False), **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_one_dynamic_payload_serves_every_length_in_its_range(dtype):
+    """L_q in [1, 64] and L_kv in [1, 1024]: decode rows, split counts and the forward
+    kernel all from one payload, each call matching PyTorch's SDPA."""
+    from cuda_gqa.backends.attention_plan import build_attention_payload
+    from cuda_gqa.runtime.cubin_launcher import CubinLauncher
+    from cuda_gqa.runtime.launch_plan import LaunchError
+
+    b, hq, hkv, d = 2, 8, 2, 64
+    launcher = CubinLauncher(build_attention_payload(
+        dtype=dtype, batch=b, num_heads_q=hq, num_heads_kv=hkv, head_dim=d, l_q=(1, 64), l_kv=(1, 1024),
+        is_causal=False, archs=[device_arch()]))
+    workspace = launcher.workspace_address
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    plans_used = set()
+    for l_q, l_kv in [(1, 1), (1, 700), (1, 1024), (3, 5), (4, 513), (16, 1024), (17, 17), (40, 900), (64, 1)]:
+        q = torch.randn(b, hq, l_q, d, device="cuda", dtype=dtype, generator=gen)
+        k = torch.randn(b, hkv, l_kv, d, device="cuda", dtype=dtype, generator=gen)
+        v = torch.randn(b, hkv, l_kv, d, device="cuda", dtype=dtype, generator=gen)
+        out = launcher(q, k, v)
+        torch.cuda.synchronize()
+        assert out.shape == (b, hq, l_q, d)
+        expected = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                                                    enable_gqa=True)
+        torch.testing.assert_close(out.float(), expected, **tolerance(dtype))
+        from cuda_gqa.runtime.cubin_launcher import arg_info
+        plans_used.add(launcher.plan_launches([arg_info(t) for t in (q, k, v, out)])[0].plan_index)
+    assert len(plans_used) >= 4 and launcher.workspace_address == workspace
+    q = torch.randn(b, hq, 65, d, device="cuda", dtype=dtype)
+    with pytest.raises(LaunchError, match="input 0 has size 65 at dim 2, above its bound 64"):
+        launcher(q, k, v)
+
+
+def test_dynamic_causal_self_attention_matches_torch():
+    """One dynamic length for queries and keys (a prefill chunk of any size up to 256)."""
+    from cuda_gqa.backends.attention_plan import build_attention_payload
+    from cuda_gqa.runtime.cubin_launcher import CubinLauncher
+
+    b, hq, hkv, d, dtype = 1, 16, 4, 128, torch.bfloat16
+    launcher = CubinLauncher(build_attention_payload(
+        dtype=dtype, batch=b, num_heads_q=hq, num_heads_kv=hkv, head_dim=d, l_q=(1, 256), l_kv=(1, 256),
+        kv_follows_query=True, is_causal=True, archs=[device_arch()]))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for length in (1, 7, 16, 17, 100, 256):
+        q = torch.randn(b, hq, length, d, device="cuda", dtype=dtype, generator=gen)
+        k = torch.randn(b, hkv, length, d, device="cuda", dtype=dtype, generator=gen)
+        v = torch.randn(b, hkv, length, d, device="cuda", dtype=dtype, generator=gen)
+        out = launcher(q, k, v)
+        expected = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                                                    is_causal=True, enable_gqa=True)
+        torch.testing.assert_close(out.float(), expected, **tolerance(dtype))
+
+
+def test_a_mask_over_dynamic_lengths_matches_torch():
+    """A bool [1, 1, L_q, L_kv] mask whose last two dims follow the dynamic lengths."""
+    from cuda_gqa.backends.attention_plan import AttentionArgs, build_attention_payload
+    from cuda_gqa.runtime.cubin_launcher import CubinLauncher
+
+    b, hq, hkv, d, dtype = 1, 8, 2, 64, torch.float16
+    launcher = CubinLauncher(build_attention_payload(
+        dtype=dtype, batch=b, num_heads_q=hq, num_heads_kv=hkv, head_dim=d, l_q=(1, 64), l_kv=(1, 512),
+        is_causal=False, mask_shape=(1, 1, -1, -1), mask_dtype=torch.bool, args=AttentionArgs(mask=3, out=4),
+        archs=[device_arch()]))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for l_q, l_kv in [(1, 300), (5, 512), (40, 77)]:
+        q = torch.randn(b, hq, l_q, d, device="cuda", dtype=dtype, generator=gen)
+        k = torch.randn(b, hkv, l_kv, d, device="cuda", dtype=dtype, generator=gen)
+        v = torch.randn(b, hkv, l_kv, d, device="cuda", dtype=dtype, generator=gen)
+        mask = torch.rand(1, 1, l_q, l_kv, device="cuda", generator=gen) > 0.3
+        mask[..., 0] = True  # every query sees a key (PyTorch gives NaN for rows that see none)
+        out = launcher(q, k, v, mask)
+        expected = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                                                    enable_gqa=True)
         torch.testing.assert_close(out.float(), expected, **tolerance(dtype))

@@ -60,10 +60,15 @@ def attention_params(scale=0.125, stride_type=T.Int32, stride_div=16):
 
 def attention_payload(b=2, hq=8, hkv=2, lq=128, lkv=128, d=64, dtype=F16, *, scratch=(0, 0),
                       archs=(80, 90), ptx_arch=80, scale=0.125, dynamic=False, stride_type=T.Int32,
-                      num_warps=4, shared=32768) -> fb.PayloadT:
-    def spec(h, length):
-        sizes = [b, h, length, d] if not dynamic else [-1, h, -1, d]
-        return fb.TensorSpecT(dtype=dtype, sizes=sizes)
+                      num_warps=4, shared=32768, max_batch=100_000, max_length=4096) -> fb.PayloadT:
+    """dynamic: B and both lengths dynamic (up to max_batch, max_length); k's B and v's
+    B and L_kv, and all of out's dynamic sizes, come from q and k (size_from)."""
+    def spec(h, length, size_from=()):
+        if not dynamic:
+            return fb.TensorSpecT(dtype=dtype, sizes=[b, h, length, d])
+        return fb.TensorSpecT(dtype=dtype, sizes=[-1, h, -1, d], maxSizes=[max_batch, h, max_length, d],
+                              sizeFrom=[fb.DimSourceT(dim=dim, arg=arg, argDim=arg_dim)
+                                        for dim, arg, arg_dim in size_from] or None)
 
     grid = [fb.GridDimT(factors=[fb.GridFactorT(arg=0, dim=2, divisor=BLOCK_M)]),
             fb.GridDimT(factors=[fb.GridFactorT(arg=0, dim=0, divisor=1), fb.GridFactorT(arg=0, dim=1, divisor=1)]),
@@ -75,8 +80,8 @@ def attention_payload(b=2, hq=8, hkv=2, lq=128, lkv=128, d=64, dtype=F16, *, scr
         globalScratchBytes=scratch[0], globalScratchAlign=128 if scratch[0] else 0,
         profileScratchBytes=scratch[1], profileScratchAlign=8 if scratch[1] else 0,
         params=attention_params(scale, stride_type), grid=grid)
-    return fb.PayloadT(inputs=[spec(hq, lq), spec(hkv, lkv), spec(hkv, lkv)], outputs=[spec(hq, lq)],
-                       kernels=[kernel])
+    return fb.PayloadT(inputs=[spec(hq, lq), spec(hkv, lkv, [(0, 0, 0)]), spec(hkv, lkv, [(0, 0, 0), (2, 1, 2)])],
+                       outputs=[spec(hq, lq, [(0, 0, 0), (2, 0, 2)])], plans=[fb.LaunchPlanT(kernels=[kernel])])
 
 
 def contiguous_strides(sizes):
@@ -153,17 +158,19 @@ def test_grid_rounds_up_and_strided_views():
 def test_scratch_addresses_and_sizing():
     payload = attention_payload(scratch=(256, 64))
     plan = LaunchPlan(payload)
-    assert plan.scratch_ctas(0) == 32
+    assert plan.scratch_ctas(0, 0) == 32
     launch = plan.evaluate(0, attention_args(), global_scratch=GLOBAL_SCRATCH, profile_scratch=PROFILE_SCRATCH)
     assert [v for _, v in launch.params][-2:] == [GLOBAL_SCRATCH, PROFILE_SCRATCH]
     with pytest.raises(LaunchError, match="scratch buffer missing"):
         plan.evaluate(0, attention_args(), global_scratch=GLOBAL_SCRATCH)
-    dyn = LaunchPlan(attention_payload(scratch=(256, 0), dynamic=True))
-    with pytest.raises(LaunchError, match="depends on a dynamic size"):
-        dyn.scratch_ctas(0)
+    # Dynamic sizes: room for the grid at the max sizes, the largest any call launches.
+    dyn = LaunchPlan(attention_payload(scratch=(256, 0), dynamic=True, max_batch=3, max_length=1000))
+    assert dyn.scratch_ctas(0, 0) == -(-1000 // BLOCK_M) * 3 * 8
+    with pytest.raises(LaunchError, match="grid dim 1 exceeds the hardware limit"):
+        LaunchPlan(attention_payload(scratch=(256, 0), dynamic=True)).scratch_ctas(0, 0)
 
 
-def test_dynamic_sizes_accept_any_extent():
+def test_dynamic_sizes_accept_any_extent_up_to_their_bound():
     plan = LaunchPlan(attention_payload(dynamic=True))
     launch = plan.evaluate(0, attention_args(b=5, lq=300, lkv=17))
     assert launch.grid == (5, 40, 1)
@@ -214,16 +221,16 @@ def test_grid_limit():
 
 
 @pytest.mark.parametrize("mutate,message", [
-    (lambda p: setattr(p.kernels[0], "numWarps", 0), "kernel 0 (gqa_attention_fwd): num_warps 0 outside 1..32"),
-    (lambda p: setattr(p.kernels[0].params[0], "type", T.Int32), "param 0: TensorPointer must be passed as Pointer"),
-    (lambda p: setattr(p.kernels[0].params[5], "dim", 4), "param 5: dim 4 out of range for arg 0 of rank 4"),
-    (lambda p: setattr(p.kernels[0].params[0], "arg", 4), "param 0: arg 4 out of range (4 delegate args)"),
-    (lambda p: setattr(p.kernels[0].params[4], "f32Value", float("inf")), "Float32Constant is not finite"),
-    (lambda p: setattr(p.kernels[0].grid[0].factors[0], "divisor", 0), "grid dim 0: factor divisor is 0"),
+    (lambda p: setattr(p.plans[0].kernels[0], "numWarps", 0), "plan 0 kernel 0 (gqa_attention_fwd): num_warps 0 outside 1..32"),
+    (lambda p: setattr(p.plans[0].kernels[0].params[0], "type", T.Int32), "param 0: TensorPointer must be passed as Pointer"),
+    (lambda p: setattr(p.plans[0].kernels[0].params[5], "dim", 4), "param 5: dim 4 out of range for arg 0 of rank 4"),
+    (lambda p: setattr(p.plans[0].kernels[0].params[0], "arg", 4), "param 0: arg 4 out of range (4 delegate args)"),
+    (lambda p: setattr(p.plans[0].kernels[0].params[4], "f32Value", float("inf")), "Float32Constant is not finite"),
+    (lambda p: setattr(p.plans[0].kernels[0].grid[0].factors[0], "divisor", 0), "grid dim 0: factor divisor is 0"),
     (lambda p: setattr(p.inputs[1], "sizes", [2, 2, -3, 64]), "input 1: size -3 at dim 2"),
     (lambda p: setattr(p, "outputs", []), "payload has no outputs"),
-    (lambda p: setattr(p.kernels[0], "cubins", [p.kernels[0].cubins[0]] * 2), "duplicate arch sm_80"),
-    (lambda p: setattr(p.kernels[0], "globalScratchAlign", 24), "scratch alignment is not a power of two"),
+    (lambda p: setattr(p.plans[0].kernels[0], "cubins", [p.plans[0].kernels[0].cubins[0]] * 2), "duplicate arch sm_80"),
+    (lambda p: setattr(p.plans[0].kernels[0], "globalScratchAlign", 24), "scratch alignment is not a power of two"),
 ])
 def test_payload_refusals_match_cpp(mutate, message):
     payload = attention_payload()
@@ -250,7 +257,7 @@ def test_payload_refusals_match_cpp(mutate, message):
 ])
 def test_select_image(archs, ptx_arch, cc, expect):
     payload = attention_payload(archs=archs, ptx_arch=ptx_arch)
-    kernel = payload.kernels[0]
+    kernel = payload.plans[0].kernels[0]
     if isinstance(expect, str):
         with pytest.raises(LaunchError, match=expect.replace("(", r"\(").replace(")", r"\)")):
             select_image(kernel, cc)
@@ -437,8 +444,10 @@ SPLIT_LEN = 576
 def decode_payload(b=1, hq=32, hkv=8, lq=1, lkv=8192, d=128, dtype=F16, split_len=SPLIT_LEN, *,
                    dynamic=False, partial_div=16) -> fb.PayloadT:
     """[split, combine] shaped like attention_plan's: Partial then Lse in one workspace."""
-    def spec(h, length):
-        return fb.TensorSpecT(dtype=dtype, sizes=[b, h, length, d] if not dynamic else [-1, h, -1, d])
+    def spec(h, length, size_from=None):
+        if not dynamic:
+            return fb.TensorSpecT(dtype=dtype, sizes=[b, h, length, d])
+        return fb.TensorSpecT(dtype=dtype, sizes=[-1, h, -1, d], maxSizes=[b, h, length, d], sizeFrom=size_from)
 
     splits = -(-lkv // split_len)
     partial = b * hq * lq * splits * d * 4
@@ -472,9 +481,10 @@ def decode_payload(b=1, hq=32, hkv=8, lq=1, lkv=8192, d=128, dtype=F16, split_le
 
     split_grid = [fb.GridDimT(factors=[f(1, 2, split_len)]), fb.GridDimT(factors=[f(1, 0), f(1, 1)]), fb.GridDimT()]
     combine_grid = [fb.GridDimT(factors=[f(0, 2)]), fb.GridDimT(factors=[f(0, 0), f(0, 1)]), fb.GridDimT()]
-    return fb.PayloadT(inputs=[spec(hq, lq), spec(hkv, lkv), spec(hkv, lkv)], outputs=[spec(hq, lq)],
-                       kernels=[kernel("gqa_decode_split", split_params, split_grid),
-                                kernel("gqa_decode_combine", combine_params, combine_grid)],
+    like_q = [fb.DimSourceT(dim=0, arg=0, argDim=0), fb.DimSourceT(dim=2, arg=0, argDim=2)]
+    return fb.PayloadT(inputs=[spec(hq, lq), spec(hkv, lkv), spec(hkv, lkv)], outputs=[spec(hq, lq, like_q)],
+                       plans=[fb.LaunchPlanT(kernels=[kernel("gqa_decode_split", split_params, split_grid),
+                                                      kernel("gqa_decode_combine", combine_params, combine_grid)])],
                        workspaceBytes=lse_offset + lse)
 
 
@@ -529,11 +539,11 @@ def test_workspace_is_ignored_without_one():
 
 
 def _decode_ws_param(p, k=0, i=4):
-    return p.kernels[k].params[i]
+    return p.plans[0].kernels[k].params[i]
 
 
 @pytest.mark.parametrize("mutate,message", [
-    (lambda p: setattr(p, "workspaceBytes", 0), "kernel 0 (gqa_decode_split) param 4: workspace range [0, +"),
+    (lambda p: setattr(p, "workspaceBytes", 0), "plan 0 kernel 0 (gqa_decode_split) param 4: workspace range [0, +"),
     (lambda p: setattr(_decode_ws_param(p), "workspaceOffset", 8),
      "param 4: workspace offset 8 is not a multiple of 16, which the cubin assumes"),
     (lambda p: setattr(_decode_ws_param(p, 1, 1), "workspaceExtent", 1 << 30),

@@ -33,13 +33,13 @@ def keyed(payload_bytes: bytes):
 
 def test_images_move_into_named_data_under_their_content_hash():
     payload = sample_payload(cubin_archs=(80, 90))
-    payload.kernels.append(deserialize_payload(serialize_payload(sample_payload(cubin_archs=(90,)))).kernels[0])
+    payload.plans[0].kernels.append(deserialize_payload(serialize_payload(sample_payload(cubin_archs=(90,)))).plans[0].kernels[0])
     moved, named, out = keyed(serialize_payload(payload))
     images = {b"\x7fELF" + bytes([a]) * 64 for a in (80, 90)} | {b".version 8.7\n.target sm_80\n"}
     assert set(named.values()) == images
     assert set(named) == {"cuda_gqa/" + hashlib.sha256(i).hexdigest() for i in images}
     assert len(out.buffers) == 3  # the sm_90 cubin and the PTX both kernels share are stored once
-    for kernel in moved.kernels:
+    for kernel in moved.plans[0].kernels:
         assert kernel.ptx is None and named[kernel.ptxKey] == b".version 8.7\n.target sm_80\n"
         for cubin in kernel.cubins:
             assert cubin.image is None and named[cubin.imageKey][4] == cubin.arch
@@ -50,21 +50,21 @@ def test_images_move_into_named_data_under_their_content_hash():
 def test_python_launch_plan_resolves_keys_and_names_a_missing_one():
     payload, named, _ = keyed(serialize_payload(sample_payload()))
     data = serialize_payload(payload)
-    assert LaunchPlan(data, named_data=named).select_image(0, 90).image == b"\x7fELF" + bytes([90]) * 64
-    assert LaunchPlan(data, named_data=named).select_image(0, 120).image.startswith(b".version")
-    key = payload.kernels[0].cubins[1].imageKey
+    assert LaunchPlan(data, named_data=named).select_image(0, 0, 90).image == b"\x7fELF" + bytes([90]) * 64
+    assert LaunchPlan(data, named_data=named).select_image(0, 0, 120).image.startswith(b".version")
+    key = payload.plans[0].kernels[0].cubins[1].imageKey
     with pytest.raises(LaunchError, match=f"kernel gqa_attention_fwd: its sm_90 cubin, named data '{key}', "
                                           "is missing from the program"):
-        LaunchPlan(data, named_data={k: v for k, v in named.items() if k != key}).select_image(0, 90)
+        LaunchPlan(data, named_data={k: v for k, v in named.items() if k != key}).select_image(0, 0, 90)
     with pytest.raises(LaunchError, match="cannot be read: no named data was given"):
-        LaunchPlan(data).select_image(0, 80)
+        LaunchPlan(data).select_image(0, 0, 80)
 
 
 def test_an_image_both_inline_and_named_is_refused_alike_in_python_and_cpp():
     payload = sample_payload()
-    payload.kernels[0].cubins[0].imageKey = "cuda_gqa/" + "0" * 64
+    payload.plans[0].kernels[0].cubins[0].imageKey = "cuda_gqa/" + "0" * 64
     data = serialize_payload(payload)
-    message = "kernel 0 (gqa_attention_fwd) cubin 0: has both inline bytes and a named data key"
+    message = "plan 0 kernel 0 (gqa_attention_fwd) cubin 0: has both inline bytes and a named data key"
     assert validate(load_library(), data) == (1, message)
     with pytest.raises(LaunchError, match=r"kernel 0 \(gqa_attention_fwd\) cubin 0: has both"):
         LaunchPlan(data)
@@ -92,7 +92,7 @@ class CudaGqaBackend(BackendDetails):
         move_images_to_named_data(payload, store)
         out = store.get_named_data_store_output()
         if CudaGqaBackend.drop_sm90:
-            (sm90,) = [c.imageKey for c in payload.kernels[0].cubins if c.arch == 90]
+            (sm90,) = [c.imageKey for c in payload.plans[0].kernels[0].cubins if c.arch == 90]
             del out.pte_data[sm90]
         return PreprocessResult(processed_bytes=serialize_payload(payload), data_store_output=out)
 
@@ -130,7 +130,7 @@ def test_cpp_backend_loads_the_image_from_named_data(named_programs, fake_driver
 def test_cpp_backend_refuses_a_missing_key_naming_it(named_programs, fake_driver_dir, tmp_path):
     np.ones((2, 64), np.float32).tofile(tmp_path / "x.bin")
     payload = deserialize_payload(add_payload())
-    (sm90,) = [c for c in payload.kernels[0].cubins if c.arch == 90]
+    (sm90,) = [c for c in payload.plans[0].kernels[0].cubins if c.arch == 90]
     key = "cuda_gqa/" + hashlib.sha256(np.asarray(sm90.image, np.uint8).tobytes()).hexdigest()
     result = subprocess.run([str(_runner()), str(named_programs / "missing.pte"), "--input", str(tmp_path / "x.bin"),
                              "--input", str(tmp_path / "x.bin")],

@@ -22,9 +22,11 @@ SANITIZE_DIR = ROOT / "build" / "sanitize"
 DRIVER = SANITIZE_DIR / "cuda_gqa_payload_fuzz"
 TOOLS = Path(sys.executable).parent  # cmake and ninja come from the venv
 
-# prefill (forward kernel; sm_90 tiles as an arch variant), decode with one
+# prefill (forward kernel; sm_90 tiles in plans of its own), decode with one
 # split (no combine, no workspace), decode with several splits (split +
-# combine sharing a workspace; variant for sm_90), decode merging in the split kernel.
+# combine sharing a workspace; plans for sm_90), decode merging in the split
+# kernel, and a dynamic L_q/L_kv payload (a dispatch table of ranged plans,
+# max sizes, size_from); each with its generic plans.
 PAYLOADS = {
     "prefill": dict(dtype=torch.bfloat16, batch=1, num_heads_q=8, num_heads_kv=2, head_dim=64, l_q=128, l_kv=128,
                     is_causal=True),
@@ -35,6 +37,8 @@ PAYLOADS = {
     # Splits merged in the split kernel: three workspace ranges (partials, log-sum-exps, counters).
     "decode_fused_merge": dict(dtype=torch.bfloat16, batch=8, num_heads_q=32, num_heads_kv=8, head_dim=128, l_q=1,
                                l_kv=2048, is_causal=False),
+    "dynamic": dict(dtype=torch.float16, batch=1, num_heads_q=8, num_heads_kv=2, head_dim=64, l_q=(1, 64),
+                    l_kv=(1, 1024), is_causal=False),
 }
 SANITIZER_REPORTS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer", "SUMMARY: ")
 

@@ -30,7 +30,7 @@ def state_payload(pointer_args=(0, 3, 2), states=None) -> fb.PayloadT:
     (out = x + s) and (0, 1, 3) writes it (s = x + y)."""
     payload = deserialize_payload(add_payload())
     payload.states = states if states is not None else [state("s")]
-    kernel = payload.kernels[0]
+    kernel = payload.plans[0].kernels[0]
     kernel.params = [param(K.TensorPointer, P.Pointer, arg=a, divisibility=16) for a in pointer_args]
     kernel.params.append(param(K.TensorSize, P.Int32, arg=0, dim=1))
     return payload

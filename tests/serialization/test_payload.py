@@ -29,7 +29,7 @@ def sample_payload() -> fb.PayloadT:
     grid = [fb.GridDimT(factors=[fb.GridFactorT(arg=0, dim=2, divisor=64)]), fb.GridDimT(factors=[]), fb.GridDimT()]
     kernel = fb.KernelT(name="gqa_attention_fwd", cubins=[cubin], ptx=np.frombuffer(b".version 8.7", dtype=np.uint8),
                         ptxArch=80, numWarps=4, sharedMemBytes=98304, params=params, grid=grid)
-    return fb.PayloadT(inputs=[spec, spec, spec], outputs=[spec], kernels=[kernel])
+    return fb.PayloadT(inputs=[spec, spec, spec], outputs=[spec], plans=[fb.LaunchPlanT(kernels=[kernel])])
 
 
 def test_round_trip_keeps_every_field():
@@ -39,7 +39,7 @@ def test_round_trip_keeps_every_field():
     assert back.version == PAYLOAD_VERSION
     assert [list(s.sizes) for s in back.inputs] == [[2, 8, 33, 128]] * 3
     assert back.outputs[0].dtype == fb.DType.BFloat16
-    (kernel,) = back.kernels
+    (kernel,) = back.plans[0].kernels
     assert kernel.name == b"gqa_attention_fwd"
     assert bytes(kernel.cubins[0].image) == b"\x7fELF" + bytes(range(200))
     assert kernel.cubins[0].arch == 90 and kernel.ptxArch == 80 and bytes(kernel.ptx) == b".version 8.7"
@@ -92,14 +92,14 @@ def test_generated_bindings_match_the_schema(tmp_path):
 def test_round_trip_keeps_workspace_fields():
     payload = sample_payload()
     payload.workspaceBytes = (1 << 33) + 48
-    payload.kernels[0].params += [
+    payload.plans[0].kernels[0].params += [
         fb.KernelParamT(kind=fb.ParamKind.Workspace, type=fb.ParamType.Pointer, divisibility=16,
                         workspaceOffset=(1 << 33) + 16, workspaceExtent=32),
         fb.KernelParamT(kind=fb.ParamKind.Int32Constant, type=fb.ParamType.Int32, i32Value=-576),
     ]
     back = deserialize_payload(serialize_payload(payload))
     assert back.workspaceBytes == (1 << 33) + 48
-    ws, const = back.kernels[0].params[3:]
+    ws, const = back.plans[0].kernels[0].params[3:]
     assert (ws.kind, ws.type, ws.workspaceOffset, ws.workspaceExtent, ws.divisibility) == (
         fb.ParamKind.Workspace, fb.ParamType.Pointer, (1 << 33) + 16, 32, 16)
     assert (const.kind, const.type, const.i32Value) == (fb.ParamKind.Int32Constant, fb.ParamType.Int32, -576)
@@ -110,4 +110,4 @@ def test_payloads_without_workspace_fields_read_as_zero():
     back = deserialize_payload(serialize_payload(sample_payload()))
     assert back.version == PAYLOAD_VERSION
     assert back.workspaceBytes == 0
-    assert all((p.workspaceOffset, p.workspaceExtent, p.i32Value) == (0, 0, 0) for p in back.kernels[0].params)
+    assert all((p.workspaceOffset, p.workspaceExtent, p.i32Value) == (0, 0, 0) for p in back.plans[0].kernels[0].params)
