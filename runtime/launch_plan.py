@@ -485,12 +485,12 @@ class LaunchPlan:
         self.states: list[tuple[str, int, tuple[int, ...]]] = []
         for i, state in enumerate(payload.states or []):
             where = f"state {i}"
+            if state is not None and _len(state.sizes) and any(int(s) < 0 for s in state.sizes):
+                raise _fail(where, "has dynamic sizes")
             dtype, sizes, _ = _check_spec(state, where)
             name = _as_str(state.name) if state.name else ""
             if not name:
                 raise _fail(where, "has no name")
-            if any(s < 0 for s in sizes):
-                raise _fail(where, "has dynamic sizes")
             if any(name == other for other, _, _ in self.states):
                 raise _fail(where, f"repeats the name '{name}'")
             self.states.append((name, dtype, sizes))

@@ -564,12 +564,18 @@ bool parse_payload(const void* data, size_t size, std::vector<uint64_t>* aligned
     for (uint32_t i = 0; i < states->size(); ++i) {
       const std::string where = "state " + std::to_string(i);
       const fb::StateSpec* state = states->Get(i);
+      if (state != nullptr && state->sizes() != nullptr) {
+        for (uint32_t d = 0; d < state->sizes()->size(); ++d) {
+          int64_t size;  // memcpy: see read_spec
+          std::memcpy(&size, state->sizes()->Data() + d * sizeof(int64_t), sizeof(size));
+          if (size < 0) return fail(error, where, "has dynamic sizes");
+        }
+      }
       if (!read_spec(state, where, &out->states[i].spec, error)) return false;
       if (state->name() == nullptr || state->name()->size() == 0) {
         return fail(error, where, "has no name");
       }
       out->states[i].name = state->name()->str();
-      if (!out->states[i].spec.is_static()) return fail(error, where, "has dynamic sizes");
       for (uint32_t j = 0; j < i; ++j) {
         if (out->states[j].name == out->states[i].name) {
           return fail(error, where, "repeats the name '" + out->states[i].name + "'");
