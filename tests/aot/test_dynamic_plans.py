@@ -59,7 +59,8 @@ def test_payload_encodes_the_rows_then_their_generic_plans(dynamic_payload):
         if isinstance(choice, KernelConfig):
             assert names == [b"gqa_attention_fwd"]
         else:
-            assert names == [b"gqa_decode_split"] + [b"gqa_decode_combine"] * (choice.num_splits > 1)
+            merged_apart = choice.num_splits > 1 and not choice.fused
+            assert names == [b"gqa_decode_split"] + [b"gqa_decode_combine"] * merged_apart
             assert plan.kernels[0].grid[0].multiplier == choice.num_splits
         # The first half assumes 16-byte alignment of Q/K/V/Out and their row strides; the generic half nothing.
         divisibility = {q.divisibility for k in plan.kernels for q in k.params
@@ -116,8 +117,10 @@ def test_both_runtimes_choose_the_same_launch_over_a_grid_of_sizes(dynamic_paylo
         choice = rows[row][2]
         if isinstance(choice, DecodePlan):
             assert py[0][2] == (choice.num_splits, B * HKV, 1)
-            if choice.num_splits > 1:
+            if choice.num_splits > 1 and not choice.fused:
                 assert py[1][2] == (l_q, B * HQ, 1)  # the combine
+            else:
+                assert len(py) == 1  # one split, or splits merged in the split kernel
         else:
             assert py[0][2] == (-(-l_q // choice.block_m), B * HQ, 1)
 

@@ -66,9 +66,9 @@ def test_cache_updates_go_into_the_delegate(write):
     # index_put traces the new rows without their size-1 batch dim ([H_kv, L, D]):
     # the cache write reads that dim with stride 0.
     rank = 4 if write == "index_copy" else 3
-    new_rows = [i for i, (_, sizes) in enumerate(plan.specs[:plan.num_inputs]) if sizes == (1, H_KV, 1, D)[4 - rank:]]
+    new_rows = [i for i, (_, sizes, _) in enumerate(plan.specs[:plan.num_inputs]) if sizes == (1, H_KV, 1, D)[4 - rank:]]
     assert len(new_rows) == 2
-    write_kernel = plan.kernels[0]
+    write_kernel = plan.kernels(0)[0]
     strides = [(int(p.kind), p.arg, p.dim, p.i32Value) for p in write_kernel.params[8:14]]  # stride_k*, stride_v*
     expected_dims = [(fb.ParamKind.Int32Constant, 0) if d < 4 - rank else (fb.ParamKind.TensorStride, d - (4 - rank))
                      for d in range(3)]

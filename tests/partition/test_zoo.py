@@ -71,6 +71,6 @@ def test_the_payload_is_valid_and_reads_unexpanded_kv(lowered):
     assert specs[:3] == [(CODES[DTYPE], q), (CODES[DTYPE], k), (CODES[DTYPE], v)]
     assert [(s.dtype, list(s.sizes)) for s in decoded.outputs] == [(CODES[DTYPE], q)]
     assert len(specs) == (4 if "mask" in " ".join(REPORTED[name]) else 3)
-    for kernel in decoded.kernels:
+    for kernel in (k for plan in decoded.plans for k in plan.kernels):
         assert {c.arch for c in kernel.cubins} == {80}
         assert all(c.imageKey.decode() in named_data for c in kernel.cubins)
