@@ -31,12 +31,16 @@ class GqaAttentionBlock(nn.Module):
     """kv_expansion: None calls SDPA with enable_gqa=True; a KV_EXPANSIONS name
     repeats K/V by hand first, as older model code does."""
 
+    # The hidden state the projections read and write: narrower than
+    # H_q * D, so the weights (and the GPU bundle's .pte files) stay small.
+    HIDDEN = 256
+
     def __init__(self, num_heads_q: int = 8, num_heads_kv: int = 2, head_dim: int = 64,
                  kv_expansion: Optional[str] = None):
         super().__init__()
         self.num_heads_q, self.num_heads_kv, self.head_dim = num_heads_q, num_heads_kv, head_dim
         self.kv_expansion = kv_expansion
-        hidden = num_heads_q * head_dim
+        hidden = self.HIDDEN
         self.q_proj = nn.Linear(hidden, num_heads_q * head_dim, bias=False)
         self.k_proj = nn.Linear(hidden, num_heads_kv * head_dim, bias=False)
         self.v_proj = nn.Linear(hidden, num_heads_kv * head_dim, bias=False)
@@ -101,14 +105,14 @@ def make_attention_only(dtype: torch.dtype, l_q: int, l_kv: int, num_heads_q: in
 def make_demo(dtype: torch.dtype = torch.float16, seq_len: int = 128, num_heads_q: int = 8,
               num_heads_kv: int = 2, head_dim: int = 64, batch: int = 1, kv_expansion: Optional[str] = None,
               seed: int = 0):
-    """The demo block with seeded weights and one input of shape [batch, seq_len, num_heads_q * head_dim]."""
+    """The demo block with seeded weights and one input of shape [batch, seq_len, GqaAttentionBlock.HIDDEN]."""
     torch.manual_seed(seed)
     model = GqaAttentionBlock(num_heads_q, num_heads_kv, head_dim, kv_expansion).eval()
     for p in model.parameters():
         # Scaled so attention logits are O(1) and the softmax is not one-hot.
         nn.init.normal_(p, std=model.head_dim**-0.5 / 2)
     model = model.to(dtype)
-    x = torch.randn(batch, seq_len, model.num_heads_q * model.head_dim, dtype=dtype)
+    x = torch.randn(batch, seq_len, model.HIDDEN, dtype=dtype)
     return model, (x,)
 
 
