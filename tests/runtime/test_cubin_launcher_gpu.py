@@ -94,7 +94,7 @@ DECODE_CASES = [  # dtype, batch, H_q, H_kv, L_q, L_kv, D, causal, kernels
     (torch.bfloat16, 1, 32, 8, 1, 8192, 128, False, ["gqa_decode_split", "gqa_decode_combine"]),  # llama decode
     (torch.float16, 1, 32, 1, 1, 4096, 128, True, ["gqa_decode_split", "gqa_decode_combine"]),    # MQA
     (torch.float16, 1, 32, 8, 4, 8190, 128, True, ["gqa_decode_split", "gqa_decode_combine"]),    # verify 4
-    (torch.bfloat16, 1, 32, 8, 1, 256, 128, True, ["gqa_decode_split"]),                          # single split
+    (torch.bfloat16, 1, 32, 8, 1, 128, 128, True, ["gqa_decode_split"]),                          # single split
 ]
 
 

@@ -48,7 +48,7 @@ def test_named_images_run_like_inline_ones():
     inline, keyed, named = payloads(device_arch())
     q, k, v = qkv()
     launcher = CubinLauncher(keyed, named_data=named)
-    assert not launcher.images[0].is_ptx and launcher.images[0].image in named.values()
+    assert not launcher.images[0][0].is_ptx and launcher.images[0][0].image in named.values()
     out = launcher(q, k, v)
     expected = CubinLauncher(inline)(q, k, v)
     torch.cuda.synchronize()
@@ -65,7 +65,7 @@ def test_ptx_fallback_from_named_data():
         pytest.skip("needs a GPU of a newer major arch than sm_80 to take the PTX fallback")
     _, keyed, named = payloads(80)  # an sm_80 cubin does not run on sm_90+: the PTX does
     launcher = CubinLauncher(keyed, named_data=named)
-    assert launcher.images[0].is_ptx
+    assert launcher.images[0][0].is_ptx
     q, k, v = qkv()
     out = launcher(q, k, v)
     torch.cuda.synchronize()
