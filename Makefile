@@ -68,7 +68,7 @@ GPU_CASES := demo:--dtype=float16 \
              demo-device-planned:--dtype=float16,--target-device=cuda \
              decode-bf16-short-device-io:--dtype=bfloat16,--heads-q=8,--heads-kv=2,--head-dim=64,--seq-len=1,--kv-len=200,--target-device=cuda,--device-io \
              zoo-llama-hf:--zoo=llama-hf,--dtype=float16 \
-             zoo-qwen2:--zoo=qwen2,--dtype=bfloat16 \
+             zoo-qwen2:--zoo=qwen2,--dtype=float16 \
              zoo-mistral:--zoo=mistral,--dtype=bfloat16 \
              zoo-mqa:--zoo=mqa,--dtype=float16 \
              zoo-mha:--zoo=mha,--dtype=float32 \
