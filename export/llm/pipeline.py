@@ -69,7 +69,10 @@ def _make_partitioners(archs: Optional[Sequence], cpu_partitioner: Optional[str]
         raise ValueError(f"unknown cpu_partitioner {cpu_partitioner!r}: choose from {CPU_PARTITIONERS} or None")
     partitioners = {}
     for method in METHODS:
-        partitioners[method] = [] if archs is None else [CudaGqaPartitioner(archs=archs)]
+        # No generic plans: every delegate argument here is a tensor ExecuTorch
+        # plans itself (contiguous, 16-byte aligned, head dims multiples of 16),
+        # which the aligned plans always take; skipping them halves the compiles.
+        partitioners[method] = [] if archs is None else [CudaGqaPartitioner(archs=archs, generic_plans=False)]
         if cpu_partitioner == "xnnpack":
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
