@@ -104,7 +104,9 @@ void output_sizes(const TensorSpecDesc& spec, const ArgDesc* inputs, size_t num_
 namespace {
 
 // Why param i of `k` cannot take these args (a divisibility its cubin
-// assumes, or an arg/dim out of range), or Error::Ok.
+// assumes, or an arg/dim out of range), or Error::Ok. The message goes to
+// *error only when error is not null: plan selection asks first without one,
+// so trying a plan that refuses allocates nothing.
 Error param_refusal(const KernelDesc& k, size_t i, const ArgDesc* args, size_t num_args,
                     std::string* error) {
   const ParamDesc& p = k.params[i];
@@ -113,13 +115,13 @@ Error param_refusal(const KernelDesc& k, size_t i, const ArgDesc* args, size_t n
     return Error::Ok;
   }
   if (p.arg >= num_args) {
-    *error = param_where(k, i) + "arg " + std::to_string(p.arg) + " out of range";
+    if (error != nullptr) *error = param_where(k, i) + "arg " + std::to_string(p.arg) + " out of range";
     return Error::InvalidProgram;
   }
   const ArgDesc& a = args[p.arg];
   if (p.kind == ParamKind::kTensorPointer) {
     if (p.divisibility > 1 && a.address % p.divisibility != 0) {
-      *error = param_where(k, i) + "address of arg " + std::to_string(p.arg) +
+      if (error != nullptr) *error = param_where(k, i) + "address of arg " + std::to_string(p.arg) +
                " is not a multiple of " + std::to_string(p.divisibility) +
                " bytes, which the cubin assumes";
       return Error::InvalidArgument;
@@ -128,14 +130,14 @@ Error param_refusal(const KernelDesc& k, size_t i, const ArgDesc* args, size_t n
   }
   const size_t rank = a.rank < kMaxRank ? a.rank : kMaxRank;
   if (p.dim >= rank) {
-    *error = param_where(k, i) + "dim " + std::to_string(p.dim) + " out of range for arg " +
+    if (error != nullptr) *error = param_where(k, i) + "dim " + std::to_string(p.dim) + " out of range for arg " +
              std::to_string(p.arg) + " of rank " + std::to_string(a.rank);
     return Error::InvalidArgument;
   }
   const bool stride = p.kind == ParamKind::kTensorStride;
   const int64_t value = stride ? a.strides[p.dim] : a.sizes[p.dim];
   if (p.divisibility > 1 && value % static_cast<int64_t>(p.divisibility) != 0) {
-    *error = param_where(k, i) + (stride ? "stride " : "size ") + std::to_string(value) +
+    if (error != nullptr) *error = param_where(k, i) + (stride ? "stride " : "size ") + std::to_string(value) +
              " of arg " + std::to_string(p.arg) + " dim " + std::to_string(p.dim) +
              " is not a multiple of " + std::to_string(p.divisibility) +
              ", which the cubin assumes";
@@ -171,7 +173,7 @@ bool select_plan(const PayloadDesc& payload, const ArgDesc* args, size_t num_arg
     bool holds = true;
     for (const KernelDesc& k : lp.kernels) {
       for (size_t i = 0; i < k.params.size() && holds; ++i) {
-        holds = param_refusal(k, i, args, num_args, error) == Error::Ok;
+        holds = param_refusal(k, i, args, num_args, nullptr) == Error::Ok;
       }
       if (!holds) break;
     }

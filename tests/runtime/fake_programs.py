@@ -60,10 +60,10 @@ def pack(payload: fb.PayloadT, version: int | None = None) -> bytes:
     return bytes(builder.Output())
 
 
-# Script text (for `python -c`) after which write_add_program(pte_path, specs, config) writes a
-# .pte of x + y on float32 (2, 64) lowered to the BackendDetails named CudaGqaBackend the
-# script defines next (a stand-in for the real preprocess, which is not imported).
-ADD_PROGRAM_SCRIPT = """
+# Script text (for `python -c`) defining Add (x + y) and Wrapper (a module calling a lowered
+# Add), for scripts that lower Add to a stand-in CudaGqaBackend they define next (the real
+# preprocess is not imported).
+ADD_MODULES = """
 import sys, torch
 from executorch.exir import to_edge
 from executorch.exir.backend.backend_api import to_backend
@@ -80,7 +80,11 @@ class Wrapper(torch.nn.Module):
 
     def forward(self, x, y):
         return self.lowered(x, y)
+"""
 
+# ... after which write_add_program(pte_path, specs, config) writes a .pte of x + y on float32
+# (2, 64) lowered to the BackendDetails named CudaGqaBackend the script defines next.
+ADD_PROGRAM_SCRIPT = ADD_MODULES + """
 def write_add_program(pte_path, specs=(), config=None):
     inputs = (torch.ones(2, 64), torch.ones(2, 64))
     edge = to_edge(torch.export.export(Add(), inputs))

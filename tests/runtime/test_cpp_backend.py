@@ -22,7 +22,7 @@ import pytest
 
 from cuda_gqa.backends.serialization import PAYLOAD_VERSION
 from cuda_gqa.backends.serialization import payload_generated as fb
-from fake_programs import LIBRARY, ROOT, RUNNER, K, P, fake_env, pack, param, sample_payload, u8
+from fake_programs import ADD_MODULES, LIBRARY, ROOT, RUNNER, K, P, fake_env, pack, param, sample_payload, u8
 from payload_fuzz import run_payload_fuzz
 
 FUZZ_DRIVER = ROOT / "build" / "cuda_gqa_payload_fuzz"
@@ -522,24 +522,7 @@ def test_dynamic_payload_executes_and_refuses_sizes_above_its_bounds(programs, f
     assert "CudaGqaBackend: input 0 has size 2 at dim 0, above its bound 1" in result.stderr
 
 
-DYNAMIC_PROGRAM_SCRIPT = """
-import sys, torch
-from executorch.exir import to_edge
-from executorch.exir.backend.backend_api import to_backend
-from executorch.exir.backend.backend_details import BackendDetails, PreprocessResult
-
-class Add(torch.nn.Module):
-    def forward(self, x, y):
-        return x + y
-
-class Wrapper(torch.nn.Module):
-    def __init__(self, lowered):
-        super().__init__()
-        self.lowered = lowered
-
-    def forward(self, x, y):
-        return self.lowered(x, y)
-
+DYNAMIC_PROGRAM_SCRIPT = ADD_MODULES + """
 class CudaGqaBackend(BackendDetails):
     @staticmethod
     def preprocess(edge_program, compile_specs):

@@ -14,7 +14,7 @@ import pytest
 from cuda_gqa.backends.serialization import payload_generated as fb
 from cuda_gqa.runtime.launch_plan import LaunchError, LaunchPlan
 
-from fake_programs import ROOT, K, P, add_payload, fake_env, pack, param
+from fake_programs import ADD_MODULES, ROOT, K, P, add_payload, fake_env, pack, param
 from test_cpp_backend import load_library, validate
 
 from cuda_gqa.backends.serialization import deserialize_payload
@@ -73,26 +73,10 @@ def test_a_param_past_the_states_is_refused():
 # delegate: "write" (s = x + y) and "read" (out = x + s) name state "s"
 # alike, "mismatched" declares "s" with other sizes. Payload images go to the program's named data (the
 # program identity the C++ registry keys states by).
-TWO_METHOD_SCRIPT = """
-import sys, torch
-from executorch.exir import to_edge
+TWO_METHOD_SCRIPT = ADD_MODULES + """
 from executorch.exir._serialize._named_data_store import NamedDataStore
-from executorch.exir.backend.backend_api import to_backend
-from executorch.exir.backend.backend_details import BackendDetails, PreprocessResult
 from cuda_gqa.backends.named_images import move_images_to_named_data
 from cuda_gqa.backends.serialization import deserialize_payload, serialize_payload
-
-class Add(torch.nn.Module):
-    def forward(self, x, y):
-        return x + y
-
-class Wrapper(torch.nn.Module):
-    def __init__(self, lowered):
-        super().__init__()
-        self.lowered = lowered
-
-    def forward(self, x, y):
-        return self.lowered(x, y)
 
 class CudaGqaBackend(BackendDetails):
     payload = b""
