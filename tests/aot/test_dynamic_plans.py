@@ -48,12 +48,26 @@ def dynamic_payload():
     return build_attention_payload(l_q=L_Q, l_kv=L_KV, is_causal=False, archs=[80], ptx=False, **PROBLEM)
 
 
+def plan_order(rows):
+    """(row, lengths_aligned, generic) of each plan, in payload order: every row's aligned
+    plans, a forward row's first compiled with L_q and L_kv as multiples of 16 (both ranges
+    here hold such lengths) and then without; then every row's generic plan."""
+    aligned = [(i, lengths, False) for i, (*_, choice) in enumerate(rows)
+               for lengths in ((True, False) if isinstance(choice, KernelConfig) else (False,))]
+    return aligned + [(i, False, True) for i in range(len(rows))]
+
+
+def plan_index(rows, row, *, lengths_aligned=False, generic=False):
+    return plan_order(rows).index((row, lengths_aligned, generic))
+
+
 def test_payload_encodes_the_rows_then_their_generic_plans(dynamic_payload):
     payload = deserialize_payload(dynamic_payload)
     rows = dispatch_rows(l_q=L_Q, l_kv=L_KV, arch=80, **PROBLEM)
-    assert len(payload.plans) == 2 * len(rows)
-    for i, plan in enumerate(payload.plans):
-        (q_lo, q_hi), (kv_lo, kv_hi), choice = rows[i % len(rows)]
+    order = plan_order(rows)
+    assert len(payload.plans) == len(order)
+    for plan, (row, lengths_aligned, generic) in zip(payload.plans, order):
+        (q_lo, q_hi), (kv_lo, kv_hi), choice = rows[row]
         assert [(r.arg, r.dim, r.min, r.max) for r in plan.when] == [(0, 2, q_lo, q_hi), (1, 2, kv_lo, kv_hi)]
         names = [k.name for k in plan.kernels]
         if isinstance(choice, KernelConfig):
@@ -62,13 +76,27 @@ def test_payload_encodes_the_rows_then_their_generic_plans(dynamic_payload):
             merged_apart = choice.num_splits > 1 and not choice.fused
             assert names == [b"gqa_decode_split"] + [b"gqa_decode_combine"] * merged_apart
             assert plan.kernels[0].grid[0].multiplier == choice.num_splits
-        # The first half assumes 16-byte alignment of Q/K/V/Out and their row strides; the generic half nothing.
+        # Aligned plans assume 16-byte alignment of Q/K/V/Out and their row strides; generic ones nothing.
         divisibility = {q.divisibility for k in plan.kernels for q in k.params
                         if q.kind in (fb.ParamKind.TensorPointer, fb.ParamKind.TensorStride)}
-        assert (16 in divisibility) == (i < len(rows)), (i, divisibility)
+        assert (16 in divisibility) == (not generic), (row, divisibility)
+        sizes = {q.divisibility for k in plan.kernels for q in k.params if q.kind == fb.ParamKind.TensorSize}
+        assert (16 in sizes) == lengths_aligned, (row, sizes)
     # One workspace for all: the largest plan's.
     assert payload.workspaceBytes == max(c.workspace_bytes for *_, c in rows if isinstance(c, DecodePlan))
     assert [list(s.maxSizes) for s in payload.inputs] == [[B, HQ, 64, D], [B, HKV, 1024, D], [B, HKV, 1024, D]]
+
+
+@pytest.mark.parametrize("l_q, l_kv, lengths_aligned", [((4096, 4096), (4096, 4096), (True,)),
+                                                        ((4095, 4095), (4096, 4096), (False,)),
+                                                        ((17, 20), (17, 20), (False,)),
+                                                        ((17, 2048), (2048, 2048), (True, False))])
+def test_forward_plans_assume_lengths_multiple_of_16_only_where_they_can_be(l_q, l_kv, lengths_aligned):
+    data = build_attention_payload(l_q=l_q, l_kv=l_kv, is_causal=True, archs=[80], ptx=False, generic=False,
+                                   **PROBLEM)
+    plans = deserialize_payload(data).plans
+    assert [any(q.divisibility == 16 for q in p.kernels[0].params if q.kind == fb.ParamKind.TensorSize)
+            for p in plans] == list(lengths_aligned)
 
 
 def tensor(sizes, address, strides=None):
@@ -105,7 +133,7 @@ def both_runtimes(data, args):
     return out
 
 
-@pytest.mark.parametrize("l_q", [1, 2, 4, 5, 16, 17, 40, 64])
+@pytest.mark.parametrize("l_q", [1, 2, 4, 5, 16, 17, 32, 40, 64])
 def test_both_runtimes_choose_the_same_launch_over_a_grid_of_sizes(dynamic_payload, l_q):
     rows = dispatch_rows(l_q=L_Q, l_kv=L_KV, arch=80, **PROBLEM)
     for l_kv in (1, 7, 511, 512, 513, 1000, 1024):
@@ -113,8 +141,9 @@ def test_both_runtimes_choose_the_same_launch_over_a_grid_of_sizes(dynamic_paylo
         assert py == cpp, (l_q, l_kv)
         # The aligned plan of the row holding these sizes, with the grid that row plans.
         (row,) = [i for i, (q, kv, _) in enumerate(rows) if q[0] <= l_q <= q[1] and kv[0] <= l_kv <= kv[1]]
-        assert {launch[0] for launch in py} == {row}
         choice = rows[row][2]
+        lengths_aligned = isinstance(choice, KernelConfig) and l_q % 16 == 0 and l_kv % 16 == 0
+        assert {launch[0] for launch in py} == {plan_index(rows, row, lengths_aligned=lengths_aligned)}
         if isinstance(choice, DecodePlan):
             assert py[0][2] == (choice.num_splits, B * HKV, 1)
             if choice.num_splits > 1 and not choice.fused:
@@ -134,7 +163,7 @@ def test_misaligned_tensors_route_to_the_generic_plan_in_both_runtimes(dynamic_p
         py, cpp = both_runtimes(dynamic_payload, args)
         assert py == cpp
         (row,) = [i for i, (q, kv, _) in enumerate(rows) if q[0] <= l_q <= q[1] and kv[0] <= l_kv <= kv[1]]
-        assert {launch[0] for launch in py} == {len(rows) + row}  # the same row's generic plan
+        assert {launch[0] for launch in py} == {plan_index(rows, row, generic=True)}  # the same row's generic plan
 
 
 def test_without_generic_plans_misaligned_tensors_are_refused_naming_the_assumption():
@@ -171,8 +200,11 @@ def test_causal_with_one_dynamic_length_for_queries_and_keys():
     payload = deserialize_payload(data)
     assert [[(d.dim, d.arg, d.argDim) for d in s.sizeFrom or []] for s in payload.inputs] == [[], [(2, 0, 2)],
                                                                                             [(2, 1, 2)]]
-    (plan,) = payload.plans
-    assert [(r.arg, r.dim, r.min, r.max) for r in plan.when] == [(0, 2, 17, 128)]
+    lengths_of_16, any_lengths = payload.plans
+    for plan in (lengths_of_16, any_lengths):
+        assert [(r.arg, r.dim, r.min, r.max) for r in plan.when] == [(0, 2, 17, 128)]
+    assert both_runtimes(data, call_args(96, 96))[0][0][0] == 0
+    assert both_runtimes(data, call_args(97, 97))[0][0][0] == 1
     py, cpp = both_runtimes(data, call_args(100, 99))
     assert py == cpp == "input 1 has size 99 at dim 2, expected input 0's size 100 at dim 2"
 
