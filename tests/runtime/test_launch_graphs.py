@@ -180,3 +180,22 @@ def test_runner_compares_launch_graphs_on_and_off(programs, fake_driver_dir, tmp
     on = subprocess.run(common, capture_output=True, text=True, env=env, timeout=120)
     assert "after 8 launches, 0 staging copies, 3 synchronous copies, 8 graph launches, 0 direct launches" \
         in on.stderr, on.stderr
+
+
+def test_run_bundle_summarises_both_ways(programs, fake_driver_dir, tmp_path):
+    case = tmp_path / "bundle" / "cases" / "io"
+    case.mkdir(parents=True)
+    (case / "model.pte").symlink_to(programs / "device_io.pte")
+    (case / "runner_args").write_text("--inputs-on-device\n")
+    x = np.arange(128, dtype=np.float32).reshape(2, 64)
+    for name, data in (("input_0", x), ("input_1", x), ("expected_0", x + x)):
+        data.tofile(case / f"{name}.bin")
+    (tmp_path / "bundle" / "cuda_gqa_runner").symlink_to(RUNNER)
+    result = subprocess.run(["bash", str(ROOT / "runtime" / "runner" / "run_bundle.sh"), str(tmp_path / "bundle"),
+                             "--warmup", "1", "--iterations", "2", "--compare-launch-graphs"], capture_output=True,
+                            text=True, env=fake_env(fake_driver_dir), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.startswith("io")}
+    assert set(rows) == {"io", "io/no-graphs"}, result.stdout
+    for row in rows.values():
+        assert row[2] == "125.0" and row[4] == "PASS", row
