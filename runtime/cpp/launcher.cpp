@@ -345,10 +345,4 @@ Error KernelLauncher::launch_evaluated(const CudaDriver& driver, CUstream stream
   return Error::Ok;
 }
 
-Error KernelLauncher::launch(const CudaDriver& driver, CUstream stream, const ArgDesc* args,
-                             size_t num_args) {
-  const Error err = evaluate(args, num_args);
-  return err != Error::Ok ? err : launch_evaluated(driver, stream);
-}
-
 }  // namespace cuda_gqa

@@ -99,7 +99,9 @@ executorch::runtime::Error evaluate_launch(const KernelDesc& kernel, const ArgDe
                                            std::string* error);
 
 // Launch state of one kernel, prepared at init so that a launch fills fixed
-// slots and allocates nothing.
+// slots and allocates nothing. Execute evaluates every kernel of the plan
+// first, then launches them directly (launch_evaluated) or through the
+// plan's graph (launch_graph.h), which reads the same slots.
 class KernelLauncher {
  public:
   // `kernel` must outlive this launcher.
@@ -113,10 +115,6 @@ class KernelLauncher {
   // Enqueues the evaluated launch on `stream` with cuLaunchKernel, unless
   // the grid is empty. Logs the reason of any failure.
   executorch::runtime::Error launch_evaluated(const CudaDriver& driver, CUstream stream);
-
-  // evaluate, then launch_evaluated.
-  executorch::runtime::Error launch(const CudaDriver& driver, CUstream stream,
-                                    const ArgDesc* args, size_t num_args);
 
   // The last evaluation: one 8-byte slot per entry-point parameter, the
   // pointers to them (cuLaunchKernel's kernelParams), grid and block.
