@@ -94,7 +94,8 @@ def validate_payload(data: bytes) -> str | None:
 # Value kinds of cuda_gqa_set_option / cuda_gqa_get_option (cuda_gqa_c_api.h).
 _OPTION_BOOL, _OPTION_INT, _OPTION_STRING = 0, 1, 2
 # Each option's type (runtime/cpp/backend_options.h documents them).
-BACKEND_OPTION_TYPES = {"device": int, "stream": str, "synchronize": bool, "profile": bool}
+BACKEND_OPTION_TYPES = {"device": int, "stream": str, "synchronize": bool, "profile": bool,
+                        "launch_graphs": bool}
 
 
 def set_backend_option(key: str, value: bool | int | str) -> None:

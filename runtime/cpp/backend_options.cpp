@@ -18,7 +18,7 @@ namespace {
 
 using StringValue = std::array<char, kMaxOptionValueLength>;
 
-constexpr char kKnownKeys[] = "device, stream, synchronize, profile";
+constexpr char kKnownKeys[] = "device, stream, synchronize, profile, launch_graphs";
 
 Error refuse(std::string* error, const std::string& what) {
   *error = what;
@@ -65,10 +65,10 @@ Error apply_backend_options(Span<const BackendOption> options, BackendSettings* 
                                  std::string(v->data(), strnlen(v->data(), v->size())) +
                                  "', expected a decimal or 0x-hex CUstream handle");
       }
-    } else if (key == "synchronize" || key == "profile") {
+    } else if (key == "synchronize" || key == "profile" || key == "launch_graphs") {
       const bool* v = std::get_if<bool>(&option.value);
       if (v == nullptr) return refuse(error, "option '" + key + "' must be a bool");
-      (key == "synchronize" ? next.synchronize : next.profile) = *v;
+      (key == "synchronize" ? next.synchronize : key == "profile" ? next.profile : next.launch_graphs) = *v;
     } else {
       return refuse(error, "unknown option '" + key + "' (known: " + kKnownKeys + ")");
     }
@@ -91,6 +91,8 @@ Error read_backend_options(const BackendSettings& settings, Span<BackendOption> 
       option.value = settings.synchronize;
     } else if (key == "profile") {
       option.value = settings.profile;
+    } else if (key == "launch_graphs") {
+      option.value = settings.launch_graphs;
     } else {
       return refuse(error, "unknown option '" + key + "' (known: " + kKnownKeys + ")");
     }

@@ -13,6 +13,11 @@
 //   "profile"     bool     time each execute's kernels with CUDA events, the
 //                          stream held until all are enqueued (default false;
 //                          cuda_gqa_profiled_kernel_time_ns reads the sum)
+//   "launch_graphs" bool   launch each launch plan's kernels as one CUDA graph,
+//                          built at the plan's first execute and updated in
+//                          place when its tensors move (default true; a driver
+//                          without the graph API launches them one by one
+//                          anyway; launch_graph.h)
 #pragma once
 
 #include <executorch/runtime/backend/options.h>
@@ -29,6 +34,7 @@ struct BackendSettings {
   uint64_t stream = 0;  // 0: the delegate creates and owns its stream
   bool synchronize = true;
   bool profile = false;
+  bool launch_graphs = true;
 };
 
 // Applies `options` in order onto *settings. On an unknown key, a value of

@@ -80,6 +80,28 @@ LoadedDriver* load_driver() {
   ok &= resolve(lib, "cuFuncSetAttribute", &a.FuncSetAttribute, &missing);
   ok &= resolve(lib, "cuFuncGetAttribute", &a.FuncGetAttribute, &missing);
   ok &= resolve(lib, "cuLaunchKernel", &a.LaunchKernel, &missing);
+  {
+    // Optional, all or none: a driver without them launches kernels directly.
+    std::string absent;
+    bool graphs = true;
+    graphs &= resolve(lib, "cuGraphCreate", &a.GraphCreate, &absent);
+    graphs &= resolve(lib, "cuGraphDestroy", &a.GraphDestroy, &absent);
+    graphs &= resolve(lib, "cuGraphAddKernelNode_v2", &a.GraphAddKernelNode, &absent);
+    graphs &= resolve(lib, "cuGraphInstantiateWithFlags", &a.GraphInstantiateWithFlags, &absent);
+    graphs &= resolve(lib, "cuGraphExecKernelNodeSetParams_v2", &a.GraphExecKernelNodeSetParams,
+                      &absent);
+    graphs &= resolve(lib, "cuGraphLaunch", &a.GraphLaunch, &absent);
+    graphs &= resolve(lib, "cuGraphExecDestroy", &a.GraphExecDestroy, &absent);
+    if (!graphs) {
+      a.GraphCreate = nullptr;
+      a.GraphDestroy = nullptr;
+      a.GraphAddKernelNode = nullptr;
+      a.GraphInstantiateWithFlags = nullptr;
+      a.GraphExecKernelNodeSetParams = nullptr;
+      a.GraphLaunch = nullptr;
+      a.GraphExecDestroy = nullptr;
+    }
+  }
   if (!ok) {
     d->status = DriverStatus::kSymbolMissing;
     d->message = "libcuda.so.1 is too old: it lacks " + missing;

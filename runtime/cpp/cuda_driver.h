@@ -53,6 +53,22 @@ struct CudaDriver {
   decltype(&::cuFuncGetAttribute) FuncGetAttribute = nullptr;
   decltype(&::cuLaunchKernel) LaunchKernel = nullptr;
 
+  // Optional: the graph API (launch_graph.h). Resolved by the names whose
+  // ABI matches cuda.h's types: the _v2 kernel-node calls take
+  // CUDA_KERNEL_NODE_PARAMS_v2 (CUDA 12.0+; the unversioned exports take the
+  // shorter v1 struct), cuGraphInstantiateWithFlags (11.4+; the unversioned
+  // cuGraphInstantiate had another signature before 12.0). All null unless
+  // every one resolves: has_graphs() then says false and the kernels are
+  // launched one by one.
+  decltype(&::cuGraphCreate) GraphCreate = nullptr;
+  decltype(&::cuGraphDestroy) GraphDestroy = nullptr;
+  decltype(&::cuGraphAddKernelNode_v2) GraphAddKernelNode = nullptr;
+  decltype(&::cuGraphInstantiateWithFlags) GraphInstantiateWithFlags = nullptr;
+  decltype(&::cuGraphExecKernelNodeSetParams_v2) GraphExecKernelNodeSetParams = nullptr;
+  decltype(&::cuGraphLaunch) GraphLaunch = nullptr;
+  decltype(&::cuGraphExecDestroy) GraphExecDestroy = nullptr;
+  bool has_graphs() const { return GraphLaunch != nullptr; }
+
   // "CUDA_ERROR_X (description)", or the number if the driver does not know it.
   std::string error_string(CUresult result) const;
 };

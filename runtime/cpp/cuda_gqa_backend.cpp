@@ -8,7 +8,8 @@
 // serialised by its own mutex (its staging buffers, workspace and launch
 // slots are single-use), so a second thread calling execute on the same
 // method waits. destroy must not race an execute of the same delegate
-// (ExecuTorch destroys a delegate with its Method).
+// (ExecuTorch destroys a delegate with its Method). A delegate's launch
+// graphs (launch_graph.h) are its own, used under the same mutex.
 #include <executorch/runtime/backend/interface.h>
 #include <executorch/runtime/core/error.h>
 #include <executorch/runtime/core/evalue.h>
@@ -31,6 +32,7 @@
 #include "cuda_gqa_c_api.h"
 #include "dtype_map.h"
 #include "kernel_module.h"
+#include "launch_graph.h"
 #include "launcher.h"
 #include "payload.h"
 #include "state_registry.h"
@@ -94,6 +96,10 @@ struct DelegateState {
   // Per kept plan (payload.plans), per kernel.
   std::vector<std::vector<LoadedKernel>> modules;
   std::vector<std::vector<KernelLauncher>> launchers;
+  // Per kept plan: its kernels as one CUDA graph, when launch_graphs is on
+  // and the driver has the graph API; built by the plan's first execute.
+  bool launch_graphs = false;
+  std::vector<PlanGraph> graphs;
   CUevent profile_start = nullptr;  // profile: around the kernels of one execute
   CUevent profile_stop = nullptr;
   std::atomic<bool> profile_gate{true};
@@ -117,6 +123,8 @@ struct DelegateState {
     };
     check(d.CtxSetCurrent(context), "cuCtxSetCurrent");
     if (stream != nullptr) check(d.StreamSynchronize(stream), "cuStreamSynchronize");
+    // Before the modules their nodes launch are unloaded.
+    for (PlanGraph& graph : graphs) graph.release(d);
     for (size_t i = 0; i < states_acquired; ++i) {
       release_state(d, state_owner, settings.device, payload.states[i].name);
     }
@@ -396,6 +404,11 @@ Error set_up_device(DelegateState* s, const NamedDataMap* named_data, bool devic
       }
     }
   }
+  s->launch_graphs = s->settings.launch_graphs && d.has_graphs();
+  if (s->launch_graphs) {
+    s->graphs.resize(num_plans);
+    for (size_t p = 0; p < num_plans; ++p) s->graphs[p].reserve(s->launchers[p]);
+  }
   // The images live in buffers init frees; nothing reads them after load.
   for (LaunchPlanDesc& plan : s->payload.plans) {
     for (KernelDesc& k : plan.kernels) {
@@ -473,8 +486,11 @@ class CudaGqaBackend final : public BackendInterface {
       delete state;
       return err;
     }
-    ET_LOG(Info, "CudaGqaBackend: %zu launch plan(s) loaded for sm_%d on device %d",
-           state->modules.size(), state->compute_capability, state->settings.device);
+    ET_LOG(Info, "CudaGqaBackend: %zu launch plan(s) loaded for sm_%d on device %d, %s",
+           state->modules.size(), state->compute_capability, state->settings.device,
+           state->launch_graphs            ? "launched as CUDA graphs"
+           : state->settings.launch_graphs ? "launched kernel by kernel (the driver has no graph API)"
+                                           : "launched kernel by kernel (launch_graphs off)");
     return static_cast<DelegateHandle*>(state);
   }
 
@@ -553,6 +569,12 @@ class CudaGqaBackend final : public BackendInterface {
       ET_LOG(Error, "CudaGqaBackend: %s", s->error.c_str());
       return Error::InvalidArgument;
     }
+    // Evaluated before anything is enqueued, so a refusal enqueues nothing.
+    std::vector<KernelLauncher>& launchers = s->launchers[plan];
+    for (KernelLauncher& launcher : launchers) {
+      const Error refused = launcher.evaluate(s->arg_descs.data(), s->payload.num_launch_args());
+      if (refused != Error::Ok) return refused;
+    }
     // Execute may run on another thread than init.
     CUresult r = d.CtxSetCurrent(s->context);
     if (r != CUDA_SUCCESS) {
@@ -587,9 +609,12 @@ class CudaGqaBackend final : public BackendInterface {
         err = Error::Internal;
       }
     }
-    std::vector<KernelLauncher>& launchers = s->launchers[plan];
-    for (size_t k = 0; k < launchers.size() && err == Error::Ok; ++k) {
-      err = launchers[k].launch(d, s->stream, s->arg_descs.data(), s->payload.num_launch_args());
+    if (err == Error::Ok && s->launch_graphs) {
+      err = s->graphs[plan].launch(d, s->stream, launchers);
+    } else {
+      for (size_t k = 0; k < launchers.size() && err == Error::Ok; ++k) {
+        err = launchers[k].launch_evaluated(d, s->stream);
+      }
     }
     if (profile && err == Error::Ok) {
       r = d.EventRecord(s->profile_stop, s->stream);

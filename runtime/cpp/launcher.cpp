@@ -322,15 +322,15 @@ bool KernelLauncher::prepare(const KernelDesc* kernel, CUfunction function,
   return true;
 }
 
-Error KernelLauncher::launch(const CudaDriver& driver, CUstream stream, const ArgDesc* args,
-                             size_t num_args) {
-  const KernelDesc& k = *kernel_;
-  LaunchConfig c;
-  const Error err = evaluate_launch(k, args, num_args, scratch_, values_.data(), &c, &error_);
-  if (err != Error::Ok) {
-    ET_LOG(Error, "CudaGqaBackend: %s", error_.c_str());
-    return err;
-  }
+Error KernelLauncher::evaluate(const ArgDesc* args, size_t num_args) {
+  const Error err = evaluate_launch(*kernel_, args, num_args, scratch_, values_.data(), &config_,
+                                    &error_);
+  if (err != Error::Ok) ET_LOG(Error, "CudaGqaBackend: %s", error_.c_str());
+  return err;
+}
+
+Error KernelLauncher::launch_evaluated(const CudaDriver& driver, CUstream stream) {
+  const LaunchConfig& c = config_;
   if (c.ctas() == 0) return Error::Ok;  // empty tensors: nothing to compute
   const CUresult r = driver.LaunchKernel(function_, c.grid[0], c.grid[1], c.grid[2], c.block, 1,
                                          1, c.shared_mem_bytes, stream, pointers_.data(),
@@ -338,7 +338,7 @@ Error KernelLauncher::launch(const CudaDriver& driver, CUstream stream, const Ar
   if (r != CUDA_SUCCESS) {
     ET_LOG(Error, "CudaGqaBackend: kernel %s: cuLaunchKernel(grid %u,%u,%u block %u smem %u) "
                   "failed: %s",
-           k.name.c_str(), c.grid[0], c.grid[1], c.grid[2], c.block, c.shared_mem_bytes,
+           kernel_->name.c_str(), c.grid[0], c.grid[1], c.grid[2], c.block, c.shared_mem_bytes,
            driver.error_string(r).c_str());
     return Error::Internal;
   }

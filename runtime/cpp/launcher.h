@@ -99,17 +99,30 @@ executorch::runtime::Error evaluate_launch(const KernelDesc& kernel, const ArgDe
                                            std::string* error);
 
 // Launch state of one kernel, prepared at init so that a launch fills fixed
-// slots and allocates nothing.
+// slots and allocates nothing. Execute evaluates every kernel of the plan
+// first, then launches them directly (launch_evaluated) or through the
+// plan's graph (launch_graph.h), which reads the same slots.
 class KernelLauncher {
  public:
   // `kernel` must outlive this launcher.
   bool prepare(const KernelDesc* kernel, CUfunction function, const ScratchDesc& scratch,
                std::string* error);
 
-  // evaluate_launch, then enqueues the kernel on `stream` unless the grid is
-  // empty. Logs the reason of any failure.
-  executorch::runtime::Error launch(const CudaDriver& driver, CUstream stream,
-                                    const ArgDesc* args, size_t num_args);
+  // evaluate_launch into this launcher's slots (values(), config()). Logs
+  // the reason of any failure.
+  executorch::runtime::Error evaluate(const ArgDesc* args, size_t num_args);
+
+  // Enqueues the evaluated launch on `stream` with cuLaunchKernel, unless
+  // the grid is empty. Logs the reason of any failure.
+  executorch::runtime::Error launch_evaluated(const CudaDriver& driver, CUstream stream);
+
+  // The last evaluation: one 8-byte slot per entry-point parameter, the
+  // pointers to them (cuLaunchKernel's kernelParams), grid and block.
+  const std::vector<uint64_t>& values() const { return values_; }
+  void** param_pointers() { return pointers_.data(); }
+  const LaunchConfig& config() const { return config_; }
+  CUfunction function() const { return function_; }
+  const KernelDesc& kernel() const { return *kernel_; }
 
  private:
   const KernelDesc* kernel_ = nullptr;
@@ -117,6 +130,7 @@ class KernelLauncher {
   ScratchDesc scratch_;
   std::vector<uint64_t> values_;  // one 8-byte slot per parameter
   std::vector<void*> pointers_;   // kernelParams: &values_[i]
+  LaunchConfig config_;
   std::string error_;             // reused, so a refusal allocates rarely
 };
 

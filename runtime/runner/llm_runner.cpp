@@ -5,7 +5,7 @@
 //
 //   cuda_gqa_llm_runner MODEL.pte --prompt FILE [--new-tokens N] [--device N]
 //                       [--expected-tokens FILE] [--expected-logits FILE]
-//                       [--atol X] [--rtol X] [--tokens-out FILE]
+//                       [--atol X] [--rtol X] [--tokens-out FILE] [--no-launch-graphs]
 //
 // --prompt: int64 token ids, raw little-endian. The prompt is prefilled from
 // position 0 in chunks of the program's prefill length (the last chunk
@@ -55,6 +55,7 @@ struct Options {
   long new_tokens = 16;
   long device = 0;
   double atol = 2e-2, rtol = 1.6e-2;
+  bool launch_graphs = true;  // CudaGqaBackend's "launch_graphs"
 };
 
 int fail(const std::string& what, const std::string& detail) {
@@ -72,13 +73,15 @@ void usage(FILE* out) {
   std::fprintf(out,
                "usage: cuda_gqa_llm_runner MODEL.pte --prompt FILE [--new-tokens N] [--device N]\n"
                "         [--expected-tokens FILE] [--expected-logits FILE] [--atol X] [--rtol X]\n"
-               "         [--tokens-out FILE]\n"
+               "         [--tokens-out FILE] [--no-launch-graphs]\n"
                "  --prompt FILE           int64 token ids (raw little-endian)\n"
                "  --new-tokens N          tokens to generate greedily (default 16)\n"
                "  --device N              CUDA device for CudaGqaBackend delegates (default 0)\n"
                "  --expected-tokens FILE  int64 ids the generation must reproduce\n"
                "  --expected-logits FILE  float32 [new tokens, vocab] logits to compare\n"
-               "  --tokens-out FILE       write the generated ids (int64)\n");
+               "  --tokens-out FILE       write the generated ids (int64)\n"
+               "  --no-launch-graphs      CudaGqaBackend option launch_graphs off: kernels launched one\n"
+               "                          by one instead of one CUDA graph per launch plan\n");
 }
 
 bool parse_number(const char* s, double* out) {
@@ -96,6 +99,8 @@ int parse_args(int argc, char** argv, Options* o) {
     if (a == "-h" || a == "--help") {
       usage(stdout);
       return kExitOk;
+    } else if (a == "--no-launch-graphs") {
+      o->launch_graphs = false;
     } else if (a == "--prompt" && has_value) {
       o->prompt = next();
     } else if (a == "--expected-tokens" && has_value) {
@@ -212,11 +217,13 @@ int main(int argc, char** argv) {
   // export_llm plans the caches its methods share (share_mutable_buffers) in
   // one arena, which the methods must then be given in common.
   Module module(opt.model, Module::LoadMode::File, nullptr, nullptr, nullptr, /*share_memory_arenas=*/true);
-  BackendOption device;
-  std::strcpy(device.key, "device");
-  device.value = static_cast<int>(opt.device);
+  BackendOption options[2];
+  std::strcpy(options[0].key, "device");
+  options[0].value = static_cast<int>(opt.device);
+  std::strcpy(options[1].key, "launch_graphs");
+  options[1].value = opt.launch_graphs;
   executorch::runtime::LoadBackendOptionsMap backend_options;
-  Error err = backend_options.set_options("CudaGqaBackend", executorch::runtime::Span<BackendOption>(&device, 1));
+  Error err = backend_options.set_options("CudaGqaBackend", executorch::runtime::Span<BackendOption>(options, 2));
   if (err == Error::Ok) err = module.load(backend_options);
   if (err != Error::Ok) return fail("loading " + opt.model + " failed", err);
   Decoder decoder{&module};

@@ -3,7 +3,8 @@
 # cuda_gqa_runner, comparing with the eager PyTorch outputs exported beside it
 # and timing it (10 warm-up and 100 timed executes unless the options say
 # otherwise; a case's runner_args file adds options), then print one summary
-# line per case.
+# line per case (and with the runner's --compare-launch-graphs a second one,
+# CASE/no-graphs: the case timed with CudaGqaBackend's launch_graphs off).
 # Usage: run_bundle.sh BUNDLE_DIR [runner options...]
 # RUNNER_WRAPPER runs the runner under a tool, e.g.
 #   RUNNER_WRAPPER="compute-sanitizer --tool memcheck --error-exitcode 3" \
@@ -38,6 +39,12 @@ for case_dir in "$bundle"/cases/*/; do
   field() { echo "$log" | sed -n "s/^$1: median \([0-9.-]*\) us.*/\1/p"; }
   summary+=("$(printf '%-28s %12s %12s %14s  %s' "$name" "$(field execute)" "$(field kernels)" \
                 "$(field 'host overhead')" "$result")")
+  # --compare-launch-graphs: the same case with CudaGqaBackend's launch_graphs off.
+  off=" (launch graphs off)"
+  if [ -n "$(field "execute$off")" ]; then
+    summary+=("$(printf '%-28s %12s %12s %14s  %s' "$name/no-graphs" "$(field "execute$off")" \
+                  "$(field "kernels$off")" "$(field "host overhead$off")" "$result")")
+  fi
 done
 echo
 printf '%-28s %12s %12s %14s  %s\n' case "execute us" "kernels us" "overhead us" result

@@ -19,6 +19,15 @@ def fake_driver_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def no_graph_driver_dir(tmp_path_factory):
+    """The fake driver without the graph API: kernels are launched one by one."""
+    folder = build_fake_driver(tmp_path_factory.mktemp("fake_cuda_no_graphs"), graphs=False)
+    if folder is None:
+        pytest.skip("no C compiler to build the fake driver")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def old_driver_dir(tmp_path_factory):
     """A libcuda.so.1 too old for the backend: the missing-driver paths on any machine."""
     folder = build_old_driver(tmp_path_factory.mktemp("old_cuda"))

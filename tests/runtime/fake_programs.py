@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import subprocess
@@ -115,10 +116,11 @@ for payload_path, pte_path, device in zip(sys.argv[1::3], sys.argv[2::3], sys.ar
 """
 
 
-def add_payload(sizes=(2, 64), version=None, max_rows=None, workspace_bytes=0) -> bytes:
+def add_payload(sizes=(2, 64), version=None, max_rows=None, workspace_bytes=0, kernels=1, plans=1) -> bytes:
     """A payload whose delegate computes x + y on float32 (2, 64); fake cubins; a workspace
     of workspace_bytes the kernel does not use. max_rows: rows are dynamic up to it (y's and
-    the output's rows are x's)."""
+    the output's rows are x's). kernels=2: a second launch adds y to the output again (x + 2y).
+    plans=2 (with max_rows > 2): the same launches in two plans, for up to 2 rows and above."""
     def spec(size_from=None):
         if max_rows is None:
             return fb.TensorSpecT(dtype=fb.DType.Float32, sizes=list(sizes))
@@ -133,6 +135,14 @@ def add_payload(sizes=(2, 64), version=None, max_rows=None, workspace_bytes=0) -
     kernel.params = [param(K.TensorPointer, P.Pointer, arg=a, divisibility=16) for a in range(3)]
     kernel.params.append(param(K.TensorSize, P.Int32, arg=0, dim=1))
     kernel.grid = [fb.GridDimT(factors=[fb.GridFactorT(arg=0, dim=0, divisor=1)]), fb.GridDimT(), fb.GridDimT()]
+    if kernels == 2:
+        again = copy.deepcopy(kernel)
+        again.params[0].arg = 2  # out = out + y
+        payload.plans[0].kernels.append(again)
+    if plans == 2:
+        payload.plans.append(copy.deepcopy(payload.plans[0]))
+        payload.plans[0].when = [fb.SizeRangeT(arg=0, dim=0, min=0, max=2)]
+        payload.plans[1].when = [fb.SizeRangeT(arg=0, dim=0, min=3, max=max_rows)]
     payload.workspaceBytes = workspace_bytes
     return pack(payload, version=version)
 
@@ -168,7 +178,17 @@ FAKE_DRIVER_C = r"""
 #include <unistd.h>
 typedef int CUresult;
 typedef unsigned long long CUdeviceptr;
-static int launches;
+static int launches;  /* kernels run, directly or as graph nodes */
+/* Launch and graph calls counted for tests (fake_graph_calls reads them). */
+enum { DIRECT_LAUNCHES, GRAPH_CREATES, NODES_ADDED, INSTANTIATES, NODE_UPDATES, GRAPH_LAUNCHES, EXEC_DESTROYS,
+       GRAPH_DESTROYS, NUM_COUNTS };
+static long long counts[NUM_COUNTS];
+void fake_graph_calls(long long* out) { for (int i = 0; i < NUM_COUNTS; ++i) out[i] = __atomic_load_n(&counts[i], __ATOMIC_RELAXED); }
+static void count(int what) { __atomic_add_fetch(&counts[what], 1, __ATOMIC_RELAXED); }
+/* fake_fail(name): the graph call of that exported name fails from now on ("": none). */
+static char fail_call[64];
+void fake_fail(const char* name) { snprintf(fail_call, sizeof(fail_call), "%s", name); }
+static int failing(const char* name) { return strcmp(fail_call, name) == 0; }
 /* Calls counted for tests (fake_calls reads them): copies and synchronisations. */
 static int copies_to_device, copies_to_host, synchronizations, sync_copies;
 void fake_calls(int* htod, int* dtoh, int* syncs) { *htod = copies_to_device; *dtoh = copies_to_host; *syncs = synchronizations; }
@@ -187,8 +207,9 @@ CUresult cuDeviceGetAttribute(int* v, int attr, int d) {
 CUresult cuDevicePrimaryCtxRetain(void** c, int d) { (void)d; *c = (void*)1; return 0; }
 CUresult cuDevicePrimaryCtxRelease_v2(int d) {
   (void)d;
-  fprintf(stderr, "fake: context released after %d launches, %d staging copies, %d synchronous copies\n", launches,
-          copies_to_device + copies_to_host, sync_copies);
+  fprintf(stderr, "fake: context released after %d launches, %d staging copies, %d synchronous copies, "
+          "%lld graph launches, %lld direct launches\n", launches, copies_to_device + copies_to_host, sync_copies,
+          counts[GRAPH_LAUNCHES], counts[DIRECT_LAUNCHES]);
   return 0;
 }
 CUresult cuCtxSetCurrent(void* c) { (void)c; return 0; }
@@ -254,34 +275,95 @@ CUresult cuModuleUnload(void* m) { (void)m; return 0; }
 CUresult cuModuleGetFunction(void** f, void* m, const char* name) { (void)m; *f = (void*)4; return strcmp(name, "add_f32") ? 500 : 0; }
 CUresult cuFuncSetAttribute(void* f, int a, int v) { (void)f; return a == 8 && v == 65536 ? 0 : 1; }
 CUresult cuFuncGetAttribute(int* v, int a, void* f) { (void)f; *v = a == 0 ? 1024 : 0; return 0; }
-/* add_f32(x, y, out, int32 cols), one CTA per row */
-CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                        unsigned smem, void* s, void** params, void** extra) {
-  (void)f; (void)s; (void)extra;
-  if (gy != 1 || gz != 1 || bx != 128 || by != 1 || bz != 1 || smem != 65536) return 1;
+/* add_f32(x, y, out, int32 cols), one CTA per row: the kernel of every fake payload */
+static int valid_launch(void* f, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem) {
+  return f == (void*)4 && gy == 1 && gz == 1 && bx == 128 && by == 1 && bz == 1 && smem == 65536;
+}
+static void run_add(unsigned gx, const float* x, const float* y, float* out, int cols) {
   usleep(100);  /* a kernel takes time: executes of several threads overlap */
-  const float* x = *(const float**)params[0];
-  const float* y = *(const float**)params[1];
-  float* out = *(float**)params[2];
-  int cols = *(int*)params[3];
   for (unsigned r = 0; r < gx; ++r)
     for (int c = 0; c < cols; ++c) out[r * cols + c] = x[r * cols + c] + y[r * cols + c];
   /* Atomic: the concurrency tests launch from several threads. */
   __atomic_add_fetch(&launches, 1, __ATOMIC_RELAXED);
   __atomic_add_fetch(&device_ns, 125000, __ATOMIC_RELAXED);
+}
+CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                        unsigned smem, void* s, void** params, void** extra) {
+  (void)s; (void)extra;
+  if (!valid_launch(f, gy, gz, bx, by, bz, smem)) return 1;
+  count(DIRECT_LAUNCHES);
+  run_add(gx, *(const float**)params[0], *(const float**)params[1], *(float**)params[2], *(int*)params[3]);
   return 0;
 }
+#ifndef FAKE_NO_GRAPHS
+/* The graph API: kernel nodes of add_f32 in a chain, run by cuGraphLaunch as cuLaunchKernel runs them. */
+typedef struct {  /* CUDA_KERNEL_NODE_PARAMS_v2 */
+  void* func; unsigned gx, gy, gz, bx, by, bz, smem; void** params; void** extra; void* kern; void* ctx;
+} NodeParams;
+typedef struct { unsigned gx; unsigned long long values[4]; } Launch;  /* what a node runs */
+#define MAX_NODES 8
+typedef struct { int n; Launch* nodes[MAX_NODES]; } Graph;  /* node handles: Launch* */
+typedef struct { int n; Launch* from[MAX_NODES]; Launch launches[MAX_NODES]; } Exec;
+static CUresult take(Launch* l, const NodeParams* p) {
+  if (!valid_launch(p->func, p->gy, p->gz, p->bx, p->by, p->bz, p->smem) || p->extra || p->kern || p->ctx) return 1;
+  l->gx = p->gx;
+  for (int i = 0; i < 4; ++i) memcpy(&l->values[i], p->params[i], 8);  /* read during the call, as the driver does */
+  return 0;
+}
+CUresult cuGraphCreate(Graph** g, unsigned flags) {
+  if (failing("cuGraphCreate") || flags) return 999;
+  *g = calloc(1, sizeof(Graph)); count(GRAPH_CREATES); return 0;
+}
+CUresult cuGraphAddKernelNode_v2(Launch** node, Graph* g, Launch** deps, size_t num_deps, const NodeParams* p) {
+  if (failing("cuGraphAddKernelNode_v2") || g->n == MAX_NODES) return 999;
+  /* Each node after the first depends on the one before: a chain in launch order. */
+  if (g->n == 0 ? num_deps != 0 : num_deps != 1 || deps[0] != g->nodes[g->n - 1]) return 1;
+  Launch* l = calloc(1, sizeof(Launch));
+  if (take(l, p)) { free(l); return 1; }
+  g->nodes[g->n++] = l; *node = l; count(NODES_ADDED); return 0;
+}
+CUresult cuGraphInstantiateWithFlags(Exec** e, Graph* g, unsigned long long flags) {
+  if (failing("cuGraphInstantiateWithFlags") || flags) return 999;
+  *e = calloc(1, sizeof(Exec));
+  (*e)->n = g->n;
+  for (int i = 0; i < g->n; ++i) { (*e)->from[i] = g->nodes[i]; (*e)->launches[i] = *g->nodes[i]; }
+  count(INSTANTIATES); return 0;
+}
+CUresult cuGraphExecKernelNodeSetParams_v2(Exec* e, Launch* node, const NodeParams* p) {
+  if (failing("cuGraphExecKernelNodeSetParams_v2")) return 999;
+  for (int i = 0; i < e->n; ++i) {
+    if (e->from[i] == node) { if (take(&e->launches[i], p)) return 1; count(NODE_UPDATES); return 0; }
+  }
+  return 1;
+}
+CUresult cuGraphLaunch(Exec* e, void* s) {
+  (void)s;
+  if (failing("cuGraphLaunch")) return 999;
+  count(GRAPH_LAUNCHES);
+  for (int i = 0; i < e->n; ++i) {
+    const Launch* l = &e->launches[i];
+    run_add(l->gx, (const float*)l->values[0], (const float*)l->values[1], (float*)l->values[2], (int)l->values[3]);
+  }
+  return 0;
+}
+CUresult cuGraphExecDestroy(Exec* e) { free(e); count(EXEC_DESTROYS); return 0; }
+CUresult cuGraphDestroy(Graph* g) {
+  for (int i = 0; i < g->n; ++i) free(g->nodes[i]);
+  free(g); count(GRAPH_DESTROYS); return 0;
+}
+#endif
 """
 
 
-def build_fake_driver(folder: Path) -> Path:
-    """folder/libcuda.so.1 built from FAKE_DRIVER_C; None without a C compiler."""
+def build_fake_driver(folder: Path, graphs: bool = True) -> Path:
+    """folder/libcuda.so.1 built from FAKE_DRIVER_C (graphs=False: without the graph API, as
+    a driver before CUDA 12.0 lacks its _v2 kernel-node calls); None without a C compiler."""
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return None
     (folder / "fake_cuda.c").write_text(FAKE_DRIVER_C)
-    subprocess.run([compiler, "-shared", "-fPIC", "-O1", "-o", str(folder / "libcuda.so.1"),
-                    str(folder / "fake_cuda.c")], check=True)
+    subprocess.run([compiler, "-shared", "-fPIC", "-O1", *([] if graphs else ["-DFAKE_NO_GRAPHS"]), "-o",
+                    str(folder / "libcuda.so.1"), str(folder / "fake_cuda.c")], check=True)
     return folder
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import cuda_gqa.runtime as cr
 from cuda_gqa.runtime import cpp_delegate
 
-DEFAULTS = {"device": 0, "stream": "0", "synchronize": True, "profile": False}
+DEFAULTS = {"device": 0, "stream": "0", "synchronize": True, "profile": False, "launch_graphs": True}
 
 
 def fake_calls() -> dict:

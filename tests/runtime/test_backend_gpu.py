@@ -25,7 +25,7 @@ CASES = {  # dtype, batch, H_q, H_kv, L_q, L_kv, D, causal
     # Batched: 2 splits per KV head, merged by the split kernel itself (one launch, arrival counters).
     "decode_fused_merge": (torch.bfloat16, 8, 32, 8, 1, 2048, 128, False),
 }
-DEFAULT_OPTIONS = {"device": 0, "stream": "0", "synchronize": True, "profile": False}
+DEFAULT_OPTIONS = {"device": 0, "stream": "0", "synchronize": True, "profile": False, "launch_graphs": True}
 
 
 def tolerance(dtype):
@@ -97,6 +97,32 @@ def test_device_and_host_placements(backend, payloads, name):
         host = [t.cpu() for t in (q, k, v)] + [torch.full_like(out, float("nan"), device="cpu")]
         assert cpp_delegate.execute(handle, [cpp_delegate.torch_tensor(t) for t in host]) == 0
         torch.testing.assert_close(host[3].float(), expected.cpu(), **tolerance(q.dtype))
+    finally:
+        cpp_delegate.destroy(handle)
+
+
+@pytest.mark.parametrize("launch_graphs", [True, False])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_executes_as_tensors_move_with_launch_graphs_on_and_off(backend, payloads, name, launch_graphs):
+    """The same tensors again (a graph replayed as is), then other tensors (nodes updated in
+    place), then the first ones again, and host tensors in between (the staging buffers)."""
+    import cuda_gqa.runtime as cr
+
+    cr.set_backend_option("launch_graphs", launch_graphs)
+    handle = init(payloads[name])
+    try:
+        sets = [inputs(name, seed=20 + i) for i in range(2)]
+        torch.cuda.synchronize()
+        for i in (0, 0, 1, 0, 1):
+            q, k, v, out, expected = sets[i]
+            out.fill_(float("nan"))
+            torch.cuda.synchronize()
+            assert cpp_delegate.execute(handle, [cpp_delegate.torch_tensor(t) for t in (q, k, v, out)]) == 0
+            torch.testing.assert_close(out.float(), expected, **tolerance(q.dtype))
+            if i == 1:
+                host = [t.cpu() for t in (q, k, v)] + [torch.full_like(out, float("nan"), device="cpu")]
+                assert cpp_delegate.execute(handle, [cpp_delegate.torch_tensor(t) for t in host]) == 0
+                torch.testing.assert_close(host[3].float(), expected.cpu(), **tolerance(q.dtype))
     finally:
         cpp_delegate.destroy(handle)
 
