@@ -144,8 +144,11 @@ def _compile_for_archs(compile_one, archs: Iterable[int], ptx: bool, describe, k
     compile_one compiles: kernels of one payload with equal keys are compiled once."""
     archs = list(archs)
     kernel = fb.KernelT(cubins=[])
+    compiled_for = {arch: _binary_compatible_base(arch, archs) for arch in archs}
+    bases = sorted(set(compiled_for.values()))
 
-    def fill(results):
+    def fill(base_results):
+        results = [base_results[bases.index(compiled_for[arch])] for arch in archs]
         _fill_kernel(kernel, archs, results, ptx, describe)
 
     shared = _payload_compiles.get()
@@ -156,10 +159,22 @@ def _compile_for_archs(compile_one, archs: Iterable[int], ptx: bool, describe, k
             return kernel
         shared[key] = [fill]
         fills = shared[key]
-        compile_in_batch(compile_one, archs, lambda results: [f(results) for f in fills])
+        compile_in_batch(compile_one, bases, lambda results: [f(results) for f in fills])
         return kernel
-    compile_in_batch(compile_one, archs, fill)
+    compile_in_batch(compile_one, bases, fill)
     return kernel
+
+
+def _binary_compatible_base(arch: int, archs: list[int]) -> int:
+    """The arch whose cubin serves `arch`: the lowest of `archs` with its major version.
+
+    A cubin for sm_XY runs on every sm_XZ with Z >= Y, and Triton generates the
+    same code for sm_80/86/87/89 (a group of archs here has the same tiles, so
+    the same shared memory), so one sm_80 compilation serves the group; the
+    image is stored once (named data is keyed by content). sm_90 cubins are
+    sm_90a, which runs on sm_90 only; no other 9.x exists.
+    """
+    return min(a for a in archs if a // 10 == arch // 10)
 
 
 def _fill_kernel(kernel: fb.KernelT, archs: list[int], results, ptx: bool, describe) -> None:

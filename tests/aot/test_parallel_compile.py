@@ -53,23 +53,33 @@ def test_kernels_not_importable_by_workers_compile_here():
 def test_each_finished_arch_logs_a_progress_line(fresh_cache, caplog):
     with caplog.at_level(logging.INFO, logger="cuda_gqa.backends.aot.compile_pool"):
         build_attention_payload(dtype=torch.float16, batch=1, num_heads_q=4, num_heads_kv=1, head_dim=32, l_q=64,
-                                l_kv=64, is_causal=True, archs=(80, 86, 89), ptx=False, generic=False)
+                                l_kv=64, is_causal=True, archs=(80, 86, 89, 90), ptx=False, generic=False)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("compiled ")]
-    assert len(lines) == 3
-    assert sorted(line.split()[2] for line in lines) == ["sm_80", "sm_86", "sm_89"]
-    assert [line.split("(")[1].split(",")[0] for line in lines] == ["1/3", "2/3", "3/3"]
+    # sm_86 and sm_89 run sm_80's cubin: two compilations for four archs.
+    assert sorted(line.split()[2] for line in lines) == ["sm_80", "sm_90"]
+    assert [line.split("(")[1].split(",")[0] for line in lines] == ["1/2", "2/2"]
     assert all(line.startswith("compiled gqa_attention_fwd sm_") and line.endswith(" s)") for line in lines)
+
+
+def test_archs_of_one_major_version_share_the_lowest_ones_cubin(fresh_cache):
+    payload = build_attention_payload(dtype=torch.float16, batch=1, num_heads_q=4, num_heads_kv=1, head_dim=32,
+                                      l_q=64, l_kv=64, is_causal=True, archs=(80, 86, 87, 89, 90), ptx=False,
+                                      generic=False)
+    (kernel,) = deserialize_payload(payload).plans[0].kernels
+    images = {c.arch: bytes(c.image) for c in kernel.cubins}
+    assert sorted(images) == [80, 86, 87, 89, 90]
+    assert images[80] == images[86] == images[87] == images[89] != images[90]
 
 
 def test_all_kernels_of_a_payload_compile_in_one_batch(fresh_cache, caplog):
     # A split-KV decode: split and combine kernels, each for two archs, started together.
     with caplog.at_level(logging.INFO, logger="cuda_gqa.backends.aot.compile_pool"):
         payload = build_attention_payload(dtype=torch.float16, batch=1, num_heads_q=8, num_heads_kv=2, head_dim=64,
-                                          l_q=1, l_kv=4096, is_causal=False, archs=(80, 86), ptx=False,
+                                          l_q=1, l_kv=4096, is_causal=False, archs=(80, 90), ptx=False,
                                           generic=False)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("compiled ")]
     assert sorted(line.split()[1] for line in lines) == ["gqa_decode_combine"] * 2 + ["gqa_decode_split"] * 2
     assert [line.split("(")[1].split(",")[0] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
     kernels = deserialize_payload(payload).plans[0].kernels
     assert [k.name for k in kernels] == [b"gqa_decode_split", b"gqa_decode_combine"]
-    assert all([c.arch for c in k.cubins] == [80, 86] and k.params for k in kernels)
+    assert all([c.arch for c in k.cubins] == [80, 90] and k.params for k in kernels)
