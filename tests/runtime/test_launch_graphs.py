@@ -199,3 +199,18 @@ def test_run_bundle_summarises_both_ways(programs, fake_driver_dir, tmp_path):
     assert set(rows) == {"io", "io/no-graphs"}, result.stdout
     for row in rows.values():
         assert row[2] == "125.0" and row[4] == "PASS", row
+
+
+def test_runner_times_executes_with_inputs_set_once(programs, fake_driver_dir, tmp_path):
+    x = np.arange(128, dtype=np.float32).reshape(2, 64)
+    x.tofile(tmp_path / "x.bin")
+    (x + x).tofile(tmp_path / "expected.bin")
+    result = subprocess.run([str(RUNNER), str(programs / "device_io.pte"), "--input", str(tmp_path / "x.bin"),
+                             "--input", str(tmp_path / "x.bin"), "--expected", str(tmp_path / "expected.bin"),
+                             "--warmup", "1", "--iterations", "3", "--inputs-on-device", "--time-inputs-set-once"],
+                            capture_output=True, text=True, env=fake_env(fake_driver_dir), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"^execute, inputs set once: median [0-9.]+ us, p90 [0-9.]+ us; host overhead -?[0-9.]+ us",
+                     result.stdout, re.M), result.stdout
+    # Timed, profiled and set-once passes, 1 + 3 executes each; the inputs went to the device once.
+    assert "after 12 launches, 0 staging copies, 3 synchronous copies" in result.stderr, result.stderr
