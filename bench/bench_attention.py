@@ -6,8 +6,10 @@
 Candidates: cuda_gqa (AOT cubins through the Python shim when --payloads is
 given, Triton JIT of the same kernel source otherwise), PyTorch SDPA's
 default dispatch with enable_gqa=True and each of its backends forced
-(cuDNN, flash, efficient; native GQA and with K/V pre-expanded), and
-upstream ExecuTorch's Triton SDPA when its file is given. Every candidate is
+(cuDNN, flash, efficient; native GQA and with K/V pre-expanded),
+FlexAttention through torch.compile with enable_gqa=True (where it compiles;
+--no-flex leaves it out: it compiles once per shape), and upstream
+ExecuTorch's Triton SDPA when its file is given. Every candidate is
 checked against a float32 reference before it is timed; a wrong or failing
 candidate is reported as such, not timed.
 
@@ -146,8 +148,27 @@ def load_upstream(path: Optional[Path]):
     return module.sdpa
 
 
+def flex_attention_call(shape: Shape, q, k, v) -> Callable[[], torch.Tensor]:
+    """FlexAttention compiled for this shape; its block mask (bottom-right causal) is built once, untimed."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    # One compilation per shape: allow as many as the table has.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(SHAPES))
+    compiled = _compiled_flex.setdefault("fn", torch.compile(flex_attention, dynamic=False))
+    block_mask = None
+    if shape.causal:
+        diagonal = shape.l_kv - shape.l_q
+        block_mask = create_block_mask(lambda b, h, q_idx, kv_idx: kv_idx <= q_idx + diagonal, None, None,
+                                       shape.l_q, shape.l_kv, device="cuda")
+    return lambda: compiled(q, k, v, block_mask=block_mask, enable_gqa=True)
+
+
+_compiled_flex: dict = {}
+
+
 def candidates(shape: Shape, q, k, v, upstream, payloads: Optional[Path],
-               baseline_payloads: Optional[list[Path]] = None) -> dict[str, Callable[[], torch.Tensor]]:
+               baseline_payloads: Optional[list[Path]] = None,
+               flex: bool = True) -> dict[str, Callable[[], torch.Tensor]]:
     group = shape.heads_q // shape.heads_kv
     causal = shape.causal
     k_rep, v_rep = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
@@ -184,6 +205,8 @@ def candidates(shape: Shape, q, k, v, upstream, payloads: Optional[Path],
                           ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
         found[f"torch {name}"] = torch_sdpa(backend, False)
         found[f"torch {name} (K/V expanded)"] = torch_sdpa(backend, True)
+    if flex:
+        found["torch FlexAttention"] = flex_attention_call(shape, q, k, v)
     if upstream is not None:
         # Its signature: (q, k, v, attn_mask, dropout_p, is_causal, scale (0: 1/sqrt(D)), enable_gqa).
         found["upstream ET Triton"] = lambda: upstream(q, k, v, None, 0.0, causal, 0.0, True)
@@ -191,7 +214,7 @@ def candidates(shape: Shape, q, k, v, upstream, payloads: Optional[Path],
 
 
 def run_shape(shape: Shape, upstream, payloads: Optional[Path],
-              baseline_payloads: Optional[list[Path]] = None) -> dict[str, str | float]:
+              baseline_payloads: Optional[list[Path]] = None, flex: bool = True) -> dict[str, str | float]:
     torch.manual_seed(0)
     make = lambda h, l: torch.randn(shape.batch, h, l, shape.head_dim, device="cuda", dtype=torch.bfloat16)
     q, k, v = make(shape.heads_q, shape.l_q), make(shape.heads_kv, shape.l_kv), make(shape.heads_kv, shape.l_kv)
@@ -199,7 +222,7 @@ def run_shape(shape: Shape, upstream, payloads: Optional[Path],
     expected = torch.cat([_reference_rows(q, k, v, i, min(i + 1024, shape.l_q), shape.causal)
                           for i in range(0, shape.l_q, 1024)], dim=2)
     results: dict[str, str | float] = {}
-    for name, fn in candidates(shape, q, k, v, upstream, payloads, baseline_payloads).items():
+    for name, fn in candidates(shape, q, k, v, upstream, payloads, baseline_payloads, flex).items():
         try:
             err = (fn().float() - expected).abs().max().item()
         except Exception as e:  # a backend that does not support this shape
@@ -209,7 +232,13 @@ def run_shape(shape: Shape, upstream, payloads: Optional[Path],
         if not err <= TOLERANCE:
             results[name] = f"wrong (err {err:.1e})"
             continue
-        results[name] = time_us(fn)
+        try:
+            results[name] = time_us(fn)
+        except Exception as e:  # e.g. a compiled candidate that a CUDA graph cannot capture
+            torch.cuda.synchronize()
+            results[name] = f"n/a (timing: {type(e).__name__})"
+            print(f"  {name}: timing failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}",
+                  flush=True)
     return results
 
 
@@ -283,6 +312,7 @@ def main(argv=None) -> int:
                         help="another such folder (say, of an earlier commit), timed in the same run and named "
                              "by the folder's name; may be repeated")
     parser.add_argument("--only", help="run shapes whose label contains this text")
+    parser.add_argument("--no-flex", action="store_true", help="leave FlexAttention out (it compiles per shape)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_attention needs a CUDA GPU", file=sys.stderr)
@@ -294,13 +324,14 @@ def main(argv=None) -> int:
         if args.only and args.only not in shape.label:
             continue
         rows.append((shape, bound_us(shape, bandwidth, flops), run_shape(shape, upstream, args.payloads,
-                                                                         args.baseline_payloads)))
+                                                                         args.baseline_payloads, not args.no_flex)))
         print(shape.label, {n: (round(t, 2) if isinstance(t, float) else t) for n, t in rows[-1][2].items()},
               flush=True)
-    names = list(dict.fromkeys(n for _, _, r in rows for n in r))
-    table = markdown(rows, names, bandwidth, flops)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_attention.md").write_text(table)
+        # Written after every shape: a run cut short keeps what it measured.
+        names = list(dict.fromkeys(n for _, _, r in rows for n in r))
+        table = markdown(rows, names, bandwidth, flops)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench_attention.md").write_text(table)
     plot(rows, names, args.out / "bench_attention.png")
     print(table)
     return 0
