@@ -37,8 +37,7 @@ import torch
 from torch.export import ExportedProgram
 from torch.fx import Node
 
-from .sdpa import (LLAMA_UPDATE_CACHE, TAKEN_LLAMA_UPDATE_OP, SdpaCall, _aten_target, op_name, position_tensor,
-                   same_size)
+from .sdpa import LLAMA_UPDATE_CACHE, TAKEN_LLAMA_UPDATE_OP, SdpaCall, _aten_target, position_tensor, same_size
 
 _INDEX_COPY = torch.ops.aten.index_copy.default
 _INDEX_PUT = torch.ops.aten.index_put.default

@@ -346,12 +346,13 @@ class SdpaCall:
                  str(self.dtype).removeprefix("torch.")]
         if self.from_start:
             parts.insert(0, "llama.custom_sdpa [B, S, H, D]")
-        if self.is_dynamic:
-            (q_lo, q_hi), (kv_lo, kv_hi) = self.lengths
+        (q_lo, q_hi), (kv_lo, kv_hi) = self.lengths
+        if self.from_start:  # the caches are static
+            parts.append(f"L_q {q_lo}..{q_hi}" if q_lo != q_hi else f"L_q {q_lo}")
+            parts.append(f"keys up to start_pos + L_q of {kv_hi}")
+        elif self.is_dynamic:
             parts.append(f"dynamic L_q {q_lo}..{q_hi}, " +
                          ("L_kv = L_q" if self.kv_follows_query else f"L_kv {kv_lo}..{kv_hi}"))
-        if self.from_start:
-            parts.append(f"keys up to start_pos + L_q of {self.lengths[1][1]}")
         if self.is_causal:
             parts.append("causal" + (" from start_pos" if self.from_start else ""))
         if self.softcap > 0:
