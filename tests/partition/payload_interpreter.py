@@ -105,8 +105,7 @@ class PayloadInterpreter:
         scratch = [[(16, 16)] * len(plan.kernels(q)) for q in range(len(plan.plans))]
         for launch in plan.evaluate_all(arg_infos, scratch=scratch, workspace=self.workspace.data_ptr()):
             kernel = plan.kernels(p)[launch.kernel_index]
-            info = self.kernels[kernel.cubins[0].imageKey.decode() if isinstance(kernel.cubins[0].imageKey, bytes)
-                                else kernel.cubins[0].imageKey]
+            info = self.kernels[_key_of(kernel.cubins[0])]
             fn = getattr(importlib.import_module(info["module"]), info["name"])
             names = [n for n in fn.arg_names if n not in info["constexprs"]]
             values = {}
@@ -133,6 +132,17 @@ class PayloadInterpreter:
             if tensor.data_ptr() == address:
                 return tensor.view(dtype) if tensor.element_size() == dtype.itemsize else torch.empty(0, dtype=dtype)
         raise AssertionError(f"pointer {address:#x} ({kind}) addresses no argument or workspace")
+
+
+def _key_of(cubin) -> str:
+    """The cubin's named-data key, or the key its inline image would have (payloads built
+    by build_attention_payload directly keep their images inline)."""
+    from cuda_gqa.backends.named_images import image_key
+
+    key = cubin.imageKey
+    if key:
+        return key.decode() if isinstance(key, bytes) else key
+    return image_key(bytes(cubin.image))
 
 
 _DTYPE_NAMES = {0: "float32", 1: "float16", 2: "bfloat16", 3: "bool", 4: "int32", 5: "int64"}  # fb.DType
