@@ -176,8 +176,8 @@ _WHOLE_BASE_KWARGS = {"value", "start_pos", "_cache_base_index", "_all_bases"}
 
 def llama_cache_update(node, program: ExportedProgram) -> Optional[LlamaCacheUpdate]:
     """The llama::update_cache whose new cache `node` is, when the delegate can own that
-    cache (a buffer only this update reads, its result written back to the buffer and
-    read by nothing but the attention and the program's output), else None."""
+    cache (a whole buffer only this update reads, its result written back to the buffer),
+    else None. Who reads the result is the caller's to check."""
     if not isinstance(node, Node) or node.op != "call_function" or node.target is not operator.getitem:
         return None
     update, index = node.args

@@ -94,7 +94,9 @@ class CudaGqaPartitioner(Partitioner):
         """Fold hand-written K/V expansion into SDPA, turn each SDPA we take into
         TAKEN_SDPA_OP (backends/sdpa.py: it survives every partitioner's
         decompositions), and follow it with a contiguous clone, taken into the
-        delegate too.
+        delegate too. ExecuTorch's llama::custom_sdpa calls we take become
+        TAKEN_LLAMA_SDPA_OP, their owned llama::update_cache writes
+        TAKEN_LLAMA_UPDATE_OP (llama_attention.py).
 
         Folding (kv_expansion.py) makes an SDPA over K/V repeated per query
         head read the unexpanded K/V with enable_gqa=True: same result, and
