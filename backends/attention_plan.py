@@ -38,7 +38,9 @@ from .kernels.attention_decode import decode_arrivals_count, decode_split_grid, 
 from .heuristics import (NOMINAL_SMS, KernelConfig, attention_config, combine_block_s, decode_config,
                          decode_split_count, fused_combine_for, kv_length_buckets, split_plan)
 from .kernels.jit_launch import MAX_DECODE_L_Q
-from .kv_cache_plan import KV_LEN_SLOT_BYTES, KvCacheArgs, cache_write_kernel, kv_len_offset
+from .kv_cache_plan import (KV_LEN_SLOT_BYTES, KvCacheArgs, StartPosition, cache_write_kernel, kv_len_kernel,
+                            kv_len_offset)
+from .layout import BHSD, Layout
 from .limits import mask_shape_problem
 from .serialization import payload_generated as fb
 from .serialization import serialize_payload
@@ -53,7 +55,9 @@ class AttentionArgs:
     """Delegate argument indices (inputs first, then outputs) of one attention call.
 
     mask: the attention mask input, if any; kv_len: the device int scalar
-    bounding the filled keys, if any.
+    bounding the filled keys, if any. layout: which dims of q/k/v/out (and
+    of a delegate-owned cache's new rows and states) are heads and sequence
+    (layout.py); the kernels get them through strides.
     """
 
     query: int = 0
@@ -62,6 +66,7 @@ class AttentionArgs:
     out: int = 3
     mask: Optional[int] = None
     kv_len: Optional[int] = None
+    layout: Layout = BHSD
 
     @property
     def num_inputs(self) -> int:
@@ -90,7 +95,8 @@ def bind_params(entry_params, args: AttentionArgs, softmax_scale: float, *, kern
     tensor_of = {"Q": args.query, "K": args.key, "V": args.value, "Out": args.out, "Mask": args.mask,
                  "KvLen": args.kv_len}
     stride_of = {"q": args.query, "k": args.key, "v": args.value, "o": args.out}
-    stride_dim = {"b": 0, "h": 1, "m": 2, "n": 2}
+    layout = args.layout
+    stride_dim = {"b": layout.batch, "h": layout.heads, "m": layout.seq, "n": layout.seq}
     extra = extra or {}
     bound = []
     for p in entry_params:
@@ -103,7 +109,7 @@ def bind_params(entry_params, args: AttentionArgs, softmax_scale: float, *, kern
             tensor, dim = p.name.removeprefix("stride_")
             param.kind, param.arg, param.dim = fb.ParamKind.TensorStride, stride_of[tensor], stride_dim[dim]
         elif p.name in ("L_q", "L_kv"):
-            param.kind, param.dim = fb.ParamKind.TensorSize, 2
+            param.kind, param.dim = fb.ParamKind.TensorSize, layout.seq
             param.arg = args.query if p.name == "L_q" else args.key
         elif p.name == "sm_scale":
             param.kind, param.f32Value = fb.ParamKind.Float32Constant, softmax_scale
@@ -123,8 +129,9 @@ def _factor(arg: int, dim: int, divisor: int = 1) -> fb.GridFactorT:
 
 def launch_grid(args: AttentionArgs, block_m: int) -> list[fb.GridDimT]:
     """grid = (ceil(L_q / BLOCK_M), B * H_q, 1), as payload factors."""
-    q = args.query
-    return [fb.GridDimT(factors=[_factor(q, 2, block_m)]), fb.GridDimT(factors=[_factor(q, 0), _factor(q, 1)]),
+    q, layout = args.query, args.layout
+    return [fb.GridDimT(factors=[_factor(q, layout.seq, block_m)]),
+            fb.GridDimT(factors=[_factor(q, layout.batch), _factor(q, layout.heads)]),
             fb.GridDimT(factors=[])]
 
 
@@ -335,7 +342,8 @@ def decode_kernels(*, plan: DecodePlan, dtype: torch.dtype, num_heads_q: int, nu
                                     extra={**workspace, **(extra_bindings or {})})
         # Axis 0: the splits (the kernel reads their count as num_programs(0)).
         kernel.grid = [fb.GridDimT(factors=[], multiplier=plan.num_splits),
-                       fb.GridDimT(factors=[_factor(args.key, 0), _factor(args.key, 1)]),
+                       fb.GridDimT(factors=[_factor(args.key, args.layout.batch),
+                                            _factor(args.key, args.layout.heads)]),
                        fb.GridDimT(factors=[])]  # one M tile (decode_plan)
 
     kernels = [_compile_for_archs(compile_split, archs, ptx, describe_split,
@@ -351,8 +359,9 @@ def decode_kernels(*, plan: DecodePlan, dtype: torch.dtype, num_heads_q: int, nu
     def describe_combine(kernel, compiled):
         kernel.params = bind_params(compiled.params, args, scale, kernel=compiled.name,
                                     extra={**workspace, "NUM_SPLITS": _binding(fb.ParamKind.Int32Constant, i32Value=plan.num_splits)})
-        q = args.query  # grid (L_q, B * H_q, 1)
-        kernel.grid = [fb.GridDimT(factors=[_factor(q, 2)]), fb.GridDimT(factors=[_factor(q, 0), _factor(q, 1)]),
+        q, layout = args.query, args.layout  # grid (L_q, B * H_q, 1)
+        kernel.grid = [fb.GridDimT(factors=[_factor(q, layout.seq)]),
+                       fb.GridDimT(factors=[_factor(q, layout.batch), _factor(q, layout.heads)]),
                        fb.GridDimT(factors=[])]
 
     kernels.append(_compile_for_archs(compile_combine, archs, ptx, describe_combine,
@@ -463,8 +472,9 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
                             kv_len_dtype: Optional[torch.dtype] = None, archs: Iterable[int] = (80, 90),
                             ptx: bool = True, args: AttentionArgs = AttentionArgs(),
                             fwd_config: Optional[KernelConfig] = None, generic: bool = True,
-                            cache: Optional[KvCacheArgs] = None) -> bytes:
-    """The payload of one SDPA call q [B, H_q, L_q, D], k/v [B, H_kv, L_kv, D].
+                            cache: Optional[KvCacheArgs] = None, start: Optional[StartPosition] = None) -> bytes:
+    """The payload of one SDPA call q [B, H_q, L_q, D], k/v [B, H_kv, L_kv, D]
+    (or [B, L, H, D] each, with args.layout BSHD).
 
     l_q and l_kv are static sizes, or (min, max) ranges of dynamic ones: one
     payload then serves every size in the ranges through its dispatch table
@@ -492,6 +502,13 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
     kv_cache_write launch ahead of the attention kernels of every plan, which
     attend only the filled keys.
 
+    start: the call's first query is at this input's position (ExecuTorch's
+    `llama::custom_sdpa` start_pos): the kernels attend keys [0, start + L_q)
+    of the static L_kv, with is_causal aligned to that end (query i sees keys
+    up to start + i). With a cache whose positions is None, the new rows are
+    written from start on (`llama::update_cache`), and L_q may be dynamic;
+    without a cache a kv_len_from_start launch computes the bound.
+
     Each arch gets the tiles heuristics choose for it; archs that choose
     alike share their plans. Plans of the lowest arch's group list no arch
     (they carry the PTX fallback and serve any GPU no plan lists); the other
@@ -510,11 +527,25 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
         raise ValueError("a mask needs mask_shape, mask_dtype and its argument index args.mask together")
     if (kv_len_dtype is None) != (args.kv_len is None):
         raise ValueError("a kv_len needs kv_len_dtype and its argument index args.kv_len together")
+    layout = args.layout
+    if start is not None:
+        if args.kv_len is not None or attended_keys is not None or keys_follow_query or kv_follows_query:
+            raise ValueError("a start position bounds the keys itself: no kv_len input, attended_keys or "
+                             "keys/kv following the query")
+        if kv_dynamic:
+            raise ValueError("attention from a start position needs a static L_kv (the cache length)")
+        if mask_shape is not None:
+            raise ValueError("attention from a start position takes no mask")
+        if cache is not None and cache.positions is not None:
+            raise ValueError("a cache written at explicit positions takes no start position")
     if cache is not None:
         if args.kv_len is not None or attended_keys is not None or keys_follow_query:
             raise ValueError("a delegate-owned cache bounds the keys itself: no kv_len input or attended_keys")
-        if q_dynamic or kv_dynamic:
-            raise ValueError("a delegate-owned cache needs static L_q and L_kv")
+        if cache.positions is None and start is None:
+            raise ValueError("a cache without positions is written from the start position: pass start")
+        if kv_dynamic or (q_dynamic and start is None):
+            raise ValueError("a delegate-owned cache needs static L_q and L_kv (a dynamic L_q only when "
+                             "written from a start position)")
         if any(size != 1 for size in (batch, num_heads_kv)[:4 - cache.new_rows_rank]):
             raise ValueError(f"new K/V rows of rank {cache.new_rows_rank} leave out dims of size {batch}, "
                              f"{num_heads_kv}: only size-1 dims may be left out")
@@ -522,7 +553,8 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
             raise ValueError(f"l_kv={kv_range[0]} must be the cache length max_seq_len={cache.max_seq_len}")
         # States follow the outputs: the attention kernels read the caches there.
         args = dataclasses.replace(args, key=args.out + 1, value=args.out + 2)
-        kv_len_dtype = torch.int32
+    if cache is not None or start is not None:
+        kv_len_dtype = torch.int32  # the workspace slot the first launch fills
     mask_broadcast = (False,) * 4
     extra_bindings = {}
     mask_sources = []  # the mask's dynamic dims: (its dim, the input and dim whose length it has)
@@ -540,7 +572,7 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
                     raise ValueError(f"attn_mask shape {tuple(mask_shape)}: only a dynamic L_q or L_kv dim "
                                      "may be -1")
                 bounded[d] = bound
-                mask_sources.append(fb.DimSourceT(dim=d, arg=arg, argDim=2))
+                mask_sources.append(fb.DimSourceT(dim=d, arg=arg, argDim=layout.seq))
         mask_problem = mask_shape_problem(bounded, (batch, num_heads_q, q_range[1], kv_range[1]))
         if mask_problem is not None:
             raise ValueError(mask_problem)
@@ -560,7 +592,7 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
         if q_range[1] > kv_range[0]:
             raise ValueError(f"keys_follow_query needs L_q <= L_kv, but L_q may reach {q_range[1]} "
                              f"and L_kv be {kv_range[0]}")
-        extra_bindings["L_kv"] = _binding(fb.ParamKind.TensorSize, arg=args.query, dim=2)
+        extra_bindings["L_kv"] = _binding(fb.ParamKind.TensorSize, arg=args.query, dim=layout.seq)
 
     def choose(arch: int):
         rows = dispatch_rows(batch=batch, l_q=q_range, l_kv=kv_range, keys_follow_query=keys_follow_query,
@@ -573,9 +605,9 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
         """The ranges of a row, on the dynamic sizes only (static ones are the specs')."""
         ranges = []
         if q_dynamic:
-            ranges.append(fb.SizeRangeT(arg=args.query, dim=2, min=q_rows[0], max=q_rows[1]))
+            ranges.append(fb.SizeRangeT(arg=args.query, dim=layout.seq, min=q_rows[0], max=q_rows[1]))
         if kv_dynamic and not kv_follows_query:
-            ranges.append(fb.SizeRangeT(arg=args.key, dim=2, min=kv_rows[0], max=kv_rows[1]))
+            ranges.append(fb.SizeRangeT(arg=args.key, dim=layout.seq, min=kv_rows[0], max=kv_rows[1]))
         return ranges
 
     def kv_param_range(kv_rows: tuple[int, int]) -> Optional[tuple[int, int]]:
@@ -596,15 +628,21 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
                     for q_rows, kv_rows, choice in rows:
                         workspace = 0 if isinstance(choice, KernelConfig) else choice.workspace_bytes
                         bindings, first = extra_bindings, []
-                        if cache is not None:
-                            # kv_cache_write leaves kv_len in a slot after this plan's workspace.
+                        if cache is not None or start is not None:
+                            # kv_cache_write (or kv_len_from_start) leaves kv_len in a slot after
+                            # this plan's workspace.
                             slot = kv_len_offset(workspace)
                             bindings = {**extra_bindings, "KvLen": _binding(
                                 fb.ParamKind.Workspace, workspaceOffset=slot, workspaceExtent=4)}
-                            first = [cache_write_kernel(cache=cache, k_state_arg=args.key, v_state_arg=args.value,
-                                                        kv_len_offset=slot, dtype=dtype, head_dim=head_dim,
-                                                        num_heads_kv=num_heads_kv, l_new=q_range[0], archs=group,
-                                                        ptx=with_ptx)]
+                            if cache is not None:
+                                first = [cache_write_kernel(cache=cache, k_state_arg=args.key,
+                                                            v_state_arg=args.value, kv_len_offset=slot, dtype=dtype,
+                                                            head_dim=head_dim, num_heads_kv=num_heads_kv,
+                                                            l_new=q_range[0], archs=group, ptx=with_ptx,
+                                                            layout=layout, start=start)]
+                            else:
+                                first = [kv_len_kernel(start=start, query=args.query, key=args.key,
+                                                       kv_len_offset=slot, archs=group, ptx=with_ptx, layout=layout)]
                             workspace = slot + KV_LEN_SLOT_BYTES
                         common = dict(variant=variant, scale=softmax_scale, archs=group, ptx=with_ptx,
                                       args=args, extra_bindings=bindings, aligned=aligned, **problem)
@@ -626,11 +664,12 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
 
     def qkv_spec(heads: int, length: tuple[int, int], size_from=None) -> fb.TensorSpecT:
         if length[0] == length[1]:
-            return spec(dtype, [batch, heads, length[0], head_dim])
-        return spec(dtype, [batch, heads, -1, head_dim], [batch, heads, length[1], head_dim], size_from)
+            return spec(dtype, layout.shape(batch, heads, length[0], head_dim))
+        return spec(dtype, layout.shape(batch, heads, -1, head_dim), layout.shape(batch, heads, length[1], head_dim),
+                    size_from)
 
     def same_length_as(arg: int) -> Optional[list[fb.DimSourceT]]:
-        return [fb.DimSourceT(dim=2, arg=arg, argDim=2)]
+        return [fb.DimSourceT(dim=layout.seq, arg=arg, argDim=layout.seq)]
 
     inputs: list[Optional[fb.TensorSpecT]] = [None] * args.num_inputs
     inputs[args.query] = qkv_spec(num_heads_q, q_range)
@@ -639,12 +678,19 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
         inputs[args.key] = qkv_spec(num_heads_kv, kv_range, same_length_as(args.query) if kv_follows_query else None)
         inputs[args.value] = qkv_spec(num_heads_kv, kv_range, same_length_as(args.key) if kv_dynamic else None)
     else:
-        l_new, l_cache = q_range[0], kv_range[0]
+        l_cache = kv_range[0]
         for index in (cache.k_new, cache.v_new):
-            inputs[index] = spec(dtype, [batch, num_heads_kv, l_new, head_dim][4 - cache.new_rows_rank:])
-        inputs[cache.positions] = spec(cache.position_dtype, [l_new])
-        states = [fb.StateSpecT(name=name, dtype=DTYPE_TO_PAYLOAD[dtype], sizes=[batch, num_heads_kv, l_cache, head_dim])
+            if cache.positions is None:  # as many new rows as queries: the query's length, maybe dynamic
+                inputs[index] = qkv_spec(num_heads_kv, q_range, same_length_as(args.query) if q_dynamic else None)
+            else:
+                inputs[index] = spec(dtype, [batch, num_heads_kv, q_range[0], head_dim][4 - cache.new_rows_rank:])
+        if cache.positions is not None:
+            inputs[cache.positions] = spec(cache.position_dtype, [q_range[0]])
+        states = [fb.StateSpecT(name=name, dtype=DTYPE_TO_PAYLOAD[dtype],
+                                sizes=layout.shape(batch, num_heads_kv, l_cache, head_dim))
                   for name in (cache.k_state, cache.v_state)]
+    if start is not None:
+        inputs[start.arg] = spec(start.dtype, list(start.sizes))
     if args.mask is not None:
         inputs[args.mask] = (spec(mask_dtype, mask_shape) if not mask_sources else
                              spec(mask_dtype, mask_shape, bounded, mask_sources))

@@ -18,10 +18,10 @@ from torch.export import ExportedProgram
 
 from .attention_plan import AttentionArgs, build_attention_payload
 from .compile_specs import parse_compile_specs
-from .kv_cache_plan import KvCacheArgs
+from .kv_cache_plan import KvCacheArgs, StartPosition
 from .kv_cache_update import sdpa_cache_updates
 from .named_images import move_images_to_named_data
-from .sdpa import SdpaCall, is_contiguous_clone, is_sdpa
+from .sdpa import SdpaCall, is_attention, is_contiguous_clone
 from .serialization import deserialize_payload, serialize_payload
 
 
@@ -31,7 +31,7 @@ class CudaGqaBackend(BackendDetails):
     def preprocess(edge_program: ExportedProgram, compile_specs: list[CompileSpec]) -> PreprocessResult:
         options = parse_compile_specs(compile_specs)
         graph = edge_program.graph_module.graph
-        sdpa_nodes = [n for n in graph.nodes if is_sdpa(n)]
+        sdpa_nodes = [n for n in graph.nodes if is_attention(n)]
         if len(sdpa_nodes) != 1:
             raise RuntimeError(f"CudaGqaBackend expects one SDPA node per delegate, got {len(sdpa_nodes)}")
         call = SdpaCall.from_node(sdpa_nodes[0])
@@ -57,6 +57,8 @@ class CudaGqaBackend(BackendDetails):
             operands = [call.query, k_update.new_rows, v_update.new_rows, k_update.positions]
         else:
             operands = [call.query, call.key, call.value]
+        if call.from_start and updates is None:  # (with the caches taken, it is the updates' position)
+            operands.append(call.start_tensor)
         operands += [call.attn_mask] if call.attn_mask is not None else []
         for operand in operands:
             if operand not in inputs:
@@ -66,11 +68,16 @@ class CudaGqaBackend(BackendDetails):
         # Static lengths are (n, n); dynamic ones their export bounds: one payload serves the range.
         l_q, l_kv = call.lengths
         mask = call.mask
+        start = None
+        if call.from_start:  # llama::custom_sdpa: its start position is a delegate input
+            start_val = call.start_tensor.meta["val"]
+            start = StartPosition(arg=inputs.index(call.start_tensor), dtype=start_val.dtype,
+                                  sizes=tuple(start_val.shape))
         cache = None
         if updates is not None:
             cache = KvCacheArgs(k_new=inputs.index(k_update.new_rows), v_new=inputs.index(v_update.new_rows),
-                                positions=inputs.index(k_update.positions), k_state=k_update.buffer_name,
-                                v_state=v_update.buffer_name, max_seq_len=l_kv[1],
+                                positions=None if k_update.from_start else inputs.index(k_update.positions),
+                                k_state=k_update.buffer_name, v_state=v_update.buffer_name, max_seq_len=l_kv[1],
                                 position_dtype=k_update.positions.meta["val"].dtype,
                                 new_rows_rank=k_update.new_rows.meta["val"].dim())
         payload = build_attention_payload(
@@ -85,8 +92,9 @@ class CudaGqaBackend(BackendDetails):
             args=AttentionArgs(query=inputs.index(call.query),
                                key=inputs.index(call.key) if cache is None else cache.k_new,
                                value=inputs.index(call.value) if cache is None else cache.v_new, out=len(inputs),
-                               mask=None if mask is None else inputs.index(call.attn_mask)),
+                               mask=None if mask is None else inputs.index(call.attn_mask), layout=call.layout),
             cache=cache,
+            start=start,
         )
         images = NamedDataStore()
         payload_with_keys = deserialize_payload(payload)

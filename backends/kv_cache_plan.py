@@ -11,36 +11,62 @@ that name them) and runs, before the attention kernels:
 which the attention kernels read through their KvLen pointer: they attend
 keys [0, kv_len) of the caches, so the cost follows the filled length.
 Only q, the new K/V rows, their positions and the mask cross from the host.
+
+ExecuTorch's llama export (`llama::update_cache` + `llama::custom_sdpa`)
+writes [B, S, H_kv, D] caches from a start position: kv_cache_write then
+runs FROM_START (the rows go to start..start+L_new-1, kv_len = start +
+L_new), with the BSHD layout's dims bound to its strides. Attention from a
+start position over caches the delegate does not own gets its kv_len from
+kv_len_from_start instead.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 
-from .aot.kv_cache_write import POSITION_DTYPES, compile_kv_cache_write
+from .aot.kv_cache_write import POSITION_DTYPES, compile_kv_cache_write, compile_kv_len_from_start
+from .layout import BHSD, Layout
 from .serialization import payload_generated as fb
 
 # The kv_len slot: int32, at a 16-byte aligned offset of the workspace.
 KV_LEN_SLOT_BYTES = 16
-_STRIDE_DIM = {"b": 0, "h": 1, "l": 2, "s": 2}  # [B, H_kv, L_new or S, D]
+
+
+@dataclass(frozen=True)
+class StartPosition:
+    """A delegate input holding one integer, the position of the call's first query row
+    (ExecuTorch's `start_pos`, read from `input_pos[0]`): sizes () or (1,)."""
+
+    arg: int
+    dtype: torch.dtype = torch.int64
+    sizes: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.dtype not in POSITION_DTYPES:
+            raise ValueError(f"the start position must be int32 or int64, not {self.dtype}")
+        if any(s != 1 for s in self.sizes) or len(self.sizes) > 4:
+            raise ValueError(f"the start position must hold one element, got sizes {self.sizes}")
 
 
 @dataclass(frozen=True)
 class KvCacheArgs:
     """A cache update the delegate runs before attending.
 
-    k_new, v_new: input indices of the new rows [B, H_kv, L_new, D];
-    positions: input index of their cache positions [L_new] (int32/int64);
+    k_new, v_new: input indices of the new rows [B, H_kv, L_new, D] (in the
+    payload's layout);
+    positions: input index of their cache positions [L_new] (int32/int64),
+    or None: the rows go to the call's start position onwards (the payload's
+    StartPosition);
     k_state, v_state: the cache states' names (shared across the program's
     delegates: use the buffers' FQNs); max_seq_len: the caches' length S.
     """
 
     k_new: int
     v_new: int
-    positions: int
+    positions: Optional[int]
     k_state: str
     v_state: str
     max_seq_len: int
@@ -68,20 +94,32 @@ def kv_len_offset(workspace_bytes: int) -> int:
 
 def cache_write_kernel(*, cache: KvCacheArgs, k_state_arg: int, v_state_arg: int, kv_len_offset: int,
                        dtype: torch.dtype, head_dim: int, num_heads_kv: int, l_new: int, archs: Iterable[int],
-                       ptx: bool) -> fb.KernelT:
-    """kv_cache_write compiled for `archs`, bound to the delegate's arguments and its kv_len slot."""
+                       ptx: bool, layout: Layout = BHSD, start: Optional[StartPosition] = None) -> fb.KernelT:
+    """kv_cache_write compiled for `archs`, bound to the delegate's arguments and its kv_len slot.
+
+    layout: of the new rows and the caches. start: where the rows go when
+    cache.positions is None (FROM_START; l_new may then be any length)."""
     # attention_plan imports this module (its cache= path); its helpers are imported here, late.
     from .attention_plan import _binding, _compile_for_archs, _factor, _PARAM_TYPE
 
-    tensors = {"K_new": cache.k_new, "V_new": cache.v_new, "Positions": cache.positions, "K_cache": k_state_arg,
+    from_start = cache.positions is None
+    if from_start and start is None:
+        raise ValueError("a cache written from the start position needs the StartPosition input")
+    if layout != BHSD and cache.new_rows_rank != 4:
+        raise ValueError(f"new K/V rows in the {layout.name} layout must be 4-D, not of rank {cache.new_rows_rank}")
+    positions = start.arg if from_start else cache.positions
+    position_dtype = start.dtype if from_start else cache.position_dtype
+    tensors = {"K_new": cache.k_new, "V_new": cache.v_new, "Positions": positions, "K_cache": k_state_arg,
                "V_cache": v_state_arg}
     stride_of = {"k": cache.k_new, "v": cache.v_new, "kc": k_state_arg, "vc": v_state_arg}
+    stride_dim = {"b": layout.batch, "h": layout.heads, "l": layout.seq, "s": layout.seq}
     missing = 4 - cache.new_rows_rank  # leading dims of [B, H_kv, L_new, D] the new rows leave out
-    sizes = {"L_new": (cache.positions, 0), "S": (k_state_arg, 2)}
+    sizes = {"L_new": (cache.k_new, layout.seq - missing) if from_start else (positions, 0),
+             "S": (k_state_arg, layout.seq)}
 
     def compile_one(arch):
-        return compile_kv_cache_write(dtype=dtype, position_dtype=cache.position_dtype, head_dim=head_dim,
-                                      num_heads_kv=num_heads_kv, l_new=l_new, arch=arch)
+        return compile_kv_cache_write(dtype=dtype, position_dtype=position_dtype, head_dim=head_dim,
+                                      num_heads_kv=num_heads_kv, l_new=l_new, arch=arch, from_start=from_start)
 
     def describe(kernel, compiled):
         params = []
@@ -95,7 +133,7 @@ def cache_write_kernel(*, cache: KvCacheArgs, k_state_arg: int, v_state_arg: int
                 param.kind, (param.arg, param.dim) = fb.ParamKind.TensorSize, sizes[p.name]
             elif p.name.startswith("stride_"):
                 tensor, dim = p.name.removeprefix("stride_")[:-1], p.name[-1]
-                param.kind, param.arg, param.dim = fb.ParamKind.TensorStride, stride_of[tensor], _STRIDE_DIM[dim]
+                param.kind, param.arg, param.dim = fb.ParamKind.TensorStride, stride_of[tensor], stride_dim[dim]
                 if tensor in ("k", "v"):
                     if param.dim < missing:  # a left-out size-1 dim: index 0 only
                         param.kind, param.dim, param.i32Value = fb.ParamKind.Int32Constant, 0, 0
@@ -110,8 +148,37 @@ def cache_write_kernel(*, cache: KvCacheArgs, k_state_arg: int, v_state_arg: int
             params.append(param)
         kernel.params = params
         # kernels/kv_cache_write.py's grid: (L_new, B * H_kv, 1); a left-out dim has size 1
-        kernel.grid = [fb.GridDimT(factors=[_factor(cache.positions, 0)]),
-                       fb.GridDimT(factors=[_factor(cache.k_new, d - missing) for d in (0, 1) if d >= missing]),
+        kernel.grid = [fb.GridDimT(factors=[_factor(*sizes["L_new"])]),
+                       fb.GridDimT(factors=[_factor(cache.k_new, d - missing) for d in (layout.batch, layout.heads)
+                                            if d >= missing]),
                        fb.GridDimT(factors=[])]
 
     return _compile_for_archs(compile_one, archs, ptx, describe)
+
+
+def kv_len_kernel(*, start: StartPosition, query: int, key: int, kv_len_offset: int, archs: Iterable[int],
+                  ptx: bool, layout: Layout = BHSD) -> fb.KernelT:
+    """kv_len_from_start compiled for `archs`: kv_len = start + L_q (of `query`, at most `key`'s
+    length) into the kv_len slot; one program."""
+    from .attention_plan import _binding, _compile_for_archs, _PARAM_TYPE
+
+    bindings = {"Start": _binding(fb.ParamKind.TensorPointer, arg=start.arg),
+                "KvLen": _binding(fb.ParamKind.Workspace, workspaceOffset=kv_len_offset, workspaceExtent=4),
+                "L_q": _binding(fb.ParamKind.TensorSize, arg=query, dim=layout.seq),
+                "S": _binding(fb.ParamKind.TensorSize, arg=key, dim=layout.seq),
+                "global_scratch": _binding(fb.ParamKind.GlobalScratch),
+                "profile_scratch": _binding(fb.ParamKind.ProfileScratch)}
+
+    def describe(kernel, compiled):
+        params = []
+        for p in compiled.params:
+            if p.name not in bindings:
+                raise ValueError(f"{compiled.name} has an entry parameter {p.name!r} this plan cannot bind")
+            param = fb.KernelParamT(type=_PARAM_TYPE[p.type], divisibility=p.divisibility)
+            bindings[p.name](param)
+            params.append(param)
+        kernel.params = params
+        kernel.grid = [fb.GridDimT(factors=[]) for _ in range(3)]
+
+    return _compile_for_archs(lambda arch: compile_kv_len_from_start(start_dtype=start.dtype, arch=arch), archs, ptx,
+                              describe)

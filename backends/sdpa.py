@@ -2,6 +2,11 @@
 
 The partitioner and the AOT stage both read SDPA nodes through `SdpaCall`,
 so they agree on what a node means and on what the kernels support.
+
+ExecuTorch's own attention op, `llama::custom_sdpa(q, k_cache, v_cache,
+start_pos, ...)` on [B, S, H, D] tensors (executorch.extension.llm.custom_ops),
+is read through SdpaCall too, with the BSHD layout and its start position;
+the partitioner turns each one it takes into TAKEN_LLAMA_SDPA_OP.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import torch
 from executorch.exir.dialects.edge._ops import EdgeOpOverload
 from torch.fx import Node
 
+from .layout import BHSD, BSHD, Layout
 from .limits import MASK_DTYPES, SUPPORTED_DTYPES, head_dim_problem, mask_shape_problem
 
 SDPA_OP = torch.ops.aten.scaled_dot_product_attention.default
@@ -79,6 +85,83 @@ def _(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=N
 
 TAKEN_SDPA_OP = torch.ops.cuda_gqa.sdpa.default
 
+POSITION_DTYPES = (torch.int32, torch.int64)
+
+
+def _start_of(start_pos: torch.Tensor) -> int:
+    return int(start_pos.reshape(-1)[0])
+
+
+# What `llama::custom_sdpa` (ExecuTorch's custom op, [B, S, H, D] tensors) becomes
+# when the partitioner takes it: the start position as the integer tensor it was
+# read from (`input_pos[0]`) rather than a SymInt, no mask or dropout (not
+# taken). Keys [0, start + S_q) of the caches are attended; is_causal: query i
+# sees keys up to start + i. GQA when key/value have fewer heads than query.
+@torch.library.custom_op("cuda_gqa::llama_sdpa", mutates_args=())
+def _taken_llama_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, start_pos: torch.Tensor,
+                      is_causal: bool = True, scale: Optional[float] = None) -> torch.Tensor:
+    from .kernels.reference import reference_attention
+
+    kv_len = _start_of(start_pos) + query.shape[1]
+    out = reference_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                              is_causal=is_causal, scale=scale, kv_len=kv_len)
+    return out.transpose(1, 2).to(query.dtype).contiguous()
+
+
+@_taken_llama_sdpa.register_fake
+def _(query, key, value, start_pos, is_causal=True, scale=None):
+    return query.new_empty(query.shape)
+
+
+# What `llama::update_cache(value, cache, start_pos)` becomes when the delegate
+# takes it with its custom_sdpa: functional (returns the updated cache, which
+# the program writes back to the buffer), the start position as a tensor. Rows
+# of value [B, S, H, D] go to cache[:, start + i]; rows past the cache are skipped.
+@torch.library.custom_op("cuda_gqa::llama_update_cache", mutates_args=())
+def _taken_llama_update_cache(cache: torch.Tensor, value: torch.Tensor, start_pos: torch.Tensor) -> torch.Tensor:
+    out = cache.clone()
+    start = _start_of(start_pos)
+    first, last = max(start, 0), min(start + value.shape[1], cache.shape[1])
+    if first < last:
+        out[:, first:last] = value[:, first - start:last - start]
+    return out
+
+
+@_taken_llama_update_cache.register_fake
+def _(cache, value, start_pos):
+    return torch.empty_like(cache, memory_format=torch.contiguous_format)
+
+
+TAKEN_LLAMA_SDPA_OP = torch.ops.cuda_gqa.llama_sdpa.default
+TAKEN_LLAMA_UPDATE_OP = torch.ops.cuda_gqa.llama_update_cache.default
+_SCALAR_OF_TENSOR = (torch.ops.aten.item.default, torch.ops.aten._local_scalar_dense.default)
+
+
+def op_name(node: Node) -> Optional[str]:
+    """The operator's qualified name ("llama::custom_sdpa"), aten or edge dialect; None for non-ops."""
+    if node.op != "call_function":
+        return None
+    schema = getattr(_aten_target(node), "_schema", None)
+    return None if schema is None else schema.name
+
+
+def position_tensor(node) -> Optional[Node]:
+    """`node` itself when it is an integer tensor of one element (a start position), else None."""
+    val = node.meta.get("val") if isinstance(node, Node) else None
+    if not isinstance(val, torch.Tensor) or val.dtype not in POSITION_DTYPES or val.dim() > 4:
+        return None
+    return node if all(isinstance(s, int) and s == 1 for s in val.shape) else None
+
+
+def start_position_source(start_pos) -> Optional[Node]:
+    """The one-element integer tensor a SymInt start_pos was read from
+    (`input_pos[0].item()`: item/_local_scalar_dense of it), else None."""
+    if not isinstance(start_pos, Node) or start_pos.op != "call_function":
+        return None
+    if _aten_target(start_pos) not in _SCALAR_OF_TENSOR:
+        return None
+    return position_tensor(start_pos.args[0])
+
 
 def _aten_target(node: Node):
     return node.target._op if isinstance(node.target, EdgeOpOverload) else node.target
@@ -103,9 +186,32 @@ def is_sdpa(node: Node) -> bool:
     return _aten_target(node) in (SDPA_OP, TAKEN_SDPA_OP)
 
 
+LLAMA_SDPA = "llama::custom_sdpa"
+LLAMA_UPDATE_CACHE = "llama::update_cache"
+
+
+def is_llama_sdpa(node: Node) -> bool:
+    """ExecuTorch's `llama::custom_sdpa`, as exported (the partitioner has not taken it)."""
+    return op_name(node) == LLAMA_SDPA
+
+
+def is_taken_llama_sdpa(node: Node) -> bool:
+    return node.op == "call_function" and _aten_target(node) == TAKEN_LLAMA_SDPA_OP
+
+
+def is_attention(node: Node) -> bool:
+    """An attention call the delegate runs: a (taken) SDPA or a taken llama::custom_sdpa."""
+    return is_sdpa(node) or is_taken_llama_sdpa(node)
+
+
 @dataclass(frozen=True)
 class SdpaCall:
-    """The arguments of one SDPA node, with shapes taken from its fake tensors."""
+    """The arguments of one SDPA node, with shapes taken from its fake tensors.
+
+    For ExecuTorch's llama::custom_sdpa (or the op the partitioner takes it
+    as), layout is BSHD and start_pos is set: the SymInt node (or int) it
+    was given, or the integer tensor it was read from once taken.
+    """
 
     node: Node
     query: Node
@@ -117,13 +223,21 @@ class SdpaCall:
     scale: Optional[float]
     enable_gqa: bool
     softcap: float = 0.0  # TAKEN_SDPA_OP's (a soft-capped attention the partitioner recognised)
+    layout: Layout = BHSD
+    start_pos: object = None
 
     @classmethod
     def from_node(cls, node: Node) -> "SdpaCall":
-        schema = _aten_target(node)._schema.arguments
+        target = _aten_target(node)
+        schema = target._schema.arguments
         bound = {a.name: a.default_value for a in schema if a.has_default_value()}
         bound.update(zip((a.name for a in schema), node.args))
         bound.update(node.kwargs)
+        if target._schema.name in (LLAMA_SDPA, TAKEN_LLAMA_SDPA_OP._schema.name):
+            return cls(node=node, query=bound["query"], key=bound["key"], value=bound["value"],
+                       attn_mask=bound.get("attn_mask"), dropout_p=float(bound.get("drpout_p", 0.0)),
+                       is_causal=bool(bound["is_causal"]), scale=bound["scale"], enable_gqa=True, layout=BSHD,
+                       start_pos=bound["start_pos"])
         return cls(
             node=node,
             query=bound["query"],
@@ -141,20 +255,38 @@ class SdpaCall:
         return n.meta["val"]
 
     @property
+    def from_start(self) -> bool:
+        """llama::custom_sdpa: keys [0, start_pos + L_q) attended, causal relative to start_pos."""
+        return self.start_pos is not None
+
+    @property
+    def start_tensor(self) -> Optional[Node]:
+        """The one-element integer tensor holding start_pos (from_start calls), or None when
+        start_pos was not read from one."""
+        if not self.from_start:
+            return None
+        if is_taken_llama_sdpa(self.node):
+            return position_tensor(self.start_pos)
+        return start_position_source(self.start_pos)
+
+    @property
     def dtype(self) -> torch.dtype:
         return self._val(self.query).dtype
 
     @property
     def shapes(self) -> tuple[tuple, tuple, tuple]:
-        return tuple(tuple(self._val(n).shape) for n in (self.query, self.key, self.value))
+        """q, k, v shapes as [B, H, L, D] (whatever the layout)."""
+        layout = self.layout
+        return tuple(tuple(self._val(n).shape[d] for d in (layout.batch, layout.heads, layout.seq, layout.head_dim))
+                     for n in (self.query, self.key, self.value))
 
     @property
     def num_heads_q(self) -> int:
-        return int(self._val(self.query).shape[1])
+        return int(self._val(self.query).shape[self.layout.heads])
 
     @property
     def num_heads_kv(self) -> int:
-        return int(self._val(self.key).shape[1])
+        return int(self._val(self.key).shape[self.layout.heads])
 
     @property
     def head_dim(self) -> int:
@@ -167,7 +299,8 @@ class SdpaCall:
     @property
     def lengths(self) -> tuple[LengthRange, LengthRange]:
         """(L_q range, L_kv range)."""
-        return length_range(self._val(self.query).shape[2]), length_range(self._val(self.key).shape[2])
+        seq = self.layout.seq
+        return length_range(self._val(self.query).shape[seq]), length_range(self._val(self.key).shape[seq])
 
     @property
     def is_dynamic(self) -> bool:
@@ -176,14 +309,15 @@ class SdpaCall:
     @property
     def kv_follows_query(self) -> bool:
         """L_kv is L_q's symbol (self-attention over a dynamic length)."""
-        q, k = self._val(self.query).shape[2], self._val(self.key).shape[2]
+        seq = self.layout.seq
+        q, k = self._val(self.query).shape[seq], self._val(self.key).shape[seq]
         return not isinstance(q, int) and same_size(q, k)
 
     @property
     def keys_follow_query(self) -> bool:
         """A dynamic causal call whose kernels must attend only the first L_q keys
         (the dynamic form of attended_keys)."""
-        return self.is_causal and self.is_dynamic and not self.kv_follows_query
+        return self.is_causal and self.is_dynamic and not self.kv_follows_query and not self.from_start
 
     @property
     def attended_keys(self) -> Optional[int]:
@@ -193,10 +327,11 @@ class SdpaCall:
         while the kernels' causal mask is bottom-right aligned. For L_q < L_kv
         the two agree once the key range is cut to its first L_q keys; for
         L_q == L_kv they are the same mask. Static calls only (see keys_follow_query).
+        A from_start call bounds its keys on the device instead (start_pos + L_q).
         """
-        if self.is_dynamic:
+        if self.is_dynamic or self.from_start:
             return None
-        (_, _, l_q, _), (_, _, l_kv, _), _ = self.shapes
+        (_, l_q), (_, l_kv) = self.lengths
         return l_q if self.is_causal and l_q < l_kv else None
 
     @property
@@ -209,12 +344,17 @@ class SdpaCall:
         parts = [f"{'GQA' if self.num_heads_q > self.num_heads_kv else 'MHA'} "
                  f"{self.num_heads_q}/{self.num_heads_kv} heads", f"D={self.head_dim}",
                  str(self.dtype).removeprefix("torch.")]
-        if self.is_dynamic:
-            (q_lo, q_hi), (kv_lo, kv_hi) = self.lengths
+        if self.from_start:
+            parts.insert(0, "llama.custom_sdpa [B, S, H, D]")
+        (q_lo, q_hi), (kv_lo, kv_hi) = self.lengths
+        if self.from_start:  # the caches are static
+            parts.append(f"L_q {q_lo}..{q_hi}" if q_lo != q_hi else f"L_q {q_lo}")
+            parts.append(f"keys up to start_pos + L_q of {kv_hi}")
+        elif self.is_dynamic:
             parts.append(f"dynamic L_q {q_lo}..{q_hi}, " +
                          ("L_kv = L_q" if self.kv_follows_query else f"L_kv {kv_lo}..{kv_hi}"))
         if self.is_causal:
-            parts.append("causal")
+            parts.append("causal" + (" from start_pos" if self.from_start else ""))
         if self.softcap > 0:
             parts.append(f"soft-cap {self.softcap:g}")
         if self.mask is not None:
@@ -231,7 +371,8 @@ class SdpaCall:
         q = self._val(self.query)
         if mask.dtype not in MASK_DTYPES or (mask.dtype.is_floating_point and mask.dtype not in (q.dtype, torch.float32)):
             return f"attn_mask dtype {mask.dtype}: use bool, float32 or the query's dtype {q.dtype}"
-        full = (q.shape[0], q.shape[1], q.shape[2], self._val(self.key).shape[2])
+        (b, h_q, l_q, _), (_, _, l_kv, _), _ = self.shapes
+        full = (b, h_q, l_q, l_kv)
         if all(isinstance(s, int) for s in (*mask.shape, *full)):
             return mask_shape_problem(mask.shape, full)
         # Dynamic lengths: a mask dim is 1 (broadcast) or the very size it meets.
@@ -247,6 +388,20 @@ class SdpaCall:
         mask = self.mask
         return None if mask is None else tuple(s if isinstance(s, int) else -1 for s in mask.shape)
 
+    def _start_problem(self) -> Optional[str]:
+        """Why a llama::custom_sdpa call cannot run from its start position, or None."""
+        if self.attn_mask is not None:
+            return "llama.custom_sdpa with an attn_mask (its start_pos is then ignored) is not supported"
+        if self.start_tensor is None:
+            return (f"llama.custom_sdpa start_pos {self.start_pos} is not read from a one-element integer tensor "
+                    "(as input_pos[0].item() is)")
+        (q_lo, q_hi), (kv_lo, kv_hi) = self.lengths
+        if kv_lo != kv_hi:
+            return "llama.custom_sdpa over caches of a dynamic length: the caches must be static"
+        if q_hi > kv_hi:
+            return f"L_q (up to {q_hi}) may exceed the cache length {kv_hi}"
+        return None
+
     def unsupported_reason(self, include_mha: bool = False) -> Optional[str]:
         """None when the kernels run this node, else why not (for the partition report).
 
@@ -254,8 +409,9 @@ class SdpaCall:
         """
         vals = [self._val(n) for n in (self.query, self.key, self.value)]
         if any(v.dim() != 4 for v in vals):
-            return "query/key/value are not 4-D [B, H, L, D]"
-        if any(not isinstance(v.shape[d], int) for v in vals for d in (0, 1, 3)):
+            return f"query/key/value are not 4-D [{', '.join(self.layout.name)}]"
+        static = (self.layout.batch, self.layout.heads, self.layout.head_dim)
+        if any(not isinstance(v.shape[d], int) for v in vals for d in static):
             return "batch, head counts and head dim must be static (only L_q and L_kv may be dynamic)"
         for name, (_, upper) in zip(("L_q", "L_kv"), self.lengths):
             if upper is None:
@@ -267,6 +423,10 @@ class SdpaCall:
             return f"MHA (H_q = H_kv = {self.num_heads_q}): pass include_mha=True to delegate it"
         if self.num_heads_kv < self.num_heads_q and not self.enable_gqa:
             return f"enable_gqa=False with H_q={self.num_heads_q} != H_kv={self.num_heads_kv}"
+        if self.from_start:
+            start_problem = self._start_problem()
+            if start_problem is not None:
+                return start_problem
         mask_problem = self._mask_problem()
         if mask_problem is not None:
             return mask_problem
@@ -276,11 +436,11 @@ class SdpaCall:
             return f"dtype {q.dtype} is not one of {[str(d) for d in SUPPORTED_DTYPES]}"
         if k.dtype != q.dtype or v.dtype != q.dtype:
             return f"mixed dtypes q={q.dtype} k={k.dtype} v={v.dtype}"
-        if (not all(same_size(a, b) for a, b in zip(k.shape, v.shape)) or q.shape[0] != k.shape[0]
-                or q.shape[3] != k.shape[3]):
+        (qb, _, _, qd), (kb, _, _, kd), _ = self.shapes
+        if not all(same_size(a, b) for a, b in zip(k.shape, v.shape)) or qb != kb or qd != kd:
             return f"inconsistent shapes q={tuple(q.shape)} k={tuple(k.shape)} v={tuple(v.shape)}"
         (q_lo, q_hi), (kv_lo, kv_hi) = self.lengths
-        if self.is_causal and not self.kv_follows_query and q_hi > kv_lo:
+        if self.is_causal and not self.from_start and not self.kv_follows_query and q_hi > kv_lo:
             if not self.is_dynamic:
                 return (f"is_causal with L_q={q_hi} > L_kv={kv_lo}: PyTorch's top-left causal mask "
                         "leaves no key for some queries")

@@ -1,8 +1,9 @@
 """CudaGqaPartitioner: tags the GQA attention nodes CudaGqaBackend runs.
 
-Each supported scaled_dot_product_attention node becomes its own delegate;
-everything else stays with the CPU (or another partitioner). The partition
-report says, node by node, what was delegated and why not.
+Each supported scaled_dot_product_attention node (or ExecuTorch's
+llama::custom_sdpa, llama_attention.py) becomes its own delegate; everything
+else stays with the CPU (or another partitioner). The partition report says,
+node by node, what was delegated and why not.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from torch.export import ExportedProgram
 from ..compile_specs import make_compile_specs, parse_compile_specs
 from ..cuda_gqa_backend import CudaGqaBackend
 from ..kv_cache_update import sdpa_cache_updates
-from ..sdpa import TAKEN_SDPA_OP, SdpaCall, is_contiguous_clone, is_sdpa
+from ..sdpa import (TAKEN_LLAMA_UPDATE_OP, TAKEN_SDPA_OP, SdpaCall, _aten_target, is_attention,
+                    is_contiguous_clone, is_llama_sdpa, is_sdpa)
 from .kv_expansion import fold_kv_expansion
+from .llama_attention import take_llama_sdpa
 from .softcapped_attention import discard, insert_taken_sdpa, match_softcapped_attention, replace_match
 
 logger = logging.getLogger(__name__)
@@ -48,9 +51,10 @@ class CudaGqaPartitioner(Partitioner):
 
         include_mha: also delegate plain multi-head attention (H_q == H_kv).
         own_kv_cache: take a static KV cache's update (index_copy_ / index_put_
-        of a mutable buffer) with its SDPA, so the delegate keeps the cache in
-        device memory (kv_cache_update.py); False leaves the caches to the
-        program, which then copies them to the delegate on every call.
+        of a mutable buffer, or ExecuTorch's llama::update_cache) with its
+        SDPA, so the delegate keeps the cache in device memory
+        (kv_cache_update.py); False leaves the caches to the program, which
+        then copies them to the delegate on every call.
         """
         specs = list(compile_specs) if compile_specs is not None else make_compile_specs(**options)
         super().__init__()
@@ -90,7 +94,9 @@ class CudaGqaPartitioner(Partitioner):
         """Fold hand-written K/V expansion into SDPA, turn each SDPA we take into
         TAKEN_SDPA_OP (backends/sdpa.py: it survives every partitioner's
         decompositions), and follow it with a contiguous clone, taken into the
-        delegate too.
+        delegate too. ExecuTorch's llama::custom_sdpa calls we take become
+        TAKEN_LLAMA_SDPA_OP, their owned llama::update_cache writes
+        TAKEN_LLAMA_UPDATE_OP (llama_attention.py).
 
         Folding (kv_expansion.py) makes an SDPA over K/V repeated per query
         head read the unexpanded K/V with enable_gqa=True: same result, and
@@ -106,6 +112,7 @@ class CudaGqaPartitioner(Partitioner):
         """
         self._decisions, self._folded = {}, {}
         graph = exported_program.graph_module.graph
+        self._take_llama_attention(exported_program)
         self._take_softcapped_attention(graph)
         for node in list(graph.nodes):
             if not is_sdpa(node):
@@ -131,6 +138,21 @@ class CudaGqaPartitioner(Partitioner):
         exported_program.graph_module.recompile()
         return exported_program
 
+    def _take_llama_attention(self, exported_program: ExportedProgram) -> None:
+        """ExecuTorch's llama::custom_sdpa calls the kernels run become TAKEN_LLAMA_SDPA_OP
+        (llama_attention.py), with their llama::update_cache writes where the delegate can
+        own the caches; the rest stay as they are, with a report entry."""
+        for node in list(exported_program.graph_module.graph.nodes):
+            if not is_llama_sdpa(node):
+                continue
+            reason = self._reason(node)
+            if reason is not None:
+                self._decide(node, False, reason)
+                continue
+            name, module = _call_site(node)
+            take_llama_sdpa(node, exported_program, own_kv_cache=self.own_kv_cache)  # keeps the call site's name
+            self._decisions[name] = AttentionDecision(name, module, False, "kept whole but not seen by partition()")
+
     def _take_softcapped_attention(self, graph: torch.fx.Graph) -> None:
         """Soft-capped attention written out (softcapped_attention.py) that the kernels run
         becomes one TAKEN_SDPA_OP call; the rest stays as written, with a report entry."""
@@ -152,8 +174,9 @@ class CudaGqaPartitioner(Partitioner):
 
     def partition(self, exported_program: ExportedProgram) -> PartitionResult:
         tags = {}
+        taken_updates = set()
         for node in exported_program.graph_module.graph.nodes:
-            if not is_sdpa(node):
+            if not is_attention(node):
                 continue
             call = SdpaCall.from_node(node)
             reason = self._reason(node)
@@ -175,6 +198,12 @@ class CudaGqaPartitioner(Partitioner):
                 for update in updates:
                     update.node.meta["delegation_tag"] = tag
                     update.buffer.meta["delegation_tag"] = tag
+                    taken_updates.add(update.node)
                 what += f", KV cache owned by the delegate ({', '.join(u.buffer_name for u in updates)})"
             self._decide(node, True, what)
+        for node in exported_program.graph_module.graph.nodes:
+            # Made only for caches the delegate owns: it has no CPU kernel in ExecuTorch.
+            if node.op == "call_function" and _aten_target(node) == TAKEN_LLAMA_UPDATE_OP and node not in taken_updates:
+                raise RuntimeError(f"CudaGqaPartitioner: the llama cache update {node.name} it took before "
+                                   "decompositions is not taken with its attention now")
         return PartitionResult(tagged_exported_program=exported_program, partition_tags=tags)

@@ -294,3 +294,43 @@ def test_a_mask_that_does_not_broadcast_is_refused():
         build_attention_payload(dtype=torch.float16, batch=1, num_heads_q=8, num_heads_kv=2, head_dim=64, l_q=1,
                                 l_kv=64, is_causal=False, mask_shape=(1, 3, 1, 64), mask_dtype=torch.bool,
                                 archs=[90], ptx=False, args=AttentionArgs(mask=3, out=4))
+
+
+def test_bshd_layout_binds_heads_and_sequence_to_their_dims():
+    """[B, S, H, D] tensors (ExecuTorch's llama ops) get the kernels' head strides from dim 2 and
+    their sequence strides, lengths and grid tiles from dim 1; nothing else changes."""
+    from cuda_gqa.backends.aot.compiled_kernel import EntryParam
+    from cuda_gqa.backends.attention_plan import AttentionArgs, bind_params, launch_grid
+    from cuda_gqa.backends.layout import BSHD
+
+    names = ["stride_qb", "stride_qh", "stride_qm", "stride_kb", "stride_kh", "stride_kn", "stride_oh", "L_q", "L_kv"]
+    entry = [EntryParam(name, "i32", 1) for name in names]
+    for layout, (h, s) in ((BSHD, (2, 1)), (AttentionArgs().layout, (1, 2))):
+        args = AttentionArgs(layout=layout)
+        bound = [(int(p.kind), p.arg, p.dim) for p in bind_params(entry, args, 0.125)]
+        stride, size = K.TensorStride, K.TensorSize
+        assert bound == [(stride, Q, 0), (stride, Q, h), (stride, Q, s), (stride, KEY, 0), (stride, KEY, h),
+                         (stride, KEY, s), (stride, OUT, h), (size, Q, s), (size, KEY, s)]
+        assert factors(fb.KernelT(grid=launch_grid(args, 64))) == [[(Q, s, 64)], [(Q, 0, 1), (Q, h, 1)], []]
+
+
+def test_a_start_position_takes_no_mask_kv_len_or_dynamic_cache():
+    from cuda_gqa.backends.attention_plan import AttentionArgs
+    from cuda_gqa.backends.kv_cache_plan import KvCacheArgs, StartPosition
+    from cuda_gqa.backends.layout import BSHD
+
+    common = dict(dtype=torch.float16, batch=1, num_heads_q=4, num_heads_kv=2, head_dim=64, is_causal=True,
+                  archs=[90], ptx=False, generic=False, start=StartPosition(arg=3))
+    args = AttentionArgs(out=4, layout=BSHD)
+    with pytest.raises(ValueError, match="static L_kv"):
+        build_attention_payload(l_q=1, l_kv=(1, 64), args=args, **common)
+    with pytest.raises(ValueError, match="no kv_len input"):
+        build_attention_payload(l_q=1, l_kv=64, args=AttentionArgs(out=5, kv_len=4, layout=BSHD),
+                                kv_len_dtype=torch.int32, **common)
+    with pytest.raises(ValueError, match="takes no mask"):
+        build_attention_payload(l_q=1, l_kv=64, args=AttentionArgs(out=5, mask=4, layout=BSHD), mask_shape=(1, 64),
+                                mask_dtype=torch.bool, **common)
+    with pytest.raises(ValueError, match="explicit positions"):
+        build_attention_payload(l_q=1, l_kv=64, args=args, **common,
+                                cache=KvCacheArgs(k_new=1, v_new=2, positions=3, k_state="k", v_state="v",
+                                                  max_seq_len=64))

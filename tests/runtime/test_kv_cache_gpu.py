@@ -214,3 +214,53 @@ def test_exported_llm_prefill_then_decode_match_eager(tmp_path):
             (logits,) = decode.execute([token, torch.tensor([pos])])
             torch.testing.assert_close(logits, expected, atol=1e-2, rtol=1e-2, msg=f"sequence {sequence}, pos {pos}")
             token = logits[:, -1].argmax(-1, keepdim=True)
+
+
+LLAMA_MAX_SEQ = 64
+
+
+def llama_payload(dtype, owned: bool) -> bytes:
+    """ExecuTorch's llama attention (llama::custom_sdpa, with its llama::update_cache writes when
+    owned): [B, L, H, D] tensors, L dynamic up to LLAMA_MAX_SEQ - 1, a 0-dim int64 start position.
+    Inputs q, K and V (the new rows when owned, else the whole caches), start; output; owned:
+    states "k" and "v" [B, S, H_kv, D]."""
+    from cuda_gqa.backends.attention_plan import AttentionArgs, build_attention_payload
+    from cuda_gqa.backends.kv_cache_plan import KvCacheArgs, StartPosition
+    from cuda_gqa.backends.layout import BSHD
+
+    cache = KvCacheArgs(k_new=1, v_new=2, positions=None, k_state="k", v_state="v", max_seq_len=LLAMA_MAX_SEQ)
+    return build_attention_payload(
+        dtype=dtype, batch=B, num_heads_q=H_Q, num_heads_kv=H_KV, head_dim=D, l_q=(1, LLAMA_MAX_SEQ - 1),
+        l_kv=LLAMA_MAX_SEQ, is_causal=True, archs=[device_arch()], generic=False,
+        args=AttentionArgs(query=0, key=1, value=2, out=4, layout=BSHD), start=StartPosition(arg=3),
+        cache=cache if owned else None)
+
+
+@pytest.mark.parametrize("owned", [True, False], ids=["cache-owned", "caches-as-inputs"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_llama_attention_from_a_start_position(dtype, owned):
+    """A 20-token prefill (forward kernel), a 3-token chunk and decode steps (split-KV decode) at
+    start_pos onwards: keys [0, start + L), causal from start (what llama::custom_sdpa does)."""
+    from cuda_gqa.backends.kernels.reference import reference_attention
+    from cuda_gqa.runtime.cubin_launcher import CubinLauncher
+
+    attention = CubinLauncher(llama_payload(dtype, owned))
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    k_cache = torch.zeros(B, LLAMA_MAX_SEQ, H_KV, D, device="cuda", dtype=dtype)
+    v_cache = torch.zeros_like(k_cache)
+    start = 0
+    for length in (20, 3, 1, 1):
+        q = torch.randn(B, length, H_Q, D, device="cuda", dtype=dtype, generator=gen)
+        k, v = (torch.randn(B, length, H_KV, D, device="cuda", dtype=dtype, generator=gen) for _ in range(2))
+        k_cache[:, start:start + length], v_cache[:, start:start + length] = k, v
+        position = torch.tensor(start, device="cuda")
+        out = attention(q, k, v, position) if owned else attention(q, k_cache, v_cache, position)
+        expected = reference_attention(q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2),
+                                       is_causal=True, kv_len=start + length).transpose(1, 2)
+        torch.cuda.synchronize()
+        assert out.shape == q.shape
+        torch.testing.assert_close(out.float(), expected, **tolerance(dtype), msg=f"{length} tokens at {start}")
+        start += length
+    if owned:
+        assert torch.equal(attention.states.tensors["k"], k_cache)
+        assert torch.equal(attention.states.tensors["v"], v_cache)
