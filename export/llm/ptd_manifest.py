@@ -80,6 +80,18 @@ def _segments(data) -> tuple[int, list[tuple[int, int, list[str]]]]:
                                         for i, s in enumerate(flat.segments)]
 
 
+def ptd_contents(ptd: Union[str, Path]) -> dict[str, tuple[str, str]]:
+    """key -> (SHA-256 of its data, its tensor layout) of a .ptd: two files with equal contents
+    serve the same programs, whatever order their segments are in (here only: needs executorch)."""
+    from executorch.extension.flat_tensor.serialize.serialize import _deserialize_to_flat_tensor
+
+    with Path(ptd).open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        base, segments = _segments(data)
+        flat = _deserialize_to_flat_tensor(bytes(data[:base]))
+        digests = [_sha256(data[offset:offset + size]) for offset, size, _ in segments]
+        return {named.key: (digests[named.segment_index], repr(named.tensor_layout)) for named in flat.named_data}
+
+
 def _sources(model: torch.nn.Module, layout: str) -> dict[str, str]:
     """sha256 -> state-dict name of every parameter's bytes in `layout` (2-D ones only when
     transposed). Buffers (RoPE tables, caches) are not sources: they stay in the .pte."""

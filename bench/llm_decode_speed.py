@@ -1,0 +1,340 @@
+"""Long-context decode of a real-shaped LLM: attention on the GPU (CudaGqaBackend) against attention on the CPU.
+
+    python bench/llm_decode_speed.py export DIR         # here (make gpu-llm-1b): the .pte files and the weights' manifest
+    python3 bench/llm_decode_speed.py run DIR --out OUT # GPU machine, one command, no executorch
+
+The model is a preset with seeded weights (default llama3.2-1b, float16), its
+parameters in one .ptd shared by every .pte (ExecuTorch external weights):
+
+- `gpu-<S>.pte`: attention and its KV cache on the GPU (cubins for --archs),
+  everything else on XNNPACK; S = the longest context, one program for all.
+- `cpu-<S>.pte` for each context S: the same model with attention left on the
+  CPU (XNNPACK and ExecuTorch's kernels), exported at S, because that program
+  attends over its whole cache (max_seq_len keys, the mask hiding the unfilled
+  ones) whatever the position: each context gets a baseline of its own size.
+
+The .ptd (2.5 GB in float16) cannot travel to the GPU machine (64 MiB a run),
+so `export` keeps only its prefix and manifest (export/llm/ptd_manifest.py),
+and `run` rebuilds it from the preset's seed, checking every segment's
+SHA-256. `run` then
+
+1. writes eager PyTorch's greedy generation (prefill of an 11-token prompt,
+   64 tokens; on CUDA in float32 from the same float16 weights) and checks the
+   GPU program's logits and tokens against it with cuda_gqa_llm_runner;
+2. times decode steps at each context C (runner --decode-at C-STEPS: steps at
+   positions up to C, the cache holding whatever is there; the delegate
+   attends kv_len = position + 1 keys) for the GPU program and for the CPU
+   program of that context;
+3. measures the share of step time in attention: for the GPU program,
+   the wall time inside CudaGqaBackend's execute calls during each step (the
+   backend's own clock, cuda_gqa_execute_time_ns(): the mask and q/k/v
+   staging copies, the kernels and the wait for them) over the step's wall
+   time; for the CPU program, whose attention is spread over XNNPACK
+   partitions and ExecuTorch kernels, it is derived: its step time minus the
+   GPU program's non-attention time at the same context (the projections,
+   norms, embedding and lm_head are the same XNNPACK and CPU work in both);
+4. writes OUT/llm_decode_speed.md (the table, the correctness check, the
+   commands) and OUT/llm_decode_speed.png (step time against context).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+PRESET = "llama3.2-1b"
+CONTEXTS = (4096, 16384, 32768)
+REFERENCE_TOKENS = 64
+REFERENCE_PROMPT_LEN = 11
+STEPS = 32
+WARMUP = 4
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+PTD = "weights.ptd"
+
+
+def _log(message: str) -> None:
+    print(f"[llm_decode_speed] {message}", flush=True)
+
+
+def export(folder: Path, preset: str, dtype: str, contexts: list[int], archs: list[str], keep_ptd: bool) -> None:
+    import gc
+    import warnings
+
+    from cuda_gqa.export.llm.decoder import Decoder
+    from cuda_gqa.export.llm.pipeline import export_llm
+    from cuda_gqa.export.llm.presets import PRESETS, build_preset
+    from cuda_gqa.export.llm.ptd_manifest import describe_ptd, ptd_contents
+
+    warnings.filterwarnings("ignore", message="Mutation on a buffer in the model is detected")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    base = build_preset(preset, max_seq_len=8, dtype=DTYPES[dtype])
+    _log(f"built {preset} ({dtype}, seeded weights) in {time.perf_counter() - start:.0f} s")
+    weights = base.state_dict(keep_vars=True)  # the Parameters themselves: every variant shares them (and ties)
+    variants = [("gpu", max(contexts), archs)] + [("cpu", c, None) for c in contexts]
+    info = dict(preset=preset, dtype=dtype, contexts=contexts, archs=archs, variants=[])
+    for attention, length, variant_archs in variants:
+        name = f"{attention}-{length}"
+        with torch.device("meta"):  # no weights allocated: they are assigned
+            model = Decoder(PRESETS[preset], max_seq_len=length, dtype=DTYPES[dtype])
+        model.load_state_dict(weights, assign=True)
+        for module in model.modules():  # RoPE tables and caches of this length
+            for key, buffer in module._buffers.items():
+                module._buffers[key] = torch.empty_like(buffer, device="cpu")
+        model._tie_weights()
+        model.reset_buffers()
+        model.eval().requires_grad_(False)
+        result = export_llm(model, archs=variant_archs, out=folder / f"{name}.pte", external_weights=True,
+                            log=lambda m: _log(f"{name}: {m}"))
+        _log(result.summary().replace("\n", "; "))
+        variant = dict(name=name, attention=attention, max_seq_len=length, pte=f"{name}.pte",
+                       pte_bytes=result.size_bytes, ptd_bytes=result.ptd_size_bytes,
+                       export_seconds=round(result.seconds, 1),
+                       delegated={m: len(result.delegated(m)) for m in result.reports})
+        info["variants"].append(variant)
+        ptd, shared = result.ptd, folder / PTD
+        del result, model
+        gc.collect()
+        if not shared.exists():
+            ptd.rename(shared)
+            manifest = describe_ptd(shared, base, preset=preset, seed=0, dtype=dtype)
+            _log(f"{PTD}: {manifest['size'] / 2**20:.1f} MiB, {len(manifest['entries'])} segments, prefix "
+                 f"{manifest['prefix']['size']} bytes")
+        elif ptd_contents(ptd) != ptd_contents(shared):  # the same named data, maybe in another order
+            raise RuntimeError(f"{ptd} holds other data than {shared}: the variants cannot share a weights file")
+        else:
+            ptd.unlink()
+        (folder / "export.json").write_text(json.dumps(info, indent=1) + "\n")
+    if not keep_ptd:
+        (folder / PTD).unlink()
+    _log(f"exported {len(variants)} programs to {folder} in {time.perf_counter() - start:.0f} s")
+
+
+# ---------------------------------------------------------------- GPU machine
+
+
+def _run(command: list, log_file: Path, env=None) -> tuple[int, str]:
+    _log("$ " + " ".join(map(str, command)))
+    start = time.perf_counter()
+    result = subprocess.run([str(c) for c in command], capture_output=True, text=True, env=env)
+    output = result.stdout + result.stderr
+    with log_file.open("a") as f:
+        f.write(f"$ {' '.join(map(str, command))}\n{output}\n(exit {result.returncode}, "
+                f"{time.perf_counter() - start:.1f} s)\n\n")
+    print(output, end="", flush=True)
+    return result.returncode, output
+
+
+def _parse_decode(output: str) -> dict:
+    """The runner's --decode-at lines."""
+    found = {}
+    m = re.search(r"^decode-at: (\d+) steps at positions (\d+)\.\.(\d+): median ([0-9.]+) ms, p90 ([0-9.]+) ms "
+                  r"per step, ([0-9.]+) tokens/s", output, re.M)
+    if m:
+        found.update(steps=int(m[1]), first=int(m[2]), last=int(m[3]), median_ms=float(m[4]), p90_ms=float(m[5]),
+                     tokens_per_s=float(m[6]))
+    m = re.search(r"^attention: CudaGqaBackend execute median ([0-9.]+) ms per step \(([0-9.]+)% of the step", output,
+                  re.M)
+    if m:
+        found.update(attention_ms=float(m[1]), attention_share=float(m[2]) / 100)
+    return found
+
+
+def run(folder: Path, out: Path, device: str, steps: int, warmup: int) -> int:
+    from cuda_gqa.export.llm.presets import build_preset
+    from cuda_gqa.export.llm.ptd_manifest import PtdRebuildError, rebuild_ptd
+    from cuda_gqa.export.llm.reference import write_reference
+
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = out / "llm_decode_speed.log"
+    log_file.write_text("")
+    info = json.loads((folder / "export.json").read_text())
+    runner = folder / "cuda_gqa_llm_runner"
+    env = dict(os.environ, LD_LIBRARY_PATH=f"{folder}:{os.environ.get('LD_LIBRARY_PATH', '')}")
+    gpu_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
+    _log(f"{gpu_name}, torch {torch.__version__}, {os.cpu_count()} CPUs")
+
+    # 1. The weights: rebuilt from the seed, every segment checked.
+    ptd = folder / PTD
+    start = time.perf_counter()
+    model = build_preset(info["preset"], max_seq_len=REFERENCE_PROMPT_LEN + REFERENCE_TOKENS,
+                         dtype=DTYPES[info["dtype"]], device=device)
+    build_s = time.perf_counter() - start
+    try:
+        rebuild_ptd(folder / f"{PTD}.manifest.json", ptd, model=model, log=_log)
+    except PtdRebuildError as e:
+        _log(f"FAILED: {e}")
+        (out / "llm_decode_speed.md").write_text(f"# llm_decode_speed: the weights could not be rebuilt\n\n{e}\n")
+        return 1
+    ptd_s = time.perf_counter() - start - build_s
+
+    # 2. Eager reference (CUDA, float32 from the same weights) and the GPU program's generation against it.
+    start = time.perf_counter()
+    reference = out / "reference"
+    eager = model.to(device=device, dtype=torch.float32)
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    gpu = next(v for v in info["variants"] if v["attention"] == "gpu")
+    write_reference(eager, folder / gpu["pte"], REFERENCE_TOKENS, REFERENCE_PROMPT_LEN, folder=reference)
+    del eager, model
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    reference_s = time.perf_counter() - start
+    checks = []
+    for variant in [gpu] + [v for v in info["variants"] if v["attention"] == "cpu"][:1]:
+        code, output = _run([runner, folder / variant["pte"], "--data", ptd, "--prompt", reference / "prompt.bin",
+                             "--new-tokens", REFERENCE_TOKENS, "--expected-tokens",
+                             reference / "expected_tokens.bin", "--expected-logits", reference / "expected_logits.bin"],
+                            log_file, env)
+        checks.append((variant["name"], code, [line for line in output.splitlines()
+                                                if line.startswith(("prompt", "decode:", "logits:", "tokens:"))
+                                                and not line.startswith("tokens: ") or "match eager" in line]))
+
+    # 3. Decode steps at each context.
+    rows = []
+    for context in info["contexts"]:
+        row = dict(context=context)
+        for variant in (gpu, next(v for v in info["variants"] if v["attention"] == "cpu"
+                                  and v["max_seq_len"] == context)):
+            code, output = _run([runner, folder / variant["pte"], "--data", ptd, "--decode-at", context - steps,
+                                 "--steps", steps, "--warmup", warmup], log_file, env)
+            row[variant["attention"]] = _parse_decode(output) if code == 0 else dict(error=f"exit {code}")
+            row[variant["attention"]]["program"] = variant["name"]
+        rows.append(row)
+        _log(json.dumps(row))
+    ptd.unlink()
+
+    table = _markdown(info, rows, checks, gpu_name, dict(build=build_s, ptd=ptd_s, reference=reference_s), steps,
+                      warmup)
+    (out / "llm_decode_speed.md").write_text(table)
+    (out / "llm_decode_speed.json").write_text(json.dumps(dict(info=info, rows=rows, checks=checks), indent=1))
+    try:
+        _plot(rows, info, out / "llm_decode_speed.png")
+    except Exception as e:  # the table matters more than the picture
+        _log(f"no plot: {e}")
+    print(table)
+    return 0 if all(code == 0 for _, code, _ in checks) else 1
+
+
+def _fmt(value, digits=2):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _markdown(info, rows, checks, gpu_name, seconds, steps, warmup) -> str:
+    lines = [f"# Decode at long context: {info['preset']} ({info['dtype']}, seeded weights), attention on the GPU "
+             f"vs on the CPU", "",
+             f"{gpu_name}; host {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch "
+             f"{torch.__version__}. Programs exported with `python bench/llm_decode_speed.py export` (ExecuTorch "
+             f"1.5.1, XNNPACK for the rest of the model); weights rebuilt here from the seed in "
+             f"{seconds['build']:.0f} s + {seconds['ptd']:.0f} s (every SHA-256 as exported); eager reference "
+             f"{seconds['reference']:.0f} s.", "",
+             "## Correctness: prefill of an 11-token prompt, then 64 greedy tokens, against eager PyTorch "
+             "(CUDA, float32 from the same weights)", ""]
+    for name, code, summary in checks:
+        lines.append(f"- `{name}` (exit {code}):")
+        lines += [f"  - `{line}`" for line in summary]
+    lines += ["", f"## Decode step time ({steps} steps after {warmup} warm-up, at positions context-{steps} .. "
+                  f"context-1)", "",
+              "| context | GPU attention: median ms | p90 ms | tokens/s | attention ms | attention share | "
+              "CPU attention: median ms | p90 ms | tokens/s | attention share (derived) | speed-up |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        g, c = row.get("gpu", {}), row.get("cpu", {})
+        non_attention = (g["median_ms"] - g["attention_ms"]) if "attention_ms" in g else None
+        cpu_share = (1 - non_attention / c["median_ms"]) if non_attention is not None and "median_ms" in c else None
+        speedup = (c["median_ms"] / g["median_ms"]) if "median_ms" in g and "median_ms" in c else None
+        share = g.get("attention_share")
+        lines.append(f"| {row['context']} | {_fmt(g.get('median_ms'))} | {_fmt(g.get('p90_ms'))} | "
+                     f"{_fmt(g.get('tokens_per_s'), 1)} | {_fmt(g.get('attention_ms'))} | "
+                     f"{'-' if share is None else f'{100 * share:.1f}%'} | {_fmt(c.get('median_ms'))} | "
+                     f"{_fmt(c.get('p90_ms'))} | {_fmt(c.get('tokens_per_s'), 1)} | "
+                     f"{'-' if cpu_share is None else f'{100 * cpu_share:.1f}%'} | "
+                     f"{'-' if speedup is None else f'{speedup:.2f}x'} |")
+        for side in ("gpu", "cpu"):
+            if "error" in row.get(side, {}):
+                lines.append(f"| | {side} program {row[side]['program']}: {row[side]['error']} |")
+    lines += ["", "GPU attention: one program (`" + next(v["pte"] for v in info["variants"] if v["attention"] == "gpu")
+              + "`) for every context; its delegates attend kv_len = position + 1 keys. CPU attention: a program "
+                "per context exported at that max_seq_len (it attends its whole cache at every step). Attention "
+                "share, GPU: wall time inside CudaGqaBackend execute during the step (mask and q/k/v/out copies "
+                "between host and device, kernels, the wait) over the step's wall time, median over steps. "
+                "CPU (derived): 1 - (GPU step - GPU attention) / CPU step, the non-attention work being the same "
+                "XNNPACK and CPU kernels in both programs.", ""]
+    lines += ["Programs:", "", "| program | attention | max_seq_len | .pte MiB | export s (2-core build machine) |",
+              "|---|---|---:|---:|---:|"]
+    for v in info["variants"]:
+        lines.append(f"| {v['pte']} | {v['attention']} | {v['max_seq_len']} | {v['pte_bytes'] / 2**20:.1f} | "
+                     f"{v['export_seconds']} |")
+    lines.append(f"\nShared weights file `{PTD}`: {info['variants'][0]['ptd_bytes'] / 2**20:.1f} MiB.\n")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(rows, info, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_time, ax_share) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for side, label in (("gpu", "attention on the GPU (cuda_gqa)"), ("cpu", "attention on the CPU")):
+        points = [(r["context"], r[side]) for r in rows if "median_ms" in r.get(side, {})]
+        if points:
+            ax_time.plot([c for c, _ in points], [s["median_ms"] for _, s in points], marker="o", label=label)
+    points = [(r["context"], r["gpu"]) for r in rows if "attention_ms" in r.get("gpu", {})]
+    if points:
+        ax_time.plot([c for c, _ in points], [s["attention_ms"] for _, s in points], marker="x", linestyle="--",
+                     label="of which CudaGqaBackend execute")
+        ax_share.bar([str(c) for c, _ in points], [100 * s["attention_share"] for _, s in points])
+    for ax in (ax_time,):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context (tokens in the cache)")
+        ax.set_ylabel("ms per decode step (median)")
+        ax.legend(fontsize=7)
+    ax_time.set_title(f"{info['preset']} {info['dtype']} decode")
+    ax_share.set_title("GPU program: attention share of a step")
+    ax_share.set_xlabel("context")
+    ax_share.set_ylabel("%")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("export", help="build machine: the .pte files and the weights' prefix and manifest")
+    e.add_argument("folder", type=Path)
+    e.add_argument("--preset", default=PRESET)
+    e.add_argument("--dtype", choices=DTYPES, default="float16")
+    e.add_argument("--contexts", default=",".join(map(str, CONTEXTS)))
+    e.add_argument("--archs", default="sm_90")
+    e.add_argument("--keep-ptd", action="store_true", help=f"keep {PTD} (to run the programs here)")
+    r = sub.add_parser("run", help="GPU machine: rebuild the weights, check against eager, time, write OUT")
+    r.add_argument("folder", type=Path)
+    r.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out/llm_decode_speed")))
+    r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the seeded weights and the eager reference are computed")
+    r.add_argument("--steps", type=int, default=STEPS)
+    r.add_argument("--warmup", type=int, default=WARMUP)
+    args = parser.parse_args(argv)
+    if args.command == "export":
+        export(args.folder, args.preset, args.dtype, [int(c) for c in args.contexts.split(",")],
+               args.archs.split(","), args.keep_ptd)
+        return 0
+    return run(args.folder, args.out, args.device, args.steps, args.warmup)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
