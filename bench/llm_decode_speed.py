@@ -137,6 +137,12 @@ def _run(command: list, log_file: Path, env=None) -> tuple[int, str]:
     return result.returncode, output
 
 
+def _summary_line(line: str) -> bool:
+    """The runner's lines a report keeps (not its token list)."""
+    return (line.startswith(("loaded", "prompt", "decode:", "decode-at:", "attention:", "logits:", "error:"))
+            or line.startswith("tokens:") and "match eager" in line)
+
+
 def _parse_decode(output: str) -> dict:
     """The runner's --decode-at lines."""
     found = {}
@@ -198,9 +204,7 @@ def run(folder: Path, out: Path, device: str, steps: int, warmup: int) -> int:
                              "--new-tokens", REFERENCE_TOKENS, "--expected-tokens",
                              reference / "expected_tokens.bin", "--expected-logits", reference / "expected_logits.bin"],
                             log_file, env)
-        checks.append((variant["name"], code, [line for line in output.splitlines()
-                                                if line.startswith(("prompt", "decode:", "logits:", "tokens:"))
-                                                and not line.startswith("tokens: ") or "match eager" in line]))
+        checks.append((variant["name"], code, [line for line in output.splitlines() if _summary_line(line)]))
 
     # 3. Decode steps at each context.
     rows = []
