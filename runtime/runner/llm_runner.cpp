@@ -155,7 +155,7 @@ int parse_args(int argc, char** argv, Options* o) {
   }
   if (o->model.empty() || (o->prompt.empty() && o->decode_at < 0)) {
     usage(stderr);
-    return fail("a model and --prompt (or --decode-at) are needed", "");
+    return fail("a model and --prompt are needed (or --decode-at P)", "");
   }
   if (o->new_tokens < 1) return fail("--new-tokens", "at least 1");
   if (o->steps < 1) return fail("--steps", "at least 1");
