@@ -207,15 +207,20 @@ def run(folder: Path, out: Path, device: str, steps: int, warmup: int) -> int:
         checks.append((variant["name"], code, [line for line in output.splitlines() if _summary_line(line)]))
 
     # 3. Decode steps at each context.
+    # The longest CPU program is timed at the shorter contexts too ("cpu_full"): does its step
+    # time depend on the position (it attends its whole cache whatever the position)?
     rows = []
+    cpu = {v["max_seq_len"]: v for v in info["variants"] if v["attention"] == "cpu"}
     for context in info["contexts"]:
         row = dict(context=context)
-        for variant in (gpu, next(v for v in info["variants"] if v["attention"] == "cpu"
-                                  and v["max_seq_len"] == context)):
+        runs = [("gpu", gpu), ("cpu", cpu[context])]
+        if context < max(cpu):
+            runs.append(("cpu_full", cpu[max(cpu)]))
+        for side, variant in runs:
             code, output = _run([runner, folder / variant["pte"], "--data", ptd, "--decode-at", context - steps,
                                  "--steps", steps, "--warmup", warmup], log_file, env)
-            row[variant["attention"]] = _parse_decode(output) if code == 0 else dict(error=f"exit {code}")
-            row[variant["attention"]]["program"] = variant["name"]
+            row[side] = _parse_decode(output) if code == 0 else dict(error=f"exit {code}")
+            row[side]["program"] = variant["name"]
         rows.append(row)
         _log(json.dumps(row))
     ptd.unlink()
@@ -266,9 +271,16 @@ def _markdown(info, rows, checks, gpu_name, seconds, steps, warmup) -> str:
                      f"{_fmt(c.get('p90_ms'))} | {_fmt(c.get('tokens_per_s'), 1)} | "
                      f"{'-' if cpu_share is None else f'{100 * cpu_share:.1f}%'} | "
                      f"{'-' if speedup is None else f'{speedup:.2f}x'} |")
-        for side in ("gpu", "cpu"):
+        for side in ("gpu", "cpu", "cpu_full"):
             if "error" in row.get(side, {}):
                 lines.append(f"| | {side} program {row[side]['program']}: {row[side]['error']} |")
+    full = [(row["context"], row["cpu_full"]) for row in rows if "median_ms" in row.get("cpu_full", {})]
+    own = [(row["context"], row["cpu"]) for row in rows if "median_ms" in row.get("cpu", {})
+           and row["cpu"]["program"] == (full[0][1]["program"] if full else None)]
+    if full:
+        lines += ["", f"The longest CPU program (`{full[0][1]['program']}`) at every position, median step: "
+                  + ", ".join(f"{f['median_ms']:.2f} ms at context {c}" for c, f in full + own)
+                  + " (a program with attention on the CPU attends its whole cache at every step)."]
     lines += ["", "GPU attention: one program (`" + next(v["pte"] for v in info["variants"] if v["attention"] == "gpu")
               + "`) for every context; its delegates attend kv_len = position + 1 keys. CPU attention: a program "
                 "per context exported at that max_seq_len (it attends its whole cache at every step). Attention "
@@ -292,8 +304,12 @@ def _plot(rows, info, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_time, ax_share) = plt.subplots(1, 2, figsize=(9, 3.6))
-    for side, label in (("gpu", "attention on the GPU (cuda_gqa)"), ("cpu", "attention on the CPU")):
+    longest = max(info["contexts"])
+    for side, label in (("gpu", "attention on the GPU (cuda_gqa)"), ("cpu", "attention on the CPU (max_seq_len = context)"),
+                        ("cpu_full", f"attention on the CPU (max_seq_len {longest})")):
         points = [(r["context"], r[side]) for r in rows if "median_ms" in r.get(side, {})]
+        if side == "cpu_full":
+            points += [(r["context"], r["cpu"]) for r in rows if r["context"] == longest and "median_ms" in r.get("cpu", {})]
         if points:
             ax_time.plot([c for c, _ in points], [s["median_ms"] for _, s in points], marker="o", label=label)
     points = [(r["context"], r["gpu"]) for r in rows if "attention_ms" in r.get("gpu", {})]
