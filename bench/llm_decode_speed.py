@@ -315,7 +315,7 @@ def _plot(rows, info, path: Path) -> None:
     points = [(r["context"], r["gpu"]) for r in rows if "attention_ms" in r.get("gpu", {})]
     if points:
         ax_time.plot([c for c, _ in points], [s["attention_ms"] for _, s in points], marker="x", linestyle="--",
-                     label="of which CudaGqaBackend execute")
+                     label="GPU program: inside CudaGqaBackend execute")
         ax_share.bar([str(c) for c, _ in points], [100 * s["attention_share"] for _, s in points])
     for ax in (ax_time,):
         ax.set_xscale("log", base=2)
