@@ -61,10 +61,31 @@ STEPS = 32
 WARMUP = 4
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PTD = "weights.ptd"
+SANITY_PRESET = "tiny-llama3"
 
 
 def _log(message: str) -> None:
     print(f"[llm_decode_speed] {message}", flush=True)
+
+
+def export_sanity(folder: Path, archs: list[str]) -> None:
+    """folder/sanity/: tiny-llama3 (float32) with GPU attention and external weights, rebuilt and
+    checked first on the GPU machine: the same route in seconds, and a program whose numbers
+    should match eager closely (it tells a wrong route from float16 rounding)."""
+    import warnings
+
+    from cuda_gqa.export.llm.pipeline import export_llm
+    from cuda_gqa.export.llm.presets import build_preset
+    from cuda_gqa.export.llm.ptd_manifest import describe_ptd
+
+    warnings.filterwarnings("ignore", message="Mutation on a buffer in the model is detected")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    model = build_preset(SANITY_PRESET, max_seq_len=128)
+    result = export_llm(model, archs=archs, out=folder / "sanity" / "model.pte", external_weights=True,
+                        log=lambda m: _log(f"sanity: {m}"))
+    describe_ptd(result.ptd, model, preset=SANITY_PRESET, seed=0, dtype="float32")
+    result.ptd.unlink()
+    _log(result.summary().replace("\n", "; "))
 
 
 def export(folder: Path, preset: str, dtype: str, contexts: list[int], archs: list[str], keep_ptd: bool) -> None:
@@ -119,6 +140,7 @@ def export(folder: Path, preset: str, dtype: str, contexts: list[int], archs: li
         (folder / "export.json").write_text(json.dumps(info, indent=1) + "\n")
     if not keep_ptd:
         (folder / PTD).unlink()
+    export_sanity(folder, archs)
     _log(f"exported {len(variants)} programs to {folder} in {time.perf_counter() - start:.0f} s")
 
 
@@ -158,6 +180,26 @@ def _parse_decode(output: str) -> dict:
     return found
 
 
+def _check_sanity(sanity: Path, out: Path, runner: Path, device: str, log_file: Path, env) -> tuple[int, list[str]]:
+    from cuda_gqa.export.llm.presets import build_preset
+    from cuda_gqa.export.llm.ptd_manifest import PtdRebuildError, rebuild_ptd
+    from cuda_gqa.export.llm.reference import write_reference
+
+    model = build_preset(SANITY_PRESET, max_seq_len=REFERENCE_PROMPT_LEN + REFERENCE_TOKENS, device=device)
+    try:
+        rebuild_ptd(sanity / "model.ptd.manifest.json", sanity / "model.ptd", model=model, log=_log)
+    except PtdRebuildError as e:
+        return 1, [f"error: {e}"]
+    reference = out / "sanity"
+    write_reference(model.to(device), sanity / "model.pte", REFERENCE_TOKENS, REFERENCE_PROMPT_LEN, folder=reference)
+    code, output = _run([runner, sanity / "model.pte", "--data", sanity / "model.ptd", "--prompt",
+                         reference / "prompt.bin", "--new-tokens", REFERENCE_TOKENS, "--expected-tokens",
+                         reference / "expected_tokens.bin", "--expected-logits", reference / "expected_logits.bin"],
+                        log_file, env)
+    (sanity / "model.ptd").unlink()
+    return code, [line for line in output.splitlines() if _summary_line(line)]
+
+
 def run(folder: Path, out: Path, device: str, steps: int, warmup: int) -> int:
     from cuda_gqa.export.llm.presets import build_preset
     from cuda_gqa.export.llm.ptd_manifest import PtdRebuildError, rebuild_ptd
@@ -171,6 +213,12 @@ def run(folder: Path, out: Path, device: str, steps: int, warmup: int) -> int:
     env = dict(os.environ, LD_LIBRARY_PATH=f"{folder}:{os.environ.get('LD_LIBRARY_PATH', '')}")
     gpu_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
     _log(f"{gpu_name}, torch {torch.__version__}, {os.cpu_count()} CPUs")
+
+    checks = []
+    sanity = folder / "sanity"
+    if sanity.is_dir():  # the tiny program first: the same route in seconds
+        code, summary = _check_sanity(sanity, out, runner, device, log_file, env)
+        checks.append((f"sanity/model.pte ({SANITY_PRESET}, float32, attention on the GPU)", code, summary))
 
     # 1. The weights: rebuilt from the seed, every segment checked.
     ptd = folder / PTD
@@ -198,7 +246,6 @@ def run(folder: Path, out: Path, device: str, steps: int, warmup: int) -> int:
     del eager, model
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     reference_s = time.perf_counter() - start
-    checks = []
     for variant in [gpu] + [v for v in info["variants"] if v["attention"] == "cpu"][:1]:
         code, output = _run([runner, folder / variant["pte"], "--data", ptd, "--prompt", reference / "prompt.bin",
                              "--new-tokens", REFERENCE_TOKENS, "--expected-tokens",
