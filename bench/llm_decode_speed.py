@@ -21,10 +21,11 @@ SHA-256. `run` then
 1. writes eager PyTorch's greedy generation (prefill of an 11-token prompt,
    64 tokens; on CUDA in float32 from the same float16 weights) and checks the
    GPU program's logits and tokens against it with cuda_gqa_llm_runner;
-2. times decode steps at each context C (runner --decode-at C-STEPS: steps at
+2. times decode steps at each context C (runner --decode-at C-N: N steps at
    positions up to C, the cache holding whatever is there; the delegate
    attends kv_len = position + 1 keys) for the GPU program and for the CPU
-   program of that context;
+   program of that context (and the longest CPU program at every context:
+   its step time against the position); measurements stop after --budget-s;
 3. measures the share of step time in attention: for the GPU program,
    the wall time inside CudaGqaBackend's execute calls during each step (the
    backend's own clock, cuda_gqa_execute_time_ns(): the mask and q/k/v
@@ -57,8 +58,10 @@ PRESET = "llama3.2-1b"
 CONTEXTS = (4096, 16384, 32768)
 REFERENCE_TOKENS = 64
 REFERENCE_PROMPT_LEN = 11
-STEPS = 32
-WARMUP = 4
+STEPS = 32  # timed decode steps of a GPU-attention program
+CPU_STEPS = 12  # of a CPU-attention program (up to a second each at 32K)
+WARMUP = 3
+BUDGET_S = 480  # measurements stop (and the report is written) after this; a run has 10 minutes
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PTD = "weights.ptd"
 SANITY_PRESET = "tiny-llama3"
@@ -200,11 +203,12 @@ def _check_sanity(sanity: Path, out: Path, runner: Path, device: str, log_file: 
     return code, [line for line in output.splitlines() if _summary_line(line)]
 
 
-def run(folder: Path, out: Path, device: str, steps: int, warmup: int) -> int:
+def run(folder: Path, out: Path, device: str, steps: int, cpu_steps: int, warmup: int, budget_s: float) -> int:
     from cuda_gqa.export.llm.presets import build_preset
     from cuda_gqa.export.llm.ptd_manifest import PtdRebuildError, rebuild_ptd
     from cuda_gqa.export.llm.reference import write_reference
 
+    deadline = time.perf_counter() + budget_s
     out.mkdir(parents=True, exist_ok=True)
     log_file = out / "llm_decode_speed.log"
     log_file.write_text("")
@@ -264,8 +268,12 @@ def run(folder: Path, out: Path, device: str, steps: int, warmup: int) -> int:
         if context < max(cpu):
             runs.append(("cpu_full", cpu[max(cpu)]))
         for side, variant in runs:
-            code, output = _run([runner, folder / variant["pte"], "--data", ptd, "--decode-at", context - steps,
-                                 "--steps", steps, "--warmup", warmup], log_file, env)
+            if time.perf_counter() > deadline:
+                row[side] = dict(error=f"skipped: past the {budget_s:.0f} s budget", program=variant["name"])
+                continue
+            n = steps if variant["attention"] == "gpu" else cpu_steps
+            code, output = _run([runner, folder / variant["pte"], "--data", ptd, "--decode-at", context - n,
+                                 "--steps", n, "--warmup", warmup], log_file, env)
             row[side] = _parse_decode(output) if code == 0 else dict(error=f"exit {code}")
             row[side]["program"] = variant["name"]
         rows.append(row)
@@ -273,7 +281,7 @@ def run(folder: Path, out: Path, device: str, steps: int, warmup: int) -> int:
     ptd.unlink()
 
     table = _markdown(info, rows, checks, gpu_name, dict(build=build_s, ptd=ptd_s, reference=reference_s), steps,
-                      warmup)
+                      cpu_steps, warmup)
     (out / "llm_decode_speed.md").write_text(table)
     (out / "llm_decode_speed.json").write_text(json.dumps(dict(info=info, rows=rows, checks=checks), indent=1))
     try:
@@ -288,7 +296,7 @@ def _fmt(value, digits=2):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _markdown(info, rows, checks, gpu_name, seconds, steps, warmup) -> str:
+def _markdown(info, rows, checks, gpu_name, seconds, steps, cpu_steps, warmup) -> str:
     lines = [f"# Decode at long context: {info['preset']} ({info['dtype']}, seeded weights), attention on the GPU "
              f"vs on the CPU", "",
              f"{gpu_name}; host {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch "
@@ -301,8 +309,8 @@ def _markdown(info, rows, checks, gpu_name, seconds, steps, warmup) -> str:
     for name, code, summary in checks:
         lines.append(f"- `{name}` (exit {code}):")
         lines += [f"  - `{line}`" for line in summary]
-    lines += ["", f"## Decode step time ({steps} steps after {warmup} warm-up, at positions context-{steps} .. "
-                  f"context-1)", "",
+    lines += ["", f"## Decode step time (median over the last {steps} positions before the context for GPU "
+                  f"attention, {cpu_steps} for CPU attention, after {warmup} warm-up steps)", "",
               "| context | GPU attention: median ms | p90 ms | tokens/s | attention ms | attention share | "
               "CPU attention: median ms | p90 ms | tokens/s | attention share (derived) | speed-up |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -393,14 +401,17 @@ def main(argv=None) -> int:
     r.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out/llm_decode_speed")))
     r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="where the seeded weights and the eager reference are computed")
-    r.add_argument("--steps", type=int, default=STEPS)
+    r.add_argument("--steps", type=int, default=STEPS, help="timed steps of the GPU-attention program")
+    r.add_argument("--cpu-steps", type=int, default=CPU_STEPS, help="timed steps of a CPU-attention program")
     r.add_argument("--warmup", type=int, default=WARMUP)
+    r.add_argument("--budget-s", type=float, default=BUDGET_S,
+                   help="no new measurement starts after this many seconds (default %(default)s)")
     args = parser.parse_args(argv)
     if args.command == "export":
         export(args.folder, args.preset, args.dtype, [int(c) for c in args.contexts.split(",")],
                args.archs.split(","), args.keep_ptd)
         return 0
-    return run(args.folder, args.out, args.device, args.steps, args.warmup)
+    return run(args.folder, args.out, args.device, args.steps, args.cpu_steps, args.warmup, args.budget_s)
 
 
 if __name__ == "__main__":
