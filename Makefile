@@ -77,7 +77,8 @@ GPU_CASES := demo:--dtype=float16 \
 
 # LLM cases: each tiny preset exported by export_llm (float32, so greedy tokens
 # can match exactly) with a prompt and eager PyTorch's greedy generation of 64
-# tokens; run there with runtime/runner/run_llm_bundle.sh .gpu
+# tokens (tiny-llama3-ptd: its weights in a model.ptd, ExecuTorch's external
+# data); run there with runtime/runner/run_llm_bundle.sh .gpu
 # The lent GPU machines are H100/H200 (sm_90); one arch keeps the bundle
 # within what a run carries (64 MiB). Other archs: make gpu-bundle BUNDLE_ARCHS=sm_80,sm_90
 BUNDLE_ARCHS ?= sm_90
@@ -90,6 +91,7 @@ gpu-bundle: build
 	cp $(addprefix $(ET_LIB_DIR)/,libexecutorch.so libexecutorch_kernels_optimized.so libexecutorch_threadpool.so libexecutorch_backend_xnnpack.so) .gpu/
 	$(foreach case,$(GPU_CASES),$(PYTHON) -m cuda_gqa.export --export-only --archs=$(BUNDLE_ARCHS) --out .gpu/cases/$(word 1,$(subst :, ,$(case))) $(subst $(comma), ,$(word 2,$(subst :, ,$(case)))) &&) true
 	$(foreach preset,$(LLM_CASES),$(PYTHON) -m cuda_gqa.export.llm --preset $(preset) --max-seq-len 256 --archs $(BUNDLE_ARCHS) --out .gpu/llm/$(preset)/model.pte --reference-tokens 64 &&) true
+	$(PYTHON) -m cuda_gqa.export.llm --preset tiny-llama3 --max-seq-len 256 --archs $(BUNDLE_ARCHS) --external-weights --out .gpu/llm/tiny-llama3-ptd/model.pte --reference-tokens 64
 	rm -f .gpu/cases/*/reference.pt
 	du -sh .gpu
 comma := ,

@@ -90,7 +90,8 @@ def main(argv=None) -> int:
         return 2
     print(result.summary())
     if args.reference_tokens is not None:
-        command = write_reference(model, result.pte, args.reference_tokens, args.reference_prompt_len)
+        command = write_reference(model, result.pte, args.reference_tokens, args.reference_prompt_len,
+                                  data=result.ptd)
         log(f"wrote eager PyTorch's greedy generation of {args.reference_tokens} tokens beside it; check a run with:")
         print(f"  {command}")
     return 0

@@ -36,10 +36,11 @@ def reference_prompt(vocab_size: int, prompt_len: int, seed: int = 0) -> torch.T
     return torch.randint(0, vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(seed))
 
 
-def write_reference(model, pte: Path, new_tokens: int, prompt_len: int, folder: Optional[Path] = None) -> str:
+def write_reference(model, pte: Path, new_tokens: int, prompt_len: int, folder: Optional[Path] = None,
+                    data: Optional[Path] = None) -> str:
     """Writes a seeded prompt (prompt.bin) and eager PyTorch's greedy generation of new_tokens
     tokens from it (expected_tokens.bin, expected_logits.bin) into `folder` (default: beside the
-    .pte); returns the runner command that checks them."""
+    .pte); returns the runner command that checks them (with --data `data`, the .pte's .ptd)."""
     prompt = reference_prompt(model.config.vocab_size, prompt_len)
     tokens, logits = eager_greedy(model, prompt.tolist(), new_tokens)
     folder = Path(pte).parent if folder is None else Path(folder)
@@ -47,5 +48,6 @@ def write_reference(model, pte: Path, new_tokens: int, prompt_len: int, folder: 
     for name, tensor in (("prompt", prompt), ("expected_tokens", torch.tensor(tokens)),
                          ("expected_logits", logits)):
         write_tensor(folder / f"{name}.bin", tensor)
-    return (f"build/cuda_gqa_llm_runner {pte} --prompt {folder / 'prompt.bin'} --new-tokens {new_tokens} "
+    return (f"build/cuda_gqa_llm_runner {pte}{f' --data {data}' if data else ''} --prompt {folder / 'prompt.bin'} "
+            f"--new-tokens {new_tokens} "
             f"--expected-tokens {folder / 'expected_tokens.bin'} --expected-logits {folder / 'expected_logits.bin'}")

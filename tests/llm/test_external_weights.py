@@ -128,12 +128,13 @@ def test_the_program_with_its_rebuilt_ptd_runs_like_eager(external, tmp_path):
 
 def test_runner_generates_like_eager_with_data(external, tmp_path):
     model, folder = external
-    command = write_reference(model, folder / "model.pte", 6, 5, folder=tmp_path)
-    result = run(*command.split()[1:], "--data", folder / "model.ptd")
+    command = write_reference(model, folder / "model.pte", 6, 5, folder=tmp_path, data=folder / "model.ptd")
+    assert f"--data {folder / 'model.ptd'}" in command
+    result = run(*command.split()[1:])
     assert result.returncode == 0, result.stdout + result.stderr
     assert "tokens: 6 of 6 match eager before the first difference PASS" in result.stdout
     assert "attention: no CudaGqaBackend calls (attention on the CPU)" in result.stdout
-    result = run(*command.split()[1:])  # without its weights
+    result = run(*command.replace(f" --data {folder / 'model.ptd'}", "").split()[1:])  # without its weights
     assert result.returncode == 2 and "needs --data FILE.ptd" in result.stderr
 
 
