@@ -102,15 +102,17 @@ ET_LIB_DIR = $(shell $(PYTHON) -c "import executorch; print(executorch.__path__[
 # a .pte with attention on the GPU (max_seq_len 32768), .pte files with
 # attention on the CPU at 4096, 16384 and 32768, and instead of their shared
 # 2.5 GB .ptd its prefix and manifest, from which the run rebuilds it; with
-# the LLM runner and its libraries. On the GPU machine:
+# the LLM runner and its libraries. Each program is exported by a process of
+# its own; an interrupted export resumes (rm -rf .gpu-1b for a fresh one).
+# On the GPU machine:
 #   python3 bench/llm_decode_speed.py run .gpu-1b --out $$OUT
 LLM_1B_PRESET ?= llama3.2-1b
 LLM_1B_DTYPE ?= float16
 LLM_1B_CONTEXTS ?= 4096,16384,32768
 
 gpu-llm-1b: build
-	rm -rf .gpu-1b && mkdir -p .gpu-1b
+	mkdir -p .gpu-1b
+	$(PYTHON) bench/llm_decode_speed.py export .gpu-1b --preset $(LLM_1B_PRESET) --dtype $(LLM_1B_DTYPE) --contexts $(LLM_1B_CONTEXTS) --archs $(BUNDLE_ARCHS)
 	cp $(BACKEND_LIB) $(BUILD_DIR)/cuda_gqa_llm_runner .gpu-1b/
 	cp $(addprefix $(ET_LIB_DIR)/,libexecutorch.so libexecutorch_kernels_optimized.so libexecutorch_threadpool.so libexecutorch_backend_xnnpack.so) .gpu-1b/
-	$(PYTHON) bench/llm_decode_speed.py export .gpu-1b --preset $(LLM_1B_PRESET) --dtype $(LLM_1B_DTYPE) --contexts $(LLM_1B_CONTEXTS) --archs $(BUNDLE_ARCHS)
 	du -sh .gpu-1b

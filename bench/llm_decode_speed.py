@@ -91,59 +91,66 @@ def export_sanity(folder: Path, archs: list[str]) -> None:
     _log(result.summary().replace("\n", "; "))
 
 
-def export(folder: Path, preset: str, dtype: str, contexts: list[int], archs: list[str], keep_ptd: bool) -> None:
-    import gc
+def export_variant(folder: Path, preset: str, dtype: str, attention: str, length: int, archs: list[str]) -> None:
+    """One program, in a process of its own (ExecuTorch's lowering keeps memory across exports: the
+    third export of llama3.2-1b in one process went past 23 GB). Writes NAME.pte and NAME.json; the
+    first also writes the shared weights file, its prefix and manifest, the others check that their
+    .ptd holds the same named data and delete it."""
     import warnings
 
-    from cuda_gqa.export.llm.decoder import Decoder
     from cuda_gqa.export.llm.pipeline import export_llm
-    from cuda_gqa.export.llm.presets import PRESETS, build_preset
+    from cuda_gqa.export.llm.presets import build_preset
     from cuda_gqa.export.llm.ptd_manifest import describe_ptd, ptd_contents
 
     warnings.filterwarnings("ignore", message="Mutation on a buffer in the model is detected")
     warnings.filterwarnings("ignore", category=FutureWarning)
+    name = f"{attention}-{length}"
+    start = time.perf_counter()
+    model = build_preset(preset, max_seq_len=length, dtype=DTYPES[dtype])
+    _log(f"{name}: built {preset} ({dtype}, seeded weights) in {time.perf_counter() - start:.0f} s")
+    result = export_llm(model, archs=archs if attention == "gpu" else None, out=folder / f"{name}.pte",
+                        external_weights=True, log=lambda m: _log(f"{name}: {m}"))
+    _log(result.summary().replace("\n", "; "))
+    variant = dict(name=name, attention=attention, max_seq_len=length, pte=f"{name}.pte",
+                   pte_bytes=result.size_bytes, ptd_bytes=result.ptd_size_bytes,
+                   export_seconds=round(result.seconds, 1),
+                   delegated={m: len(result.delegated(m)) for m in result.reports})
+    ptd, shared = result.ptd, folder / PTD
+    del result
+    if not shared.exists():
+        ptd.rename(shared)
+        manifest = describe_ptd(shared, model, preset=preset, seed=0, dtype=dtype)
+        _log(f"{PTD}: {manifest['size'] / 2**20:.1f} MiB, {len(manifest['entries'])} segments, prefix "
+             f"{manifest['prefix']['size']} bytes")
+    elif ptd_contents(ptd) != ptd_contents(shared):  # the same named data, maybe in another order
+        raise RuntimeError(f"{ptd} holds other data than {shared}: the variants cannot share a weights file")
+    else:
+        ptd.unlink()
+    (folder / f"{name}.json").write_text(json.dumps(variant, indent=1) + "\n")
+
+
+def export(folder: Path, preset: str, dtype: str, contexts: list[int], archs: list[str], keep_ptd: bool) -> None:
+    """The programs, each exported by a child process (export_variant); one already in the folder
+    (NAME.pte and NAME.json) is kept, so an interrupted export resumes."""
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    base = build_preset(preset, max_seq_len=8, dtype=DTYPES[dtype])
-    _log(f"built {preset} ({dtype}, seeded weights) in {time.perf_counter() - start:.0f} s")
-    weights = base.state_dict(keep_vars=True)  # the Parameters themselves: every variant shares them (and ties)
-    variants = [("gpu", max(contexts), archs)] + [("cpu", c, None) for c in contexts]
+    variants = [("gpu", max(contexts))] + [("cpu", c) for c in contexts]
     info = dict(preset=preset, dtype=dtype, contexts=contexts, archs=archs, variants=[])
-    for attention, length, variant_archs in variants:
+    for attention, length in variants:
         name = f"{attention}-{length}"
-        with torch.device("meta"):  # no weights allocated: they are assigned
-            model = Decoder(PRESETS[preset], max_seq_len=length, dtype=DTYPES[dtype])
-        model.load_state_dict(weights, assign=True)
-        for module in model.modules():  # RoPE tables and caches of this length
-            for key, buffer in module._buffers.items():
-                module._buffers[key] = torch.empty_like(buffer, device="cpu")
-        model._tie_weights()
-        model.reset_buffers()
-        model.eval().requires_grad_(False)
-        result = export_llm(model, archs=variant_archs, out=folder / f"{name}.pte", external_weights=True,
-                            log=lambda m: _log(f"{name}: {m}"))
-        _log(result.summary().replace("\n", "; "))
-        variant = dict(name=name, attention=attention, max_seq_len=length, pte=f"{name}.pte",
-                       pte_bytes=result.size_bytes, ptd_bytes=result.ptd_size_bytes,
-                       export_seconds=round(result.seconds, 1),
-                       delegated={m: len(result.delegated(m)) for m in result.reports})
-        info["variants"].append(variant)
-        ptd, shared = result.ptd, folder / PTD
-        del result, model
-        gc.collect()
-        if not shared.exists():
-            ptd.rename(shared)
-            manifest = describe_ptd(shared, base, preset=preset, seed=0, dtype=dtype)
-            _log(f"{PTD}: {manifest['size'] / 2**20:.1f} MiB, {len(manifest['entries'])} segments, prefix "
-                 f"{manifest['prefix']['size']} bytes")
-        elif ptd_contents(ptd) != ptd_contents(shared):  # the same named data, maybe in another order
-            raise RuntimeError(f"{ptd} holds other data than {shared}: the variants cannot share a weights file")
+        done = folder / f"{name}.json"
+        if done.exists() and (folder / f"{name}.pte").exists() and (folder / f"{PTD}.manifest.json").exists():
+            _log(f"{name}: already exported")
         else:
-            ptd.unlink()
+            subprocess.run([sys.executable, __file__, "export-variant", str(folder), "--preset", preset, "--dtype",
+                            dtype, "--attention", attention, "--max-seq-len", str(length), "--archs",
+                            ",".join(archs)], check=True)
+        info["variants"].append(json.loads(done.read_text()))
         (folder / "export.json").write_text(json.dumps(info, indent=1) + "\n")
     if not keep_ptd:
-        (folder / PTD).unlink()
-    export_sanity(folder, archs)
+        (folder / PTD).unlink(missing_ok=True)
+    if not (folder / "sanity" / "model.ptd.manifest.json").exists():
+        export_sanity(folder, archs)
     _log(f"exported {len(variants)} programs to {folder} in {time.perf_counter() - start:.0f} s")
 
 
@@ -396,6 +403,13 @@ def main(argv=None) -> int:
     e.add_argument("--contexts", default=",".join(map(str, CONTEXTS)))
     e.add_argument("--archs", default="sm_90")
     e.add_argument("--keep-ptd", action="store_true", help=f"keep {PTD} (to run the programs here)")
+    v = sub.add_parser("export-variant", help="one program (export runs each in a process of its own)")
+    v.add_argument("folder", type=Path)
+    v.add_argument("--preset", default=PRESET)
+    v.add_argument("--dtype", choices=DTYPES, default="float16")
+    v.add_argument("--attention", choices=("gpu", "cpu"), required=True)
+    v.add_argument("--max-seq-len", type=int, required=True)
+    v.add_argument("--archs", default="sm_90")
     r = sub.add_parser("run", help="GPU machine: rebuild the weights, check against eager, time, write OUT")
     r.add_argument("folder", type=Path)
     r.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out/llm_decode_speed")))
@@ -410,6 +424,9 @@ def main(argv=None) -> int:
     if args.command == "export":
         export(args.folder, args.preset, args.dtype, [int(c) for c in args.contexts.split(",")],
                args.archs.split(","), args.keep_ptd)
+        return 0
+    if args.command == "export-variant":
+        export_variant(args.folder, args.preset, args.dtype, args.attention, args.max_seq_len, args.archs.split(","))
         return 0
     return run(args.folder, args.out, args.device, args.steps, args.cpu_steps, args.warmup, args.budget_s)
 
