@@ -19,8 +19,11 @@ and `run` rebuilds it from the preset's seed, checking every segment's
 SHA-256. `run` then
 
 1. writes eager PyTorch's greedy generation (prefill of an 11-token prompt,
-   64 tokens; on CUDA in float32 from the same float16 weights) and checks the
-   GPU program's logits and tokens against it with cuda_gqa_llm_runner;
+   then 64 decode steps; on CUDA in float32 from the same float16 weights)
+   and checks the logits of the GPU program and of the shortest CPU program
+   against it, every row (cuda_gqa_llm_runner --teacher-forcing: each step
+   is fed eager's token, so a near-tie that flips a token does not end the
+   comparison);
 2. times decode steps at each context C (runner --decode-at C-N: N steps at
    positions up to C, the cache holding whatever is there; the delegate
    attends kv_len = position + 1 keys) for the GPU program and for the CPU
@@ -56,7 +59,7 @@ import torch
 
 PRESET = "llama3.2-1b"
 CONTEXTS = (4096, 16384, 32768)
-REFERENCE_TOKENS = 64
+REFERENCE_TOKENS = 65  # the prefill's row, then 64 decode steps
 REFERENCE_PROMPT_LEN = 11
 STEPS = 32  # timed decode steps of a GPU-attention program
 CPU_STEPS = 12  # of a CPU-attention program (up to a second each at 32K)
@@ -204,8 +207,8 @@ def _check_sanity(sanity: Path, out: Path, runner: Path, device: str, log_file: 
     write_reference(model.to(device), sanity / "model.pte", REFERENCE_TOKENS, REFERENCE_PROMPT_LEN, folder=reference)
     code, output = _run([runner, sanity / "model.pte", "--data", sanity / "model.ptd", "--prompt",
                          reference / "prompt.bin", "--new-tokens", REFERENCE_TOKENS, "--expected-tokens",
-                         reference / "expected_tokens.bin", "--expected-logits", reference / "expected_logits.bin"],
-                        log_file, env)
+                         reference / "expected_tokens.bin", "--expected-logits", reference / "expected_logits.bin",
+                         "--teacher-forcing"], log_file, env)
     (sanity / "model.ptd").unlink()
     return code, [line for line in output.splitlines() if _summary_line(line)]
 
@@ -260,8 +263,8 @@ def run(folder: Path, out: Path, device: str, steps: int, cpu_steps: int, warmup
     for variant in [gpu] + [v for v in info["variants"] if v["attention"] == "cpu"][:1]:
         code, output = _run([runner, folder / variant["pte"], "--data", ptd, "--prompt", reference / "prompt.bin",
                              "--new-tokens", REFERENCE_TOKENS, "--expected-tokens",
-                             reference / "expected_tokens.bin", "--expected-logits", reference / "expected_logits.bin"],
-                            log_file, env)
+                             reference / "expected_tokens.bin", "--expected-logits", reference / "expected_logits.bin",
+                             "--teacher-forcing"], log_file, env)
         checks.append((variant["name"], code, [line for line in output.splitlines() if _summary_line(line)]))
 
     # 3. Decode steps at each context.
@@ -311,8 +314,9 @@ def _markdown(info, rows, checks, gpu_name, seconds, steps, cpu_steps, warmup) -
              f"1.5.1, XNNPACK for the rest of the model); weights rebuilt here from the seed in "
              f"{seconds['build']:.0f} s + {seconds['ptd']:.0f} s (every SHA-256 as exported); eager reference "
              f"{seconds['reference']:.0f} s.", "",
-             "## Correctness: prefill of an 11-token prompt, then 64 greedy tokens, against eager PyTorch "
-             "(CUDA, float32 from the same weights)", ""]
+             "## Correctness: prefill of an 11-token prompt, then 64 decode steps, against eager PyTorch "
+             "(CUDA, float32 from the same weights; each step fed eager's greedy token, every row of logits "
+             "compared)", ""]
     for name, code, summary in checks:
         lines.append(f"- `{name}` (exit {code}):")
         lines += [f"  - `{line}`" for line in summary]

@@ -33,6 +33,11 @@
 // (cuda_gqa_execute_time_ns(): its copies, launches and wait for the kernels)
 // and its share of the step, when the program has such delegates.
 //
+// --teacher-forcing feeds each decode step eager's token instead of the
+// program's own, so every row's logits come from eager's inputs and all are
+// compared; a row whose argmax differs from eager's token passes only as a tie
+// (eager's logits of the two within tolerance).
+//
 // Exit status: 0 ok, 1 a comparison failed, 2 bad usage or a load/run error.
 
 #include <executorch/extension/module/module.h>
@@ -72,6 +77,7 @@ struct Options {
   long new_tokens = 16;
   long device = 0;
   long decode_at = -1, steps = 32, warmup = 3;
+  bool teacher_forcing = false;
   double atol = 2e-2, rtol = 1.6e-2;
 };
 
@@ -99,6 +105,8 @@ void usage(FILE* out) {
                "  --expected-tokens FILE  int64 ids the generation must reproduce\n"
                "  --expected-logits FILE  float32 [new tokens, vocab] logits to compare\n"
                "  --tokens-out FILE       write the generated ids (int64)\n"
+               "  --teacher-forcing       feed eager's tokens (--expected-tokens), not the program's: every\n"
+               "                          row of logits is then compared\n"
                "  --decode-at P           time decode steps alone at positions P.. (no prefill)\n"
                "  --steps N               timed steps of --decode-at (default 32)\n"
                "  --warmup W              untimed steps before them (default 3)\n");
@@ -123,6 +131,8 @@ int parse_args(int argc, char** argv, Options* o) {
       o->prompt = next();
     } else if (a == "--data" && has_value) {
       o->data = next();
+    } else if (a == "--teacher-forcing") {
+      o->teacher_forcing = true;
     } else if (a == "--expected-tokens" && has_value) {
       o->expected_tokens = next();
     } else if (a == "--expected-logits" && has_value) {
@@ -159,6 +169,7 @@ int parse_args(int argc, char** argv, Options* o) {
   }
   if (o->new_tokens < 1) return fail("--new-tokens", "at least 1");
   if (o->steps < 1) return fail("--steps", "at least 1");
+  if (o->teacher_forcing && o->expected_tokens.empty()) return fail("--teacher-forcing", "needs --expected-tokens");
   return -1;
 }
 
@@ -361,6 +372,14 @@ int main(int argc, char** argv) {
   const double prefill_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - prefill_start).count();
 
+  std::vector<int64_t> want_tokens;
+  if (!opt.expected_tokens.empty()) {
+    if (!read_array(opt.expected_tokens, &want_tokens, &error)) return fail("expected tokens", error);
+    if (opt.teacher_forcing && static_cast<long>(want_tokens.size()) < opt.new_tokens) {
+      return fail("--teacher-forcing", opt.expected_tokens + " holds " + std::to_string(want_tokens.size()) +
+                                           " tokens, fewer than --new-tokens");
+    }
+  }
   std::vector<int64_t> generated;
   std::vector<double> step_ms, backend_ms;
   uint64_t calls = 0;
@@ -368,10 +387,10 @@ int main(int argc, char** argv) {
     rows.push_back(logits);
     generated.push_back(argmax(logits));
     if (static_cast<long>(generated.size()) == opt.new_tokens) break;
+    const int64_t fed = opt.teacher_forcing ? want_tokens[generated.size() - 1] : generated.back();
     const BackendClock backend;
     const auto t0 = std::chrono::steady_clock::now();
-    err = decoder.step("decode", {generated.back()}, n + static_cast<int64_t>(generated.size()) - 1, 0,
-                       &logits);
+    err = decoder.step("decode", {fed}, n + static_cast<int64_t>(generated.size()) - 1, 0, &logits);
     step_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     backend_ms.push_back(backend.ms_since());
     calls += backend.calls_since();
@@ -399,17 +418,17 @@ int main(int argc, char** argv) {
   }
 
   // Rows after the first token that differs from eager's were computed from
-  // other inputs than eager's, so the logits are compared up to that row.
+  // other inputs than eager's, so the logits are compared up to that row
+  // (all rows with teacher forcing: every row had eager's inputs).
   bool pass = true;
   size_t same = generated.size();  // tokens equal to eager's before the first difference
-  std::vector<int64_t> want_tokens;
   if (!opt.expected_tokens.empty()) {
-    if (!read_array(opt.expected_tokens, &want_tokens, &error)) return fail("expected tokens", error);
     same = 0;
     while (same < std::min(want_tokens.size(), generated.size()) && want_tokens[same] == generated[same]) ++same;
   }
-  const size_t compared = std::min(rows.size(), same + 1);
+  const size_t compared = opt.teacher_forcing ? rows.size() : std::min(rows.size(), same + 1);
   bool tie = false;  // the first differing token came from a tie in eager's logits, within tolerance
+  size_t forced_matches = 0, forced_ties = 0;  // teacher forcing: rows whose argmax is eager's, or ties
   if (!opt.expected_logits.empty()) {
     std::vector<float> want;
     if (!read_array(opt.expected_logits, &want, &error)) return fail("expected logits", error);
@@ -436,12 +455,26 @@ int main(int argc, char** argv) {
       const float* eager_row = want.data() + same * vocab;
       tie = close(eager_row[generated[same]], eager_row[want_tokens[same]]);
     }
+    for (size_t r = 0; opt.teacher_forcing && r < generated.size(); ++r) {
+      const float* eager_row = want.data() + r * vocab;
+      if (generated[r] == want_tokens[r]) {
+        ++forced_matches;
+      } else if (close(eager_row[generated[r]], eager_row[want_tokens[r]])) {
+        ++forced_ties;
+      }
+    }
     pass = pass && bad == 0;
     std::printf("logits: max_abs_err=%g over %zu rows%s, %zu elements outside atol %g + rtol %g * |expected| %s\n",
                 max_err, compared, compared < rows.size() ? " (up to the first differing token)" : "", bad,
                 opt.atol, opt.rtol, bad == 0 ? "PASS" : "FAIL");
   }
-  if (!opt.expected_tokens.empty()) {
+  if (opt.teacher_forcing) {
+    const bool ok = forced_matches + forced_ties == generated.size();
+    pass = pass && ok;
+    std::printf("tokens: %zu of %zu argmaxes match eager's tokens (teacher forcing: each step fed eager's token)"
+                ", %zu others tie in eager's logits within tolerance %s\n",
+                forced_matches, generated.size(), forced_ties, ok ? "PASS" : "FAIL");
+  } else if (!opt.expected_tokens.empty()) {
     const bool ok = want_tokens.size() == generated.size() && same == want_tokens.size();
     pass = pass && (ok || tie);
     std::printf("tokens: %zu of %zu match eager before the first difference %s\n", same, want_tokens.size(),

@@ -138,6 +138,24 @@ def test_runner_generates_like_eager_with_data(external, tmp_path):
     assert result.returncode == 2 and "needs --data FILE.ptd" in result.stderr
 
 
+def test_runner_teacher_forcing_compares_every_row(external, tmp_path):
+    model, folder = external
+    command = write_reference(model, folder / "model.pte", 6, 5, folder=tmp_path, data=folder / "model.ptd")
+    result = run(*command.split()[1:], "--teacher-forcing")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "over 6 rows, 0 elements outside" in result.stdout
+    assert "tokens: 6 of 6 argmaxes match eager's tokens (teacher forcing" in result.stdout
+    tokens = torch.frombuffer(bytearray((tmp_path / "expected_tokens.bin").read_bytes()), dtype=torch.int64).clone()
+    tokens[5] = (tokens[5] + 1) % 256  # eager "chose" another last token (never fed): that row's argmax differs
+    (tmp_path / "expected_tokens.bin").write_bytes(tokens.numpy().tobytes())
+    result = run(*command.split()[1:], "--teacher-forcing")
+    assert result.returncode == 1 and "tokens: 5 of 6 argmaxes match" in result.stdout, result.stdout
+    assert "over 6 rows, 0 elements outside" in result.stdout
+    result = run(folder / "model.pte", "--data", folder / "model.ptd", "--prompt", tmp_path / "prompt.bin",
+                 "--teacher-forcing")
+    assert result.returncode == 2 and "needs --expected-tokens" in result.stderr
+
+
 def test_runner_times_decode_steps_at_a_position(external):
     _, folder = external
     result = run(folder / "model.pte", "--data", folder / "model.ptd", "--decode-at", 17, "--steps", 5,
