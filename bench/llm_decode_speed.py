@@ -270,24 +270,23 @@ def run(folder: Path, out: Path, device: str, steps: int, cpu_steps: int, warmup
     # 3. Decode steps at each context.
     # The longest CPU program is timed at the shorter contexts too ("cpu_full"): does its step
     # time depend on the position (it attends its whole cache whatever the position)?
-    rows = []
+    # Each context's GPU and CPU program first, the extra positions of the longest CPU program
+    # after them: what the budget cuts, if anything, is the least needed.
     cpu = {v["max_seq_len"]: v for v in info["variants"] if v["attention"] == "cpu"}
-    for context in info["contexts"]:
-        row = dict(context=context)
-        runs = [("gpu", gpu), ("cpu", cpu[context])]
-        if context < max(cpu):
-            runs.append(("cpu_full", cpu[max(cpu)]))
-        for side, variant in runs:
-            if time.perf_counter() > deadline:
-                row[side] = dict(error=f"skipped: past the {budget_s:.0f} s budget", program=variant["name"])
-                continue
-            n = steps if variant["attention"] == "gpu" else cpu_steps
-            code, output = _run([runner, folder / variant["pte"], "--data", ptd, "--decode-at", context - n,
-                                 "--steps", n, "--warmup", warmup], log_file, env)
-            row[side] = _parse_decode(output) if code == 0 else dict(error=f"exit {code}")
-            row[side]["program"] = variant["name"]
-        rows.append(row)
-        _log(json.dumps(row))
+    rows = [dict(context=context) for context in info["contexts"]]
+    runs = [(row, side, variant) for row in rows for side, variant in (("gpu", gpu), ("cpu", cpu[row["context"]]))]
+    runs += [(row, "cpu_full", cpu[max(cpu)]) for row in rows if row["context"] < max(cpu)]
+    for row, side, variant in runs:
+        context = row["context"]
+        if time.perf_counter() > deadline:
+            row[side] = dict(error=f"skipped: past the {budget_s:.0f} s budget", program=variant["name"])
+            continue
+        n = steps if variant["attention"] == "gpu" else cpu_steps
+        code, output = _run([runner, folder / variant["pte"], "--data", ptd, "--decode-at", context - n,
+                             "--steps", n, "--warmup", warmup], log_file, env)
+        row[side] = _parse_decode(output) if code == 0 else dict(error=f"exit {code}")
+        row[side]["program"] = variant["name"]
+        _log(f"context {context}, {side}: {json.dumps(row[side])}")
     ptd.unlink()
 
     table = _markdown(info, rows, checks, gpu_name, dict(build=build_s, ptd=ptd_s, reference=reference_s), steps,
