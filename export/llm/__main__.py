@@ -18,11 +18,10 @@ import torch
 
 from cuda_gqa.backends.compile_specs import DEFAULT_ARCHS, SUPPORTED_ARCHS
 
-from ..tensor_files import write_tensor
 from .checkpoint import CheckpointError, load_checkpoint
-from .generate import eager_greedy
 from .pipeline import CPU_PARTITIONERS, DEFAULT_PREFILL_LEN, export_llm
 from .presets import PRESETS, build_preset
+from .reference import write_reference
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -43,6 +42,10 @@ def parse_args(argv):
                              + "), or 'none' to leave attention on the CPU")
     parser.add_argument("--cpu-partitioner", choices=[*CPU_PARTITIONERS, "none"], default="xnnpack",
                         help="who takes the rest of the graph (default %(default)s; none: portable kernels)")
+    parser.add_argument("--external-weights", action="store_true",
+                        help="write the parameters to a .ptd beside the .pte (same stem), which the program then "
+                             "needs at load (cuda_gqa_llm_runner --data); the .pte keeps the graph, cubins and "
+                             "RoPE tables, so exports of one model at any --max-seq-len share the .ptd")
     parser.add_argument("--seed", type=int, default=0, help="weights seed of a preset")
     parser.add_argument("--out", type=Path, help="the .pte to write (default out/<preset or checkpoint name>.pte)")
     parser.add_argument("--reference-tokens", type=int, metavar="N",
@@ -52,18 +55,6 @@ def parse_args(argv):
     parser.add_argument("--reference-prompt-len", type=int, default=11, metavar="P",
                         help="prompt length for --reference-tokens (default %(default)s)")
     return parser.parse_args(argv)
-
-
-def write_reference(model, pte: Path, new_tokens: int, prompt_len: int) -> str:
-    """Writes the --reference-tokens files; returns the runner command that checks them."""
-    prompt = torch.randint(0, model.config.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(0))
-    tokens, logits = eager_greedy(model, prompt.tolist(), new_tokens)
-    folder = pte.parent
-    for name, tensor in (("prompt", prompt), ("expected_tokens", torch.tensor(tokens)),
-                         ("expected_logits", logits)):
-        write_tensor(folder / f"{name}.bin", tensor)
-    return (f"build/cuda_gqa_llm_runner {pte} --prompt {folder / 'prompt.bin'} --new-tokens {new_tokens} "
-            f"--expected-tokens {folder / 'expected_tokens.bin'} --expected-logits {folder / 'expected_logits.bin'}")
 
 
 def main(argv=None) -> int:
@@ -92,13 +83,15 @@ def main(argv=None) -> int:
     try:
         result = export_llm(model, prefill_len=args.prefill_len, archs=archs, log=log,
                             cpu_partitioner=None if args.cpu_partitioner == "none" else args.cpu_partitioner,
+                            external_weights=args.external_weights,
                             out=args.out or Path("out") / f"{name}.pte")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(result.summary())
     if args.reference_tokens is not None:
-        command = write_reference(model, result.pte, args.reference_tokens, args.reference_prompt_len)
+        command = write_reference(model, result.pte, args.reference_tokens, args.reference_prompt_len,
+                                  data=result.ptd)
         log(f"wrote eager PyTorch's greedy generation of {args.reference_tokens} tokens beside it; check a run with:")
         print(f"  {command}")
     return 0

@@ -19,6 +19,8 @@ import torch
 
 from cuda_gqa.runtime.backend_library import BackendLibraryError, load_backend_library
 
+from .reference import eager_greedy  # noqa: F401  (re-exported: its home before reference.py)
+
 
 class PteDecoder:
     """The prefill and decode methods of an export_llm .pte, with the cache they share."""
@@ -82,22 +84,6 @@ def sample(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,
     outside = sorted_probs.cumsum(0) - sorted_probs >= top_p  # the top token always stays
     sorted_probs[outside] = 0
     return int(order[torch.multinomial(sorted_probs, 1, generator=generator)])
-
-
-@torch.no_grad()
-def eager_greedy(model: torch.nn.Module, prompt: Sequence[int], new_tokens: int) -> tuple[list[int], torch.Tensor]:
-    """Greedy generation with the eager model (its cache reset first): the reference a .pte's
-    generation must reproduce. Returns the tokens and their logits [new_tokens, vocab] (float32:
-    the prefill's last row, then each decode step's)."""
-    model.reset_buffers()
-    logits = model(torch.tensor([list(prompt)]), torch.tensor([0]))[0, -1]
-    tokens, rows = [], []
-    while True:
-        rows.append(logits.float())
-        tokens.append(int(logits.argmax()))
-        if len(tokens) == new_tokens:
-            return tokens, torch.stack(rows)
-        logits = model(torch.tensor([[tokens[-1]]]), torch.tensor([len(prompt) + len(tokens) - 1]))[0, -1]
 
 
 @dataclass

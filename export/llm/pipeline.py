@@ -46,6 +46,8 @@ class LlmExport:
     seconds: float
     size_bytes: int
     pte: Optional[Path] = None  # where it was written
+    ptd: Optional[Path] = None  # with external_weights: the weights' file, written beside the .pte
+    ptd_size_bytes: int = 0
 
     def delegated(self, method: str) -> list[AttentionDecision]:
         return [d for d in self.reports[method] if d.delegated]
@@ -59,6 +61,8 @@ class LlmExport:
             for reason, count in Counter(d.reason for d in report if not d.delegated).items():
                 lines.append(f"  {count} left on the CPU: {reason}")
         where = f" to {self.pte}" if self.pte else ""
+        if self.ptd is not None:
+            where += f", weights {self.ptd_size_bytes / 2**20:.1f} MiB to {self.ptd}"
         lines.append(f"{self.size_bytes / 2**20:.1f} MiB written{where} in {self.seconds:.1f} s")
         return "\n".join(lines)
 
@@ -89,6 +93,7 @@ def export_llm(
     archs: Optional[Sequence[Union[int, str]]] = DEFAULT_ARCHS,
     out: Optional[Union[str, Path]] = None,
     cpu_partitioner: Optional[str] = "xnnpack",
+    external_weights: bool = False,
     log: Callable[[str], None] = lambda message: None,
 ) -> LlmExport:
     """Export `model` (a module meeting the contract above, or a preset name) to a .pte.
@@ -99,6 +104,11 @@ def export_llm(
     archs: GPU archs for CudaGqaBackend; None leaves attention on the CPU.
     out: where to write the .pte (result.program.buffer holds its bytes either way).
     cpu_partitioner: "xnnpack" or None (ExecuTorch's portable kernels).
+    external_weights: the model's parameters go to a .ptd file beside the .pte (ExecuTorch's
+        named data, FlatTensor format; out's stem + ".ptd", needs `out`), the XNNPACK-packed
+        ones and those the CPU kernels read alike; load it with the .pte (Module(pte, ptd),
+        cuda_gqa_llm_runner --data). Buffers (RoPE tables) and cubins stay in the .pte, so
+        exports of one model at any max_seq_len or archs share one .ptd.
     log: called with a line per stage.
     """
     start = time.perf_counter()
@@ -119,12 +129,18 @@ def export_llm(
     model = model.eval().requires_grad_(False)
     batch = getattr(model, "batch_size", 1)
 
+    if external_weights and out is None:
+        raise ValueError("external_weights needs `out` (the .ptd is written beside the .pte)")
+    tag = Path(out).stem if external_weights else None
+
     programs = {}
     with torch.no_grad():
         for method, length in zip(METHODS, (prefill_len, 1)):
             log(f"torch.export: {method} ({batch} x {length} tokens)")
             tokens = torch.zeros(batch, length, dtype=torch.long)
             programs[method] = torch.export.export(model, (tokens, torch.tensor([0])))
+            if tag is not None:
+                _tag_parameters_for_delegates(programs[method], tag)
 
     partitioners = _make_partitioners(archs, cpu_partitioner)
     names = ["CudaGqaPartitioner" if archs is not None else None, cpu_partitioner]
@@ -139,8 +155,13 @@ def export_llm(
             metadata["get_eos_ids"] = list(config.eos_token_ids)
     edge = to_edge_transform_and_lower(programs, partitioner=partitioners, constant_methods=metadata)
     log("emitting the program (KV caches shared between prefill and decode)")
+    parameters = set()
+    for method in METHODS:
+        parameters |= set(edge.exported_program(method).graph_signature.inputs_to_parameters)
     program = edge.to_executorch(ExecutorchBackendConfig(
-        memory_planning_pass=MemoryPlanningPass(share_mutable_buffers=True)))
+        memory_planning_pass=MemoryPlanningPass(share_mutable_buffers=True),
+        # The parameters the CPU kernels read (the embedding, norms): to the .ptd as well.
+        external_constants=(lambda node: tag if node.name in parameters else None) if tag else False))
 
     reports = {} if archs is None else {method: parts[0].report for method, parts in partitioners.items()}
     if out is None:
@@ -151,5 +172,23 @@ def export_llm(
         with pte.open("wb") as f:
             program.write_to_file(f)  # without a contiguous copy of a multi-GB program
         size = pte.stat().st_size
+    ptd = None
+    if tag is not None:
+        data_files = set(program._tensor_data or {})  # its names (data_files would copy the bytes)
+        if data_files != {tag}:
+            raise RuntimeError(f"expected one data file {tag!r} from ExecuTorch, got {sorted(data_files)}")
+        log(f"writing the weights to {pte.parent / (tag + '.ptd')}")
+        program.write_tensor_data_to_file(str(pte.parent))
+        ptd = pte.parent / f"{tag}.ptd"
     return LlmExport(program=program, reports=reports, metadata=metadata, seconds=time.perf_counter() - start,
-                     size_bytes=size, pte=pte)
+                     size_bytes=size, pte=pte, ptd=ptd, ptd_size_bytes=ptd.stat().st_size if ptd else 0)
+
+
+def _tag_parameters_for_delegates(program: torch.export.ExportedProgram, tag: str) -> None:
+    """Marks the parameters' placeholders so that delegates put them in external named data
+    under `tag` (XNNPACK's serializer reads meta["custom"]["delegate_constant_tag"], as
+    ExecuTorch's delegate_external_constants_pass_unlifted sets it on unlifted graphs)."""
+    parameters = program.graph_signature.inputs_to_parameters
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in parameters:
+            node.meta.setdefault("custom", {})["delegate_constant_tag"] = tag

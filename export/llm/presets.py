@@ -7,6 +7,10 @@ head dims are multiples of 16, as the kernels need.
 
 from __future__ import annotations
 
+import contextlib
+import math
+from typing import Optional, Union
+
 import torch
 
 from .decoder import FULL_ATTENTION, SLIDING_ATTENTION, Decoder, DecoderConfig, RMSNorm, RopeScaling
@@ -47,24 +51,105 @@ PRESETS: dict[str, DecoderConfig] = {
 TINY_PRESETS = tuple(name for name in PRESETS if name.startswith("tiny-"))
 
 
-def randomize_weights(model: Decoder, seed: int = 0) -> Decoder:
-    """Seeded weights at the scale trained models have (std 0.02; norm scales near 1, so a
-    mis-mapped norm weight changes the output)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
+# Seeded weights from integer hashing, not torch's RNG: torch.randn's CPU
+# kernels differ between builds and CPUs (an AVX2 and an AVX-512 machine take
+# different code paths), so the same seed could give other weights on the GPU
+# machine than here. Integer ops on int64 tensors holding 32-bit values (every
+# product below 2**63) and one float64 multiply per value are exact everywhere,
+# so a preset's weights are bit-identical on any machine and torch version:
+# what lets a GPU machine rebuild a .ptd of a model exported here from the
+# seed (export/llm/ptd_manifest.py).
+_MASK32 = 0xFFFFFFFF
+_WEYL = 0x61C88647  # odd, below 2**31
+_CHUNK = 1 << 18  # elements per step: the temporaries stay in cache
+# Each value is the sum of the two 16-bit halves of a 32-bit hash, minus its
+# mean: a triangular distribution on [-65535, 65535] with this deviation.
+_TRIANGULAR_STD = math.sqrt(2 * (65536**2 - 1) / 12)
+
+
+def _mix32(x):
+    """A 32-bit integer hash (two multiply-xorshift rounds), in place on an int64 tensor
+    holding values in [0, 2**32), or on a Python int."""
+    if isinstance(x, int):
+        for shift, factor in ((16, 0x21F0AAAD), (15, 0x735A2D97)):
+            x = ((x ^ (x >> shift)) * factor) & _MASK32
+        return x ^ (x >> 15)
+    for shift, factor in ((16, 0x21F0AAAD), (15, 0x735A2D97)):
+        x ^= x >> shift
+        x *= factor
+        x &= _MASK32
+    x ^= x >> 15
+    return x
+
+
+def seeded_values(numel: int, seed: int, stream: int, scale: float, shift: float = 0.0,
+                  device: Optional[Union[str, torch.device]] = None) -> torch.Tensor:
+    """numel float32 values of deviation `scale` around `shift`, a function of (seed, stream)
+    only, bit-identical on every machine and device (a CUDA device computes them faster: each
+    step is its own kernel, so no multiply-add is fused into another rounding)."""
+    key1 = _mix32((seed * 0x9E3779B1 + stream) & _MASK32)
+    key2 = _mix32((key1 ^ 0x5BD1E995) + stream & _MASK32)
+    out = torch.empty(numel, dtype=torch.float32, device=device)
+    factor = scale / _TRIANGULAR_STD
+    chunk = _CHUNK if out.device.type == "cpu" else 1 << 24  # fewer launches on a GPU
+    for start in range(0, numel, chunk):
+        end = min(numel, start + chunk)
+        x = torch.arange(start, end, dtype=torch.int64, device=device)
+        x *= _WEYL
+        x += key1
+        x &= _MASK32
+        x = _mix32(x)
+        x ^= key2
+        x = _mix32(x)
+        y = (x >> 16).add_(x & 0xFFFF).sub_(65535).double()
+        y *= factor
+        if shift:
+            y += shift
+        out[start:end] = y  # float64 -> float32, round to nearest even
+    return out
+
+
+@contextlib.contextmanager
+def _one_cpu_thread(device):
+    """Small elementwise ops run best on one thread: with two or more, each op is a parallel
+    region whose threads wait for each other, which on a busy machine costs 10x (measured on the
+    2-core build machine under load: 12 s against 0.8 s of CPU time for 2**25 values)."""
+    if torch.device(device or "cpu").type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def randomize_weights(model: Decoder, seed: int = 0, device: Optional[Union[str, torch.device]] = None) -> Decoder:
+    """Seeded weights at the scale trained models have (deviation 0.02; norm scales near 1,
+    deviation 0.1, so a mis-mapped norm weight changes the output), the same on every machine
+    and torch version (see seeded_values). Each distinct parameter, in module order, is its
+    own stream (tied weights are set once). `device`: where to compute them (the same values)."""
+    seen = set()
+    with torch.no_grad(), _one_cpu_thread(device):
         for module in model.modules():
-            for name, param in module.named_parameters(recurse=False):
-                noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+            for _, param in module.named_parameters(recurse=False):
+                if id(param) in seen:
+                    continue
+                stream = len(seen)
+                seen.add(id(param))
                 if isinstance(module, RMSNorm):
-                    param.copy_(1.0 - module.weight_offset + 0.1 * noise)
+                    values = seeded_values(param.numel(), seed, stream, 0.1, 1.0 - module.weight_offset, device)
                 else:
-                    param.copy_(0.02 * noise)
+                    values = seeded_values(param.numel(), seed, stream, 0.02, device=device)
+                param.copy_(values.view(param.shape))  # float32 -> the model's dtype, round to nearest even
     return model
 
 
 def build_preset(name: str, *, max_seq_len: int, dtype: torch.dtype = torch.float32, batch_size: int = 1,
-                 seed: int = 0) -> Decoder:
+                 seed: int = 0, device: Optional[Union[str, torch.device]] = None) -> Decoder:
+    """The preset's decoder on the CPU with seeded weights (computed on `device`, the same values)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose from {', '.join(PRESETS)}")
     model = Decoder.uninitialized(PRESETS[name], max_seq_len=max_seq_len, batch_size=batch_size, dtype=dtype)
-    return randomize_weights(model, seed).eval()
+    return randomize_weights(model, seed, device).eval()

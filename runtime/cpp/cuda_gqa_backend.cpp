@@ -18,6 +18,7 @@
 #include <executorch/runtime/platform/log.h>
 
 #include <atomic>
+#include <chrono>
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
@@ -67,6 +68,38 @@ BackendSettings g_settings;
 
 // Kernel time of every profiled execute, summed (cuda_gqa_profiled_kernel_time_ns).
 std::atomic<uint64_t> g_profiled_kernel_ns{0};
+// Wall time and number of every execute call, summed (cuda_gqa_execute_time_ns,
+// cuda_gqa_execute_count): what a caller's step spends in this backend.
+std::atomic<uint64_t> g_execute_ns{0};
+std::atomic<uint64_t> g_execute_count{0};
+
+struct ExecuteClock {
+  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+  ~ExecuteClock() {
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start);
+    g_execute_ns.fetch_add(static_cast<uint64_t>(ns.count()), std::memory_order_relaxed);
+    g_execute_count.fetch_add(1, std::memory_order_relaxed);
+  }
+};
+
+// What keys the states a program's delegates share: the Program, for which
+// ExecuTorch hands a delegate no handle. Without external data, the named-data
+// map a delegate gets is the Program's own (PteDataMap), one object for all
+// its methods. With an external data map (a .ptd), each Method merges that
+// with the Program's map into a MergedDataMap of its own (external keys first,
+// then the Program's), so the map's address differs per method while prefill
+// and decode must share one cache. Its last key, though, is the Program's: a
+// string inside the Program's flatbuffer, at one address for all its methods
+// and the Program's lifetime, and elsewhere for another Program (even loaded
+// from the same file). So the address of the last key's string identifies the
+// Program in both cases; a map without keys falls back to its own address.
+const void* program_identity(const NamedDataMap* named_data) {
+  if (named_data == nullptr) return nullptr;
+  const auto keys = named_data->get_num_keys();
+  if (!keys.ok() || keys.get() == 0) return named_data;
+  const auto last = named_data->get_key(keys.get() - 1);
+  return last.ok() && last.get() != nullptr ? static_cast<const void*>(last.get()) : named_data;
+}
 
 // A host function holding the stream until *gate (a std::atomic<bool>) opens:
 // with the kernels enqueued behind it, the profile events time them back to
@@ -225,10 +258,10 @@ bool fetch_named_image(const NamedDataMap* named_data, int device_cc, KernelDesc
 // buffers. Returns the error and fills *why on failure.
 Error set_up_device(DelegateState* s, const NamedDataMap* named_data, bool device_planned,
                     std::string* why) {
-  // Delegates of one Program share its named-data map: that map keys the
-  // states they share (state_registry.h). Without one, the states are this
-  // delegate's own.
-  s->state_owner = named_data != nullptr ? static_cast<const void*>(named_data) : s;
+  // Delegates of one Program share the states they name (state_registry.h),
+  // keyed by the Program's identity (program_identity). Without named data,
+  // the states are this delegate's own.
+  s->state_owner = named_data != nullptr ? program_identity(named_data) : s;
   if (named_data == nullptr && !s->payload.states.empty()) {
     ET_LOG(Info, "CudaGqaBackend: the program has no named data: this delegate's states are not shared");
   }
@@ -497,6 +530,7 @@ class CudaGqaBackend final : public BackendInterface {
   Error execute(BackendExecutionContext& context, DelegateHandle* handle,
                 Span<EValue*> args) const override {
     (void)context;
+    const ExecuteClock clock;
     ET_CHECK_OR_RETURN_ERROR(handle != nullptr, InvalidState, "CudaGqaBackend: null handle");
     auto* s = static_cast<DelegateState*>(handle);
     std::lock_guard<std::mutex> lock(s->execute_mutex);
@@ -697,7 +731,15 @@ const Error g_registered = executorch::runtime::register_backend(g_backend_entry
 }  // namespace
 }  // namespace cuda_gqa
 
-// Part of the C API (cuda_gqa_c_api.h); defined here, beside the counter.
+// Part of the C API (cuda_gqa_c_api.h); defined here, beside the counters.
 extern "C" uint64_t cuda_gqa_profiled_kernel_time_ns(void) {
   return cuda_gqa::g_profiled_kernel_ns.load(std::memory_order_relaxed);
+}
+
+extern "C" uint64_t cuda_gqa_execute_time_ns(void) {
+  return cuda_gqa::g_execute_ns.load(std::memory_order_relaxed);
+}
+
+extern "C" uint64_t cuda_gqa_execute_count(void) {
+  return cuda_gqa::g_execute_count.load(std::memory_order_relaxed);
 }

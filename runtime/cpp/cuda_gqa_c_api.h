@@ -106,6 +106,13 @@ CUDA_GQA_EXPORT int cuda_gqa_get_option(const char* key, int kind, int* int_valu
 // kernels, enqueued back to back).
 CUDA_GQA_EXPORT uint64_t cuda_gqa_profiled_kernel_time_ns(void);
 
+// Wall time (nanoseconds) and number of CudaGqaBackend execute calls, summed
+// over every delegate since the library was loaded: from entry to return,
+// so with the staging copies between host and device, the launches and the
+// wait for the kernels (what a caller's step spends in the backend).
+CUDA_GQA_EXPORT uint64_t cuda_gqa_execute_time_ns(void);
+CUDA_GQA_EXPORT uint64_t cuda_gqa_execute_count(void);
+
 // Modules the process-wide module cache holds now: delegates loading the
 // same image for the same entry point in the same context share one.
 CUDA_GQA_EXPORT size_t cuda_gqa_loaded_module_count(void);

@@ -2,13 +2,14 @@
 // shared by every delegate of one program that names the same state.
 //
 // A program's prefill and decode methods are separate delegates that must
-// write and read one cache. ExecuTorch hands a delegate no program handle,
-// but BackendInitContext::get_named_data_map() is the Program's own
-// named-data map (for programs without external data), the same object for
-// all its methods and a different one for each Program loaded, even from
-// the same file. States are keyed by (that owner, device, name) and
-// reference-counted: allocated and zeroed by the first delegate that
-// acquires them, freed with the last one.
+// write and read one cache. ExecuTorch hands a delegate no program handle, so
+// the backend derives the Program's identity from the named-data map of
+// BackendInitContext (program_identity in cuda_gqa_backend.cpp: the address
+// of its last key, a string in the Program's flatbuffer, which holds with and
+// without an external .ptd), the same for all its methods and different for
+// each Program loaded, even from the same file. States are keyed by (that
+// owner, device, name) and reference-counted: allocated and zeroed by the
+// first delegate that acquires them, freed with the last one.
 #pragma once
 
 #include <cstddef>

@@ -3,9 +3,13 @@
 // loop of python -m cuda_gqa.export.llm.generate, for GPU machines without
 // executorch's Python package.
 //
-//   cuda_gqa_llm_runner MODEL.pte --prompt FILE [--new-tokens N] [--device N]
+//   cuda_gqa_llm_runner MODEL.pte [--data FILE.ptd] --prompt FILE [--new-tokens N] [--device N]
 //                       [--expected-tokens FILE] [--expected-logits FILE]
 //                       [--atol X] [--rtol X] [--tokens-out FILE] [--no-launch-graphs]
+//   cuda_gqa_llm_runner MODEL.pte [--data FILE.ptd] --decode-at P [--steps N] [--warmup W]
+//
+// --data: the program's external weights (a .ptd from export_llm
+// external_weights / --external-weights), loaded with it (both mmapped).
 //
 // --prompt: int64 token ids, raw little-endian. The prompt is prefilled from
 // position 0 in chunks of the program's prefill length (the last chunk
@@ -19,6 +23,21 @@
 // logits of the two tokens are within that tolerance of each other (a tie).
 // Prints prefill time, decode time per token (median, p90) and tokens/s.
 //
+// --decode-at P times decode steps alone: W untimed steps, then N timed ones,
+// each at positions P .. P+N-1 (no prefill: the cache holds whatever is there,
+// zeros or an earlier run's rows; the GPU delegates attend kv_len = position
+// + 1 keys, attention left on the CPU attends its whole cache whatever the
+// position), each step fed the last step's greedy token. Prints the step
+// time's median and p90 and tokens/s. Both modes also print the wall time
+// spent inside CudaGqaBackend's execute calls per step
+// (cuda_gqa_execute_time_ns(): its copies, launches and wait for the kernels)
+// and its share of the step, when the program has such delegates.
+//
+// --teacher-forcing feeds each decode step eager's token instead of the
+// program's own, so every row's logits come from eager's inputs and all are
+// compared; a row whose argmax differs from eager's token passes only as a tie
+// (eager's logits of the two within tolerance).
+//
 // Exit status: 0 ok, 1 a comparison failed, 2 bad usage or a load/run error.
 
 #include <executorch/extension/module/module.h>
@@ -27,6 +46,8 @@
 #include <executorch/runtime/backend/options.h>
 #include <executorch/runtime/platform/runtime.h>
 
+#include "cuda_gqa_c_api.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -34,6 +55,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -51,9 +73,11 @@ constexpr int kExitMismatch = 1;
 constexpr int kExitError = 2;
 
 struct Options {
-  std::string model, prompt, expected_tokens, expected_logits, tokens_out;
+  std::string model, data, prompt, expected_tokens, expected_logits, tokens_out;
   long new_tokens = 16;
   long device = 0;
+  long decode_at = -1, steps = 32, warmup = 3;
+  bool teacher_forcing = false;
   double atol = 2e-2, rtol = 1.6e-2;
   bool launch_graphs = true;  // CudaGqaBackend's "launch_graphs"
 };
@@ -71,15 +95,22 @@ int fail(const std::string& what, Error err) {
 
 void usage(FILE* out) {
   std::fprintf(out,
-               "usage: cuda_gqa_llm_runner MODEL.pte --prompt FILE [--new-tokens N] [--device N]\n"
+               "usage: cuda_gqa_llm_runner MODEL.pte [--data FILE] --prompt FILE [--new-tokens N] [--device N]\n"
                "         [--expected-tokens FILE] [--expected-logits FILE] [--atol X] [--rtol X]\n"
                "         [--tokens-out FILE] [--no-launch-graphs]\n"
+               "       cuda_gqa_llm_runner MODEL.pte [--data FILE] --decode-at P [--steps N] [--warmup W]\n"
+               "  --data FILE             the program's external weights (.ptd)\n"
                "  --prompt FILE           int64 token ids (raw little-endian)\n"
                "  --new-tokens N          tokens to generate greedily (default 16)\n"
                "  --device N              CUDA device for CudaGqaBackend delegates (default 0)\n"
                "  --expected-tokens FILE  int64 ids the generation must reproduce\n"
                "  --expected-logits FILE  float32 [new tokens, vocab] logits to compare\n"
                "  --tokens-out FILE       write the generated ids (int64)\n"
+               "  --teacher-forcing       feed eager's tokens (--expected-tokens), not the program's: every\n"
+               "                          row of logits is then compared\n"
+               "  --decode-at P           time decode steps alone at positions P.. (no prefill)\n"
+               "  --steps N               timed steps of --decode-at (default 32)\n"
+               "  --warmup W              untimed steps before them (default 3)\n"
                "  --no-launch-graphs      CudaGqaBackend option launch_graphs off: kernels launched one\n"
                "                          by one instead of one CUDA graph per launch plan\n");
 }
@@ -103,18 +134,29 @@ int parse_args(int argc, char** argv, Options* o) {
       o->launch_graphs = false;
     } else if (a == "--prompt" && has_value) {
       o->prompt = next();
+    } else if (a == "--data" && has_value) {
+      o->data = next();
+    } else if (a == "--teacher-forcing") {
+      o->teacher_forcing = true;
     } else if (a == "--expected-tokens" && has_value) {
       o->expected_tokens = next();
     } else if (a == "--expected-logits" && has_value) {
       o->expected_logits = next();
     } else if (a == "--tokens-out" && has_value) {
       o->tokens_out = next();
-    } else if ((a == "--new-tokens" || a == "--device") && has_value) {
+    } else if ((a == "--new-tokens" || a == "--device" || a == "--decode-at" || a == "--steps" ||
+                a == "--warmup") &&
+               has_value) {
       const std::string v = next();
-      if (!parse_number(v.c_str(), &number) || number != std::floor(number) || number > 1e6) {
+      if (!parse_number(v.c_str(), &number) || number != std::floor(number) || number > 1e7) {
         return fail("bad " + a, v);
       }
-      (a == "--new-tokens" ? o->new_tokens : o->device) = static_cast<long>(number);
+      long* field = a == "--new-tokens" ? &o->new_tokens
+                    : a == "--device"   ? &o->device
+                    : a == "--decode-at" ? &o->decode_at
+                    : a == "--steps"    ? &o->steps
+                                        : &o->warmup;
+      *field = static_cast<long>(number);
     } else if ((a == "--atol" || a == "--rtol") && has_value) {
       const std::string v = next();
       if (!parse_number(v.c_str(), &number)) return fail("bad " + a, v);
@@ -126,11 +168,13 @@ int parse_args(int argc, char** argv, Options* o) {
       return fail("unknown or incomplete argument", a);
     }
   }
-  if (o->model.empty() || o->prompt.empty()) {
+  if (o->model.empty() || (o->prompt.empty() && o->decode_at < 0)) {
     usage(stderr);
-    return fail("a model and --prompt are needed", "");
+    return fail("a model and --prompt are needed (or --decode-at P)", "");
   }
   if (o->new_tokens < 1) return fail("--new-tokens", "at least 1");
+  if (o->steps < 1) return fail("--steps", "at least 1");
+  if (o->teacher_forcing && o->expected_tokens.empty()) return fail("--teacher-forcing", "needs --expected-tokens");
   return -1;
 }
 
@@ -173,6 +217,27 @@ bool constant(Module& module, const char* method, int64_t* out, std::string* err
   return true;
 }
 
+// Wall time spent inside CudaGqaBackend's execute calls between two points.
+struct BackendClock {
+  uint64_t ns = cuda_gqa_execute_time_ns(), calls = cuda_gqa_execute_count();
+  double ms_since() const { return static_cast<double>(cuda_gqa_execute_time_ns() - ns) / 1e6; }
+  uint64_t calls_since() const { return cuda_gqa_execute_count() - calls; }
+};
+
+// Per-step times: "median M ms, p90 P ms" and the backend's share of them.
+void print_attention(const std::vector<double>& step_ms, const std::vector<double>& backend_ms, uint64_t calls) {
+  if (calls == 0) {
+    std::printf("attention: no CudaGqaBackend calls (attention on the CPU)\n");
+    return;
+  }
+  std::vector<double> shares;
+  for (size_t i = 0; i < step_ms.size(); ++i) shares.push_back(backend_ms[i] / step_ms[i]);
+  std::printf("attention: CudaGqaBackend execute median %.3f ms per step (%.1f%% of the step, median of the "
+              "steps' shares), p90 %.3f ms, %llu calls per step\n",
+              percentile(backend_ms, 0.5), 100.0 * percentile(shares, 0.5), percentile(backend_ms, 0.9),
+              static_cast<unsigned long long>(calls / step_ms.size()));
+}
+
 struct Decoder {
   Module* module;
   int64_t prefill_len = 0, max_seq_len = 0;
@@ -211,12 +276,22 @@ int main(int argc, char** argv) {
 
   std::vector<int64_t> prompt;
   std::string error;
-  if (!read_array(opt.prompt, &prompt, &error)) return fail("prompt", error);
-  if (prompt.empty()) return fail("prompt", opt.prompt + " holds no tokens");
+  if (opt.decode_at < 0) {
+    if (!read_array(opt.prompt, &prompt, &error)) return fail("prompt", error);
+    if (prompt.empty()) return fail("prompt", opt.prompt + " holds no tokens");
+  }
 
   // export_llm plans the caches its methods share (share_mutable_buffers) in
-  // one arena, which the methods must then be given in common.
-  Module module(opt.model, Module::LoadMode::File, nullptr, nullptr, nullptr, /*share_memory_arenas=*/true);
+  // one arena, which the methods must then be given in common. External
+  // weights (GBs) are mmapped rather than read into memory.
+  const auto load_start = std::chrono::steady_clock::now();
+  std::unique_ptr<Module> module_holder =
+      opt.data.empty()
+          ? std::make_unique<Module>(opt.model, Module::LoadMode::File, nullptr, nullptr, nullptr,
+                                     /*share_memory_arenas=*/true)
+          : std::make_unique<Module>(opt.model, opt.data, Module::LoadMode::Mmap, nullptr, nullptr, nullptr,
+                                     /*share_memory_arenas=*/true);
+  Module& module = *module_holder;
   BackendOption options[2];
   std::strcpy(options[0].key, "device");
   options[0].value = static_cast<int>(opt.device);
@@ -233,8 +308,50 @@ int main(int argc, char** argv) {
   }
   for (const char* method : {"prefill", "decode"}) {
     err = module.load_method(method);
-    if (err != Error::Ok) return fail(std::string("loading method '") + method + "' failed", err);
+    if (err != Error::Ok) {
+      return fail(std::string("loading method '") + method + "' failed" +
+                      (opt.data.empty() ? " (a program exported with external weights needs --data FILE.ptd)" : ""),
+                  err);
+    }
   }
+  std::printf("loaded %s%s%s in %.2f s\n", opt.model.c_str(), opt.data.empty() ? "" : " with ", opt.data.c_str(),
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count());
+
+  if (opt.decode_at >= 0) {
+    const int64_t first = opt.decode_at;
+    if (first + std::max(opt.steps, opt.warmup) > decoder.max_seq_len) {
+      return fail("--decode-at", "positions " + std::to_string(first) + ".." +
+                                     std::to_string(first + std::max(opt.steps, opt.warmup) - 1) +
+                                     " run past the program's max_seq_len " + std::to_string(decoder.max_seq_len));
+    }
+    std::vector<float> logits;
+    int64_t token = 1;
+    std::vector<double> step_ms, backend_ms;
+    uint64_t calls = 0;
+    for (long i = 0; i < opt.warmup + opt.steps; ++i) {
+      const bool timed = i >= opt.warmup;
+      const int64_t position = first + (timed ? i - opt.warmup : i);
+      const BackendClock backend;
+      const auto t0 = std::chrono::steady_clock::now();
+      err = decoder.step("decode", {token}, position, 0, &logits);
+      const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      if (err != Error::Ok) return fail("decode step at position " + std::to_string(position) + " failed", err);
+      if (timed) {
+        step_ms.push_back(ms);
+        backend_ms.push_back(backend.ms_since());
+        calls += backend.calls_since();
+      }
+      token = argmax(logits);
+    }
+    double total = 0;
+    for (double ms : step_ms) total += ms;
+    std::printf("decode-at: %zu steps at positions %lld..%lld: median %.3f ms, p90 %.3f ms per step, %.1f tokens/s\n",
+                step_ms.size(), static_cast<long long>(first), static_cast<long long>(first + opt.steps - 1),
+                percentile(step_ms, 0.5), percentile(step_ms, 0.9), 1e3 * static_cast<double>(step_ms.size()) / total);
+    print_attention(step_ms, backend_ms, calls);
+    return kExitOk;
+  }
+
   const auto n = static_cast<int64_t>(prompt.size());
   if (n + opt.new_tokens > decoder.max_seq_len) {
     return fail("too long", std::to_string(n) + " prompt tokens + " + std::to_string(opt.new_tokens) +
@@ -262,16 +379,28 @@ int main(int argc, char** argv) {
   const double prefill_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - prefill_start).count();
 
+  std::vector<int64_t> want_tokens;
+  if (!opt.expected_tokens.empty()) {
+    if (!read_array(opt.expected_tokens, &want_tokens, &error)) return fail("expected tokens", error);
+    if (opt.teacher_forcing && static_cast<long>(want_tokens.size()) < opt.new_tokens) {
+      return fail("--teacher-forcing", opt.expected_tokens + " holds " + std::to_string(want_tokens.size()) +
+                                           " tokens, fewer than --new-tokens");
+    }
+  }
   std::vector<int64_t> generated;
-  std::vector<double> step_ms;
+  std::vector<double> step_ms, backend_ms;
+  uint64_t calls = 0;
   while (true) {
     rows.push_back(logits);
     generated.push_back(argmax(logits));
     if (static_cast<long>(generated.size()) == opt.new_tokens) break;
+    const int64_t fed = opt.teacher_forcing ? want_tokens[generated.size() - 1] : generated.back();
+    const BackendClock backend;
     const auto t0 = std::chrono::steady_clock::now();
-    err = decoder.step("decode", {generated.back()}, n + static_cast<int64_t>(generated.size()) - 1, 0,
-                       &logits);
+    err = decoder.step("decode", {fed}, n + static_cast<int64_t>(generated.size()) - 1, 0, &logits);
     step_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    backend_ms.push_back(backend.ms_since());
+    calls += backend.calls_since();
     if (err != Error::Ok) return fail("decode step " + std::to_string(generated.size()) + " failed", err);
   }
 
@@ -282,6 +411,7 @@ int main(int argc, char** argv) {
     for (double ms : step_ms) total += ms;
     std::printf("decode: %zu steps, median %.3f ms, p90 %.3f ms per token, %.1f tokens/s\n", step_ms.size(),
                 percentile(step_ms, 0.5), percentile(step_ms, 0.9), 1e3 * step_ms.size() / total);
+    print_attention(step_ms, backend_ms, calls);
   }
   std::printf("tokens:");
   for (int64_t t : generated) std::printf(" %lld", static_cast<long long>(t));
@@ -295,17 +425,17 @@ int main(int argc, char** argv) {
   }
 
   // Rows after the first token that differs from eager's were computed from
-  // other inputs than eager's, so the logits are compared up to that row.
+  // other inputs than eager's, so the logits are compared up to that row
+  // (all rows with teacher forcing: every row had eager's inputs).
   bool pass = true;
   size_t same = generated.size();  // tokens equal to eager's before the first difference
-  std::vector<int64_t> want_tokens;
   if (!opt.expected_tokens.empty()) {
-    if (!read_array(opt.expected_tokens, &want_tokens, &error)) return fail("expected tokens", error);
     same = 0;
     while (same < std::min(want_tokens.size(), generated.size()) && want_tokens[same] == generated[same]) ++same;
   }
-  const size_t compared = std::min(rows.size(), same + 1);
+  const size_t compared = opt.teacher_forcing ? rows.size() : std::min(rows.size(), same + 1);
   bool tie = false;  // the first differing token came from a tie in eager's logits, within tolerance
+  size_t forced_matches = 0, forced_ties = 0;  // teacher forcing: rows whose argmax is eager's, or ties
   if (!opt.expected_logits.empty()) {
     std::vector<float> want;
     if (!read_array(opt.expected_logits, &want, &error)) return fail("expected logits", error);
@@ -332,12 +462,26 @@ int main(int argc, char** argv) {
       const float* eager_row = want.data() + same * vocab;
       tie = close(eager_row[generated[same]], eager_row[want_tokens[same]]);
     }
+    for (size_t r = 0; opt.teacher_forcing && r < generated.size(); ++r) {
+      const float* eager_row = want.data() + r * vocab;
+      if (generated[r] == want_tokens[r]) {
+        ++forced_matches;
+      } else if (close(eager_row[generated[r]], eager_row[want_tokens[r]])) {
+        ++forced_ties;
+      }
+    }
     pass = pass && bad == 0;
     std::printf("logits: max_abs_err=%g over %zu rows%s, %zu elements outside atol %g + rtol %g * |expected| %s\n",
                 max_err, compared, compared < rows.size() ? " (up to the first differing token)" : "", bad,
                 opt.atol, opt.rtol, bad == 0 ? "PASS" : "FAIL");
   }
-  if (!opt.expected_tokens.empty()) {
+  if (opt.teacher_forcing) {
+    const bool ok = forced_matches + forced_ties == generated.size();
+    pass = pass && ok;
+    std::printf("tokens: %zu of %zu argmaxes match eager's tokens (teacher forcing: each step fed eager's token)"
+                ", %zu others tie in eager's logits within tolerance %s\n",
+                forced_matches, generated.size(), forced_ties, ok ? "PASS" : "FAIL");
+  } else if (!opt.expected_tokens.empty()) {
     const bool ok = want_tokens.size() == generated.size() && same == want_tokens.size();
     pass = pass && (ok || tie);
     std::printf("tokens: %zu of %zu match eager before the first difference %s\n", same, want_tokens.size(),

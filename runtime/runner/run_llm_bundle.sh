@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every LLM case of a GPU bundle (made by `make gpu-bundle`: a .pte from
 # export_llm with a prompt and eager PyTorch's greedy generation beside it)
-# through cuda_gqa_llm_runner, then print one summary line per case.
+# through cuda_gqa_llm_runner, then print one summary line per case. A case
+# with a model.ptd (external weights) is run with --data model.ptd.
 # Usage: run_llm_bundle.sh BUNDLE_DIR [llm runner options...]
 # RUNNER_WRAPPER runs the runner under a tool, as in run_bundle.sh.
 set -u
@@ -15,7 +16,9 @@ for case_dir in "$bundle"/llm/*/; do
   name=$(basename "$case_dir")
   echo "== $name"
   new_tokens=$(( $(stat -c %s "$case_dir/expected_tokens.bin") / 8 ))
-  log=$("${wrapper[@]}" "$bundle/cuda_gqa_llm_runner" "$case_dir/model.pte" --prompt "$case_dir/prompt.bin" \
+  data=()
+  [ -f "$case_dir/model.ptd" ] && data=(--data "$case_dir/model.ptd")  # exported with --external-weights
+  log=$("${wrapper[@]}" "$bundle/cuda_gqa_llm_runner" "$case_dir/model.pte" "${data[@]}" --prompt "$case_dir/prompt.bin" \
           --new-tokens "$new_tokens" --expected-tokens "$case_dir/expected_tokens.bin" \
           --expected-logits "$case_dir/expected_logits.bin" "$@" 2>&1)
   status=$?
