@@ -213,7 +213,24 @@ def _check_sanity(sanity: Path, out: Path, runner: Path, device: str, log_file: 
     return code, [line for line in output.splitlines() if _summary_line(line)]
 
 
-def run(folder: Path, out: Path, device: str, steps: int, cpu_steps: int, warmup: int, budget_s: float) -> int:
+def _compare_programs(out: Path, checked: list, reference: Path) -> tuple:
+    """The GPU-attention program's logits against the CPU-attention program's (same XNNPACK
+    projections; only where attention runs differs), each also against eager's."""
+    gpu, cpu = (torch.from_file(str(out / f"{v['name']}_logits.bin"), dtype=torch.float32,
+                                size=(out / f"{v['name']}_logits.bin").stat().st_size // 4) for v in checked)
+    eager = torch.from_file(str(reference / "expected_logits.bin"), dtype=torch.float32,
+                            size=(reference / "expected_logits.bin").stat().st_size // 4)
+    scale = eager.abs().max().item()
+    lines = [f"max |logits| of eager: {scale:.3f}",
+             f"{checked[0]['name']} vs {checked[1]['name']}: max_abs_diff={(gpu - cpu).abs().max().item():.4g}, "
+             f"mean_abs_diff={(gpu - cpu).abs().mean().item():.3g}",
+             f"{checked[0]['name']} vs eager: mean_abs_diff={(gpu - eager).abs().mean().item():.3g}; "
+             f"{checked[1]['name']} vs eager: mean_abs_diff={(cpu - eager).abs().mean().item():.3g}"]
+    return (f"{checked[0]['name']} against {checked[1]['name']} (logits rows)", 0, lines)
+
+
+def run(folder: Path, out: Path, device: str, steps: int, cpu_steps: int, warmup: int, budget_s: float,
+        check_only: bool = False) -> int:
     from cuda_gqa.export.llm.presets import build_preset
     from cuda_gqa.export.llm.ptd_manifest import PtdRebuildError, rebuild_ptd
     from cuda_gqa.export.llm.reference import write_reference
@@ -260,12 +277,20 @@ def run(folder: Path, out: Path, device: str, steps: int, cpu_steps: int, warmup
     del eager, model
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     reference_s = time.perf_counter() - start
-    for variant in [gpu] + [v for v in info["variants"] if v["attention"] == "cpu"][:1]:
+    checked = [gpu] + [v for v in info["variants"] if v["attention"] == "cpu"][:1]
+    for variant in checked:
         code, output = _run([runner, folder / variant["pte"], "--data", ptd, "--prompt", reference / "prompt.bin",
                              "--new-tokens", REFERENCE_TOKENS, "--expected-tokens",
                              reference / "expected_tokens.bin", "--expected-logits", reference / "expected_logits.bin",
-                             "--teacher-forcing"], log_file, env)
+                             "--teacher-forcing", "--logits-out", out / f"{variant['name']}_logits.bin"], log_file, env)
         checks.append((variant["name"], code, [line for line in output.splitlines() if _summary_line(line)]))
+    checks.append(_compare_programs(out, checked, reference))
+    if check_only:
+        ptd.unlink()
+        (out / "llm_decode_speed_checks.json").write_text(json.dumps(checks, indent=1))
+        for name, code, lines in checks:
+            print(f"{name} (exit {code})", *lines, sep="\n  ")
+        return 0 if all(code == 0 for _, code, _ in checks) else 1
 
     # 3. Decode steps at each context.
     # The longest CPU program is timed at the shorter contexts too ("cpu_full"): does its step
@@ -423,6 +448,7 @@ def main(argv=None) -> int:
     r.add_argument("--warmup", type=int, default=WARMUP)
     r.add_argument("--budget-s", type=float, default=BUDGET_S,
                    help="no new measurement starts after this many seconds (default %(default)s)")
+    r.add_argument("--check-only", action="store_true", help="the correctness checks only, no timing")
     args = parser.parse_args(argv)
     if args.command == "export":
         export(args.folder, args.preset, args.dtype, [int(c) for c in args.contexts.split(",")],
@@ -431,7 +457,8 @@ def main(argv=None) -> int:
     if args.command == "export-variant":
         export_variant(args.folder, args.preset, args.dtype, args.attention, args.max_seq_len, args.archs.split(","))
         return 0
-    return run(args.folder, args.out, args.device, args.steps, args.cpu_steps, args.warmup, args.budget_s)
+    return run(args.folder, args.out, args.device, args.steps, args.cpu_steps, args.warmup, args.budget_s,
+               args.check_only)
 
 
 if __name__ == "__main__":

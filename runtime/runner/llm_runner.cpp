@@ -5,7 +5,7 @@
 //
 //   cuda_gqa_llm_runner MODEL.pte [--data FILE.ptd] --prompt FILE [--new-tokens N] [--device N]
 //                       [--expected-tokens FILE] [--expected-logits FILE]
-//                       [--atol X] [--rtol X] [--tokens-out FILE] [--no-launch-graphs]
+//                       [--atol X] [--rtol X] [--tokens-out FILE] [--logits-out FILE] [--no-launch-graphs]
 //   cuda_gqa_llm_runner MODEL.pte [--data FILE.ptd] --decode-at P [--steps N] [--warmup W]
 //
 // --data: the program's external weights (a .ptd from export_llm
@@ -73,7 +73,7 @@ constexpr int kExitMismatch = 1;
 constexpr int kExitError = 2;
 
 struct Options {
-  std::string model, data, prompt, expected_tokens, expected_logits, tokens_out;
+  std::string model, data, prompt, expected_tokens, expected_logits, tokens_out, logits_out;
   long new_tokens = 16;
   long device = 0;
   long decode_at = -1, steps = 32, warmup = 3;
@@ -97,7 +97,7 @@ void usage(FILE* out) {
   std::fprintf(out,
                "usage: cuda_gqa_llm_runner MODEL.pte [--data FILE] --prompt FILE [--new-tokens N] [--device N]\n"
                "         [--expected-tokens FILE] [--expected-logits FILE] [--atol X] [--rtol X]\n"
-               "         [--tokens-out FILE] [--no-launch-graphs]\n"
+               "         [--tokens-out FILE] [--logits-out FILE] [--no-launch-graphs]\n"
                "       cuda_gqa_llm_runner MODEL.pte [--data FILE] --decode-at P [--steps N] [--warmup W]\n"
                "  --data FILE             the program's external weights (.ptd)\n"
                "  --prompt FILE           int64 token ids (raw little-endian)\n"
@@ -106,6 +106,7 @@ void usage(FILE* out) {
                "  --expected-tokens FILE  int64 ids the generation must reproduce\n"
                "  --expected-logits FILE  float32 [new tokens, vocab] logits to compare\n"
                "  --tokens-out FILE       write the generated ids (int64)\n"
+               "  --logits-out FILE       write the logits rows (float32 [new tokens, vocab])\n"
                "  --teacher-forcing       feed eager's tokens (--expected-tokens), not the program's: every\n"
                "                          row of logits is then compared\n"
                "  --decode-at P           time decode steps alone at positions P.. (no prefill)\n"
@@ -144,6 +145,8 @@ int parse_args(int argc, char** argv, Options* o) {
       o->expected_logits = next();
     } else if (a == "--tokens-out" && has_value) {
       o->tokens_out = next();
+    } else if (a == "--logits-out" && has_value) {
+      o->logits_out = next();
     } else if ((a == "--new-tokens" || a == "--device" || a == "--decode-at" || a == "--steps" ||
                 a == "--warmup") &&
                has_value) {
@@ -421,6 +424,15 @@ int main(int argc, char** argv) {
     if (!f || !f.write(reinterpret_cast<const char*>(generated.data()),
                        static_cast<std::streamsize>(generated.size() * sizeof(int64_t)))) {
       return fail("cannot write", opt.tokens_out);
+    }
+  }
+  if (!opt.logits_out.empty()) {
+    std::ofstream f(opt.logits_out, std::ios::binary | std::ios::trunc);
+    for (const std::vector<float>& row : rows) {
+      if (!f || !f.write(reinterpret_cast<const char*>(row.data()),
+                         static_cast<std::streamsize>(row.size() * sizeof(float)))) {
+        return fail("cannot write", opt.logits_out);
+      }
     }
   }
 
