@@ -24,7 +24,8 @@ def test_generation_matches_eager(cpu_pte, tmp_path, prompt_len):
     copy.write_bytes(pte.read_bytes())
     command = write_reference(model, copy, 6, prompt_len)
     assert command.startswith("build/cuda_gqa_llm_runner")
-    result = run(*command.split()[1:], "--tokens-out", tmp_path / "tokens.bin")
+    result = run(*command.split()[1:], "--tokens-out", tmp_path / "tokens.bin", "--logits-out",
+                 tmp_path / "logits.bin")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "tokens: 6 of 6 match eager before the first difference PASS" in result.stdout
     assert "over 6 rows, 0 elements outside" in result.stdout
@@ -32,6 +33,11 @@ def test_generation_matches_eager(cpu_pte, tmp_path, prompt_len):
     written = torch.frombuffer(bytearray((tmp_path / "tokens.bin").read_bytes()), dtype=torch.int64)
     assert written.tolist() == torch.frombuffer(bytearray((tmp_path / "expected_tokens.bin").read_bytes()),
                                                 dtype=torch.int64).tolist()
+    # The logits rows it compared, as written: eager's within the runner's tolerance.
+    logits = torch.frombuffer(bytearray((tmp_path / "logits.bin").read_bytes()), dtype=torch.float32)
+    eager = torch.frombuffer(bytearray((tmp_path / "expected_logits.bin").read_bytes()), dtype=torch.float32)
+    assert logits.shape == eager.shape
+    torch.testing.assert_close(logits, eager, atol=2e-2, rtol=1.6e-2)
 
 
 def test_a_different_generation_fails(cpu_pte, tmp_path):
