@@ -75,6 +75,7 @@ class Shape:
 
 
 SHAPES = [
+    Shape("decode", "llama3-8b", 1, 32, 8, 128, 1, 512),
     Shape("decode", "llama3-8b", 1, 32, 8, 128, 1, 1024),
     Shape("decode", "llama3-8b", 1, 32, 8, 128, 1, 2048),
     Shape("decode", "llama3-8b", 1, 32, 8, 128, 1, 4096),
@@ -94,6 +95,8 @@ SHAPES = [
     Shape("verify", "qwen2.5-7b", 1, 28, 4, 128, 8, 32768),
     Shape("prefill", "llama3-8b", 1, 32, 8, 128, 4096, 4096),
     Shape("prefill", "llama3-8b", 1, 32, 8, 128, 8192, 8192),
+    Shape("prefill", "qwen3.5-moe", 1, 16, 2, 256, 4096, 4096),
+    Shape("prefill", "phi3", 1, 32, 8, 96, 4096, 4096),
 ]
 
 
