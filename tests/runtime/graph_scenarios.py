@@ -13,15 +13,15 @@ meanwhile (the backend's log lines)."""
 
 import ctypes
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 import cuda_gqa.runtime as cr
 from cuda_gqa.runtime import cpp_delegate
+
+from stderr_capture import run_capturing_stderr  # a sibling module: this runs as a script
 
 COUNTS = ("direct_launches", "graph_creates", "nodes_added", "instantiates", "node_updates", "graph_launches",
           "exec_destroys", "graph_destroys")
@@ -168,15 +168,8 @@ def main():
     payloads = {path.stem: path.read_bytes() for path in folder.glob("*.bin")}
     results = {}
     for name in sys.argv[2:]:
-        log = tempfile.TemporaryFile()
-        saved = os.dup(2)
-        os.dup2(log.fileno(), 2)
-        try:
-            results[name] = {"steps": SCENARIOS[name](payloads)}
-        finally:
-            os.dup2(saved, 2)
-        log.seek(0)
-        results[name]["stderr"] = log.read().decode(errors="replace")
+        steps, stderr = run_capturing_stderr(lambda: SCENARIOS[name](payloads))
+        results[name] = {"steps": steps, "stderr": stderr}
     print(json.dumps(results))
 
 

@@ -13,14 +13,14 @@ log lines)."""
 
 import ctypes
 import json
-import os
 import sys
-import tempfile
 
 import numpy as np
 
 import cuda_gqa.runtime as cr
 from cuda_gqa.runtime import cpp_delegate
+
+from stderr_capture import run_capturing_stderr  # a sibling module: this runs as a script
 
 DEFAULTS = {"device": 0, "stream": "0", "synchronize": True, "profile": False, "launch_graphs": True}
 
@@ -70,15 +70,8 @@ def main():
     scenarios, payload = json.loads(sys.argv[1]), open(sys.argv[2], "rb").read()
     results = {}
     for name, options, placement in scenarios:
-        log = tempfile.TemporaryFile()
-        saved = os.dup(2)
-        os.dup2(log.fileno(), 2)
-        try:
-            results[name] = run(options, placement, payload)
-        finally:
-            os.dup2(saved, 2)
-        log.seek(0)
-        results[name]["stderr"] = log.read().decode(errors="replace")
+        results[name], stderr = run_capturing_stderr(lambda: run(options, placement, payload))
+        results[name]["stderr"] = stderr
     print(json.dumps(results))
 
 
