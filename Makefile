@@ -44,7 +44,7 @@ schema: $(INSTALLED)
 	$(FLATC) --python --gen-object-api --gen-onefile -o backends/serialization backends/serialization/payload.fbs
 
 clean:
-	rm -rf $(BUILD_DIR) out .gpu
+	rm -rf $(BUILD_DIR) out .gpu .gpu-llm
 
 # .gpu/: what a GPU machine without executorch needs to run exported programs
 # (runner, backend, ExecuTorch runtime libraries, .pte files with inputs and
@@ -78,22 +78,28 @@ GPU_CASES := demo:--dtype=float16 \
 # LLM cases: each tiny preset exported by export_llm (float32, so greedy tokens
 # can match exactly) with a prompt and eager PyTorch's greedy generation of 64
 # tokens (tiny-llama3-ptd: its weights in a model.ptd, ExecuTorch's external
-# data); run there with runtime/runner/run_llm_bundle.sh .gpu
-# The lent GPU machines are H100/H200 (sm_90); one arch keeps the bundle
-# within what a run carries (64 MiB). Other archs: make gpu-bundle BUNDLE_ARCHS=sm_80,sm_90
+# data), in .gpu-llm with the LLM runner and the XNNPACK library; run there
+# with runtime/runner/run_llm_bundle.sh .gpu-llm
+# A run carries at most 64 MiB, so the two folders go in separate runs
+# (.gpu is about 51 MB, .gpu-llm about 25 MB). The lent GPU machines are
+# H100/H200 (sm_90); one arch keeps the folders small. Other archs:
+# make gpu-bundle BUNDLE_ARCHS=sm_80,sm_90
 BUNDLE_ARCHS ?= sm_90
 
 LLM_CASES := tiny-llama3 tiny-qwen2 tiny-qwen3 tiny-mistral tiny-gemma2 tiny-mqa
+ET_RUNTIME_LIBS := libexecutorch.so libexecutorch_kernels_optimized.so libexecutorch_threadpool.so
 
 gpu-bundle: build
-	rm -rf .gpu && mkdir -p .gpu
-	cp $(BACKEND_LIB) $(RUNNER) $(BUILD_DIR)/cuda_gqa_llm_runner .gpu/
-	cp $(addprefix $(ET_LIB_DIR)/,libexecutorch.so libexecutorch_kernels_optimized.so libexecutorch_threadpool.so libexecutorch_backend_xnnpack.so) .gpu/
+	rm -rf .gpu .gpu-llm && mkdir -p .gpu .gpu-llm
+	cp $(BACKEND_LIB) $(RUNNER) .gpu/
+	cp $(addprefix $(ET_LIB_DIR)/,$(ET_RUNTIME_LIBS)) .gpu/
+	cp $(BACKEND_LIB) $(BUILD_DIR)/cuda_gqa_llm_runner .gpu-llm/
+	cp $(addprefix $(ET_LIB_DIR)/,$(ET_RUNTIME_LIBS) libexecutorch_backend_xnnpack.so) .gpu-llm/
 	$(foreach case,$(GPU_CASES),$(PYTHON) -m cuda_gqa.export --export-only --archs=$(BUNDLE_ARCHS) --out .gpu/cases/$(word 1,$(subst :, ,$(case))) $(subst $(comma), ,$(word 2,$(subst :, ,$(case)))) &&) true
-	$(foreach preset,$(LLM_CASES),$(PYTHON) -m cuda_gqa.export.llm --preset $(preset) --max-seq-len 256 --archs $(BUNDLE_ARCHS) --out .gpu/llm/$(preset)/model.pte --reference-tokens 64 &&) true
-	$(PYTHON) -m cuda_gqa.export.llm --preset tiny-llama3 --max-seq-len 256 --archs $(BUNDLE_ARCHS) --external-weights --out .gpu/llm/tiny-llama3-ptd/model.pte --reference-tokens 64
+	$(foreach preset,$(LLM_CASES),$(PYTHON) -m cuda_gqa.export.llm --preset $(preset) --max-seq-len 256 --archs $(BUNDLE_ARCHS) --out .gpu-llm/llm/$(preset)/model.pte --reference-tokens 64 &&) true
+	$(PYTHON) -m cuda_gqa.export.llm --preset tiny-llama3 --max-seq-len 256 --archs $(BUNDLE_ARCHS) --external-weights --out .gpu-llm/llm/tiny-llama3-ptd/model.pte --reference-tokens 64
 	rm -f .gpu/cases/*/reference.pt
-	du -sh .gpu
+	du -sh .gpu .gpu-llm
 comma := ,
 ET_LIB_DIR = $(shell $(PYTHON) -c "import executorch; print(executorch.__path__[0])")/lib
 
