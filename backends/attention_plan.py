@@ -641,8 +641,8 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
                                                             l_new=q_range[0], archs=group, ptx=with_ptx,
                                                             layout=layout, start=start)]
                             else:
-                                first = [kv_len_kernel(start=start, query=args.query, key=args.key,
-                                                       kv_len_offset=slot, archs=group, ptx=with_ptx, layout=layout)]
+                                first = [kv_len_kernel(start=start, args=args, kv_len_offset=slot, archs=group,
+                                                       ptx=with_ptx)]
                             workspace = slot + KV_LEN_SLOT_BYTES
                         common = dict(variant=variant, scale=softmax_scale, archs=group, ptx=with_ptx,
                                       args=args, extra_bindings=bindings, aligned=aligned, **problem)

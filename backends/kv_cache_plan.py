@@ -156,28 +156,18 @@ def cache_write_kernel(*, cache: KvCacheArgs, k_state_arg: int, v_state_arg: int
     return _compile_for_archs(compile_one, archs, ptx, describe)
 
 
-def kv_len_kernel(*, start: StartPosition, query: int, key: int, kv_len_offset: int, archs: Iterable[int],
-                  ptx: bool, layout: Layout = BHSD) -> fb.KernelT:
-    """kv_len_from_start compiled for `archs`: kv_len = start + L_q (of `query`, at most `key`'s
-    length) into the kv_len slot; one program."""
-    from .attention_plan import _binding, _compile_for_archs, _PARAM_TYPE
+def kv_len_kernel(*, start: StartPosition, args, kv_len_offset: int, archs: Iterable[int], ptx: bool) -> fb.KernelT:
+    """kv_len_from_start compiled for `archs`: kv_len = start + L_q (of args.query, at most
+    args.key's length) into the kv_len slot; one program. args: the payload's AttentionArgs."""
+    from .attention_plan import _binding, _compile_for_archs, bind_params
 
     bindings = {"Start": _binding(fb.ParamKind.TensorPointer, arg=start.arg),
                 "KvLen": _binding(fb.ParamKind.Workspace, workspaceOffset=kv_len_offset, workspaceExtent=4),
-                "L_q": _binding(fb.ParamKind.TensorSize, arg=query, dim=layout.seq),
-                "S": _binding(fb.ParamKind.TensorSize, arg=key, dim=layout.seq),
-                "global_scratch": _binding(fb.ParamKind.GlobalScratch),
-                "profile_scratch": _binding(fb.ParamKind.ProfileScratch)}
+                "S": _binding(fb.ParamKind.TensorSize, arg=args.key, dim=args.layout.seq)}
 
     def describe(kernel, compiled):
-        params = []
-        for p in compiled.params:
-            if p.name not in bindings:
-                raise ValueError(f"{compiled.name} has an entry parameter {p.name!r} this plan cannot bind")
-            param = fb.KernelParamT(type=_PARAM_TYPE[p.type], divisibility=p.divisibility)
-            bindings[p.name](param)
-            params.append(param)
-        kernel.params = params
+        # L_q and Triton's scratch are bound as for attention; it has no sm_scale to bind.
+        kernel.params = bind_params(compiled.params, args, 0.0, kernel=compiled.name, extra=bindings)
         kernel.grid = [fb.GridDimT(factors=[]) for _ in range(3)]
 
     return _compile_for_archs(lambda arch: compile_kv_len_from_start(start_dtype=start.dtype, arch=arch), archs, ptx,

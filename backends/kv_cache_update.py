@@ -83,18 +83,21 @@ def _buffer_name(cache, program: ExportedProgram) -> Optional[str]:
     return program.graph_signature.inputs_to_buffers.get(cache.name)
 
 
+def rows_fit_cache(new_rows: Optional[torch.Tensor], cache: Optional[torch.Tensor]) -> bool:
+    """New rows [B, L_new, H_kv, D] that a [B, S, H_kv, D] cache takes from a start position
+    (llama::update_cache): both 4-D, one dtype, the same B, H_kv and D."""
+    if new_rows is None or cache is None or new_rows.dim() != 4 or cache.dim() != 4 or new_rows.dtype != cache.dtype:
+        return False
+    return all(same_size(new_rows.shape[d], cache.shape[d]) for d in (0, 2, 3))
+
+
 def _start_update(node: Node, program: ExportedProgram) -> Optional[CacheUpdate]:
     """A TAKEN_LLAMA_UPDATE_OP the delegate can own, else None."""
     cache, new, start = node.args[:3]
     name = _buffer_name(cache, program)
     if name is None or program.graph_signature.buffers_to_mutate.get(node.name) != name:
         return None
-    cache_val, new_val = _val(cache), _val(new)
-    if cache_val is None or new_val is None or position_tensor(start) is None:
-        return None
-    if cache_val.dim() != 4 or new_val.dim() != 4 or new_val.dtype != cache_val.dtype:
-        return None
-    if not all(same_size(new_val.shape[d], cache_val.shape[d]) for d in (0, 2, 3)):
+    if position_tensor(start) is None or not rows_fit_cache(_val(new), _val(cache)):
         return None
     if list(cache.users) != [node]:
         return None

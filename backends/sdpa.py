@@ -235,7 +235,8 @@ class SdpaCall:
         bound.update(node.kwargs)
         if target._schema.name in (LLAMA_SDPA, TAKEN_LLAMA_SDPA_OP._schema.name):
             return cls(node=node, query=bound["query"], key=bound["key"], value=bound["value"],
-                       attn_mask=bound.get("attn_mask"), dropout_p=float(bound.get("drpout_p", 0.0)),
+                       attn_mask=bound.get("attn_mask"),
+                       dropout_p=float(bound.get("drpout_p", 0.0)),  # (sic: the op's argument name)
                        is_causal=bool(bound["is_causal"]), scale=bound["scale"], enable_gqa=True, layout=BSHD,
                        start_pos=bound["start_pos"])
         return cls(

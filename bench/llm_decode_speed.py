@@ -205,21 +205,30 @@ def _check_sanity(sanity: Path, out: Path, runner: Path, device: str, log_file: 
         return 1, [f"error: {e}"]
     reference = out / "sanity"
     write_reference(model.to(device), sanity / "model.pte", REFERENCE_TOKENS, REFERENCE_PROMPT_LEN, folder=reference)
-    code, output = _run([runner, sanity / "model.pte", "--data", sanity / "model.ptd", "--prompt",
-                         reference / "prompt.bin", "--new-tokens", REFERENCE_TOKENS, "--expected-tokens",
-                         reference / "expected_tokens.bin", "--expected-logits", reference / "expected_logits.bin",
-                         "--teacher-forcing"], log_file, env)
+    code, summary = _check_generation(runner, sanity / "model.pte", sanity / "model.ptd", reference, log_file, env)
     (sanity / "model.ptd").unlink()
+    return code, summary
+
+
+def _check_generation(runner: Path, pte: Path, ptd: Path, reference: Path, log_file: Path, env,
+                      extra: tuple = ()) -> tuple[int, list[str]]:
+    """The runner's prefill and decode of `pte` against the eager reference in `reference`, each
+    step fed eager's token (every row of logits compared); its exit code and summary lines."""
+    code, output = _run([runner, pte, "--data", ptd, "--prompt", reference / "prompt.bin", "--new-tokens",
+                         REFERENCE_TOKENS, "--expected-tokens", reference / "expected_tokens.bin",
+                         "--expected-logits", reference / "expected_logits.bin", "--teacher-forcing", *extra],
+                        log_file, env)
     return code, [line for line in output.splitlines() if _summary_line(line)]
 
 
 def _compare_programs(out: Path, checked: list, reference: Path) -> tuple:
     """The GPU-attention program's logits against the CPU-attention program's (same XNNPACK
     projections; only where attention runs differs), each also against eager's."""
-    gpu, cpu = (torch.from_file(str(out / f"{v['name']}_logits.bin"), dtype=torch.float32,
-                                size=(out / f"{v['name']}_logits.bin").stat().st_size // 4) for v in checked)
-    eager = torch.from_file(str(reference / "expected_logits.bin"), dtype=torch.float32,
-                            size=(reference / "expected_logits.bin").stat().st_size // 4)
+    def floats(path: Path) -> torch.Tensor:
+        return torch.from_file(str(path), dtype=torch.float32, size=path.stat().st_size // 4)
+
+    gpu, cpu = (floats(out / f"{v['name']}_logits.bin") for v in checked)
+    eager = floats(reference / "expected_logits.bin")
     scale = eager.abs().max().item()
     lines = [f"max |logits| of eager: {scale:.3f}",
              f"{checked[0]['name']} vs {checked[1]['name']}: max_abs_diff={(gpu - cpu).abs().max().item():.4g}, "
@@ -291,11 +300,9 @@ def run(folder: Path, out: Path, device: str, steps: int, cpu_steps: int, warmup
     reference_s = time.perf_counter() - start
     checked = [gpu] + [v for v in info["variants"] if v["attention"] == "cpu"][:1]
     for variant in checked:
-        code, output = _run([runner, folder / variant["pte"], "--data", ptd, "--prompt", reference / "prompt.bin",
-                             "--new-tokens", REFERENCE_TOKENS, "--expected-tokens",
-                             reference / "expected_tokens.bin", "--expected-logits", reference / "expected_logits.bin",
-                             "--teacher-forcing", "--logits-out", out / f"{variant['name']}_logits.bin"], log_file, env)
-        checks.append((variant["name"], code, [line for line in output.splitlines() if _summary_line(line)]))
+        code, summary = _check_generation(runner, folder / variant["pte"], ptd, reference, log_file, env,
+                                          ("--logits-out", out / f"{variant['name']}_logits.bin"))
+        checks.append((variant["name"], code, summary))
     checks.append(_compare_programs(out, checked, reference))
     if check_only:
         ptd.unlink()

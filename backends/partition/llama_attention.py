@@ -36,7 +36,7 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import TensorArgument
 from torch.fx import Node
 
-from ..kv_cache_update import LlamaCacheUpdate, llama_cache_update
+from ..kv_cache_update import LlamaCacheUpdate, llama_cache_update, rows_fit_cache
 from ..sdpa import TAKEN_LLAMA_SDPA_OP, TAKEN_LLAMA_UPDATE_OP, SdpaCall, same_size, start_position_source
 
 aten = torch.ops.aten
@@ -97,10 +97,8 @@ def _ownable_updates(call: SdpaCall, key: Node, value: Node, start: Node,
             return None  # written from another position than the attention reads from
         if not _only_feeds(update.result, call.node):
             return None  # the new cache is read elsewhere: the program keeps it
-        new, cache = update.value.meta.get("val"), update.buffer.meta.get("val")
-        if new is None or cache is None or new.dim() != 4 or new.dtype != cache.dtype:
-            return None
-        if not (same_size(new.shape[1], q_len) and all(same_size(new.shape[d], cache.shape[d]) for d in (0, 2, 3))):
+        new = update.value.meta.get("val")
+        if not rows_fit_cache(new, update.buffer.meta.get("val")) or not same_size(new.shape[1], q_len):
             return None
     return k, v
 

@@ -108,7 +108,6 @@ Error PlanGraph::launch(const CudaDriver& driver, CUstream stream,
     }
     return Error::Ok;
   }
-  if (held_.size() != launchers.size()) reserve(launchers);  // init reserves; this is a safety net
   if (exec_ == nullptr) {
     const Error err = build(driver, launchers);
     if (err != Error::Ok) return err;

@@ -48,7 +48,8 @@ class PlanGraph {
 
   // Launches `launchers`, each already evaluated (KernelLauncher::evaluate),
   // in order on `stream` through the graph: building it first if there is
-  // none, updating the nodes whose launch changed. Logs any failure with the
+  // none, updating the nodes whose launch changed. reserve(launchers) must
+  // have been called (init does, for every plan). Logs any failure with the
   // driver call's name and returns Error::Internal.
   executorch::runtime::Error launch(const CudaDriver& driver, CUstream stream,
                                     std::vector<KernelLauncher>& launchers);
