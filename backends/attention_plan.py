@@ -35,8 +35,8 @@ from .aot.attention_decode import compile_decode_combine, compile_decode_split
 from .aot.compile_pool import compile_in_batch, compiling_together
 from .aot.variant import MASK_STRIDES, AttentionVariant
 from .kernels.attention_decode import decode_arrivals_count, decode_split_grid, decode_workspace_shape
-from .heuristics import (NOMINAL_SMS, KernelConfig, attention_config, combine_block_s, decode_config,
-                         decode_split_count, fused_combine_for, kv_length_buckets, split_plan)
+from .heuristics import (NOMINAL_SMS, KernelConfig, attention_config, combine_block_s, decode_launch,
+                         fused_combine_for, kv_length_buckets, split_plan)
 from .kernels.jit_launch import MAX_DECODE_L_Q
 from .kv_cache_plan import (KV_LEN_SLOT_BYTES, KvCacheArgs, StartPosition, cache_write_kernel, kv_len_kernel,
                             kv_len_offset)
@@ -272,7 +272,8 @@ def decode_plan(*, dtype: torch.dtype, batch: int, num_heads_q: int, num_heads_k
     if l_q > MAX_DECODE_L_Q:
         return None
     group = num_heads_q // num_heads_kv
-    config = decode_config(head_dim, dtype, group, l_q, arch)
+    keys = l_kv if attended_keys is None else attended_keys
+    config, requested = decode_launch(head_dim, dtype, group, l_q, batch, num_heads_kv, keys, NOMINAL_SMS, arch)
     m_tiles = decode_split_grid(1, batch, num_heads_kv, group, l_q, config.block_m)[2]
     if m_tiles != 1:
         # The packed GROUP_SIZE * L_q rows need several M tiles. Grid axis 2
@@ -281,8 +282,6 @@ def decode_plan(*, dtype: torch.dtype, batch: int, num_heads_q: int, num_heads_k
         # and each M tile re-reads all of K/V; with that many query rows per
         # KV head the forward kernel already has the parallelism it needs.
         return None
-    keys = l_kv if attended_keys is None else attended_keys
-    requested = decode_split_count(batch, num_heads_kv, keys, NOMINAL_SMS, config.block_n, m_tiles=m_tiles)
     num_splits = split_plan(keys, requested, config.block_n)[1]
     partial_shape, lse_shape = decode_workspace_shape(batch, num_heads_q, l_q, head_dim, num_splits)
     partial_bytes = int(np.prod(partial_shape)) * 4  # fp32

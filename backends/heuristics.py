@@ -24,6 +24,13 @@ Split count of the split-KV decode (after FlashAttention-3's rule, restated):
     smallest candidate within 85% of the best candidate's efficiency: fewer
     splits means less merge work.
 
+Short contexts (after measuring on the H100): a split's time is mostly
+latency (the launch, one round trip to DRAM, the partial's store) until it
+covers a few hundred keys, so where splits of one BLOCK_N block each would
+not fill FILLED_FRACTION of the SMs, BLOCK_N is halved (down to
+MIN_BLOCK_N) and splits may be as short as one such block. Longer contexts
+keep the tuned BLOCK_N and MIN_SPLIT_LEN.
+
 Dynamic L_kv (one payload for a range of lengths): the decode is planned per
 bucket of kv_length_buckets, each for its longest length, so a bucket's
 split count and workspace hold for every length in it.
@@ -81,6 +88,11 @@ MIN_SPLIT_LEN = 128
 # for 2 to 8 KV heads; MQA (1 KV head) at 32K keys is fastest with 128 on the
 # H200 (bench/tune_decode_merge.py): 64 leave half the SMs idle.
 MAX_SPLITS = 128
+# Shortest key block (and split) of a short context: 16 splits of 32 keys
+# at llama3-8b 512 keys ran in 5.25 us against 5.81 for 4 of 128, 16 of 64
+# at 1K in 5.54 against 6.03, and MQA 2K's 64 of 32 in 5.93 against 6.61
+# (H100, Triton JIT, CUDA-graph timing; bench/results/h100_decode_short.md).
+MIN_BLOCK_N = 32
 FILLED_FRACTION = 0.8
 EFFICIENCY_FRACTION = 0.85
 
@@ -147,6 +159,24 @@ def decode_config(head_dim: int, dtype: torch.dtype, group_size: int, l_q: int,
             raise ValueError(f"no decode tile fits {SHARED_MEMORY_BUDGET} bytes of shared memory "
                              f"for head dim {head_dim}, {dtype}")
         block_m //= 2  # more M tiles, each reading K/V again
+
+
+def decode_launch(head_dim: int, dtype: torch.dtype, group_size: int, l_q: int, batch: int, num_heads_kv: int,
+                  l_kv: int, num_sms: int, arch: Optional[int] = None) -> tuple[KernelConfig, int]:
+    """(tiles, splits to launch) of gqa_decode_split for l_kv keys: decode_config's tiles, with
+    BLOCK_N shortened at short contexts (see the module docstring), and decode_split_count's
+    count for them."""
+    config = decode_config(head_dim, dtype, group_size, l_q, arch)
+    m_tiles = triton.cdiv(group_size * l_q, config.block_m)
+    ctas = batch * num_heads_kv * m_tiles
+    block_n = config.block_n
+    if l_kv >= 2 * MIN_SPLIT_LEN:  # shorter contexts are never split
+        while block_n > MIN_BLOCK_N and ctas * triton.cdiv(l_kv, block_n) < FILLED_FRACTION * num_sms:
+            block_n //= 2
+    config = KernelConfig(config.block_m, block_n, config.num_warps, config.num_stages)
+    splits = decode_split_count(batch, num_heads_kv, l_kv, num_sms, block_n,
+                                min_split_len=min(MIN_SPLIT_LEN, block_n), m_tiles=m_tiles)
+    return config, splits
 
 
 def split_len_for(l_kv: int, num_splits: int, block_n: int) -> int:

@@ -23,7 +23,10 @@ SHA-256. `run` then
    and checks the logits of the GPU program and of the shortest CPU program
    against it, every row (cuda_gqa_llm_runner --teacher-forcing: each step
    is fed eager's token, so a near-tie that flips a token does not end the
-   comparison);
+   comparison). A float32 program must meet the runner's element tolerance;
+   a float16/bfloat16 one must be as close to eager as the CPU-attention
+   program is (half_precision_verdict: float16 projections alone put both
+   far outside a float32 tolerance);
 2. times decode steps at each context C (runner --decode-at C-N: N steps at
    positions up to C, the cache holding whatever is there; the delegate
    attends kv_len = position + 1 keys) for the GPU program and for the CPU
@@ -221,21 +224,51 @@ def _check_generation(runner: Path, pte: Path, ptd: Path, reference: Path, log_f
     return code, [line for line in output.splitlines() if _summary_line(line)]
 
 
+# A float16 program's logits sit as far from float32 eager as float16 allows, our delegate or not:
+# XNNPACK's float16 linears round every product-sum to float16 (on the H200, both the GPU- and the
+# CPU-attention program of llama3.2-1b: max |error| 0.31 and 0.34 for logits up to 4.9, 59% of elements
+# outside the float32 tolerance). Such a program passes when it is no farther from eager than the
+# same export with attention left to ExecuTorch's CPU kernels, up to rounding noise: mean |error|
+# within 5%, max |error| within 25%. A float32 program is held to the runner's element tolerance.
+HALF_MEAN_SLACK = 1.05
+HALF_MAX_SLACK = 1.25
+
+
+def half_precision_verdict(gpu: torch.Tensor, cpu: torch.Tensor, eager: torch.Tensor,
+                           names: tuple[str, str] = ("gpu", "cpu")) -> tuple[int, list[str]]:
+    """(0 pass / 1 fail, summary lines): is the GPU-attention program's logits' distance from eager
+    within HALF_MEAN_SLACK (mean) and HALF_MAX_SLACK (max) of the CPU-attention program's?"""
+    if not gpu.shape == cpu.shape == eager.shape:
+        return 1, [f"logits of {gpu.numel()}, {cpu.numel()} and {eager.numel()} values: the programs did not "
+                   f"write every row"]
+    gpu_error, cpu_error = (gpu - eager).abs(), (cpu - eager).abs()
+    ok = (gpu_error.mean() <= HALF_MEAN_SLACK * cpu_error.mean()
+          and gpu_error.max() <= HALF_MAX_SLACK * cpu_error.max())
+    return (0 if ok else 1), [
+        f"max |logits| of eager: {eager.abs().max().item():.3f}",
+        f"{names[0]} vs eager: mean_abs_diff={gpu_error.mean().item():.4g}, max_abs_diff={gpu_error.max().item():.4g}",
+        f"{names[1]} vs eager: mean_abs_diff={cpu_error.mean().item():.4g}, max_abs_diff={cpu_error.max().item():.4g}",
+        f"{names[0]} vs {names[1]}: mean_abs_diff={(gpu - cpu).abs().mean().item():.4g}, "
+        f"max_abs_diff={(gpu - cpu).abs().max().item():.4g}",
+        f"{names[0]} within {HALF_MEAN_SLACK}x (mean) and {HALF_MAX_SLACK}x (max) of {names[1]}'s distance from "
+        f"eager: {'PASS' if ok else 'FAIL'}"]
+
+
 def _compare_programs(out: Path, checked: list, reference: Path) -> tuple:
-    """The GPU-attention program's logits against the CPU-attention program's (same XNNPACK
-    projections; only where attention runs differs), each also against eager's."""
+    """The decisive check of a float16/bfloat16 export: the GPU-attention program's logits against
+    eager's, next to the CPU-attention program's (same XNNPACK projections; only where attention
+    runs differs)."""
     def floats(path: Path) -> torch.Tensor:
         return torch.from_file(str(path), dtype=torch.float32, size=path.stat().st_size // 4)
 
-    gpu, cpu = (floats(out / f"{v['name']}_logits.bin") for v in checked)
-    eager = floats(reference / "expected_logits.bin")
-    scale = eager.abs().max().item()
-    lines = [f"max |logits| of eager: {scale:.3f}",
-             f"{checked[0]['name']} vs {checked[1]['name']}: max_abs_diff={(gpu - cpu).abs().max().item():.4g}, "
-             f"mean_abs_diff={(gpu - cpu).abs().mean().item():.3g}",
-             f"{checked[0]['name']} vs eager: mean_abs_diff={(gpu - eager).abs().mean().item():.3g}; "
-             f"{checked[1]['name']} vs eager: mean_abs_diff={(cpu - eager).abs().mean().item():.3g}"]
-    return (f"{checked[0]['name']} against {checked[1]['name']} (logits rows)", 0, lines)
+    files = [out / f"{v['name']}_logits.bin" for v in checked]
+    missing = [path.name for path in files if not path.exists()]
+    if missing:
+        return (f"{checked[0]['name']} against eager", 1, [f"no logits written: {', '.join(missing)}"])
+    gpu, cpu = (floats(path) for path in files)
+    code, lines = half_precision_verdict(gpu, cpu, floats(reference / "expected_logits.bin"),
+                                         (checked[0]["name"], checked[1]["name"]))
+    return (f"{checked[0]['name']} against eager, as close as {checked[1]['name']} (logits rows)", code, lines)
 
 
 def run(folder: Path, out: Path, device: str, steps: int, cpu_steps: int, warmup: int, budget_s: float,
@@ -299,11 +332,17 @@ def run(folder: Path, out: Path, device: str, steps: int, cpu_steps: int, warmup
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     reference_s = time.perf_counter() - start
     checked = [gpu] + [v for v in info["variants"] if v["attention"] == "cpu"][:1]
+    half = info["dtype"] != "float32"
     for variant in checked:
         code, summary = _check_generation(runner, folder / variant["pte"], ptd, reference, log_file, env,
                                           ("--logits-out", out / f"{variant['name']}_logits.bin"))
+        if half:  # the float32 element tolerance, reported; the relative check below decides
+            summary = [f"float32 element tolerance, informational for a {info['dtype']} program: runner exit "
+                       f"{code}", *summary]
+            code = 0
         checks.append((variant["name"], code, summary))
-    checks.append(_compare_programs(out, checked, reference))
+    if half:
+        checks.append(_compare_programs(out, checked, reference))
     if check_only:
         ptd.unlink()
         (out / "llm_decode_speed_checks.json").write_text(json.dumps(checks, indent=1))

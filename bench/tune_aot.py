@@ -4,7 +4,7 @@ The GPU machine's Triton may differ from the one that compiles .pte files
 (there: 3.6; here: the pinned 3.9), and the same tiles can time differently
 under the two compilers. So the sweep compiles here and times there:
 
-    python bench/tune_aot.py emit DIR [--head-dims 128,96,256]      # build machine: one payload per config
+    python bench/tune_aot.py emit DIR [--head-dims 128,96,256] [--blocks-n 64,128] [--stages 2,3]  # build machine
     python3 bench/tune_aot.py time DIR [--out FILE]                 # GPU machine: time each through CubinLauncher
 
 Shape: causal prefill, B=1, 32/8 heads, L = 4096, bf16 (the tuning table's
@@ -23,17 +23,21 @@ from pathlib import Path
 import torch
 
 LENGTH = 4096
-CONFIGS = [dict(block_m=m, block_n=n, num_warps=w, num_stages=s)
-           for m, n, w, s in itertools.product((64, 128), (64, 128), (4, 8), (2, 3))
-           if not (m == 64 and w == 8)]
 
 
-def emit(out: Path, head_dims: list[int], arch: int) -> None:
+def configs(blocks_n: list[int], stages: list[int]) -> list[dict]:
+    """BLOCK_M 64 with 4 warps, 128 with 4 or 8, for every BLOCK_N and stage count given."""
+    return [dict(block_m=m, block_n=n, num_warps=w, num_stages=s)
+            for m, n, w, s in itertools.product((64, 128), blocks_n, (4, 8), stages)
+            if not (m == 64 and w == 8)]
+
+
+def emit(out: Path, head_dims: list[int], arch: int, blocks_n: list[int], stages: list[int]) -> None:
     from cuda_gqa.backends.attention_plan import build_attention_payload
     from cuda_gqa.backends.heuristics import KernelConfig, estimated_shared_bytes
 
     out.mkdir(parents=True, exist_ok=True)
-    for head_dim, config in itertools.product(head_dims, CONFIGS):
+    for head_dim, config in itertools.product(head_dims, configs(blocks_n, stages)):
         if estimated_shared_bytes(config["block_m"], config["block_n"], head_dim, torch.bfloat16,
                                   config["num_stages"]) > 227 * 1024:
             continue
@@ -90,12 +94,15 @@ def main(argv=None) -> int:
     emit_parser.add_argument("folder", type=Path)
     emit_parser.add_argument("--head-dims", default="128,96,256")
     emit_parser.add_argument("--arch", type=int, default=90)
+    emit_parser.add_argument("--blocks-n", default="64,128", help="BLOCK_N values, comma separated")
+    emit_parser.add_argument("--stages", default="2,3", help="pipeline stage counts, comma separated")
     time_parser = sub.add_parser("time")
     time_parser.add_argument("folder", type=Path)
     time_parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if args.command == "emit":
-        emit(args.folder, [int(d) for d in args.head_dims.split(",")], args.arch)
+        emit(args.folder, [int(d) for d in args.head_dims.split(",")], args.arch,
+             [int(n) for n in args.blocks_n.split(",")], [int(s) for s in args.stages.split(",")])
     else:
         time_all(args.folder, args.out)
     return 0

@@ -23,7 +23,7 @@ from .attention_decode import (
 )
 from .attention_fwd import gqa_attention_fwd, launch_grid
 from ..aot.variant import AttentionVariant
-from ..heuristics import (KernelConfig, attention_config, decode_config, decode_split_count, fused_combine_for,
+from ..heuristics import (KernelConfig, attention_config, decode_launch, decode_split_count, fused_combine_for,
                           merge_block_s, split_plan)
 from ..heuristics import combine_block_s as combine_block_s_for
 
@@ -131,12 +131,14 @@ def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant:
     batch, num_heads_q, l_q, head_dim = q.shape
     num_heads_kv, l_kv = k.shape[1], k.shape[2]
     group = num_heads_q // num_heads_kv
-    config = config or decode_config(head_dim, q.dtype, group, l_q, device_arch(q))
-    if num_splits is None:
+    num_sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+    if config is None:
+        config, planned_splits = decode_launch(head_dim, q.dtype, group, l_q, batch, num_heads_kv, l_kv, num_sms,
+                                               device_arch(q))
+        num_splits = planned_splits if num_splits is None else num_splits
+    elif num_splits is None:
         m_tiles = decode_split_grid(1, batch, num_heads_kv, group, l_q, config.block_m)[2]
-        num_splits = decode_split_count(batch, num_heads_kv, l_kv,
-                                        torch.cuda.get_device_properties(q.device).multi_processor_count,
-                                        config.block_n, m_tiles=m_tiles)
+        num_splits = decode_split_count(batch, num_heads_kv, l_kv, num_sms, config.block_n, m_tiles=m_tiles)
     num_splits = split_plan(l_kv, num_splits, config.block_n)[1]
     grid = decode_split_grid(num_splits, batch, num_heads_kv, group, l_q, config.block_m)
     if fused is None:

@@ -165,12 +165,13 @@ def test_attended_keys_bound_the_key_range_by_a_constant():
 
 
 def test_attended_keys_split_count_follows_the_bound():
-    """Splits are planned for the attended keys."""
-    bounded = decode_plan(dtype=torch.float16, batch=1, num_heads_q=32, num_heads_kv=8, head_dim=128, l_q=1,
-                          l_kv=30000, attended_keys=1000)
-    full = decode_plan(dtype=torch.float16, batch=1, num_heads_q=32, num_heads_kv=8, head_dim=128, l_q=1,
-                       l_kv=30000)
-    assert 1 < bounded.num_splits < full.num_splits
+    """Splits and tiles are planned for the attended keys, as for a cache of that length."""
+    shape = dict(dtype=torch.float16, batch=1, num_heads_q=32, num_heads_kv=8, head_dim=128, l_q=1)
+    bounded = decode_plan(**shape, l_kv=30000, attended_keys=1000)
+    short = decode_plan(**shape, l_kv=1000)
+    full = decode_plan(**shape, l_kv=30000)
+    assert (bounded.num_splits, bounded.config) == (short.num_splits, short.config)
+    assert bounded.num_splits > 1 and (bounded.num_splits, bounded.config) != (full.num_splits, full.config)
 
 
 @pytest.mark.parametrize("attended", [0, 8193])

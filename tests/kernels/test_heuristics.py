@@ -5,8 +5,8 @@ import torch
 import triton
 
 from cuda_gqa.backends.heuristics import (
-    EFFICIENCY_FRACTION, MAX_FUSED_MERGE_BYTES, MAX_SPLITS, MIN_SPLIT_LEN, SHARED_MEMORY_BUDGET,
-    SHARED_MEMORY_PER_BLOCK, attention_config, combine_block_s, decode_config, decode_split_count,
+    EFFICIENCY_FRACTION, MAX_FUSED_MERGE_BYTES, MAX_SPLITS, MIN_BLOCK_N, MIN_SPLIT_LEN, SHARED_MEMORY_BUDGET,
+    SHARED_MEMORY_PER_BLOCK, attention_config, combine_block_s, decode_config, decode_launch, decode_split_count,
     estimated_shared_bytes, fused_combine_for, merge_block_s, split_plan, tuning_table, wave_efficiency)
 
 SMS = 132
@@ -128,3 +128,33 @@ def test_tuned_decode_keeps_the_packed_rows():
         assert (config.block_n, config.num_warps, config.num_stages) == (
             tuned["block_n"], tuned["num_warps"], tuned["num_stages"])
     assert decode_config(128, torch.bfloat16, 4, 1, 86) == decode_config(128, torch.bfloat16, 4, 1)
+
+
+# --------------------------------------------------------------------------
+# short contexts: shorter key blocks and splits until the splits fill the SMs
+
+
+@pytest.mark.parametrize("heads_kv, l_kv, block_n, splits", [
+    (8, 512, 32, 16),   # llama3-8b: 16 splits of 32 keys
+    (8, 1024, 64, 16),  # 16 of 64
+    (8, 2048, 128, 16),  # 16 of 128: already filled, the tuned block
+    (1, 2048, 32, 64),  # MQA: as short as MIN_BLOCK_N allows
+])
+def test_short_contexts_get_short_blocks_and_splits(heads_kv, l_kv, block_n, splits):
+    config, count = decode_launch(128, torch.bfloat16, 32 // heads_kv, 1, 1, heads_kv, l_kv, SMS, 90)
+    assert (config.block_n, count) == (block_n, splits)
+    assert split_plan(l_kv, count, config.block_n) == (l_kv // splits, splits)
+
+
+@pytest.mark.parametrize("batch, heads_kv, l_kv", [(1, 8, 8192), (1, 8, 32768), (1, 1, 32768), (8, 8, 8192),
+                                                    (1, 8, 200)])
+def test_long_contexts_keep_the_tuned_block_and_split_count(batch, heads_kv, l_kv):
+    tuned = decode_config(128, torch.bfloat16, 32 // heads_kv, 1, 90)
+    config, count = decode_launch(128, torch.bfloat16, 32 // heads_kv, 1, batch, heads_kv, l_kv, SMS, 90)
+    assert config == tuned
+    assert count == decode_split_count(batch, heads_kv, l_kv, SMS, tuned.block_n)
+
+
+def test_short_blocks_stop_at_the_minimum():
+    config, count = decode_launch(128, torch.bfloat16, 32, 1, 1, 1, 512, SMS, 90)
+    assert config.block_n == MIN_BLOCK_N and count == 512 // MIN_BLOCK_N
