@@ -762,8 +762,15 @@ class Kernel(object):
             return self._tab.String(o + self._tab.Pos)
         return None
 
+    # Kernel
+    def WaitsForPrevious(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(30))
+        if o != 0:
+            return bool(self._tab.Get(flatbuffers.number_types.BoolFlags, o + self._tab.Pos))
+        return False
+
 def KernelStart(builder):
-    builder.StartObject(13)
+    builder.StartObject(14)
 
 def KernelAddName(builder, name):
     builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(name), 0)
@@ -816,6 +823,9 @@ def KernelStartGridVector(builder, numElems):
 def KernelAddPtxKey(builder, ptxKey):
     builder.PrependUOffsetTRelativeSlot(12, flatbuffers.number_types.UOffsetTFlags.py_type(ptxKey), 0)
 
+def KernelAddWaitsForPrevious(builder, waitsForPrevious):
+    builder.PrependBoolSlot(13, waitsForPrevious, 0)
+
 def KernelEnd(builder):
     return builder.EndObject()
 
@@ -843,6 +853,7 @@ class KernelT(object):
         params = None,
         grid = None,
         ptxKey = None,
+        waitsForPrevious = False,
     ):
         self.name = name  # type: Optional[str]
         self.cubins = cubins  # type: Optional[List[CubinT]]
@@ -857,6 +868,7 @@ class KernelT(object):
         self.params = params  # type: Optional[List[KernelParamT]]
         self.grid = grid  # type: Optional[List[GridDimT]]
         self.ptxKey = ptxKey  # type: Optional[str]
+        self.waitsForPrevious = waitsForPrevious  # type: bool
 
     @classmethod
     def InitFromBuf(cls, buf, pos):
@@ -919,6 +931,7 @@ class KernelT(object):
                     gridDim_ = GridDimT.InitFromObj(kernel.Grid(i))
                     self.grid.append(gridDim_)
         self.ptxKey = kernel.PtxKey()
+        self.waitsForPrevious = kernel.WaitsForPrevious()
 
     # KernelT
     def Pack(self, builder):
@@ -978,6 +991,7 @@ class KernelT(object):
             KernelAddGrid(builder, grid)
         if self.ptxKey is not None:
             KernelAddPtxKey(builder, ptxKey)
+        KernelAddWaitsForPrevious(builder, self.waitsForPrevious)
         kernel = KernelEnd(builder)
         return kernel
 
