@@ -43,7 +43,7 @@ from .kv_cache_plan import (KV_LEN_SLOT_BYTES, KvCacheArgs, StartPosition, cache
 from .layout import BHSD, Layout
 from .limits import mask_shape_problem
 from .serialization import payload_generated as fb
-from .serialization import serialize_payload
+from .serialization import PROGRAMMATIC_LAUNCH_ARCH, serialize_payload
 from .serialization.dtypes import torch_dtype_codes
 
 
@@ -334,6 +334,7 @@ def decode_kernels(*, plan: DecodePlan, dtype: torch.dtype, num_heads_q: int, nu
             variant=variant, single_split=single, arch=arch, block_m=config.block_m,
             block_n=config.block_n, num_warps=config.num_warps, num_stages=config.num_stages,
             fused_combine=plan.fused, aligned=aligned,
+            launch_dependents=not single and not plan.fused and arch >= PROGRAMMATIC_LAUNCH_ARCH,
         )
 
     def describe_split(kernel, compiled):
@@ -353,11 +354,13 @@ def decode_kernels(*, plan: DecodePlan, dtype: torch.dtype, num_heads_q: int, nu
 
     def compile_combine(arch):
         return compile_decode_combine(dtype=dtype, head_dim=head_dim, num_heads_q=num_heads_q, arch=arch,
-                                      block_s=block_s, aligned=aligned)
+                                      block_s=block_s, aligned=aligned,
+                                      wait_for_splits=arch >= PROGRAMMATIC_LAUNCH_ARCH)
 
     def describe_combine(kernel, compiled):
         kernel.params = bind_params(compiled.params, args, scale, kernel=compiled.name,
                                     extra={**workspace, "NUM_SPLITS": _binding(fb.ParamKind.Int32Constant, i32Value=plan.num_splits)})
+        kernel.waitsForPrevious = True  # its sm_90+ images wait for the split kernel themselves
         q, layout = args.query, args.layout  # grid (L_q, B * H_q, 1)
         kernel.grid = [fb.GridDimT(factors=[_factor(q, layout.seq)]),
                        fb.GridDimT(factors=[_factor(q, layout.batch), _factor(q, layout.heads)]),

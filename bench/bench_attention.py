@@ -4,7 +4,8 @@
     python3 bench/bench_attention.py [--payloads DIR] [--out DIR] [--upstream-sdpa PATH/TO/executorch/.../sdpa.py]
 
 Candidates: cuda_gqa (AOT cubins through the Python shim when --payloads is
-given, Triton JIT of the same kernel source otherwise), PyTorch SDPA's
+given, and the same cubins without programmatic dependent launches where a
+plan has one; Triton JIT of the same kernel source), PyTorch SDPA's
 default dispatch with enable_gqa=True and each of its backends forced
 (cuDNN, flash, efficient; native GQA and with K/V pre-expanded),
 FlexAttention through torch.compile with enable_gqa=True (where it compiles;
@@ -192,8 +193,13 @@ def candidates(shape: Shape, q, k, v, upstream, payloads: Optional[Path],
     if payloads is not None:
         from cuda_gqa.runtime.cubin_launcher import CubinLauncher
 
-        launcher = CubinLauncher((payloads / f"{shape.key}.cgqa").read_bytes())
+        payload = (payloads / f"{shape.key}.cgqa").read_bytes()
+        launcher = CubinLauncher(payload)
         found["cuda_gqa (AOT cubin)"] = lambda: launcher(q, k, v, out=out)
+        if any(any(plan) for plan in launcher.programmatic):
+            # What programmatic dependent launch (the combine's) saves: the same cubins launched plainly.
+            plain = CubinLauncher(payload, programmatic_launch=False)
+            found["cuda_gqa (AOT cubin, plain launches)"] = lambda: plain(q, k, v, out=out)
     for folder in baseline_payloads or []:
         if (folder / f"{shape.key}.cgqa").exists():
             from cuda_gqa.runtime.cubin_launcher import CubinLauncher

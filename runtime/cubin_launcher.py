@@ -26,7 +26,8 @@ import numpy as np
 from cuda_gqa.backends.serialization import payload_generated as fb
 from cuda_gqa.backends.serialization.dtypes import torch_dtype_codes
 
-from .launch_plan import WORKSPACE_ALIGN, ArgInfo, KernelLaunch, LaunchError, LaunchPlan
+from .launch_plan import (WORKSPACE_ALIGN, ArgInfo, KernelLaunch, LaunchError, LaunchPlan,
+                          launches_as_programmatic_dependent)
 
 __all__ = ["CubinLauncher", "CudaCoreUnavailable", "LaunchError", "StateBuffers", "arg_info"]
 
@@ -176,7 +177,11 @@ class CubinLauncher:
     """
 
     def __init__(self, payload_bytes: bytes, device: Any = None, named_data: Optional[Mapping[str, bytes]] = None,
-                 states: Optional[StateBuffers] = None):
+                 states: Optional[StateBuffers] = None, programmatic_launch: bool = True):
+        """programmatic_launch: launch the kernels that wait for the one before them themselves
+        (payload.fbs, Kernel.waits_for_previous) as its programmatic dependents where the device
+        and their image allow (launch_plan.launches_as_programmatic_dependent), as the C++
+        backend does; False launches every kernel plainly."""
         torch = _import_torch()
         self._torch = torch
         self._cc = _import_cuda_core()
@@ -209,10 +214,12 @@ class CubinLauncher:
         self._kept_plan = {index: p for p, index in enumerate(self.plan.plan_indices)}  # payload's -> kept
         self.images = []  # per kept plan, ImageChoice per kernel
         self._kernels = []  # per kept plan, the loaded kernel per kernel
+        self.programmatic = []  # per kept plan, per kernel: launched as a programmatic dependent
         loaded = {}  # plans share kernels: load each image and entry point once
         for p in range(len(self.plan.plans)):
             self.images.append([])
             self._kernels.append([])
+            self.programmatic.append([])
             for k, kernel in enumerate(self.plan.kernels(p)):
                 choice = self.plan.select_image(p, k, self.compute_capability)
                 name = self.plan.names(p)[k]
@@ -221,6 +228,8 @@ class CubinLauncher:
                     loaded[key] = self._load(name, choice, kernel.sharedMemBytes)
                 self.images[p].append(choice)
                 self._kernels[p].append(loaded[key])
+                self.programmatic[p].append(programmatic_launch and launches_as_programmatic_dependent(
+                    kernel, k, choice, self.compute_capability))
 
         self._scratch = []  # per kept plan, (global, profile) address per kernel
         self._scratch_buffers = []  # keeps the tensors alive
@@ -365,7 +374,11 @@ class CubinLauncher:
 
     def _launch(self, stream, launch: KernelLaunch) -> None:
         cc = self._cc
-        kernel = self._kernels[self._kept_plan[launch.plan_index]][launch.kernel_index]
+        p = self._kept_plan[launch.plan_index]
+        kernel = self._kernels[p][launch.kernel_index]
+        if self.programmatic[p][launch.kernel_index]:
+            self._launch_programmatic(kernel, launch)
+            return
         args = [_pack(t, v) for t, v in launch.params]
         if self._launch_takes_stream_first:
             config = cc.LaunchConfig(grid=launch.grid, block=(launch.block, 1, 1),
@@ -375,6 +388,33 @@ class CubinLauncher:
             config = cc.LaunchConfig(grid=launch.grid, block=(launch.block, 1, 1), stream=stream,
                                      shmem_size=launch.shared_mem_bytes)
             cc.launch(kernel, config, *args)
+
+
+    def _launch_programmatic(self, kernel, launch: KernelLaunch) -> None:
+        """cuLaunchKernelEx with programmatic stream serialization (cuda.core has no such
+        launch option): the kernel's CTAs may start while the previous kernel on the
+        stream drains; the kernel waits for it itself (griddepcontrol.wait)."""
+        drv = self._driver
+        handle = getattr(kernel, "handle", None)
+        if handle is None:
+            handle = getattr(kernel, "_handle", None)
+        # A CUkernel (library API) launches as a CUfunction of the current context.
+        function = handle if isinstance(handle, drv.CUfunction) else drv.CUfunction(_handle_int(handle))
+        attribute = drv.CUlaunchAttribute()
+        attribute.id = drv.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+        attribute.value.programmaticStreamSerializationAllowed = 1
+        config = drv.CUlaunchConfig()
+        config.gridDimX, config.gridDimY, config.gridDimZ = launch.grid
+        config.blockDimX, config.blockDimY, config.blockDimZ = launch.block, 1, 1
+        config.sharedMemBytes = launch.shared_mem_bytes
+        config.hStream = drv.CUstream(int(self._torch.cuda.current_stream(self.device).cuda_stream))
+        config.attrs = [attribute]
+        config.numAttrs = 1
+        # kernelParams as the C++ launcher passes them: one pointer per 8-byte slot.
+        slots = np.array(launch.slots(), dtype=np.uint64)
+        pointers = np.array([slots.ctypes.data + 8 * i for i in range(len(slots))], dtype=np.uint64)
+        _check_driver(drv.cuLaunchKernelEx(config, function, pointers.ctypes.data, 0),
+                      f"kernel {launch.name}: cuLaunchKernelEx (programmatic)")
 
 
 def _pack(type_: int, value):

@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from cuda_gqa.backends.serialization import deserialize_payload
+from cuda_gqa.backends.serialization import PROGRAMMATIC_LAUNCH_ARCH, deserialize_payload
 from cuda_gqa.backends.serialization import payload_generated as fb
 from cuda_gqa.backends.serialization.dtypes import DTYPE_NAMES, DTYPE_SIZES
 
@@ -39,6 +39,7 @@ __all__ = [
     "MAX_RANK",
     "compute_grid",
     "evaluate_launch_cpp",
+    "launches_as_programmatic_dependent",
     "plans_for_arch",
     "select_image",
     "select_plan_cpp",
@@ -444,6 +445,15 @@ def select_image(kernel, device_cc: int, named_data: Optional[Mapping[str, bytes
     has = ", ".join(f"sm_{c.arch}" for c in kernel.cubins or []) or "no cubins"
     ptx = f"PTX needs >= sm_{kernel.ptxArch}" if has_ptx else "no PTX"
     raise LaunchError(f"no cubin for sm_{device_cc} in this payload (has {has}; {ptx})")
+
+
+def launches_as_programmatic_dependent(kernel, index: int, image: ImageChoice, device_cc: int) -> bool:
+    """Whether kernel `index` of a plan may be launched as a programmatic dependent of the
+    kernel before it (payload.fbs, Kernel.waits_for_previous): it says it waits, it is not
+    the first, and both the device and the image chosen for it (a cubin's arch, or the PTX's
+    ptxArch) are PROGRAMMATIC_LAUNCH_ARCH or later; an older image has no griddepcontrol."""
+    return (bool(kernel.waitsForPrevious) and index > 0 and device_cc >= PROGRAMMATIC_LAUNCH_ARCH
+            and image.arch >= PROGRAMMATIC_LAUNCH_ARCH)
 
 
 # ---------------------------------------------------------------------------

@@ -48,6 +48,14 @@ gqa_decode_split: one program per (KV split, batch * KV head, M tile).
 gqa_decode_combine: one program per (query row, batch * query head). It merges
   the splits of that row, each weighted by 2^(Lse_s - max Lse) and divided by
   their sum, and writes Out in Out's dtype; a row no split saw a key for gets 0.
+
+Programmatic dependent launch (sm_90 and later; both constexprs False for
+older archs, whose PTX has no griddepcontrol): with LAUNCH_DEPENDENTS the
+split kernel lets the next kernel's programs be scheduled as soon as all of
+its own have started, and with WAIT_FOR_SPLITS the combine waits, before its
+first load, for the split kernel to finish and its stores to be visible. A
+combine launched as a programmatic dependent thus hides its launch latency
+behind the split kernel's tail; launched normally, the wait returns at once.
 """
 
 import triton
@@ -71,7 +79,10 @@ def gqa_decode_split(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, WINDOW_LEFT: tl.constexpr, MASK_KIND: tl.constexpr, SOFTCAP: tl.constexpr,
     SINGLE_SPLIT: tl.constexpr, FUSED_COMBINE: tl.constexpr = False, MERGE_BLOCK_S: tl.constexpr = 1,
+    LAUNCH_DEPENDENTS: tl.constexpr = False,
 ):
+    if LAUNCH_DEPENDENTS:
+        tl.extra.cuda.gdc_launch_dependents()
     split = tl.program_id(0)
     batch_kv_head = tl.program_id(1)
     m_tile = tl.program_id(2)
@@ -185,8 +196,10 @@ def gqa_decode_combine(
     stride_ob, stride_oh, stride_om,
     L_q, NUM_SPLITS,
     NUM_HEADS_Q: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_S: tl.constexpr,
+    BLOCK_S: tl.constexpr, WAIT_FOR_SPLITS: tl.constexpr = False,
 ):
+    if WAIT_FOR_SPLITS:
+        tl.extra.cuda.gdc_wait()
     q_row = tl.program_id(0)
     batch_head = tl.program_id(1)
     batch = (batch_head // NUM_HEADS_Q).to(tl.int64)

@@ -26,6 +26,7 @@ from ..aot.variant import AttentionVariant
 from ..heuristics import (KernelConfig, attention_config, decode_launch, decode_split_count, fused_combine_for,
                           merge_block_s, split_plan)
 from ..heuristics import combine_block_s as combine_block_s_for
+from ..serialization import PROGRAMMATIC_LAUNCH_ARCH
 
 # Query lengths up to this run the split-KV decode kernels.
 MAX_DECODE_L_Q = 16
@@ -34,6 +35,10 @@ MAX_DECODE_L_Q = 16
 def device_arch(t: torch.Tensor) -> int:
     major, minor = torch.cuda.get_device_capability(t.device)
     return 10 * major + minor
+
+
+def _sm_count(t: torch.Tensor) -> int:
+    return torch.cuda.get_device_properties(t.device).multi_processor_count
 
 
 @dataclass(frozen=True)
@@ -131,14 +136,13 @@ def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant:
     batch, num_heads_q, l_q, head_dim = q.shape
     num_heads_kv, l_kv = k.shape[1], k.shape[2]
     group = num_heads_q // num_heads_kv
-    num_sms = torch.cuda.get_device_properties(q.device).multi_processor_count
     if config is None:
-        config, planned_splits = decode_launch(head_dim, q.dtype, group, l_q, batch, num_heads_kv, l_kv, num_sms,
-                                               device_arch(q))
+        config, planned_splits = decode_launch(head_dim, q.dtype, group, l_q, batch, num_heads_kv, l_kv,
+                                               _sm_count(q), device_arch(q))
         num_splits = planned_splits if num_splits is None else num_splits
     elif num_splits is None:
         m_tiles = decode_split_grid(1, batch, num_heads_kv, group, l_q, config.block_m)[2]
-        num_splits = decode_split_count(batch, num_heads_kv, l_kv, num_sms, config.block_n, m_tiles=m_tiles)
+        num_splits = decode_split_count(batch, num_heads_kv, l_kv, _sm_count(q), config.block_n, m_tiles=m_tiles)
     num_splits = split_plan(l_kv, num_splits, config.block_n)[1]
     grid = decode_split_grid(num_splits, batch, num_heads_kv, group, l_q, config.block_m)
     if fused is None:
@@ -149,19 +153,23 @@ def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant:
         workspace = decode_workspace(q, num_splits, num_heads_kv, grid[2])
     partial, lse, arrivals = (*workspace, None)[:3]
     mask, mask_strides = variant.mask_and_strides(q, k)
+    # The combine as a programmatic dependent of the split kernel, as the runtimes launch the AOT cubins.
+    combine_after = num_splits > 1 and not fused
+    programmatic = combine_after and q.is_cuda and device_arch(q) >= PROGRAMMATIC_LAUNCH_ARCH
     gqa_decode_split[grid](
         q, k, v, out, partial, lse, arrivals if fused else out, mask, variant.kv_len,
         head_dim**-0.5 if scale is None else scale,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *mask_strides, l_q, l_kv,
         NUM_HEADS_Q=num_heads_q, GROUP_SIZE=group, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, **variant.constexprs(), SINGLE_SPLIT=num_splits == 1,
-        FUSED_COMBINE=fused, MERGE_BLOCK_S=merge_block_s(config.block_m, head_dim),
+        FUSED_COMBINE=fused, MERGE_BLOCK_S=merge_block_s(config.block_m, head_dim), LAUNCH_DEPENDENTS=programmatic,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
-    if num_splits > 1 and not fused:
+    if combine_after:
         gqa_decode_combine[decode_combine_grid(batch, num_heads_q, l_q)](
             partial, lse, out, *out.stride()[:3], l_q, num_splits,
             NUM_HEADS_Q=num_heads_q, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
-            BLOCK_S=combine_block_s or combine_block_s_for(num_splits, head_dim),
+            BLOCK_S=combine_block_s or combine_block_s_for(num_splits, head_dim), WAIT_FOR_SPLITS=programmatic,
+            **({"launch_pdl": True} if programmatic else {}),
         )
     return out, num_splits

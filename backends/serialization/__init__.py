@@ -1,6 +1,7 @@
 from .payload_serializer import (
     FILE_IDENTIFIER,
     PAYLOAD_VERSION,
+    PROGRAMMATIC_LAUNCH_ARCH,
     PayloadError,
     deserialize_payload,
     serialize_payload,
@@ -9,6 +10,7 @@ from .payload_serializer import (
 __all__ = [
     "FILE_IDENTIFIER",
     "PAYLOAD_VERSION",
+    "PROGRAMMATIC_LAUNCH_ARCH",
     "PayloadError",
     "deserialize_payload",
     "serialize_payload",

@@ -16,6 +16,10 @@ from . import payload_generated as fb
 FILE_IDENTIFIER = b"CGQA"
 # Must match kPayloadVersion in runtime/cpp/payload.h.
 PAYLOAD_VERSION = 3
+# Images for this compute capability and later of a kernel with
+# waits_for_previous may be launched as programmatic dependents (payload.fbs):
+# griddepcontrol, which they use, exists from sm_90 on.
+PROGRAMMATIC_LAUNCH_ARCH = 90
 
 
 class PayloadError(ValueError):

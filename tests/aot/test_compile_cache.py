@@ -113,7 +113,7 @@ def test_second_compile_comes_from_memory_then_from_disk(cache_dir, monkeypatch)
 
 COMBINE_SPEC = dict(signature={"Partial": "*fp32", "Lse": "*fp32", "Out": "*fp16", "L_q": "i32", "NUM_SPLITS": "i32",
                                "stride_ob": "i32", "stride_oh": "i32", "stride_om": "i32"},
-                    constexprs={"NUM_HEADS_Q": 8, "HEAD_DIM": 64, "BLOCK_D": 64, "BLOCK_S": 16},
+                    constexprs={"NUM_HEADS_Q": 8, "HEAD_DIM": 64, "BLOCK_D": 64, "BLOCK_S": 16, "WAIT_FOR_SPLITS": False},
                     divisible_by_16=frozenset(["Partial", "Lse", "Out"]), arch=80, num_warps=4, num_stages=1)
 
 

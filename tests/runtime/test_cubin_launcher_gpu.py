@@ -270,3 +270,25 @@ def test_a_mask_over_dynamic_lengths_matches_torch():
         expected = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
                                                                     enable_gqa=True)
         torch.testing.assert_close(out.float(), expected, **tolerance(dtype))
+
+
+def test_the_combine_runs_as_a_programmatic_dependent_on_sm90_and_matches_back_to_back():
+    """On sm_90+ the combine is launched with programmatic stream serialization (it waits for the
+    split kernel itself); many decode steps queued back to back, each over new K/V, give the
+    same outputs as plain launches and as the reference: no step reads another's partials."""
+    from cuda_gqa.backends.kernels.reference import reference_attention
+    from cuda_gqa.runtime.cubin_launcher import CubinLauncher
+
+    payload = build(torch.bfloat16, 1, 32, 8, 1, 2048, 128, False, 128**-0.5, generic=False)  # one plan
+    programmatic, plain = CubinLauncher(payload), CubinLauncher(payload, programmatic_launch=False)
+    assert plain.programmatic == [[False, False]]
+    assert programmatic.programmatic == [[False, device_arch() >= 90]]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    steps = [[torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen)
+              for shape in ((1, 32, 1, 128), (1, 8, 2048, 128), (1, 8, 2048, 128))] for _ in range(16)]
+    outs = [programmatic(*step) for step in steps]  # no synchronisation in between
+    plain_outs = [plain(*step) for step in steps]
+    torch.cuda.synchronize()
+    for step, out, plain_out in zip(steps, outs, plain_outs):
+        torch.testing.assert_close(out, plain_out, atol=0, rtol=0)
+        torch.testing.assert_close(out.float(), reference_attention(*step, scale=128**-0.5), **tolerance(torch.bfloat16))
