@@ -95,7 +95,7 @@ def validate_payload(data: bytes) -> str | None:
 _OPTION_BOOL, _OPTION_INT, _OPTION_STRING = 0, 1, 2
 # Each option's type (runtime/cpp/backend_options.h documents them).
 BACKEND_OPTION_TYPES = {"device": int, "stream": str, "synchronize": bool, "profile": bool,
-                        "launch_graphs": bool}
+                        "launch_graphs": bool, "programmatic_launch": bool}
 
 
 def set_backend_option(key: str, value: bool | int | str) -> None:

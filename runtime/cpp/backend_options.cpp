@@ -18,7 +18,7 @@ namespace {
 
 using StringValue = std::array<char, kMaxOptionValueLength>;
 
-constexpr char kKnownKeys[] = "device, stream, synchronize, profile, launch_graphs";
+constexpr char kKnownKeys[] = "device, stream, synchronize, profile, launch_graphs, programmatic_launch";
 
 Error refuse(std::string* error, const std::string& what) {
   *error = what;
@@ -65,10 +65,14 @@ Error apply_backend_options(Span<const BackendOption> options, BackendSettings* 
                                  std::string(v->data(), strnlen(v->data(), v->size())) +
                                  "', expected a decimal or 0x-hex CUstream handle");
       }
-    } else if (key == "synchronize" || key == "profile" || key == "launch_graphs") {
+    } else if (key == "synchronize" || key == "profile" || key == "launch_graphs" ||
+               key == "programmatic_launch") {
       const bool* v = std::get_if<bool>(&option.value);
       if (v == nullptr) return refuse(error, "option '" + key + "' must be a bool");
-      (key == "synchronize" ? next.synchronize : key == "profile" ? next.profile : next.launch_graphs) = *v;
+      (key == "synchronize"     ? next.synchronize
+       : key == "profile"       ? next.profile
+       : key == "launch_graphs" ? next.launch_graphs
+                                : next.programmatic_launch) = *v;
     } else {
       return refuse(error, "unknown option '" + key + "' (known: " + kKnownKeys + ")");
     }
@@ -93,6 +97,8 @@ Error read_backend_options(const BackendSettings& settings, Span<BackendOption> 
       option.value = settings.profile;
     } else if (key == "launch_graphs") {
       option.value = settings.launch_graphs;
+    } else if (key == "programmatic_launch") {
+      option.value = settings.programmatic_launch;
     } else {
       return refuse(error, "unknown option '" + key + "' (known: " + kKnownKeys + ")");
     }

@@ -18,6 +18,11 @@
 //                          place when its tensors move (default true; a driver
 //                          without the graph API launches them one by one
 //                          anyway; launch_graph.h)
+//   "programmatic_launch" bool  launch a kernel whose payload says it waits for
+//                          the previous one (Kernel.waits_for_previous) as its
+//                          programmatic dependent, where the image loaded has
+//                          that wait (sm_90+) and the driver can (default true;
+//                          launcher.h)
 #pragma once
 
 #include <executorch/runtime/backend/options.h>
@@ -35,6 +40,7 @@ struct BackendSettings {
   bool synchronize = true;
   bool profile = false;
   bool launch_graphs = true;
+  bool programmatic_launch = true;
 };
 
 // Applies `options` in order onto *settings. On an unknown key, a value of

@@ -102,6 +102,12 @@ LoadedDriver* load_driver() {
       a.GraphExecDestroy = nullptr;
     }
   }
+  {
+    // Optional, each on its own: absent, that launch is not programmatic.
+    std::string absent;
+    resolve(lib, "cuLaunchKernelEx", &a.LaunchKernelEx, &absent);
+    resolve(lib, "cuGraphAddDependencies_v2", &a.GraphAddDependencies, &absent);
+  }
   if (!ok) {
     d->status = DriverStatus::kSymbolMissing;
     d->message = "libcuda.so.1 is too old: it lacks " + missing;

@@ -69,6 +69,15 @@ struct CudaDriver {
   decltype(&::cuGraphExecDestroy) GraphExecDestroy = nullptr;
   bool has_graphs() const { return GraphLaunch != nullptr; }
 
+  // Optional, each on its own: programmatic dependent launch (launcher.h).
+  // cuLaunchKernelEx (CUDA 12.0+) launches a kernel with the programmatic
+  // stream serialization attribute; cuGraphAddDependencies_v2 (12.3+; the
+  // unversioned export takes no edge data) joins two kernel nodes with a
+  // programmatic edge. Null: kernels are launched, and graph nodes joined,
+  // the ordinary way.
+  decltype(&::cuLaunchKernelEx) LaunchKernelEx = nullptr;
+  decltype(&::cuGraphAddDependencies_v2) GraphAddDependencies = nullptr;
+
   // "CUDA_ERROR_X (description)", or the number if the driver does not know it.
   std::string error_string(CUresult result) const;
 };

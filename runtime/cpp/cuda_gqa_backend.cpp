@@ -432,7 +432,9 @@ Error set_up_device(DelegateState* s, const NamedDataMap* named_data, bool devic
           }
         }
       }
-      if (!s->launchers[p][i].prepare(&k, s->modules[p][i].function, scratch, why)) {
+      const bool programmatic = launches_programmatically(k, i, s->compute_capability, s->modules[p][i].arch,
+                                                          s->settings.programmatic_launch, d);
+      if (!s->launchers[p][i].prepare(&k, s->modules[p][i].function, scratch, programmatic, why)) {
         return Error::InvalidProgram;
       }
     }
@@ -519,11 +521,21 @@ class CudaGqaBackend final : public BackendInterface {
       delete state;
       return err;
     }
-    ET_LOG(Info, "CudaGqaBackend: %zu launch plan(s) loaded for sm_%d on device %d, %s",
+    // In a graph, a programmatic dependent needs a programmatic edge too (launch_graph.h).
+    size_t programmatic = 0;
+    for (const std::vector<KernelLauncher>& plan : state->launchers) {
+      for (const KernelLauncher& l : plan) {
+        programmatic +=
+            l.programmatic() && (!state->launch_graphs || state->driver->GraphAddDependencies != nullptr);
+      }
+    }
+    ET_LOG(Info, "CudaGqaBackend: %zu launch plan(s) loaded for sm_%d on device %d, %s, %zu kernel(s) as "
+                 "programmatic dependents",
            state->modules.size(), state->compute_capability, state->settings.device,
            state->launch_graphs            ? "launched as CUDA graphs"
            : state->settings.launch_graphs ? "launched kernel by kernel (the driver has no graph API)"
-                                           : "launched kernel by kernel (launch_graphs off)");
+                                           : "launched kernel by kernel (launch_graphs off)",
+           programmatic);
     return static_cast<DelegateHandle*>(state);
   }
 

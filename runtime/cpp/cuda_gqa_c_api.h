@@ -88,7 +88,7 @@ CUDA_GQA_EXPORT int cuda_gqa_select_plan(const void* data, size_t size, int devi
 
 // Sets one process-wide CudaGqaBackend option through ExecuTorch's
 // executorch::runtime::set_option (see backend_options.h for the keys:
-// device, stream, synchronize, profile, launch_graphs):
+// device, stream, synchronize, profile, launch_graphs, programmatic_launch):
 // a bool or int from int_value, a string from string_value. Returns the
 // ExecuTorch Error code (0: Ok; InvalidArgument with a log line naming the
 // cause for an unknown key, a wrong type or a bad value).

@@ -70,16 +70,41 @@ Error PlanGraph::build(const CudaDriver& driver, std::vector<KernelLauncher>& la
   }
   // A chain: each kernel reads what the one before wrote (the cache write,
   // then attention, then the combine of its splits) and they share the
-  // workspace.
+  // workspace. A programmatic dependent is added alone, then joined to the
+  // kernel before it by a programmatic edge: it may start while that kernel
+  // drains, and waits for it itself (griddepcontrol.wait).
   for (size_t i = 0; i < launchers.size(); ++i) {
+    const bool programmatic = i > 0 && launchers[i].programmatic() && driver.GraphAddDependencies != nullptr &&
+                              !programmatic_edge_refused_;
+    const bool after_previous = i > 0 && !programmatic;
     const CUDA_KERNEL_NODE_PARAMS p = node_params(launchers[i]);
-    r = driver.GraphAddKernelNode(&nodes_[i], graph_, i > 0 ? &nodes_[i - 1] : nullptr, i > 0 ? 1 : 0,
-                                  &p);
+    r = driver.GraphAddKernelNode(&nodes_[i], graph_, after_previous ? &nodes_[i - 1] : nullptr,
+                                  after_previous ? 1 : 0, &p);
     if (r != CUDA_SUCCESS) {
       nodes_[i] = nullptr;
       failed(driver, "cuGraphAddKernelNode", r);
       release(driver);
       return Error::Internal;
+    }
+    if (!programmatic) continue;
+    CUgraphEdgeData edge;
+    std::memset(&edge, 0, sizeof(edge));
+    edge.from_port = CU_GRAPH_KERNEL_NODE_PORT_PROGRAMMATIC;
+    edge.to_port = 0;
+    edge.type = CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC;
+    r = driver.GraphAddDependencies(graph_, &nodes_[i - 1], &nodes_[i], &edge, 1);
+    if (r != CUDA_SUCCESS) {
+      // Launched normally, the kernel is just as correct: an ordinary edge.
+      programmatic_edge_refused_ = true;
+      ET_LOG(Info, "CudaGqaBackend: launch graph: cuGraphAddDependencies refused a programmatic edge (%s): "
+                   "an ordinary one instead",
+             driver.error_string(r).c_str());
+      r = driver.GraphAddDependencies(graph_, &nodes_[i - 1], &nodes_[i], nullptr, 1);
+      if (r != CUDA_SUCCESS) {
+        failed(driver, "cuGraphAddDependencies", r);
+        release(driver);
+        return Error::Internal;
+      }
     }
   }
   r = driver.GraphInstantiateWithFlags(&exec_, graph_, 0);

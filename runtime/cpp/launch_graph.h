@@ -12,6 +12,11 @@
 //   on the one before, cuGraphInstantiateWithFlags), not by stream capture:
 //   it depends on nothing about the caller's stream (capturing or not) and
 //   enqueues nothing.
+// - A kernel launched as a programmatic dependent of the one before
+//   (KernelLauncher::programmatic) depends on it through a programmatic edge
+//   (cuGraphAddDependencies_v2 from its programmatic port), where the driver
+//   has the call: the graph form of the same launch. An edge the driver
+//   refuses is logged once and made an ordinary one.
 // - The exec's launches (grid and parameter slots per node) are kept. Each
 //   execute compares its freshly evaluated launches with them byte for byte
 //   and updates only the nodes that differ, with
@@ -72,6 +77,8 @@ class PlanGraph {
   std::vector<CUgraphNode> nodes_;
   std::vector<HeldLaunch> held_;
   bool rebuild_logged_ = false;  // the first refused update is logged, once
+  // A programmatic edge was refused: this graph's edges are ordinary from then on.
+  bool programmatic_edge_refused_ = false;
 };
 
 }  // namespace cuda_gqa

@@ -310,11 +310,19 @@ Error evaluate_launch(const KernelDesc& k, const ArgDesc* args, size_t num_args,
   return Error::Ok;
 }
 
+bool launches_programmatically(const KernelDesc& kernel, size_t position, int device_cc,
+                               uint32_t image_arch, bool option_on, const CudaDriver& driver) {
+  return kernel.waits_for_previous && position > 0 &&
+         device_cc >= static_cast<int>(kProgrammaticLaunchArch) && image_arch >= kProgrammaticLaunchArch &&
+         option_on && driver.LaunchKernelEx != nullptr;
+}
+
 bool KernelLauncher::prepare(const KernelDesc* kernel, CUfunction function,
-                             const ScratchDesc& scratch, std::string* error) {
+                             const ScratchDesc& scratch, bool programmatic, std::string* error) {
   if (!check_scratch(*kernel, scratch, error)) return false;
   kernel_ = kernel;
   function_ = function;
+  programmatic_ = programmatic;
   scratch_ = scratch;
   values_.assign(kernel->params.size(), 0);
   pointers_.resize(kernel->params.size());
@@ -332,14 +340,33 @@ Error KernelLauncher::evaluate(const ArgDesc* args, size_t num_args) {
 Error KernelLauncher::launch_evaluated(const CudaDriver& driver, CUstream stream) {
   const LaunchConfig& c = config_;
   if (c.ctas() == 0) return Error::Ok;  // empty tensors: nothing to compute
-  const CUresult r = driver.LaunchKernel(function_, c.grid[0], c.grid[1], c.grid[2], c.block, 1,
-                                         1, c.shared_mem_bytes, stream, pointers_.data(),
-                                         nullptr);
+  CUresult r;
+  if (programmatic_) {
+    CUlaunchAttribute attribute;
+    std::memset(&attribute, 0, sizeof(attribute));
+    attribute.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attribute.value.programmaticStreamSerializationAllowed = 1;
+    CUlaunchConfig launch;
+    std::memset(&launch, 0, sizeof(launch));
+    launch.gridDimX = c.grid[0];
+    launch.gridDimY = c.grid[1];
+    launch.gridDimZ = c.grid[2];
+    launch.blockDimX = c.block;
+    launch.blockDimY = 1;
+    launch.blockDimZ = 1;
+    launch.sharedMemBytes = c.shared_mem_bytes;
+    launch.hStream = stream;
+    launch.attrs = &attribute;
+    launch.numAttrs = 1;
+    r = driver.LaunchKernelEx(&launch, function_, pointers_.data(), nullptr);
+  } else {
+    r = driver.LaunchKernel(function_, c.grid[0], c.grid[1], c.grid[2], c.block, 1, 1, c.shared_mem_bytes,
+                            stream, pointers_.data(), nullptr);
+  }
   if (r != CUDA_SUCCESS) {
-    ET_LOG(Error, "CudaGqaBackend: kernel %s: cuLaunchKernel(grid %u,%u,%u block %u smem %u) "
-                  "failed: %s",
-           kernel_->name.c_str(), c.grid[0], c.grid[1], c.grid[2], c.block, c.shared_mem_bytes,
-           driver.error_string(r).c_str());
+    ET_LOG(Error, "CudaGqaBackend: kernel %s: %s(grid %u,%u,%u block %u smem %u) failed: %s",
+           kernel_->name.c_str(), programmatic_ ? "cuLaunchKernelEx" : "cuLaunchKernel", c.grid[0],
+           c.grid[1], c.grid[2], c.block, c.shared_mem_bytes, driver.error_string(r).c_str());
     return Error::Internal;
   }
   return Error::Ok;

@@ -98,22 +98,41 @@ executorch::runtime::Error evaluate_launch(const KernelDesc& kernel, const ArgDe
                                            uint64_t* values, LaunchConfig* config,
                                            std::string* error);
 
+// Compute capability from which kernel images can wait for the previous
+// kernel themselves (griddepcontrol, Kernel.waits_for_previous).
+constexpr uint32_t kProgrammaticLaunchArch = 90;
+
+// Init's decision whether kernel `position` of its plan is launched as a
+// programmatic dependent of the kernel before it (CUDA's programmatic
+// dependent launch: its CTAs may start while that kernel drains): only when
+// the payload says its sm_90+ images wait for that kernel, the device and
+// the image loaded, `image_arch` (a cubin's arch, or the PTX's ptx_arch: a
+// PTX written for sm_80 has no griddepcontrol however new the device that
+// JIT-compiles it), are sm_90 or later, the option "programmatic_launch" is
+// on and the driver has cuLaunchKernelEx. Otherwise launched normally, which
+// is just as correct.
+bool launches_programmatically(const KernelDesc& kernel, size_t position, int device_cc,
+                               uint32_t image_arch, bool option_on, const CudaDriver& driver);
+
 // Launch state of one kernel, prepared at init so that a launch fills fixed
 // slots and allocates nothing. Execute evaluates every kernel of the plan
 // first, then launches them directly (launch_evaluated) or through the
 // plan's graph (launch_graph.h), which reads the same slots.
 class KernelLauncher {
  public:
-  // `kernel` must outlive this launcher.
+  // `kernel` must outlive this launcher. `programmatic`: what
+  // launches_programmatically decided for it.
   bool prepare(const KernelDesc* kernel, CUfunction function, const ScratchDesc& scratch,
-               std::string* error);
+               bool programmatic, std::string* error);
 
   // evaluate_launch into this launcher's slots (values(), config()). Logs
   // the reason of any failure.
   executorch::runtime::Error evaluate(const ArgDesc* args, size_t num_args);
 
-  // Enqueues the evaluated launch on `stream` with cuLaunchKernel, unless
-  // the grid is empty. Logs the reason of any failure.
+  // Enqueues the evaluated launch on `stream` with cuLaunchKernel, or with
+  // cuLaunchKernelEx as a programmatic dependent of the launch before it
+  // when programmatic(), unless the grid is empty. Logs the reason of any
+  // failure.
   executorch::runtime::Error launch_evaluated(const CudaDriver& driver, CUstream stream);
 
   // The last evaluation: one 8-byte slot per entry-point parameter, the
@@ -123,10 +142,14 @@ class KernelLauncher {
   const LaunchConfig& config() const { return config_; }
   CUfunction function() const { return function_; }
   const KernelDesc& kernel() const { return *kernel_; }
+  // Launched as a programmatic dependent of the plan's previous kernel (a
+  // graph joins their nodes with a programmatic edge).
+  bool programmatic() const { return programmatic_; }
 
  private:
   const KernelDesc* kernel_ = nullptr;
   CUfunction function_ = nullptr;
+  bool programmatic_ = false;
   ScratchDesc scratch_;
   std::vector<uint64_t> values_;  // one 8-byte slot per parameter
   std::vector<void*> pointers_;   // kernelParams: &values_[i]

@@ -403,6 +403,7 @@ bool read_kernel(const fb::Kernel* k, const PayloadDesc& pl, uint64_t workspace_
     }
     if (out->grid_multiplier[g] == 0) return fail(error, gw, "multiplier is 0");
   }
+  out->waits_for_previous = k->waits_for_previous();
   return true;
 }
 

@@ -104,6 +104,10 @@ struct KernelDesc {
   std::vector<ParamDesc> params;
   std::array<std::vector<GridFactorDesc>, 3> grid;  // x, y, z
   std::array<uint32_t, 3> grid_multiplier = {1, 1, 1};
+  // Its images for sm_90 and later wait for the plan's previous kernel
+  // themselves (griddepcontrol.wait): they may be launched as its
+  // programmatic dependents (payload.fbs). False in payloads that predate it.
+  bool waits_for_previous = false;
 };
 
 // A device buffer the delegate owns (Payload.states): allocated and zeroed at

@@ -4,7 +4,7 @@
 //   cuda_gqa_runner MODEL.pte [--method NAME] [--input FILE]... [--expected FILE]...
 //                   [--output-dir DIR] [--atol X] [--rtol X] [--warmup N] [--iterations N]
 //                   [--device N] [--inputs-on-device] [--no-launch-graphs | --compare-launch-graphs]
-//                   [--time-inputs-set-once]
+//                   [--no-programmatic-launch] [--time-inputs-set-once]
 //
 // Inputs are raw little-endian tensors in the method's input order; dtype and
 // shape come from the program. Exit status: 0 ok, 1 an output differs from
@@ -24,6 +24,8 @@
 // launch plan); --compare-launch-graphs times both in one run: each program
 // is loaded once more with the option off, its executes interleaved with the
 // default ones, and three more lines report it ("... (launch graphs off)").
+// --no-programmatic-launch loads every delegate with the "programmatic_launch"
+// option off (no kernel launched as a programmatic dependent of the one before).
 #include <executorch/extension/module/module.h>
 #include <executorch/runtime/backend/backend_options_map.h>
 #include <executorch/runtime/backend/options.h>
@@ -75,6 +77,7 @@ struct Options {
   bool inputs_on_device = false;
   bool launch_graphs = true;           // CudaGqaBackend's "launch_graphs"
   bool compare_launch_graphs = false;  // also time the program with launch_graphs off
+  bool programmatic_launch = true;     // CudaGqaBackend's "programmatic_launch"
   bool time_inputs_set_once = false;   // also time executes with the inputs set once
 };
 
@@ -83,7 +86,8 @@ void usage(FILE* out) {
                "usage: cuda_gqa_runner MODEL.pte [--method NAME] [--input FILE]...\n"
                "         [--expected FILE]... [--output-dir DIR] [--atol X] [--rtol X]\n"
                "         [--warmup N] [--iterations N] [--device N] [--inputs-on-device]\n"
-               "         [--no-launch-graphs | --compare-launch-graphs] [--time-inputs-set-once]\n"
+               "         [--no-launch-graphs | --compare-launch-graphs] [--no-programmatic-launch]\n"
+               "         [--time-inputs-set-once]\n"
                "  --input FILE      raw little-endian input tensor, repeated in input order\n"
                "  --expected FILE   raw expected output, repeated in output order\n"
                "  --output-dir DIR  write DIR/output_<i>.bin for each output\n"
@@ -99,6 +103,8 @@ void usage(FILE* out) {
                "                    one instead of one CUDA graph per launch plan\n"
                "  --compare-launch-graphs  time the program both ways in one run (executes\n"
                "                    interleaved); the extra lines say \"(launch graphs off)\"\n"
+               "  --no-programmatic-launch  CudaGqaBackend option programmatic_launch off: no kernel\n"
+               "                    launched as a programmatic dependent of the one before\n"
                "  --time-inputs-set-once  also time executes with the inputs set once before them\n"
                "                    (Method execute without Module's per-call set_input)\n"
                "(CudaGqaBackend payload version %d)\n",
@@ -163,6 +169,8 @@ int parse_args(int argc, char** argv, Options* o) {
       o->launch_graphs = false;
     } else if (a == "--compare-launch-graphs") {
       o->compare_launch_graphs = true;
+    } else if (a == "--no-programmatic-launch") {
+      o->programmatic_launch = false;
     } else if (a == "--time-inputs-set-once") {
       o->time_inputs_set_once = true;
     } else if (a == "--device" && value(&v)) {
@@ -266,15 +274,17 @@ double percentile(std::vector<double> v, double q) {
   return v[std::min(idx, v.size() - 1)];
 }
 
-// Loads `path` with CudaGqaBackend's runtime specs: --device, "profile" and
-// "launch_graphs".
+// Loads `path` with CudaGqaBackend's runtime specs: --device,
+// --no-programmatic-launch, "profile" and "launch_graphs".
 Error load_module(Module* module, const Options& opt, bool profile, bool launch_graphs) {
-  BackendOption options[3];
+  BackendOption options[4];
   size_t n = 0;
   std::strcpy(options[n].key, "profile");
   options[n++].value = profile;
   std::strcpy(options[n].key, "launch_graphs");
   options[n++].value = launch_graphs;
+  std::strcpy(options[n].key, "programmatic_launch");
+  options[n++].value = opt.programmatic_launch;
   if (opt.device >= 0) {
     std::strcpy(options[n].key, "device");
     options[n++].value = static_cast<int>(opt.device);

@@ -6,6 +6,7 @@
 //   cuda_gqa_llm_runner MODEL.pte [--data FILE.ptd] --prompt FILE [--new-tokens N] [--device N]
 //                       [--expected-tokens FILE] [--expected-logits FILE]
 //                       [--atol X] [--rtol X] [--tokens-out FILE] [--logits-out FILE] [--no-launch-graphs]
+//                       [--no-programmatic-launch]
 //   cuda_gqa_llm_runner MODEL.pte [--data FILE.ptd] --decode-at P [--steps N] [--warmup W]
 //
 // --data: the program's external weights (a .ptd from export_llm
@@ -79,7 +80,8 @@ struct Options {
   long decode_at = -1, steps = 32, warmup = 3;
   bool teacher_forcing = false;
   double atol = 2e-2, rtol = 1.6e-2;
-  bool launch_graphs = true;  // CudaGqaBackend's "launch_graphs"
+  bool launch_graphs = true;        // CudaGqaBackend's "launch_graphs"
+  bool programmatic_launch = true;  // CudaGqaBackend's "programmatic_launch"
 };
 
 int fail(const std::string& what, const std::string& detail) {
@@ -98,6 +100,7 @@ void usage(FILE* out) {
                "usage: cuda_gqa_llm_runner MODEL.pte [--data FILE] --prompt FILE [--new-tokens N] [--device N]\n"
                "         [--expected-tokens FILE] [--expected-logits FILE] [--atol X] [--rtol X]\n"
                "         [--tokens-out FILE] [--logits-out FILE] [--no-launch-graphs]\n"
+               "         [--no-programmatic-launch]\n"
                "       cuda_gqa_llm_runner MODEL.pte [--data FILE] --decode-at P [--steps N] [--warmup W]\n"
                "  --data FILE             the program's external weights (.ptd)\n"
                "  --prompt FILE           int64 token ids (raw little-endian)\n"
@@ -113,7 +116,9 @@ void usage(FILE* out) {
                "  --steps N               timed steps of --decode-at (default 32)\n"
                "  --warmup W              untimed steps before them (default 3)\n"
                "  --no-launch-graphs      CudaGqaBackend option launch_graphs off: kernels launched one\n"
-               "                          by one instead of one CUDA graph per launch plan\n");
+               "                          by one instead of one CUDA graph per launch plan\n"
+               "  --no-programmatic-launch  CudaGqaBackend option programmatic_launch off: no kernel\n"
+               "                          launched as a programmatic dependent of the one before\n");
 }
 
 bool parse_number(const char* s, double* out) {
@@ -133,6 +138,8 @@ int parse_args(int argc, char** argv, Options* o) {
       return kExitOk;
     } else if (a == "--no-launch-graphs") {
       o->launch_graphs = false;
+    } else if (a == "--no-programmatic-launch") {
+      o->programmatic_launch = false;
     } else if (a == "--prompt" && has_value) {
       o->prompt = next();
     } else if (a == "--data" && has_value) {
@@ -295,13 +302,15 @@ int main(int argc, char** argv) {
           : std::make_unique<Module>(opt.model, opt.data, Module::LoadMode::Mmap, nullptr, nullptr, nullptr,
                                      /*share_memory_arenas=*/true);
   Module& module = *module_holder;
-  BackendOption options[2];
+  BackendOption options[3];
   std::strcpy(options[0].key, "device");
   options[0].value = static_cast<int>(opt.device);
   std::strcpy(options[1].key, "launch_graphs");
   options[1].value = opt.launch_graphs;
+  std::strcpy(options[2].key, "programmatic_launch");
+  options[2].value = opt.programmatic_launch;
   executorch::runtime::LoadBackendOptionsMap backend_options;
-  Error err = backend_options.set_options("CudaGqaBackend", executorch::runtime::Span<BackendOption>(options, 2));
+  Error err = backend_options.set_options("CudaGqaBackend", executorch::runtime::Span<BackendOption>(options, 3));
   if (err == Error::Ok) err = module.load(backend_options);
   if (err != Error::Ok) return fail("loading " + opt.model + " failed", err);
   Decoder decoder{&module};

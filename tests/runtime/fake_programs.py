@@ -44,7 +44,7 @@ def sample_payload(cubin_archs=(80, 90), ptx_arch=80, sizes=(1, 4, 16, 64)) -> f
     kernel = fb.KernelT(
         name="gqa_attention_fwd",
         cubins=[fb.CubinT(arch=a, image=u8(b"\x7fELF" + bytes([a]) * 64)) for a in cubin_archs],
-        ptx=u8(b".version 8.7\n.target sm_80\n") if ptx_arch else None, ptxArch=ptx_arch or 0,
+        ptx=u8(f".version 8.7\n.target sm_{ptx_arch}\n".encode()) if ptx_arch else None, ptxArch=ptx_arch or 0,
         numWarps=4, sharedMemBytes=65536, globalScratchBytes=0, profileScratchBytes=0,
         params=params, grid=grid)
     return fb.PayloadT(inputs=[spec(), spec(), spec()], outputs=[spec()], plans=[fb.LaunchPlanT(kernels=[kernel])])
@@ -116,10 +116,12 @@ for payload_path, pte_path, device in zip(sys.argv[1::3], sys.argv[2::3], sys.ar
 """
 
 
-def add_payload(sizes=(2, 64), version=None, max_rows=None, workspace_bytes=0, kernels=1, plans=1) -> bytes:
-    """A payload whose delegate computes x + y on float32 (2, 64); fake cubins; a workspace
-    of workspace_bytes the kernel does not use. max_rows: rows are dynamic up to it (y's and
-    the output's rows are x's). kernels=2: a second launch adds y to the output again (x + 2y).
+def add_payload(sizes=(2, 64), version=None, max_rows=None, workspace_bytes=0, kernels=1, plans=1,
+                waits_for_previous=False, cubin_archs=(80, 90), ptx_arch=80) -> bytes:
+    """A payload whose delegate computes x + y on float32 (2, 64); fake images (cubins of
+    cubin_archs, PTX for ptx_arch; 0: none); a workspace of workspace_bytes the kernel does not
+    use. max_rows: rows are dynamic up to it (y's and the output's rows are x's). kernels=2: a
+    second launch adds y to the output again (x + 2y), with waits_for_previous set as given.
     plans=2 (with max_rows > 2): the same launches in two plans, for up to 2 rows and above."""
     def spec(size_from=None):
         if max_rows is None:
@@ -127,7 +129,7 @@ def add_payload(sizes=(2, 64), version=None, max_rows=None, workspace_bytes=0, k
         return fb.TensorSpecT(dtype=fb.DType.Float32, sizes=[-1, sizes[1]], maxSizes=[max_rows, sizes[1]],
                               sizeFrom=size_from)
     like_x = [fb.DimSourceT(dim=0, arg=0, argDim=0)]
-    payload = sample_payload()
+    payload = sample_payload(cubin_archs, ptx_arch)
     payload.inputs, payload.outputs = [spec(), spec(like_x if max_rows else None)], [spec(like_x)]
     kernel = payload.plans[0].kernels[0]
     kernel.name = "add_f32"  # the entry point the fake driver below implements
@@ -138,6 +140,7 @@ def add_payload(sizes=(2, 64), version=None, max_rows=None, workspace_bytes=0, k
     if kernels == 2:
         again = copy.deepcopy(kernel)
         again.params[0].arg = 2  # out = out + y
+        again.waitsForPrevious = waits_for_previous
         payload.plans[0].kernels.append(again)
     if plans == 2:
         payload.plans.append(copy.deepcopy(payload.plans[0]))
@@ -181,14 +184,20 @@ typedef unsigned long long CUdeviceptr;
 static int launches;  /* kernels run, directly or as graph nodes */
 /* Launch and graph calls counted for tests (fake_graph_calls reads them). */
 enum { DIRECT_LAUNCHES, GRAPH_CREATES, NODES_ADDED, INSTANTIATES, NODE_UPDATES, GRAPH_LAUNCHES, EXEC_DESTROYS,
-       GRAPH_DESTROYS, NUM_COUNTS };
+       GRAPH_DESTROYS, PROGRAMMATIC_LAUNCHES, PROGRAMMATIC_EDGES, ORDINARY_EDGES_ADDED, NUM_COUNTS };
 static long long counts[NUM_COUNTS];
 void fake_graph_calls(long long* out) { for (int i = 0; i < NUM_COUNTS; ++i) out[i] = __atomic_load_n(&counts[i], __ATOMIC_RELAXED); }
 static void count(int what) { __atomic_add_fetch(&counts[what], 1, __ATOMIC_RELAXED); }
-/* fake_fail(name): the graph call of that exported name fails from now on ("": none). */
-static char fail_call[64];
-void fake_fail(const char* name) { snprintf(fail_call, sizeof(fail_call), "%s", name); }
-static int failing(const char* name) { return strcmp(fail_call, name) == 0; }
+/* fake_fail(names): the graph calls of these exported names (comma-separated) fail from now on ("": none);
+   cuGraphAddDependencies_v2 then refuses programmatic edges only. */
+static char fail_call[128];
+void fake_fail(const char* names) { snprintf(fail_call, sizeof(fail_call), "%s", names); }
+static int failing(const char* name) {
+  const size_t n = strlen(name);
+  for (const char* p = fail_call; (p = strstr(p, name)) != NULL; p += n)
+    if ((p == fail_call || p[-1] == ',') && (p[n] == ',' || p[n] == '\0')) return 1;
+  return 0;
+}
 /* Calls counted for tests (fake_calls reads them): copies and synchronisations. */
 static int copies_to_device, copies_to_host, synchronizations, sync_copies;
 void fake_calls(int* htod, int* dtoh, int* syncs) { *htod = copies_to_device; *dtoh = copies_to_host; *syncs = synchronizations; }
@@ -199,9 +208,12 @@ CUresult cuDriverGetVersion(int* v) { *v = 13000; return 0; }
 CUresult cuDeviceGetCount(int* n) { *n = 2; return 0; }
 CUresult cuDeviceGet(int* d, int i) { *d = i; return 0; }
 CUresult cuDeviceGetName(char* s, int n, int d) { (void)d; snprintf(s, n, "Fake GPU"); return 0; }
+/* The devices' compute capability, major*10+minor: sm_90 unless fake_compute_capability changes it. */
+static int compute_capability = 90;
+void fake_compute_capability(int cc) { compute_capability = cc; }
 CUresult cuDeviceGetAttribute(int* v, int attr, int d) {
   (void)d;
-  *v = attr == 75 ? 9 : attr == 76 ? 0 : attr == 97 ? 232448 : 0;  /* CC 9.0, smem opt-in */
+  *v = attr == 75 ? compute_capability / 10 : attr == 76 ? compute_capability % 10 : attr == 97 ? 232448 : 0;
   return 0;
 }
 CUresult cuDevicePrimaryCtxRetain(void** c, int d) { (void)d; *c = (void*)1; return 0; }
@@ -265,9 +277,22 @@ CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* h, size_t n, void* s) {
 CUresult cuMemcpyDtoHAsync_v2(void* h, CUdeviceptr d, size_t n, void* s) {
   (void)s; memcpy(h, (void*)d, n); __atomic_add_fetch(&copies_to_host, 1, __ATOMIC_RELAXED); return 0;
 }
+/* Loads what runs on the device, as a driver does: a fake cubin ("\x7f" "ELF", then its arch) of the device's
+   major and a minor up to its own, or fake PTX (".target sm_<arch>", NUL-terminated) of an arch up to the
+   device's compute capability. */
 CUresult cuModuleLoadDataEx(void** m, const void* image, unsigned n, void* o, void** v) {
   (void)n; (void)o; (void)v;
-  if (memcmp(image, "\x7f" "ELF\x5a", 5) != 0) return 200;  /* only the sm_90 fake cubin */
+  const int cubin = memcmp(image, "\x7f" "ELF", 4) == 0;
+  const char* target = cubin ? NULL : strstr((const char*)image, ".target sm_");
+  int arch = 0;
+  if (cubin) {
+    arch = ((const unsigned char*)image)[4];
+    if (arch / 10 != compute_capability / 10) return 200;
+  } else if (target == NULL || sscanf(target, ".target sm_%d", &arch) != 1) {
+    return 200;
+  }
+  if (arch > compute_capability) return 200;
+  fprintf(stderr, "fake: module loaded from %s for sm_%d\n", cubin ? "a cubin" : "PTX", arch);
   *m = (void*)3;
   return 0;
 }
@@ -295,6 +320,24 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
   run_add(gx, *(const float**)params[0], *(const float**)params[1], *(float**)params[2], *(int*)params[3]);
   return 0;
 }
+#ifndef FAKE_NO_LAUNCH_KERNEL_EX
+/* cuLaunchKernelEx (CUDA 12.0+): cuLaunchKernel's launch, counted as programmatic when its one attribute is
+   CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION (6) set to 1. */
+typedef struct {  /* CUlaunchAttribute */
+  int id; char pad[4]; union { char pad[64]; int programmatic_stream_serialization_allowed; void* align; } value;
+} LaunchAttribute;
+typedef struct {  /* CUlaunchConfig */
+  unsigned gx, gy, gz, bx, by, bz, smem; void* stream; LaunchAttribute* attrs; unsigned num_attrs;
+} LaunchConfig;
+CUresult cuLaunchKernelEx(const LaunchConfig* c, void* f, void** params, void** extra) {
+  if (c->num_attrs != 1 || c->attrs[0].id != 6 || c->attrs[0].value.programmatic_stream_serialization_allowed != 1)
+    return 1;
+  const CUresult r = cuLaunchKernel(f, c->gx, c->gy, c->gz, c->bx, c->by, c->bz, c->smem, c->stream, params,
+                                    extra);
+  if (r == 0) count(PROGRAMMATIC_LAUNCHES);
+  return r;
+}
+#endif
 #ifndef FAKE_NO_GRAPHS
 /* The graph API: kernel nodes of add_f32 in a chain, run by cuGraphLaunch as cuLaunchKernel runs them. */
 typedef struct {  /* CUDA_KERNEL_NODE_PARAMS_v2 */
@@ -302,7 +345,8 @@ typedef struct {  /* CUDA_KERNEL_NODE_PARAMS_v2 */
 } NodeParams;
 typedef struct { unsigned gx; unsigned long long values[4]; } Launch;  /* what a node runs */
 #define MAX_NODES 8
-typedef struct { int n; Launch* nodes[MAX_NODES]; } Graph;  /* node handles: Launch* */
+/* Node handles: Launch*. joined[i]: node i depends on node i - 1, from cuGraphAddKernelNode_v2 or an edge. */
+typedef struct { int n; Launch* nodes[MAX_NODES]; int joined[MAX_NODES]; } Graph;
 typedef struct { int n; Launch* from[MAX_NODES]; Launch launches[MAX_NODES]; } Exec;
 static CUresult take(Launch* l, const NodeParams* p) {
   if (!valid_launch(p->func, p->gy, p->gz, p->bx, p->by, p->bz, p->smem) || p->extra || p->kern || p->ctx) return 1;
@@ -316,14 +360,40 @@ CUresult cuGraphCreate(Graph** g, unsigned flags) {
 }
 CUresult cuGraphAddKernelNode_v2(Launch** node, Graph* g, Launch** deps, size_t num_deps, const NodeParams* p) {
   if (failing("cuGraphAddKernelNode_v2") || g->n == MAX_NODES) return 999;
-  /* Each node after the first depends on the one before: a chain in launch order. */
-  if (g->n == 0 ? num_deps != 0 : num_deps != 1 || deps[0] != g->nodes[g->n - 1]) return 1;
+  /* A node depends on the one before or, until an edge joins them, on nothing: a chain in launch order. */
+  if (num_deps > 1 || (num_deps == 1 && (g->n == 0 || deps[0] != g->nodes[g->n - 1]))) return 1;
   Launch* l = calloc(1, sizeof(Launch));
   if (take(l, p)) { free(l); return 1; }
+  g->joined[g->n] = num_deps == 1;
   g->nodes[g->n++] = l; *node = l; count(NODES_ADDED); return 0;
 }
+#ifndef FAKE_NO_GRAPH_ADD_DEPENDENCIES
+/* cuGraphAddDependencies_v2 (CUDA 12.3+): joins a node to the one before, by an ordinary edge (no edge data, or
+   zeroed) or a programmatic one (type CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC from the upstream kernel node's
+   CU_GRAPH_KERNEL_NODE_PORT_PROGRAMMATIC, both 1); edges of each type counted. */
+typedef struct { unsigned char from_port, to_port, type, reserved[5]; } EdgeData;  /* CUgraphEdgeData */
+CUresult cuGraphAddDependencies_v2(Graph* g, Launch** from, Launch** to, const EdgeData* edges, size_t n) {
+  static const EdgeData ordinary;
+  const EdgeData* e = edges ? edges : &ordinary;
+  int i = 1;
+  while (i < g->n && g->nodes[i] != to[0]) ++i;
+  if (n != 1 || i >= g->n || from[0] != g->nodes[i - 1] || g->joined[i] || e->to_port) return 1;
+  for (int b = 0; b < 5; ++b) if (e->reserved[b]) return 1;
+  if (e->type == 1 && e->from_port == 1) {
+    if (failing("cuGraphAddDependencies_v2")) return 999;
+    count(PROGRAMMATIC_EDGES);
+  } else if (e->type == 0 && e->from_port == 0) {
+    count(ORDINARY_EDGES_ADDED);
+  } else {
+    return 1;
+  }
+  g->joined[i] = 1;
+  return 0;
+}
+#endif
 CUresult cuGraphInstantiateWithFlags(Exec** e, Graph* g, unsigned long long flags) {
   if (failing("cuGraphInstantiateWithFlags") || flags) return 999;
+  for (int i = 1; i < g->n; ++i) if (!g->joined[i]) return 1;  /* not a chain */
   *e = calloc(1, sizeof(Exec));
   (*e)->n = g->n;
   for (int i = 0; i < g->n; ++i) { (*e)->from[i] = g->nodes[i]; (*e)->launches[i] = *g->nodes[i]; }
@@ -355,14 +425,19 @@ CUresult cuGraphDestroy(Graph* g) {
 """
 
 
-def build_fake_driver(folder: Path, graphs: bool = True) -> Path:
-    """folder/libcuda.so.1 built from FAKE_DRIVER_C (graphs=False: without the graph API, as
-    a driver before CUDA 12.0 lacks its _v2 kernel-node calls); None without a C compiler."""
+def build_fake_driver(folder: Path, graphs: bool = True, launch_kernel_ex: bool = True,
+                      graph_add_dependencies: bool = True) -> Path:
+    """folder/libcuda.so.1 built from FAKE_DRIVER_C; None without a C compiler. Without what a
+    driver before some CUDA version lacks: graphs=False, the graph API (its _v2 kernel-node
+    calls are 12.0's); launch_kernel_ex=False, cuLaunchKernelEx (12.0);
+    graph_add_dependencies=False, cuGraphAddDependencies_v2 (12.3)."""
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return None
     (folder / "fake_cuda.c").write_text(FAKE_DRIVER_C)
-    subprocess.run([compiler, "-shared", "-fPIC", "-O1", *([] if graphs else ["-DFAKE_NO_GRAPHS"]), "-o",
+    lacks = {"-DFAKE_NO_GRAPHS": not graphs, "-DFAKE_NO_LAUNCH_KERNEL_EX": not launch_kernel_ex,
+             "-DFAKE_NO_GRAPH_ADD_DEPENDENCIES": not graph_add_dependencies}
+    subprocess.run([compiler, "-shared", "-fPIC", "-O1", *(flag for flag, on in lacks.items() if on), "-o",
                     str(folder / "libcuda.so.1"), str(folder / "fake_cuda.c")], check=True)
     return folder
 

@@ -24,7 +24,7 @@ from cuda_gqa.runtime import cpp_delegate
 from stderr_capture import run_capturing_stderr  # a sibling module: this runs as a script
 
 COUNTS = ("direct_launches", "graph_creates", "nodes_added", "instantiates", "node_updates", "graph_launches",
-          "exec_destroys", "graph_destroys")
+          "exec_destroys", "graph_destroys", "programmatic_launches", "programmatic_edges", "ordinary_edges_added")
 FAILING = ("cuGraphCreate", "cuGraphAddKernelNode_v2", "cuGraphInstantiateWithFlags", "cuGraphLaunch")
 
 

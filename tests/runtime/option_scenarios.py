@@ -22,7 +22,8 @@ from cuda_gqa.runtime import cpp_delegate
 
 from stderr_capture import run_capturing_stderr  # a sibling module: this runs as a script
 
-DEFAULTS = {"device": 0, "stream": "0", "synchronize": True, "profile": False, "launch_graphs": True}
+DEFAULTS = {"device": 0, "stream": "0", "synchronize": True, "profile": False, "launch_graphs": True,
+            "programmatic_launch": True}
 
 
 def fake_calls() -> dict:

@@ -25,7 +25,8 @@ CASES = {  # dtype, batch, H_q, H_kv, L_q, L_kv, D, causal
     # Batched: 2 splits per KV head, merged by the split kernel itself (one launch, arrival counters).
     "decode_fused_merge": (torch.bfloat16, 8, 32, 8, 1, 2048, 128, False),
 }
-DEFAULT_OPTIONS = {"device": 0, "stream": "0", "synchronize": True, "profile": False, "launch_graphs": True}
+DEFAULT_OPTIONS = {"device": 0, "stream": "0", "synchronize": True, "profile": False, "launch_graphs": True,
+                   "programmatic_launch": True}
 
 
 def tolerance(dtype):

@@ -28,8 +28,9 @@ REFUSALS = {
     "synchronize as an int": ("synchronize", 1, "option 'synchronize' must be a bool"),
     "profile as a string": ("profile", "yes", "option 'profile' must be a bool"),
     "launch_graphs as an int": ("launch_graphs", 0, "option 'launch_graphs' must be a bool"),
+    "programmatic_launch as an int": ("programmatic_launch", 1, "option 'programmatic_launch' must be a bool"),
     "unknown key": ("bogus", True, "unknown option 'bogus' (known: device, stream, synchronize, profile, "
-                                   "launch_graphs)"),
+                                   "launch_graphs, programmatic_launch)"),
 }
 INIT_REFUSALS = {
     "no such device": ([["device", 5]], "CudaGqaBackend: no CUDA device 5 (this machine has 2)"),
@@ -42,7 +43,7 @@ SCENARIOS = {
     **{name: [[key, value]] for name, (key, value, _) in REFUSALS.items()},
     **{name: options for name, (options, _) in INIT_REFUSALS.items()},
     "round trip": [["device", 1], ["stream", "12345"], ["synchronize", False], ["profile", True],
-                   ["launch_graphs", False]],
+                   ["launch_graphs", False], ["programmatic_launch", False]],
     "device 1, caller's stream, no sync": [["device", 1], ["stream", "0x5"], ["synchronize", False]],
     "defaults": [],
     "profile": [["profile", True]],
@@ -52,7 +53,8 @@ SCENARIOS = {
     "tensors on another device": [],
 }
 PLACEMENTS = {"device tensors": "cuda:0", "device tensors, no sync": "cuda:0", "tensors on another device": "cuda:1"}
-DEFAULT_VALUES = {"device": 0, "stream": "0x0", "synchronize": True, "profile": False, "launch_graphs": True}
+DEFAULT_VALUES = {"device": 0, "stream": "0x0", "synchronize": True, "profile": False, "launch_graphs": True,
+                  "programmatic_launch": True}
 WORKSPACE_BYTES = 1000
 
 
@@ -83,7 +85,7 @@ def test_set_option_values_round_trip_through_get_option(scenarios):
     report = scenarios["round trip"]
     assert report["refused"] == []
     assert report["values"] == {"device": 1, "stream": "0x3039", "synchronize": False, "profile": True,
-                               "launch_graphs": False}
+                               "launch_graphs": False, "programmatic_launch": False}
     # 12345 is no stream of the fake driver: init says so.
     assert report["init"] == 0x12 and "option 'stream': cuStreamGetCtx failed" in report["stderr"]
 

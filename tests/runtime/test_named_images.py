@@ -121,10 +121,10 @@ def test_cpp_backend_loads_the_image_from_named_data(named_programs, fake_driver
     result = subprocess.run([str(_runner()), str(named_programs / "good.pte"), "--input", str(tmp_path / "x.bin"),
                              "--input", str(tmp_path / "x.bin"), "--expected", str(tmp_path / "expected.bin")],
                             capture_output=True, text=True, env=fake_env(fake_driver_dir), timeout=120)
-    # The fake driver loads only the sm_90 image (its device is sm_90): the run passing
-    # means init fetched that image by key from the program.
+    # The run passing on the sm_90 cubin means init fetched that image by key from the program.
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASS" in result.stdout
+    assert "fake: module loaded from a cubin for sm_90" in result.stderr
 
 
 def test_cpp_backend_refuses_a_missing_key_naming_it(named_programs, fake_driver_dir, tmp_path):
