@@ -27,8 +27,6 @@
 // --no-programmatic-launch loads every delegate with the "programmatic_launch"
 // option off (no kernel launched as a programmatic dependent of the one before).
 #include <executorch/extension/module/module.h>
-#include <executorch/runtime/backend/backend_options_map.h>
-#include <executorch/runtime/backend/options.h>
 #include <executorch/runtime/core/device_allocator.h>
 #include <executorch/extension/tensor/tensor_ptr.h>
 #include <executorch/runtime/platform/runtime.h>
@@ -45,6 +43,7 @@
 #include <string>
 #include <vector>
 
+#include "backend_load_options.h"
 #include "cuda_gqa_c_api.h"
 
 namespace {
@@ -53,7 +52,6 @@ using executorch::aten::ScalarType;
 using executorch::aten::Tensor;
 using executorch::extension::Module;
 using executorch::extension::TensorPtr;
-using executorch::runtime::BackendOption;
 using executorch::runtime::Error;
 using executorch::runtime::EValue;
 using executorch::runtime::Tag;
@@ -274,24 +272,10 @@ double percentile(std::vector<double> v, double q) {
   return v[std::min(idx, v.size() - 1)];
 }
 
-// Loads `path` with CudaGqaBackend's runtime specs: --device,
-// --no-programmatic-launch, "profile" and "launch_graphs".
+// Loads the program with --device, --no-programmatic-launch, and `profile` and `launch_graphs`.
 Error load_module(Module* module, const Options& opt, bool profile, bool launch_graphs) {
-  BackendOption options[4];
-  size_t n = 0;
-  std::strcpy(options[n].key, "profile");
-  options[n++].value = profile;
-  std::strcpy(options[n].key, "launch_graphs");
-  options[n++].value = launch_graphs;
-  std::strcpy(options[n].key, "programmatic_launch");
-  options[n++].value = opt.programmatic_launch;
-  if (opt.device >= 0) {
-    std::strcpy(options[n].key, "device");
-    options[n++].value = static_cast<int>(opt.device);
-  }
-  executorch::runtime::LoadBackendOptionsMap map;
-  Error err = map.set_options("CudaGqaBackend", executorch::runtime::Span<BackendOption>(options, n));
-  return err != Error::Ok ? err : module->load(map);
+  return cuda_gqa_runner::load_with_backend_options(
+      module, {opt.device, profile, launch_graphs, opt.programmatic_launch});
 }
 
 // Checks `outputs` against --expected (and writes them to --output-dir,

@@ -43,10 +43,9 @@
 
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor_ptr.h>
-#include <executorch/runtime/backend/backend_options_map.h>
-#include <executorch/runtime/backend/options.h>
 #include <executorch/runtime/platform/runtime.h>
 
+#include "backend_load_options.h"
 #include "cuda_gqa_c_api.h"
 
 #include <algorithm>
@@ -63,7 +62,6 @@
 using executorch::aten::ScalarType;
 using executorch::aten::Tensor;
 using executorch::extension::Module;
-using executorch::runtime::BackendOption;
 using executorch::runtime::Error;
 using executorch::runtime::EValue;
 
@@ -302,16 +300,8 @@ int main(int argc, char** argv) {
           : std::make_unique<Module>(opt.model, opt.data, Module::LoadMode::Mmap, nullptr, nullptr, nullptr,
                                      /*share_memory_arenas=*/true);
   Module& module = *module_holder;
-  BackendOption options[3];
-  std::strcpy(options[0].key, "device");
-  options[0].value = static_cast<int>(opt.device);
-  std::strcpy(options[1].key, "launch_graphs");
-  options[1].value = opt.launch_graphs;
-  std::strcpy(options[2].key, "programmatic_launch");
-  options[2].value = opt.programmatic_launch;
-  executorch::runtime::LoadBackendOptionsMap backend_options;
-  Error err = backend_options.set_options("CudaGqaBackend", executorch::runtime::Span<BackendOption>(options, 3));
-  if (err == Error::Ok) err = module.load(backend_options);
+  Error err = cuda_gqa_runner::load_with_backend_options(
+      &module, {opt.device, /*profile=*/false, opt.launch_graphs, opt.programmatic_launch});
   if (err != Error::Ok) return fail("loading " + opt.model + " failed", err);
   Decoder decoder{&module};
   if (!constant(module, "get_prefill_len", &decoder.prefill_len, &error) ||
