@@ -68,12 +68,8 @@ _TRIANGULAR_STD = math.sqrt(2 * (65536**2 - 1) / 12)
 
 
 def _mix32(x):
-    """A 32-bit integer hash (two multiply-xorshift rounds), in place on an int64 tensor
-    holding values in [0, 2**32), or on a Python int."""
-    if isinstance(x, int):
-        for shift, factor in ((16, 0x21F0AAAD), (15, 0x735A2D97)):
-            x = ((x ^ (x >> shift)) * factor) & _MASK32
-        return x ^ (x >> 15)
+    """A 32-bit integer hash (two multiply-xorshift rounds) of a Python int, or in place of an
+    int64 tensor, holding values in [0, 2**32) (products stay below 2**63)."""
     for shift, factor in ((16, 0x21F0AAAD), (15, 0x735A2D97)):
         x ^= x >> shift
         x *= factor
