@@ -225,7 +225,7 @@ def _check_generation(runner: Path, pte: Path, ptd: Path, reference: Path, log_f
 
 
 # A float16 program's logits sit as far from float32 eager as float16 allows, our delegate or not:
-# XNNPACK's float16 linears round every product-sum to float16 (on the H200, both the GPU- and the
+# the rest of the model runs in float16 on XNNPACK (on the H200, both the GPU- and the
 # CPU-attention program of llama3.2-1b: max |error| 0.31 and 0.34 for logits up to 4.9, 59% of elements
 # outside the float32 tolerance). Such a program passes when it is no farther from eager than the
 # same export with attention left to ExecuTorch's CPU kernels, up to rounding noise: mean |error|
