@@ -101,6 +101,12 @@ def arg_info(tensor, dtypes: Optional[dict] = None) -> ArgInfo:
                    address=tensor.data_ptr(), dtype_label=None if code >= 0 else str(tensor.dtype).removeprefix("torch."))
 
 
+def _driver_handle(kernel):
+    """The CUkernel or CUfunction behind a cuda.core kernel (None if this release hides it)."""
+    handle = getattr(kernel, "handle", None)
+    return getattr(kernel, "_handle", None) if handle is None else handle
+
+
 def _handle_int(handle) -> int:
     try:
         return int(handle)
@@ -230,6 +236,11 @@ class CubinLauncher:
                 self._kernels[p].append(loaded[key])
                 self.programmatic[p].append(programmatic_launch and launches_as_programmatic_dependent(
                     kernel, k, choice, self.compute_capability))
+        # What cuLaunchKernelEx needs of a programmatic dependent that does not change per call.
+        self._programmatic_functions = {(p, k): self._cu_function(self._kernels[p][k])
+                                        for p, plan in enumerate(self.programmatic)
+                                        for k, programmatic in enumerate(plan) if programmatic}
+        self._programmatic_attribute = self._programmatic_launch_attribute() if self._programmatic_functions else None
 
         self._scratch = []  # per kept plan, (global, profile) address per kernel
         self._scratch_buffers = []  # keeps the tensors alive
@@ -292,9 +303,7 @@ class CubinLauncher:
 
     def _opt_in_shared_memory(self, name: str, kernel, nbytes: int) -> None:
         drv = self._driver
-        handle = getattr(kernel, "handle", None)
-        if handle is None:
-            handle = getattr(kernel, "_handle", None)
+        handle = _driver_handle(kernel)
         if handle is None:
             raise LaunchError(f"kernel {name}: cuda.core exposes no handle to set its shared memory limit on")
         attr = drv.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
@@ -377,7 +386,7 @@ class CubinLauncher:
         p = self._kept_plan[launch.plan_index]
         kernel = self._kernels[p][launch.kernel_index]
         if self.programmatic[p][launch.kernel_index]:
-            self._launch_programmatic(kernel, launch)
+            self._launch_programmatic(self._programmatic_functions[p, launch.kernel_index], launch)
             return
         args = [_pack(t, v) for t, v in launch.params]
         if self._launch_takes_stream_first:
@@ -390,25 +399,31 @@ class CubinLauncher:
             cc.launch(kernel, config, *args)
 
 
-    def _launch_programmatic(self, kernel, launch: KernelLaunch) -> None:
+    def _programmatic_launch_attribute(self):
+        drv = self._driver
+        attribute = drv.CUlaunchAttribute()
+        attribute.id = drv.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+        attribute.value.programmaticStreamSerializationAllowed = 1
+        return attribute
+
+    def _cu_function(self, kernel):
+        """The driver handle of a loaded cuda.core kernel, as cuLaunchKernelEx takes it: a
+        CUkernel (library API) launches as a CUfunction of the current context."""
+        drv = self._driver
+        handle = _driver_handle(kernel)
+        return handle if isinstance(handle, drv.CUfunction) else drv.CUfunction(_handle_int(handle))
+
+    def _launch_programmatic(self, function, launch: KernelLaunch) -> None:
         """cuLaunchKernelEx with programmatic stream serialization (cuda.core has no such
         launch option): the kernel's CTAs may start while the previous kernel on the
         stream drains; the kernel waits for it itself (griddepcontrol.wait)."""
         drv = self._driver
-        handle = getattr(kernel, "handle", None)
-        if handle is None:
-            handle = getattr(kernel, "_handle", None)
-        # A CUkernel (library API) launches as a CUfunction of the current context.
-        function = handle if isinstance(handle, drv.CUfunction) else drv.CUfunction(_handle_int(handle))
-        attribute = drv.CUlaunchAttribute()
-        attribute.id = drv.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
-        attribute.value.programmaticStreamSerializationAllowed = 1
         config = drv.CUlaunchConfig()
         config.gridDimX, config.gridDimY, config.gridDimZ = launch.grid
         config.blockDimX, config.blockDimY, config.blockDimZ = launch.block, 1, 1
         config.sharedMemBytes = launch.shared_mem_bytes
         config.hStream = drv.CUstream(int(self._torch.cuda.current_stream(self.device).cuda_stream))
-        config.attrs = [attribute]
+        config.attrs = [self._programmatic_attribute]
         config.numAttrs = 1
         # kernelParams as the C++ launcher passes them: one pointer per 8-byte slot.
         slots = np.array(launch.slots(), dtype=np.uint64)

@@ -401,6 +401,7 @@ Error set_up_device(DelegateState* s, const NamedDataMap* named_data, bool devic
     }
   }
 
+  s->launch_graphs = s->settings.launch_graphs && d.has_graphs();
   s->launchers.resize(num_plans);
   for (size_t p = 0; p < num_plans; ++p) {
     const std::vector<KernelDesc>& kernels = s->payload.plans[p].kernels;
@@ -433,13 +434,12 @@ Error set_up_device(DelegateState* s, const NamedDataMap* named_data, bool devic
         }
       }
       const bool programmatic = launches_programmatically(k, i, s->compute_capability, s->modules[p][i].arch,
-                                                          s->settings.programmatic_launch, d);
+                                                          s->settings.programmatic_launch, s->launch_graphs, d);
       if (!s->launchers[p][i].prepare(&k, s->modules[p][i].function, scratch, programmatic, why)) {
         return Error::InvalidProgram;
       }
     }
   }
-  s->launch_graphs = s->settings.launch_graphs && d.has_graphs();
   if (s->launch_graphs) {
     s->graphs.resize(num_plans);
     for (size_t p = 0; p < num_plans; ++p) s->graphs[p].reserve(s->launchers[p]);
@@ -521,13 +521,9 @@ class CudaGqaBackend final : public BackendInterface {
       delete state;
       return err;
     }
-    // In a graph, a programmatic dependent needs a programmatic edge too (launch_graph.h).
     size_t programmatic = 0;
     for (const std::vector<KernelLauncher>& plan : state->launchers) {
-      for (const KernelLauncher& l : plan) {
-        programmatic +=
-            l.programmatic() && (!state->launch_graphs || state->driver->GraphAddDependencies != nullptr);
-      }
+      for (const KernelLauncher& l : plan) programmatic += l.programmatic();
     }
     ET_LOG(Info, "CudaGqaBackend: %zu launch plan(s) loaded for sm_%d on device %d, %s, %zu kernel(s) as "
                  "programmatic dependents",

@@ -74,8 +74,7 @@ Error PlanGraph::build(const CudaDriver& driver, std::vector<KernelLauncher>& la
   // kernel before it by a programmatic edge: it may start while that kernel
   // drains, and waits for it itself (griddepcontrol.wait).
   for (size_t i = 0; i < launchers.size(); ++i) {
-    const bool programmatic = i > 0 && launchers[i].programmatic() && driver.GraphAddDependencies != nullptr &&
-                              !programmatic_edge_refused_;
+    const bool programmatic = launchers[i].programmatic() && !programmatic_edge_refused_;
     const bool after_previous = i > 0 && !programmatic;
     const CUDA_KERNEL_NODE_PARAMS p = node_params(launchers[i]);
     r = driver.GraphAddKernelNode(&nodes_[i], graph_, after_previous ? &nodes_[i - 1] : nullptr,

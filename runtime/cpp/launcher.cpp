@@ -311,10 +311,10 @@ Error evaluate_launch(const KernelDesc& k, const ArgDesc* args, size_t num_args,
 }
 
 bool launches_programmatically(const KernelDesc& kernel, size_t position, int device_cc,
-                               uint32_t image_arch, bool option_on, const CudaDriver& driver) {
+                               uint32_t image_arch, bool option_on, bool launch_graphs, const CudaDriver& driver) {
   return kernel.waits_for_previous && position > 0 &&
          device_cc >= static_cast<int>(kProgrammaticLaunchArch) && image_arch >= kProgrammaticLaunchArch &&
-         option_on && driver.LaunchKernelEx != nullptr;
+         option_on && driver.LaunchKernelEx != nullptr && (!launch_graphs || driver.GraphAddDependencies != nullptr);
 }
 
 bool KernelLauncher::prepare(const KernelDesc* kernel, CUfunction function,

@@ -109,10 +109,12 @@ constexpr uint32_t kProgrammaticLaunchArch = 90;
 // the image loaded, `image_arch` (a cubin's arch, or the PTX's ptx_arch: a
 // PTX written for sm_80 has no griddepcontrol however new the device that
 // JIT-compiles it), are sm_90 or later, the option "programmatic_launch" is
-// on and the driver has cuLaunchKernelEx. Otherwise launched normally, which
-// is just as correct.
+// on and the driver has cuLaunchKernelEx, and, for a plan launched as a CUDA
+// graph (`launch_graphs`), cuGraphAddDependencies_v2 for the programmatic
+// edge. Otherwise launched normally, which is just as correct.
 bool launches_programmatically(const KernelDesc& kernel, size_t position, int device_cc,
-                               uint32_t image_arch, bool option_on, const CudaDriver& driver);
+                               uint32_t image_arch, bool option_on, bool launch_graphs,
+                               const CudaDriver& driver);
 
 // Launch state of one kernel, prepared at init so that a launch fills fixed
 // slots and allocates nothing. Execute evaluates every kernel of the plan
