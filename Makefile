@@ -58,6 +58,7 @@ clean:
 # step with GPU-resident inputs and outputs: the host-overhead case).
 GPU_CASES := demo:--dtype=float16 \
              bf16-gqa4-d128-batch2:--dtype=bfloat16,--heads-q=8,--heads-kv=2,--head-dim=128,--seq-len=200,--batch=2 \
+             bf16-causal-prefill-1000:--dtype=bfloat16,--heads-q=8,--heads-kv=2,--head-dim=128,--seq-len=1000,--causal \
              fp16-d80:--dtype=float16,--heads-q=8,--heads-kv=2,--head-dim=80,--seq-len=100 \
              bf16-d256:--dtype=bfloat16,--heads-q=4,--heads-kv=1,--head-dim=256,--seq-len=50 \
              decode-bf16-llama-2k:--dtype=bfloat16,--heads-q=32,--heads-kv=8,--head-dim=128,--seq-len=1,--kv-len=2048 \
@@ -99,6 +100,7 @@ gpu-bundle: build
 	$(foreach preset,$(LLM_CASES),$(PYTHON) -m cuda_gqa.export.llm --preset $(preset) --max-seq-len 256 --archs $(BUNDLE_ARCHS) --out .gpu-llm/llm/$(preset)/model.pte --reference-tokens 64 &&) true
 	$(PYTHON) -m cuda_gqa.export.llm --preset tiny-llama3 --max-seq-len 256 --archs $(BUNDLE_ARCHS) --external-weights --out .gpu-llm/llm/tiny-llama3-ptd/model.pte --reference-tokens 64
 	rm -f .gpu/cases/*/reference.pt
+	$(PYTHON) tests/runtime/test_warp_specialized_gpu.py .gpu/ws
 	du -sh .gpu .gpu-llm
 comma := ,
 ET_LIB_DIR = $(shell $(PYTHON) -c "import executorch; print(executorch.__path__[0])")/lib

@@ -36,7 +36,7 @@ from .aot.compile_pool import compile_in_batch, compiling_together
 from .aot.variant import MASK_STRIDES, AttentionVariant
 from .kernels.attention_decode import decode_arrivals_count, decode_split_grid, decode_workspace_shape
 from .heuristics import (NOMINAL_SMS, KernelConfig, attention_config, combine_block_s, decode_launch,
-                         fused_combine_for, kv_length_buckets, split_plan)
+                         fused_combine_for, kv_length_buckets, split_plan, warp_specialized_forward_applies)
 from .kernels.jit_launch import MAX_DECODE_L_Q
 from .kv_cache_plan import (KV_LEN_SLOT_BYTES, KvCacheArgs, StartPosition, cache_write_kernel, kv_len_kernel,
                             kv_len_offset)
@@ -224,7 +224,7 @@ def attention_kernel(*, config: KernelConfig, dtype: torch.dtype, num_heads_q: i
             dtype=dtype, head_dim=head_dim, num_heads_q=num_heads_q, group_size=num_heads_q // num_heads_kv,
             variant=variant, arch=arch, block_m=config.block_m, block_n=config.block_n,
             num_warps=config.num_warps, num_stages=config.num_stages, aligned=aligned,
-            lengths_aligned=lengths_aligned,
+            lengths_aligned=lengths_aligned, warp_specialized=config.warp_specialized,
         )
 
     def describe(kernel, compiled):
@@ -400,7 +400,7 @@ def _length_range(name: str, length: Length) -> tuple[int, int]:
 def dispatch_rows(*, dtype: torch.dtype, batch: int, num_heads_q: int, num_heads_kv: int, head_dim: int,
                   l_q: tuple[int, int], l_kv: tuple[int, int], keys_follow_query: bool = False,
                   attended_keys: Optional[int] = None, arch: Optional[int] = None,
-                  fwd_config: Optional[KernelConfig] = None) -> tuple:
+                  fwd_config: Optional[KernelConfig] = None, warp_specialized: bool = False) -> tuple:
     """The dispatch table of one arch: ((l_q range, l_kv range, choice), ...), in order.
 
     choice is a DecodePlan (split-KV decode) or a KernelConfig (forward
@@ -409,9 +409,11 @@ def dispatch_rows(*, dtype: torch.dtype, batch: int, num_heads_q: int, num_heads
     for its longest length. Neighbouring rows that choose alike are merged.
     keys_follow_query: the kernels attend only the first L_q keys (causal
     with L_q < L_kv), so splits are planned for L_q keys.
+    warp_specialized: the call may take the warp-specialized forward
+    (heuristics.warp_specialized_forward_applies).
     """
     problem = dict(dtype=dtype, num_heads_q=num_heads_q, num_heads_kv=num_heads_kv, head_dim=head_dim)
-    forward = fwd_config or attention_config(head_dim, dtype, arch)
+    forward = fwd_config or attention_config(head_dim, dtype, arch, warp_specialized)
 
     def launch_kind(choice):
         """What must agree for two rows to merge; a DecodePlan's workspace may grow."""
@@ -597,8 +599,12 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
         extra_bindings["L_kv"] = _binding(fb.ParamKind.TensorSize, arg=args.query, dim=layout.seq)
 
     def choose(arch: int):
+        warp_specialized = warp_specialized_forward_applies(
+            arch=arch, dtype=dtype, head_dim=head_dim, scale=softmax_scale, masked=mask_shape is not None,
+            window_left=window_left, softcap=softcap, has_kv_len=kv_len_dtype is not None)
         rows = dispatch_rows(batch=batch, l_q=q_range, l_kv=kv_range, keys_follow_query=keys_follow_query,
-                             attended_keys=attended_keys, arch=arch, fwd_config=fwd_config, **problem)
+                             attended_keys=attended_keys, arch=arch, fwd_config=fwd_config,
+                             warp_specialized=warp_specialized, **problem)
         if kv_follows_query:  # L_kv is L_q: rows whose L_kv range misses their L_q range never run
             rows = tuple(r for r in rows if r[1][0] <= r[0][1] and r[0][0] <= r[1][1])
         return rows
@@ -650,6 +656,8 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
                                       args=args, extra_bindings=bindings, aligned=aligned, **problem)
                         workspace_bytes = max(workspace_bytes, workspace)
                         if isinstance(choice, KernelConfig):
+                            if choice.warp_specialized and not aligned:  # it takes aligned inputs only
+                                choice = attention_config(head_dim, dtype, group[0])
                             tiers = _length_alignments(q_rows, kv_param_range(kv_rows)) if aligned else (False,)
                             launches = [first + [attention_kernel(config=choice, lengths_aligned=lengths, **common)]
                                         for lengths in tiers]

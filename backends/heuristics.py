@@ -31,6 +31,16 @@ not fill FILLED_FRACTION of the SMs, BLOCK_N is halved (down to
 MIN_BLOCK_N) and splits may be as short as one such block. Longer contexts
 keep the tuned BLOCK_N and MIN_SPLIT_LEN.
 
+Warp-specialized forward on sm_90 (kernels/attention_fwd_ws.py): where the
+tuning table has an attention_fwd_ws entry for the dtype and head dim and
+the call is the plain variant that kernel takes (no mask, window, soft-cap
+or kv_len; a positive scale, since its row maxima are taken before scaling),
+the AOT stage compiles it for aligned inputs instead of gqa_attention_fwd:
+on the H100 it took causal prefill at 4K/8K from 323/1310 to 300/1094 us
+(bench/results/h100_prefill_gluon.md). It needs the Gluon API of Triton
+3.9 (the pinned compiler); with an older Triton, and for the generic
+(unaligned) variant, gqa_attention_fwd keeps the call.
+
 Dynamic L_kv (one payload for a range of lengths): the decode is planned per
 bucket of kv_length_buckets, each for its longest length, so a bucket's
 split count and workspace hold for every length in it.
@@ -99,12 +109,24 @@ EFFICIENCY_FRACTION = 0.85
 TUNING_DIR = Path(__file__).with_name("tuning")
 
 
+# The warp-specialized forward: 128 query rows per CTA (two consumer
+# warpgroups of 64), 4 warps in the first consumer (the kernel's num_warps),
+# and a per-thread register cap that lets its 4 + 4 + 1 warps (three
+# warpgroups) fit one SM's registers.
+WS_BLOCK_M, WS_NUM_WARPS, WS_MAX_REGISTERS = 128, 4, 168
+WS_HEAD_DIMS = (64, 128)
+WS_DTYPES = (torch.float16, torch.bfloat16)
+WS_ARCH = 90  # wgmma and setmaxnreg: sm_90a only
+WS_MIN_TRITON = (3, 9)  # the Gluon API the kernel is written against
+
+
 @dataclass(frozen=True)
 class KernelConfig:
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
+    warp_specialized: bool = False  # kernels/attention_fwd_ws.py instead of gqa_attention_fwd
 
 
 def estimated_shared_bytes(block_m: int, block_n: int, head_dim: int, dtype: torch.dtype, num_stages: int) -> int:
@@ -130,8 +152,28 @@ def _fits(arch: Optional[int], block_m: int, block_n: int, head_dim: int, dtype:
     return estimated_shared_bytes(block_m, block_n, head_dim, dtype, stages) <= limit
 
 
-def attention_config(head_dim: int, dtype: torch.dtype, arch: Optional[int] = None) -> KernelConfig:
-    """Tiles of gqa_attention_fwd on `arch` (None: any target arch)."""
+def _installed_triton() -> tuple[int, int]:
+    major, minor = triton.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
+def warp_specialized_forward_applies(*, arch: Optional[int], dtype: torch.dtype, head_dim: int, scale: float,
+                                     masked: bool, window_left: int, softcap: float, has_kv_len: bool) -> bool:
+    """Whether the warp-specialized forward can take this call on `arch` (its tuning entry aside)."""
+    return (arch == WS_ARCH and dtype in WS_DTYPES and head_dim in WS_HEAD_DIMS and scale > 0 and not masked
+            and window_left < 0 and softcap == 0 and not has_kv_len and _installed_triton() >= WS_MIN_TRITON)
+
+
+def attention_config(head_dim: int, dtype: torch.dtype, arch: Optional[int] = None,
+                     warp_specialized: bool = False) -> KernelConfig:
+    """Tiles of the forward kernel on `arch` (None: any target arch).
+
+    warp_specialized: the call may take the warp-specialized forward
+    (warp_specialized_forward_applies); its tuned entry then wins."""
+    tuned_ws = _tuned("attention_fwd_ws", arch, dtype, head_dim) if warp_specialized else None
+    if tuned_ws:
+        return KernelConfig(WS_BLOCK_M, tuned_ws["block_n"], WS_NUM_WARPS, tuned_ws["num_stages"],
+                            warp_specialized=True)
     tuned = _tuned("attention_fwd", arch, dtype, head_dim)
     if tuned and _fits(arch, tuned["block_m"], tuned["block_n"], head_dim, dtype, tuned["num_stages"]):
         return KernelConfig(tuned["block_m"], tuned["block_n"], tuned["num_warps"], tuned["num_stages"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import triton
 
+from ..heuristics import WS_ARCH, WS_BLOCK_M, WS_MAX_REGISTERS, WS_NUM_WARPS
 from ..kernels.attention_fwd import gqa_attention_fwd
 from ..limits import SUPPORTED_DTYPES, check_head_dim
 from .triton_to_cubin import CompiledKernel, compile_to_cubin
@@ -15,7 +16,8 @@ _STRIDES = [f"stride_{t}{d}" for t, dims in (("q", "bhm"), ("k", "bhn"), ("v", "
 
 def compile_attention(*, dtype: torch.dtype, head_dim: int, num_heads_q: int, group_size: int,
                       variant: AttentionVariant, arch: int, block_m: int = 64, block_n: int = 64, num_warps: int = 4,
-                      num_stages: int = 2, aligned: bool = True, lengths_aligned: bool = False) -> CompiledKernel:
+                      num_stages: int = 2, aligned: bool = True, lengths_aligned: bool = False,
+                      warp_specialized: bool = False) -> CompiledKernel:
     """gqa_attention_fwd specialised for this problem, as a cubin for sm_<arch>.
 
     Pointers and all strides are compiled as multiples of 16 (elements for
@@ -26,6 +28,8 @@ def compile_attention(*, dtype: torch.dtype, head_dim: int, num_heads_q: int, gr
     lengths_aligned=True (with aligned) also compiles L_q and L_kv as multiples
     of 16: on an H200 that made causal prefill ~6% faster at 64-row tiles
     (bench/results/h200_prefill_experiments.md).
+    warp_specialized: kernels/attention_fwd_ws.gqa_attention_fwd_ws instead
+    (sm_90, aligned; block_m and num_warps are then its own, heuristics.warp_specialized_forward).
     """
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"dtype {dtype} is not supported: use float16, bfloat16 or float32")
@@ -40,6 +44,19 @@ def compile_attention(*, dtype: torch.dtype, head_dim: int, num_heads_q: int, gr
         raise ValueError("lengths_aligned needs aligned")
     divisible = ["Q", "K", "V", "Out", *_STRIDES] if aligned else []
     divisible += ["L_q", "L_kv"] if lengths_aligned else []
-    return compile_to_cubin(gqa_attention_fwd, signature=signature, constexprs=constexprs,
-                            divisible_by_16=frozenset(divisible), arch=arch,
-                            num_warps=num_warps, num_stages=num_stages)
+    if not warp_specialized:
+        return compile_to_cubin(gqa_attention_fwd, signature=signature, constexprs=constexprs,
+                                divisible_by_16=frozenset(divisible), arch=arch,
+                                num_warps=num_warps, num_stages=num_stages)
+    if arch != WS_ARCH or not aligned:
+        raise ValueError(f"the warp-specialized forward is for aligned inputs on sm_{WS_ARCH} (asked: sm_{arch}, "
+                         f"aligned={aligned})")
+    if (block_m, num_warps) != (WS_BLOCK_M, WS_NUM_WARPS):
+        raise ValueError(f"the warp-specialized forward has block_m {WS_BLOCK_M} and {WS_NUM_WARPS} warps, "
+                         f"not {block_m} and {num_warps}")
+    from ..kernels.attention_fwd_ws import gqa_attention_fwd_ws  # Gluon: Triton 3.9's API
+
+    # Its stages are its K/V ring's (NUM_STAGES); Triton's pipeliner has nothing to do.
+    return compile_to_cubin(gqa_attention_fwd_ws, signature=signature,
+                            constexprs={**constexprs, "NUM_STAGES": num_stages}, divisible_by_16=frozenset(divisible),
+                            arch=arch, num_warps=num_warps, num_stages=1, maxnreg=WS_MAX_REGISTERS)

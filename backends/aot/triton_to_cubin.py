@@ -1,4 +1,4 @@
-"""Compile a @triton.jit kernel to a cubin for a given GPU arch, with no GPU present.
+"""Compile a @triton.jit (or @gluon.jit) kernel to a cubin for a given GPU arch, with no GPU present.
 
 Specialisation is fixed explicitly: which arguments are compile-time
 constants and which pointer/int arguments are assumed divisible by 16. The
@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+from typing import Optional
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -53,12 +54,19 @@ def _triton_source(fn, signature: dict[str, str], constexprs: dict[str, object],
                    divisible_by_16: frozenset[str]) -> ASTSource:
     full_signature = {name: "constexpr" if name in constexprs else signature[name] for name in fn.arg_names}
     attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in sorted(divisible_by_16)}
+    if fn.is_gluon():
+        from triton.experimental.gluon._runtime import GluonASTSource  # Triton 3.9's Gluon
+
+        return GluonASTSource(fn=fn, signature=full_signature, constexprs=constexprs, attrs=attrs)
     return ASTSource(fn=fn, signature=full_signature, constexprs=constexprs, attrs=attrs)
 
 
-def _options(num_warps: int, num_stages: int) -> dict:
+def _options(num_warps: int, num_stages: int, maxnreg: Optional[int]) -> dict:
     # enable_fp_fusion explicit: Triton 3.9 warns that its default changes in 3.10.
-    return {"num_warps": num_warps, "num_stages": num_stages, "enable_fp_fusion": True}
+    options = {"num_warps": num_warps, "num_stages": num_stages, "enable_fp_fusion": True}
+    if maxnreg is not None:  # a warp-specialized kernel's register budget per thread
+        options["maxnreg"] = maxnreg
+    return options
 
 
 def _cache_invalidating_env() -> dict:
@@ -74,14 +82,14 @@ _source_hash_lock = threading.Lock()
 
 
 def compile_key(fn, *, signature: dict[str, str], constexprs: dict[str, object], divisible_by_16: frozenset[str],
-                arch: int, num_warps: int, num_stages: int) -> str:
+                arch: int, num_warps: int, num_stages: int, maxnreg: Optional[int] = None) -> str:
     """SHA-256 naming one compilation, from the pieces Triton keys its own cache on:
     the source's hash (fn.cache_key covers the @triton.jit functions it calls,
     plus signature, constexprs and divisibility attributes), the backend's
     (ptxas version, arch) and the parsed options (num_warps, num_stages, ...)."""
     source = _triton_source(fn, signature, constexprs, divisible_by_16)
     backend = make_backend(GPUTarget("cuda", arch, 32))
-    options = backend.parse_options(_options(num_warps, num_stages))
+    options = backend.parse_options(_options(num_warps, num_stages, maxnreg))
     env = sorted(_cache_invalidating_env().items())
     # source.hash() parses kernel sources with ast.parse, which CPython 3.11
     # does not allow in two threads at once (compile batches key in threads).
@@ -99,14 +107,15 @@ def forget_compiled_in_process() -> None:
 
 
 def compile_to_cubin(fn, *, signature: dict[str, str], constexprs: dict[str, object],
-                     divisible_by_16: frozenset[str], arch: int, num_warps: int, num_stages: int) -> CompiledKernel:
+                     divisible_by_16: frozenset[str], arch: int, num_warps: int, num_stages: int,
+                     maxnreg: Optional[int] = None) -> CompiledKernel:
     """Compile `fn` for sm_<arch>, or reuse an identical earlier compilation.
 
     signature: every argument of `fn` to its Triton type ("*fp16", "i32", "fp32", ...);
     constexpr arguments are given in `constexprs` instead.
     """
     spec = dict(signature=signature, constexprs=constexprs, divisible_by_16=frozenset(divisible_by_16), arch=arch,
-                num_warps=num_warps, num_stages=num_stages)
+                num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg)
     key = compile_key(fn, **spec)
     with _compiled_here_lock:
         kernel = _compiled_here.get(key)
@@ -121,10 +130,12 @@ def compile_to_cubin(fn, *, signature: dict[str, str], constexprs: dict[str, obj
 
 
 def compile_uncached(fn, *, signature: dict[str, str], constexprs: dict[str, object],
-                     divisible_by_16: frozenset[str], arch: int, num_warps: int, num_stages: int) -> CompiledKernel:
+                     divisible_by_16: frozenset[str], arch: int, num_warps: int, num_stages: int,
+                     maxnreg: Optional[int] = None) -> CompiledKernel:
     """Compile `fn` for sm_<arch> with Triton, consulting no cache of ours."""
     source = _triton_source(fn, signature, constexprs, divisible_by_16)
-    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=_options(num_warps, num_stages))
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                              options=_options(num_warps, num_stages, maxnreg))
     meta = compiled.metadata
     ptx = compiled.asm["ptx"]
 
