@@ -36,8 +36,8 @@ tuning table has an attention_fwd_ws entry for the dtype and head dim and
 the call is the plain variant that kernel takes (no mask, window, soft-cap
 or kv_len; a positive scale, since its row maxima are taken before scaling),
 the AOT stage compiles it for aligned inputs instead of gqa_attention_fwd:
-on the H100 it took causal prefill at 4K/8K from 323/1310 to 300/1094 us
-(bench/results/h100_prefill_gluon.md). It needs the Gluon API of Triton
+on the H100 it took llama3-8b causal prefill at 4K/8K from 349/1282 to
+260/996 us (bench/results/h100_prefill_ws.md). It needs the Gluon API of Triton
 3.9 (the pinned compiler); with an older Triton, and for the generic
 (unaligned) variant, gqa_attention_fwd keeps the call.
 

@@ -294,6 +294,9 @@ def plot(rows, names, path: Path) -> None:
 
     decode = [(s, r) for s, _, r in rows if s.kind == "decode" and s.batch == 1]
     models = sorted({s.model for s, _ in decode})
+    if not models:  # e.g. --only prefill: the plot is of decode times only
+        print(f"no B=1 decode shape timed: no plot at {path}")
+        return
     fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3.5), squeeze=False)
     for ax, model in zip(axes[0], models):
         points = sorted((s.l_kv, r) for s, r in decode if s.model == model)

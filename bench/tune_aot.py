@@ -4,12 +4,15 @@ The GPU machine's Triton may differ from the one that compiles .pte files
 (there: 3.6; here: the pinned 3.9), and the same tiles can time differently
 under the two compilers. So the sweep compiles here and times there:
 
-    python bench/tune_aot.py emit DIR [--head-dims 128,96,256] [--blocks-n 64,128] [--stages 2,3]  # build machine
+    python bench/tune_aot.py emit DIR [--head-dims 128,96,256] [--blocks-n 64,128] [--stages 2,3]
+                                      [--dtype bfloat16|float16] [--warp-specialized]   # build machine
     python3 bench/tune_aot.py time DIR [--out FILE]                 # GPU machine: time each through CubinLauncher
 
-Shape: causal prefill, B=1, 32/8 heads, L = 4096, bf16 (the tuning table's
-attention_fwd shape). Each payload is checked against the float32 reference
-before it is timed, as in bench_attention.py.
+Shape: causal prefill, B=1, 32/8 heads, L = 4096 (the tuning table's
+attention_fwd shape). --warp-specialized sweeps the sm_90 warp-specialized
+forward (kernels/attention_fwd_ws.py: BLOCK_M and warps fixed) instead of
+gqa_attention_fwd: the attention_fwd_ws entries. Each payload is checked
+against the float32 reference before it is timed, as in bench_attention.py.
 """
 
 from __future__ import annotations
@@ -25,24 +28,36 @@ import torch
 LENGTH = 4096
 
 
-def configs(blocks_n: list[int], stages: list[int]) -> list[dict]:
-    """BLOCK_M 64 with 4 warps, 128 with 4 or 8, for every BLOCK_N and stage count given."""
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def configs(blocks_n: list[int], stages: list[int], warp_specialized: bool) -> list[dict]:
+    """BLOCK_M 64 with 4 warps, 128 with 4 or 8, for every BLOCK_N and stage count given;
+    warp_specialized: the warp-specialized forward's fixed BLOCK_M and warps instead."""
+    if warp_specialized:
+        from cuda_gqa.backends.heuristics import WS_BLOCK_M, WS_NUM_WARPS
+
+        return [dict(block_m=WS_BLOCK_M, block_n=n, num_warps=WS_NUM_WARPS, num_stages=s, warp_specialized=True)
+                for n, s in itertools.product(blocks_n, stages)]
     return [dict(block_m=m, block_n=n, num_warps=w, num_stages=s)
             for m, n, w, s in itertools.product((64, 128), blocks_n, (4, 8), stages)
             if not (m == 64 and w == 8)]
 
 
-def emit(out: Path, head_dims: list[int], arch: int, blocks_n: list[int], stages: list[int]) -> None:
+def emit(out: Path, head_dims: list[int], arch: int, blocks_n: list[int], stages: list[int], dtype_name: str,
+         warp_specialized: bool) -> None:
     from cuda_gqa.backends.attention_plan import build_attention_payload
     from cuda_gqa.backends.heuristics import KernelConfig, estimated_shared_bytes
 
+    dtype = DTYPES[dtype_name]
     out.mkdir(parents=True, exist_ok=True)
-    for head_dim, config in itertools.product(head_dims, configs(blocks_n, stages)):
-        if estimated_shared_bytes(config["block_m"], config["block_n"], head_dim, torch.bfloat16,
+    for head_dim, config in itertools.product(head_dims, configs(blocks_n, stages, warp_specialized)):
+        if estimated_shared_bytes(config["block_m"], config["block_n"], head_dim, dtype,
                                   config["num_stages"]) > 227 * 1024:
             continue
-        name = f"d{head_dim}-m{config['block_m']}-n{config['block_n']}-w{config['num_warps']}-s{config['num_stages']}"
-        payload = build_attention_payload(dtype=torch.bfloat16, batch=1, num_heads_q=32, num_heads_kv=8,
+        name = (f"d{head_dim}-m{config['block_m']}-n{config['block_n']}-w{config['num_warps']}-s{config['num_stages']}"
+                f"{'-ws' if warp_specialized else ''}-{dtype_name}")
+        payload = build_attention_payload(dtype=dtype, batch=1, num_heads_q=32, num_heads_kv=8,
                                           head_dim=head_dim, l_q=LENGTH, l_kv=LENGTH, is_causal=True, archs=[arch],
                                           ptx=False, fwd_config=KernelConfig(**config))
         (out / f"{name}.cgqa").write_bytes(payload)
@@ -58,9 +73,10 @@ def time_all(folder: Path, out: Path | None) -> None:
     results = {}
     for path in sorted(folder.glob("*.cgqa")):
         head_dim = int(path.stem.split("-")[0][1:])
+        dtype = DTYPES.get(path.stem.split("-")[-1], torch.bfloat16)  # names before --dtype: bf16
         torch.manual_seed(0)
-        q = torch.randn(1, 32, LENGTH, head_dim, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(1, 8, LENGTH, head_dim, device="cuda", dtype=torch.bfloat16)
+        q = torch.randn(1, 32, LENGTH, head_dim, device="cuda", dtype=dtype)
+        k = torch.randn(1, 8, LENGTH, head_dim, device="cuda", dtype=dtype)
         v = torch.randn_like(k)
         out_tensor = torch.empty_like(q)
         try:
@@ -77,7 +93,8 @@ def time_all(folder: Path, out: Path | None) -> None:
         print(f"{path.stem}: {results[path.stem]} us", flush=True)
     best = {}
     for name, us in results.items():
-        head = name.split("-")[0]
+        parts = name.split("-")  # best per head dim, kernel and dtype
+        head = "-".join([parts[0]] + [p for p in parts[1:] if p == "ws" or p in DTYPES])
         if head not in best or us < results[best[head]]:
             best[head] = name
     summary = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "results_us": results,
@@ -96,13 +113,17 @@ def main(argv=None) -> int:
     emit_parser.add_argument("--arch", type=int, default=90)
     emit_parser.add_argument("--blocks-n", default="64,128", help="BLOCK_N values, comma separated")
     emit_parser.add_argument("--stages", default="2,3", help="pipeline stage counts, comma separated")
+    emit_parser.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+    emit_parser.add_argument("--warp-specialized", action="store_true",
+                             help="the sm_90 warp-specialized forward (attention_fwd_ws entries)")
     time_parser = sub.add_parser("time")
     time_parser.add_argument("folder", type=Path)
     time_parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if args.command == "emit":
         emit(args.folder, [int(d) for d in args.head_dims.split(",")], args.arch,
-             [int(n) for n in args.blocks_n.split(",")], [int(s) for s in args.stages.split(",")])
+             [int(n) for n in args.blocks_n.split(",")], [int(s) for s in args.stages.split(",")], args.dtype,
+             args.warp_specialized)
     else:
         time_all(args.folder, args.out)
     return 0
