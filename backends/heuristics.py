@@ -37,7 +37,10 @@ the call is the plain variant that kernel takes (no mask, window, soft-cap
 or kv_len; a positive scale, since its row maxima are taken before scaling),
 the AOT stage compiles it for aligned inputs instead of gqa_attention_fwd:
 on the H100 it took llama3-8b causal prefill at 4K/8K from 349/1282 to
-260/996 us (bench/results/h100_prefill_ws.md). It needs the Gluon API of Triton
+260/996 us, and D=96 at 4K from 346 to 268 us (bench/results/h100_prefill_ws.md).
+Head dims up to 128 are padded to 64 or 128 inside; entries exist where it
+measured faster than the Triton forward (96 and 128; not 64, and at 256 a
+variant lost: bench/results/h100_tune_ws_d256.json). It needs the Gluon API of Triton
 3.9 (the pinned compiler); with an older Triton, and for the generic
 (unaligned) variant, gqa_attention_fwd keeps the call.
 
@@ -114,7 +117,7 @@ TUNING_DIR = Path(__file__).with_name("tuning")
 # and a per-thread register cap that lets its 4 + 4 + 1 warps (three
 # warpgroups) fit one SM's registers.
 WS_BLOCK_M, WS_NUM_WARPS, WS_MAX_REGISTERS = 128, 4, 168
-WS_HEAD_DIMS = (64, 128)
+WS_HEAD_DIMS = (64, 80, 96, 112, 128)  # padded to 64 or 128 inside
 WS_DTYPES = (torch.float16, torch.bfloat16)
 WS_ARCH = 90  # wgmma and setmaxnreg: sm_90a only
 WS_MIN_TRITON = (3, 9)  # the Gluon API the kernel is written against

@@ -2,7 +2,8 @@
 
 The same problem and parameters as attention_fwd.gqa_attention_fwd, for the
 variant that dominates prefill: no mask, window, soft-cap or kv_len; 16-bit
-inputs; head dim 64 or 128; a positive scale. heuristics (its docstring and
+inputs; head dims up to 128 (padded to 64 or 128, the padding loaded as zeros
+by TMA and masked on Q and the output); a positive scale. heuristics (its docstring and
 warp_specialized_forward_applies) decides when the AOT stage compiles it.
 
 One CTA takes 128 query rows of one head, in three partitions:
@@ -16,11 +17,12 @@ One CTA takes 128 query rows of one head, in three partitions:
 Why: in Triton's own pipelining the score wgmma always completes before the
 softmax starts (an async wgmma result may only feed another accumulator), and
 every warp spends issue slots on cp.async addresses. Here the consumers issue
-only wgmma, softmax and barrier waits (bench/results/h100_prefill_gluon.md).
+only wgmma, softmax and barrier waits (bench/results/h100_prefill_ws.md).
 
 Worker partitions take no constexpr arguments (they arrive as tensors), so
-the tile sizes are read back from the ring's shape and causality is folded
-into mask_diagonal: a key j is visible from row i when j <= i + mask_diagonal
+the tile sizes are read back from the ring's shape, the head dim travels as
+a runtime value (for the descriptors and masks) and causality is folded into
+mask_diagonal: a key j is visible from row i when j <= i + mask_diagonal
 (L_kv - L_q when causal, L_kv otherwise).
 """
 
@@ -87,22 +89,22 @@ def _attend_block(s, row_max, row_sum, kv_start, rows, mask_diagonal, kv_hi, ful
 
 @gluon.jit
 def _consume(part: gl.constexpr, Q, Out, sm_scale, q_off, o_off, stride_qm, stride_om, L_q, L_kv, mask_diagonal,
-             first_row, num_blocks, k_ring, v_ring, k_ready, v_ready, kv_empty):
+             head_dim, first_row, num_blocks, k_ring, v_ring, k_ready, v_ready, kv_empty):
     """Consumer `part`: query rows first_row + 64 * part + [0, 64) against every key block of the CTA."""
     NUM_STAGES: gl.constexpr = k_ring.type.shape[0]
     BLOCK_N: gl.constexpr = k_ring.type.shape[1]
-    HEAD_DIM: gl.constexpr = k_ring.type.shape[2]
+    BLOCK_D: gl.constexpr = k_ring.type.shape[2]
     dtype: gl.constexpr = Q.dtype.element_ty
     s_layout: gl.constexpr = _mma_layout(BLOCK_N)
-    o_layout: gl.constexpr = _mma_layout(HEAD_DIM)
+    o_layout: gl.constexpr = _mma_layout(BLOCK_D)
     q_layout: gl.constexpr = _operand_a_layout(BLOCK_N)
-    p_layout: gl.constexpr = _operand_a_layout(HEAD_DIM)
+    p_layout: gl.constexpr = _operand_a_layout(BLOCK_D)
 
     my_first = first_row + CONSUMER_ROWS * part
     q_rows = my_first + gl.arange(0, CONSUMER_ROWS, layout=gl.SliceLayout(1, q_layout))
-    q_dims = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, q_layout))
+    q_dims = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, q_layout))
     q = gl.load(Q + q_off + gl.expand_dims(q_rows * stride_qm, 1) + gl.expand_dims(q_dims, 0),
-                mask=gl.expand_dims(q_rows < L_q, 1), other=0.0)
+                mask=gl.expand_dims(q_rows < L_q, 1) & gl.expand_dims(q_dims < head_dim, 0), other=0.0)
 
     # Keys this consumer's rows may see, and the end of the blocks all of them see.
     kv_hi = gl.maximum(gl.minimum(L_kv, my_first + CONSUMER_ROWS + mask_diagonal), 0)
@@ -112,7 +114,7 @@ def _consume(part: gl.constexpr, Q, Out, sm_scale, q_off, o_off, stride_qm, stri
     qk_scale = sm_scale * LOG2E
     row_max = gl.full([CONSUMER_ROWS], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_layout))
     row_sum = gl.zeros([CONSUMER_ROWS], gl.float32, layout=gl.SliceLayout(1, s_layout))
-    acc = gl.zeros([CONSUMER_ROWS, HEAD_DIM], gl.float32, layout=o_layout)
+    acc = gl.zeros([CONSUMER_ROWS, BLOCK_D], gl.float32, layout=o_layout)
     s_zero = gl.zeros([CONSUMER_ROWS, BLOCK_N], gl.float32, layout=s_layout)
 
     mbarrier.wait(k_ready.index(0), 0)
@@ -144,40 +146,44 @@ def _consume(part: gl.constexpr, Q, Out, sm_scale, q_off, o_off, stride_qm, stri
     # A row that saw no key has row_sum 0 and writes zeros.
     row_sum = gl.convert_layout(row_sum, gl.SliceLayout(1, o_layout))
     out = acc / gl.expand_dims(gl.where(row_sum == 0.0, 1.0, row_sum), 1)
-    store_layout: gl.constexpr = _rows_layout(HEAD_DIM)
+    store_layout: gl.constexpr = _rows_layout(BLOCK_D)
     out = gl.convert_layout(out.to(dtype), store_layout)
     o_rows = my_first + gl.arange(0, CONSUMER_ROWS, layout=gl.SliceLayout(1, store_layout))
-    o_dims = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, store_layout))
+    o_dims = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, store_layout))
     gl.store(Out + o_off + gl.expand_dims(o_rows * stride_om, 1) + gl.expand_dims(o_dims, 0), out,
-             mask=gl.expand_dims(o_rows < L_q, 1))
+             mask=gl.expand_dims(o_rows < L_q, 1) & gl.expand_dims(o_dims < head_dim, 0))
 
 
 @gluon.jit
-def _first_consumer(Q, Out, sm_scale, q_off, o_off, stride_qm, stride_om, L_q, L_kv, mask_diagonal, first_row,
-                    num_blocks, k_ring, v_ring, k_ready, v_ready, kv_empty):
-    _consume(0, Q, Out, sm_scale, q_off, o_off, stride_qm, stride_om, L_q, L_kv, mask_diagonal, first_row,
+def _first_consumer(Q, Out, sm_scale, q_off, o_off, stride_qm, stride_om, L_q, L_kv, mask_diagonal, head_dim,
+                    first_row, num_blocks, k_ring, v_ring, k_ready, v_ready, kv_empty):
+    _consume(0, Q, Out, sm_scale, q_off, o_off, stride_qm, stride_om, L_q, L_kv, mask_diagonal, head_dim, first_row,
              num_blocks, k_ring, v_ring, k_ready, v_ready, kv_empty)
 
 
 @gluon.jit
 def _second_consumer(Q, K, V, Out, sm_scale, q_off, k_off, v_off, o_off, stride_qm, stride_kn, stride_vn, stride_om,
-                     L_q, L_kv, mask_diagonal, first_row, num_blocks, k_ring, v_ring, k_ready, v_ready, kv_empty):
-    _consume(1, Q, Out, sm_scale, q_off, o_off, stride_qm, stride_om, L_q, L_kv, mask_diagonal, first_row,
+                     L_q, L_kv, mask_diagonal, head_dim, first_row, num_blocks, k_ring, v_ring, k_ready, v_ready,
+                     kv_empty):
+    _consume(1, Q, Out, sm_scale, q_off, o_off, stride_qm, stride_om, L_q, L_kv, mask_diagonal, head_dim, first_row,
              num_blocks, k_ring, v_ring, k_ready, v_ready, kv_empty)
 
 
 @gluon.jit
 def _producer(Q, K, V, Out, sm_scale, q_off, k_off, v_off, o_off, stride_qm, stride_kn, stride_vn, stride_om,
-              L_q, L_kv, mask_diagonal, first_row, num_blocks, k_ring, v_ring, k_ready, v_ready, kv_empty):
-    """K and V blocks 0..num_blocks-1 into the ring, each slot once both consumers gave it back."""
+              L_q, L_kv, mask_diagonal, head_dim, first_row, num_blocks, k_ring, v_ring, k_ready, v_ready, kv_empty):
+    """K and V blocks 0..num_blocks-1 into the ring, each slot once both consumers gave it back.
+
+    The descriptors span this head's L_kv x head_dim: rows past L_kv and the
+    columns padding head_dim to BLOCK_D arrive as zeros."""
     NUM_STAGES: gl.constexpr = k_ring.type.shape[0]
     BLOCK_N: gl.constexpr = k_ring.type.shape[1]
-    HEAD_DIM: gl.constexpr = k_ring.type.shape[2]
-    tile_bytes: gl.constexpr = BLOCK_N * HEAD_DIM * 2
-    k_desc = tma.make_tensor_descriptor(K + k_off, shape=[L_kv, HEAD_DIM], strides=[stride_kn, 1],
-                                        block_shape=[BLOCK_N, HEAD_DIM], layout=_tile_layout())
-    v_desc = tma.make_tensor_descriptor(V + v_off, shape=[L_kv, HEAD_DIM], strides=[stride_vn, 1],
-                                        block_shape=[BLOCK_N, HEAD_DIM], layout=_tile_layout())
+    BLOCK_D: gl.constexpr = k_ring.type.shape[2]
+    tile_bytes: gl.constexpr = BLOCK_N * BLOCK_D * 2  # whole boxes, zero fill included
+    k_desc = tma.make_tensor_descriptor(K + k_off, shape=[L_kv, head_dim], strides=[stride_kn, 1],
+                                        block_shape=[BLOCK_N, BLOCK_D], layout=_tile_layout())
+    v_desc = tma.make_tensor_descriptor(V + v_off, shape=[L_kv, head_dim], strides=[stride_vn, 1],
+                                        block_shape=[BLOCK_N, BLOCK_D], layout=_tile_layout())
     for block in range(num_blocks):
         slot = block % NUM_STAGES
         # A fresh mbarrier counts as having completed the phase before 0, so the first pass does not wait.
@@ -207,7 +213,7 @@ def gqa_attention_fwd_ws(
     gl.static_assert(MASK_KIND == "none", "the warp-specialized forward takes no mask")
     gl.static_assert(WINDOW_LEFT < 0, "the warp-specialized forward takes no window")
     gl.static_assert(SOFTCAP == 0.0, "the warp-specialized forward takes no soft-cap")
-    gl.static_assert(HEAD_DIM == BLOCK_D, "the warp-specialized forward takes head dims of 64 or 128")
+    gl.static_assert((BLOCK_D == 64) | (BLOCK_D == 128), "the warp-specialized forward takes head dims up to 128")
     gl.static_assert(BLOCK_M == 2 * CONSUMER_ROWS, "two consumers of 64 rows each")
     dtype: gl.constexpr = Q.dtype.element_ty
 
@@ -232,8 +238,8 @@ def gqa_attention_fwd_ws(
     # block past kv_hi is all zeros and hidden.
     num_blocks = gl.maximum(gl.cdiv(kv_hi, BLOCK_N), 1)
 
-    k_ring = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], _tile_layout())
-    v_ring = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], _tile_layout())
+    k_ring = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, BLOCK_D], _tile_layout())
+    v_ring = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, BLOCK_D], _tile_layout())
     k_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     kv_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
@@ -243,10 +249,11 @@ def gqa_attention_fwd_ws(
         mbarrier.init(kv_empty.index(i), count=2)  # both consumers give a slot back
 
     worker_args = (Q, K, V, Out, sm_scale, q_off, k_off, v_off, o_off, stride_qm, stride_kn, stride_vn, stride_om,
-                   L_q, L_kv, mask_diagonal, first_row, num_blocks, k_ring, v_ring, k_ready, v_ready, kv_empty)
+                   L_q, L_kv, mask_diagonal, HEAD_DIM, first_row, num_blocks, k_ring, v_ring, k_ready, v_ready,
+                   kv_empty)
     gl.warp_specialize([
         (_first_consumer, (Q, Out, sm_scale, q_off, o_off, stride_qm, stride_om, L_q, L_kv, mask_diagonal,
-                           first_row, num_blocks, k_ring, v_ring, k_ready, v_ready, kv_empty)),
+                           HEAD_DIM, first_row, num_blocks, k_ring, v_ring, k_ready, v_ready, kv_empty)),
         (_second_consumer, worker_args),
         (_producer, worker_args),
     ], [4, 1], [CONSUMER_REGISTERS, PRODUCER_REGISTERS])

@@ -19,10 +19,11 @@ PLAIN = dict(arch=90, dtype=torch.bfloat16, head_dim=128, scale=128**-0.5, maske
 def test_plain_16_bit_calls_on_sm90_take_it():
     assert warp_specialized_forward_applies(**PLAIN)
     assert warp_specialized_forward_applies(**{**PLAIN, "dtype": torch.float16, "head_dim": 64})
+    assert warp_specialized_forward_applies(**{**PLAIN, "head_dim": 96})  # padded to 128 inside
 
 
 @pytest.mark.parametrize("change", [
-    dict(arch=80), dict(arch=100), dict(arch=None), dict(dtype=torch.float32), dict(head_dim=96),
+    dict(arch=80), dict(arch=100), dict(arch=None), dict(dtype=torch.float32), dict(head_dim=160),
     dict(head_dim=256), dict(scale=0.0), dict(scale=-0.1), dict(masked=True), dict(window_left=4095),
     dict(softcap=50.0), dict(has_kv_len=True),
 ], ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
@@ -40,6 +41,7 @@ def test_tiles_come_from_the_tuning_table_only_when_allowed():
     assert ws.warp_specialized and (ws.block_m, ws.num_warps) == (heuristics.WS_BLOCK_M, heuristics.WS_NUM_WARPS)
     assert ws == KernelConfig(128, 128, 4, 3, warp_specialized=True)
     assert attention_config(128, torch.float16, 90, warp_specialized=True).warp_specialized
+    assert attention_config(96, torch.bfloat16, 90, warp_specialized=True) == KernelConfig(128, 128, 4, 3, True)
     assert attention_config(128, torch.bfloat16, 90) == KernelConfig(64, 64, 4, 3)
     # No entry (at D=64 the Triton forward measured faster): its tiles, even where the kernel could run.
     assert not attention_config(64, torch.bfloat16, 90, warp_specialized=True).warp_specialized

@@ -1,5 +1,6 @@
 """The warp-specialized forward on a GPU: payloads for sm_90 run through CubinLauncher and match the
-float32 reference, at ragged lengths, bottom-right causal chunks, MQA, batches and strided views.
+float32 reference, at ragged lengths, bottom-right causal chunks, MQA, batches, strided views, fp16
+and a head dim it pads (96).
 
 Its payloads need Triton 3.9's Gluon to compile. Where the installed Triton is older (the lent GPU
 machine has 3.6), they are read from CUDA_GQA_WS_PAYLOADS, a folder this file writes on a build
@@ -16,30 +17,32 @@ import torch
 
 pytestmark = pytest.mark.gpu
 
-CASES = {  # id: (dtype, batch, H_q, H_kv, L_q, L_kv, causal)
-    "causal-17": (torch.bfloat16, 2, 8, 2, 17, 17, True),  # L_q <= 16 is decode's (split-KV kernels)
-    "causal-63": (torch.bfloat16, 2, 8, 2, 63, 63, True),
-    "causal-65": (torch.bfloat16, 2, 8, 2, 65, 65, True),
-    "causal-1000": (torch.bfloat16, 2, 8, 2, 1000, 1000, True),
-    "causal-chunk-300-of-1000": (torch.bfloat16, 1, 8, 2, 300, 1000, True),
-    "causal-4096": (torch.bfloat16, 1, 32, 8, 4096, 4096, True),
-    "full-77-of-500": (torch.bfloat16, 2, 8, 2, 77, 500, False),
-    "mqa-causal-513": (torch.bfloat16, 1, 8, 1, 513, 513, True),
+CASES = {  # id: (dtype, batch, H_q, H_kv, L_q, L_kv, head dim, causal)
+    "causal-17": (torch.bfloat16, 2, 8, 2, 17, 17, 128, True),  # L_q <= 16 is decode's (split-KV kernels)
+    "causal-63": (torch.bfloat16, 2, 8, 2, 63, 63, 128, True),
+    "causal-65": (torch.bfloat16, 2, 8, 2, 65, 65, 128, True),
+    "causal-1000": (torch.bfloat16, 2, 8, 2, 1000, 1000, 128, True),
+    "causal-chunk-300-of-1000": (torch.bfloat16, 1, 8, 2, 300, 1000, 128, True),
+    "causal-4096": (torch.bfloat16, 1, 32, 8, 4096, 4096, 128, True),
+    "full-77-of-500": (torch.bfloat16, 2, 8, 2, 77, 500, 128, False),
+    "mqa-causal-513": (torch.bfloat16, 1, 8, 1, 513, 513, 128, True),
+    "fp16-causal-1000": (torch.float16, 1, 8, 2, 1000, 1000, 128, True),
+    "d96-causal-1000": (torch.bfloat16, 1, 8, 2, 1000, 1000, 96, True),  # padded to 128 inside
+    "d96-fp16-full-200-of-333": (torch.float16, 2, 8, 2, 200, 333, 96, False),
 }
-HEAD_DIM = 128
 ARCH = 90
 
 
-def scale_of(case_id: str) -> float:
-    return 0.9 / HEAD_DIM**0.5
+def scale_of(head_dim: int) -> float:
+    return 0.9 / head_dim**0.5
 
 
 def build(case_id: str) -> bytes:
     from cuda_gqa.backends.attention_plan import build_attention_payload
 
-    dtype, b, hq, hkv, lq, lkv, causal = CASES[case_id]
-    return build_attention_payload(dtype=dtype, batch=b, num_heads_q=hq, num_heads_kv=hkv, head_dim=HEAD_DIM, l_q=lq,
-                                   l_kv=lkv, is_causal=causal, scale=scale_of(case_id), archs=[ARCH], ptx=False,
+    dtype, b, hq, hkv, lq, lkv, d, causal = CASES[case_id]
+    return build_attention_payload(dtype=dtype, batch=b, num_heads_q=hq, num_heads_kv=hkv, head_dim=d, l_q=lq,
+                                   l_kv=lkv, is_causal=causal, scale=scale_of(d), archs=[ARCH], ptx=False,
                                    generic=True)
 
 
@@ -79,25 +82,26 @@ def test_matches_reference(case_id):
         with pytest.raises(LaunchError, match=f"no cubin for sm_{major}{minor}"):  # nothing for this GPU
             CubinLauncher(data)
         return
-    dtype, b, hq, hkv, lq, lkv, causal = CASES[case_id]
+    dtype, b, hq, hkv, lq, lkv, d, causal = CASES[case_id]
+    tolerance = dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else dict(atol=5e-3, rtol=5e-3)
     launcher = CubinLauncher(data)
     gen = torch.Generator(device="cuda").manual_seed(0)
-    q = torch.randn(b, hq, lq, HEAD_DIM, device="cuda", dtype=dtype, generator=gen)
-    k = torch.randn(b, hkv, lkv, HEAD_DIM, device="cuda", dtype=dtype, generator=gen)
-    v = torch.randn(b, hkv, lkv, HEAD_DIM, device="cuda", dtype=dtype, generator=gen)
-    expected = reference_attention(q, k, v, is_causal=causal, scale=scale_of(case_id))
+    q = torch.randn(b, hq, lq, d, device="cuda", dtype=dtype, generator=gen)
+    k = torch.randn(b, hkv, lkv, d, device="cuda", dtype=dtype, generator=gen)
+    v = torch.randn(b, hkv, lkv, d, device="cuda", dtype=dtype, generator=gen)
+    expected = reference_attention(q, k, v, is_causal=causal, scale=scale_of(d))
 
     out = launcher(q, k, v)
     torch.cuda.synchronize()
     assert not out.isnan().any()
-    torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(out.float(), expected, **tolerance)
 
     # [B, L, H, D] tensors viewed as [B, H, L, D], into a caller's strided output.
     qt, kt, vt = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
-    buffer = torch.full((b, lq, hq, HEAD_DIM), float("nan"), device="cuda", dtype=dtype).transpose(1, 2)
+    buffer = torch.full((b, lq, hq, d), float("nan"), device="cuda", dtype=dtype).transpose(1, 2)
     launcher(qt, kt, vt, out=buffer)
     torch.cuda.synchronize()
-    torch.testing.assert_close(buffer.float(), expected, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(buffer.float(), expected, **tolerance)
 
 
 def write_payloads(folder: Path) -> None:
