@@ -601,7 +601,8 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
     def choose(arch: int):
         warp_specialized = warp_specialized_forward_applies(
             arch=arch, dtype=dtype, head_dim=head_dim, scale=softmax_scale, masked=mask_shape is not None,
-            window_left=window_left, softcap=softcap, has_kv_len=kv_len_dtype is not None)
+            window_left=window_left, softcap=softcap, has_kv_len=kv_len_dtype is not None,
+            min_l_kv=attended_keys if attended_keys is not None else kv_range[0])
         rows = dispatch_rows(batch=batch, l_q=q_range, l_kv=kv_range, keys_follow_query=keys_follow_query,
                              attended_keys=attended_keys, arch=arch, fwd_config=fwd_config,
                              warp_specialized=warp_specialized, **problem)

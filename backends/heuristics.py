@@ -161,10 +161,14 @@ def _installed_triton() -> tuple[int, int]:
 
 
 def warp_specialized_forward_applies(*, arch: Optional[int], dtype: torch.dtype, head_dim: int, scale: float,
-                                     masked: bool, window_left: int, softcap: float, has_kv_len: bool) -> bool:
-    """Whether the warp-specialized forward can take this call on `arch` (its tuning entry aside)."""
+                                     masked: bool, window_left: int, softcap: float, has_kv_len: bool,
+                                     min_l_kv: int) -> bool:
+    """Whether the warp-specialized forward can take this call on `arch` (its tuning entry aside).
+
+    min_l_kv: the fewest keys a launch may see; its TMA descriptors need at least one key row."""
     return (arch == WS_ARCH and dtype in WS_DTYPES and head_dim in WS_HEAD_DIMS and scale > 0 and not masked
-            and window_left < 0 and softcap == 0 and not has_kv_len and _installed_triton() >= WS_MIN_TRITON)
+            and window_left < 0 and softcap == 0 and not has_kv_len and min_l_kv >= 1
+            and _installed_triton() >= WS_MIN_TRITON)
 
 
 def attention_config(head_dim: int, dtype: torch.dtype, arch: Optional[int] = None,

@@ -13,7 +13,7 @@ from cuda_gqa.backends.heuristics import KernelConfig, attention_config, warp_sp
 from cuda_gqa.backends.serialization import deserialize_payload
 
 PLAIN = dict(arch=90, dtype=torch.bfloat16, head_dim=128, scale=128**-0.5, masked=False, window_left=-1,
-             softcap=0.0, has_kv_len=False)
+             softcap=0.0, has_kv_len=False, min_l_kv=1)
 
 
 def test_plain_16_bit_calls_on_sm90_take_it():
@@ -25,7 +25,7 @@ def test_plain_16_bit_calls_on_sm90_take_it():
 @pytest.mark.parametrize("change", [
     dict(arch=80), dict(arch=100), dict(arch=None), dict(dtype=torch.float32), dict(head_dim=160),
     dict(head_dim=256), dict(scale=0.0), dict(scale=-0.1), dict(masked=True), dict(window_left=4095),
-    dict(softcap=50.0), dict(has_kv_len=True),
+    dict(softcap=50.0), dict(has_kv_len=True), dict(min_l_kv=0),
 ], ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 def test_other_calls_keep_the_triton_forward(change):
     assert not warp_specialized_forward_applies(**{**PLAIN, **change})
