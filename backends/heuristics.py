@@ -155,9 +155,10 @@ def _fits(arch: Optional[int], block_m: int, block_n: int, head_dim: int, dtype:
     return estimated_shared_bytes(block_m, block_n, head_dim, dtype, stages) <= limit
 
 
-def _installed_triton() -> tuple[int, int]:
+def warp_specialized_compiler_available() -> bool:
+    """Whether the installed Triton has the Gluon API the warp-specialized forward is written against."""
     major, minor = triton.__version__.split(".")[:2]
-    return int(major), int(minor)
+    return (int(major), int(minor)) >= WS_MIN_TRITON
 
 
 def warp_specialized_forward_applies(*, arch: Optional[int], dtype: torch.dtype, head_dim: int, scale: float,
@@ -168,7 +169,7 @@ def warp_specialized_forward_applies(*, arch: Optional[int], dtype: torch.dtype,
     min_l_kv: the fewest keys a launch may see; its TMA descriptors need at least one key row."""
     return (arch == WS_ARCH and dtype in WS_DTYPES and head_dim in WS_HEAD_DIMS and scale > 0 and not masked
             and window_left < 0 and softcap == 0 and not has_kv_len and min_l_kv >= 1
-            and _installed_triton() >= WS_MIN_TRITON)
+            and warp_specialized_compiler_available())
 
 
 def attention_config(head_dim: int, dtype: torch.dtype, arch: Optional[int] = None,

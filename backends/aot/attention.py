@@ -29,7 +29,8 @@ def compile_attention(*, dtype: torch.dtype, head_dim: int, num_heads_q: int, gr
     of 16: on an H200 that made causal prefill ~6% faster at 64-row tiles
     (bench/results/h200_prefill_experiments.md).
     warp_specialized: kernels/attention_fwd_ws.gqa_attention_fwd_ws instead
-    (sm_90, aligned; block_m and num_warps are then its own, heuristics.warp_specialized_forward).
+    (sm_90, aligned; block_m and num_warps are then its own: heuristics.WS_*, and
+    heuristics.warp_specialized_forward_applies for the calls it takes).
     """
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"dtype {dtype} is not supported: use float16, bfloat16 or float32")

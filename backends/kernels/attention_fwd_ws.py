@@ -50,9 +50,9 @@ def _operand_a_layout(n):
 
 
 @gluon.constexpr_function
-def _rows_layout(head_dim):
-    """16-byte vectors along the head dim, for the output store."""
-    threads_d = min(head_dim // 8, 32)
+def _rows_layout(block_d):
+    """16-byte vectors along the (padded) head dim, for the output store."""
+    threads_d = min(block_d // 8, 32)
     return gl.BlockedLayout([1, 8], [32 // threads_d, threads_d], [4, 1], [1, 0])
 
 

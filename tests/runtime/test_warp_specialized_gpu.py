@@ -46,14 +46,10 @@ def build(case_id: str) -> bytes:
                                    generic=True)
 
 
-def can_compile_here() -> bool:
-    from cuda_gqa.backends.heuristics import WS_MIN_TRITON, _installed_triton
-
-    return _installed_triton() >= WS_MIN_TRITON
-
-
 def payload(case_id: str) -> bytes:
-    if can_compile_here():
+    from cuda_gqa.backends.heuristics import warp_specialized_compiler_available
+
+    if warp_specialized_compiler_available():
         return build(case_id)
     folder = os.environ.get("CUDA_GQA_WS_PAYLOADS")
     if not folder:
