@@ -44,6 +44,13 @@ variant lost: bench/results/h100_tune_ws_d256.json). It needs the Gluon API of T
 3.9 (the pinned compiler); with an older Triton, and for the generic
 (unaligned) variant, gqa_attention_fwd keeps the call.
 
+Launch order of the forward kernels (kernels/attention_fwd.program_tile):
+query blocks longest first across the heads of an L2 section, sections of
+heads whose K and V fit L2_SECTION_BYTES. On the H100 it took causal prefill
+of qwen3.5-moe D=256 at 4K from 342 to 269 us, llama3-8b 4K from 277 to
+250 us (bench/results/h100_prefill_order.md); without sections (all heads at
+once) llama3-8b 8K and B=4 ran 5-10% slower than with them.
+
 Dynamic L_kv (one payload for a range of lengths): the decode is planned per
 bucket of kv_length_buckets, each for its longest length, so a bucket's
 split count and workspace hold for every length in it.
@@ -110,6 +117,14 @@ FILLED_FRACTION = 0.8
 EFFICIENCY_FRACTION = 0.85
 
 TUNING_DIR = Path(__file__).with_name("tuning")
+
+# The forward's programs take their query blocks longest first across all
+# heads (a causal launch then ends on its shortest blocks, not on one head's
+# longest), in sections of heads whose K and V together fit this much L2: the
+# blocks running at once share K/V from L2 rather than DRAM. 16 MiB is a
+# third of the H100's L2 and under half of the A100's 40 MiB; on an H200 it
+# was as fast as or faster than 8 and 32 MiB on every prefill benchmark shape.
+L2_SECTION_BYTES = 16 << 20
 
 
 # The warp-specialized forward: 128 query rows per CTA (two consumer

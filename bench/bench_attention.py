@@ -96,6 +96,7 @@ SHAPES = [
     Shape("verify", "qwen2.5-7b", 1, 28, 4, 128, 8, 32768),
     Shape("prefill", "llama3-8b", 1, 32, 8, 128, 4096, 4096),
     Shape("prefill", "llama3-8b", 1, 32, 8, 128, 8192, 8192),
+    Shape("prefill", "llama3-8b", 4, 32, 8, 128, 4096, 4096),  # K/V of all heads (64 MiB) overflow L2
     Shape("prefill", "qwen3.5-moe", 1, 16, 2, 256, 4096, 4096),
     Shape("prefill", "phi3", 1, 32, 8, 96, 4096, 4096),
 ]

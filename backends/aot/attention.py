@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from ..heuristics import WS_ARCH, WS_BLOCK_M, WS_MAX_REGISTERS, WS_NUM_WARPS
+from ..heuristics import L2_SECTION_BYTES, WS_ARCH, WS_BLOCK_M, WS_MAX_REGISTERS, WS_NUM_WARPS
 from ..kernels.attention_fwd import gqa_attention_fwd
 from ..limits import SUPPORTED_DTYPES, check_head_dim
 from .triton_to_cubin import CompiledKernel, compile_to_cubin
@@ -40,7 +40,7 @@ def compile_attention(*, dtype: torch.dtype, head_dim: int, num_heads_q: int, gr
                  "L_q": "i32", "L_kv": "i32", **{s: "i32" for s in _STRIDES}, **variant.signature()}
     constexprs = {"NUM_HEADS_Q": num_heads_q, "GROUP_SIZE": group_size, "HEAD_DIM": head_dim,
                   "BLOCK_D": triton.next_power_of_2(head_dim), "BLOCK_M": block_m, "BLOCK_N": block_n,
-                  **variant.constexprs()}
+                  **variant.constexprs(), "L2_SECTION_BYTES": L2_SECTION_BYTES}
     if lengths_aligned and not aligned:
         raise ValueError("lengths_aligned needs aligned")
     divisible = ["Q", "K", "V", "Out", *_STRIDES] if aligned else []

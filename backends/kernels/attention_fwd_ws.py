@@ -195,6 +195,21 @@ def _producer(Q, K, V, Out, sm_scale, q_off, k_off, v_off, o_off, stride_qm, str
 
 
 @gluon.jit
+def _program_tile(L_kv, GROUP_SIZE: gl.constexpr, HEAD_DIM: gl.constexpr, ELEMENT_BYTES: gl.constexpr,
+                  L2_SECTION_BYTES: gl.constexpr):
+    """attention_fwd.program_tile's launch order, restated (Gluon cannot call @triton.jit functions)."""
+    num_blocks = gl.num_programs(0)
+    num_heads = gl.num_programs(1)
+    linear = gl.program_id(1) * num_blocks + gl.program_id(0)
+    kv_head_bytes = gl.maximum(L_kv.to(gl.int64) * (2 * HEAD_DIM * ELEMENT_BYTES), 1)
+    section = gl.minimum(gl.maximum(L2_SECTION_BYTES // kv_head_bytes, 1) * GROUP_SIZE, num_heads).to(gl.int32)
+    first_head = linear // (section * num_blocks) * section
+    heads_here = gl.minimum(section, num_heads - first_head)
+    in_section = linear - first_head * num_blocks
+    return num_blocks - 1 - in_section // heads_here, first_head + in_section % heads_here
+
+
+@gluon.jit
 def gqa_attention_fwd_ws(
     Q, K, V, Out, Mask, KvLen,
     sm_scale,
@@ -208,7 +223,7 @@ def gqa_attention_fwd_ws(
     HEAD_DIM: gl.constexpr, BLOCK_D: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
     IS_CAUSAL: gl.constexpr, WINDOW_LEFT: gl.constexpr, MASK_KIND: gl.constexpr, SOFTCAP: gl.constexpr,
-    NUM_STAGES: gl.constexpr,
+    L2_SECTION_BYTES: gl.constexpr, NUM_STAGES: gl.constexpr,
 ):
     gl.static_assert(MASK_KIND == "none", "the warp-specialized forward takes no mask")
     gl.static_assert(WINDOW_LEFT < 0, "the warp-specialized forward takes no window")
@@ -217,8 +232,8 @@ def gqa_attention_fwd_ws(
     gl.static_assert(BLOCK_M == 2 * CONSUMER_ROWS, "two consumers of 64 rows each")
     dtype: gl.constexpr = Q.dtype.element_ty
 
-    block_m = gl.num_programs(0) - 1 - gl.program_id(0)  # longest causal rows first
-    batch_head = gl.program_id(1)
+    block_m, batch_head = _program_tile(L_kv, GROUP_SIZE, HEAD_DIM, K.dtype.element_ty.primitive_bitwidth // 8,
+                                        L2_SECTION_BYTES)
     batch = (batch_head // NUM_HEADS_Q).to(gl.int64)
     head = (batch_head % NUM_HEADS_Q).to(gl.int64)
     kv_head = head // GROUP_SIZE

@@ -23,8 +23,8 @@ from .attention_decode import (
 )
 from .attention_fwd import gqa_attention_fwd, launch_grid
 from ..aot.variant import AttentionVariant
-from ..heuristics import (KernelConfig, attention_config, decode_launch, decode_split_count, fused_combine_for,
-                          merge_block_s, split_plan)
+from ..heuristics import (L2_SECTION_BYTES, KernelConfig, attention_config, decode_launch, decode_split_count,
+                          fused_combine_for, merge_block_s, split_plan)
 from ..heuristics import combine_block_s as combine_block_s_for
 from ..serialization import PROGRAMMATIC_LAUNCH_ARCH
 
@@ -99,7 +99,8 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant: Va
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *mask_strides, l_q, l_kv,
         NUM_HEADS_Q=num_heads_q, GROUP_SIZE=num_heads_q // num_heads_kv, HEAD_DIM=head_dim,
         BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        **variant.constexprs(), num_warps=config.num_warps, num_stages=config.num_stages,
+        **variant.constexprs(), L2_SECTION_BYTES=L2_SECTION_BYTES, num_warps=config.num_warps,
+        num_stages=config.num_stages,
     )
     return out
 
