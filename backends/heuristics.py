@@ -39,8 +39,9 @@ the AOT stage compiles it for aligned inputs instead of gqa_attention_fwd:
 on the H100 it took llama3-8b causal prefill at 4K/8K from 349/1282 to
 260/996 us, and D=96 at 4K from 346 to 268 us (bench/results/h100_prefill_ws.md).
 Head dims up to 128 are padded to 64 or 128 inside; entries exist where it
-measured faster than the Triton forward (96 and 128; not 64, and at 256 a
-variant lost: bench/results/h100_tune_ws_d256.json). It needs the Gluon API of Triton
+measured faster than the Triton forward (80, 96, 112 and 128; not 64, and at
+256 a variant lost: bench/results/h100_tune_ws_d256.json; D=80 242 against
+309 us, D=112 256 against 333, bench/results/h100_tune_order_bf16.json). It needs the Gluon API of Triton
 3.9 (the pinned compiler); with an older Triton, and for the generic
 (unaligned) variant, gqa_attention_fwd keeps the call.
 

@@ -115,9 +115,9 @@ def test_tuned_tiles_apply_on_their_arch_only():
         assert config != on_h100
         assert estimated_shared_bytes(config.block_m, config.block_n, 128, torch.bfloat16,
                                       config.num_stages) <= SHARED_MEMORY_BUDGET
-    # Nor for an unmeasured head dim on sm_90.
-    assert "bfloat16/80" not in tuning_table(90)["attention_fwd"]
-    assert attention_config(80, torch.bfloat16, 90) == attention_config(80, torch.bfloat16)
+    # Nor for an unmeasured dtype and head dim on sm_90.
+    assert "float32/80" not in tuning_table(90)["attention_fwd"]
+    assert attention_config(80, torch.float32, 90) == attention_config(80, torch.float32)
 
 
 def test_tuned_decode_keeps_the_packed_rows():

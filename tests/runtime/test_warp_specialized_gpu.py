@@ -1,6 +1,6 @@
 """The warp-specialized forward on a GPU: payloads for sm_90 run through CubinLauncher and match the
 float32 reference, at ragged lengths, bottom-right causal chunks, MQA, batches, strided views, fp16
-and a head dim it pads (96).
+and the head dims it pads (80, 96, 112).
 
 Its payloads need Triton 3.9's Gluon to compile. Where the installed Triton is older (the lent GPU
 machine has 3.6), they are read from CUDA_GQA_WS_PAYLOADS, a folder this file writes on a build
@@ -29,6 +29,8 @@ CASES = {  # id: (dtype, batch, H_q, H_kv, L_q, L_kv, head dim, causal)
     "fp16-causal-1000": (torch.float16, 1, 8, 2, 1000, 1000, 128, True),
     "d96-causal-1000": (torch.bfloat16, 1, 8, 2, 1000, 1000, 96, True),  # padded to 128 inside
     "d96-fp16-full-200-of-333": (torch.float16, 2, 8, 2, 200, 333, 96, False),
+    "d80-causal-1000": (torch.bfloat16, 1, 8, 2, 1000, 1000, 80, True),
+    "d112-fp16-full-200-of-333": (torch.float16, 2, 8, 2, 200, 333, 112, False),
 }
 ARCH = 90
 
