@@ -124,7 +124,8 @@ TUNING_DIR = Path(__file__).with_name("tuning")
 # longest), in sections of heads whose K and V together fit this much L2: the
 # blocks running at once share K/V from L2 rather than DRAM. 16 MiB is a
 # third of the H100's L2 and under half of the A100's 40 MiB; on an H200 it
-# was as fast as or faster than 8 and 32 MiB on every prefill benchmark shape.
+# was faster than 8 and 32 MiB, or within run-to-run noise of them, on every
+# prefill benchmark shape (bench/results/h100_prefill_order.md).
 L2_SECTION_BYTES = 16 << 20
 
 
