@@ -30,6 +30,10 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 
+# Scalar @triton.jit helpers: a Gluon kernel can call them (tensor ones need Gluon layouts).
+from .attention_fwd import program_tile
+from .online_softmax import fully_visible_end, visible_key_range
+
 LOG2E: gl.constexpr = gl.constexpr(1.4426950408889634)
 CONSUMER_ROWS: gl.constexpr = gl.constexpr(64)  # one warpgroup's wgmma M
 # Within the kernel's register cap (heuristics.WS_MAX_REGISTERS per thread of
@@ -106,9 +110,10 @@ def _consume(part: gl.constexpr, Q, Out, sm_scale, q_off, o_off, stride_qm, stri
     q = gl.load(Q + q_off + gl.expand_dims(q_rows * stride_qm, 1) + gl.expand_dims(q_dims, 0),
                 mask=gl.expand_dims(q_rows < L_q, 1) & gl.expand_dims(q_dims < head_dim, 0), other=0.0)
 
-    # Keys this consumer's rows may see, and the end of the blocks all of them see.
-    kv_hi = gl.maximum(gl.minimum(L_kv, my_first + CONSUMER_ROWS + mask_diagonal), 0)
-    full_end = gl.maximum(gl.minimum(kv_hi, my_first + mask_diagonal + 1), 0) // BLOCK_N * BLOCK_N
+    # Keys this consumer's rows may see, and the end of the blocks all of them see
+    # (online_softmax's ranges, with causality folded into mask_diagonal).
+    _, kv_hi = visible_key_range(my_first, my_first + CONSUMER_ROWS - 1, mask_diagonal, L_kv, BLOCK_N, True, -1)
+    full_end = fully_visible_end(my_first, mask_diagonal, 0, kv_hi, BLOCK_N, True, -1)
 
     rows = my_first + gl.arange(0, CONSUMER_ROWS, layout=gl.SliceLayout(1, s_layout))
     qk_scale = sm_scale * LOG2E
@@ -195,21 +200,6 @@ def _producer(Q, K, V, Out, sm_scale, q_off, k_off, v_off, o_off, stride_qm, str
 
 
 @gluon.jit
-def _program_tile(L_kv, GROUP_SIZE: gl.constexpr, HEAD_DIM: gl.constexpr, ELEMENT_BYTES: gl.constexpr,
-                  L2_SECTION_BYTES: gl.constexpr):
-    """attention_fwd.program_tile's launch order, restated (Gluon cannot call @triton.jit functions)."""
-    num_blocks = gl.num_programs(0)
-    num_heads = gl.num_programs(1)
-    linear = gl.program_id(1) * num_blocks + gl.program_id(0)
-    kv_head_bytes = gl.maximum(L_kv.to(gl.int64) * (2 * HEAD_DIM * ELEMENT_BYTES), 1)
-    section = gl.minimum(gl.maximum(L2_SECTION_BYTES // kv_head_bytes, 1) * GROUP_SIZE, num_heads).to(gl.int32)
-    first_head = linear // (section * num_blocks) * section
-    heads_here = gl.minimum(section, num_heads - first_head)
-    in_section = linear - first_head * num_blocks
-    return num_blocks - 1 - in_section // heads_here, first_head + in_section % heads_here
-
-
-@gluon.jit
 def gqa_attention_fwd_ws(
     Q, K, V, Out, Mask, KvLen,
     sm_scale,
@@ -232,8 +222,8 @@ def gqa_attention_fwd_ws(
     gl.static_assert(BLOCK_M == 2 * CONSUMER_ROWS, "two consumers of 64 rows each")
     dtype: gl.constexpr = Q.dtype.element_ty
 
-    block_m, batch_head = _program_tile(L_kv, GROUP_SIZE, HEAD_DIM, K.dtype.element_ty.primitive_bitwidth // 8,
-                                        L2_SECTION_BYTES)
+    block_m, batch_head = program_tile(L_kv, GROUP_SIZE, HEAD_DIM, K.dtype.element_ty.primitive_bitwidth // 8,
+                                       L2_SECTION_BYTES)
     batch = (batch_head // NUM_HEADS_Q).to(gl.int64)
     head = (batch_head % NUM_HEADS_Q).to(gl.int64)
     kv_head = head // GROUP_SIZE
@@ -245,10 +235,9 @@ def gqa_attention_fwd_ws(
     gl.static_assert(KvLen is None, "the warp-specialized forward takes no kv_len")
     first_row = block_m * BLOCK_M
     mask_diagonal = L_kv
-    kv_hi = L_kv
     if IS_CAUSAL:
         mask_diagonal = L_kv - L_q
-        kv_hi = gl.maximum(gl.minimum(L_kv, first_row + BLOCK_M + mask_diagonal), 0)
+    _, kv_hi = visible_key_range(first_row, first_row + BLOCK_M - 1, mask_diagonal, L_kv, BLOCK_N, True, -1)
     # At least one block, so every partition agrees on the ring's phases; a
     # block past kv_hi is all zeros and hidden.
     num_blocks = gl.maximum(gl.cdiv(kv_hi, BLOCK_N), 1)
