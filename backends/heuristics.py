@@ -24,6 +24,15 @@ Split count of the split-KV decode (after FlashAttention-3's rule, restated):
     smallest candidate within 85% of the best candidate's efficiency: fewer
     splits means less merge work.
 
+A tuning-table entry may cap the wave rule's split count (max_splits,
+raised to keep at least half the SMs busy); a capped count takes as many
+splits as the cap allows. At D=256 on the H100 the wave rule fills the SMs
+with splits whose fp32 partials cost more than the extra CTAs gain: capped
+at 32 (64 for one KV head), qwen3.5-moe 16/2 decode ran 20% faster at 2K
+and 4K and 3% at 32K, and D=256 MQA 25 to 29% faster at 4K and 8K; four
+and more KV heads keep the wave rule's count
+(bench/results/h100_decode_d256_splits.md).
+
 Short contexts (after measuring on the H100): a split's time is mostly
 latency (the launch, one round trip to DRAM, the partial's store) until it
 covers a few hundred keys, so where splits of one BLOCK_N block each would
@@ -243,7 +252,20 @@ def decode_launch(head_dim: int, dtype: torch.dtype, group_size: int, l_q: int, 
     config = KernelConfig(config.block_m, block_n, config.num_warps, config.num_stages)
     splits = decode_split_count(batch, num_heads_kv, l_kv, num_sms, block_n,
                                 min_split_len=min(MIN_SPLIT_LEN, block_n), m_tiles=m_tiles)
+    cap = decode_split_cap(head_dim, dtype, ctas, num_sms, arch)
+    if cap is not None:
+        splits = min(splits, split_plan(l_kv, cap, block_n)[1])
     return config, splits
+
+
+def decode_split_cap(head_dim: int, dtype: torch.dtype, ctas: int, num_sms: int,
+                     arch: Optional[int] = None) -> Optional[int]:
+    """The tuning table's max_splits for the decode kernel on `arch` (None where it has none),
+    raised where it would leave fewer CTAs (ctas programs per split) than half the SMs."""
+    tuned = _tuned("decode_split", arch, dtype, head_dim)
+    if not tuned or "max_splits" not in tuned:
+        return None
+    return max(tuned["max_splits"], triton.cdiv(num_sms // 2, ctas))
 
 
 def split_len_for(l_kv: int, num_splits: int, block_n: int) -> int:

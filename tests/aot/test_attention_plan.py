@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cuda_gqa.backends.attention_plan import build_attention_payload, decode_plan
-from cuda_gqa.backends.heuristics import NOMINAL_SMS, decode_config, decode_split_count, fused_combine_for, split_plan
+from cuda_gqa.backends.heuristics import NOMINAL_SMS, decode_launch, fused_combine_for, split_plan
 from cuda_gqa.backends.serialization import deserialize_payload, serialize_payload
 from cuda_gqa.backends.serialization import payload_generated as fb
 from cuda_gqa.runtime.launch_plan import ArgInfo, LaunchError, LaunchPlan, evaluate_launch_cpp
@@ -54,9 +54,9 @@ def test_decode_emits_split_then_combine(llama_decode):
     split, combine = payload.plans[0].kernels
     assert (split.name, combine.name) == (b"gqa_decode_split", b"gqa_decode_combine")
 
-    config = decode_config(D, torch.float16, HQ // HKV, 1, 90)  # the payload is built for sm_90
-    split_len, num_splits = split_plan(LKV, decode_split_count(1, HKV, LKV, NOMINAL_SMS, config.block_n),
-                                       config.block_n)
+    # The payload is built for sm_90: its tuned tiles and split cap.
+    config, num_splits = decode_launch(D, torch.float16, HQ // HKV, 1, 1, HKV, LKV, NOMINAL_SMS, 90)
+    split_len = split_plan(LKV, num_splits, config.block_n)[0]
     assert num_splits > 1 and NOMINAL_SMS == 132
     assert not fused_combine_for(num_splits, HQ // HKV, 1, D)
     # Split grid: (num_splits, B * H_kv, 1), the split count a constant; combine grid: (L_q, B * H_q, 1).

@@ -6,7 +6,8 @@ import triton
 
 from cuda_gqa.backends.heuristics import (
     EFFICIENCY_FRACTION, MAX_FUSED_MERGE_BYTES, MAX_SPLITS, MIN_BLOCK_N, MIN_SPLIT_LEN, SHARED_MEMORY_BUDGET,
-    SHARED_MEMORY_PER_BLOCK, attention_config, combine_block_s, decode_config, decode_launch, decode_split_count,
+    SHARED_MEMORY_PER_BLOCK, attention_config, combine_block_s, decode_config, decode_launch, decode_split_cap,
+    decode_split_count,
     estimated_shared_bytes, fused_combine_for, merge_block_s, split_plan, tuning_table, wave_efficiency)
 
 SMS = 132
@@ -158,3 +159,34 @@ def test_long_contexts_keep_the_tuned_block_and_split_count(batch, heads_kv, l_k
 def test_short_blocks_stop_at_the_minimum():
     config, count = decode_launch(128, torch.bfloat16, 32, 1, 1, 1, 512, SMS, 90)
     assert config.block_n == MIN_BLOCK_N and count == 512 // MIN_BLOCK_N
+
+
+# --------------------------------------------------------------------------
+# a tuned split cap (sm_90, D=256), raised to keep half the SMs busy
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("heads_q, heads_kv, l_kv, wave_rule, capped", [
+    (16, 2, 8192, 64, 32),    # qwen3.5-moe: the cap
+    (16, 2, 32768, 57, 32),
+    (16, 1, 8192, 128, 64),   # MQA: 32 splits would be 32 CTAs, under half the SMs
+    (16, 1, 32768, 128, 64),
+    (8, 4, 32768, 29, 29),    # four KV heads: the wave rule's count is within the cap
+    (16, 8, 8192, 15, 15),
+])
+def test_d256_decode_on_sm90_caps_its_splits(dtype, heads_q, heads_kv, l_kv, wave_rule, capped):
+    config, count = decode_launch(256, dtype, heads_q // heads_kv, 1, 1, heads_kv, l_kv, SMS, 90)
+    assert count == capped
+    assert decode_split_count(1, heads_kv, l_kv, SMS, config.block_n, min_split_len=config.block_n) == wave_rule
+    cap = decode_split_cap(256, dtype, heads_kv, SMS, 90)
+    assert count == min(wave_rule, split_plan(l_kv, cap, config.block_n)[1])
+
+
+def test_split_cap_applies_where_the_table_sets_one():
+    assert tuning_table(90)["decode_split"]["bfloat16/256"]["max_splits"] == 32
+    assert decode_split_cap(256, torch.bfloat16, 2, SMS, 90) == 33  # half of 132 SMs over 2 CTAs a split
+    assert decode_split_cap(256, torch.bfloat16, 8, SMS, 90) == 32
+    # D=128 has no cap on sm_90; no arch has a table but sm_90.
+    assert decode_split_cap(128, torch.bfloat16, 1, SMS, 90) is None
+    assert decode_split_cap(256, torch.bfloat16, 2, SMS, 80) is None
+    assert decode_split_cap(256, torch.bfloat16, 2, SMS) is None
