@@ -29,9 +29,9 @@ raised to keep at least half the SMs busy); a capped count takes as many
 splits as the cap allows. At D=256 on the H100 the wave rule fills the SMs
 with splits whose fp32 partials cost more than the extra CTAs gain: capped
 at 32 (64 for one KV head), qwen3.5-moe 16/2 decode ran 20% faster at 2K
-and 4K and 3% at 32K, and D=256 MQA 25 to 29% faster at 4K and 8K; four
-and more KV heads keep the wave rule's count
-(bench/results/h100_decode_d256_splits.md).
+and 4K and 3% at 32K, and D=256 MQA 25 to 29% faster at 4K and 8K; from
+four programs a split (batch * KV heads) on, the wave rule's count is within
+the cap (bench/results/h100_decode_d256_splits.md).
 
 Short contexts (after measuring on the H100): a split's time is mostly
 latency (the launch, one round trip to DRAM, the partial's store) until it
