@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_attention import time_us  # noqa: E402
+from bench_attention import Shape, time_us  # noqa: E402
 
 HEADS_Q, HEADS_KV, HEAD_DIM, SPLITS, ROWS = 32, 8, 128, 16, 16
 BLOCK_N = {512: 32, 1024: 64, 2048: 128}  # the shipped plan's key block (one per split)
@@ -107,7 +107,8 @@ def floor_times(l_kv: int) -> dict[str, float]:
 def payload_time(folder: Path, l_kv: int) -> float:
     from cuda_gqa.runtime.cubin_launcher import CubinLauncher
 
-    launcher = CubinLauncher((folder / f"decode-llama3-8b-b1-32x8-d128-q1-kv{l_kv}.cgqa").read_bytes())
+    shape = Shape("decode", "llama3-8b", 1, HEADS_Q, HEADS_KV, HEAD_DIM, 1, l_kv)
+    launcher = CubinLauncher((folder / f"{shape.key}.cgqa").read_bytes())
     q = torch.randn(1, HEADS_Q, 1, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(1, HEADS_KV, l_kv, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
     v = torch.randn_like(k)

@@ -7,8 +7,8 @@ import triton
 from cuda_gqa.backends.heuristics import (
     EFFICIENCY_FRACTION, MAX_FUSED_MERGE_BYTES, MAX_SPLITS, MIN_BLOCK_N, MIN_SPLIT_LEN, SHARED_MEMORY_BUDGET,
     SHARED_MEMORY_PER_BLOCK, attention_config, combine_block_s, decode_config, decode_launch, decode_split_cap,
-    decode_split_count,
-    estimated_shared_bytes, fused_combine_for, merge_block_s, split_plan, tuning_table, wave_efficiency)
+    decode_split_count, estimated_shared_bytes, fused_combine_for, merge_block_s, split_plan, tuning_table,
+    wave_efficiency)
 
 SMS = 132
 BLOCK_N = 64
