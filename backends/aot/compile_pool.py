@@ -3,10 +3,11 @@
 Compiling a kernel is CPU-bound Python and MLIR plus a ptxas subprocess,
 so threads do not overlap it: each compile goes to one of a few worker
 processes (as many as this process may use CPUs; $CUDA_GQA_COMPILE_WORKERS
-overrides, 1 compiles in this process). Within `compiling_together()`,
-compile_in_batch() starts compilations on as many threads, each waiting for
-its worker, and logs a progress line as each finishes; the batch ends when
-all have (attention_plan runs every (kernel, arch) of a payload in one).
+overrides, 1 compiles in this process). compile_in_batch() calls made within
+`compiling_together()` are collected; when it exits they all start, on as
+many threads, each waiting for its worker, and a progress line ("k/n") is
+logged as each finishes (attention_plan runs every (kernel, arch) of a
+payload in one batch). Collecting first is what makes n the batch's total.
 
 Workers are started with "spawn" (torch's threads make fork unsafe) once
 per process and reused. The kernel travels by import path; a kernel that
@@ -119,30 +120,44 @@ def run_compile(compile_here: Callable[..., CompiledKernel], fn, spec: dict) -> 
 
 
 class _Batch:
-    """Compilations started together; counts them for the progress lines."""
+    """Compilations asked for inside one compiling_together(). They start only
+    when it exits, all at once, so each progress line can say "k of all"."""
 
-    def __init__(self, threads: ThreadPoolExecutor):
-        self.threads = threads
-        self.start = time.perf_counter()
-        self.lock = threading.Lock()
-        self.submitted = self.finished = 0
-        self.on_exit: list[Callable[[], None]] = []
+    def __init__(self):
+        # (compile_one, archs, use), as compile_in_batch was given them
+        self.jobs: list[tuple[Callable[[int], CompiledKernel], list[int],
+                              Callable[[list[CompiledKernel]], None]]] = []
 
-    def submit(self, compile_one: Callable[[int], CompiledKernel], arch: int) -> Future:
-        with self.lock:
-            self.submitted += 1
-        future = self.threads.submit(compile_one, arch)
-        future.add_done_callback(lambda f: self._log(f, arch))
-        return future
-
-    def _log(self, future: Future, arch: int) -> None:
-        if future.cancelled() or future.exception() is not None:
+    def run(self) -> None:
+        """Compile every (job, arch) side by side, then hand each job its results in order."""
+        total = sum(len(archs) for _, archs, _ in self.jobs)
+        if total == 0:
             return
-        with self.lock:
-            self.finished += 1
-            finished, submitted = self.finished, self.submitted
-        logger.info("compiled %s sm_%d (%d/%d, %.1f s)", future.result().name, arch, finished, submitted,
-                    time.perf_counter() - self.start)
+        start, lock, finished = time.perf_counter(), threading.Lock(), [0]
+
+        def log(future: Future, arch: int) -> None:
+            if future.cancelled() or future.exception() is not None:
+                return
+            with lock:
+                finished[0] += 1
+                done = finished[0]
+            logger.info("compiled %s sm_%d (%d/%d, %.1f s)", future.result().name, arch, done, total,
+                        time.perf_counter() - start)
+
+        workers = min(worker_count(), total)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cuda_gqa_compile") as threads:
+            try:
+                started = []
+                for compile_one, archs, use in self.jobs:
+                    futures = [threads.submit(compile_one, arch) for arch in archs]
+                    for future, arch in zip(futures, archs):
+                        future.add_done_callback(lambda f, arch=arch: log(f, arch))
+                    started.append((futures, use))
+                for futures, use in started:
+                    use([future.result() for future in futures])
+            except BaseException:
+                threads.shutdown(wait=True, cancel_futures=True)
+                raise
 
 
 _batch: ContextVar[Optional[_Batch]] = ContextVar("cuda_gqa_compile_batch", default=None)
@@ -150,32 +165,26 @@ _batch: ContextVar[Optional[_Batch]] = ContextVar("cuda_gqa_compile_batch", defa
 
 @contextmanager
 def compiling_together() -> Iterator[None]:
-    """Compilations started inside (compile_in_batch) run side by side; on exit,
-    once all have finished, the callbacks given to compile_in_batch run in
-    order. Nested uses join the outermost batch."""
+    """Compilations asked for inside (compile_in_batch) start when it exits,
+    side by side; once all have finished, the `use` callbacks given to
+    compile_in_batch run in the order they were given. Nested uses join the
+    outermost batch."""
     if _batch.get() is not None:
         yield
         return
-    with ThreadPoolExecutor(max_workers=worker_count(), thread_name_prefix="cuda_gqa_compile") as threads:
-        batch = _Batch(threads)
-        token = _batch.set(batch)
-        try:
-            yield
-            for callback in batch.on_exit:
-                callback()
-        except BaseException:
-            threads.shutdown(wait=True, cancel_futures=True)
-            raise
-        finally:
-            _batch.reset(token)
+    batch = _Batch()
+    token = _batch.set(batch)
+    try:
+        yield
+    finally:
+        _batch.reset(token)
+    batch.run()
 
 
 def compile_in_batch(compile_one: Callable[[int], CompiledKernel], archs: list[int],
                      use: Callable[[list[CompiledKernel]], None]) -> None:
-    """Start compile_one(arch) for each arch in the current batch (or in one of
-    their own, finished before returning); use(the results, in arch order) runs
-    when the batch ends."""
+    """Compile compile_one(arch) for each arch with the rest of the current batch
+    (or in one of their own, finished before returning); use(the results, in
+    arch order) runs when the batch ends, after the `use` of earlier calls."""
     with compiling_together():
-        batch = _batch.get()
-        futures = [batch.submit(compile_one, arch) for arch in archs]
-        batch.on_exit.append(lambda: use([future.result() for future in futures]))
+        _batch.get().jobs.append((compile_one, list(archs), use))

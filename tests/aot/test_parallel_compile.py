@@ -1,6 +1,8 @@
 """Compilations run in worker processes, side by side across archs, with a progress line each."""
 
 import logging
+import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -59,6 +61,42 @@ def test_each_finished_arch_logs_a_progress_line(fresh_cache, caplog):
     assert sorted(line.split()[2] for line in lines) == ["sm_80", "sm_90"]
     assert [line.split("(")[1].split(",")[0] for line in lines] == ["1/2", "2/2"]
     assert all(line.startswith("compiled gqa_attention_fwd sm_") and line.endswith(" s)") for line in lines)
+
+
+def test_progress_lines_count_the_whole_batch_however_fast_a_compile_is(caplog):
+    # Nothing starts until the batch is complete, so "k/n" has the batch's n even
+    # when a compilation (a cache hit) would finish before the next is asked for.
+    started, used = [], []
+
+    def compile_one(arch):
+        started.append(arch)
+        return SimpleNamespace(name=f"kernel_{arch}")
+
+    with caplog.at_level(logging.INFO, logger="cuda_gqa.backends.aot.compile_pool"):
+        with compile_pool.compiling_together():
+            compile_pool.compile_in_batch(compile_one, [80], used.append)
+            time.sleep(0.05)
+            assert started == []
+            compile_pool.compile_in_batch(compile_one, [90, 100], used.append)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("compiled ")]
+    assert sorted(line.split("(")[1].split(",")[0] for line in lines) == ["1/3", "2/3", "3/3"]
+    assert sorted(started) == [80, 90, 100]
+    assert [[k.name for k in results] for results in used] == [["kernel_80"], ["kernel_90", "kernel_100"]]
+
+
+def test_a_failed_compile_fails_the_batch_and_uses_nothing():
+    used = []
+
+    def compile_one(arch):
+        if arch == 90:
+            raise RuntimeError("ptxas died")
+        return SimpleNamespace(name="k")
+
+    with pytest.raises(RuntimeError, match="ptxas died"):
+        with compile_pool.compiling_together():
+            compile_pool.compile_in_batch(compile_one, [90], used.append)
+            compile_pool.compile_in_batch(compile_one, [80], used.append)
+    assert used == []
 
 
 def test_archs_of_one_major_version_share_the_lowest_ones_cubin(fresh_cache):
