@@ -87,7 +87,7 @@ GPU_CASES := demo:--dtype=float16 \
 # make gpu-bundle BUNDLE_ARCHS=sm_80,sm_90
 BUNDLE_ARCHS ?= sm_90
 
-LLM_CASES := tiny-llama3 tiny-qwen2 tiny-qwen3 tiny-mistral tiny-gemma2 tiny-mqa
+LLM_CASES := tiny-llama3 tiny-qwen2 tiny-qwen3 tiny-mistral tiny-gemma2 tiny-gemma3 tiny-mqa
 ET_RUNTIME_LIBS := libexecutorch.so libexecutorch_kernels_optimized.so libexecutorch_threadpool.so
 
 gpu-bundle: build

@@ -16,7 +16,7 @@ from typing import Optional, Union
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .decoder import FULL_ATTENTION, SLIDING_ATTENTION, Decoder, DecoderConfig, RopeScaling
+from .decoder import FULL_ATTENTION, SLIDING_ATTENTION, Decoder, DecoderConfig, LinearRopeScaling, RopeScaling
 
 ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -24,6 +24,7 @@ ARCHITECTURES = {
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
 }
 _ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
 # Buffers some checkpoints carry that the decoder recomputes.
@@ -34,24 +35,52 @@ class CheckpointError(ValueError):
     pass
 
 
-def _rope(hf: dict) -> tuple[float, Optional[RopeScaling]]:
-    # transformers 5 moved these into rope_parameters; earlier configs have rope_theta + rope_scaling.
-    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+def _rope_from(params: dict, layers: str = "") -> tuple[float, Optional[Union[RopeScaling, LinearRopeScaling]]]:
+    """(base, scaling) of one dict of RoPE parameters."""
+    theta = float(params["rope_theta"])
     kind = params.get("rope_type", params.get("type", "default"))
     if kind == "default":
         return theta, None
-    if kind != "llama3":
-        raise CheckpointError(f"config.json: rope type {kind!r} is not supported (supported: default, llama3)")
-    return theta, RopeScaling(
-        factor=float(params["factor"]), low_freq_factor=float(params["low_freq_factor"]),
-        high_freq_factor=float(params["high_freq_factor"]),
-        original_max_position_embeddings=int(params["original_max_position_embeddings"]))
+    if kind == "linear":
+        return theta, LinearRopeScaling(factor=float(params["factor"]))
+    if kind == "llama3":
+        return theta, RopeScaling(
+            factor=float(params["factor"]), low_freq_factor=float(params["low_freq_factor"]),
+            high_freq_factor=float(params["high_freq_factor"]),
+            original_max_position_embeddings=int(params["original_max_position_embeddings"]))
+    raise CheckpointError(f"config.json: rope type {kind!r}{layers} is not supported (supported: default, linear, "
+                          f"llama3)")
+
+
+def _rope(hf: dict, local_theta_default: Optional[float]) -> dict:
+    """DecoderConfig's rope options. transformers 5 writes rope_parameters, per layer type
+    for Gemma 3; earlier configs have rope_theta and rope_scaling (and Gemma 3's
+    rope_local_base_freq for its sliding layers). A base missing from a per-type dict is
+    the top-level field's, else the family's default (`local_theta_default` for sliding
+    layers: None for families whose sliding layers rotate as the full ones)."""
+    params = hf.get("rope_parameters") or {}
+    full_theta = {"rope_theta": hf.get("rope_theta", 10000.0)}
+    local_theta = hf.get("rope_local_base_freq", local_theta_default)
+    if FULL_ATTENTION in params or SLIDING_ATTENTION in params:
+        theta, scaling = _rope_from({**full_theta, **params.get(FULL_ATTENTION, {})}, " for full_attention layers")
+        if SLIDING_ATTENTION in params:
+            local = {"rope_theta": local_theta if local_theta is not None else theta, **params[SLIDING_ATTENTION]}
+            local_theta, local_scaling = _rope_from(local, " for sliding_attention layers")
+            if local_scaling is not None:
+                raise CheckpointError("config.json: a scaled rope for sliding_attention layers is not supported")
+    else:
+        theta, scaling = _rope_from({**full_theta, **(params or hf.get("rope_scaling") or {})})
+    return dict(rope_theta=theta, rope_scaling=scaling,
+                rope_local_theta=None if local_theta is None else float(local_theta))
 
 
 def config_from_hf(hf: dict) -> DecoderConfig:
     """DecoderConfig of a Hugging Face config.json (as a dict)."""
     model_type, architectures = hf.get("model_type"), hf.get("architectures") or []
+    if model_type == "gemma3":
+        raise CheckpointError("config.json: model_type 'gemma3' is Gemma 3's image-and-text model "
+                              "(Gemma3ForConditionalGeneration), which is not supported; its text-only checkpoints "
+                              "(270M, 1B) are model_type gemma3_text")
     if model_type not in ARCHITECTURES:
         raise CheckpointError(f"config.json: model_type {model_type!r} (architectures {architectures}) is not "
                               f"supported; supported: {', '.join(ARCHITECTURES)}")
@@ -74,15 +103,15 @@ def config_from_hf(hf: dict) -> DecoderConfig:
     if field("use_sliding_window", False):
         raise CheckpointError("config.json: use_sliding_window=True (Qwen's per-layer windows) is not supported")
     num_layers, num_heads = field("num_hidden_layers"), field("num_attention_heads")
-    theta, scaling = _rope(hf)
+    rope = _rope(hf, local_theta_default=10000.0 if model_type == "gemma3_text" else None)  # transformers' default
     eos = field("eos_token_id", ())
     options = dict(
         vocab_size=field("vocab_size"), hidden_size=field("hidden_size"),
         intermediate_size=field("intermediate_size"), num_layers=num_layers, num_heads=num_heads,
         num_kv_heads=field("num_key_value_heads", num_heads),
-        head_dim=field("head_dim", field("hidden_size") // num_heads), rope_theta=theta, rope_scaling=scaling,
+        head_dim=field("head_dim", field("hidden_size") // num_heads), **rope,
         rms_norm_eps=field("rms_norm_eps", 1e-6), hidden_act=_ACTIVATIONS[activation],
-        tie_word_embeddings=field("tie_word_embeddings", model_type == "gemma2"),
+        tie_word_embeddings=field("tie_word_embeddings", model_type.startswith("gemma")),
         bos_token_id=field("bos_token_id", None), eos_token_ids=tuple(eos) if isinstance(eos, list) else (eos,),
     )
     window = field("sliding_window", None)
@@ -98,6 +127,22 @@ def config_from_hf(hf: dict) -> DecoderConfig:
         options.update(
             sliding_window=field("sliding_window"), layer_types=tuple(field("layer_types", default_types)),
             attn_logit_softcap=field("attn_logit_softcapping", None),
+            final_logit_softcap=field("final_logit_softcapping", None),
+            query_pre_attn_scalar=field("query_pre_attn_scalar"), norm_weight_offset=1.0, scale_embeddings=True,
+            sandwich_norms=True)
+    elif model_type == "gemma3_text":
+        if field("attn_logit_softcapping", None) is not None:
+            raise CheckpointError("config.json: attn_logit_softcapping is set; Gemma 3 has none "
+                                  "(a Gemma 2 checkpoint is model_type gemma2)")
+        if field("use_bidirectional_attention", False):
+            raise CheckpointError("config.json: use_bidirectional_attention=True (an embedding model) is not "
+                                  "supported: the decoder is causal")
+        # Older configs give the pattern instead of layer_types: every pattern-th layer is global.
+        pattern = field("sliding_window_pattern", None) or field("_sliding_window_pattern", 6)
+        default_types = [FULL_ATTENTION if (i + 1) % pattern == 0 else SLIDING_ATTENTION for i in range(num_layers)]
+        options.update(
+            qk_norm=True, sliding_window=field("sliding_window"),
+            layer_types=tuple(field("layer_types", default_types)),
             final_logit_softcap=field("final_logit_softcapping", None),
             query_pre_attn_scalar=field("query_pre_attn_scalar"), norm_weight_offset=1.0, scale_embeddings=True,
             sandwich_norms=True)

@@ -1,6 +1,6 @@
 """One configurable decoder-only transformer for the model families cuda_gqa exports.
 
-Llama 3, Mistral, Qwen2/2.5, Qwen3 and Gemma 2 differ only in the switches of
+Llama 3, Mistral, Qwen2/2.5, Qwen3, Gemma 2 and Gemma 3 differ only in the switches of
 `DecoderConfig`; module and parameter names follow Hugging Face's (minus the
 `model.` prefix), so a checkpoint's state dict loads by name.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -39,6 +39,14 @@ class RopeScaling:
 
 
 @dataclass(frozen=True)
+class LinearRopeScaling:
+    """Position interpolation ("rope_type": "linear"): every frequency divided by `factor`
+    (Gemma 3's global layers in its 4B and larger models)."""
+
+    factor: float
+
+
+@dataclass(frozen=True)
 class DecoderConfig:
     vocab_size: int
     hidden_size: int
@@ -48,16 +56,18 @@ class DecoderConfig:
     num_kv_heads: int
     head_dim: int
     rope_theta: float = 10000.0
-    rope_scaling: Optional[RopeScaling] = None
+    rope_scaling: Optional[Union[RopeScaling, LinearRopeScaling]] = None
+    # Gemma 3: sliding layers rotate with their own base and no scaling (None: as full layers).
+    rope_local_theta: Optional[float] = None
     rms_norm_eps: float = 1e-5
     qkv_bias: bool = False  # Qwen2
-    qk_norm: bool = False  # Qwen3: RMSNorm over D on each q and k head before RoPE
+    qk_norm: bool = False  # Qwen3, Gemma 3: RMSNorm over D on each q and k head before RoPE
     # Per layer FULL_ATTENTION or SLIDING_ATTENTION (default: all full).
     layer_types: Optional[tuple[str, ...]] = None
     sliding_window: Optional[int] = None  # keys a sliding layer's query sees, itself included
     attn_logit_softcap: Optional[float] = None  # Gemma 2: scores = cap * tanh(scores / cap)
     final_logit_softcap: Optional[float] = None  # Gemma 2, on the logits
-    query_pre_attn_scalar: Optional[float] = None  # Gemma 2: softmax scale = this ** -0.5
+    query_pre_attn_scalar: Optional[float] = None  # Gemma 2 and 3: softmax scale = this ** -0.5
     hidden_act: str = "silu"
     # Gemma: norms scale by (1 + weight), embeddings by sqrt(hidden_size), and
     # each sublayer's output is normed too before the residual add.
@@ -87,6 +97,10 @@ class DecoderConfig:
         types = self.layer_types or (FULL_ATTENTION,) * self.num_layers
         return self.sliding_window if types[layer] == SLIDING_ATTENTION else None
 
+    def local_rope(self, layer: int) -> bool:
+        """Whether `layer` rotates with rope_local_theta (a sliding layer of Gemma 3)."""
+        return self.rope_local_theta is not None and self.window(layer) is not None
+
     @property
     def softmax_scale(self) -> float:
         return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
@@ -106,11 +120,14 @@ class RMSNorm(nn.Module):
         return (normed * (self.weight_offset + self.weight.float())).to(x.dtype)
 
 
-def rope_inverse_frequencies(config: DecoderConfig) -> torch.Tensor:
-    inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, config.head_dim, 2, dtype=torch.float64) / config.head_dim)
-    scaling = config.rope_scaling
+def rope_inverse_frequencies(head_dim: int, theta: float,
+                             scaling: Optional[Union[RopeScaling, LinearRopeScaling]] = None) -> torch.Tensor:
+    """Float64 [head_dim / 2]: the rotary frequencies of base `theta`, then scaled."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     if scaling is None:
         return inv_freq
+    if isinstance(scaling, LinearRopeScaling):
+        return inv_freq / scaling.factor
     # Llama 3.1: long wavelengths slowed by `factor`, short ones kept, a smooth ramp between.
     low_freq_wavelen = scaling.original_max_position_embeddings / scaling.low_freq_factor
     high_freq_wavelen = scaling.original_max_position_embeddings / scaling.high_freq_factor
@@ -241,8 +258,10 @@ class Decoder(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.norm_weight_offset)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self._tie_weights()
-        self.register_buffer("rope_cos", torch.empty(max_seq_len, config.head_dim), persistent=False)
-        self.register_buffer("rope_sin", torch.empty(max_seq_len, config.head_dim), persistent=False)
+        # RoPE tables [max_seq_len, D]: rope_* for full layers, rope_local_* for Gemma 3's sliding ones.
+        for table in self._rope_tables():
+            self.register_buffer(f"{table}_cos", torch.empty(max_seq_len, config.head_dim), persistent=False)
+            self.register_buffer(f"{table}_sin", torch.empty(max_seq_len, config.head_dim), persistent=False)
         self.to(dtype)
         if not self.rope_cos.is_meta:
             self.reset_buffers()
@@ -258,17 +277,26 @@ class Decoder(nn.Module):
         model.reset_buffers()
         return model
 
+    def _rope_tables(self) -> dict[str, tuple[float, Optional[Union[RopeScaling, LinearRopeScaling]]]]:
+        """Buffer-name prefix -> (base, scaling) of that RoPE table."""
+        c = self.config
+        tables = {"rope": (c.rope_theta, c.rope_scaling)}
+        if c.rope_local_theta is not None:
+            tables["rope_local"] = (c.rope_local_theta, None)
+        return tables
+
     def _tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
     def reset_buffers(self) -> None:
         """RoPE tables computed, caches zeroed."""
-        angles = torch.outer(torch.arange(self.max_seq_len, dtype=torch.float64),
-                             rope_inverse_frequencies(self.config))
-        angles = torch.cat((angles, angles), dim=-1)
-        self.rope_cos.copy_(angles.cos())
-        self.rope_sin.copy_(angles.sin())
+        for table, (theta, scaling) in self._rope_tables().items():
+            angles = torch.outer(torch.arange(self.max_seq_len, dtype=torch.float64),
+                                 rope_inverse_frequencies(self.config.head_dim, theta, scaling))
+            angles = torch.cat((angles, angles), dim=-1)
+            getattr(self, f"{table}_cos").copy_(angles.cos())
+            getattr(self, f"{table}_sin").copy_(angles.sin())
         for layer in self.layers:
             layer.self_attn.k_cache.zero_()
             layer.self_attn.v_cache.zero_()
@@ -286,12 +314,14 @@ class Decoder(nn.Module):
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         c = self.config
         positions = input_pos + torch.arange(tokens.shape[1], device=tokens.device)
-        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        rotations = {table: (getattr(self, f"{table}_cos")[positions], getattr(self, f"{table}_sin")[positions])
+                     for table in self._rope_tables()}
         masks = {w: self.attention_mask(positions, w) for w in {c.window(i) for i in range(c.num_layers)}}
         x = self.embed_tokens(tokens)
         if c.scale_embeddings:
             x = x * torch.tensor(c.hidden_size**0.5, dtype=x.dtype)
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            cos, sin = rotations["rope_local" if c.local_rope(i) else "rope"]
             x = layer(x, positions, cos, sin, masks[layer.self_attn.window])
         logits = self.lm_head(self.norm(x)).float()
         if c.final_logit_softcap is not None:

@@ -1,7 +1,7 @@
 """Named decoder shapes with seeded random weights: tiny ones for CI, real ones for benchmarks.
 
 Each tiny preset keeps its family's attention variant (GQA ratio, QKV bias,
-q/k norm, sliding window, soft-cap, MQA) at dimensions that export in seconds;
+q/k norm, sliding window, soft-cap, per-layer RoPE bases, MQA) at dimensions that export in seconds;
 head dims are multiples of 16, as the kernels need.
 """
 
@@ -17,6 +17,11 @@ from .decoder import FULL_ATTENTION, SLIDING_ATTENTION, Decoder, DecoderConfig, 
 
 LLAMA3_ROPE_SCALING = RopeScaling(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
                                   original_max_position_embeddings=8192)
+def _every_sixth_layer_global(num_layers: int) -> tuple[str, ...]:
+    """Gemma 3's layer pattern: five sliding layers, then a global one."""
+    return tuple(FULL_ATTENTION if (i + 1) % 6 == 0 else SLIDING_ATTENTION for i in range(num_layers))
+
+
 _TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, head_dim=16)
 
 PRESETS: dict[str, DecoderConfig] = {
@@ -34,8 +39,13 @@ PRESETS: dict[str, DecoderConfig] = {
                                  final_logit_softcap=30.0, query_pre_attn_scalar=32.0, hidden_act="gelu_tanh",
                                  norm_weight_offset=1.0, scale_embeddings=True, sandwich_norms=True,
                                  tie_word_embeddings=True),
+    "tiny-gemma3": DecoderConfig(**_TINY, num_heads=4, num_kv_heads=1, rope_theta=1e6, rope_local_theta=10000.0,
+                                 rms_norm_eps=1e-6, qk_norm=True, sliding_window=8,
+                                 layer_types=(SLIDING_ATTENTION, FULL_ATTENTION), query_pre_attn_scalar=16.0,
+                                 hidden_act="gelu_tanh", norm_weight_offset=1.0, scale_embeddings=True,
+                                 sandwich_norms=True, tie_word_embeddings=True),
     "tiny-mqa": DecoderConfig(**_TINY, num_heads=8, num_kv_heads=1),
-    # Real shapes (random weights): Meta's and Qwen's published configs.
+    # Real shapes (random weights): Meta's, Qwen's and Google's published configs.
     "llama3-8b": DecoderConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32,
                                num_heads=32, num_kv_heads=8, head_dim=128, rope_theta=500000.0,
                                bos_token_id=128000, eos_token_ids=(128001, 128009)),
@@ -47,6 +57,12 @@ PRESETS: dict[str, DecoderConfig] = {
                                   num_heads=12, num_kv_heads=2, head_dim=128, rope_theta=1e6, rms_norm_eps=1e-6,
                                   qkv_bias=True, tie_word_embeddings=True,
                                   bos_token_id=151643, eos_token_ids=(151645, 151643)),
+    "gemma3-1b": DecoderConfig(vocab_size=262144, hidden_size=1152, intermediate_size=6912, num_layers=26,
+                               num_heads=4, num_kv_heads=1, head_dim=256, rope_theta=1e6, rope_local_theta=10000.0,
+                               rms_norm_eps=1e-6, qk_norm=True, sliding_window=512,
+                               layer_types=_every_sixth_layer_global(26), query_pre_attn_scalar=256.0,
+                               hidden_act="gelu_tanh", norm_weight_offset=1.0, scale_embeddings=True,
+                               sandwich_norms=True, tie_word_embeddings=True, bos_token_id=2, eos_token_ids=(1, 106)),
 }
 TINY_PRESETS = tuple(name for name in PRESETS if name.startswith("tiny-"))
 

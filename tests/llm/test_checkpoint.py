@@ -30,6 +30,13 @@ HF_CONFIGS = {
                "num_attention_heads": 4, "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": 32,
                "sliding_window": 6, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
                "rms_norm_eps": 1e-6},
+    # As transformers 4.5x wrote Gemma 3 1B's: the layer pattern and local base as fields.
+    "gemma3_text": {**_TINY, "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "head_dim": 16,
+                    "num_attention_heads": 4, "num_key_value_heads": 1, "hidden_activation": "gelu_pytorch_tanh",
+                    "query_pre_attn_scalar": 16, "sliding_window": 6, "sliding_window_pattern": 2,
+                    "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "rope_scaling": None,
+                    "attn_logit_softcapping": None, "final_logit_softcapping": None, "rms_norm_eps": 1e-6,
+                    "bos_token_id": 2, "eos_token_id": [1, 106]},
 }
 # Layer 0's tensors under their Hugging Face names, per family.
 _LLAMA_LAYER = ["input_layernorm.weight", "mlp.down_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
@@ -41,6 +48,8 @@ HF_LAYER_TENSORS = {
     "qwen2": _LLAMA_LAYER + ["self_attn.k_proj.bias", "self_attn.q_proj.bias", "self_attn.v_proj.bias"],
     "qwen3": _LLAMA_LAYER + ["self_attn.k_norm.weight", "self_attn.q_norm.weight"],
     "gemma2": _LLAMA_LAYER + ["post_feedforward_layernorm.weight", "pre_feedforward_layernorm.weight"],
+    "gemma3_text": _LLAMA_LAYER + ["post_feedforward_layernorm.weight", "pre_feedforward_layernorm.weight",
+                                   "self_attn.k_norm.weight", "self_attn.q_norm.weight"],
 }
 
 
@@ -83,6 +92,48 @@ def test_hf_fields_reach_the_config():
     assert gemma.tie_word_embeddings and gemma.sandwich_norms and gemma.hidden_act == "gelu_tanh"
     assert config_from_hf(HF_CONFIGS["qwen2"]).qkv_bias
     assert config_from_hf(HF_CONFIGS["mistral"]).window(1) == 6
+
+
+def test_gemma3_fields_reach_the_config():
+    gemma = config_from_hf(HF_CONFIGS["gemma3_text"])
+    assert gemma.layer_types == ("sliding_attention", "full_attention")
+    assert (gemma.rope_theta, gemma.rope_local_theta, gemma.rope_scaling) == (1e6, 1e4, None)
+    assert [gemma.local_rope(i) for i in range(2)] == [True, False]
+    assert (gemma.softmax_scale, gemma.attn_logit_softcap, gemma.final_logit_softcap) == (16**-0.5, None, None)
+    assert gemma.qk_norm and gemma.sandwich_norms and gemma.scale_embeddings and gemma.norm_weight_offset == 1.0
+    assert (gemma.tie_word_embeddings, gemma.eos_token_ids, gemma.hidden_act) == (True, (1, 106), "gelu_tanh")
+    # Without a pattern, every sixth layer is global, as in transformers.
+    six = config_from_hf({**HF_CONFIGS["gemma3_text"], "num_hidden_layers": 12, "sliding_window_pattern": None})
+    assert [i for i, t in enumerate(six.layer_types) if t == "full_attention"] == [5, 11]
+
+
+def test_gemma3_rope_in_the_transformers_5_form_gives_the_same_config():
+    old = HF_CONFIGS["gemma3_text"]
+    new = {k: v for k, v in old.items() if k not in ("rope_theta", "rope_local_base_freq", "rope_scaling",
+                                                      "sliding_window_pattern")}
+    new.update(layer_types=["sliding_attention", "full_attention"], rope_parameters={
+        "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})
+    assert config_from_hf(new) == config_from_hf(old)
+    # The larger models' global layers: linear scaling, the base left at the top level.
+    scaled = config_from_hf({**new, "rope_theta": 1000000.0, "rope_parameters": {
+        "full_attention": {"rope_type": "linear", "factor": 8.0}, "sliding_attention": {"rope_type": "default"}}})
+    assert (scaled.rope_theta, scaled.rope_scaling.factor, scaled.rope_local_theta) == (1e6, 8.0, 1e4)
+
+
+def test_gemma3_variants_the_decoder_cannot_run_are_refused():
+    gemma = HF_CONFIGS["gemma3_text"]
+    with pytest.raises(CheckpointError, match="attn_logit_softcapping is set; Gemma 3 has none"):
+        config_from_hf({**gemma, "attn_logit_softcapping": 50.0})
+    with pytest.raises(CheckpointError, match="'gemma3' is Gemma 3's image-and-text model"):
+        config_from_hf({**gemma, "model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"]})
+    with pytest.raises(CheckpointError, match="use_bidirectional_attention=True"):
+        config_from_hf({**gemma, "use_bidirectional_attention": True})
+    with pytest.raises(CheckpointError, match="scaled rope for sliding_attention layers"):
+        config_from_hf({**gemma, "rope_parameters": {"full_attention": {"rope_theta": 1e6},
+                                                     "sliding_attention": {"rope_type": "linear", "factor": 2.0}}})
+    with pytest.raises(CheckpointError, match="rope type 'yarn' for full_attention layers is not supported"):
+        config_from_hf({**gemma, "rope_parameters": {"full_attention": {"rope_type": "yarn", "factor": 4.0}}})
 
 
 def test_loads_in_the_requested_dtype(tmp_path):

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from cuda_gqa.export.llm.decoder import (SLIDING_ATTENTION, Decoder, DecoderConfig, rope_inverse_frequencies,
-                                         softcapped_attention)
+from cuda_gqa.export.llm.decoder import (FULL_ATTENTION, SLIDING_ATTENTION, Decoder, DecoderConfig,
+                                         LinearRopeScaling, rope_inverse_frequencies, softcapped_attention)
 from cuda_gqa.export.llm.presets import PRESETS, TINY_PRESETS, build_preset, randomize_weights
 
 MAX_SEQ_LEN = 24
@@ -97,6 +97,9 @@ def test_presets_have_the_published_shapes():
     assert PRESETS["tiny-qwen2"].num_heads // PRESETS["tiny-qwen2"].num_kv_heads == 7
     assert PRESETS["tiny-mqa"].num_kv_heads == 1
     assert PRESETS["tiny-gemma2"].layer_types == (SLIDING_ATTENTION, "full_attention")
+    gemma3 = PRESETS["gemma3-1b"]
+    assert (gemma3.num_heads, gemma3.num_kv_heads, gemma3.head_dim, gemma3.sliding_window) == (4, 1, 256, 512)
+    assert [i for i, t in enumerate(gemma3.layer_types) if t == FULL_ATTENTION] == [5, 11, 17, 23]
 
 
 def test_bad_configs_are_refused():
@@ -124,8 +127,8 @@ def test_tied_embeddings_stay_tied():
 
 def test_llama3_rope_scaling_slows_only_long_wavelengths():
     config = PRESETS["llama3.2-1b"]
-    scaled = rope_inverse_frequencies(config)
-    plain = rope_inverse_frequencies(dataclasses.replace(config, rope_scaling=None))
+    scaled = rope_inverse_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
+    plain = rope_inverse_frequencies(config.head_dim, config.rope_theta)
     wavelength = 2 * math.pi / plain
     short, long = wavelength < 8192 / 4, wavelength > 8192 / 1  # original context / high and low factors
     assert short.any() and long.any() and (~short & ~long).any()
@@ -134,3 +137,34 @@ def test_llama3_rope_scaling_slows_only_long_wavelengths():
     between = ~short & ~long  # a ramp from unscaled to scaled as the wavelength grows
     assert ((scaled[between] < plain[between]) & (scaled[between] > plain[between] / 32)).all()
     assert (scaled[between] / plain[between]).diff().le(0).all()
+
+
+def test_linear_rope_scaling_slows_every_frequency():
+    plain = rope_inverse_frequencies(16, 1e6)
+    torch.testing.assert_close(rope_inverse_frequencies(16, 1e6, LinearRopeScaling(factor=8.0)), plain / 8)
+    assert plain[0] == 1.0 and plain[-1] < 1e-4
+
+
+def _logits_with(config: DecoderConfig, weights: dict, tokens: torch.Tensor) -> torch.Tensor:
+    model = Decoder(config, max_seq_len=MAX_SEQ_LEN).eval()
+    model.load_state_dict(weights)
+    with torch.no_grad():
+        return model(tokens, torch.tensor([0]))
+
+
+def test_gemma3_sliding_layers_rotate_with_the_local_base_and_full_layers_with_the_global_one():
+    model = build_preset("tiny-gemma3", max_seq_len=MAX_SEQ_LEN)
+    config, weights, tokens = model.config, model.state_dict(), _tokens(12)
+    positions = torch.arange(MAX_SEQ_LEN, dtype=torch.float64)[:, None]
+    for table, theta in ((model.rope_local_cos, 1e4), (model.rope_cos, 1e6)):
+        torch.testing.assert_close(table[:, :8], (positions * rope_inverse_frequencies(16, theta)).cos().float())
+    gemma3 = _logits_with(config, weights, tokens)
+    # A local base equal to the global one is the same as none.
+    same_base = dataclasses.replace(config, rope_local_theta=config.rope_theta)
+    torch.testing.assert_close(_logits_with(same_base, weights, tokens),
+                               _logits_with(dataclasses.replace(config, rope_local_theta=None), weights, tokens))
+    assert (gemma3 - _logits_with(same_base, weights, tokens)).abs().max() > 1e-4
+    # Full layers never read the local table.
+    all_full = dataclasses.replace(config, layer_types=(FULL_ATTENTION,) * 2)
+    torch.testing.assert_close(_logits_with(all_full, weights, tokens),
+                               _logits_with(dataclasses.replace(all_full, rope_local_theta=123.0), weights, tokens))
