@@ -16,7 +16,8 @@ from typing import Optional, Union
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .decoder import FULL_ATTENTION, SLIDING_ATTENTION, Decoder, DecoderConfig, LinearRopeScaling, RopeScaling
+from .decoder import (FULL_ATTENTION, SLIDING_ATTENTION, AnyRopeScaling, Decoder, DecoderConfig, LinearRopeScaling,
+                      RopeScaling)
 
 ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -35,7 +36,7 @@ class CheckpointError(ValueError):
     pass
 
 
-def _rope_from(params: dict, layers: str = "") -> tuple[float, Optional[Union[RopeScaling, LinearRopeScaling]]]:
+def _rope_from(params: dict, layers: str = "") -> tuple[float, Optional[AnyRopeScaling]]:
     """(base, scaling) of one dict of RoPE parameters."""
     theta = float(params["rope_theta"])
     kind = params.get("rope_type", params.get("type", "default"))

@@ -46,6 +46,9 @@ class LinearRopeScaling:
     factor: float
 
 
+AnyRopeScaling = Union[RopeScaling, LinearRopeScaling]
+
+
 @dataclass(frozen=True)
 class DecoderConfig:
     vocab_size: int
@@ -56,7 +59,7 @@ class DecoderConfig:
     num_kv_heads: int
     head_dim: int
     rope_theta: float = 10000.0
-    rope_scaling: Optional[Union[RopeScaling, LinearRopeScaling]] = None
+    rope_scaling: Optional[AnyRopeScaling] = None
     # Gemma 3: sliding layers rotate with their own base and no scaling (None: as full layers).
     rope_local_theta: Optional[float] = None
     rms_norm_eps: float = 1e-5
@@ -121,7 +124,7 @@ class RMSNorm(nn.Module):
 
 
 def rope_inverse_frequencies(head_dim: int, theta: float,
-                             scaling: Optional[Union[RopeScaling, LinearRopeScaling]] = None) -> torch.Tensor:
+                             scaling: Optional[AnyRopeScaling] = None) -> torch.Tensor:
     """Float64 [head_dim / 2]: the rotary frequencies of base `theta`, then scaled."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     if scaling is None:
@@ -277,7 +280,7 @@ class Decoder(nn.Module):
         model.reset_buffers()
         return model
 
-    def _rope_tables(self) -> dict[str, tuple[float, Optional[Union[RopeScaling, LinearRopeScaling]]]]:
+    def _rope_tables(self) -> dict[str, tuple[float, Optional[AnyRopeScaling]]]:
         """Buffer-name prefix -> (base, scaling) of that RoPE table."""
         c = self.config
         tables = {"rope": (c.rope_theta, c.rope_scaling)}
