@@ -17,9 +17,17 @@ from .decoder import FULL_ATTENTION, SLIDING_ATTENTION, Decoder, DecoderConfig, 
 
 LLAMA3_ROPE_SCALING = RopeScaling(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
                                   original_max_position_embeddings=8192)
-def _every_sixth_layer_global(num_layers: int) -> tuple[str, ...]:
-    """Gemma 3's layer pattern: five sliding layers, then a global one."""
-    return tuple(FULL_ATTENTION if (i + 1) % 6 == 0 else SLIDING_ATTENTION for i in range(num_layers))
+
+
+def _gemma3(*, num_layers: int, **sizes) -> DecoderConfig:
+    """Gemma 3's text models up to 1B: 4 query heads on one KV head of D=256; five sliding layers
+    (window 512, RoPE base 10^4) for each global one (base 10^6)."""
+    layer_types = tuple(FULL_ATTENTION if (i + 1) % 6 == 0 else SLIDING_ATTENTION for i in range(num_layers))
+    return DecoderConfig(**sizes, num_layers=num_layers, num_heads=4, num_kv_heads=1, head_dim=256, rope_theta=1e6,
+                         rope_local_theta=10000.0, rms_norm_eps=1e-6, qk_norm=True, sliding_window=512,
+                         layer_types=layer_types, query_pre_attn_scalar=256.0, hidden_act="gelu_tanh",
+                         norm_weight_offset=1.0, scale_embeddings=True, sandwich_norms=True, tie_word_embeddings=True,
+                         bos_token_id=2, eos_token_ids=(1, 106))
 
 
 _TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, head_dim=16)
@@ -57,12 +65,8 @@ PRESETS: dict[str, DecoderConfig] = {
                                   num_heads=12, num_kv_heads=2, head_dim=128, rope_theta=1e6, rms_norm_eps=1e-6,
                                   qkv_bias=True, tie_word_embeddings=True,
                                   bos_token_id=151643, eos_token_ids=(151645, 151643)),
-    "gemma3-1b": DecoderConfig(vocab_size=262144, hidden_size=1152, intermediate_size=6912, num_layers=26,
-                               num_heads=4, num_kv_heads=1, head_dim=256, rope_theta=1e6, rope_local_theta=10000.0,
-                               rms_norm_eps=1e-6, qk_norm=True, sliding_window=512,
-                               layer_types=_every_sixth_layer_global(26), query_pre_attn_scalar=256.0,
-                               hidden_act="gelu_tanh", norm_weight_offset=1.0, scale_embeddings=True,
-                               sandwich_norms=True, tie_word_embeddings=True, bos_token_id=2, eos_token_ids=(1, 106)),
+    "gemma3-270m": _gemma3(vocab_size=262144, hidden_size=640, intermediate_size=2048, num_layers=18),
+    "gemma3-1b": _gemma3(vocab_size=262144, hidden_size=1152, intermediate_size=6912, num_layers=26),
 }
 TINY_PRESETS = tuple(name for name in PRESETS if name.startswith("tiny-"))
 

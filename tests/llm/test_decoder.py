@@ -97,9 +97,14 @@ def test_presets_have_the_published_shapes():
     assert PRESETS["tiny-qwen2"].num_heads // PRESETS["tiny-qwen2"].num_kv_heads == 7
     assert PRESETS["tiny-mqa"].num_kv_heads == 1
     assert PRESETS["tiny-gemma2"].layer_types == (SLIDING_ATTENTION, "full_attention")
-    gemma3 = PRESETS["gemma3-1b"]
-    assert (gemma3.num_heads, gemma3.num_kv_heads, gemma3.head_dim, gemma3.sliding_window) == (4, 1, 256, 512)
-    assert [i for i, t in enumerate(gemma3.layer_types) if t == FULL_ATTENTION] == [5, 11, 17, 23]
+    for name, global_layers in (("gemma3-270m", [5, 11, 17]), ("gemma3-1b", [5, 11, 17, 23])):
+        gemma3 = PRESETS[name]
+        assert (gemma3.num_heads, gemma3.num_kv_heads, gemma3.head_dim, gemma3.sliding_window) == (4, 1, 256, 512)
+        assert [i for i, t in enumerate(gemma3.layer_types) if t == FULL_ATTENTION] == global_layers
+    with torch.device("meta"):  # parameter counts as published: 999,885,952 for 1B, 268M for 270M
+        counts = {name: sum(p.numel() for p in Decoder(PRESETS[name], max_seq_len=8).parameters())
+                  for name in ("gemma3-1b", "gemma3-270m")}
+    assert counts["gemma3-1b"] == 999_885_952 and round(counts["gemma3-270m"] / 1e6) == 268
 
 
 def test_bad_configs_are_refused():
