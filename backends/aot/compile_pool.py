@@ -18,6 +18,7 @@ compiled in this process instead.
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
 import multiprocessing
 import os
@@ -131,20 +132,15 @@ class _Batch:
     def run(self) -> None:
         """Compile every (job, arch) side by side, then hand each job its results in order."""
         total = sum(len(archs) for _, archs, _ in self.jobs)
-        if total == 0:
-            return
-        start, lock, finished = time.perf_counter(), threading.Lock(), [0]
+        start, finished = time.perf_counter(), itertools.count(1)  # next(): one C call, thread-safe under the GIL
 
         def log(future: Future, arch: int) -> None:
             if future.cancelled() or future.exception() is not None:
                 return
-            with lock:
-                finished[0] += 1
-                done = finished[0]
-            logger.info("compiled %s sm_%d (%d/%d, %.1f s)", future.result().name, arch, done, total,
+            logger.info("compiled %s sm_%d (%d/%d, %.1f s)", future.result().name, arch, next(finished), total,
                         time.perf_counter() - start)
 
-        workers = min(worker_count(), total)
+        workers = max(1, min(worker_count(), total))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cuda_gqa_compile") as threads:
             try:
                 started = []

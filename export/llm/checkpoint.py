@@ -122,28 +122,25 @@ def config_from_hf(hf: dict) -> DecoderConfig:
         options["qk_norm"] = True
     elif model_type == "mistral" and window is not None:
         options.update(sliding_window=window, layer_types=(SLIDING_ATTENTION,) * num_layers)
-    elif model_type == "gemma2":
-        # Gemma 2 alternates: even layers local (sliding), odd layers global.
-        default_types = [SLIDING_ATTENTION if i % 2 == 0 else FULL_ATTENTION for i in range(num_layers)]
+    elif model_type in ("gemma2", "gemma3_text"):
+        if model_type == "gemma2":
+            # Gemma 2 alternates: even layers local (sliding), odd layers global.
+            is_global = lambda i: i % 2 == 1
+            options["attn_logit_softcap"] = field("attn_logit_softcapping", None)
+        else:
+            if field("attn_logit_softcapping", None) is not None:
+                raise CheckpointError("config.json: attn_logit_softcapping is set; Gemma 3 has none "
+                                      "(a Gemma 2 checkpoint is model_type gemma2)")
+            if field("use_bidirectional_attention", False):
+                raise CheckpointError("config.json: use_bidirectional_attention=True (an embedding model) is not "
+                                      "supported: the decoder is causal")
+            # Older configs give the pattern instead of layer_types: every pattern-th layer is global.
+            pattern = field("sliding_window_pattern", None) or field("_sliding_window_pattern", 6)
+            is_global = lambda i: (i + 1) % pattern == 0
+            options["qk_norm"] = True
+        default_types = [FULL_ATTENTION if is_global(i) else SLIDING_ATTENTION for i in range(num_layers)]
         options.update(
             sliding_window=field("sliding_window"), layer_types=tuple(field("layer_types", default_types)),
-            attn_logit_softcap=field("attn_logit_softcapping", None),
-            final_logit_softcap=field("final_logit_softcapping", None),
-            query_pre_attn_scalar=field("query_pre_attn_scalar"), norm_weight_offset=1.0, scale_embeddings=True,
-            sandwich_norms=True)
-    elif model_type == "gemma3_text":
-        if field("attn_logit_softcapping", None) is not None:
-            raise CheckpointError("config.json: attn_logit_softcapping is set; Gemma 3 has none "
-                                  "(a Gemma 2 checkpoint is model_type gemma2)")
-        if field("use_bidirectional_attention", False):
-            raise CheckpointError("config.json: use_bidirectional_attention=True (an embedding model) is not "
-                                  "supported: the decoder is causal")
-        # Older configs give the pattern instead of layer_types: every pattern-th layer is global.
-        pattern = field("sliding_window_pattern", None) or field("_sliding_window_pattern", 6)
-        default_types = [FULL_ATTENTION if (i + 1) % pattern == 0 else SLIDING_ATTENTION for i in range(num_layers)]
-        options.update(
-            qk_norm=True, sliding_window=field("sliding_window"),
-            layer_types=tuple(field("layer_types", default_types)),
             final_logit_softcap=field("final_logit_softcapping", None),
             query_pre_attn_scalar=field("query_pre_attn_scalar"), norm_weight_offset=1.0, scale_embeddings=True,
             sandwich_norms=True)

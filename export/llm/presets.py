@@ -19,15 +19,19 @@ LLAMA3_ROPE_SCALING = RopeScaling(factor=32.0, low_freq_factor=1.0, high_freq_fa
                                   original_max_position_embeddings=8192)
 
 
+# What every Gemma shares: norms scaling by (1 + weight) and around each sublayer, scaled
+# embeddings tied to the output, GELU (tanh).
+_GEMMA = dict(rms_norm_eps=1e-6, hidden_act="gelu_tanh", norm_weight_offset=1.0, scale_embeddings=True,
+              sandwich_norms=True, tie_word_embeddings=True)
+
+
 def _gemma3(*, num_layers: int, **sizes) -> DecoderConfig:
     """Gemma 3's text models up to 1B: 4 query heads on one KV head of D=256; five sliding layers
     (window 512, RoPE base 10^4) for each global one (base 10^6)."""
     layer_types = tuple(FULL_ATTENTION if (i + 1) % 6 == 0 else SLIDING_ATTENTION for i in range(num_layers))
-    return DecoderConfig(**sizes, num_layers=num_layers, num_heads=4, num_kv_heads=1, head_dim=256, rope_theta=1e6,
-                         rope_local_theta=10000.0, rms_norm_eps=1e-6, qk_norm=True, sliding_window=512,
-                         layer_types=layer_types, query_pre_attn_scalar=256.0, hidden_act="gelu_tanh",
-                         norm_weight_offset=1.0, scale_embeddings=True, sandwich_norms=True, tie_word_embeddings=True,
-                         bos_token_id=2, eos_token_ids=(1, 106))
+    return DecoderConfig(**sizes, **_GEMMA, num_layers=num_layers, num_heads=4, num_kv_heads=1, head_dim=256,
+                         rope_theta=1e6, rope_local_theta=10000.0, qk_norm=True, sliding_window=512,
+                         layer_types=layer_types, query_pre_attn_scalar=256.0, bos_token_id=2, eos_token_ids=(1, 106))
 
 
 _TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, head_dim=16)
@@ -42,16 +46,12 @@ PRESETS: dict[str, DecoderConfig] = {
                                 qk_norm=True),
     "tiny-mistral": DecoderConfig(**_TINY, num_heads=8, num_kv_heads=2, sliding_window=8,
                                   layer_types=(SLIDING_ATTENTION,) * 2),
-    "tiny-gemma2": DecoderConfig(**_TINY, num_heads=4, num_kv_heads=2, rms_norm_eps=1e-6, sliding_window=8,
+    "tiny-gemma2": DecoderConfig(**_TINY, **_GEMMA, num_heads=4, num_kv_heads=2, sliding_window=8,
                                  layer_types=(SLIDING_ATTENTION, FULL_ATTENTION), attn_logit_softcap=50.0,
-                                 final_logit_softcap=30.0, query_pre_attn_scalar=32.0, hidden_act="gelu_tanh",
-                                 norm_weight_offset=1.0, scale_embeddings=True, sandwich_norms=True,
-                                 tie_word_embeddings=True),
-    "tiny-gemma3": DecoderConfig(**_TINY, num_heads=4, num_kv_heads=1, rope_theta=1e6, rope_local_theta=10000.0,
-                                 rms_norm_eps=1e-6, qk_norm=True, sliding_window=8,
-                                 layer_types=(SLIDING_ATTENTION, FULL_ATTENTION), query_pre_attn_scalar=16.0,
-                                 hidden_act="gelu_tanh", norm_weight_offset=1.0, scale_embeddings=True,
-                                 sandwich_norms=True, tie_word_embeddings=True),
+                                 final_logit_softcap=30.0, query_pre_attn_scalar=32.0),
+    "tiny-gemma3": DecoderConfig(**_TINY, **_GEMMA, num_heads=4, num_kv_heads=1, rope_theta=1e6,
+                                 rope_local_theta=10000.0, qk_norm=True, sliding_window=8,
+                                 layer_types=(SLIDING_ATTENTION, FULL_ATTENTION), query_pre_attn_scalar=16.0),
     "tiny-mqa": DecoderConfig(**_TINY, num_heads=8, num_kv_heads=1),
     # Real shapes (random weights): Meta's, Qwen's and Google's published configs.
     "llama3-8b": DecoderConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32,
