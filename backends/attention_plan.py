@@ -23,7 +23,6 @@ the tuning table of each); archs that choose alike share one launch plan.
 from __future__ import annotations
 
 import dataclasses
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Iterable, Optional, Union
 
@@ -32,7 +31,6 @@ import torch
 
 from .aot.attention import compile_attention
 from .aot.attention_decode import compile_decode_combine, compile_decode_split
-from .aot.compile_pool import compile_in_batch, compiling_together
 from .aot.variant import MASK_STRIDES, AttentionVariant
 from .kernels.attention_decode import decode_arrivals_count, decode_split_grid, decode_workspace_shape
 from .heuristics import (NOMINAL_SMS, KernelConfig, attention_config, combine_block_s, decode_launch,
@@ -40,6 +38,7 @@ from .heuristics import (NOMINAL_SMS, KernelConfig, attention_config, combine_bl
 from .kernels.jit_launch import MAX_DECODE_L_Q
 from .kv_cache_plan import (KV_LEN_SLOT_BYTES, KvCacheArgs, StartPosition, cache_write_kernel, kv_len_kernel,
                             kv_len_offset)
+from .kernel_builder import PARAM_TYPE, binding, compile_for_archs, grid_factor, sharing_compiles
 from .layout import BHSD, Layout
 from .limits import mask_shape_problem
 from .serialization import payload_generated as fb
@@ -75,8 +74,7 @@ class AttentionArgs:
 
 # Partial and Lse are compiled as 16-byte aligned (tt.divisibility 16).
 WORKSPACE_ALIGN = 16
-_PARAM_TYPE = {"ptr": fb.ParamType.Pointer, "i32": fb.ParamType.Int32,
-               "i64": fb.ParamType.Int64, "fp32": fb.ParamType.Float32}
+
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -100,7 +98,7 @@ def bind_params(entry_params, args: AttentionArgs, softmax_scale: float, *, kern
     extra = extra or {}
     bound = []
     for p in entry_params:
-        param = fb.KernelParamT(type=_PARAM_TYPE[p.type], divisibility=p.divisibility)
+        param = fb.KernelParamT(type=PARAM_TYPE[p.type], divisibility=p.divisibility)
         if p.name in extra:
             extra[p.name](param)
         elif tensor_of.get(p.name) is not None:
@@ -123,91 +121,12 @@ def bind_params(entry_params, args: AttentionArgs, softmax_scale: float, *, kern
     return bound
 
 
-def _factor(arg: int, dim: int, divisor: int = 1) -> fb.GridFactorT:
-    return fb.GridFactorT(arg=arg, dim=dim, divisor=divisor)
-
-
 def launch_grid(args: AttentionArgs, block_m: int) -> list[fb.GridDimT]:
     """grid = (ceil(L_q / BLOCK_M), B * H_q, 1), as payload factors."""
     q, layout = args.query, args.layout
-    return [fb.GridDimT(factors=[_factor(q, layout.seq, block_m)]),
-            fb.GridDimT(factors=[_factor(q, layout.batch), _factor(q, layout.heads)]),
+    return [fb.GridDimT(factors=[grid_factor(q, layout.seq, block_m)]),
+            fb.GridDimT(factors=[grid_factor(q, layout.batch), grid_factor(q, layout.heads)]),
             fb.GridDimT(factors=[])]
-
-
-# Kernels compiled for one payload, by what they are compiled from: plans of
-# a dispatch table share kernels (e.g. one split kernel for every L_kv range),
-# compiled once and described per plan.
-_payload_compiles: ContextVar[Optional[dict]] = ContextVar("cuda_gqa_payload_compiles", default=None)
-
-
-def _compile_for_archs(compile_one, archs: Iterable[int], ptx: bool, describe, key=None) -> fb.KernelT:
-    """compile_one(arch) for each arch into one payload kernel; describe(kernel, compiled)
-    binds params and grid from the first arch's entry point (all must agree).
-
-    Inside build_attention_payload the compilations only start here, side by
-    side with those of the payload's other kernels (aot/compile_pool.py), and
-    the kernel is filled in when they have all finished. `key` names what
-    compile_one compiles: kernels of one payload with equal keys are compiled once."""
-    archs = list(archs)
-    kernel = fb.KernelT(cubins=[])
-    compiled_for = {arch: _binary_compatible_base(arch, archs) for arch in archs}
-    bases = sorted(set(compiled_for.values()))
-
-    def fill(base_results):
-        results = [base_results[bases.index(compiled_for[arch])] for arch in archs]
-        _fill_kernel(kernel, archs, results, ptx, describe)
-
-    shared = _payload_compiles.get()
-    if key is not None and shared is not None:
-        key = (key, tuple(archs))
-        if key in shared:
-            shared[key].append(fill)
-            return kernel
-        shared[key] = [fill]
-        fills = shared[key]
-        compile_in_batch(compile_one, bases, lambda results: [f(results) for f in fills])
-        return kernel
-    compile_in_batch(compile_one, bases, fill)
-    return kernel
-
-
-def _binary_compatible_base(arch: int, archs: list[int]) -> int:
-    """The arch whose cubin serves `arch`: the lowest of `archs` with its major version.
-
-    A cubin for sm_XY runs on every sm_XZ with Z >= Y, and Triton generates the
-    same code for sm_80/86/87/89 (a group of archs here has the same tiles, so
-    the same shared memory), so one sm_80 compilation serves the group; the
-    image is stored once (named data is keyed by content). sm_90 cubins are
-    sm_90a, which runs on sm_90 only; no other 9.x exists.
-    """
-    return min(a for a in archs if a // 10 == arch // 10)
-
-
-def _fill_kernel(kernel: fb.KernelT, archs: list[int], results, ptx: bool, describe) -> None:
-    first = None
-    for arch, compiled in zip(archs, results):
-        if first is None:
-            first = compiled
-            kernel.name = compiled.name
-            kernel.numWarps = compiled.num_warps
-            describe(kernel, compiled)
-            kernel.globalScratchBytes = compiled.global_scratch_bytes
-            kernel.globalScratchAlign = compiled.global_scratch_align
-            kernel.profileScratchBytes = compiled.profile_scratch_bytes
-            kernel.profileScratchAlign = compiled.profile_scratch_align
-            if ptx:
-                # PTX of the lowest arch runs on every newer GPU through the driver's JIT.
-                kernel.ptx = np.frombuffer(compiled.ptx.encode(), dtype=np.uint8)
-                kernel.ptxArch = arch
-        elif (compiled.params, compiled.name) != (first.params, first.name):
-            raise RuntimeError(f"sm_{arch} compiled a different entry point than sm_{first.arch}")
-        # Same launch config on every arch: take the largest shared memory
-        # (and scratch) any of them needs.
-        kernel.sharedMemBytes = max(kernel.sharedMemBytes, compiled.shared_mem_bytes)
-        kernel.globalScratchBytes = max(kernel.globalScratchBytes, compiled.global_scratch_bytes)
-        kernel.profileScratchBytes = max(kernel.profileScratchBytes, compiled.profile_scratch_bytes)
-        kernel.cubins.append(fb.CubinT(arch=arch, image=np.frombuffer(compiled.cubin, dtype=np.uint8)))
 
 
 def attention_kernel(*, config: KernelConfig, dtype: torch.dtype, num_heads_q: int, num_heads_kv: int,
@@ -231,7 +150,7 @@ def attention_kernel(*, config: KernelConfig, dtype: torch.dtype, num_heads_q: i
         kernel.params = bind_params(compiled.params, args, scale, extra=extra_bindings)
         kernel.grid = launch_grid(args, config.block_m)
 
-    return _compile_for_archs(compile_one, archs, ptx, describe, key=("fwd", config, aligned, lengths_aligned))
+    return compile_for_archs(compile_one, archs, ptx, describe, key=("fwd", config, aligned, lengths_aligned))
 
 
 @dataclass(frozen=True)
@@ -295,15 +214,6 @@ def decode_plan(*, dtype: torch.dtype, batch: int, num_heads_q: int, num_heads_k
                       arrivals_bytes=arrivals_bytes)
 
 
-def _binding(kind: int, **fields):
-    """A bind_params `extra` entry: the parameter gets `kind` and these KernelParamT fields."""
-    def bind(param: fb.KernelParamT) -> None:
-        param.kind = kind
-        for name, value in fields.items():
-            setattr(param, name, value)
-    return bind
-
-
 def decode_kernels(*, plan: DecodePlan, dtype: torch.dtype, num_heads_q: int, num_heads_kv: int, head_dim: int,
                    variant: AttentionVariant, scale: float, archs: Iterable[int], ptx: bool,
                    args: AttentionArgs, extra_bindings: Optional[dict] = None,
@@ -315,17 +225,17 @@ def decode_kernels(*, plan: DecodePlan, dtype: torch.dtype, num_heads_q: int, nu
     config, single = plan.config, plan.num_splits == 1
     # Workspace pointers a launch never touches still are entry parameters:
     # they get Out's (valid) address.
-    out = _binding(fb.ParamKind.TensorPointer, arg=args.out)
+    out = binding(fb.ParamKind.TensorPointer, arg=args.out)
     if single:
         workspace = {"Partial": out, "Lse": out, "Arrivals": out}
     else:
-        workspace = {"Partial": _binding(fb.ParamKind.Workspace, workspaceOffset=plan.partial_offset,
+        workspace = {"Partial": binding(fb.ParamKind.Workspace, workspaceOffset=plan.partial_offset,
                                          workspaceExtent=plan.partial_bytes),
-                     "Lse": _binding(fb.ParamKind.Workspace, workspaceOffset=plan.lse_offset,
+                     "Lse": binding(fb.ParamKind.Workspace, workspaceOffset=plan.lse_offset,
                                      workspaceExtent=plan.lse_bytes),
                      "Arrivals": out}
         if plan.fused:
-            workspace["Arrivals"] = _binding(fb.ParamKind.Workspace, workspaceOffset=plan.arrivals_offset,
+            workspace["Arrivals"] = binding(fb.ParamKind.Workspace, workspaceOffset=plan.arrivals_offset,
                                              workspaceExtent=plan.arrivals_bytes)
 
     def compile_split(arch):
@@ -342,11 +252,11 @@ def decode_kernels(*, plan: DecodePlan, dtype: torch.dtype, num_heads_q: int, nu
                                     extra={**workspace, **(extra_bindings or {})})
         # Axis 0: the splits (the kernel reads their count as num_programs(0)).
         kernel.grid = [fb.GridDimT(factors=[], multiplier=plan.num_splits),
-                       fb.GridDimT(factors=[_factor(args.key, args.layout.batch),
-                                            _factor(args.key, args.layout.heads)]),
+                       fb.GridDimT(factors=[grid_factor(args.key, args.layout.batch),
+                                            grid_factor(args.key, args.layout.heads)]),
                        fb.GridDimT(factors=[])]  # one M tile (decode_plan)
 
-    kernels = [_compile_for_archs(compile_split, archs, ptx, describe_split,
+    kernels = [compile_for_archs(compile_split, archs, ptx, describe_split,
                                   key=("split", config, single, plan.fused, aligned))]
     if single or plan.fused:
         return kernels
@@ -359,14 +269,14 @@ def decode_kernels(*, plan: DecodePlan, dtype: torch.dtype, num_heads_q: int, nu
 
     def describe_combine(kernel, compiled):
         kernel.params = bind_params(compiled.params, args, scale, kernel=compiled.name,
-                                    extra={**workspace, "NUM_SPLITS": _binding(fb.ParamKind.Int32Constant, i32Value=plan.num_splits)})
+                                    extra={**workspace, "NUM_SPLITS": binding(fb.ParamKind.Int32Constant, i32Value=plan.num_splits)})
         kernel.waitsForPrevious = True  # its sm_90+ images wait for the split kernel themselves
         q, layout = args.query, args.layout  # grid (L_q, B * H_q, 1)
-        kernel.grid = [fb.GridDimT(factors=[_factor(q, layout.seq)]),
-                       fb.GridDimT(factors=[_factor(q, layout.batch), _factor(q, layout.heads)]),
+        kernel.grid = [fb.GridDimT(factors=[grid_factor(q, layout.seq)]),
+                       fb.GridDimT(factors=[grid_factor(q, layout.batch), grid_factor(q, layout.heads)]),
                        fb.GridDimT(factors=[])]
 
-    kernels.append(_compile_for_archs(compile_combine, archs, ptx, describe_combine,
+    kernels.append(compile_for_archs(compile_combine, archs, ptx, describe_combine,
                                       key=("combine", block_s, aligned)))
     return kernels
 
@@ -382,7 +292,7 @@ def _arch_groups(archs: list[int], choose) -> list[tuple[list[int], object]]:
 def _mask_stride_bindings(args: AttentionArgs, mask_shape: tuple[int, ...], broadcast: tuple[bool, ...]) -> dict:
     """Mask stride parameters -> the mask input's own dims (a rank-r mask aligns to the last r of 4)."""
     first = 4 - len(mask_shape)
-    return {name: _binding(fb.ParamKind.TensorStride, arg=args.mask, dim=d - first)
+    return {name: binding(fb.ParamKind.TensorStride, arg=args.mask, dim=d - first)
             for d, name in enumerate(MASK_STRIDES) if not broadcast[d]}
 
 
@@ -591,12 +501,12 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
             raise ValueError("attended_keys needs a static L_kv; use keys_follow_query for a dynamic one")
         if not 0 < attended_keys <= kv_range[0]:
             raise ValueError(f"attended_keys={attended_keys} is not in [1, L_kv={kv_range[0]}]")
-        extra_bindings["L_kv"] = _binding(fb.ParamKind.Int32Constant, i32Value=attended_keys)
+        extra_bindings["L_kv"] = binding(fb.ParamKind.Int32Constant, i32Value=attended_keys)
     if keys_follow_query:
         if q_range[1] > kv_range[0]:
             raise ValueError(f"keys_follow_query needs L_q <= L_kv, but L_q may reach {q_range[1]} "
                              f"and L_kv be {kv_range[0]}")
-        extra_bindings["L_kv"] = _binding(fb.ParamKind.TensorSize, arg=args.query, dim=layout.seq)
+        extra_bindings["L_kv"] = binding(fb.ParamKind.TensorSize, arg=args.query, dim=layout.seq)
 
     def choose(arch: int):
         warp_specialized = warp_specialized_forward_applies(
@@ -628,46 +538,42 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
         return kv_rows
 
     plans, workspace_bytes = [], 0
-    token = _payload_compiles.set({})
-    try:
-        with compiling_together():  # every (kernel, arch) of the payload side by side
-            for index, (group, rows) in enumerate(_arch_groups(archs, choose)):
-                for aligned in (True, False) if generic else (True,):
-                    with_ptx = ptx and index == 0
-                    for q_rows, kv_rows, choice in rows:
-                        workspace = 0 if isinstance(choice, KernelConfig) else choice.workspace_bytes
-                        bindings, first = extra_bindings, []
-                        if cache is not None or start is not None:
-                            # kv_cache_write (or kv_len_from_start) leaves kv_len in a slot after
-                            # this plan's workspace.
-                            slot = kv_len_offset(workspace)
-                            bindings = {**extra_bindings, "KvLen": _binding(
-                                fb.ParamKind.Workspace, workspaceOffset=slot, workspaceExtent=4)}
-                            if cache is not None:
-                                first = [cache_write_kernel(cache=cache, k_state_arg=args.key,
-                                                            v_state_arg=args.value, kv_len_offset=slot, dtype=dtype,
-                                                            head_dim=head_dim, num_heads_kv=num_heads_kv,
-                                                            l_new=q_range[0], archs=group, ptx=with_ptx,
-                                                            layout=layout, start=start)]
-                            else:
-                                first = [kv_len_kernel(start=start, args=args, kv_len_offset=slot, archs=group,
-                                                       ptx=with_ptx)]
-                            workspace = slot + KV_LEN_SLOT_BYTES
-                        common = dict(variant=variant, scale=softmax_scale, archs=group, ptx=with_ptx,
-                                      args=args, extra_bindings=bindings, aligned=aligned, **problem)
-                        workspace_bytes = max(workspace_bytes, workspace)
-                        if isinstance(choice, KernelConfig):
-                            if choice.warp_specialized and not aligned:  # it takes aligned inputs only
-                                choice = attention_config(head_dim, dtype, group[0])
-                            tiers = _length_alignments(q_rows, kv_param_range(kv_rows)) if aligned else (False,)
-                            launches = [first + [attention_kernel(config=choice, lengths_aligned=lengths, **common)]
-                                        for lengths in tiers]
+    with sharing_compiles():  # every (kernel, arch) of the payload side by side, each compiled once
+        for index, (group, rows) in enumerate(_arch_groups(archs, choose)):
+            for aligned in (True, False) if generic else (True,):
+                with_ptx = ptx and index == 0
+                for q_rows, kv_rows, choice in rows:
+                    workspace = 0 if isinstance(choice, KernelConfig) else choice.workspace_bytes
+                    bindings, first = extra_bindings, []
+                    if cache is not None or start is not None:
+                        # kv_cache_write (or kv_len_from_start) leaves kv_len in a slot after
+                        # this plan's workspace.
+                        slot = kv_len_offset(workspace)
+                        bindings = {**extra_bindings, "KvLen": binding(
+                            fb.ParamKind.Workspace, workspaceOffset=slot, workspaceExtent=4)}
+                        if cache is not None:
+                            first = [cache_write_kernel(cache=cache, k_state_arg=args.key,
+                                                        v_state_arg=args.value, kv_len_offset=slot, dtype=dtype,
+                                                        head_dim=head_dim, num_heads_kv=num_heads_kv,
+                                                        l_new=q_range[0], archs=group, ptx=with_ptx,
+                                                        layout=layout, start=start)]
                         else:
-                            launches = [first + decode_kernels(plan=choice, **common)]
-                        plans += [fb.LaunchPlanT(archs=[] if index == 0 else group, when=when(q_rows, kv_rows),
-                                                 kernels=kernels) for kernels in launches]
-    finally:
-        _payload_compiles.reset(token)
+                            first = [kv_len_kernel(start=start, args=args, kv_len_offset=slot, archs=group,
+                                                   ptx=with_ptx)]
+                        workspace = slot + KV_LEN_SLOT_BYTES
+                    common = dict(variant=variant, scale=softmax_scale, archs=group, ptx=with_ptx,
+                                  args=args, extra_bindings=bindings, aligned=aligned, **problem)
+                    workspace_bytes = max(workspace_bytes, workspace)
+                    if isinstance(choice, KernelConfig):
+                        if choice.warp_specialized and not aligned:  # it takes aligned inputs only
+                            choice = attention_config(head_dim, dtype, group[0])
+                        tiers = _length_alignments(q_rows, kv_param_range(kv_rows)) if aligned else (False,)
+                        launches = [first + [attention_kernel(config=choice, lengths_aligned=lengths, **common)]
+                                    for lengths in tiers]
+                    else:
+                        launches = [first + decode_kernels(plan=choice, **common)]
+                    plans += [fb.LaunchPlanT(archs=[] if index == 0 else group, when=when(q_rows, kv_rows),
+                                             kernels=kernels) for kernels in launches]
 
     def spec(dtype: torch.dtype, sizes, max_sizes=None, size_from=None) -> fb.TensorSpecT:
         return fb.TensorSpecT(dtype=DTYPE_TO_PAYLOAD[dtype], sizes=list(sizes), maxSizes=max_sizes,

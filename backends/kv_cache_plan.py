@@ -28,6 +28,7 @@ from typing import Iterable, Optional
 import torch
 
 from .aot.kv_cache_write import POSITION_DTYPES, compile_kv_cache_write, compile_kv_len_from_start
+from .kernel_builder import PARAM_TYPE, binding, compile_for_archs, grid_factor
 from .layout import BHSD, Layout
 from .serialization import payload_generated as fb
 
@@ -99,9 +100,6 @@ def cache_write_kernel(*, cache: KvCacheArgs, k_state_arg: int, v_state_arg: int
 
     layout: of the new rows and the caches. start: where the rows go when
     cache.positions is None (FROM_START; l_new may then be any length)."""
-    # attention_plan imports this module (its cache= path); its helpers are imported here, late.
-    from .attention_plan import _binding, _compile_for_archs, _factor, _PARAM_TYPE
-
     from_start = cache.positions is None
     if from_start and start is None:
         raise ValueError("a cache written from the start position needs the StartPosition input")
@@ -124,11 +122,11 @@ def cache_write_kernel(*, cache: KvCacheArgs, k_state_arg: int, v_state_arg: int
     def describe(kernel, compiled):
         params = []
         for p in compiled.params:
-            param = fb.KernelParamT(type=_PARAM_TYPE[p.type], divisibility=p.divisibility)
+            param = fb.KernelParamT(type=PARAM_TYPE[p.type], divisibility=p.divisibility)
             if p.name in tensors:
                 param.kind, param.arg = fb.ParamKind.TensorPointer, tensors[p.name]
             elif p.name == "KvLen":
-                _binding(fb.ParamKind.Workspace, workspaceOffset=kv_len_offset, workspaceExtent=4)(param)
+                binding(fb.ParamKind.Workspace, workspaceOffset=kv_len_offset, workspaceExtent=4)(param)
             elif p.name in sizes:
                 param.kind, (param.arg, param.dim) = fb.ParamKind.TensorSize, sizes[p.name]
             elif p.name.startswith("stride_"):
@@ -148,27 +146,27 @@ def cache_write_kernel(*, cache: KvCacheArgs, k_state_arg: int, v_state_arg: int
             params.append(param)
         kernel.params = params
         # kernels/kv_cache_write.py's grid: (L_new, B * H_kv, 1); a left-out dim has size 1
-        kernel.grid = [fb.GridDimT(factors=[_factor(*sizes["L_new"])]),
-                       fb.GridDimT(factors=[_factor(cache.k_new, d - missing) for d in (layout.batch, layout.heads)
+        kernel.grid = [fb.GridDimT(factors=[grid_factor(*sizes["L_new"])]),
+                       fb.GridDimT(factors=[grid_factor(cache.k_new, d - missing) for d in (layout.batch, layout.heads)
                                             if d >= missing]),
                        fb.GridDimT(factors=[])]
 
-    return _compile_for_archs(compile_one, archs, ptx, describe)
+    return compile_for_archs(compile_one, archs, ptx, describe)
 
 
 def kv_len_kernel(*, start: StartPosition, args, kv_len_offset: int, archs: Iterable[int], ptx: bool) -> fb.KernelT:
     """kv_len_from_start compiled for `archs`: kv_len = start + L_q (of args.query, at most
     args.key's length) into the kv_len slot; one program. args: the payload's AttentionArgs."""
-    from .attention_plan import _binding, _compile_for_archs, bind_params
+    from .attention_plan import bind_params  # attention_plan imports this module: late
 
-    bindings = {"Start": _binding(fb.ParamKind.TensorPointer, arg=start.arg),
-                "KvLen": _binding(fb.ParamKind.Workspace, workspaceOffset=kv_len_offset, workspaceExtent=4),
-                "S": _binding(fb.ParamKind.TensorSize, arg=args.key, dim=args.layout.seq)}
+    bindings = {"Start": binding(fb.ParamKind.TensorPointer, arg=start.arg),
+                "KvLen": binding(fb.ParamKind.Workspace, workspaceOffset=kv_len_offset, workspaceExtent=4),
+                "S": binding(fb.ParamKind.TensorSize, arg=args.key, dim=args.layout.seq)}
 
     def describe(kernel, compiled):
         # L_q and Triton's scratch are bound as for attention; it has no sm_scale to bind.
         kernel.params = bind_params(compiled.params, args, 0.0, kernel=compiled.name, extra=bindings)
         kernel.grid = [fb.GridDimT(factors=[]) for _ in range(3)]
 
-    return _compile_for_archs(lambda arch: compile_kv_len_from_start(start_dtype=start.dtype, arch=arch), archs, ptx,
+    return compile_for_archs(lambda arch: compile_kv_len_from_start(start_dtype=start.dtype, arch=arch), archs, ptx,
                               describe)

@@ -1,0 +1,453 @@
+"""An exported decoder step (edge dialect) -> ModelPlan.
+
+The graph is read node by node in order. Nodes that only describe a value
+(the token positions, rows of a RoPE table, the causal mask built from the
+positions, the pieces of an RMSNorm or of rotate_half) become *partial
+meanings*; a node that completes a pattern turns them into one plan op:
+
+  embedding(table, tokens) [* scale]                         -> embedding
+  x * rsqrt(mean(x^2, -1) + eps) * (offset + w) [casts]      -> rmsnorm
+  linear(x, W, b)                                            -> linear
+  x*cos[pos] + cat(-x[.., D/2:], x[.., :D/2])*sin[pos]       -> rope
+  index_put(cache, [None, None, pos], rows)                  -> cache_write
+  sdpa(q, cache_k, cache_v, mask(pos) [, scale])             -> attention
+  silu(a) * b, gelu_tanh(a) * b (silu as a * sigmoid(a))     -> gated_act
+  a + b                                                      -> add
+  views (view, permute, unsqueeze) of a value                -> the same value, reshaped
+
+Anything else raises NotRecognised naming the node: the plan is all of the
+step or nothing (the partitioner then keeps the attention-only lowering and
+reports why).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch.export import ExportedProgram
+from torch.fx import Node
+
+from ..sdpa import _aten_target
+from .ops import CONSTANT, INPUT, INTERMEDIATE, STATE, ModelPlan, NotRecognised, Op, Value
+
+aten = torch.ops.aten
+VIEW_OPS = {aten.view_copy.default, aten.view.default, aten.reshape.default, aten.permute_copy.default,
+            aten.permute.default, aten.unsqueeze_copy.default, aten.unsqueeze.default, aten.transpose.int,
+            aten.squeeze_copy.dims, aten.alias_copy.default, aten.clone.default,
+            torch.ops.dim_order_ops._clone_dim_order.default}
+SDPA_TARGETS = {aten.scaled_dot_product_attention.default}
+# to_edge turns _to_copy into dim-order ops' copy
+_TO_DIM_ORDER_COPY = torch.ops.dim_order_ops._to_dim_order_copy.default
+_CLONE_DIM_ORDER = torch.ops.dim_order_ops._clone_dim_order.default
+
+
+@dataclass(frozen=True)
+class Partial:
+    """A node's meaning that is not a tensor of the plan (yet): `what` with its parts."""
+
+    what: str
+    parts: tuple = ()
+
+
+def _val(node: Node) -> torch.Tensor:
+    return node.meta["val"]
+
+
+class _Reader:
+    def __init__(self, program: ExportedProgram):
+        self.program = program
+        sig = program.graph_signature
+        self.params = dict(sig.inputs_to_parameters)
+        self.buffers = dict(sig.inputs_to_buffers)
+        self.lifted = dict(sig.inputs_to_lifted_tensor_constants)
+        self.mutations = {out: buf for out, buf in sig.buffers_to_mutate.items()}
+        self.meaning: dict[Node, object] = {}
+        self.ops: list[Op] = []
+        self.plan = ModelPlan(inputs=[], outputs=[], constants={}, states={}, ops=self.ops)
+
+    # --- values -----------------------------------------------------------------------------------
+
+    def tensor_of(self, name: str) -> torch.Tensor:
+        state = self.program.state_dict
+        if name in state:
+            return state[name]
+        return self.program.constants[name]
+
+    def placeholder(self, node: Node):
+        val = _val(node)
+        if node.name in self.params or node.name in self.buffers:
+            fqn = self.params.get(node.name) or self.buffers[node.name]
+            if node.name in self.buffers and fqn in self._mutated_buffers():
+                value = Value(fqn, STATE, tuple(val.shape), val.dtype)
+                self.plan.states[fqn] = value
+                return value
+            tensor = self.tensor_of(fqn)
+            if node.name in self.buffers and tensor.numel() == 1:
+                return Partial("scalar", (float(tensor.item()),))  # a lifted constant (eps, offsets)
+            value = Value(fqn, CONSTANT, tuple(val.shape), val.dtype)
+            self.plan.constants[fqn] = value
+            self.plan.constant_data[fqn] = tensor
+            return value
+        if node.name in self.lifted:
+            tensor = self.program.constants[self.lifted[node.name]]
+            if tensor.numel() == 1:
+                return Partial("scalar", (float(tensor.item()),))
+            raise NotRecognised(f"{node.name}: a lifted constant tensor of shape {tuple(tensor.shape)}")
+        value = Value(node.name, INPUT, tuple(val.shape), val.dtype)
+        self.plan.inputs.append(value)
+        return value
+
+    def _mutated_buffers(self) -> set[str]:
+        return set(self.mutations.values())
+
+    def value(self, node, role: str, at: Node) -> Value:
+        meaning = self.meaning.get(node) if isinstance(node, Node) else None
+        if not isinstance(meaning, Value):
+            raise NotRecognised(f"{at.name}: its {role} ({getattr(node, 'name', node)}) is "
+                                f"{_describe(meaning)}, not a tensor the plan holds")
+        return meaning
+
+    def partial(self, node, what: str) -> Optional[Partial]:
+        meaning = self.meaning.get(node) if isinstance(node, Node) else None
+        return meaning if isinstance(meaning, Partial) and meaning.what == what else None
+
+    def emit(self, node: Node, kind: str, inputs: dict, **attrs) -> Value:
+        val = _val(node)
+        out = Value(node.name, INTERMEDIATE, tuple(val.shape), val.dtype)
+        self.ops.append(Op(kind, inputs, out, attrs))
+        return out
+
+    # --- the walk ---------------------------------------------------------------------------------
+
+    def read(self) -> ModelPlan:
+        graph = self.program.graph_module.graph
+        for node in graph.nodes:
+            if node.op == "placeholder":
+                self.meaning[node] = self.placeholder(node)
+            elif node.op == "call_function":
+                self.meaning[node] = self.call(node)
+            elif node.op == "output":
+                self.output(node)
+        return self.plan
+
+    def output(self, node: Node) -> None:
+        sig = self.program.graph_signature
+        for spec, arg in zip(sig.output_specs, node.args[0]):
+            value = self.value(arg, "output", node)
+            if spec.kind.name == "BUFFER_MUTATION":
+                self.plan.state_updates[spec.target] = value
+            else:
+                self.plan.outputs.append(value)
+
+    def call(self, node: Node):
+        target = _aten_target(node)
+        handler = _HANDLERS.get(target)
+        if handler is None and target in VIEW_OPS:
+            handler = _view
+        if handler is None and target in SDPA_TARGETS:
+            handler = _attention
+        if handler is None:
+            raise NotRecognised(f"{node.name}: {target} has no kernel in the whole-model plan")
+        return handler(self, node)
+
+
+def _describe(meaning) -> str:
+    if isinstance(meaning, Partial):
+        return f"a partial {meaning.what}"
+    return "nothing the plan holds" if meaning is None else type(meaning).__name__
+
+
+# --- handlers: each reads one node, returns its meaning -------------------------------------------
+
+def _view(r: _Reader, node: Node):
+    src = node.args[0]
+    meaning = r.meaning.get(src)
+    if isinstance(meaning, Value):
+        target, shape = _aten_target(node), tuple(_val(node).shape)
+        if target in (aten.permute_copy.default, aten.permute.default):
+            return meaning.viewed(("permute", tuple(node.args[1])), shape)
+        if target == aten.transpose.int:
+            dims = list(range(len(meaning.shape)))
+            a, b = node.args[1] % len(dims), node.args[2] % len(dims)
+            dims[a], dims[b] = dims[b], dims[a]
+            return meaning.viewed(("permute", tuple(dims)), shape)
+        if target in (aten.clone.default, aten.alias_copy.default, _CLONE_DIM_ORDER):
+            return meaning
+        return meaning.viewed(("reshape", shape), shape)
+    if isinstance(meaning, Partial):
+        return meaning  # masks and positions keep their meaning through unsqueeze
+    raise NotRecognised(f"{node.name}: a view of {_describe(meaning)}")
+
+
+def _arange(r: _Reader, node: Node):
+    start, end = (node.args[0], node.args[1]) if len(node.args) > 1 else (0, node.args[0])
+    step = node.args[2] if len(node.args) > 2 else 1
+    if not all(isinstance(v, int) for v in (start, end, step)) or step != 1:
+        raise NotRecognised(f"{node.name}: arange with non-constant or strided bounds")
+    return Partial("arange", (start, end))
+
+
+def _add(r: _Reader, node: Node):
+    a, b = node.args[0], node.args[1]
+    if node.kwargs.get("alpha", 1) != 1:
+        raise NotRecognised(f"{node.name}: add with alpha")
+    ma, mb = r.meaning.get(a), r.meaning.get(b)
+    # positions = input_pos + arange(0, L)
+    if isinstance(ma, Value) and ma.kind == INPUT and isinstance(mb, Partial) and mb.what == "arange":
+        if mb.parts[0] != 0:
+            raise NotRecognised(f"{node.name}: positions from an arange not starting at 0")
+        return Partial("positions", (ma, mb.parts[1]))
+    # rms: mean(x^2) + eps
+    if isinstance(ma, Partial) and ma.what == "mean_square" and isinstance(mb, Partial) and mb.what == "scalar":
+        return Partial("mean_square_eps", (ma.parts[0], mb.parts[0]))
+    # norm weight with its offset: w + c (c may be 0)
+    if isinstance(ma, Value) and ma.kind == CONSTANT and isinstance(mb, Partial) and mb.what == "scalar":
+        return Partial("norm_weight", (ma, mb.parts[0]))
+    # rope: x*cos + rotate_half(x)*sin
+    if isinstance(ma, Partial) and ma.what == "times_cos" and isinstance(mb, Partial) and mb.what == "rotated_times_sin":
+        x, cos, pos = ma.parts
+        x2, sin, pos2 = mb.parts
+        if x2 != x or pos2 != pos:
+            raise NotRecognised(f"{node.name}: RoPE halves of different tensors")
+        return r.emit(node, "rope", {"x": x, "cos": cos, "sin": sin, "positions": pos.parts[0]})
+    if isinstance(ma, Value) and isinstance(mb, Value):
+        if ma.shape != mb.shape:
+            raise NotRecognised(f"{node.name}: add of shapes {ma.shape} and {mb.shape} (broadcast)")
+        return r.emit(node, "add", {"a": ma, "b": mb})
+    raise NotRecognised(f"{node.name}: add of {_describe(ma)} and {_describe(mb)}")
+
+
+def _mul(r: _Reader, node: Node):
+    a, b = node.args[0], node.args[1]
+    ma, mb = r.meaning.get(a), r.meaning.get(b)
+    if isinstance(mb, Partial) and mb.what == "rrms" and isinstance(ma, Value) and ma == mb.parts[0]:
+        return Partial("normalized", mb.parts)  # x * rsqrt(mean(x^2) + eps)
+    if isinstance(ma, Partial) and ma.what == "normalized":
+        if isinstance(mb, Partial) and mb.what == "norm_weight":
+            weight, offset = mb.parts
+        elif isinstance(mb, Value) and mb.kind == CONSTANT:
+            weight, offset = mb, 0.0
+        else:
+            raise NotRecognised(f"{node.name}: RMSNorm scaled by {_describe(mb)}")
+        x, eps = ma.parts
+        return r.emit(node, "rmsnorm", {"x": x, "weight": weight}, eps=eps, weight_offset=offset)
+    if isinstance(mb, Partial) and mb.what in ("cos_rows", "sin_rows") and isinstance(ma, (Value, Partial)):
+        table, pos = mb.parts
+        if mb.what == "cos_rows" and isinstance(ma, Value):
+            return Partial("times_cos", (ma, table, pos))
+        if mb.what == "sin_rows" and isinstance(ma, Partial) and ma.what == "rotated":
+            return Partial("rotated_times_sin", (ma.parts[0], table, pos))
+    if isinstance(mb, Partial) and mb.what == "sigmoid" and isinstance(ma, Value) and ma == mb.parts[0]:
+        return Partial("silu", (ma,))
+    if isinstance(ma, Partial) and ma.what in ("silu", "gelu_tanh") and isinstance(mb, Value):
+        return r.emit(node, "gated_act", {"gate": ma.parts[0], "up": mb}, act=ma.what)
+    if isinstance(ma, Value) and ma.kind == INTERMEDIATE and isinstance(mb, Partial) and mb.what == "scalar":
+        producer = r.ops[-1] if r.ops else None
+        if producer is not None and producer.kind == "embedding" and producer.output == ma:
+            r.ops[-1] = Op("embedding", producer.inputs, _retype(producer.output, node),
+                           {**producer.attrs, "scale": producer.attrs["scale"] * mb.parts[0]})
+            return r.ops[-1].output
+    raise NotRecognised(f"{node.name}: mul of {_describe(ma)} and {_describe(mb)}")
+
+
+def _retype(value: Value, node: Node) -> Value:
+    return Value(node.name, value.kind, tuple(_val(node).shape), _val(node).dtype)
+
+
+def _pow(r: _Reader, node: Node):
+    x = r.value(node.args[0], "base", node)
+    if node.args[1] != 2:
+        raise NotRecognised(f"{node.name}: pow with exponent {node.args[1]}")
+    return Partial("square", (x,))
+
+
+def _mean(r: _Reader, node: Node):
+    square = r.partial(node.args[0], "square")
+    dims = node.args[1] if len(node.args) > 1 else None
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    if square is None or list(dims or []) not in ([-1], [len(_val(node).shape) - 1]) or not keepdim:
+        raise NotRecognised(f"{node.name}: a mean that is not the RMSNorm's mean(x^2, -1, keepdim)")
+    return Partial("mean_square", square.parts)
+
+
+def _rsqrt(r: _Reader, node: Node):
+    ms = r.partial(node.args[0], "mean_square_eps")
+    if ms is None:
+        raise NotRecognised(f"{node.name}: rsqrt of something that is not mean(x^2) + eps")
+    return Partial("rrms", ms.parts)
+
+
+def _to_copy(r: _Reader, node: Node):
+    meaning = r.meaning.get(node.args[0])
+    dtype = node.kwargs.get("dtype", _val(node).dtype)
+    if isinstance(meaning, Value):
+        if meaning.dtype == dtype:
+            return meaning
+        if meaning.kind == INTERMEDIATE and r.ops and r.ops[-1].output == meaning:
+            # A cast of the op just emitted: that op writes this dtype (norms and linears
+            # compute in fp32 and round once).
+            last = r.ops[-1]
+            r.ops[-1] = Op(last.kind, last.inputs, _retype(meaning, node), last.attrs)
+            return r.ops[-1].output
+        if meaning.kind == CONSTANT:
+            return meaning  # (w.float() inside a norm: the kernel reads w in fp32 anyway)
+        raise NotRecognised(f"{node.name}: a cast of {meaning.name} that no op can fold")
+    if isinstance(meaning, Partial):
+        return meaning  # casts inside a pattern (RMSNorm's x.float()) are the kernels' own fp32 math
+    raise NotRecognised(f"{node.name}: a cast of {_describe(meaning)}")
+
+
+def _index(r: _Reader, node: Node):
+    table = r.meaning.get(node.args[0])
+    indices = node.args[1]
+    pos = r.meaning.get(indices[0]) if len(indices) == 1 and isinstance(indices[0], Node) else None
+    if isinstance(table, Value) and table.kind == CONSTANT and isinstance(pos, Partial) and pos.what == "positions":
+        which = "sin_rows" if "sin" in table.name.rsplit(".", 1)[-1] else "cos_rows"
+        return Partial(which, (table, pos))
+    raise NotRecognised(f"{node.name}: index of {_describe(table)} by {_describe(pos)}")
+
+
+def _slice(r: _Reader, node: Node):
+    x = r.value(node.args[0], "input", node)
+    dim, start, end = node.args[1], node.args[2], node.args[3]
+    half = x.shape[-1] // 2
+    if dim in (-1, len(x.shape) - 1) and len(node.args) < 5 or node.args[4] == 1:
+        if start == half and end >= x.shape[-1]:
+            return Partial("upper_half", (x,))
+        if start == 0 and end == half:
+            return Partial("lower_half", (x,))
+    raise NotRecognised(f"{node.name}: a slice that is not a half of the last dim")
+
+
+def _neg(r: _Reader, node: Node):
+    upper = r.partial(node.args[0], "upper_half")
+    if upper is None:
+        raise NotRecognised(f"{node.name}: neg of something other than rotate_half's upper half")
+    return Partial("neg_upper", upper.parts)
+
+
+def _cat(r: _Reader, node: Node):
+    parts = node.args[0]
+    dim = node.args[1] if len(node.args) > 1 else 0
+    if len(parts) == 2 and dim in (-1, len(_val(node).shape) - 1):
+        neg, lower = r.partial(parts[0], "neg_upper"), r.partial(parts[1], "lower_half")
+        if neg is not None and lower is not None and neg.parts == lower.parts:
+            return Partial("rotated", neg.parts)
+    raise NotRecognised(f"{node.name}: a cat other than rotate_half's")
+
+
+def _compare(r: _Reader, node: Node):
+    """keys <= query positions (and keys > positions - window): the causal mask of a cache."""
+    a, b = r.meaning.get(node.args[0]), r.meaning.get(node.args[1])
+    target = _aten_target(node)
+    if isinstance(a, Partial) and a.what == "arange" and isinstance(b, Partial) and b.what == "positions":
+        if target == aten.le.Tensor:
+            return Partial("causal_mask", (b, None))
+    if isinstance(a, Partial) and a.what == "arange" and isinstance(b, Partial) and b.what == "positions_minus":
+        if target == aten.gt.Tensor:
+            return Partial("window_floor", (b.parts[0], b.parts[1]))
+    raise NotRecognised(f"{node.name}: a comparison that is not a causal or sliding-window mask")
+
+
+def _sub(r: _Reader, node: Node):
+    pos, window = r.meaning.get(node.args[0]), node.args[1]
+    scalar = r.partial(window, "scalar")
+    window = int(scalar.parts[0]) if scalar is not None and scalar.parts[0] == int(scalar.parts[0]) else window
+    if isinstance(pos, Partial) and pos.what == "positions" and isinstance(window, int) and window > 0:
+        return Partial("positions_minus", (pos, window))
+    raise NotRecognised(f"{node.name}: a subtraction outside a sliding-window mask")
+
+
+def _logical_and(r: _Reader, node: Node):
+    a, b = r.meaning.get(node.args[0]), r.meaning.get(node.args[1])
+    if (isinstance(a, Partial) and a.what == "causal_mask" and isinstance(b, Partial)
+            and b.what == "window_floor" and a.parts[0] == b.parts[0]):
+        return Partial("causal_mask", (a.parts[0], b.parts[1]))
+    raise NotRecognised(f"{node.name}: a logical and outside a sliding-window mask")
+
+
+def _embedding(r: _Reader, node: Node):
+    table = r.value(node.args[0], "table", node)
+    tokens = r.value(node.args[1], "indices", node)
+    if table.kind != CONSTANT or tokens.kind != INPUT:
+        raise NotRecognised(f"{node.name}: an embedding of {table.name} by {tokens.name}")
+    return r.emit(node, "embedding", {"table": table, "tokens": tokens}, scale=1.0)
+
+
+def _linear(r: _Reader, node: Node):
+    x = r.value(node.args[0], "input", node)
+    weight = r.value(node.args[1], "weight", node)
+    bias = r.value(node.args[2], "bias", node) if len(node.args) > 2 and node.args[2] is not None else None
+    if weight.kind != CONSTANT or (bias is not None and bias.kind != CONSTANT):
+        raise NotRecognised(f"{node.name}: a linear whose weight is not a constant of the program")
+    inputs = {"x": x, "weight": weight, **({"bias": bias} if bias is not None else {})}
+    return r.emit(node, "linear", inputs, norm_eps=None, gated="")
+
+
+def _index_put(r: _Reader, node: Node):
+    cache = r.value(node.args[0], "cache", node)
+    indices, rows = node.args[1], r.value(node.args[2], "values", node)
+    pos = r.meaning.get(indices[2]) if len(indices) == 3 and isinstance(indices[2], Node) else None
+    accumulate = node.args[3] if len(node.args) > 3 else False
+    if cache.kind != STATE or indices[0] is not None or indices[1] is not None or accumulate:
+        raise NotRecognised(f"{node.name}: an index_put that is not a KV-cache row write")
+    if not (isinstance(pos, Partial) and pos.what == "positions"):
+        raise NotRecognised(f"{node.name}: cache rows written at {_describe(pos)}, not the step's positions")
+    r.ops.append(Op("cache_write", {"cache": cache, "rows": rows, "positions": pos.parts[0]},
+                    cache, {"name": cache.name}))
+    return cache  # the state, now holding the rows
+
+
+def _attention(r: _Reader, node: Node):
+    args = list(node.args) + [None] * (4 - len(node.args))
+    q = r.value(args[0], "query", node)
+    k, v = r.value(args[1], "key", node), r.value(args[2], "value", node)
+    mask = r.meaning.get(args[3]) if args[3] is not None else None
+    if k.kind != STATE or v.kind != STATE:
+        raise NotRecognised(f"{node.name}: attention over K/V that are not the program's caches")
+    if not (isinstance(mask, Partial) and mask.what == "causal_mask"):
+        raise NotRecognised(f"{node.name}: attention with a mask that is not causal over the cache "
+                            f"({_describe(mask)})")
+    kw = node.kwargs
+    if kw.get("dropout_p", 0.0) or kw.get("is_causal", False):
+        raise NotRecognised(f"{node.name}: attention with dropout or is_causal beside a mask")
+    positions, window = mask.parts
+    scale = kw.get("scale") or q.shape[-1] ** -0.5
+    return r.emit(node, "attention", {"q": q, "k_cache": k, "v_cache": v, "positions": positions.parts[0]},
+                  scale=float(scale), window=window)
+
+
+def _sigmoid(r: _Reader, node: Node):
+    return Partial("sigmoid", (r.value(node.args[0], "input", node),))
+
+
+def _gelu(r: _Reader, node: Node):
+    if node.kwargs.get("approximate", "none") != "tanh":
+        raise NotRecognised(f"{node.name}: gelu without the tanh approximation")
+    return Partial("gelu_tanh", (r.value(node.args[0], "input", node),))
+
+
+def _silu(r: _Reader, node: Node):
+    return Partial("silu", (r.value(node.args[0], "input", node),))
+
+
+_HANDLERS = {
+    aten.arange.start_step: _arange, aten.arange.default: _arange, aten.arange.start: _arange,
+    aten.add.Tensor: _add, aten.mul.Tensor: _mul, aten.pow.Tensor_Scalar: _pow, aten.mean.dim: _mean,
+    aten.rsqrt.default: _rsqrt, aten._to_copy.default: _to_copy, _TO_DIM_ORDER_COPY: _to_copy, aten.index.Tensor: _index,
+    aten.slice_copy.Tensor: _slice, aten.slice.Tensor: _slice, aten.neg.default: _neg, aten.cat.default: _cat,
+    aten.le.Tensor: _compare, aten.gt.Tensor: _compare, aten.sub.Tensor: _sub,
+    aten.logical_and.default: _logical_and, aten.bitwise_and.Tensor: _logical_and,
+    aten.embedding.default: _embedding, aten.linear.default: _linear, aten.index_put.default: _index_put,
+    aten.sigmoid.default: _sigmoid, aten.gelu.default: _gelu, aten.silu.default: _silu,
+}
+
+
+def recognise(program: ExportedProgram) -> ModelPlan:
+    """The op plan of `program`'s whole graph, or NotRecognised naming the first node it cannot hold."""
+    plan = _Reader(program).read()
+    if not plan.outputs:
+        raise NotRecognised("the graph returns nothing the plan computes")
+    return plan
