@@ -26,8 +26,9 @@ class Value:
     kind: str
     shape: tuple[int, ...]
     dtype: torch.dtype
-    # How the op reading this value sees the stored tensor: ("permute", dims), ("reshape",
-    # shape) or ("unsqueeze", dim) applied in order (strides for the kernels, never copies).
+    # How the op reading this value sees the stored tensor: ("narrow", (dim, start, length)),
+    # ("permute", dims), ("reshape", shape) or ("unsqueeze", dim) applied in order (strides
+    # and offsets for the kernels, never copies).
     views: tuple = ()
 
     def viewed(self, how: tuple, shape: tuple[int, ...]) -> "Value":
@@ -35,7 +36,10 @@ class Value:
 
     def apply_views(self, tensor: torch.Tensor) -> torch.Tensor:
         for what, arg in self.views:
-            tensor = {"permute": torch.permute, "reshape": torch.reshape, "unsqueeze": torch.unsqueeze}[what](tensor, arg)
+            if what == "narrow":
+                tensor = tensor.narrow(*arg)
+            else:
+                tensor = {"permute": torch.permute, "reshape": torch.reshape, "unsqueeze": torch.unsqueeze}[what](tensor, arg)
         return tensor
 
     @property

@@ -1,0 +1,51 @@
+"""Fusions on the whole-model plan: fewer ops, the same function."""
+
+import pytest
+import torch
+
+from cuda_gqa.backends.model.fuse import fuse
+from cuda_gqa.backends.model.recognize import recognise
+from cuda_gqa.backends.model.reference import evaluate
+
+from model_steps import edge_step
+
+
+def _run(plan, model, tokens, position):
+    states = {f"layers.{i}.self_attn.{which}": getattr(layer.self_attn, which).clone()
+              for i, layer in enumerate(model.layers) for which in ("k_cache", "v_cache")}
+    constants = {name: plan.constant_data[name] for name in plan.constants}
+    (logits,) = evaluate(plan, {"tokens": tokens, "input_pos": torch.tensor([position])}, states, constants)
+    return logits, states
+
+
+@pytest.mark.parametrize("preset, length", [("tiny-llama3", 1), ("tiny-qwen2", 2), ("tiny-gemma3", 1)])
+def test_the_fused_plan_computes_what_the_plan_computes(tiny_model, preset, length):
+    model = tiny_model(preset)
+    gen = torch.Generator().manual_seed(7)
+    for layer in model.layers:
+        for cache in (layer.self_attn.k_cache, layer.self_attn.v_cache):
+            cache[:, :, :5] = torch.randn(cache[:, :, :5].shape, generator=gen)
+    tokens = torch.randint(0, model.config.vocab_size, (1, length), generator=gen)
+    plan = recognise(edge_step(model, length))
+    expected, expected_states = _run(plan, model, tokens, 5)
+    fused = fuse(recognise(edge_step(model, length)))
+    logits, states = _run(fused, model, tokens, 5)
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+    for name in states:
+        torch.testing.assert_close(states[name], expected_states[name], rtol=1e-4, atol=1e-4)
+
+
+def test_a_llama_layer_fuses_to_four_linears(tiny_model):
+    model = tiny_model("tiny-llama3")
+    plan = fuse(recognise(edge_step(model, 1)))
+    layer = ["linear", "rope", "rope", "cache_write", "cache_write", "attention", "linear", "linear", "linear"]
+    # The LM head's weight is the (tied) embedding table: its norm stays a kernel of its own.
+    assert plan.kinds() == ["embedding"] + layer * model.config.num_layers + ["rmsnorm", "linear"]
+    qkv, _, _, _, _, _, o_proj, gate_up, down = plan.ops[1:10]
+    c = model.config
+    assert qkv.output.shape[-1] == (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+    assert qkv.attrs["norm_eps"] == pytest.approx(c.rms_norm_eps)
+    assert gate_up.attrs["gated"] == "silu" and gate_up.inputs["weight"].shape == (2 * c.intermediate_size,
+                                                                                    c.hidden_size)
+    assert "residual" in o_proj.inputs and "residual" in down.inputs
+    assert "lm_head.weight" in plan.constants and "layers.0.self_attn.q_proj.weight" not in plan.constants
