@@ -1,4 +1,4 @@
-"""CudaGqaBackend.preprocess: one delegated SDPA node -> a payload with cubins.
+"""CudaGqaBackend.preprocess: one delegated SDPA node (or a whole decoder step) -> a payload with cubins.
 
 Runs on the export machine, without a GPU: reads the SDPA node the
 partitioner delegated, maps its operands to the delegate's arguments, and
@@ -20,6 +20,7 @@ from .attention_plan import AttentionArgs, build_attention_payload
 from .compile_specs import parse_compile_specs
 from .kv_cache_plan import KvCacheArgs, StartPosition
 from .kv_cache_update import sdpa_cache_updates
+from .model.lower import is_whole_model, preprocess_whole_model
 from .named_images import move_images_to_named_data
 from .sdpa import SdpaCall, is_attention, is_contiguous_clone
 from .serialization import deserialize_payload, serialize_payload
@@ -30,6 +31,8 @@ class CudaGqaBackend(BackendDetails):
     @staticmethod
     def preprocess(edge_program: ExportedProgram, compile_specs: list[CompileSpec]) -> PreprocessResult:
         options = parse_compile_specs(compile_specs)
+        if is_whole_model(edge_program):  # CudaGqaModelPartitioner's delegate: backends/model
+            return preprocess_whole_model(edge_program, options)
         graph = edge_program.graph_module.graph
         sdpa_nodes = [n for n in graph.nodes if is_attention(n)]
         if len(sdpa_nodes) != 1:

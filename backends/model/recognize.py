@@ -38,6 +38,7 @@ VIEW_OPS = {aten.view_copy.default, aten.view.default, aten.reshape.default, ate
             aten.squeeze_copy.dims, aten.alias_copy.default, aten.clone.default,
             torch.ops.dim_order_ops._clone_dim_order.default}
 SDPA_TARGETS = {aten.scaled_dot_product_attention.default}
+CHECKS_ONLY = {aten._assert_tensor_metadata.default}
 # to_edge turns _to_copy into dim-order ops' copy
 _TO_DIM_ORDER_COPY = torch.ops.dim_order_ops._to_dim_order_copy.default
 _CLONE_DIM_ORDER = torch.ops.dim_order_ops._clone_dim_order.default
@@ -143,6 +144,8 @@ class _Reader:
 
     def call(self, node: Node):
         target = _aten_target(node)
+        if target in CHECKS_ONLY:
+            return None  # asserts about metadata: nothing to compute
         handler = _HANDLERS.get(target)
         if handler is None and target in VIEW_OPS:
             handler = _view
@@ -387,12 +390,19 @@ def _linear(r: _Reader, node: Node):
 
 
 def _index_put(r: _Reader, node: Node):
-    cache = r.value(node.args[0], "cache", node)
-    indices, rows = node.args[1], r.value(node.args[2], "values", node)
-    pos = r.meaning.get(indices[2]) if len(indices) == 3 and isinstance(indices[2], Node) else None
-    accumulate = node.args[3] if len(node.args) > 3 else False
-    if cache.kind != STATE or indices[0] is not None or indices[1] is not None or accumulate:
+    indices = node.args[1]
+    if len(indices) != 3 or indices[0] is not None or indices[1] is not None or (len(node.args) > 3 and node.args[3]):
         raise NotRecognised(f"{node.name}: an index_put that is not a KV-cache row write")
+    return _cache_rows(r, node, node.args[0], 2, indices[2], node.args[2])
+
+
+def _cache_rows(r: _Reader, node: Node, cache_node, dim, positions_node, rows_node):
+    """cache rows `rows` written along dim 2 at the step's positions (index_put / index_copy)."""
+    cache = r.value(cache_node, "cache", node)
+    rows = r.value(rows_node, "values", node)
+    pos = r.meaning.get(positions_node) if isinstance(positions_node, Node) else None
+    if cache.kind != STATE or dim not in (2, -2):
+        raise NotRecognised(f"{node.name}: a write that is not a KV-cache row write along the sequence")
     if not (isinstance(pos, Partial) and pos.what == "positions"):
         raise NotRecognised(f"{node.name}: cache rows written at {_describe(pos)}, not the step's positions")
     r.ops.append(Op("cache_write", {"cache": cache, "rows": rows, "positions": pos.parts[0]},
@@ -439,7 +449,8 @@ _HANDLERS = {
     aten.rsqrt.default: _rsqrt, aten._to_copy.default: _to_copy, _TO_DIM_ORDER_COPY: _to_copy, aten.index.Tensor: _index,
     aten.slice_copy.Tensor: _slice, aten.slice.Tensor: _slice, aten.neg.default: _neg, aten.cat.default: _cat,
     aten.le.Tensor: _compare, aten.gt.Tensor: _compare, aten.sub.Tensor: _sub,
-    aten.logical_and.default: _logical_and, aten.bitwise_and.Tensor: _logical_and,
+    aten.logical_and.default: _logical_and, aten.bitwise_and.Tensor: _logical_and, aten.__and__.Tensor: _logical_and,
+    aten.index_copy.default: lambda r, node: _cache_rows(r, node, node.args[0], node.args[1], node.args[2], node.args[3]),
     aten.embedding.default: _embedding, aten.linear.default: _linear, aten.index_put.default: _index_put,
     aten.sigmoid.default: _sigmoid, aten.gelu.default: _gelu, aten.silu.default: _silu,
 }

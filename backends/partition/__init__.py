@@ -1,3 +1,4 @@
 from .cuda_gqa_partitioner import AttentionDecision, CudaGqaPartitioner
+from .whole_model_partitioner import CudaGqaModelPartitioner
 
-__all__ = ["AttentionDecision", "CudaGqaPartitioner"]
+__all__ = ["AttentionDecision", "CudaGqaModelPartitioner", "CudaGqaPartitioner"]
