@@ -165,3 +165,40 @@ def test_a_version_3_payload_still_initialises_and_runs(fake_driver_dir, tmp_pat
     (tmp_path / "v3.bin").write_bytes(add_payload(version=3))
     run = run_script(VERSION_3_SCRIPT, tmp_path / "v3.bin", fake_driver_dir=fake_driver_dir)
     assert run.stdout.splitlines() == ["init 0 execute 0 3.0 3.0"], run.stdout + run.stderr[-2000:]
+
+
+def test_truncations_and_byte_flips_of_a_constants_payload_never_crash(tmp_path):
+    """The fuzz driver binds constants as init would and evaluates the launches reading them."""
+    from fake_programs import LIBRARY
+    from payload_fuzz import run_payload_fuzz
+
+    data = constant_payload()
+    (tmp_path / "constants.bin").write_bytes(data)
+    driver = LIBRARY.parent / "cuda_gqa_payload_fuzz"
+    result, stats = run_payload_fuzz(driver, [tmp_path / "constants.bin"], truncations=len(data), flips=2000)
+    assert result.returncode == 0, f"fuzz driver failed (rc {result.returncode}): {result.stderr[-2000:]}"
+    (counts,) = stats
+    assert counts["truncations_accepted"] == 0
+    assert 0 < counts["flips_accepted"] < 2000
+    assert counts["launches_evaluated"] > 0
+
+
+def test_constant_buffers_upload_each_constant_once_and_check_its_bytes():
+    """CubinLauncher's constants (its ConstantBuffers), on a CPU device: the same code puts them on a GPU."""
+    import torch
+
+    from cuda_gqa.runtime.cubin_launcher import ConstantBuffers
+    from cuda_gqa.runtime.launch_plan import LaunchError
+
+    buffers = ConstantBuffers({"w": WEIGHT.tobytes(), "short": bytes(4)})
+    w = buffers.get("w", torch.float32, (2, 64), "cpu")
+    assert torch.equal(w, torch.from_numpy(WEIGHT))
+    assert buffers.get("w", torch.float32, [2, 64], "cpu") is w  # launchers sharing the buffers share the copy
+    with pytest.raises(LaunchError, match=r"constant 'w' is torch.float32 \[4, 32\] on cpu here but "
+                                          r"torch.float32 \[2, 64\] on cpu in another launcher"):
+        buffers.get("w", torch.float32, (4, 32), "cpu")
+    with pytest.raises(LaunchError, match="constant 'v': missing from the program's named data"):
+        buffers.get("v", torch.float32, (2,), "cpu")
+    with pytest.raises(LaunchError, match="constant 'short': its named data holds 4 bytes, float32 of its sizes "
+                                          "needs 8"):
+        buffers.get("short", torch.float32, (2,), "cpu")
