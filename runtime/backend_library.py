@@ -73,6 +73,18 @@ def load_backend_library() -> ctypes.CDLL:
     lib.cuda_gqa_delegate_execute.restype = ctypes.c_int
     lib.cuda_gqa_delegate_destroy.argtypes = [ctypes.c_void_p]
     lib.cuda_gqa_delegate_destroy.restype = None
+    lib.cuda_gqa_live_constant_count.argtypes = []
+    lib.cuda_gqa_live_constant_count.restype = ctypes.c_size_t
+    lib.cuda_gqa_program_create.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    lib.cuda_gqa_program_create.restype = ctypes.c_void_p
+    lib.cuda_gqa_delegate_init_in_program.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
+                                                      ctypes.POINTER(ctypes.c_void_p)]
+    lib.cuda_gqa_delegate_init_in_program.restype = ctypes.c_int
+    lib.cuda_gqa_program_buffer_counts.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
+                                                   ctypes.POINTER(ctypes.c_size_t)]
+    lib.cuda_gqa_program_buffer_counts.restype = None
+    lib.cuda_gqa_program_destroy.argtypes = [ctypes.c_void_p]
+    lib.cuda_gqa_program_destroy.restype = None
     return lib
 
 

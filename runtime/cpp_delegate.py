@@ -20,12 +20,53 @@ class CudaGqaTensor(ctypes.Structure):
                 ("strides", ctypes.c_int64 * MAX_RANK), ("data", ctypes.c_void_p), ("device", ctypes.c_int32)]
 
 
-def init(payload: bytes) -> tuple[int, int | None]:
-    """(ExecuTorch error code, delegate handle or None); options: the process-wide ones."""
+class CudaGqaNamedData(ctypes.Structure):
+    _fields_ = [("key", ctypes.c_char_p), ("data", ctypes.c_void_p), ("size", ctypes.c_size_t)]
+
+
+def init(payload: bytes, program: int | None = None) -> tuple[int, int | None]:
+    """(ExecuTorch error code, delegate handle or None); options: the process-wide ones.
+    program: a handle from create_program, whose named data the delegate reads (its
+    constants) and whose other delegates share its states and constants."""
     buf = ctypes.create_string_buffer(payload, len(payload))
     handle = ctypes.c_void_p()
-    rc = load_backend_library().cuda_gqa_delegate_init(buf, len(payload), ctypes.byref(handle))
+    lib = load_backend_library()
+    if program is None:
+        rc = lib.cuda_gqa_delegate_init(buf, len(payload), ctypes.byref(handle))
+    else:
+        rc = lib.cuda_gqa_delegate_init_in_program(program, buf, len(payload), ctypes.byref(handle))
     return rc, handle.value if rc == ERROR_OK else None
+
+
+def create_program(named_data: dict[str, bytes]) -> int:
+    """A program (cuda_gqa_program_create) holding a copy of `named_data` (key -> bytes, what an
+    ExecuTorch program's named data holds: payload constants by name). Destroy its delegates
+    before it (destroy_program)."""
+    items = [(key.encode(), bytes(data)) for key, data in named_data.items()]
+    entries = (CudaGqaNamedData * max(len(items), 1))()
+    buffers = [ctypes.create_string_buffer(data, len(data)) for _, data in items]  # alive for the call
+    for entry, (key, data), buf in zip(entries, items, buffers):
+        entry.key, entry.data, entry.size = key, ctypes.cast(buf, ctypes.c_void_p), len(data)
+    program = load_backend_library().cuda_gqa_program_create(entries, len(items))
+    if not program:
+        raise ValueError("cuda_gqa_program_create refused the named data (its log line says why)")
+    return program
+
+
+def program_buffer_counts(program: int) -> tuple[int, int]:
+    """(buffers the backend took from the program's named data, those it has not freed yet)."""
+    taken, held = ctypes.c_size_t(0), ctypes.c_size_t(0)
+    load_backend_library().cuda_gqa_program_buffer_counts(program, ctypes.byref(taken), ctypes.byref(held))
+    return taken.value, held.value
+
+
+def destroy_program(program: int | None) -> None:
+    load_backend_library().cuda_gqa_program_destroy(program)
+
+
+def live_constant_count() -> int:
+    """Payload constants with a device copy in the C++ backend (one per program and name)."""
+    return int(load_backend_library().cuda_gqa_live_constant_count())
 
 
 def host_tensor(array) -> CudaGqaTensor:

@@ -29,7 +29,7 @@ from cuda_gqa.backends.serialization.dtypes import torch_dtype_codes
 from .launch_plan import (WORKSPACE_ALIGN, ArgInfo, KernelLaunch, LaunchError, LaunchPlan,
                           launches_as_programmatic_dependent)
 
-__all__ = ["CubinLauncher", "CudaCoreUnavailable", "LaunchError", "StateBuffers", "arg_info"]
+__all__ = ["ConstantBuffers", "CubinLauncher", "CudaCoreUnavailable", "LaunchError", "StateBuffers", "arg_info"]
 
 _DEFAULT_SHARED_MEM_LIMIT = 48 * 1024
 
@@ -154,6 +154,49 @@ class StateBuffers:
             tensor.zero_()
 
 
+class ConstantBuffers:
+    """The device copies of payload constants (Payload.constants, a model's weights), by name.
+
+    Each is uploaded from `named_data` (name -> bytes, the program's named data) the first
+    time a launcher asks for it, and shared by every CubinLauncher given this object, as
+    the C++ backend shares them between the delegates of one program: pass one to the
+    launchers of a program's prefill and decode payloads. No host copy is kept.
+    """
+
+    def __init__(self, named_data: Optional[Mapping[str, bytes]] = None):
+        self.named_data = named_data if named_data is not None else {}
+        self.tensors: dict = {}  # name -> torch tensor on the device
+
+    def get(self, name: str, dtype, sizes: Sequence[int], device):
+        """The device copy of constant `name`, uploaded on first use; LaunchError if its named
+        data is missing or of another size, or an earlier launcher declared it otherwise."""
+        import torch
+
+        tensor = self.tensors.get(name)
+        if tensor is None:
+            tensor = self._upload(name, dtype, tuple(int(s) for s in sizes), device)
+            self.tensors[name] = tensor
+        elif tensor.dtype != dtype or tuple(tensor.shape) != tuple(sizes) or tensor.device != torch.device(device):
+            raise LaunchError(f"constant '{name}' is {dtype} {list(sizes)} on {device} here but "
+                              f"{tensor.dtype} {list(tensor.shape)} on {tensor.device} in another launcher")
+        return tensor
+
+    def _upload(self, name: str, dtype, sizes: tuple, device):
+        import torch
+
+        if name not in self.named_data:
+            raise LaunchError(f"constant '{name}': missing from the program's named data")
+        data = self.named_data[name]
+        nbytes = int(np.prod(sizes, dtype=np.int64)) * torch.empty(0, dtype=dtype).element_size()
+        if len(data) != nbytes:
+            raise LaunchError(f"constant '{name}': its named data holds {len(data)} bytes, "
+                              f"{str(dtype).removeprefix('torch.')} of its sizes needs {nbytes}")
+        if nbytes == 0:
+            return torch.empty(sizes, dtype=dtype, device=device)
+        host = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return host.view(dtype).reshape(sizes).to(device)
+
+
 class CubinLauncher:
     """A payload's kernels, loaded on one CUDA device, callable on torch tensors.
 
@@ -173,6 +216,11 @@ class CubinLauncher:
     a delegate-owned KV cache); launchers given the same one share them
     (a program's prefill and decode). Default: states of this launcher's own.
 
+    `constants`: the ConstantBuffers holding the device copies of the
+    payload's constants (Payload.constants, the model's weights); launchers
+    given the same one share them. Default: copies of this launcher's own,
+    uploaded from `named_data`.
+
     `launcher(*inputs, out=None)` checks the tensors (device, dtype, sizes,
     bounds, strides; LaunchError before any launch if one is off), allocates
     the output when `out` is None (dynamic sizes from the inputs, as the
@@ -183,7 +231,8 @@ class CubinLauncher:
     """
 
     def __init__(self, payload_bytes: bytes, device: Any = None, named_data: Optional[Mapping[str, bytes]] = None,
-                 states: Optional[StateBuffers] = None, programmatic_launch: bool = True):
+                 states: Optional[StateBuffers] = None, programmatic_launch: bool = True,
+                 constants: Optional[ConstantBuffers] = None):
         """programmatic_launch: launch the kernels that wait for the one before them themselves
         (payload.fbs, Kernel.waits_for_previous) as its programmatic dependents where the device
         and their image allow (launch_plan.launches_as_programmatic_dependent), as the C++
@@ -278,6 +327,12 @@ class CubinLauncher:
         self._state_infos = [arg_info(self.states.get(name, self._torch_dtype[dtype], sizes, self.device),
                                       self._dtypes)
                              for name, dtype, sizes in self.plan.states]
+        # The payload's constants, uploaded once (or found in `constants`); the
+        # launches bind their addresses, fixed for the launcher's lifetime.
+        self.constants = constants if constants is not None else ConstantBuffers(named_data)
+        self._constant_tensors = [self.constants.get(name, self._torch_dtype[dtype], sizes, self.device)
+                                  for name, dtype, sizes in self.plan.constants]
+        self._constant_addresses = [t.data_ptr() for t in self._constant_tensors]
         self._launch_takes_stream_first = self._launch_signature_stream_first()
         self._streams = {}
 
@@ -341,7 +396,7 @@ class CubinLauncher:
     def plan_launches(self, args: Sequence[ArgInfo]) -> list[KernelLaunch]:
         """What __call__ would launch for these arguments (inputs then outputs; the states are appended)."""
         return self.plan.evaluate_all(list(args) + self._state_infos, self._scratch,
-                                      workspace=self.workspace_address)
+                                      workspace=self.workspace_address, constants=self._constant_addresses)
 
     def _output(self, index: int, inputs: Sequence[ArgInfo]):
         dtype = self.plan.specs[self.plan.num_inputs + index][0]

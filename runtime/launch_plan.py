@@ -53,9 +53,10 @@ MAX_NUM_WARPS = 32
 MAX_SHARED_MEM_BYTES = 1 << 20
 MAX_WORKSPACE_BYTES = 1 << 40
 WORKSPACE_ALIGN = 256  # alignment of the workspace base (cuMemAlloc's)
+CONSTANT_ALIGN = 256  # alignment of every constant's device copy (cuMemAlloc's)
 GRID_LIMITS = (0x7FFFFFFF, 65535, 65535)
 
-_PARAM_KINDS = range(fb.ParamKind.TensorPointer, fb.ParamKind.Int32Constant + 1)
+_PARAM_KINDS = range(fb.ParamKind.TensorPointer, fb.ParamKind.Constant + 1)
 _PARAM_TYPES = range(fb.ParamType.Pointer, fb.ParamType.Float32 + 1)
 _INT_TYPES = (fb.ParamType.Int32, fb.ParamType.Int64)
 _U64 = (1 << 64) - 1
@@ -225,7 +226,8 @@ def _check_size_from(spec, index: int, specs, num_inputs: int, where: str) -> tu
     return tuple(sources)
 
 
-def _check_param(p, specs: Sequence[tuple[int, tuple[int, ...]]], workspace_bytes: int, where: str) -> None:
+def _check_param(p, specs: Sequence[tuple[int, tuple[int, ...]]], workspace_bytes: int, num_constants: int,
+                 where: str) -> None:
     if p is None:
         raise _fail(where, "missing param")
     kind, type_ = int(p.kind), int(p.type)
@@ -267,8 +269,41 @@ def _check_param(p, specs: Sequence[tuple[int, tuple[int, ...]]], workspace_byte
         if p.divisibility > 1 and int(p.i32Value) % p.divisibility:
             raise _fail(where, f"Int32Constant {p.i32Value} is not a multiple of {p.divisibility}, "
                                "which the cubin assumes")
+    elif kind == fb.ParamKind.Constant:
+        _check_constant_param(p, type_, num_constants, where)
     elif type_ != fb.ParamType.Pointer:
         raise _fail(where, "scratch must be passed as Pointer")
+
+
+def _check_constant_param(p, type_: int, num_constants: int, where: str) -> None:
+    if type_ != fb.ParamType.Pointer:
+        raise _fail(where, "Constant must be passed as Pointer")
+    if p.constant >= num_constants:
+        raise _fail(where, f"constant {p.constant} out of range ({num_constants} constants)")
+    # Device copies are CONSTANT_ALIGN-aligned and nothing more is promised.
+    if p.divisibility > 1 and CONSTANT_ALIGN % p.divisibility:
+        raise _fail(where, f"constant addresses are {CONSTANT_ALIGN}-byte aligned, not a multiple of "
+                           f"{p.divisibility}, which the cubin assumes")
+
+
+def _check_named_buffers(specs, what: str) -> list[tuple[str, int, tuple[int, ...]]]:
+    """(name, dtype, sizes) of the payload's states or constants: static sizes, a name
+    unique among those of its kind."""
+    out = []
+    for i, spec in enumerate(specs or []):
+        where = f"{what} {i}"
+        if spec is not None and _len(spec.sizes) and any(int(s) == -1 for s in spec.sizes):
+            raise _fail(where, "has dynamic sizes")
+        dtype, sizes, _ = _check_spec(spec, where)
+        name = _as_str(spec.name) if spec.name else ""
+        if not name:
+            raise _fail(where, "has no name")
+        if "\0" in name:
+            raise _fail(where, "name contains NUL")
+        if any(name == other for other, _, _ in out):
+            raise _fail(where, f"repeats the name '{name}'")
+        out.append((name, dtype, sizes))
+    return out
 
 
 def _pow2_or_zero(v: int) -> bool:
@@ -285,7 +320,7 @@ def _check_image(image, key, where: str) -> bool:
     return inline or named
 
 
-def _check_kernel(k, specs, workspace_bytes: int, where: str) -> None:
+def _check_kernel(k, specs, workspace_bytes: int, num_constants: int, where: str) -> None:
     if k is None:
         raise _fail(where, "missing kernel")
     name = _as_str(k.name)
@@ -322,7 +357,7 @@ def _check_kernel(k, specs, workspace_bytes: int, where: str) -> None:
     if len(k.params) > MAX_PARAMS:
         raise _fail(where, f"{len(k.params)} params (max {MAX_PARAMS})")
     for i, p in enumerate(k.params):
-        _check_param(p, specs, workspace_bytes, f"{where} param {i}")
+        _check_param(p, specs, workspace_bytes, num_constants, f"{where} param {i}")
     if k.grid is None or len(k.grid) != 3:
         raise _fail(where, f"grid has {_len(k.grid)} dims, expected 3")
     for g, gd in enumerate(k.grid):
@@ -350,7 +385,7 @@ def _check_workspace_bytes(value, where: str) -> int:
     return value
 
 
-def _check_plan(plan, specs, workspace_bytes: int, where: str) -> None:
+def _check_plan(plan, specs, workspace_bytes: int, num_constants: int, where: str) -> None:
     if plan is None:
         raise _fail(where, "missing")
     for arch in plan.archs if _len(plan.archs) else []:
@@ -366,7 +401,7 @@ def _check_plan(plan, specs, workspace_bytes: int, where: str) -> None:
     if not plan.kernels:
         raise _fail(where, "no kernels")
     for i, k in enumerate(plan.kernels):
-        _check_kernel(k, specs, workspace_bytes, f"{where} kernel {i}")
+        _check_kernel(k, specs, workspace_bytes, num_constants, f"{where} kernel {i}")
     for arch in plan.archs if _len(plan.archs) else []:
         # A plan listing archs serves them from cubins only: no PTX or older-cubin fallback.
         for k in plan.kernels:
@@ -492,18 +527,10 @@ class LaunchPlan:
         self.num_outputs = len(outputs)
         # Payload.states: (name, dtype, sizes) of the device buffers the
         # delegate owns; launch arguments after the outputs.
-        self.states: list[tuple[str, int, tuple[int, ...]]] = []
-        for i, state in enumerate(payload.states or []):
-            where = f"state {i}"
-            if state is not None and _len(state.sizes) and any(int(s) < 0 for s in state.sizes):
-                raise _fail(where, "has dynamic sizes")
-            dtype, sizes, _ = _check_spec(state, where)
-            name = _as_str(state.name) if state.name else ""
-            if not name:
-                raise _fail(where, "has no name")
-            if any(name == other for other, _, _ in self.states):
-                raise _fail(where, f"repeats the name '{name}'")
-            self.states.append((name, dtype, sizes))
+        self.states = _check_named_buffers(payload.states, "state")
+        # Payload.constants: (name, dtype, sizes) of the read-only tensors
+        # Constant params address; their bytes are the named data `name`.
+        self.constants = _check_named_buffers(payload.constants, "constant")
         # (dtype, sizes, max sizes) per launch arg (inputs, outputs, states), sizes -1 where dynamic.
         self.specs: list[tuple[int, tuple[int, ...], tuple[int, ...]]] = (
             inputs + outputs + [(d, s, s) for _, d, s in self.states])
@@ -516,7 +543,7 @@ class LaunchPlan:
         if not payload.plans:
             raise LaunchError("payload has no launch plans")
         for i, plan in enumerate(payload.plans):
-            _check_plan(plan, self.specs, self.workspace_bytes, f"plan {i}")
+            _check_plan(plan, self.specs, self.workspace_bytes, len(self.constants), f"plan {i}")
         # The plans kept for this device, as (index in the payload, plan).
         self.plan_indices = plans_for_arch(payload.plans, device_cc)
         if not self.plan_indices:
@@ -650,12 +677,13 @@ class LaunchPlan:
         return None
 
     def evaluate(self, k: int, args: Sequence[ArgInfo], *, global_scratch: int = 0,
-                 profile_scratch: int = 0, workspace: int = 0, check_args: bool = True,
-                 plan: Optional[int] = None) -> KernelLaunch:
+                 profile_scratch: int = 0, workspace: int = 0, constants: Sequence[int] = (),
+                 check_args: bool = True, plan: Optional[int] = None) -> KernelLaunch:
         """Launch of kernel k of the plan select(args) picks (or kept plan `plan`) over
         `args` (inputs then outputs), with the scratch buffers at the given addresses
-        (ignored for a kernel that needs none) and the delegate's workspace at
-        `workspace` (ignored when the payload has none)."""
+        (ignored for a kernel that needs none), the delegate's workspace at
+        `workspace` (ignored when the payload has none) and the device copies of the
+        payload's constants at `constants` (one address each, in order)."""
         if check_args:
             self.check_args(args)
         p = self.select(args) if plan is None else plan
@@ -681,6 +709,8 @@ class LaunchPlan:
             raise LaunchError(f"kernel {name}: workspace missing")
         if workspace % WORKSPACE_ALIGN:
             raise LaunchError(f"kernel {name}: workspace is not {WORKSPACE_ALIGN}-byte aligned")
+        constants = [int(c) & _U64 for c in constants]
+        _check_constant_addresses(kernel, name, constants)
 
         params = []
         for i, q in enumerate(kernel.params):
@@ -707,6 +737,9 @@ class LaunchPlan:
             if kind == fb.ParamKind.Int32Constant:
                 params.append((type_, int(q.i32Value)))
                 continue
+            if kind == fb.ParamKind.Constant:
+                params.append((type_, constants[q.constant]))
+                continue
             # TensorStride / TensorSize
             a = args[q.arg]
             value = a.strides[q.dim] if kind == fb.ParamKind.TensorStride else a.sizes[q.dim]
@@ -732,16 +765,31 @@ class LaunchPlan:
                             plan_index=self.plan_indices[p])
 
     def evaluate_all(self, args: Sequence[ArgInfo], scratch: Optional[Sequence[Sequence[tuple[int, int]]]] = None,
-                     workspace: int = 0) -> list[KernelLaunch]:
+                     workspace: int = 0, constants: Sequence[int] = ()) -> list[KernelLaunch]:
         """Every launch of the plan select(args) picks, in order; scratch: per kept plan,
-        (global, profile) address per kernel; workspace: the delegate's, shared by all."""
+        (global, profile) address per kernel; workspace: the delegate's, shared by all;
+        constants: the device address of each payload constant."""
         self.check_args(args)
         p = self.select(args)
         kernels = self.plans[p].kernels
         addresses = list(scratch[p]) if scratch is not None else [(0, 0)] * len(kernels)
-        return [self.evaluate(k, args, global_scratch=g, profile_scratch=q, workspace=workspace, check_args=False,
-                              plan=p)
+        return [self.evaluate(k, args, global_scratch=g, profile_scratch=q, workspace=workspace,
+                              constants=constants, check_args=False, plan=p)
                 for k, (g, q) in enumerate(addresses)]
+
+
+def _check_constant_addresses(kernel, name: str, constants: Sequence[int]) -> None:
+    """Init's check (check_scratch): each Constant param's constant has an address, a
+    multiple of the divisibility its cubin assumes."""
+    for i, q in enumerate(kernel.params):
+        if int(q.kind) != fb.ParamKind.Constant:
+            continue
+        where = f"kernel {name} param {i}: "
+        if q.constant >= len(constants):
+            raise LaunchError(f"{where}constant {q.constant} missing ({len(constants)} constants uploaded)")
+        if q.divisibility > 1 and constants[q.constant] % q.divisibility:
+            raise LaunchError(f"{where}address of constant {q.constant} is not a multiple of {q.divisibility} "
+                              "bytes, which the cubin assumes")
 
 
 def _divisibility_refusal(q, args: Sequence[ArgInfo], where: str) -> Optional[str]:
@@ -828,8 +876,8 @@ _EVAL_CODES = {1: "bad payload", 2: "refused", 3: "internal"}
 
 
 def evaluate_launch_cpp(data: bytes, k: int, args: Sequence[ArgInfo], *, global_scratch: int = 0,
-                        profile_scratch: int = 0, workspace: int = 0, device_cc: int = 0,
-                        lib=None) -> KernelLaunch:
+                        profile_scratch: int = 0, workspace: int = 0, constants: Sequence[int] = (),
+                        device_cc: int = 0, lib=None) -> KernelLaunch:
     """Kernel k's launch, of the plan execute picks for these args on device_cc, as
     libcuda_gqa_backend.so evaluates it (cuda_gqa_evaluate_launch; no GPU needed).
     Params come back as (fb.ParamType, value) decoded from the raw slots;
@@ -844,7 +892,8 @@ def evaluate_launch_cpp(data: bytes, k: int, args: Sequence[ArgInfo], *, global_
                        ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_char_p),
                        ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_int64),
                        ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_uint64),
-                       ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint32),
+                       ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint64),
+                       ctypes.c_size_t, ctypes.POINTER(ctypes.c_uint32),
                        ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t),
                        ctypes.c_char_p, ctypes.c_size_t]
     launch = (ctypes.c_uint32 * 5)()
@@ -852,8 +901,10 @@ def evaluate_launch_cpp(data: bytes, k: int, args: Sequence[ArgInfo], *, global_
     num_params = ctypes.c_size_t(0)
     message = ctypes.create_string_buffer(1024)
     buf = ctypes.create_string_buffer(bytes(data), len(data))
+    constant_addresses = (ctypes.c_uint64 * max(len(constants), 1))(*[int(c) & _U64 for c in constants])
     rc = fn(buf, len(data), device_cc, k, len(args), *_cpp_args(args),
-            global_scratch & _U64, profile_scratch & _U64, workspace & _U64, launch, values, MAX_PARAMS,
+            global_scratch & _U64, profile_scratch & _U64, workspace & _U64, constant_addresses, len(constants),
+            launch, values, MAX_PARAMS,
             ctypes.byref(num_params), message, len(message))
     text = message.value.decode(errors="replace")
     if rc != 0:

@@ -1,5 +1,6 @@
 from .payload_serializer import (
     FILE_IDENTIFIER,
+    OLDEST_PAYLOAD_VERSION,
     PAYLOAD_VERSION,
     PROGRAMMATIC_LAUNCH_ARCH,
     PayloadError,
@@ -9,6 +10,7 @@ from .payload_serializer import (
 
 __all__ = [
     "FILE_IDENTIFIER",
+    "OLDEST_PAYLOAD_VERSION",
     "PAYLOAD_VERSION",
     "PROGRAMMATIC_LAUNCH_ARCH",
     "PayloadError",

@@ -24,6 +24,7 @@ class ParamKind(object):
     ProfileScratch = 5
     Workspace = 6
     Int32Constant = 7
+    Constant = 8
 
 
 class ParamType(object):
@@ -118,8 +119,15 @@ class KernelParam(object):
             return self._tab.Get(flatbuffers.number_types.Int32Flags, o + self._tab.Pos)
         return 0
 
+    # KernelParam
+    def Constant(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(22))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
 def KernelParamStart(builder):
-    builder.StartObject(9)
+    builder.StartObject(10)
 
 def KernelParamAddKind(builder, kind):
     builder.PrependInt8Slot(0, kind, 0)
@@ -148,6 +156,9 @@ def KernelParamAddWorkspaceExtent(builder, workspaceExtent):
 def KernelParamAddI32Value(builder, i32Value):
     builder.PrependInt32Slot(8, i32Value, 0)
 
+def KernelParamAddConstant(builder, constant):
+    builder.PrependUint32Slot(9, constant, 0)
+
 def KernelParamEnd(builder):
     return builder.EndObject()
 
@@ -167,6 +178,7 @@ class KernelParamT(object):
         workspaceOffset = 0,
         workspaceExtent = 0,
         i32Value = 0,
+        constant = 0,
     ):
         self.kind = kind  # type: int
         self.type = type  # type: int
@@ -177,6 +189,7 @@ class KernelParamT(object):
         self.workspaceOffset = workspaceOffset  # type: int
         self.workspaceExtent = workspaceExtent  # type: int
         self.i32Value = i32Value  # type: int
+        self.constant = constant  # type: int
 
     @classmethod
     def InitFromBuf(cls, buf, pos):
@@ -208,6 +221,7 @@ class KernelParamT(object):
         self.workspaceOffset = kernelParam.WorkspaceOffset()
         self.workspaceExtent = kernelParam.WorkspaceExtent()
         self.i32Value = kernelParam.I32Value()
+        self.constant = kernelParam.Constant()
 
     # KernelParamT
     def Pack(self, builder):
@@ -221,6 +235,7 @@ class KernelParamT(object):
         KernelParamAddWorkspaceOffset(builder, self.workspaceOffset)
         KernelParamAddWorkspaceExtent(builder, self.workspaceExtent)
         KernelParamAddI32Value(builder, self.i32Value)
+        KernelParamAddConstant(builder, self.constant)
         kernelParam = KernelParamEnd(builder)
         return kernelParam
 
@@ -1725,8 +1740,32 @@ class Payload(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
         return o == 0
 
+    # Payload
+    def Constants(self, j):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(16))
+        if o != 0:
+            x = self._tab.Vector(o)
+            x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
+            x = self._tab.Indirect(x)
+            obj = ConstantSpec()
+            obj.Init(self._tab.Bytes, x)
+            return obj
+        return None
+
+    # Payload
+    def ConstantsLength(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(16))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # Payload
+    def ConstantsIsNone(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(16))
+        return o == 0
+
 def PayloadStart(builder):
-    builder.StartObject(6)
+    builder.StartObject(7)
 
 def PayloadAddVersion(builder, version):
     builder.PrependUint32Slot(0, version, 0)
@@ -1758,6 +1797,12 @@ def PayloadAddStates(builder, states):
 def PayloadStartStatesVector(builder, numElems):
     return builder.StartVector(4, numElems, 4)
 
+def PayloadAddConstants(builder, constants):
+    builder.PrependUOffsetTRelativeSlot(6, flatbuffers.number_types.UOffsetTFlags.py_type(constants), 0)
+
+def PayloadStartConstantsVector(builder, numElems):
+    return builder.StartVector(4, numElems, 4)
+
 def PayloadEnd(builder):
     return builder.EndObject()
 
@@ -1778,6 +1823,7 @@ class PayloadT(object):
         plans = None,
         workspaceBytes = 0,
         states = None,
+        constants = None,
     ):
         self.version = version  # type: int
         self.inputs = inputs  # type: Optional[List[TensorSpecT]]
@@ -1785,6 +1831,7 @@ class PayloadT(object):
         self.plans = plans  # type: Optional[List[LaunchPlanT]]
         self.workspaceBytes = workspaceBytes  # type: int
         self.states = states  # type: Optional[List[StateSpecT]]
+        self.constants = constants  # type: Optional[List[ConstantSpecT]]
 
     @classmethod
     def InitFromBuf(cls, buf, pos):
@@ -1841,6 +1888,14 @@ class PayloadT(object):
                 else:
                     stateSpec_ = StateSpecT.InitFromObj(payload.States(i))
                     self.states.append(stateSpec_)
+        if not payload.ConstantsIsNone():
+            self.constants = []
+            for i in range(payload.ConstantsLength()):
+                if payload.Constants(i) is None:
+                    self.constants.append(None)
+                else:
+                    constantSpec_ = ConstantSpecT.InitFromObj(payload.Constants(i))
+                    self.constants.append(constantSpec_)
 
     # PayloadT
     def Pack(self, builder):
@@ -1876,6 +1931,14 @@ class PayloadT(object):
             for i in reversed(range(len(self.states))):
                 builder.PrependUOffsetTRelative(stateslist[i])
             states = builder.EndVector()
+        if self.constants is not None:
+            constantslist = []
+            for i in range(len(self.constants)):
+                constantslist.append(self.constants[i].Pack(builder))
+            PayloadStartConstantsVector(builder, len(self.constants))
+            for i in reversed(range(len(self.constants))):
+                builder.PrependUOffsetTRelative(constantslist[i])
+            constants = builder.EndVector()
         PayloadStart(builder)
         PayloadAddVersion(builder, self.version)
         if self.inputs is not None:
@@ -1887,6 +1950,8 @@ class PayloadT(object):
         PayloadAddWorkspaceBytes(builder, self.workspaceBytes)
         if self.states is not None:
             PayloadAddStates(builder, states)
+        if self.constants is not None:
+            PayloadAddConstants(builder, constants)
         payload = PayloadEnd(builder)
         return payload
 
@@ -2042,5 +2107,158 @@ class StateSpecT(object):
             StateSpecAddSizes(builder, sizes)
         stateSpec = StateSpecEnd(builder)
         return stateSpec
+
+
+class ConstantSpec(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = ConstantSpec()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsConstantSpec(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    @classmethod
+    def ConstantSpecBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
+        return flatbuffers.util.BufferHasIdentifier(buf, offset, b"\x43\x47\x51\x41", size_prefixed=size_prefixed)
+
+    # ConstantSpec
+    def Init(self, buf, pos):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # ConstantSpec
+    def Name(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+    # ConstantSpec
+    def Dtype(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Int8Flags, o + self._tab.Pos)
+        return 0
+
+    # ConstantSpec
+    def Sizes(self, j):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            a = self._tab.Vector(o)
+            return self._tab.Get(flatbuffers.number_types.Int64Flags, a + flatbuffers.number_types.UOffsetTFlags.py_type(j * 8))
+        return 0
+
+    # ConstantSpec
+    def SizesAsNumpy(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.GetVectorAsNumpy(flatbuffers.number_types.Int64Flags, o)
+        return 0
+
+    # ConstantSpec
+    def SizesLength(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # ConstantSpec
+    def SizesIsNone(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        return o == 0
+
+def ConstantSpecStart(builder):
+    builder.StartObject(3)
+
+def ConstantSpecAddName(builder, name):
+    builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(name), 0)
+
+def ConstantSpecAddDtype(builder, dtype):
+    builder.PrependInt8Slot(1, dtype, 0)
+
+def ConstantSpecAddSizes(builder, sizes):
+    builder.PrependUOffsetTRelativeSlot(2, flatbuffers.number_types.UOffsetTFlags.py_type(sizes), 0)
+
+def ConstantSpecStartSizesVector(builder, numElems):
+    return builder.StartVector(8, numElems, 8)
+
+def ConstantSpecEnd(builder):
+    return builder.EndObject()
+
+
+try:
+    from typing import List
+except:
+    pass
+
+class ConstantSpecT(object):
+
+    # ConstantSpecT
+    def __init__(
+        self,
+        name = None,
+        dtype = 0,
+        sizes = None,
+    ):
+        self.name = name  # type: Optional[str]
+        self.dtype = dtype  # type: int
+        self.sizes = sizes  # type: Optional[List[int]]
+
+    @classmethod
+    def InitFromBuf(cls, buf, pos):
+        constantSpec = ConstantSpec()
+        constantSpec.Init(buf, pos)
+        return cls.InitFromObj(constantSpec)
+
+    @classmethod
+    def InitFromPackedBuf(cls, buf, pos=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, pos)
+        return cls.InitFromBuf(buf, pos+n)
+
+    @classmethod
+    def InitFromObj(cls, constantSpec):
+        x = ConstantSpecT()
+        x._UnPack(constantSpec)
+        return x
+
+    # ConstantSpecT
+    def _UnPack(self, constantSpec):
+        if constantSpec is None:
+            return
+        self.name = constantSpec.Name()
+        self.dtype = constantSpec.Dtype()
+        if not constantSpec.SizesIsNone():
+            if np is None:
+                self.sizes = []
+                for i in range(constantSpec.SizesLength()):
+                    self.sizes.append(constantSpec.Sizes(i))
+            else:
+                self.sizes = constantSpec.SizesAsNumpy()
+
+    # ConstantSpecT
+    def Pack(self, builder):
+        if self.name is not None:
+            name = builder.CreateString(self.name)
+        if self.sizes is not None:
+            if np is not None and type(self.sizes) is np.ndarray:
+                sizes = builder.CreateNumpyVector(self.sizes)
+            else:
+                ConstantSpecStartSizesVector(builder, len(self.sizes))
+                for i in reversed(range(len(self.sizes))):
+                    builder.PrependInt64(self.sizes[i])
+                sizes = builder.EndVector()
+        ConstantSpecStart(builder)
+        if self.name is not None:
+            ConstantSpecAddName(builder, name)
+        ConstantSpecAddDtype(builder, self.dtype)
+        if self.sizes is not None:
+            ConstantSpecAddSizes(builder, sizes)
+        constantSpec = ConstantSpecEnd(builder)
+        return constantSpec
 
 

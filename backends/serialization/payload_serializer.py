@@ -15,7 +15,10 @@ from . import payload_generated as fb
 
 FILE_IDENTIFIER = b"CGQA"
 # Must match kPayloadVersion in runtime/cpp/payload.h.
-PAYLOAD_VERSION = 3
+PAYLOAD_VERSION = 4
+# The oldest version this cuda_gqa still reads (kOldestPayloadVersion): a
+# version 3 payload is a version 4 one without constants.
+OLDEST_PAYLOAD_VERSION = 3
 # Images for this compute capability and later of a kernel with
 # waits_for_previous may be launched as programmatic dependents (payload.fbs):
 # griddepcontrol, which they use, exists from sm_90 on.
@@ -47,9 +50,9 @@ def deserialize_payload(data: bytes) -> fb.PayloadT:
         payload = fb.PayloadT.InitFromPackedBuf(bytearray(data), 0)
     except Exception as e:  # flatbuffers raises assorted errors on bad offsets
         raise PayloadError(f"corrupt payload: {e}") from e
-    if payload.version != PAYLOAD_VERSION:
+    if not OLDEST_PAYLOAD_VERSION <= payload.version <= PAYLOAD_VERSION:
         raise PayloadError(
             f"payload schema version {payload.version}, "
-            f"this cuda_gqa reads version {PAYLOAD_VERSION}"
+            f"this cuda_gqa reads versions {OLDEST_PAYLOAD_VERSION} to {PAYLOAD_VERSION}"
         )
     return payload

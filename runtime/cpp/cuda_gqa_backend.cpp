@@ -144,6 +144,11 @@ struct DelegateState {
   // payload's states were acquired (released in order by the destructor).
   const void* state_owner = nullptr;
   size_t states_acquired = 0;
+  // Payload.constants: the device address of each (the launchers' table,
+  // ScratchDesc::constants; sized once, before they are prepared) and how
+  // many were acquired from the same registry, under the same owner.
+  std::vector<CUdeviceptr> constant_addresses;
+  size_t constants_acquired = 0;
 
   ~DelegateState() {
     if (driver == nullptr || context == nullptr) return;
@@ -160,6 +165,9 @@ struct DelegateState {
     for (PlanGraph& graph : graphs) graph.release(d);
     for (size_t i = 0; i < states_acquired; ++i) {
       release_state(d, state_owner, settings.device, payload.states[i].name);
+    }
+    for (size_t i = 0; i < constants_acquired; ++i) {
+      release_constant(d, state_owner, settings.device, payload.constants[i].name);
     }
     for (const auto* buffers : {&staging, &scratch}) {
       for (const DeviceBuffer& b : *buffers) {
@@ -252,6 +260,61 @@ bool fetch_named_image(const NamedDataMap* named_data, int device_cc, KernelDesc
   image->data = static_cast<const uint8_t*>(held->back().data());
   image->size = held->back().size();
   return true;
+}
+
+std::string executorch_error(Error error) {
+  char code[16];
+  std::snprintf(code, sizeof(code), "0x%x", static_cast<unsigned>(error));
+  return std::string("executorch error ") + code;
+}
+
+// Copies constant `spec`'s bytes (exactly `bytes`) from the program's named
+// data to `address` with a synchronous copy, then frees the host buffer:
+// no host copy outlives the upload. False with *why.
+bool upload_constant(const CudaDriver& d, const NamedDataMap* named_data, const ConstantSpecDesc& spec,
+                     CUdeviceptr address, size_t bytes, std::string* why) {
+  if (named_data == nullptr) {
+    *why = "its bytes cannot be read: the program has no named data";
+    return false;
+  }
+  Result<FreeableBuffer> data = named_data->get_data(spec.name);
+  if (!data.ok()) {
+    *why = "missing from the program's named data (" + executorch_error(data.error()) + ")";
+    return false;
+  }
+  FreeableBuffer buffer = std::move(data.get());
+  if (buffer.size() != bytes || (bytes > 0 && buffer.data() == nullptr)) {
+    *why = "its named data holds " + std::to_string(buffer.size()) + " bytes, " + dtype_name(spec.spec.dtype) +
+           " of its sizes needs " + std::to_string(bytes);
+    return false;  // buffer's destructor frees it
+  }
+  const CUresult r = bytes > 0 ? d.MemcpyHtoD(address, buffer.data(), bytes) : CUDA_SUCCESS;
+  buffer.Free();
+  if (r != CUDA_SUCCESS) {
+    *why = "cuMemcpyHtoD of " + std::to_string(bytes) + " bytes failed: " + d.error_string(r);
+    return false;
+  }
+  return true;
+}
+
+// The device copy of every payload constant, uploaded by the first delegate
+// of the program that names it and shared with the others (state_registry.h).
+Error acquire_constants(DelegateState* s, const NamedDataMap* named_data, std::string* why) {
+  s->constant_addresses.assign(s->payload.constants.size(), 0);
+  for (const ConstantSpecDesc& constant : s->payload.constants) {
+    bool mismatch = false;
+    bool uploaded = true;  // false: the upload, not the allocation, failed
+    const ConstantUpload upload = [&](CUdeviceptr address, size_t bytes, std::string* error) {
+      uploaded = upload_constant(*s->driver, named_data, constant, address, bytes, error);
+      return uploaded;
+    };
+    if (!acquire_constant(*s->driver, s->context, s->state_owner, s->settings.device, constant, upload,
+                          &s->constant_addresses[s->constants_acquired], &mismatch, why)) {
+      return mismatch || !uploaded ? Error::InvalidProgram : Error::MemoryAllocationFailed;
+    }
+    ++s->constants_acquired;
+  }
+  return Error::Ok;
 }
 
 // Init after the payload is parsed: device, context, stream, modules,
@@ -380,6 +443,9 @@ Error set_up_device(DelegateState* s, const NamedDataMap* named_data, bool devic
     a.address = static_cast<uint64_t>(address);
   }
 
+  const Error constants = acquire_constants(s, named_data, why);
+  if (constants != Error::Ok) return constants;
+
   // One workspace for the delegate, allocated here once and never per call:
   // the kernels run in order on one stream, so they share it.
   CUdeviceptr workspace = 0;
@@ -410,6 +476,8 @@ Error set_up_device(DelegateState* s, const NamedDataMap* named_data, bool devic
       const KernelDesc& k = kernels[i];
       ScratchDesc scratch;
       scratch.workspace = workspace;
+      scratch.constants = s->constant_addresses.data();
+      scratch.num_constants = s->constant_addresses.size();
       if (k.global_scratch_bytes > 0 || k.profile_scratch_bytes > 0) {
         uint64_t ctas = 0;
         if (!bounded_grid_ctas(s->payload, k, &ctas, why)) return Error::InvalidProgram;
@@ -502,7 +570,8 @@ class CudaGqaBackend final : public BackendInterface {
       } else if (!parse_payload(processed->data(), processed->size(), &aligned_copy,
                                 &state->payload, &why)) {
         // A payload from another schema version is well-formed but foreign.
-        err = state->payload.version != 0 && state->payload.version != kPayloadVersion
+        err = state->payload.version != 0 && (state->payload.version < kOldestPayloadVersion ||
+                                              state->payload.version > kPayloadVersion)
                   ? Error::DelegateInvalidCompatibility
                   : Error::InvalidProgram;
       } else {

@@ -4,8 +4,10 @@
 #include <executorch/runtime/core/evalue.h>
 #include <executorch/runtime/platform/log.h>
 
+#include <atomic>
 #include <cstring>
 #include <new>
+#include <string_view>
 #include <string>
 #include <vector>
 
@@ -203,13 +205,14 @@ int cuda_gqa_evaluate_launch(const void* data, size_t size, int device_cc, size_
                              const int32_t* dtypes, const char* const* dtype_labels,
                              const uint32_t* ranks, const int64_t* sizes, const int64_t* strides,
                              const uint64_t* addresses, uint64_t global_scratch,
-                             uint64_t profile_scratch, uint64_t workspace, uint32_t* launch,
+                             uint64_t profile_scratch, uint64_t workspace, const uint64_t* constants,
+                             size_t num_constants, uint32_t* launch,
                              uint64_t* param_values,
                              size_t max_params, size_t* num_params, char* message,
                              size_t message_size) {
   static_assert(CUDA_GQA_MAX_RANK == cuda_gqa::kMaxRank, "CUDA_GQA_MAX_RANK");
   try {
-    if (launch == nullptr || num_params == nullptr ||
+    if (launch == nullptr || num_params == nullptr || (num_constants > 0 && constants == nullptr) ||
         null_args(num_args, dtypes, ranks, sizes, strides, addresses)) {
       write_message("null buffer", message, message_size);
       return CUDA_GQA_EVAL_INTERNAL;
@@ -247,6 +250,9 @@ int cuda_gqa_evaluate_launch(const void* data, size_t size, int device_cc, size_
     }
     // The workspace exists only when the payload asks for one.
     if (payload.workspace_bytes > 0) scratch.workspace = workspace;
+    static_assert(sizeof(CUdeviceptr) == sizeof(uint64_t), "constant addresses are passed as uint64");
+    scratch.constants = reinterpret_cast<const CUdeviceptr*>(constants);
+    scratch.num_constants = num_constants;
     if (!cuda_gqa::check_scratch(k, scratch, &error)) {
       write_message(error, message, message_size);
       return CUDA_GQA_EVAL_BAD_PAYLOAD;
@@ -335,6 +341,8 @@ size_t cuda_gqa_loaded_module_count(void) { return cuda_gqa::cached_module_count
 
 size_t cuda_gqa_live_state_count(void) { return cuda_gqa::live_state_count(); }
 
+size_t cuda_gqa_live_constant_count(void) { return cuda_gqa::live_constant_count(); }
+
 int cuda_gqa_zero_states(char* message, size_t message_size) {
   std::string error;
   if (cuda_gqa::zero_all_states(&error)) return 0;
@@ -347,6 +355,96 @@ int cuda_gqa_zero_states(char* message, size_t message_size) {
 struct CudaGqaDelegate {
   executorch::runtime::BackendInterface* backend = nullptr;
   executorch::runtime::DelegateHandle* handle = nullptr;
+};
+
+namespace {
+
+using executorch::runtime::Error;
+
+// The named data of a CudaGqaProgram: a copy of the caller's entries, handed
+// to the backend as ExecuTorch hands a program's. Counts the buffers
+// get_data hands out and those not yet freed, so tests see init free them.
+class CopiedNamedData final : public executorch::runtime::NamedDataMap {
+ public:
+  bool assign(const CudaGqaNamedData* entries, size_t n, std::string* why) {
+    entries_.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      const CudaGqaNamedData& e = entries[i];
+      if (e.key == nullptr || e.key[0] == '\0' || (e.size > 0 && e.data == nullptr)) {
+        *why = "named data entry " + std::to_string(i) + " has no key or no data";
+        return false;
+      }
+      if (find(e.key) != nullptr) {
+        *why = std::string("named data key '") + e.key + "' repeats";
+        return false;
+      }
+      entries_[i].key = e.key;
+      const auto* bytes = static_cast<const uint8_t*>(e.data);
+      entries_[i].data.assign(bytes, bytes + e.size);
+    }
+    return true;
+  }
+
+  executorch::runtime::Result<const executorch::runtime::TensorLayout> get_tensor_layout(
+      std::string_view) const override {
+    return Error::NotImplemented;
+  }
+
+  executorch::runtime::Result<executorch::runtime::FreeableBuffer> get_data(std::string_view key) const override {
+    const Entry* e = find(key);
+    if (e == nullptr) return Error::NotFound;
+    taken_.fetch_add(1);
+    held_.fetch_add(1);
+    // A non-null pointer for empty entries too, so that Free calls back.
+    static const uint8_t kEmpty = 0;
+    return executorch::runtime::FreeableBuffer(e->data.empty() ? &kEmpty : e->data.data(), e->data.size(),
+                                               &CopiedNamedData::release, const_cast<CopiedNamedData*>(this));
+  }
+
+  Error load_data_into(std::string_view key, void* buffer, size_t size) const override {
+    const Entry* e = find(key);
+    if (e == nullptr) return Error::NotFound;
+    if (size > e->data.size()) return Error::InvalidArgument;
+    std::memcpy(buffer, e->data.data(), size);
+    return Error::Ok;
+  }
+
+  executorch::runtime::Result<uint32_t> get_num_keys() const override {
+    return static_cast<uint32_t>(entries_.size());
+  }
+
+  executorch::runtime::Result<const char*> get_key(uint32_t index) const override {
+    if (index >= entries_.size()) return Error::InvalidArgument;
+    return entries_[index].key.c_str();  // stable: entries_ never changes after assign
+  }
+
+  size_t taken() const { return taken_.load(); }
+  size_t held() const { return held_.load(); }
+
+ private:
+  struct Entry {
+    std::string key;
+    std::vector<uint8_t> data;
+  };
+
+  const Entry* find(std::string_view key) const {
+    for (const Entry& e : entries_) {
+      if (e.key == key) return &e;
+    }
+    return nullptr;
+  }
+
+  static void release(void* self, void*, size_t) { static_cast<CopiedNamedData*>(self)->held_.fetch_sub(1); }
+
+  std::vector<Entry> entries_;
+  mutable std::atomic<size_t> taken_{0};
+  mutable std::atomic<size_t> held_{0};
+};
+
+}  // namespace
+
+struct CudaGqaProgram {
+  CopiedNamedData named_data;
 };
 
 namespace {
@@ -367,9 +465,10 @@ struct TensorView {
 
 }  // namespace
 
-extern "C" {
+namespace {
 
-int cuda_gqa_delegate_init(const void* payload, size_t size, CudaGqaDelegate** out) {
+int init_delegate(const executorch::runtime::NamedDataMap* named_data, const void* payload, size_t size,
+                  CudaGqaDelegate** out) {
   if (out == nullptr) return static_cast<int>(Error::InvalidArgument);
   *out = nullptr;
   auto* delegate = new (std::nothrow) CudaGqaDelegate();
@@ -381,7 +480,8 @@ int cuda_gqa_delegate_init(const void* payload, size_t size, CudaGqaDelegate** o
   }
   // No free function: init reads the caller's bytes during the call only.
   executorch::runtime::FreeableBuffer processed(payload, size, nullptr);
-  executorch::runtime::BackendInitContext context(/*runtime_allocator=*/nullptr);
+  executorch::runtime::BackendInitContext context(/*runtime_allocator=*/nullptr, /*event_tracer=*/nullptr,
+                                                  /*method_name=*/nullptr, named_data);
   auto handle = delegate->backend->init(context, &processed, {});
   if (!handle.ok()) {
     delete delegate;
@@ -391,6 +491,45 @@ int cuda_gqa_delegate_init(const void* payload, size_t size, CudaGqaDelegate** o
   *out = delegate;
   return static_cast<int>(Error::Ok);
 }
+
+}  // namespace
+
+extern "C" {
+
+int cuda_gqa_delegate_init(const void* payload, size_t size, CudaGqaDelegate** out) {
+  return init_delegate(nullptr, payload, size, out);
+}
+
+int cuda_gqa_delegate_init_in_program(CudaGqaProgram* program, const void* payload, size_t size,
+                                      CudaGqaDelegate** out) {
+  if (program == nullptr) return static_cast<int>(Error::InvalidArgument);
+  return init_delegate(&program->named_data, payload, size, out);
+}
+
+CudaGqaProgram* cuda_gqa_program_create(const CudaGqaNamedData* entries, size_t num_entries) {
+  if (num_entries > 0 && entries == nullptr) return nullptr;
+  auto* program = new (std::nothrow) CudaGqaProgram();
+  if (program == nullptr) return nullptr;
+  try {
+    std::string why;
+    if (!program->named_data.assign(entries, num_entries, &why)) {
+      ET_LOG(Error, "CudaGqaBackend: cuda_gqa_program_create: %s", why.c_str());
+      delete program;
+      return nullptr;
+    }
+  } catch (const std::bad_alloc&) {
+    delete program;
+    return nullptr;
+  }
+  return program;
+}
+
+void cuda_gqa_program_buffer_counts(const CudaGqaProgram* program, size_t* taken, size_t* held) {
+  if (taken != nullptr) *taken = program != nullptr ? program->named_data.taken() : 0;
+  if (held != nullptr) *held = program != nullptr ? program->named_data.held() : 0;
+}
+
+void cuda_gqa_program_destroy(CudaGqaProgram* program) { delete program; }
 
 int cuda_gqa_delegate_execute(CudaGqaDelegate* delegate, const CudaGqaTensor* args,
                               size_t num_args) {

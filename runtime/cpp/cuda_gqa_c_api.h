@@ -52,7 +52,10 @@ CUDA_GQA_EXPORT int cuda_gqa_select_images(const void* data, size_t size, int de
 // address addresses[i]. `global_scratch` / `profile_scratch` stand for the
 // scratch buffers init would allocate (0: none), sized from the grid at the
 // specs' max sizes as init does; `workspace` for the workspace init would
-// allocate when the payload's workspace_bytes > 0 (ignored otherwise).
+// allocate when the payload's workspace_bytes > 0 (ignored otherwise);
+// constants[0 .. num_constants) for the device copies of the payload's
+// constants, in order (what Constant params receive; may be null when
+// num_constants is 0).
 //
 // On CUDA_GQA_EVAL_OK: launch[0..2] = grid x, y, z (all 0 if there is nothing
 // to launch), launch[3] = block threads in x, launch[4] = dynamic shared
@@ -66,7 +69,8 @@ CUDA_GQA_EXPORT int cuda_gqa_evaluate_launch(
     const int32_t* dtypes,
     const char* const* dtype_labels, const uint32_t* ranks, const int64_t* sizes,
     const int64_t* strides, const uint64_t* addresses, uint64_t global_scratch,
-    uint64_t profile_scratch, uint64_t workspace, uint32_t* launch, uint64_t* param_values, size_t max_params,
+    uint64_t profile_scratch, uint64_t workspace, const uint64_t* constants, size_t num_constants,
+    uint32_t* launch, uint64_t* param_values, size_t max_params,
     size_t* num_params, char* message, size_t message_size);
 
 // The dispatch of cuda_gqa_evaluate_launch alone: the checks execute runs on
@@ -124,6 +128,10 @@ CUDA_GQA_EXPORT size_t cuda_gqa_loaded_module_count(void);
 CUDA_GQA_EXPORT size_t cuda_gqa_live_state_count(void);
 CUDA_GQA_EXPORT int cuda_gqa_zero_states(char* message, size_t message_size);
 
+// Payload constants (a model's weights) with a device copy in the process:
+// one per (program, device, name), however many delegates name it.
+CUDA_GQA_EXPORT size_t cuda_gqa_live_constant_count(void);
+
 // --- a delegate without an ExecuTorch program ----------------------------------
 // CudaGqaBackend's own init/execute/destroy (the BackendInterface ExecuTorch
 // calls), for PyTorch users, tests and the concurrency checks: the same
@@ -157,6 +165,42 @@ CUDA_GQA_EXPORT int cuda_gqa_delegate_execute(CudaGqaDelegate* delegate, const C
 
 // Frees the delegate (null: nothing). Must not race an execute of it.
 CUDA_GQA_EXPORT void cuda_gqa_delegate_destroy(CudaGqaDelegate* delegate);
+
+// --- named data: a program for delegates without an ExecuTorch program ---------
+// What an ExecuTorch program gives its delegates besides their payloads: its
+// named data (NamedDataMap, key -> bytes), where payload constants (and
+// kernel images stored by key) are. Delegates initialised in one
+// CudaGqaProgram share the states and constants they name, as the methods of
+// one ExecuTorch program do; those of different programs do not.
+
+// One named data entry: `size` bytes at `data` under the NUL-terminated `key`.
+typedef struct {
+  const char* key;
+  const void* data;
+  size_t size;
+} CudaGqaNamedData;
+
+typedef struct CudaGqaProgram CudaGqaProgram;
+
+// A program holding a copy of `entries` (keys must be distinct and
+// non-empty). Null on bad input (logged) or when out of memory.
+CUDA_GQA_EXPORT CudaGqaProgram* cuda_gqa_program_create(const CudaGqaNamedData* entries, size_t num_entries);
+
+// cuda_gqa_delegate_init, with the program's named data: the payload's
+// constants are uploaded from it (once per program) and its images read
+// from it. Returns the ExecuTorch Error code init returns (0: Ok, *out set).
+CUDA_GQA_EXPORT int cuda_gqa_delegate_init_in_program(CudaGqaProgram* program, const void* payload, size_t size,
+                                                      CudaGqaDelegate** out);
+
+// How many buffers the backend has taken from the program's named data
+// (NamedDataMap::get_data) since it was created, and how many of them it
+// still holds (not yet freed: init frees each right after its use).
+CUDA_GQA_EXPORT void cuda_gqa_program_buffer_counts(const CudaGqaProgram* program, size_t* taken,
+                                                    size_t* held);
+
+// Frees the program (null: nothing). Destroy its delegates first: the
+// states and constants they share are keyed by the program's identity.
+CUDA_GQA_EXPORT void cuda_gqa_program_destroy(CudaGqaProgram* program);
 
 #ifdef __cplusplus
 }

@@ -211,6 +211,30 @@ bool uses_workspace(const KernelDesc& kernel) {
   return false;
 }
 
+namespace {
+
+// Every Constant param of `kernel` has an address in scratch's table, a
+// multiple of what its cubin assumes.
+bool check_constants(const KernelDesc& kernel, const ScratchDesc& scratch, std::string* error) {
+  for (size_t i = 0; i < kernel.params.size(); ++i) {
+    const ParamDesc& p = kernel.params[i];
+    if (p.kind != ParamKind::kConstant) continue;
+    if (scratch.constants == nullptr || p.constant >= scratch.num_constants) {
+      *error = param_where(kernel, i) + "constant " + std::to_string(p.constant) + " missing (" +
+               std::to_string(scratch.num_constants) + " constants uploaded)";
+      return false;
+    }
+    if (p.divisibility > 1 && scratch.constants[p.constant] % p.divisibility != 0) {
+      *error = param_where(kernel, i) + "address of constant " + std::to_string(p.constant) +
+               " is not a multiple of " + std::to_string(p.divisibility) + " bytes, which the cubin assumes";
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
 bool check_scratch(const KernelDesc& kernel, const ScratchDesc& scratch, std::string* error) {
   if ((kernel.global_scratch_bytes > 0 && scratch.global == 0) ||
       (kernel.profile_scratch_bytes > 0 && scratch.profile == 0)) {
@@ -226,7 +250,7 @@ bool check_scratch(const KernelDesc& kernel, const ScratchDesc& scratch, std::st
              std::to_string(kWorkspaceAlign) + "-byte aligned";
     return false;
   }
-  return true;
+  return check_constants(kernel, scratch, error);
 }
 
 Error evaluate_launch(const KernelDesc& k, const ArgDesc* args, size_t num_args,
@@ -271,6 +295,14 @@ Error evaluate_launch(const KernelDesc& k, const ArgDesc* args, size_t num_args,
         std::memcpy(slot, &v, sizeof(v));
         continue;
       }
+      case ParamKind::kConstant:
+        // Alignment was checked by check_scratch; the bound again, as it guards a read.
+        if (scratch.constants == nullptr || p.constant >= scratch.num_constants) {
+          *error = param_where(k, i) + "constant " + std::to_string(p.constant) + " missing";
+          return Error::InvalidProgram;
+        }
+        *slot = static_cast<uint64_t>(scratch.constants[p.constant]);
+        continue;
     }
     // Integer parameter: a stride or a size (divisibility checked above).
     if (p.type == ParamType::kInt32) {

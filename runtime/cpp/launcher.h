@@ -70,21 +70,27 @@ bool select_plan(const PayloadDesc& payload, const ArgDesc* args, size_t num_arg
                  std::string* error);
 
 // Device buffers init allocates that one kernel's launch reads: its scratch
-// buffers and the number of CTAs they have room for, and the delegate's
+// buffers and the number of CTAs they have room for, the delegate's
 // workspace (shared by all kernels, Payload.workspace_bytes at
-// kWorkspaceAlign; 0 when the payload has none).
+// kWorkspaceAlign; 0 when the payload has none), and the device address of
+// each payload constant (Payload.constants, in order; fixed after init, so
+// launch graphs keep them; null for an empty constant). The table must
+// outlive the launchers given it.
 struct ScratchDesc {
   CUdeviceptr global = 0;
   CUdeviceptr profile = 0;
   uint64_t ctas = 0;
   CUdeviceptr workspace = 0;
+  const CUdeviceptr* constants = nullptr;
+  size_t num_constants = 0;
 };
 
 // True if a param of `kernel` is a Workspace pointer.
 bool uses_workspace(const KernelDesc& kernel);
 
 // Init-time check that `scratch` covers what `kernel` asks for (scratch
-// buffers, and the workspace if a param reads it).
+// buffers, the workspace if a param reads it, and each constant a param
+// reads, at an address meeting the param's divisibility).
 bool check_scratch(const KernelDesc& kernel, const ScratchDesc& scratch, std::string* error);
 
 // Evaluates one launch of `kernel` over `args` (inputs then outputs, already

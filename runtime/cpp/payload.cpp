@@ -57,8 +57,9 @@ bool fail(std::string* error, const std::string& where, const std::string& what)
 // Bounds of a spec's dynamic dims; states have none (they are static).
 const flatbuffers::Vector<int64_t>* max_sizes_of(const fb::TensorSpec* spec) { return spec->max_sizes(); }
 const flatbuffers::Vector<int64_t>* max_sizes_of(const fb::StateSpec*) { return nullptr; }
+const flatbuffers::Vector<int64_t>* max_sizes_of(const fb::ConstantSpec*) { return nullptr; }
 
-template <typename Spec>  // fb::TensorSpec or fb::StateSpec
+template <typename Spec>  // fb::TensorSpec, fb::StateSpec or fb::ConstantSpec
 bool read_spec(const Spec* spec, const std::string& where,
                TensorSpecDesc* out, std::string* error) {
   if (spec == nullptr) return fail(error, where, "missing tensor spec");
@@ -163,13 +164,93 @@ bool read_size_from(const fb::TensorSpec* spec, size_t index, const std::string&
   return true;
 }
 
+// Checks of a decoded param, by kind.
+bool check_tensor_param(const ParamDesc& p, const PayloadDesc& pl, const std::string& where,
+                        std::string* error) {
+  if (p.arg >= pl.num_launch_args()) {
+    return fail(error, where,
+                "arg " + std::to_string(p.arg) + " out of range (" +
+                    std::to_string(pl.num_launch_args()) + " delegate args)");
+  }
+  if (p.kind == ParamKind::kTensorPointer) {
+    if (p.type != ParamType::kPointer) return fail(error, where, "TensorPointer must be passed as Pointer");
+    return true;
+  }
+  if (p.type != ParamType::kInt32 && p.type != ParamType::kInt64) {
+    return fail(error, where, "TensorStride/TensorSize must be Int32 or Int64");
+  }
+  const size_t rank = pl.arg_spec(p.arg).sizes.size();
+  if (p.dim >= rank) {
+    return fail(error, where,
+                "dim " + std::to_string(p.dim) + " out of range for arg " + std::to_string(p.arg) +
+                    " of rank " + std::to_string(rank));
+  }
+  return true;
+}
+
+bool check_float32_constant_param(const ParamDesc& p, const std::string& where, std::string* error) {
+  if (p.type != ParamType::kFloat32) return fail(error, where, "Float32Constant must be passed as Float32");
+  if (!std::isfinite(p.f32_value)) return fail(error, where, "Float32Constant is not finite");
+  if (p.divisibility > 1) return fail(error, where, "divisibility on a float constant");
+  return true;
+}
+
+bool check_workspace_param(const ParamDesc& p, uint64_t workspace_bytes, const std::string& where,
+                           std::string* error) {
+  if (p.type != ParamType::kPointer) return fail(error, where, "Workspace must be passed as Pointer");
+  if (p.workspace_offset >= workspace_bytes || p.workspace_extent == 0 ||
+      p.workspace_extent > workspace_bytes - p.workspace_offset) {
+    return fail(error, where,
+                "workspace range [" + std::to_string(p.workspace_offset) + ", +" +
+                    std::to_string(p.workspace_extent) + ") outside the " +
+                    std::to_string(workspace_bytes) + "-byte workspace");
+  }
+  // The base is kWorkspaceAlign-aligned: the address is a multiple of the
+  // divisibility iff the offset is.
+  if (p.divisibility > 1 &&
+      (p.divisibility > kWorkspaceAlign || p.workspace_offset % p.divisibility != 0)) {
+    return fail(error, where,
+                "workspace offset " + std::to_string(p.workspace_offset) + " is not a multiple of " +
+                    std::to_string(p.divisibility) + ", which the cubin assumes");
+  }
+  return true;
+}
+
+bool check_int32_constant_param(const ParamDesc& p, const std::string& where, std::string* error) {
+  if (p.type != ParamType::kInt32) return fail(error, where, "Int32Constant must be passed as Int32");
+  if (p.divisibility > 1 && p.i32_value % static_cast<int64_t>(p.divisibility) != 0) {
+    return fail(error, where,
+                "Int32Constant " + std::to_string(p.i32_value) + " is not a multiple of " +
+                    std::to_string(p.divisibility) + ", which the cubin assumes");
+  }
+  return true;
+}
+
+bool check_constant_param(const ParamDesc& p, const PayloadDesc& pl, const std::string& where,
+                          std::string* error) {
+  if (p.type != ParamType::kPointer) return fail(error, where, "Constant must be passed as Pointer");
+  if (p.constant >= pl.constants.size()) {
+    return fail(error, where,
+                "constant " + std::to_string(p.constant) + " out of range (" +
+                    std::to_string(pl.constants.size()) + " constants)");
+  }
+  // Device copies are kConstantAlign-aligned and nothing more is promised.
+  if (p.divisibility > 1 && kConstantAlign % p.divisibility != 0) {
+    return fail(error, where,
+                "constant addresses are " + std::to_string(kConstantAlign) +
+                    "-byte aligned, not a multiple of " + std::to_string(p.divisibility) +
+                    ", which the cubin assumes");
+  }
+  return true;
+}
+
 // workspace_bytes: of the launch plan the param's kernel belongs to.
 bool read_param(const fb::KernelParam* p, const PayloadDesc& pl, uint64_t workspace_bytes,
                 const std::string& where, ParamDesc* out, std::string* error) {
   if (p == nullptr) return fail(error, where, "missing param");
   const int kind = static_cast<int>(p->kind());
   const int type = static_cast<int>(p->type());
-  if (kind < 0 || kind > static_cast<int>(ParamKind::kInt32Constant)) {
+  if (kind < 0 || kind > static_cast<int>(kLastParamKind)) {
     return fail(error, where, "unknown param kind " + std::to_string(kind));
   }
   if (type < 0 || type > static_cast<int>(ParamType::kFloat32)) {
@@ -184,87 +265,18 @@ bool read_param(const fb::KernelParam* p, const PayloadDesc& pl, uint64_t worksp
   out->workspace_offset = p->workspace_offset();
   out->workspace_extent = p->workspace_extent();
   out->i32_value = p->i32_value();
-
-  const bool int_type = out->type == ParamType::kInt32 || out->type == ParamType::kInt64;
+  out->constant = p->constant();
   switch (out->kind) {
     case ParamKind::kTensorPointer:
     case ParamKind::kTensorStride:
-    case ParamKind::kTensorSize: {
-      if (out->arg >= pl.num_launch_args()) {
-        return fail(error, where,
-                    "arg " + std::to_string(out->arg) + " out of range (" +
-                        std::to_string(pl.num_launch_args()) + " delegate args)");
-      }
-      if (out->kind == ParamKind::kTensorPointer) {
-        if (out->type != ParamType::kPointer) {
-          return fail(error, where, "TensorPointer must be passed as Pointer");
-        }
-        break;
-      }
-      if (!int_type) {
-        return fail(error, where, "TensorStride/TensorSize must be Int32 or Int64");
-      }
-      const size_t rank = pl.arg_spec(out->arg).sizes.size();
-      if (out->dim >= rank) {
-        return fail(error, where,
-                    "dim " + std::to_string(out->dim) + " out of range for arg " +
-                        std::to_string(out->arg) + " of rank " + std::to_string(rank));
-      }
-      break;
-    }
-    case ParamKind::kFloat32Constant:
-      if (out->type != ParamType::kFloat32) {
-        return fail(error, where, "Float32Constant must be passed as Float32");
-      }
-      if (!std::isfinite(out->f32_value)) {
-        return fail(error, where, "Float32Constant is not finite");
-      }
-      if (out->divisibility > 1) {
-        return fail(error, where, "divisibility on a float constant");
-      }
-      break;
+    case ParamKind::kTensorSize: return check_tensor_param(*out, pl, where, error);
+    case ParamKind::kFloat32Constant: return check_float32_constant_param(*out, where, error);
     case ParamKind::kGlobalScratch:
     case ParamKind::kProfileScratch:
-      if (out->type != ParamType::kPointer) {
-        return fail(error, where, "scratch must be passed as Pointer");
-      }
-      break;
-    case ParamKind::kWorkspace: {
-      if (out->type != ParamType::kPointer) {
-        return fail(error, where, "Workspace must be passed as Pointer");
-      }
-      const uint64_t bytes = workspace_bytes;
-      if (out->workspace_offset >= bytes || out->workspace_extent == 0 ||
-          out->workspace_extent > bytes - out->workspace_offset) {
-        return fail(error, where,
-                    "workspace range [" + std::to_string(out->workspace_offset) + ", +" +
-                        std::to_string(out->workspace_extent) + ") outside the " +
-                        std::to_string(bytes) + "-byte workspace");
-      }
-      // The base is kWorkspaceAlign-aligned: the address is a multiple of
-      // the divisibility iff the offset is.
-      if (out->divisibility > 1 &&
-          (out->divisibility > kWorkspaceAlign ||
-           out->workspace_offset % out->divisibility != 0)) {
-        return fail(error, where,
-                    "workspace offset " + std::to_string(out->workspace_offset) +
-                        " is not a multiple of " + std::to_string(out->divisibility) +
-                        ", which the cubin assumes");
-      }
-      break;
-    }
-    case ParamKind::kInt32Constant:
-      if (out->type != ParamType::kInt32) {
-        return fail(error, where, "Int32Constant must be passed as Int32");
-      }
-      if (out->divisibility > 1 &&
-          out->i32_value % static_cast<int64_t>(out->divisibility) != 0) {
-        return fail(error, where,
-                    "Int32Constant " + std::to_string(out->i32_value) +
-                        " is not a multiple of " + std::to_string(out->divisibility) +
-                        ", which the cubin assumes");
-      }
-      break;
+      return out->type == ParamType::kPointer || fail(error, where, "scratch must be passed as Pointer");
+    case ParamKind::kWorkspace: return check_workspace_param(*out, workspace_bytes, where, error);
+    case ParamKind::kInt32Constant: return check_int32_constant_param(*out, where, error);
+    case ParamKind::kConstant: return check_constant_param(*out, pl, where, error);
   }
   return true;
 }
@@ -506,14 +518,11 @@ bool keep_plans_for_arch(PayloadDesc* payload, int device_cc, std::string* error
   return true;
 }
 
-bool parse_payload(const void* data, size_t size, std::vector<uint64_t>* aligned_storage,
-                   PayloadDesc* out, std::string* error) {
-  *out = PayloadDesc();
-  if (data != nullptr && size > 0 && (reinterpret_cast<uintptr_t>(data) & 7u) != 0) {
-    aligned_storage->resize((size + 7) / 8);
-    std::memcpy(aligned_storage->data(), data, size);
-    data = aligned_storage->data();
-  }
+namespace {
+
+// Identifier, verification and version; *root on success.
+bool read_header(const void* data, size_t size, const fb::Payload** root, PayloadDesc* out,
+                 std::string* error) {
   if (data == nullptr || size < 8) {
     return fail(error, "", "payload too short (" + std::to_string(size) + " bytes)");
   }
@@ -534,20 +543,21 @@ bool parse_payload(const void* data, size_t size, std::vector<uint64_t>* aligned
   if (!fb::VerifyPayloadBuffer(verifier)) {
     return fail(error, "", "corrupt payload: flatbuffers verification failed");
   }
-  const fb::Payload* p = fb::GetPayload(data);
-  out->version = p->version();
-  if (out->version != kPayloadVersion) {
+  *root = fb::GetPayload(data);
+  out->version = (*root)->version();
+  if (out->version < kOldestPayloadVersion || out->version > kPayloadVersion) {
     return fail(error, "", "payload schema version " + std::to_string(out->version) +
-                               ", this runtime reads version " +
-                               std::to_string(kPayloadVersion));
+                               ", this runtime reads versions " + std::to_string(kOldestPayloadVersion) +
+                               " to " + std::to_string(kPayloadVersion));
   }
+  return true;
+}
+
+bool read_arg_specs(const fb::Payload* p, PayloadDesc* out, std::string* error) {
   if (p->inputs() != nullptr) {
     out->inputs.resize(p->inputs()->size());
     for (uint32_t i = 0; i < out->inputs.size(); ++i) {
-      if (!read_spec(p->inputs()->Get(i), "input " + std::to_string(i),
-                     &out->inputs[i], error)) {
-        return false;
-      }
+      if (!read_spec(p->inputs()->Get(i), "input " + std::to_string(i), &out->inputs[i], error)) return false;
     }
   }
   if (p->outputs() == nullptr || p->outputs()->size() == 0) {
@@ -555,39 +565,48 @@ bool parse_payload(const void* data, size_t size, std::vector<uint64_t>* aligned
   }
   out->outputs.resize(p->outputs()->size());
   for (uint32_t i = 0; i < out->outputs.size(); ++i) {
-    if (!read_spec(p->outputs()->Get(i), "output " + std::to_string(i),
-                   &out->outputs[i], error)) {
-      return false;
+    if (!read_spec(p->outputs()->Get(i), "output " + std::to_string(i), &out->outputs[i], error)) return false;
+  }
+  return true;
+}
+
+// A state or constant: static sizes, a name unique among the payload's
+// buffers of its kind (*out holds those read before it).
+template <typename Spec, typename Desc>  // fb::StateSpec/StateSpecDesc, fb::ConstantSpec/ConstantSpecDesc
+bool read_named_buffer(const Spec* spec, const std::string& where, const std::vector<Desc>& before,
+                       Desc* out, std::string* error) {
+  if (spec != nullptr && spec->sizes() != nullptr) {
+    for (uint32_t d = 0; d < spec->sizes()->size(); ++d) {
+      int64_t size;  // memcpy: see read_spec
+      std::memcpy(&size, spec->sizes()->Data() + d * sizeof(int64_t), sizeof(size));
+      if (size == -1) return fail(error, where, "has dynamic sizes");
     }
   }
-  if (const auto* states = p->states()) {
-    out->states.resize(states->size());
-    for (uint32_t i = 0; i < states->size(); ++i) {
-      const std::string where = "state " + std::to_string(i);
-      const fb::StateSpec* state = states->Get(i);
-      if (state != nullptr && state->sizes() != nullptr) {
-        for (uint32_t d = 0; d < state->sizes()->size(); ++d) {
-          int64_t size;  // memcpy: see read_spec
-          std::memcpy(&size, state->sizes()->Data() + d * sizeof(int64_t), sizeof(size));
-          if (size < 0) return fail(error, where, "has dynamic sizes");
-        }
-      }
-      if (!read_spec(state, where, &out->states[i].spec, error)) return false;
-      if (state->name() == nullptr || state->name()->size() == 0) {
-        return fail(error, where, "has no name");
-      }
-      out->states[i].name = state->name()->str();
-      for (uint32_t j = 0; j < i; ++j) {
-        if (out->states[j].name == out->states[i].name) {
-          return fail(error, where, "repeats the name '" + out->states[i].name + "'");
-        }
-      }
-    }
+  if (!read_spec(spec, where, &out->spec, error)) return false;
+  if (spec->name() == nullptr || spec->name()->size() == 0) return fail(error, where, "has no name");
+  out->name.assign(spec->name()->c_str(), spec->name()->size());
+  if (std::strlen(out->name.c_str()) != out->name.size()) return fail(error, where, "name contains NUL");
+  for (const Desc& other : before) {
+    if (other.name == out->name) return fail(error, where, "repeats the name '" + out->name + "'");
   }
-  // Param and grid args are one byte wide.
-  if (out->num_launch_args() > 256) {
-    return fail(error, "", "more than 256 delegate arguments");
+  return true;
+}
+
+template <typename Specs, typename Desc>
+bool read_named_buffers(const Specs* specs, const std::string& what, std::vector<Desc>* out,
+                        std::string* error) {
+  out->clear();
+  if (specs == nullptr) return true;
+  out->reserve(specs->size());
+  for (uint32_t i = 0; i < specs->size(); ++i) {
+    Desc desc;
+    if (!read_named_buffer(specs->Get(i), what + " " + std::to_string(i), *out, &desc, error)) return false;
+    out->push_back(std::move(desc));
   }
+  return true;
+}
+
+bool read_all_size_from(const fb::Payload* p, PayloadDesc* out, std::string* error) {
   for (size_t i = 0; i < out->num_args(); ++i) {
     const bool input = i < out->inputs.size();
     const fb::TensorSpec* spec =
@@ -597,20 +616,44 @@ bool parse_payload(const void* data, size_t size, std::vector<uint64_t>* aligned
                                     : "output " + std::to_string(i - out->inputs.size());
     if (!read_size_from(spec, i, where, out, error)) return false;
   }
-  if (!read_workspace_bytes(p->workspace_bytes(), "", &out->workspace_bytes, error)) {
-    return false;
-  }
+  return true;
+}
+
+bool read_plans(const fb::Payload* p, PayloadDesc* out, std::string* error) {
   if (p->plans() == nullptr || p->plans()->size() == 0) {
     return fail(error, "", "payload has no launch plans");
   }
   out->plans.resize(p->plans()->size());
   for (uint32_t i = 0; i < p->plans()->size(); ++i) {
     out->plans[i].payload_index = i;
-    if (!read_plan(p->plans()->Get(i), *out, "plan " + std::to_string(i), &out->plans[i], error)) {
-      return false;
-    }
+    if (!read_plan(p->plans()->Get(i), *out, "plan " + std::to_string(i), &out->plans[i], error)) return false;
   }
   return true;
+}
+
+}  // namespace
+
+bool parse_payload(const void* data, size_t size, std::vector<uint64_t>* aligned_storage,
+                   PayloadDesc* out, std::string* error) {
+  *out = PayloadDesc();
+  if (data != nullptr && size > 0 && (reinterpret_cast<uintptr_t>(data) & 7u) != 0) {
+    aligned_storage->resize((size + 7) / 8);
+    std::memcpy(aligned_storage->data(), data, size);
+    data = aligned_storage->data();
+  }
+  const fb::Payload* p = nullptr;
+  if (!read_header(data, size, &p, out, error) || !read_arg_specs(p, out, error) ||
+      !read_named_buffers(p->states(), "state", &out->states, error) ||
+      !read_named_buffers(p->constants(), "constant", &out->constants, error)) {
+    return false;
+  }
+  // Param and grid args are one byte wide.
+  if (out->num_launch_args() > 256) {
+    return fail(error, "", "more than 256 delegate arguments");
+  }
+  return read_all_size_from(p, out, error) &&
+         read_workspace_bytes(p->workspace_bytes(), "", &out->workspace_bytes, error) &&
+         read_plans(p, out, error);
 }
 
 }  // namespace cuda_gqa

@@ -13,7 +13,10 @@
 namespace cuda_gqa {
 
 // Must match PAYLOAD_VERSION in backends/serialization/payload_serializer.py.
-constexpr uint32_t kPayloadVersion = 3;
+constexpr uint32_t kPayloadVersion = 4;
+// The oldest version still read (OLDEST_PAYLOAD_VERSION): version 3 payloads
+// are version 4 ones without constants.
+constexpr uint32_t kOldestPayloadVersion = 3;
 constexpr char kPayloadIdentifier[] = "CGQA";
 // Upper bounds on what the runtime accepts; far above anything preprocess
 // emits, low enough that products and indices cannot overflow.
@@ -25,6 +28,8 @@ constexpr uint32_t kMaxSharedMemBytes = 1u << 20;
 constexpr uint64_t kMaxWorkspaceBytes = uint64_t{1} << 40;
 // Alignment of the workspace base (cuMemAlloc gives 256 bytes).
 constexpr uint64_t kWorkspaceAlign = 256;
+// Alignment of every constant's device copy (cuMemAlloc's).
+constexpr uint64_t kConstantAlign = 256;
 
 // Same numbering as the schema's enums.
 enum class DType : uint8_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kBool = 3, kInt32 = 4, kInt64 = 5 };
@@ -38,7 +43,9 @@ enum class ParamKind : uint8_t {
   kProfileScratch = 5,
   kWorkspace = 6,
   kInt32Constant = 7,
+  kConstant = 8,
 };
+constexpr ParamKind kLastParamKind = ParamKind::kConstant;
 enum class ParamType : uint8_t { kPointer = 0, kInt32 = 1, kInt64 = 2, kFloat32 = 3 };
 
 const char* dtype_name(DType dtype);
@@ -71,6 +78,7 @@ struct ParamDesc {
   uint64_t workspace_offset = 0;  // kWorkspace: bytes into the workspace
   uint64_t workspace_extent = 0;  // kWorkspace: bytes the kernel may touch from there
   int32_t i32_value = 0;          // kInt32Constant
+  uint32_t constant = 0;          // kConstant: index into PayloadDesc::constants
 };
 
 struct GridFactorDesc {
@@ -117,6 +125,16 @@ struct StateSpecDesc {
   TensorSpecDesc spec;  // static sizes only
 };
 
+// A read-only tensor the kernels address through kConstant params
+// (Payload.constants): its bytes are the program's named data entry `name`,
+// uploaded to the device once at init and shared by the delegates of one
+// program that name it.
+struct ConstantSpecDesc {
+  std::string name;
+  TensorSpecDesc spec;  // static sizes only
+  size_t bytes() const { return static_cast<size_t>(spec.max_numel()) * dtype_size(spec.dtype); }
+};
+
 struct SizeRangeDesc {
   uint8_t arg = 0;
   uint8_t dim = 0;
@@ -139,6 +157,7 @@ struct PayloadDesc {
   std::vector<LaunchPlanDesc> plans;
   uint64_t workspace_bytes = 0;  // one device buffer allocated at init; 0: none
   std::vector<StateSpecDesc> states;
+  std::vector<ConstantSpecDesc> constants;  // none before version 4
 
   // Arguments the caller passes: inputs, then outputs.
   size_t num_args() const { return inputs.size() + outputs.size(); }

@@ -1,6 +1,7 @@
 // cuda_gqa_payload_fuzz: feeds seeded truncations and byte flips of real
 // payload files through what init and execute do with a payload (parse,
-// arch-variant choice, image selection, scratch sizing, launch evaluation),
+// arch-variant choice, image selection, scratch sizing, constant binding,
+// launch evaluation),
 // and counts what was accepted. Built plainly and, with CUDA_GQA_SANITIZE,
 // under AddressSanitizer and UndefinedBehaviorSanitizer, where any
 // out-of-bounds read or undefined operation aborts the run.
@@ -108,6 +109,9 @@ void evaluate_accepted(const PayloadDesc& parsed, Stats* stats) {
       args_fit &= cuda_gqa::check_arg(p.arg_spec(i), args.data(), i, p.inputs.size(), &error);
     }
     if (!args_fit) continue;
+    // What init uploads: each constant at its own 256-byte aligned address.
+    std::vector<CUdeviceptr> constants(p.constants.size());
+    for (size_t i = 0; i < constants.size(); ++i) constants[i] = 0x7b0000000000ull + (uint64_t{i} << 32);
     size_t selected = 0;
     ++(cuda_gqa::select_plan(p, args.data(), args.size(), &selected, &error)
            ? stats->launches_evaluated
@@ -118,6 +122,8 @@ void evaluate_accepted(const PayloadDesc& parsed, Stats* stats) {
         if (!cuda_gqa::select_image(k, cc, &choice, &error)) continue;
         cuda_gqa::ScratchDesc scratch;
         scratch.workspace = p.workspace_bytes > 0 ? 0x7e0000000000ull : 0;
+        scratch.constants = constants.data();
+        scratch.num_constants = constants.size();
         if (k.global_scratch_bytes > 0 || k.profile_scratch_bytes > 0) {
           if (!cuda_gqa::bounded_grid_ctas(p, k, &scratch.ctas, &error)) continue;
           scratch.global = k.global_scratch_bytes > 0 ? 0x7d0000000000ull : 0;

@@ -11,16 +11,20 @@ signature and constexprs.
 product's own evaluation (runtime/launch_plan.py, in parity with the C++
 launcher: plan selection, parameter values, grids) over CPU tensors; each
 launch runs as that function under TRITON_INTERPRET=1, its pointer
-parameters mapped back to the argument, state or workspace they address.
-States and the workspace are zeroed once and kept across calls, like the
-device buffers of a delegate.
+parameters mapped back to the argument, state, constant or workspace they
+address. States and the workspace are zeroed once and kept across calls,
+like the device buffers of a delegate; each constant (Payload.constants, a
+weight) is a CPU tensor made once from the program's named data.
 
 The interpreter must be switched on before triton is imported, and the
 AOT compiles need it off: run `python payload_interpreter.py CASE OUT` in a
 subprocess (`run_in_subprocess`). CASE (torch.save) holds {"kernels": what
 recording_compiles collected, "programs": [{"payload": bytes, "calls":
-[[input tensors], ...]}, ...]}; OUT gets, per program, {"outputs": [[output
-tensors] per call], "states": [final state tensors]}.
+[[input tensors], ...], "named_data": {name: bytes}}, ...]} ("named_data",
+what the program's named data holds for the payload's constants, e.g.
+PayloadConstants.named_data(); optional when the payload has none); OUT
+gets, per program, {"outputs": [[output tensors] per call], "states": [final
+state tensors]}.
 """
 
 from __future__ import annotations
@@ -71,7 +75,8 @@ def run_in_subprocess(case: dict, workdir: Path) -> list[dict]:
 
 
 class PayloadInterpreter:
-    def __init__(self, payload: bytes, kernels: dict):
+    def __init__(self, payload: bytes, kernels: dict, named_data: dict | None = None):
+        """named_data: name -> bytes of the payload's constants (the program's named data)."""
         import torch
 
         from cuda_gqa.runtime.launch_plan import LaunchPlan
@@ -80,9 +85,22 @@ class PayloadInterpreter:
         self.kernels = kernels
         self.torch_dtype = {code: getattr(torch, name) for code, name in _DTYPE_NAMES.items()}
         self.states = [torch.zeros(sizes, dtype=self.torch_dtype[dtype]) for _, dtype, sizes in self.plan.states]
+        self.constants = [self._constant(name, self.torch_dtype[dtype], sizes, named_data or {})
+                          for name, dtype, sizes in self.plan.constants]
         # 256-byte aligned, as the runtimes allocate it.
         raw = torch.zeros(_round_up(max(self.plan.workspace_bytes, 16), 16) + 256, dtype=torch.uint8)
         self.workspace = raw[-raw.data_ptr() % 256:][:raw.numel() - 256]
+
+    @staticmethod
+    def _constant(name: str, dtype, sizes, named_data: dict):
+        """A CPU tensor of constant `name` from its named data bytes (a copy: writable, aligned)."""
+        import torch
+
+        assert name in named_data, f"constant '{name}' is not in the case's named_data"
+        data = bytearray(named_data[name])
+        if not data:
+            return torch.empty(sizes, dtype=dtype)
+        return torch.frombuffer(data, dtype=torch.uint8).view(dtype).reshape(sizes).clone()
 
     def _info(self, tensor):
         from cuda_gqa.runtime.launch_plan import ArgInfo
@@ -103,7 +121,9 @@ class PayloadInterpreter:
         p = plan.select(arg_infos)
         # No kernel here uses Triton's scratch; nonzero addresses only satisfy the checks.
         scratch = [[(16, 16)] * len(plan.kernels(q)) for q in range(len(plan.plans))]
-        for launch in plan.evaluate_all(arg_infos, scratch=scratch, workspace=self.workspace.data_ptr()):
+        constants = [t.data_ptr() for t in self.constants]
+        for launch in plan.evaluate_all(arg_infos, scratch=scratch, workspace=self.workspace.data_ptr(),
+                                        constants=constants):
             kernel = plan.kernels(p)[launch.kernel_index]
             info = self.kernels[_key_of(kernel.cubins[0])]
             fn = getattr(importlib.import_module(info["module"]), info["name"])
@@ -111,13 +131,13 @@ class PayloadInterpreter:
             values = {}
             for name, (_, value) in zip(names, launch.params):
                 kind = info["signature"][name]
-                values[name] = self._pointer(value, kind, args) if kind.startswith("*") else value
+                values[name] = self._pointer(value, kind, args + self.constants) if kind.startswith("*") else value
             if launch.ctas:
                 fn[launch.grid](**values, **info["constexprs"])
         return outputs
 
     def _pointer(self, address: int, kind: str, args):
-        """The tensor a pointer parameter addresses: an argument, or the workspace from an offset."""
+        """The tensor a pointer parameter addresses: an argument or constant, or the workspace from an offset."""
         import torch
 
         dtype = {"*fp32": torch.float32, "*fp16": torch.float16, "*bf16": torch.bfloat16, "*i32": torch.int32,
@@ -159,7 +179,7 @@ def main(case_path: str, out_path: str) -> None:
     case = torch.load(case_path)
     results = []
     for program in case["programs"]:
-        delegate = PayloadInterpreter(program["payload"], case["kernels"])
+        delegate = PayloadInterpreter(program["payload"], case["kernels"], program.get("named_data"))
         outputs = [delegate(*inputs) for inputs in program["calls"]]
         results.append({"outputs": outputs, "states": delegate.states})
     torch.save(results, out_path)

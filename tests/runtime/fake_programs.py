@@ -251,13 +251,19 @@ CUresult cuEventCreate(unsigned long long** e, unsigned f) { (void)f; *e = callo
 CUresult cuEventDestroy_v2(unsigned long long* e) { free(e); return 0; }
 CUresult cuEventRecord(unsigned long long* e, void* s) { (void)s; *e = device_ns; return 0; }
 CUresult cuEventElapsedTime_v2(float* ms, unsigned long long* a, unsigned long long* b) { *ms = (float)((*b - *a) / 1e6); return 0; }
-/* Fresh device memory holds garbage, as on a GPU. */
+/* Fresh device memory holds garbage, as on a GPU. Allocations counted for tests (fake_allocations reads them):
+   all made so far, and those not freed yet. */
+static long long allocations, live_allocations;
+void fake_allocations(long long* total, long long* live) {
+  *total = __atomic_load_n(&allocations, __ATOMIC_RELAXED); *live = __atomic_load_n(&live_allocations, __ATOMIC_RELAXED);
+}
 CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t n) {
   *p = (CUdeviceptr)aligned_alloc(256, (n + 255) / 256 * 256);
   if (*p) memset((void*)*p, 0xA5, n);
+  if (*p) { __atomic_add_fetch(&allocations, 1, __ATOMIC_RELAXED); __atomic_add_fetch(&live_allocations, 1, __ATOMIC_RELAXED); }
   return *p ? 0 : 2;
 }
-CUresult cuMemFree_v2(CUdeviceptr p) { free((void*)p); return 0; }
+CUresult cuMemFree_v2(CUdeviceptr p) { free((void*)p); __atomic_sub_fetch(&live_allocations, 1, __ATOMIC_RELAXED); return 0; }
 static unsigned long long zeroed_bytes;
 unsigned long long fake_zeroed_bytes(void) { return zeroed_bytes; }
 CUresult cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) {

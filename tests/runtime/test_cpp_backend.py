@@ -191,12 +191,17 @@ def test_wrong_identifier_is_refused():
     assert message == "not a cuda_gqa payload: file identifier 'XNNP', expected 'CGQA'"
 
 
-def test_other_schema_version_is_refused_naming_both():
-    rc, message = validate(load_library(), pack(sample_payload(), version=PAYLOAD_VERSION + 1))
+@pytest.mark.parametrize("version", [2, PAYLOAD_VERSION + 1, 7])
+def test_other_schema_versions_are_refused_naming_the_range(version):
+    rc, message = validate(load_library(), pack(sample_payload(), version=version))
     assert rc != 0
-    assert message == f"payload schema version {PAYLOAD_VERSION + 1}, this runtime reads version {PAYLOAD_VERSION}"
-    rc, message = validate(load_library(), pack(sample_payload(), version=7))
-    assert message == f"payload schema version 7, this runtime reads version {PAYLOAD_VERSION}"
+    assert message == f"payload schema version {version}, this runtime reads versions 3 to {PAYLOAD_VERSION}"
+
+
+def test_version_3_payloads_are_still_accepted():
+    # Version 4 appended constants; a version 3 payload is one without them.
+    assert PAYLOAD_VERSION == 4
+    assert validate(load_library(), pack(sample_payload(), version=3)) == (0, "ok")
 
 
 def _mutate(change):
@@ -439,7 +444,7 @@ def test_init_refuses_other_payload_versions(programs):
     result = run_runner(programs / "v2.pte", "--input", x, "--input", x)
     assert result.returncode == 2
     assert (f"CudaGqaBackend: payload schema version {PAYLOAD_VERSION + 1}, "
-            f"this runtime reads version {PAYLOAD_VERSION}") in result.stderr
+            f"this runtime reads versions 3 to {PAYLOAD_VERSION}") in result.stderr
     assert "0x30" in result.stderr  # Error::DelegateInvalidCompatibility
 
 

@@ -552,7 +552,7 @@ def _decode_ws_param(p, k=0, i=4):
     (lambda p: setattr(_decode_ws_param(p, 1, 7), "type", T.Int64), "param 7: Int32Constant must be passed as Int32"),
     (lambda p: (setattr(_decode_ws_param(p, 1, 7), "divisibility", 16)), "Int32Constant 15 is not a multiple of 16"),
     (lambda p: setattr(p, "workspaceBytes", 1 << 41), "workspace_bytes 2199023255552 too large"),
-    (lambda p: setattr(_decode_ws_param(p), "kind", 8), "param 4: unknown param kind 8"),
+    (lambda p: setattr(_decode_ws_param(p), "kind", 9), "param 4: unknown param kind 9"),
 ])
 def test_decode_payload_refusals_match_cpp(mutate, message):
     payload = decode_payload()
@@ -564,3 +564,85 @@ def test_decode_payload_refusals_match_cpp(mutate, message):
     with pytest.raises(LaunchError) as e_cpp:
         evaluate_launch_cpp(data, 0, attention_args(1, 32, 8, 1, 8192, 128), workspace=WORKSPACE, lib=cpp_lib())
     assert str(e_cpp.value) == str(e.value)
+
+
+# --------------------------------------------------------------------------
+# payload constants (weights): Constant params take their device copies' addresses
+
+CONSTANTS = (0x7D00_0000_0000, 0x7D00_0001_0000)  # where init uploaded "wq" and "bias"
+
+
+def constant_payload() -> fb.PayloadT:
+    """attention_payload whose kernel also reads two constants: "bias" (param 4), then "wq" (param 5)."""
+    payload = attention_payload()
+    payload.constants = [fb.ConstantSpecT(name="wq", dtype=F16, sizes=[64, 64]),
+                         fb.ConstantSpecT(name="bias", dtype=F32, sizes=[64])]
+    payload.plans[0].kernels[0].params[4:4] = [
+        fb.KernelParamT(kind=K.Constant, type=T.Pointer, constant=1, divisibility=16),
+        fb.KernelParamT(kind=K.Constant, type=T.Pointer, constant=0, divisibility=16)]
+    return payload
+
+
+def test_constant_params_receive_their_constants_addresses_in_python_and_cpp():
+    python, cpp = both(serialize_payload(constant_payload()), attention_args(), constants=CONSTANTS)
+    assert normalized(python) == normalized(cpp)
+    assert python.params[4:6] == ((T.Pointer, CONSTANTS[1]), (T.Pointer, CONSTANTS[0]))
+    assert python.params[:4] == tuple((T.Pointer, a.address) for a in attention_args())
+
+
+@pytest.mark.parametrize("constants,message", [
+    (CONSTANTS[:1], "kernel gqa_attention_fwd param 4: constant 1 missing (1 constants uploaded)"),
+    ((), "kernel gqa_attention_fwd param 4: constant 1 missing (0 constants uploaded)"),
+    ((CONSTANTS[0] + 8, CONSTANTS[1]),
+     "kernel gqa_attention_fwd param 5: address of constant 0 is not a multiple of 16 bytes, which the cubin assumes"),
+], ids=["one-missing", "none", "misaligned"])
+def test_constants_init_did_not_upload_are_refused_alike(constants, message):
+    python, cpp = both(serialize_payload(constant_payload()), attention_args(), constants=constants)
+    assert python == cpp == message
+
+
+def _constant_param(p, i=4):
+    return p.plans[0].kernels[0].params[i]
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda p: setattr(_constant_param(p), "constant", 2), "param 4: constant 2 out of range (2 constants)"),
+    (lambda p: setattr(_constant_param(p), "type", T.Int64), "param 4: Constant must be passed as Pointer"),
+    (lambda p: setattr(_constant_param(p), "divisibility", 512),
+     "param 4: constant addresses are 256-byte aligned, not a multiple of 512, which the cubin assumes"),
+    (lambda p: setattr(_constant_param(p), "divisibility", 48), "not a multiple of 48"),
+    (lambda p: setattr(p.constants[0], "dtype", 9), "constant 0: unknown dtype 9"),
+    (lambda p: setattr(p.constants[0], "sizes", [1] * 9), "constant 0: rank 9 exceeds 8"),
+    (lambda p: setattr(p.constants[1], "sizes", [-1]), "constant 1: has dynamic sizes"),
+    (lambda p: setattr(p.constants[1], "sizes", [-4]), "constant 1: size -4 at dim 0"),
+    (lambda p: setattr(p.constants[0], "sizes", [1 << 40, 1 << 30]), "constant 0: tensor byte size overflows"),
+    (lambda p: setattr(p.constants[0], "sizes", [1 << 40, 64]), "constant 0: tensor larger than 64 TiB"),
+    (lambda p: setattr(p.constants[1], "name", ""), "constant 1: has no name"),
+    (lambda p: setattr(p.constants[1], "name", "w\0q"), "constant 1: name contains NUL"),
+    (lambda p: setattr(p.constants[1], "name", "wq"), "constant 1: repeats the name 'wq'"),
+    (lambda p: setattr(p, "constants", None), "param 4: constant 1 out of range (0 constants)"),
+], ids=["index", "type", "divisibility-512", "divisibility-48", "dtype", "rank", "dynamic", "negative", "overflow",
+        "too-large", "no-name", "nul", "repeated", "no-constants"])
+def test_constant_refusals_match_cpp(mutate, message):
+    payload = constant_payload()
+    mutate(payload)
+    data = serialize_payload(payload)
+    with pytest.raises(LaunchError) as e:
+        LaunchPlan(data)
+    assert message in str(e.value)
+    with pytest.raises(LaunchError) as e_cpp:
+        evaluate_launch_cpp(data, 0, attention_args(), constants=CONSTANTS, lib=cpp_lib())
+    assert str(e_cpp.value) == str(e.value)
+
+
+def test_a_version_3_payload_evaluates_alike():
+    """Version 4 readers take version 3 payloads (no constants) unchanged."""
+    import flatbuffers
+
+    payload = attention_payload()
+    payload.version = 3
+    builder = flatbuffers.Builder(0)
+    builder.Finish(payload.Pack(builder), file_identifier=b"CGQA")
+    data = bytes(builder.Output())
+    python, cpp = both(data, attention_args())
+    assert not isinstance(python, str) and normalized(python) == normalized(cpp)

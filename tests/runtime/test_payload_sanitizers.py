@@ -1,7 +1,7 @@
 """The payload parser and launch evaluation under AddressSanitizer and
 UndefinedBehaviorSanitizer: a CI build (-DCUDA_GQA_SANITIZE=ON, build/sanitize)
 of the fuzz driver runs thousands of truncations and byte flips of real
-payloads (Triton cubins, arch variants, decode workspaces) and must finish
+payloads (Triton cubins, arch variants, decode workspaces, constants) and must finish
 with no sanitizer report."""
 
 from __future__ import annotations
@@ -66,7 +66,22 @@ def real_payloads(tmp_path_factory) -> list[Path]:
         path = folder / f"{name}.bin"
         path.write_bytes(build_attention_payload(archs=(80, 90), ptx=True, **shape))
         paths.append(path)
+    paths.append(folder / "with_constants.bin")
+    paths[-1].write_bytes(with_constants(paths[0].read_bytes()))
     return paths
+
+
+def with_constants(data: bytes) -> bytes:
+    """A payload whose first kernel also reads two constants (payload version 4's weights)."""
+    from cuda_gqa.backends.payload_constants import PayloadConstants, constant_param
+    from cuda_gqa.backends.serialization import deserialize_payload, serialize_payload
+
+    payload, constants = deserialize_payload(data), PayloadConstants()
+    params = payload.plans[0].kernels[0].params
+    params[1:1] = [constant_param(constants.index("wq", torch.zeros(64, 64, dtype=torch.bfloat16))),
+                   constant_param(constants.index("norm", torch.zeros(64)))]
+    payload.constants = constants.specs()
+    return serialize_payload(payload)
 
 
 def test_fuzzed_real_payloads_run_clean_under_asan_and_ubsan(sanitized_driver, real_payloads):
@@ -76,7 +91,7 @@ def test_fuzzed_real_payloads_run_clean_under_asan_and_ubsan(sanitized_driver, r
     result, stats = run_payload_fuzz(sanitized_driver, real_payloads, truncations=truncations, flips=flips, env=env)
     reports = [line for line in result.stderr.splitlines() if line.startswith(SANITIZER_REPORTS)]
     assert result.returncode == 0 and not reports, f"rc {result.returncode}: {result.stderr[-4000:]}"
-    assert [Path(s["file"]).stem for s in stats] == list(PAYLOADS)
+    assert [Path(s["file"]).stem for s in stats] == [*PAYLOADS, "with_constants"]
     for counts in stats:
         assert (counts["truncations"], counts["flips"]) == (truncations, flips), counts
         assert counts["truncations_accepted"] == 0, counts

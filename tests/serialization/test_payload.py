@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cuda_gqa.backends.serialization import (
+    OLDEST_PAYLOAD_VERSION,
     PAYLOAD_VERSION,
     PayloadError,
     deserialize_payload,
@@ -60,18 +61,87 @@ def test_other_identifier_is_refused():
         deserialize_payload(bytes(data))
 
 
-def test_other_version_is_refused_naming_both_versions():
-    payload = sample_payload()
-    data = serialize_payload(payload)
-    # serialize_payload stamps the current version; pack version 2 by hand.
+def _packed_as_version(payload: fb.PayloadT, version: int) -> bytes:
+    """serialize_payload stamps the current version; pack another one by hand."""
     import flatbuffers
 
-    payload.version = PAYLOAD_VERSION + 1
+    payload.version = version
     builder = flatbuffers.Builder(0)
     builder.Finish(payload.Pack(builder), file_identifier=b"CGQA")
-    with pytest.raises(PayloadError, match=f"version {PAYLOAD_VERSION + 1}, this cuda_gqa reads version {PAYLOAD_VERSION}"):
-        deserialize_payload(bytes(builder.Output()))
-    assert deserialize_payload(data).version == PAYLOAD_VERSION
+    return bytes(builder.Output())
+
+
+@pytest.mark.parametrize("version", [OLDEST_PAYLOAD_VERSION - 1, PAYLOAD_VERSION + 1])
+def test_other_versions_are_refused_naming_the_range(version):
+    with pytest.raises(PayloadError, match=f"payload schema version {version}, "
+                                           f"this cuda_gqa reads versions 3 to {PAYLOAD_VERSION}"):
+        deserialize_payload(_packed_as_version(sample_payload(), version))
+
+
+def test_version_3_payloads_still_read():
+    # Version 4 only appended constants: a version 3 payload is one without them.
+    assert (OLDEST_PAYLOAD_VERSION, PAYLOAD_VERSION) == (3, 4)
+    back = deserialize_payload(_packed_as_version(sample_payload(), 3))
+    assert back.version == 3 and back.constants is None
+    assert back.plans[0].kernels[0].name == b"gqa_attention_fwd"
+
+
+def test_round_trip_keeps_constants_and_constant_params():
+    import torch
+
+    from cuda_gqa.backends.payload_constants import PayloadConstants, constant_param
+
+    constants = PayloadConstants()
+    wq = torch.arange(6, dtype=torch.float16).reshape(2, 3)
+    assert constants.index("layers.0.wq", wq) == 0
+    assert constants.index("embed", torch.zeros(5, 4, dtype=torch.bfloat16)) == 1
+    assert constants.index("layers.0.wq", wq.clone()) == 0  # one entry per name
+    payload = sample_payload()
+    payload.constants = constants.specs()
+    payload.plans[0].kernels[0].params.append(constant_param(1))
+    back = deserialize_payload(serialize_payload(payload))
+    assert [(c.name, c.dtype, list(c.sizes)) for c in back.constants] == [
+        (b"layers.0.wq", fb.DType.Float16, [2, 3]), (b"embed", fb.DType.BFloat16, [5, 4])]
+    param = back.plans[0].kernels[0].params[-1]
+    assert (param.kind, param.type, param.constant, param.divisibility) == (
+        fb.ParamKind.Constant, fb.ParamType.Pointer, 1, 16)
+    # The named data holds each constant's elements, contiguous.
+    assert constants.named_data()["layers.0.wq"] == wq.numpy().tobytes()
+
+
+def test_a_constant_name_added_twice_with_another_shape_is_refused():
+    import torch
+
+    from cuda_gqa.backends.payload_constants import PayloadConstants
+
+    constants = PayloadConstants()
+    constants.index("w", torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"constant 'w' is torch.float32 \[3, 2\] here but torch.float32 \[2, 3\]"):
+        constants.index("w", torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="cannot be torch.complex64"):
+        constants.index("c", torch.zeros(2, dtype=torch.complex64))
+
+
+def test_constants_go_to_the_named_data_store_under_their_names():
+    import torch
+
+    from cuda_gqa.backends.payload_constants import CONSTANT_ALIGNMENT, PayloadConstants
+
+    class RecordingStore:  # NamedDataStore's add_named_data (its import alone takes seconds)
+        def __init__(self):
+            self.calls = []
+
+        def add_named_data(self, key, data, alignment=1, external_tag=None):
+            self.calls.append((key, data, alignment, external_tag))
+
+    constants, store = PayloadConstants(), RecordingStore()
+    w = torch.arange(8, dtype=torch.bfloat16).reshape(2, 4).t()  # not contiguous: stored contiguous
+    constants.index("w", w)
+    constants.add_to_named_data(store)
+    constants.add_to_named_data(store, external_tag="weights")
+    data = w.contiguous().view(torch.uint8).numpy().tobytes()
+    assert store.calls == [("w", data, CONSTANT_ALIGNMENT, None), ("w", data, CONSTANT_ALIGNMENT, "weights")]
+    assert len(data) == 16
 
 
 def test_short_buffer_is_refused():
