@@ -357,7 +357,8 @@ def kv_length_buckets(lo: int, hi: int) -> list[tuple[int, int]]:
 # BLOCK_M * BLOCK_N * BLOCK_K fp32 values (GEMV_ACC_ELEMENTS, 32 a thread, per
 # accumulator: gated linears keep two); BLOCK_N then shrinks (to 1) until at
 # least GEMV_MIN_PROGRAMS programs stream W, so the SMs each have several
-# programs' loads in flight.
+# programs' loads in flight (and the warps down to one 16-byte vector of the
+# W tile per thread).
 #
 # GEMM tiles: 128 x 128 x 64 with 8 warps for 16-bit inputs (half the K for
 # fp32), BLOCK_N halved for gated linears (two W tiles a step) and BLOCK_M
@@ -420,7 +421,9 @@ def _gemv_default(m: int, n: int, k: int, dtype: torch.dtype, gated: bool) -> Li
     block_n = max(1, min(tile // block_k, triton.next_power_of_2(n)) // (2 if gated else 1))
     while block_n > 1 and triton.cdiv(n, block_n) < GEMV_MIN_PROGRAMS:
         block_n //= 2
-    return LinearConfig(block_m, block_n, block_k, GEMV_NUM_WARPS, 1)
+    # Fewer warps where the W tile is short of a whole vector per thread: its loads stay 16 bytes wide.
+    num_warps = max(1, min(GEMV_NUM_WARPS, block_n * block_k // (32 * vector)))
+    return LinearConfig(block_m, block_n, block_k, num_warps, 1)
 
 
 def linear_gemm_shared_bytes(config: LinearConfig, dtype: torch.dtype, gated: bool = False) -> int:

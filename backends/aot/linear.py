@@ -13,7 +13,8 @@ before launching it:
   * stride_xm, stride_rm and stride_om are multiples of 16 elements (with a
     single row of X the stride is never used: pass one that is);
 Bias, M and eps carry no assumption. aligned=False compiles the generic
-variant, which assumes nothing.
+variant for activations that break these: it assumes only W aligned (a
+constant the runtime uploads, so aligns, itself), and keeps its wide loads.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .variant import POINTER_TYPE
 OUT_DTYPES = SUPPORTED_DTYPES
 STRIDES = ("stride_xm", "stride_rm", "stride_om")
 ALIGNED_PARAMS = frozenset(["X", "W", "Residual", "Out", *STRIDES])
+GENERIC_ALIGNED_PARAMS = frozenset(["W"])
 KERNELS = {"gemv": linear_gemv, "gemm": linear_gemm}
 
 
@@ -61,7 +63,7 @@ def compile_linear(*, kind: str, dtype: torch.dtype, out_dtype: torch.dtype, n: 
     """linear_<kind> for an [n (x2 when gated), k] weight of `dtype` writing `out_dtype`, as a cubin for sm_<arch>.
 
     config: tiles from heuristics.linear_config (launch with heuristics.linear_grid).
-    aligned: assume 16-byte aligned pointers and strides (module docstring).
+    aligned: assume 16-byte aligned activations and strides (module docstring); W is assumed aligned always.
     """
     problem = linear_problem(kind=kind, dtype=dtype, out_dtype=out_dtype, n=n, k=k, config=config, gated=gated,
                              softcap=softcap)
@@ -74,5 +76,5 @@ def compile_linear(*, kind: str, dtype: torch.dtype, out_dtype: torch.dtype, n: 
                   "NORM_PROLOGUE": norm_prologue, "HAS_BIAS": has_bias, "HAS_RESIDUAL": has_residual,
                   "GATED": gated, "SOFTCAP": float(softcap)}
     return compile_to_cubin(KERNELS[kind], signature=signature, constexprs=constexprs,
-                            divisible_by_16=ALIGNED_PARAMS if aligned else frozenset(), arch=arch,
+                            divisible_by_16=ALIGNED_PARAMS if aligned else GENERIC_ALIGNED_PARAMS, arch=arch,
                             num_warps=config.num_warps, num_stages=config.num_stages)

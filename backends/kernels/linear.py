@@ -57,7 +57,7 @@ def _activation(x, GATED: tl.constexpr):
     if GATED == "silu":
         return x / (1.0 + tl.exp2(-x * LOG2E))
     else:  # gelu_tanh
-        return 0.5 * x * (1.0 + _tanh(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))
+        return 0.5 * x * (1.0 + _tanh((x + 0.044715 * x * x * x) * SQRT_2_OVER_PI))
 
 
 @triton.jit
