@@ -415,10 +415,10 @@ def _check_linear_problem(kind: str, m: int, n: int, k: int) -> None:
 
 def _gemv_default(m: int, n: int, k: int, dtype: torch.dtype, gated: bool) -> LinearConfig:
     block_m = triton.next_power_of_2(m)
-    tile = max(1, GEMV_ACC_ELEMENTS // block_m)  # BLOCK_N * BLOCK_K per accumulator
+    tile = max(1, GEMV_ACC_ELEMENTS // block_m // (2 if gated else 1))  # BLOCK_N * BLOCK_K
     vector = VECTOR_BYTES // dtype.itemsize
     block_k = min(triton.next_power_of_2(k), 32 * GEMV_NUM_WARPS * vector, tile)
-    block_n = max(1, min(tile // block_k, triton.next_power_of_2(n)) // (2 if gated else 1))
+    block_n = max(1, min(tile // block_k, triton.next_power_of_2(n)))
     while block_n > 1 and triton.cdiv(n, block_n) < GEMV_MIN_PROGRAMS:
         block_n //= 2
     # Fewer warps where the W tile is short of a whole vector per thread: its loads stay 16 bytes wide.
