@@ -1,0 +1,307 @@
+"""The linear kernels on the GPU: linear_gemv (decode) and linear_gemm (prefill) beside cuBLAS.
+
+    python3 bench/bench_linear.py [--out DIR] [--tune] [--only TEXT]
+
+Shapes: llama3.2-1b's linears in bf16 (hidden 2048, intermediate 8192,
+vocab 128256): qkv, o, gate_up (gate and up stacked, SiLU-gated), down and
+lm_head (float32 logits), at M = 1 (a decode step, linear_gemv) and M = 512
+(a prefill chunk, linear_gemm).
+
+Candidates, each checked against torch before it is timed:
+  cuda_gqa           the kernel alone: epilogue(x @ W^T) with no fusion (the
+                     stacked [gate; up] product for gate_up), Triton JIT with
+                     the heuristics' tiles (or the tuning table's, where it
+                     has an entry for this GPU's arch);
+  cuda_gqa fused     with the fusions the model uses there: RMSNorm prologue
+                     (qkv, gate_up, lm_head), SiLU gate (gate_up), residual
+                     add (o, down);
+  torch linear       torch.nn.functional.linear (cuBLAS), the unfused product;
+  torch unfused      the fused variant's work as eager torch ops (rms_norm,
+                     linear, silu * up, add).
+Timing: triton.testing.do_bench, median milliseconds (its L2 flush runs
+between calls, so weights come from DRAM as in a real decode step). GB/s
+counts the bytes the call must move: W, X, Out (and a residual read). The
+bound is those bytes at the device-to-device copy bandwidth measured in the
+same run (bytes read + written per second), or at M = 512 the FLOPs at the
+measured bf16 matmul rate where that is longer.
+
+--tune sweeps tiles per shape (linear_gemv: BLOCK_N, BLOCK_K, warps;
+linear_gemm: tiles, warps, stages), and writes DIR/linear_tuning_sm_<arch>.json:
+"linear_gemv" / "linear_gemm" sections keyed as heuristics.linear_table_key,
+ready to merge into backends/tuning/sm_<arch>.json.
+
+Needs torch with CUDA and Triton (3.6 or later); no ExecuTorch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.testing
+
+from cuda_gqa.backends.heuristics import (
+    GEMV_ACC_ELEMENTS, LinearConfig, linear_config, linear_gemm_shared_bytes, linear_kind, linear_table_key)
+from cuda_gqa.backends.kernels.linear_launch import linear
+
+EPS = 1e-5
+DTYPE = torch.bfloat16
+HIDDEN, INTERMEDIATE, VOCAB = 2048, 8192, 128256
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    n: int  # output width (of gate and of up each, when gated)
+    k: int
+    m: int
+    fusions: dict = field(default_factory=dict, hash=False, compare=False)  # the model's, for "cuda_gqa fused"
+
+    @property
+    def gated(self) -> bool:
+        return bool(self.fusions.get("gated"))
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} M={self.m} N={self.n * (2 if self.gated else 1)} K={self.k}"
+
+
+def llama_1b_shapes(m: int) -> list[Shape]:
+    return [
+        Shape("qkv", 3072, HIDDEN, m, {"norm": True}),
+        Shape("o", HIDDEN, HIDDEN, m, {"residual": True}),
+        Shape("gate_up", INTERMEDIATE, HIDDEN, m, {"norm": True, "gated": "silu"}),
+        Shape("down", HIDDEN, INTERMEDIATE, m, {"residual": True}),
+        Shape("lm_head", VOCAB, HIDDEN, m, {"norm": True, "out_dtype": torch.float32}),
+    ]
+
+
+SHAPES = llama_1b_shapes(1) + llama_1b_shapes(512)
+
+
+def time_ms(fn: Callable[[], object]) -> float:
+    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy, bytes read + written per second."""
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    return 2 * src.numel() / (time_ms(lambda: dst.copy_(src)) * 1e-3)
+
+
+def matmul_rate() -> float:
+    a = torch.randn(8192, 8192, device="cuda", dtype=DTYPE)
+    b = torch.randn_like(a)
+    return 2 * 8192**3 / (time_ms(lambda: a @ b) * 1e-3)
+
+
+@dataclass
+class Tensors:
+    x: torch.Tensor
+    w: torch.Tensor  # [2N, K] stacked when gated
+    residual: torch.Tensor
+    out: torch.Tensor  # the fused variant's output
+    out_plain: torch.Tensor  # [M, N_w] in the input dtype
+    norm_weight: torch.Tensor
+
+
+def make_tensors(shape: Shape) -> Tensors:
+    torch.manual_seed(0)
+    n_w = 2 * shape.n if shape.gated else shape.n
+    x = torch.randn(shape.m, shape.k, device="cuda", dtype=DTYPE)
+    w = (torch.randn(n_w, shape.k, device="cuda") / shape.k**0.5).to(DTYPE)
+    out_dtype = shape.fusions.get("out_dtype", DTYPE)
+    return Tensors(x, w, torch.randn(shape.m, shape.n, device="cuda", dtype=DTYPE),
+                   torch.empty(shape.m, shape.n, device="cuda", dtype=out_dtype),
+                   torch.empty(shape.m, n_w, device="cuda", dtype=DTYPE), torch.ones(shape.k, device="cuda"))
+
+
+def fused_call(shape: Shape, t: Tensors, config: Optional[LinearConfig] = None) -> Callable[[], torch.Tensor]:
+    f = shape.fusions
+    residual = t.residual if f.get("residual") else None
+    return lambda: linear(t.x, t.w, residual=residual, out=t.out, norm_eps=EPS if f.get("norm") else None,
+                          gated=f.get("gated", ""), config=config)
+
+
+def unfused_torch(shape: Shape, t: Tensors) -> Callable[[], torch.Tensor]:
+    f = shape.fusions
+
+    def run():
+        x = F.rms_norm(t.x, (shape.k,), t.norm_weight.to(DTYPE), eps=EPS) if f.get("norm") else t.x
+        y = F.linear(x, t.w)
+        if f.get("gated"):
+            gate, up = y.chunk(2, dim=1)
+            y = F.silu(gate) * up
+        if f.get("residual"):
+            y = t.residual + y
+        return y.to(f.get("out_dtype", DTYPE))
+    return run
+
+
+def moved_bytes(shape: Shape, fused: bool) -> int:
+    n_w = 2 * shape.n if shape.gated else shape.n
+    item = DTYPE.itemsize
+    if not fused:
+        return (n_w * shape.k + shape.m * shape.k + shape.m * n_w) * item
+    out_item = shape.fusions.get("out_dtype", DTYPE).itemsize
+    residual = shape.m * shape.n * item if shape.fusions.get("residual") else 0
+    return (n_w * shape.k + shape.m * shape.k) * item + shape.m * shape.n * out_item + residual
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((got.float() - expected.float()).abs().max() / expected.float().abs().max()).item()
+
+
+def bench_shape(shape: Shape) -> dict[str, object]:
+    """{candidate: ms, or a string saying why it was not timed}."""
+    t = make_tensors(shape)
+    plain = lambda: linear(t.x, t.w, out=t.out_plain)  # noqa: E731
+    fused = fused_call(shape, t)
+    torch_linear = lambda: F.linear(t.x, t.w)  # noqa: E731
+    torch_unfused = unfused_torch(shape, t)
+    results: dict[str, object] = {}
+    checks = {"cuda_gqa": (plain, torch_linear), "cuda_gqa fused": (fused, torch_unfused)}
+    for name, (ours, theirs) in checks.items():
+        err = relative_error(ours(), theirs())
+        results[name] = time_ms(ours) if err <= 2e-2 else f"wrong (rel err {err:.1e})"
+    results["torch linear"] = time_ms(torch_linear)
+    results["torch unfused"] = time_ms(torch_unfused)
+    return results
+
+
+def bound_ms(shape: Shape, bandwidth: float, flops: float) -> float:
+    n_w = 2 * shape.n if shape.gated else shape.n
+    return max(moved_bytes(shape, False) / bandwidth, 2 * shape.m * n_w * shape.k / flops) * 1e3
+
+
+def gbps(shape: Shape, fused: bool, ms) -> str:
+    return f"{moved_bytes(shape, fused) / (ms * 1e-3) / 1e9:.0f}" if isinstance(ms, float) else "-"
+
+
+def markdown(rows, bandwidth: float, flops: float) -> str:
+    lines = [
+        f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}; Triton {triton.__version__} (JIT); "
+        f"bf16; triton.testing.do_bench median.",
+        f"Measured in this run: copy bandwidth {bandwidth / 1e9:.0f} GB/s (read+write), "
+        f"bf16 matmul {flops / 1e12:.0f} TFLOP/s.",
+        "",
+        "| shape | fused tiles | bound µs | cuda_gqa µs | GB/s | torch linear µs | GB/s | cuda_gqa / torch | "
+        "cuda_gqa fused µs | GB/s | torch unfused µs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for shape, config, bound, r in rows:
+        us = {n: (f"{v * 1e3:.1f}" if isinstance(v, float) else str(v)) for n, v in r.items()}
+        ratio = (f"{r['cuda_gqa'] / r['torch linear']:.2f}"
+                 if isinstance(r["cuda_gqa"], float) and isinstance(r["torch linear"], float) else "-")
+        tiles = f"{config.block_m}x{config.block_n}x{config.block_k} w{config.num_warps} s{config.num_stages}"
+        lines.append(
+            f"| {shape.label} | {tiles} | {bound * 1e3:.1f} | {us['cuda_gqa']} | {gbps(shape, False, r['cuda_gqa'])} | "
+            f"{us['torch linear']} | {gbps(shape, False, r['torch linear'])} | {ratio} | {us['cuda_gqa fused']} | "
+            f"{gbps(shape, True, r['cuda_gqa fused'])} | {us['torch unfused']} |")
+    return "\n".join(lines) + "\n"
+
+
+def device_arch() -> int:
+    major, minor = torch.cuda.get_device_capability()
+    return 10 * major + minor
+
+
+def candidate_configs(shape: Shape) -> list[LinearConfig]:
+    accumulators = 2 if shape.gated else 1
+    if linear_kind(shape.m) == "gemv":
+        block_m = triton.next_power_of_2(shape.m)
+        configs = []
+        for block_n, block_k, warps in itertools.product((1, 2, 4, 8, 16), (256, 512, 1024, 2048), (2, 4, 8)):
+            fits = accumulators * block_m * block_n * block_k <= 2 * GEMV_ACC_ELEMENTS * warps // 4
+            if fits and block_k <= triton.next_power_of_2(shape.k) and block_n * block_k >= 32 * warps * 8:
+                configs.append(LinearConfig(block_m, block_n, block_k, warps, 1))
+        return configs
+    configs = []
+    for (bm, bn, bk), warps, stages in itertools.product(
+            ((128, 128, 64), (128, 256, 64), (128, 64, 64), (64, 128, 64), (64, 64, 64), (128, 128, 32)), (4, 8),
+            (2, 3, 4)):
+        config = LinearConfig(bm, bn // accumulators, bk, warps, stages)
+        if linear_gemm_shared_bytes(config, DTYPE, shape.gated) <= 200 * 1024:
+            configs.append(config)
+    return configs
+
+
+def tune_shape(shape: Shape) -> tuple[LinearConfig, float]:
+    """The fastest tiles for the fused variant, and their time in ms."""
+    t = make_tensors(shape)
+    expected = unfused_torch(shape, t)()
+    best = None
+    for config in candidate_configs(shape):
+        try:
+            call = fused_call(shape, t, config)
+            if relative_error(call(), expected) > 2e-2:
+                continue
+            ms = time_ms(call)
+        except Exception as e:  # a tile this GPU cannot run (shared memory, registers): skip it
+            print(f"  {config}: {type(e).__name__}", file=sys.stderr)
+            continue
+        if best is None or ms < best[1]:
+            best = (config, ms)
+    return best
+
+
+def tune(shapes: list[Shape], out: Path) -> None:
+    arch = device_arch()
+    table: dict[str, dict] = {}
+    for shape in shapes:
+        kind = linear_kind(shape.m)
+        default = linear_config(kind, shape.m, shape.n, shape.k, DTYPE, arch, gated=shape.gated)
+        default_ms = time_ms(fused_call(shape, make_tensors(shape), default))
+        config, ms = tune_shape(shape)
+        print(f"{shape.label}: default {default} {default_ms * 1e3:.1f} us, best {config} {ms * 1e3:.1f} us",
+              flush=True)
+        key = linear_table_key(shape.m, shape.n, shape.k, DTYPE, shape.gated)
+        table.setdefault(f"linear_{kind}", {})[key] = {
+            "block_m": config.block_m, "block_n": config.block_n, "block_k": config.block_k,
+            "num_warps": config.num_warps, "num_stages": config.num_stages, "us": round(ms * 1e3, 2),
+            "default_us": round(default_ms * 1e3, 2),
+            "source": f"bench/bench_linear.py --tune on {torch.cuda.get_device_name()}, Triton {triton.__version__} JIT"}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"linear_tuning_sm_{arch}.json").write_text(json.dumps(table, indent=1) + "\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, help="write DIR/bench_linear.md (and the tuning JSON with --tune)")
+    parser.add_argument("--only", help="run shapes whose label contains this text")
+    parser.add_argument("--tune", action="store_true", help="sweep tiles per shape instead of the comparison")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_linear needs a CUDA GPU", file=sys.stderr)
+        return 2
+    shapes = [s for s in SHAPES if not args.only or args.only in s.label]
+    if args.tune:
+        tune(shapes, args.out or Path("."))
+        return 0
+    bandwidth, flops = copy_bandwidth(), matmul_rate()
+    arch = device_arch()
+    rows = []
+    for shape in shapes:
+        config = linear_config(linear_kind(shape.m), shape.m, shape.n, shape.k, DTYPE, arch, gated=shape.gated)
+        rows.append((shape, config, bound_ms(shape, bandwidth, flops), bench_shape(shape)))
+        print(shape.label, {n: (round(v * 1e3, 1) if isinstance(v, float) else v) for n, v in rows[-1][3].items()},
+              flush=True)
+        table = markdown(rows, bandwidth, flops)
+        if args.out:  # written after every shape: a run cut short keeps what it measured
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "bench_linear.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
