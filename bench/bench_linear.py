@@ -1,6 +1,7 @@
 """The linear kernels on the GPU: linear_gemv (decode) and linear_gemm (prefill) beside cuBLAS.
 
-    python3 bench/bench_linear.py [--out DIR] [--tune] [--only TEXT]
+    python3 bench/bench_linear.py [--out DIR] [--tune] [--only TEXT] [--cubins DIR]
+    python3 bench/bench_linear.py --compile DIR [--arch 90]   # no GPU needed: the AOT cubins for --cubins
 
 Shapes: llama3.2-1b's linears in bf16 (hidden 2048, intermediate 8192,
 vocab 128256): qkv, o, gate_up (gate and up stacked, SiLU-gated), down and
@@ -17,7 +18,11 @@ Candidates, each checked against torch before it is timed:
                      add (o, down);
   torch linear       torch.nn.functional.linear (cuBLAS), the unfused product;
   torch unfused      the fused variant's work as eager torch ops (rms_norm,
-                     linear, silu * up, add).
+                     linear, silu * up, add);
+  cuda_gqa AOT, cuda_gqa fused AOT (with --cubins DIR): the same two
+                     variants as the cubins compile_linear builds (Triton 3.9
+                     on the export machine, --compile DIR), launched through
+                     cuda.core on torch's stream with the heuristics' grid.
 Timing: triton.testing.do_bench, median milliseconds (its L2 flush runs
 between calls, so weights come from DRAM as in a real decode step). GB/s
 counts the bytes the call must move: W, X, Out (and a residual read). The
@@ -36,20 +41,24 @@ Needs torch with CUDA and Triton (3.6 or later); no ExecuTorch.
 from __future__ import annotations
 
 import argparse
+import inspect
 import itertools
 import json
+import pickle
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import triton
 import triton.testing
 
 from cuda_gqa.backends.heuristics import (
-    GEMV_ACC_ELEMENTS, LinearConfig, linear_config, linear_gemm_shared_bytes, linear_kind, linear_table_key)
+    GEMV_ACC_ELEMENTS, LinearConfig, linear_config, linear_gemm_shared_bytes, linear_grid, linear_kind,
+    linear_table_key)
 from cuda_gqa.backends.kernels.linear_launch import linear
 
 EPS = 1e-5
@@ -161,7 +170,7 @@ def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
     return ((got.float() - expected.float()).abs().max() / expected.float().abs().max()).item()
 
 
-def bench_shape(shape: Shape) -> dict[str, object]:
+def bench_shape(shape: Shape, cubins: Optional[dict] = None) -> dict[str, object]:
     """{candidate: ms, or a string saying why it was not timed}."""
     t = make_tensors(shape)
     plain = lambda: linear(t.x, t.w, out=t.out_plain)  # noqa: E731
@@ -170,12 +179,120 @@ def bench_shape(shape: Shape) -> dict[str, object]:
     torch_unfused = unfused_torch(shape, t)
     results: dict[str, object] = {}
     checks = {"cuda_gqa": (plain, torch_linear), "cuda_gqa fused": (fused, torch_unfused)}
+    for fused, name in ((False, "cuda_gqa AOT"), (True, "cuda_gqa fused AOT")):
+        if cubins is not None and (shape.label, fused) in cubins:
+            try:
+                checks[name] = (aot_call(shape, t, fused, *cubins[shape.label, fused]),
+                                torch_unfused if fused else torch_linear)
+            except Exception as e:  # reported in the table, the other candidates still run
+                results[name] = f"failed: {type(e).__name__}: {e}"[:120]
     for name, (ours, theirs) in checks.items():
-        err = relative_error(ours(), theirs())
+        try:
+            err = relative_error(ours(), theirs())
+        except Exception as e:
+            results[name] = f"failed: {type(e).__name__}: {e}"[:120]
+            continue
         results[name] = time_ms(ours) if err <= 2e-2 else f"wrong (rel err {err:.1e})"
     results["torch linear"] = time_ms(torch_linear)
     results["torch unfused"] = time_ms(torch_unfused)
     return results
+
+
+# -- AOT cubins ---------------------------------------------------------------------------------------------
+
+
+def variant_args(shape: Shape, fused: bool) -> dict:
+    """compile_linear's arguments (and the launch's n) for one variant of a shape."""
+    f = shape.fusions if fused else {}
+    n = shape.n if fused or not shape.gated else 2 * shape.n
+    return dict(n=n, out_dtype=f.get("out_dtype", DTYPE), has_residual=bool(f.get("residual")),
+                norm_prologue=bool(f.get("norm")), gated=f.get("gated", ""))
+
+
+def cubin_file(folder: Path, arch: int) -> Path:
+    return folder / f"linear_cubins_sm_{arch}.pkl"
+
+
+def compile_cubins(shapes: list[Shape], arch: int, folder: Path) -> None:
+    """{(label, fused): (CompiledKernel, LinearConfig)} for every shape, pickled into folder."""
+    from cuda_gqa.backends.aot.linear import compile_linear
+
+    kernels = {}
+    for shape in shapes:
+        kind = linear_kind(shape.m)
+        for fused in (False, True):
+            args = variant_args(shape, fused)
+            config = linear_config(kind, shape.m, args["n"], shape.k, DTYPE, arch, gated=bool(args["gated"]))
+            kernels[shape.label, fused] = (compile_linear(kind=kind, dtype=DTYPE, k=shape.k, arch=arch,
+                                                          config=config, **args), config)
+            print(f"{shape.label} {'fused' if fused else 'plain'}: {config}", flush=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    cubin_file(folder, arch).write_bytes(pickle.dumps(kernels))
+
+
+class CubinKernel:
+    """One CompiledKernel loaded through cuda.core, launched on torch's current stream."""
+
+    def __init__(self, compiled):
+        from cuda_gqa.runtime import cubin_launcher as cl
+
+        self.compiled = compiled
+        self._cc, self._driver = cl._import_cuda_core(), cl._import_driver()
+        self._device = self._cc.Device(torch.cuda.current_device())
+        self._device.set_current()
+        code = self._cc.ObjectCode.from_cubin(compiled.cubin)
+        self.kernel = code.get_kernel(compiled.name)
+        if compiled.shared_mem_bytes > 48 * 1024:
+            self._opt_in_shared_memory(cl)
+        stream = int(torch.cuda.current_stream().cuda_stream)
+        self._stream = self._device.create_stream(cl._ForeignStream(stream))
+        try:
+            params = list(inspect.signature(self._cc.launch).parameters)
+            self._stream_first = not params or params[0] != "kernel"
+        except (TypeError, ValueError):
+            self._stream_first = not (self._cc.launch.__doc__ or "").lstrip().startswith("launch(kernel")
+
+    def _opt_in_shared_memory(self, cl) -> None:
+        drv, handle = self._driver, cl._driver_handle(self.kernel)
+        attr = drv.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        nbytes = self.compiled.shared_mem_bytes
+        if type(handle).__name__ == "CUkernel":
+            result = drv.cuKernelSetAttribute(attr, nbytes, handle, drv.CUdevice(torch.cuda.current_device()))
+        else:
+            result = drv.cuFuncSetAttribute(drv.CUfunction(cl._handle_int(handle)), attr, nbytes)
+        cl._check_driver(result, "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)")
+
+    def __call__(self, grid: tuple[int, int, int], args: dict) -> None:
+        pack = {"ptr": np.uint64, "i32": np.int32, "i64": np.int64, "fp32": np.float32}
+        values = [pack[p.type](args.get(p.name, 0)) for p in self.compiled.params]  # scratch: 0 (none)
+        block = (32 * self.compiled.num_warps, 1, 1)
+        if self._stream_first:
+            config = self._cc.LaunchConfig(grid=grid, block=block, shmem_size=self.compiled.shared_mem_bytes)
+            self._cc.launch(self._stream, config, self.kernel, *values)
+        else:
+            config = self._cc.LaunchConfig(grid=grid, block=block, stream=self._stream,
+                                           shmem_size=self.compiled.shared_mem_bytes)
+            self._cc.launch(self.kernel, config, *values)
+
+
+def aot_call(shape: Shape, t: Tensors, fused: bool, compiled, config: LinearConfig) -> Callable[[], torch.Tensor]:
+    """The cubin's launch on shape's tensors, with the parameters bound as the runtime would bind them."""
+    if compiled.global_scratch_bytes or compiled.profile_scratch_bytes:
+        raise RuntimeError(f"{compiled.name} needs scratch memory; this bench passes none")
+    kernel = CubinKernel(compiled)
+    args = variant_args(shape, fused)
+    out = t.out if fused else t.out_plain
+    residual = t.residual if args["has_residual"] else None
+    bound = {"X": t.x.data_ptr(), "W": t.w.data_ptr(), "Bias": out.data_ptr(),
+             "Residual": 0 if residual is None else residual.data_ptr(), "Out": out.data_ptr(), "M": shape.m,
+             "eps": EPS, "stride_xm": t.x.stride(0), "stride_rm": 0 if residual is None else residual.stride(0),
+             "stride_om": out.stride(0)}
+    grid = linear_grid(linear_kind(shape.m), shape.m, args["n"], config)
+
+    def run():
+        kernel(grid, bound)
+        return out
+    return run
 
 
 def bound_ms(shape: Shape, bandwidth: float, flops: float) -> float:
@@ -187,26 +304,32 @@ def gbps(shape: Shape, fused: bool, ms) -> str:
     return f"{moved_bytes(shape, fused) / (ms * 1e-3) / 1e9:.0f}" if isinstance(ms, float) else "-"
 
 
+CANDIDATES = ("cuda_gqa", "cuda_gqa AOT", "torch linear", "cuda_gqa fused", "cuda_gqa fused AOT", "torch unfused")
+
+
 def markdown(rows, bandwidth: float, flops: float) -> str:
+    names = [n for n in CANDIDATES if any(n in r for *_, r in rows)]
     lines = [
         f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}; Triton {triton.__version__} (JIT); "
-        f"bf16; triton.testing.do_bench median.",
+        f"bf16; triton.testing.do_bench median. µs, then GB/s of the bytes the call must move.",
         f"Measured in this run: copy bandwidth {bandwidth / 1e9:.0f} GB/s (read+write), "
-        f"bf16 matmul {flops / 1e12:.0f} TFLOP/s.",
+        f"bf16 matmul {flops / 1e12:.0f} TFLOP/s. Fused: the model's fusions (module docstring).",
         "",
-        "| shape | fused tiles | bound µs | cuda_gqa µs | GB/s | torch linear µs | GB/s | cuda_gqa / torch | "
-        "cuda_gqa fused µs | GB/s | torch unfused µs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| shape | fused tiles | bound µs | " + " | ".join(f"{n} µs | GB/s" for n in names)
+        + " | cuda_gqa (AOT where timed) / torch linear |",
+        "|---|---|---|" + "---|---|" * len(names) + "---|",
     ]
     for shape, config, bound, r in rows:
-        us = {n: (f"{v * 1e3:.1f}" if isinstance(v, float) else str(v)) for n, v in r.items()}
-        ratio = (f"{r['cuda_gqa'] / r['torch linear']:.2f}"
-                 if isinstance(r["cuda_gqa"], float) and isinstance(r["torch linear"], float) else "-")
+        cells = []
+        for name in names:
+            value = r.get(name, "-")
+            cells.append(f"{value * 1e3:.1f}" if isinstance(value, float) else str(value))
+            cells.append(gbps(shape, "fused" in name, value))
+        ours = next((r[n] for n in ("cuda_gqa AOT", "cuda_gqa") if isinstance(r.get(n), float)), None)
+        theirs = r.get("torch linear")
+        ratio = f"{ours / theirs:.2f}" if isinstance(ours, float) and isinstance(theirs, float) else "-"
         tiles = f"{config.block_m}x{config.block_n}x{config.block_k} w{config.num_warps} s{config.num_stages}"
-        lines.append(
-            f"| {shape.label} | {tiles} | {bound * 1e3:.1f} | {us['cuda_gqa']} | {gbps(shape, False, r['cuda_gqa'])} | "
-            f"{us['torch linear']} | {gbps(shape, False, r['torch linear'])} | {ratio} | {us['cuda_gqa fused']} | "
-            f"{gbps(shape, True, r['cuda_gqa fused'])} | {us['torch unfused']} |")
+        lines.append(f"| {shape.label} | {tiles} | {bound * 1e3:.1f} | " + " | ".join(cells) + f" | {ratio} |")
     return "\n".join(lines) + "\n"
 
 
@@ -269,7 +392,8 @@ def tune(shapes: list[Shape], out: Path) -> None:
             "block_m": config.block_m, "block_n": config.block_n, "block_k": config.block_k,
             "num_warps": config.num_warps, "num_stages": config.num_stages, "us": round(ms * 1e3, 2),
             "default_us": round(default_ms * 1e3, 2),
-            "source": f"bench/bench_linear.py --tune on {torch.cuda.get_device_name()}, Triton {triton.__version__} JIT"}
+            "source": f"bench/bench_linear.py --tune on {torch.cuda.get_device_name()}, "
+                      f"Triton {triton.__version__} JIT"}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"linear_tuning_sm_{arch}.json").write_text(json.dumps(table, indent=1) + "\n")
 
@@ -279,7 +403,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="write DIR/bench_linear.md (and the tuning JSON with --tune)")
     parser.add_argument("--only", help="run shapes whose label contains this text")
     parser.add_argument("--tune", action="store_true", help="sweep tiles per shape instead of the comparison")
+    parser.add_argument("--compile", type=Path, metavar="DIR", help="compile the AOT cubins into DIR (no GPU)")
+    parser.add_argument("--arch", type=int, default=90, help="with --compile: the compute capability (default 90)")
+    parser.add_argument("--cubins", type=Path, metavar="DIR", help="also time the cubins --compile wrote in DIR")
     args = parser.parse_args(argv)
+    if args.compile:
+        compile_cubins([s for s in SHAPES if not args.only or args.only in s.label], args.arch, args.compile)
+        return 0
     if not torch.cuda.is_available():
         print("bench_linear needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -289,10 +419,18 @@ def main(argv=None) -> int:
         return 0
     bandwidth, flops = copy_bandwidth(), matmul_rate()
     arch = device_arch()
+    cubins = None
+    if args.cubins:
+        path = cubin_file(args.cubins, arch)
+        if not path.exists():
+            print(f"no cubins for sm_{arch}: run bench_linear.py --compile DIR --arch {arch} first ({path})",
+                  file=sys.stderr)
+            return 2
+        cubins = pickle.loads(path.read_bytes())
     rows = []
     for shape in shapes:
         config = linear_config(linear_kind(shape.m), shape.m, shape.n, shape.k, DTYPE, arch, gated=shape.gated)
-        rows.append((shape, config, bound_ms(shape, bandwidth, flops), bench_shape(shape)))
+        rows.append((shape, config, bound_ms(shape, bandwidth, flops), bench_shape(shape, cubins)))
         print(shape.label, {n: (round(v * 1e3, 1) if isinstance(v, float) else v) for n, v in rows[-1][3].items()},
               flush=True)
         table = markdown(rows, bandwidth, flops)
