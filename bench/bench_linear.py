@@ -30,7 +30,7 @@ bound is those bytes at the device-to-device copy bandwidth measured in the
 same run (bytes read + written per second), or at M = 512 the FLOPs at the
 measured bf16 matmul rate where that is longer.
 
---tune sweeps tiles per shape (linear_gemv: BLOCK_N, BLOCK_K, warps;
+--tune sweeps tiles per shape (linear_gemv: BLOCK_N, BLOCK_K, warps, stages;
 linear_gemm: tiles, warps, stages), and writes DIR/linear_tuning_sm_<arch>.json:
 "linear_gemv" / "linear_gemm" sections keyed as heuristics.linear_table_key,
 ready to merge into backends/tuning/sm_<arch>.json.
@@ -343,10 +343,11 @@ def candidate_configs(shape: Shape) -> list[LinearConfig]:
     if linear_kind(shape.m) == "gemv":
         block_m = triton.next_power_of_2(shape.m)
         configs = []
-        for block_n, block_k, warps in itertools.product((1, 2, 4, 8, 16), (256, 512, 1024, 2048), (2, 4, 8)):
+        for block_n, block_k, warps, stages in itertools.product((1, 2, 4, 8, 16), (256, 512, 1024, 2048), (2, 4, 8),
+                                                                (1, 3)):
             fits = accumulators * block_m * block_n * block_k <= 2 * GEMV_ACC_ELEMENTS * warps // 4
             if fits and block_k <= triton.next_power_of_2(shape.k) and block_n * block_k >= 32 * warps * 8:
-                configs.append(LinearConfig(block_m, block_n, block_k, warps, 1))
+                configs.append(LinearConfig(block_m, block_n, block_k, warps, stages))
         return configs
     configs = []
     for (bm, bn, bk), warps, stages in itertools.product(

@@ -61,30 +61,22 @@ def _activation(x, GATED: tl.constexpr):
 
 
 @triton.jit
-def _load_rows(ptrs, row_ok, k, K: tl.constexpr, BLOCK_K: tl.constexpr):
-    """A [rows, BLOCK_K] tile at ptrs (rows along dim 0), zero outside the rows and past K."""
+def _load_tile(ptrs, inside, k, K: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The tile at ptrs, zero where `inside` (rows or columns, broadcast) is false and past K (k: the tile's
+    K indices, broadcast); the K test is compiled out where BLOCK_K divides K."""
     if K % BLOCK_K == 0:
-        return tl.load(ptrs, mask=row_ok[:, None], other=0.0)
+        return tl.load(ptrs, mask=inside, other=0.0)
     else:
-        return tl.load(ptrs, mask=row_ok[:, None] & (k[None, :] < K), other=0.0)
-
-
-@triton.jit
-def _load_cols(ptrs, col_ok, k, K: tl.constexpr, BLOCK_K: tl.constexpr):
-    """A [BLOCK_K, cols] tile at ptrs (K along dim 0), zero outside the columns and past K."""
-    if K % BLOCK_K == 0:
-        return tl.load(ptrs, mask=col_ok[None, :], other=0.0)
-    else:
-        return tl.load(ptrs, mask=col_ok[None, :] & (k[:, None] < K), other=0.0)
+        return tl.load(ptrs, mask=inside & (k < K), other=0.0)
 
 
 @triton.jit
 def _row_scale(sum_squares, eps, K: tl.constexpr, NORM_PROLOGUE: tl.constexpr):
-    """r per row: the RMSNorm scale, or 1."""
+    """r per row (sum_squares: per row, the sum of its squares): the RMSNorm scale, or 1."""
     if NORM_PROLOGUE:
         return tl.rsqrt(sum_squares / K + eps)
     else:
-        return tl.full(sum_squares.shape, 1.0, tl.float32)
+        return sum_squares * 0.0 + 1.0
 
 
 @triton.jit
@@ -123,25 +115,28 @@ def linear_gemv(
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < M
     col_ok = cols < N
-    k_in_block = tl.arange(0, BLOCK_K)
-    x_ptrs = X + rows.to(tl.int64)[:, None] * stride_xm + k_in_block[None, :]  # [BLOCK_M, BLOCK_K]
-    w_ptrs = W + cols.to(tl.int64)[:, None] * K + k_in_block[None, :]  # [BLOCK_N, BLOCK_K]
+    # Tiles are 3-D [rows of X, rows of W, K] from the loads on: X and W are
+    # loaded in the layout the product and the accumulator keep (16-byte
+    # vectors along K), so nothing moves between threads inside the loop.
+    k_in_block = tl.arange(0, BLOCK_K)[None, None, :]
+    x_rows_ok = row_ok[:, None, None]
+    w_rows_ok = col_ok[None, :, None]
+    x_ptrs = X + rows.to(tl.int64)[:, None, None] * stride_xm + k_in_block  # [BLOCK_M, 1, BLOCK_K]
+    w_ptrs = W + cols.to(tl.int64)[None, :, None] * K + k_in_block  # [1, BLOCK_N, BLOCK_K]
 
     acc = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], tl.float32)
     acc_up = acc
-    sum_squares = tl.zeros([BLOCK_M], tl.float32)
+    squares = tl.zeros([BLOCK_M, 1, BLOCK_K], tl.float32)  # per k lane, summed once after the loop
     for k_start in range(0, K, BLOCK_K):
         k = k_start + k_in_block
-        x = _load_rows(x_ptrs + k_start, row_ok, k, K, BLOCK_K).to(tl.float32)
-        w = _load_rows(w_ptrs + k_start, col_ok, k, K, BLOCK_K).to(tl.float32)
-        acc += x[:, None, :] * w[None, :, :]
+        x = _load_tile(x_ptrs + k_start, x_rows_ok, k, K, BLOCK_K).to(tl.float32)
+        acc += x * _load_tile(w_ptrs + k_start, w_rows_ok, k, K, BLOCK_K).to(tl.float32)
         if GATED != "":
-            w_up = _load_rows(w_ptrs + (N * K + k_start), col_ok, k, K, BLOCK_K).to(tl.float32)
-            acc_up += x[:, None, :] * w_up[None, :, :]
+            acc_up += x * _load_tile(w_ptrs + (N * K + k_start), w_rows_ok, k, K, BLOCK_K).to(tl.float32)
         if NORM_PROLOGUE:
-            sum_squares += tl.sum(x * x, axis=1)
+            squares += x * x
 
-    r = _row_scale(sum_squares, eps, K, NORM_PROLOGUE)
+    r = _row_scale(tl.sum(tl.sum(squares, axis=2), axis=1), eps, K, NORM_PROLOGUE)
     _epilogue(tl.sum(acc, axis=2), tl.sum(acc_up, axis=2), r, rows, cols, row_ok, col_ok, Bias, Residual, Out,
               stride_rm, stride_om, N, HAS_BIAS, GATED, SOFTCAP, HAS_RESIDUAL)
 
@@ -176,10 +171,10 @@ def linear_gemm(
     sum_squares = tl.zeros([BLOCK_M], tl.float32)
     for k_start in range(0, K, BLOCK_K):
         k = k_start + k_in_block
-        x = _load_rows(x_ptrs + k_start, row_ok, k, K, BLOCK_K)
-        acc = _dot(x, _load_cols(w_ptrs + k_start, col_ok, k, K, BLOCK_K), acc)
+        x = _load_tile(x_ptrs + k_start, row_ok[:, None], k[None, :], K, BLOCK_K)
+        acc = _dot(x, _load_tile(w_ptrs + k_start, col_ok[None, :], k[:, None], K, BLOCK_K), acc)
         if GATED != "":
-            acc_up = _dot(x, _load_cols(w_ptrs + (N * K + k_start), col_ok, k, K, BLOCK_K), acc_up)
+            acc_up = _dot(x, _load_tile(w_ptrs + (N * K + k_start), col_ok[None, :], k[:, None], K, BLOCK_K), acc_up)
         if NORM_PROLOGUE:
             x32 = x.to(tl.float32)
             sum_squares += tl.sum(x32 * x32, axis=1)
