@@ -240,7 +240,9 @@ class CubinKernel:
         self._cc, self._driver = cl._import_cuda_core(), cl._import_driver()
         self._device = self._cc.Device(torch.cuda.current_device())
         self._device.set_current()
-        code = self._cc.ObjectCode.from_cubin(compiled.cubin)
+        object_code = self._cc.ObjectCode
+        code = (object_code.from_cubin(compiled.cubin) if hasattr(object_code, "from_cubin")
+                else object_code(compiled.cubin, "cubin"))
         self.kernel = code.get_kernel(compiled.name)
         if compiled.shared_mem_bytes > 48 * 1024:
             self._opt_in_shared_memory(cl)
