@@ -33,6 +33,11 @@ def _check(x, weight, bias, residual, out, n, gated):
         raise ValueError(f"a gated weight stacks [gate; up]: its {weight.shape[0]} rows are odd")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"bias must be [{weight.shape[0]}], not {tuple(bias.shape)}")
+    for name, t in (("weight", weight), ("bias", bias), ("residual", residual)):
+        if t is not None and t.dtype != x.dtype:
+            raise ValueError(f"{name} is {t.dtype}, x is {x.dtype}: they must match")
+    if out is not None and out.dtype not in (x.dtype, torch.float32):
+        raise ValueError(f"out is {out.dtype}: it must be x's dtype ({x.dtype}) or float32")
     for name, t in (("residual", residual), ("out", out)):
         if t is not None and (tuple(t.shape) != (x.shape[0], n) or t.stride(1) != 1):
             raise ValueError(f"{name} must be [{x.shape[0]}, {n}] with the last dim contiguous, "

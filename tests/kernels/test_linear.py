@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 # Max abs error over the reference's largest magnitude, by output dtype: a
 # few output roundings (bf16 keeps 8 mantissa bits, fp16 11).
@@ -61,3 +62,22 @@ def test_linear_matches_float64_reference(results, name):
     assert result["padding_untouched"], f"{name}: wrote past N into the output row's padding"
     tolerance = TOLERANCE[case.get("out_dtype", case["dtype"])]
     assert result["max_rel_err"] <= tolerance, f"{name}: relative error {result['max_rel_err']:.2e}"
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(weight=torch.zeros(8, 32)), r"contiguous \[N_w, K=16\]"),
+    (dict(gated="relu"), "gated='relu'"),
+    (dict(weight=torch.zeros(7, 16), gated="silu"), "rows are odd"),
+    (dict(bias=torch.zeros(4)), r"bias must be \[8\]"),
+    (dict(residual=torch.zeros(2, 8, dtype=torch.float16)), "residual is torch.float16"),
+    (dict(out=torch.zeros(2, 8, dtype=torch.float16)), "x's dtype"),
+    (dict(x=torch.zeros(16, 2).t()), "K contiguous"),
+])
+def test_bad_arguments_are_refused_before_launch(bad, message):
+    """Checked on the host: nothing is launched (this runs without the interpreter or a GPU)."""
+    from cuda_gqa.backends.kernels.linear_launch import linear
+
+    args = dict(x=torch.zeros(2, 16), weight=torch.zeros(8, 16))
+    args.update(bad)
+    with pytest.raises(ValueError, match=message):
+        linear(args.pop("x"), args.pop("weight"), **args)
