@@ -1,4 +1,6 @@
-"""Every launch heuristic of the attention kernels, in one pure module (no GPU needed).
+"""Every launch heuristic of the attention and linear kernels, in one pure module (no GPU needed).
+
+The linear kernels' heuristics are at the end of the module, with their own notes.
 
 The AOT stage (attention_plan), the JIT launcher (kernels/jit_launch), the
 benchmarks and the tests all call these functions, so a payload and a JIT
@@ -341,3 +343,132 @@ def kv_length_buckets(lo: int, hi: int) -> list[tuple[int, int]]:
         buckets.append((start, end))
         start = end + 1
     return buckets
+
+
+# --- Linear layers (kernels/linear.py) -------------------------------------------------------------------
+#
+# Which kernel: linear_gemv up to GEMV_MAX_M rows (decode, speculative
+# verify), where one program streams its weight rows once for all of them;
+# tensor-core tiles of linear_gemm beyond.
+#
+# GEMV tiles (a step is bound by streaming W): BLOCK_K spans one 16-byte
+# vector per thread across the program (1024 bf16 elements at 4 warps), so
+# each row's loads are wide and contiguous; the accumulator holds
+# BLOCK_M * BLOCK_N * BLOCK_K fp32 values (GEMV_ACC_ELEMENTS, 32 a thread, per
+# accumulator: gated linears keep two); BLOCK_N then shrinks (to 1) until at
+# least GEMV_MIN_PROGRAMS programs stream W, so the SMs each have several
+# programs' loads in flight (and the warps down to one 16-byte vector of the
+# W tile per thread).
+#
+# GEMM tiles: 128 x 128 x 64 with 8 warps for 16-bit inputs (half the K for
+# fp32), BLOCK_N halved for gated linears (two W tiles a step) and BLOCK_M
+# down to the rows there are; stages as many (up to 3) as fit the arch's
+# shared memory (SHARED_MEMORY_BUDGET for an unknown arch).
+#
+# A tuning-table entry (bench/bench_linear.py measures them) wins where it
+# exists: section "linear_gemv" or "linear_gemm" of tuning/sm_<arch>.json,
+# key linear_table_key(): "<dtype>/m<M>/n<N>/k<K>" with each size rounded up
+# to a power of two (M to BLOCK_M's), "/gated" appended for gated linears;
+# the entry holds block_m, block_n, block_k, num_warps, num_stages and
+# optionally split_k.
+
+GEMV_MAX_M = 8
+GEMV_NUM_WARPS = 4
+GEMV_ACC_ELEMENTS = 32 * 32 * GEMV_NUM_WARPS
+GEMV_MIN_PROGRAMS = 3 * NOMINAL_SMS
+GEMM_TILE = (128, 128, 64)  # BLOCK_M, BLOCK_N, BLOCK_K for 2-byte inputs
+GEMM_MAX_STAGES = 3
+LINEAR_KINDS = ("gemv", "gemm")
+VECTOR_BYTES = 16
+
+
+@dataclass(frozen=True)
+class LinearConfig:
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    split_k: int = 1  # K split across programs: only 1 is implemented (compile_linear refuses others)
+
+
+def linear_kind(m_max: int) -> str:
+    """"gemv" for up to GEMV_MAX_M rows of X, else "gemm"."""
+    if m_max < 1:
+        raise ValueError(f"a linear needs at least one row of input, not m_max={m_max}")
+    return "gemv" if m_max <= GEMV_MAX_M else "gemm"
+
+
+def linear_table_key(m: int, n: int, k: int, dtype: torch.dtype, gated: bool = False) -> str:
+    """The tuning-table key of a linear problem (sizes rounded up to powers of two)."""
+    p2 = triton.next_power_of_2
+    key = f"{str(dtype).removeprefix('torch.')}/m{p2(m)}/n{p2(n)}/k{p2(k)}"
+    return key + "/gated" if gated else key
+
+
+def _check_linear_problem(kind: str, m: int, n: int, k: int) -> None:
+    if kind not in LINEAR_KINDS:
+        raise ValueError(f"linear kind {kind!r} is not one of {LINEAR_KINDS}")
+    if min(m, n, k) < 1:
+        raise ValueError(f"linear sizes must be positive: m={m}, n={n}, k={k}")
+
+
+def _gemv_default(m: int, n: int, k: int, dtype: torch.dtype, gated: bool) -> LinearConfig:
+    block_m = triton.next_power_of_2(m)
+    tile = max(1, GEMV_ACC_ELEMENTS // block_m // (2 if gated else 1))  # BLOCK_N * BLOCK_K
+    vector = VECTOR_BYTES // dtype.itemsize
+    block_k = min(triton.next_power_of_2(k), 32 * GEMV_NUM_WARPS * vector, tile)
+    block_n = max(1, min(tile // block_k, triton.next_power_of_2(n)))
+    while block_n > 1 and triton.cdiv(n, block_n) < GEMV_MIN_PROGRAMS:
+        block_n //= 2
+    # Fewer warps where the W tile is short of a whole vector per thread: its loads stay 16 bytes wide.
+    num_warps = max(1, min(GEMV_NUM_WARPS, block_n * block_k // (32 * vector)))
+    return LinearConfig(block_m, block_n, block_k, num_warps, 1)
+
+
+def linear_gemm_shared_bytes(config: LinearConfig, dtype: torch.dtype, gated: bool = False) -> int:
+    """X tile plus one or two W tiles, per stage."""
+    w_tiles = 2 if gated else 1
+    return (config.block_m + w_tiles * config.block_n) * config.block_k * dtype.itemsize * config.num_stages
+
+
+def _gemm_default(m: int, n: int, k: int, dtype: torch.dtype, arch: Optional[int], gated: bool) -> LinearConfig:
+    block_m, block_n, block_k = GEMM_TILE
+    block_m = max(16, min(block_m, triton.next_power_of_2(m)))
+    block_n = max(16, min(block_n // (2 if gated else 1), triton.next_power_of_2(n)))
+    block_k = max(16, min(block_k * 2 // dtype.itemsize, triton.next_power_of_2(k)))
+    num_warps = 8 if block_m * block_n >= 128 * 128 else 4
+    limit = SHARED_MEMORY_PER_BLOCK.get(arch, SHARED_MEMORY_BUDGET)
+    for stages in range(GEMM_MAX_STAGES, 0, -1):
+        config = LinearConfig(block_m, block_n, block_k, num_warps, stages)
+        if linear_gemm_shared_bytes(config, dtype, gated) <= min(limit, SHARED_MEMORY_BUDGET):
+            return config
+    raise ValueError(f"no linear_gemm tile fits {SHARED_MEMORY_BUDGET} bytes of shared memory for {dtype}")
+
+
+def linear_config(kind: str, m: int, n: int, k: int, dtype: torch.dtype, arch: Optional[int] = None, *,
+                  gated: bool = False) -> LinearConfig:
+    """Tiles of linear_<kind> for m rows of X, output width n (gate/up each n wide when gated), input
+    width k, on `arch` (None: any target arch). For a gemv, m is the most rows a launch may have."""
+    _check_linear_problem(kind, m, n, k)
+    if kind == "gemv" and m > GEMV_MAX_M:
+        raise ValueError(f"linear_gemv takes up to {GEMV_MAX_M} rows, not {m}: use linear_kind({m})")
+    if arch is not None:
+        tuned = tuning_table(arch).get(f"linear_{kind}", {}).get(linear_table_key(m, n, k, dtype, gated))
+        if tuned:
+            config = LinearConfig(tuned["block_m"], tuned["block_n"], tuned["block_k"], tuned["num_warps"],
+                                  tuned["num_stages"], tuned.get("split_k", 1))
+            limit = SHARED_MEMORY_PER_BLOCK.get(arch, SHARED_MEMORY_BUDGET)
+            if kind == "gemv" or linear_gemm_shared_bytes(config, dtype, gated) <= limit:
+                return config
+    if kind == "gemv":
+        return _gemv_default(m, n, k, dtype, gated)
+    return _gemm_default(m, n, k, dtype, arch, gated)
+
+
+def linear_grid(kind: str, m: int, n: int, config: LinearConfig) -> tuple[int, int, int]:
+    """The grid linear_<kind> expects for m rows of X and output width n."""
+    _check_linear_problem(kind, m, n, 1)
+    if kind == "gemv":
+        return (triton.cdiv(n, config.block_n), triton.cdiv(m, config.block_m), 1)
+    return (triton.cdiv(m, config.block_m), triton.cdiv(n, config.block_n), 1)

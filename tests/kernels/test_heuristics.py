@@ -9,6 +9,10 @@ from cuda_gqa.backends.heuristics import (
     SHARED_MEMORY_PER_BLOCK, attention_config, combine_block_s, decode_config, decode_launch, decode_split_cap,
     decode_split_count, estimated_shared_bytes, fused_combine_for, merge_block_s, split_plan, tuning_table,
     wave_efficiency)
+from cuda_gqa.backends import heuristics
+from cuda_gqa.backends.heuristics import (
+    GEMV_ACC_ELEMENTS, GEMV_MAX_M, GEMV_MIN_PROGRAMS, LinearConfig, linear_config, linear_gemm_shared_bytes,
+    linear_grid, linear_kind, linear_table_key)
 
 SMS = 132
 BLOCK_N = 64
@@ -190,3 +194,92 @@ def test_split_cap_applies_where_the_table_sets_one():
     assert decode_split_cap(128, torch.bfloat16, 1, SMS, 90) is None
     assert decode_split_cap(256, torch.bfloat16, 2, SMS, 80) is None
     assert decode_split_cap(256, torch.bfloat16, 2, SMS) is None
+
+
+# --- Linear layers -------------------------------------------------------------------------------------------
+
+# llama3.2-1b's decode linears: (n, k, gated); lm_head is 128256 wide.
+LLAMA_1B_LINEARS = [(3072, 2048, False), (2048, 2048, False), (8192, 2048, True), (2048, 8192, False),
+                    (128256, 2048, False)]
+
+
+@pytest.mark.parametrize("m_max, kind", [(1, "gemv"), (4, "gemv"), (GEMV_MAX_M, "gemv"), (GEMV_MAX_M + 1, "gemm"),
+                                         (512, "gemm")])
+def test_linear_kind_takes_the_gemv_up_to_its_row_limit(m_max, kind):
+    assert linear_kind(m_max) == kind
+
+
+@pytest.mark.parametrize("m", [1, 4, 8])
+@pytest.mark.parametrize("n, k, gated", LLAMA_1B_LINEARS)
+def test_gemv_tiles_stream_whole_vectors_from_enough_programs(m, n, k, gated):
+    config = linear_config("gemv", m, n, k, torch.bfloat16, 90, gated=gated)
+    vector = 8  # bf16 elements in 16 bytes
+    assert config.block_m >= m and config.split_k == 1
+    assert config.block_k % vector == 0 and k % config.block_k == 0
+    assert config.block_n * config.block_k >= 32 * config.num_warps * vector  # a whole vector per thread
+    accumulators = 2 if gated else 1
+    assert accumulators * config.block_m * config.block_n * config.block_k <= GEMV_ACC_ELEMENTS
+    assert linear_grid("gemv", m, n, config)[0] >= GEMV_MIN_PROGRAMS  # every SM has several programs
+    assert linear_grid("gemv", m, n, config)[1] == 1  # one program reads its W rows for all m rows
+
+
+def test_gemv_decode_picks():
+    """M = 1: 1024-wide K blocks (4 warps of 16-byte vectors), 4 rows a program (2 per gate and up)."""
+    assert linear_config("gemv", 1, 2048, 2048, torch.bfloat16, 90) == LinearConfig(1, 4, 1024, 4, 1)
+    assert linear_config("gemv", 1, 8192, 2048, torch.bfloat16, 90, gated=True) == LinearConfig(1, 2, 1024, 4, 1)
+    assert linear_config("gemv", 1, 2048, 2048, torch.float32, 90).block_k == 512  # 4 fp32 a vector
+    narrow = linear_config("gemv", 1, 256, 512, torch.bfloat16, 90, gated=True)
+    assert narrow.num_warps * 32 * 8 <= narrow.block_n * narrow.block_k  # fewer warps, loads still 16 bytes
+
+
+@pytest.mark.parametrize("arch", [None, 80, 86, 90])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("gated", [False, True])
+def test_gemm_tiles_fit_shared_memory_and_tensor_cores(arch, dtype, gated):
+    config = linear_config("gemm", 512, 2048, 2048, dtype, arch, gated=gated)
+    assert min(config.block_m, config.block_n, config.block_k) >= 16
+    assert linear_gemm_shared_bytes(config, dtype, gated) <= SHARED_MEMORY_BUDGET
+    assert config.num_stages >= 2  # loads of the next K block overlap the dot
+
+
+def test_gemm_tiles_shrink_to_the_rows_there_are():
+    assert linear_config("gemm", 17, 2048, 2048, torch.bfloat16, 90).block_m == 32
+    assert linear_config("gemm", 4096, 2048, 2048, torch.bfloat16, 90).block_m == 128
+
+
+def test_linear_grids_cover_the_output():
+    gemv = LinearConfig(4, 8, 256, 4, 1)
+    assert linear_grid("gemv", 3, 40, gemv) == (5, 1, 1)
+    assert linear_grid("gemv", 5, 40, gemv) == (5, 2, 1)  # more rows than BLOCK_M: another row block
+    gemm = LinearConfig(64, 128, 64, 4, 3)
+    assert linear_grid("gemm", 130, 300, gemm) == (3, 3, 1)
+
+
+def test_linear_table_key_buckets_sizes_to_powers_of_two():
+    assert linear_table_key(1, 3072, 2048, torch.bfloat16) == "bfloat16/m1/n4096/k2048"
+    assert linear_table_key(3, 8192, 2048, torch.float16, gated=True) == "float16/m4/n8192/k2048/gated"
+
+
+def test_tuned_linear_tiles_apply_on_their_arch_and_bucket_only(monkeypatch):
+    tuned = {"block_m": 1, "block_n": 8, "block_k": 512, "num_warps": 8, "num_stages": 2}
+    huge = {"block_m": 256, "block_n": 256, "block_k": 128, "num_warps": 8, "num_stages": 4}
+    table = {"linear_gemv": {"bfloat16/m1/n2048/k2048": tuned}, "linear_gemm": {"bfloat16/m512/n2048/k2048": huge}}
+    monkeypatch.setattr(heuristics, "tuning_table", lambda arch: table if arch == 90 else {})
+    assert linear_config("gemv", 1, 2048, 2048, torch.bfloat16, 90) == LinearConfig(1, 8, 512, 8, 2)
+    assert linear_config("gemv", 1, 1900, 2048, torch.bfloat16, 90) == LinearConfig(1, 8, 512, 8, 2)  # same bucket
+    assert linear_config("gemv", 1, 2048, 2048, torch.bfloat16, 80) != LinearConfig(1, 8, 512, 8, 2)
+    assert linear_config("gemv", 1, 2048, 2048, torch.bfloat16, None) != LinearConfig(1, 8, 512, 8, 2)
+    assert linear_config("gemv", 1, 4096, 2048, torch.bfloat16, 90) != LinearConfig(1, 8, 512, 8, 2)
+    # A tuned GEMM tile beyond the arch's shared memory is not taken.
+    assert linear_config("gemm", 512, 2048, 2048, torch.bfloat16, 90).block_m == 128
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: linear_kind(0), "at least one row"),
+    (lambda: linear_config("gemv", GEMV_MAX_M + 1, 64, 64, torch.bfloat16), "takes up to 8 rows"),
+    (lambda: linear_config("matmul", 1, 64, 64, torch.bfloat16), "linear kind 'matmul'"),
+    (lambda: linear_config("gemm", 16, 0, 64, torch.bfloat16), "must be positive"),
+])
+def test_bad_linear_problems_are_refused(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
