@@ -22,8 +22,8 @@ INT32_MAX = tl.constexpr(2147483647)
 
 @triton.jit
 def _order_keys(x):
-    """float32 -> int32 with the floats' order (-inf lowest), NaN above +inf."""
-    bits = x.to(tl.int32, bitcast=True)
+    """float32 -> int32 with the floats' order (-inf lowest, -0 == +0), NaN above +inf."""
+    bits = tl.where(x == 0.0, 0.0, x).to(tl.int32, bitcast=True)
     keys = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: flip all but the sign bit
     return tl.where(x != x, INT32_MAX, keys)
 
