@@ -22,11 +22,12 @@ def embedding(
 ):
     row = tl.program_id(0)
     token = tl.load(Tokens + row).to(tl.int64)
-    inside = (token >= 0) & (token < V)
+    # Columns read from the table: all D for an id in range, none otherwise.
+    readable = tl.where((token >= 0) & (token < V), D, 0)
     cols = tl.arange(0, BLOCK_D)
     for start in tl.static_range(0, D, BLOCK_D):
         ok = start + cols < D
-        values = tl.load(Table + token * D + start + cols, mask=ok & inside, other=0.0).to(tl.float32)
+        values = tl.load(Table + token * D + start + cols, mask=start + cols < readable, other=0.0).to(tl.float32)
         tl.store(Out + row.to(tl.int64) * stride_o + start + cols, (values * SCALE).to(Out.dtype.element_ty),
                  mask=ok)
     if row == 0:
