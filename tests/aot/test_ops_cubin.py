@@ -57,9 +57,9 @@ KERNELS = {
         ["Partials", "Out"],
         set()),
     "add": (
-        lambda arch: compile_add(dtype=torch.bfloat16, arch=arch),
-        ["A", "B", "Out", "N"],
-        {"A", "B", "Out"}),
+        lambda arch: compile_add(dtype=torch.bfloat16, n_cols=2048, arch=arch),
+        ["A", "B", "Out", "stride_ar", "stride_br", "stride_or"],
+        {"A", "B", "Out", "stride_ar", "stride_br", "stride_or"}),
 }
 
 
@@ -80,6 +80,12 @@ def test_compiles_to_a_cuda_elf_with_the_documented_parameters(name, arch):
     assert [p.name for p in kernel.params] == params + HIDDEN
     assert {p.name for p in kernel.params if p.divisibility == 16} == divisible
     assert kernel.global_scratch_bytes == 0 and kernel.profile_scratch_bytes == 0
+
+
+@pytest.mark.parametrize("name", ["rmsnorm", "rmsnorm-gemma-sandwich", "embedding", "argmax_rows-splits", "add"])
+def test_row_kernels_move_16_bytes_per_load(name):
+    """The alignment assumptions (pointers, strides, compile-time widths) give 16-byte loads."""
+    assert "ld.global.v4" in KERNELS[name][0](90).ptx
 
 
 def test_parameter_types():
@@ -108,7 +114,7 @@ def test_widths_that_are_no_multiple_of_16_compile_without_stride_assumptions():
      "token ids must be int32 or int64"),
     (lambda: compile_argmax_rows(dtype=torch.float32, vocab=VOCAB, num_splits=5, arch=90), "num_splits=5"),
     (lambda: compile_argmax_merge(num_splits=1, arch=90), "2 or more splits"),
-    (lambda: compile_add(dtype=torch.int32, arch=90), "add dtype torch.int32"),
+    (lambda: compile_add(dtype=torch.int32, n_cols=64, arch=90), "add dtype torch.int32"),
 ])
 def test_unsupported_inputs_are_refused_naming_what_is_wrong(compile_bad, message):
     with pytest.raises(ValueError, match=message):

@@ -9,23 +9,24 @@ import pytest
 from interpreted import run_interpreted
 
 SCRIPT = """
-from cuda_gqa.backends.aot.add import BLOCK, add_grid
+from cuda_gqa.backends.aot.add import add_grid
 from cuda_gqa.backends.kernels.add import add
 
 def run(case):
-    dtype, n = getattr(torch, case["dtype"]), case["n"]
+    dtype, rows, n = getattr(torch, case["dtype"]), case["rows"], case["n_cols"]
     gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, generator=gen).to(dtype), torch.randn(n, generator=gen).to(dtype)
+    a = torch.randn(rows, n, generator=gen).to(dtype)
+    b = torch.randn(rows, n + 4, generator=gen).to(dtype)[:, :n]  # row stride != width
     expected = a + b
-    out = a if case["in_place"] else torch.full((n,), float("nan"), dtype=dtype)
-    add[add_grid(n)](a, b, out, n, BLOCK=BLOCK)
+    out = a if case["in_place"] else torch.full((rows, n), float("nan"), dtype=dtype)
+    add[add_grid(rows, n, case["block"])](a, b, out, a.stride(0), b.stride(0), out.stride(0), N_COLS=n, BLOCK=case["block"])
     return {"equal": torch.equal(out, expected)}
 """
 
 CASES = {
-    "fp32-ragged": dict(dtype="float32", n=2500, in_place=False),
-    "fp16-in-place": dict(dtype="float16", n=2048 + 7, in_place=True),
-    "fp16-one-row": dict(dtype="float16", n=640, in_place=False),
+    "fp32-ragged-row-blocks": dict(dtype="float32", rows=3, n_cols=2500, block=1024, in_place=False),
+    "fp16-in-place": dict(dtype="float16", rows=2, n_cols=72, block=32, in_place=True),
+    "fp16-one-row": dict(dtype="float16", rows=1, n_cols=640, block=1024, in_place=False),
 }
 
 

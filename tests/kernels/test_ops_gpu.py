@@ -167,5 +167,6 @@ def test_add(dtype):
     torch.manual_seed(0)
     a, b = torch.randn(7, HIDDEN, device="cuda").to(dtype), torch.randn(7, HIDDEN, device="cuda").to(dtype)
     expected = a + b
-    add[add_grid(a.numel())](a, b, a, a.numel(), BLOCK=ADD_BLOCK, num_warps=4)  # in place, as a residual add
+    add[add_grid(7, HIDDEN)](a, b, a, a.stride(0), b.stride(0), a.stride(0), N_COLS=HIDDEN, BLOCK=ADD_BLOCK,
+                             num_warps=4)  # in place, as a residual add
     assert torch.equal(a, expected)
