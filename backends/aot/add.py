@@ -11,6 +11,7 @@ from .triton_to_cubin import CompiledKernel, compile_to_cubin
 from .variant import POINTER_TYPE
 
 BLOCK = 1024
+NUM_WARPS = 4
 STRIDES = ("stride_ar", "stride_br", "stride_or")
 
 
@@ -28,7 +29,7 @@ def compile_add(*, dtype: torch.dtype, n_cols: int, arch: int) -> CompiledKernel
     signature = {"A": pointer, "B": pointer, "Out": pointer, **{s: "i32" for s in STRIDES}}
     aligned = ["A", "B", "Out"] + (list(STRIDES) if n_cols % 16 == 0 else [])
     return compile_to_cubin(add, signature=signature, constexprs={"N_COLS": n_cols, "BLOCK": BLOCK},
-                            divisible_by_16=frozenset(aligned), arch=arch, num_warps=4, num_stages=1)
+                            divisible_by_16=frozenset(aligned), arch=arch, num_warps=NUM_WARPS, num_stages=1)
 
 
 def add_grid(n_rows: int, n_cols: int, block: int = BLOCK) -> tuple[int, int, int]:

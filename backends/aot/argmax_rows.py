@@ -18,6 +18,7 @@ from .variant import POINTER_TYPE
 
 SPLIT = 4096  # columns per program with several splits: 32 programs per row for V = 128256
 BLOCK = 1024  # columns per loop step
+NUM_WARPS = 4  # argmax_rows'; argmax_merge uses 1
 
 
 def argmax_num_splits(vocab: int) -> int:
@@ -50,7 +51,7 @@ def compile_argmax_rows(*, dtype: torch.dtype, vocab: int, num_splits: int, arch
     constexprs["Partials" if num_splits == 1 else "Out"] = None
     aligned = ["Logits"] + (["stride_lr"] if vocab % 16 == 0 else [])
     return compile_to_cubin(argmax_rows, signature=signature, constexprs=constexprs,
-                            divisible_by_16=frozenset(aligned), arch=arch, num_warps=4, num_stages=1)
+                            divisible_by_16=frozenset(aligned), arch=arch, num_warps=NUM_WARPS, num_stages=1)
 
 
 def compile_argmax_merge(*, num_splits: int, arch: int) -> CompiledKernel:

@@ -24,6 +24,11 @@ def embedding_block_d(dim: int) -> int:
     return min(triton.next_power_of_2(dim), MAX_BLOCK_D)
 
 
+def embedding_num_warps(block_d: int) -> int:
+    """Warps for a BLOCK_D-wide row chunk: 8 elements per thread, 1 to 8 warps."""
+    return max(1, min(8, block_d // 256))
+
+
 def compile_embedding(*, dtype: torch.dtype, token_dtype: torch.dtype, dim: int, arch: int,
                       scale: float = 1.0) -> CompiledKernel:
     """embedding from a contiguous [V, dim] `dtype` table into `dtype` rows, `token_dtype` ids, times
@@ -45,7 +50,7 @@ def compile_embedding(*, dtype: torch.dtype, token_dtype: torch.dtype, dim: int,
     aligned = ["Table", "Out"] + (["stride_o"] if dim % 16 == 0 else [])
     return compile_to_cubin(embedding, signature=signature, constexprs=constexprs,
                             divisible_by_16=frozenset(aligned), arch=arch,
-                            num_warps=max(1, min(8, block_d // 256)), num_stages=1)
+                            num_warps=embedding_num_warps(block_d), num_stages=1)
 
 
 def embedding_grid(l: int) -> tuple[int, int, int]:

@@ -18,6 +18,11 @@ def rmsnorm_block(n_cols: int) -> int:
     return min(triton.next_power_of_2(n_cols), MAX_SINGLE_PASS_COLS)
 
 
+def rmsnorm_num_warps(block: int) -> int:
+    """Warps for a BLOCK-wide pass: 8 elements of a row per thread, 1 to 16 warps."""
+    return max(1, min(16, block // 256))
+
+
 def compile_rmsnorm(*, dtype: torch.dtype, n_cols: int, arch: int, weight_offset: float = 0.0,
                     has_residual: bool = False, weight_dtype: torch.dtype | None = None) -> CompiledKernel:
     """rmsnorm over rows of n_cols `dtype` elements (X, Residual, Out), weights of `weight_dtype`
@@ -46,7 +51,7 @@ def compile_rmsnorm(*, dtype: torch.dtype, n_cols: int, arch: int, weight_offset
     aligned = ["W", *pointers] + (strides if n_cols % 16 == 0 else [])
     return compile_to_cubin(rmsnorm, signature=signature, constexprs=constexprs,
                             divisible_by_16=frozenset(aligned), arch=arch,
-                            num_warps=max(1, min(16, block // 256)), num_stages=1)
+                            num_warps=rmsnorm_num_warps(block), num_stages=1)
 
 
 def rmsnorm_grid(n_rows: int) -> tuple[int, int, int]:

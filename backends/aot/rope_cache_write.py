@@ -17,6 +17,11 @@ POSITION_DTYPES = (torch.int32, torch.int64)
 STRIDES = ("stride_qkv", "stride_qoh", "stride_qol", "stride_ch", "stride_cs")
 
 
+def rope_cache_write_num_warps(head_dim: int) -> int:
+    """One warp per head up to 128 wide, two for 256."""
+    return 1 if head_dim <= 128 else 2
+
+
 def compile_rope_cache_write(*, dtype: torch.dtype, position_dtype: torch.dtype, heads_q: int, heads_kv: int,
                              head_dim: int, arch: int, qk_norm: bool = False, norm_offset: float = 0.0,
                              table_dtype: Optional[torch.dtype] = None,
@@ -55,7 +60,7 @@ def compile_rope_cache_write(*, dtype: torch.dtype, position_dtype: torch.dtype,
                and name not in ("InputPos", "KvLen")] + list(STRIDES)
     return compile_to_cubin(rope_cache_write, signature=signature, constexprs=constexprs,
                             divisible_by_16=frozenset(aligned), arch=arch,
-                            num_warps=1 if head_dim <= 128 else 2, num_stages=1)
+                            num_warps=rope_cache_write_num_warps(head_dim), num_stages=1)
 
 
 def rope_cache_write_grid(l: int, heads_q: int, heads_kv: int) -> tuple[int, int, int]:

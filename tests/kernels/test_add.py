@@ -19,7 +19,8 @@ def run(case):
     b = torch.randn(rows, n + 4, generator=gen).to(dtype)[:, :n]  # row stride != width
     expected = a + b
     out = a if case["in_place"] else torch.full((rows, n), float("nan"), dtype=dtype)
-    add[add_grid(rows, n, case["block"])](a, b, out, a.stride(0), b.stride(0), out.stride(0), N_COLS=n, BLOCK=case["block"])
+    block = case["block"]
+    add[add_grid(rows, n, block)](a, b, out, a.stride(0), b.stride(0), out.stride(0), N_COLS=n, BLOCK=block)
     return {"equal": torch.equal(out, expected)}
 """
 

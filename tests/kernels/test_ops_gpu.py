@@ -6,15 +6,12 @@ import pytest
 import torch
 import triton
 
-from cuda_gqa.backends.aot.add import BLOCK as ADD_BLOCK
-from cuda_gqa.backends.aot.add import add_grid
-from cuda_gqa.backends.aot.argmax_rows import BLOCK as ARGMAX_BLOCK
-from cuda_gqa.backends.aot.argmax_rows import SPLIT as ARGMAX_SPLIT
-from cuda_gqa.backends.aot.argmax_rows import (argmax_merge_grid, argmax_num_splits, argmax_rows_grid,
-                                               argmax_workspace_shape)
-from cuda_gqa.backends.aot.embedding import BLOCK_L, embedding_block_d, embedding_grid, embedding_scale
-from cuda_gqa.backends.aot.rmsnorm import rmsnorm_block, rmsnorm_grid
-from cuda_gqa.backends.aot.rope_cache_write import rope_cache_write_grid
+from cuda_gqa.backends.aot import add as aot_add
+from cuda_gqa.backends.aot import argmax_rows as aot_argmax
+from cuda_gqa.backends.aot.embedding import (BLOCK_L, embedding_block_d, embedding_grid, embedding_num_warps,
+                                             embedding_scale)
+from cuda_gqa.backends.aot.rmsnorm import rmsnorm_block, rmsnorm_grid, rmsnorm_num_warps
+from cuda_gqa.backends.aot.rope_cache_write import rope_cache_write_grid, rope_cache_write_num_warps
 from cuda_gqa.backends.kernels.add import add
 from cuda_gqa.backends.kernels.argmax_rows import argmax_merge, argmax_rows
 from cuda_gqa.backends.kernels.embedding import embedding
@@ -50,7 +47,7 @@ def test_rmsnorm(dtype, rows, offset, residual):
     block = rmsnorm_block(HIDDEN)
     rmsnorm[rmsnorm_grid(rows)](x, w, out if residual else None, out, EPS, x.stride(0),
                                 out.stride(0) if residual else 0, out.stride(0), N_COLS=HIDDEN, BLOCK=block,
-                                WEIGHT_OFFSET=offset, HAS_RESIDUAL=residual, num_warps=max(1, min(16, block // 256)))
+                                WEIGHT_OFFSET=offset, HAS_RESIDUAL=residual, num_warps=rmsnorm_num_warps(block))
     assert worst(out, expected, TOLERANCE[dtype]) <= 1.0
 
 
@@ -94,7 +91,7 @@ def test_rope_cache_write(dtype, position_dtype, start, l, qk_norm):
     rope_cache_write[rope_cache_write_grid(l, H, H_KV)](
         qkv, cos, sin, input_pos, norms[0], norms[1], q_out, k_cache, v_cache, kv_len, l, S, EPS, qkv.stride(0),
         q_out.stride(0), q_out.stride(1), k_cache.stride(0), k_cache.stride(1), HEADS_Q=H, HEADS_KV=H_KV,
-        HEAD_DIM=D, BLOCK_D=D, QK_NORM=qk_norm, NORM_OFFSET=offset, num_warps=1)
+        HEAD_DIM=D, BLOCK_D=D, QK_NORM=qk_norm, NORM_OFFSET=offset, num_warps=rope_cache_write_num_warps(D))
 
     inside = min(l, S - start)  # rows past the cache are skipped
     positions = torch.arange(start, start + inside, device="cuda")
@@ -125,7 +122,7 @@ def test_embedding(dtype, token_dtype, scale):
         error = torch.full((1,), -1, device="cuda", dtype=torch.int32)
         embedding[embedding_grid(ids.numel())](ids, table, out, error, ids.numel(), VOCAB, out.stride(0), D=HIDDEN,
                                                BLOCK_D=block_d, SCALE=embedding_scale(scale, dtype), BLOCK_L=BLOCK_L,
-                                               num_warps=max(1, min(8, block_d // 256)))
+                                               num_warps=embedding_num_warps(block_d))
         return out, error.item()
 
     out, error = embed(tokens)
@@ -149,15 +146,16 @@ def test_argmax_rows(dtype, l, two_stage):
         logits[1] = float("-inf")
         logits[2, 5000] = float("nan")
     out = torch.full((l,), -5, device="cuda", dtype=torch.int64)
-    splits = argmax_num_splits(VOCAB) if two_stage else 1
-    common = dict(V=VOCAB, NUM_SPLITS=splits, SPLIT=ARGMAX_SPLIT, BLOCK=ARGMAX_BLOCK, num_warps=4)
+    splits = aot_argmax.argmax_num_splits(VOCAB) if two_stage else 1
+    common = dict(V=VOCAB, NUM_SPLITS=splits, SPLIT=aot_argmax.SPLIT, BLOCK=aot_argmax.BLOCK,
+                  num_warps=aot_argmax.NUM_WARPS)
     if two_stage:
-        partials = torch.empty(argmax_workspace_shape(l, splits), device="cuda", dtype=torch.int32)
-        argmax_rows[argmax_rows_grid(l, splits)](logits, None, partials, logits.stride(0), **common)
-        argmax_merge[argmax_merge_grid(l)](partials, out, NUM_SPLITS=splits,
-                                           BLOCK_S=triton.next_power_of_2(splits), num_warps=1)
+        partials = torch.empty(aot_argmax.argmax_workspace_shape(l, splits), device="cuda", dtype=torch.int32)
+        argmax_rows[aot_argmax.argmax_rows_grid(l, splits)](logits, None, partials, logits.stride(0), **common)
+        argmax_merge[aot_argmax.argmax_merge_grid(l)](partials, out, NUM_SPLITS=splits,
+                                                      BLOCK_S=triton.next_power_of_2(splits), num_warps=1)
     else:
-        argmax_rows[argmax_rows_grid(l, 1)](logits, out, None, logits.stride(0), **common)
+        argmax_rows[aot_argmax.argmax_rows_grid(l, 1)](logits, out, None, logits.stride(0), **common)
     assert torch.equal(out, torch.argmax(logits, dim=-1))
 
 
@@ -167,6 +165,6 @@ def test_add(dtype):
     torch.manual_seed(0)
     a, b = torch.randn(7, HIDDEN, device="cuda").to(dtype), torch.randn(7, HIDDEN, device="cuda").to(dtype)
     expected = a + b
-    add[add_grid(7, HIDDEN)](a, b, a, a.stride(0), b.stride(0), a.stride(0), N_COLS=HIDDEN, BLOCK=ADD_BLOCK,
-                             num_warps=4)  # in place, as a residual add
+    add[aot_add.add_grid(7, HIDDEN)](a, b, a, a.stride(0), b.stride(0), a.stride(0), N_COLS=HIDDEN,
+                                     BLOCK=aot_add.BLOCK, num_warps=aot_add.NUM_WARPS)  # in place: a residual add
     assert torch.equal(a, expected)
