@@ -16,11 +16,11 @@ from cuda_gqa.backends.aot.rope_cache_write import rope_cache_write_grid
 from cuda_gqa.backends.kernels.rope_cache_write import rope_cache_write
 from cuda_gqa.export.llm.decoder import Decoder, DecoderConfig
 
-H, H_KV, D, S, HIDDEN, EPS = 4, 2, 32, 16, 24, 1e-6
+H, H_KV, S, HIDDEN, EPS = 4, 2, 16, 24, 1e-6
 # The kernel rotates in float32 once; the decoder rounds after each op in its dtype.
 TOLERANCE = {"float32": 1e-5, "float16": 4e-3, "bfloat16": 3e-2}
 
-def decoder_attention(case, dtype):
+def decoder_attention(case, dtype, D):
     config = DecoderConfig(vocab_size=8, hidden_size=HIDDEN, intermediate_size=8, num_layers=1, num_heads=H,
                            num_kv_heads=H_KV, head_dim=D, rms_norm_eps=EPS, qk_norm=case["qk_norm"],
                            norm_weight_offset=case["offset"])
@@ -57,7 +57,8 @@ def decoder_step(model, attn, x, start):
 def run(case):
     dtype = getattr(torch, case["dtype"])
     l, start = case["l"], case["start"]
-    model, attn = decoder_attention(case, dtype)
+    D = case.get("head_dim", 32)
+    model, attn = decoder_attention(case, dtype, D)
     k_cache, v_cache = attn.k_cache[0].clone(), attn.v_cache[0].clone()  # the kernel's caches, [H_kv, S, D]
     k_before = k_cache.clone()
     x = torch.randn(1, l, HIDDEN).to(dtype)
@@ -74,7 +75,7 @@ def run(case):
     rope_cache_write[rope_cache_write_grid(l, H, H_KV)](
         qkv, model.rope_cos, model.rope_sin, input_pos, *norms, q_out, k_cache, v_cache, kv_len,
         l, S, EPS, qkv.stride(0), q_out.stride(0), q_out.stride(1), k_cache.stride(0), k_cache.stride(1),
-        HEADS_Q=H, HEADS_KV=H_KV, HEAD_DIM=D, BLOCK_D=D, QK_NORM=case["qk_norm"], NORM_OFFSET=case["offset"])
+        HEADS_Q=H, HEADS_KV=H_KV, HEAD_DIM=D, BLOCK_D=1 << (D - 1).bit_length(), QK_NORM=case["qk_norm"], NORM_OFFSET=case["offset"])
 
     q_expected, inside = decoder_step(model, attn, x, start)
     tol = TOLERANCE[case["dtype"]]
@@ -101,6 +102,8 @@ CASES = {  # S = 16; kv_len = clamp(start + L, 0, S)
     "decode-qwen3-qk-norm": dict(dtype="float32", position_dtype="int32", start=9, l=1, qk_norm=True, offset=0.0),
     "decode-gemma3-bf16": dict(dtype="bfloat16", position_dtype="int64", start=7, l=1, qk_norm=True, offset=1.0),
     "prefill-qk-norm-offset": dict(dtype="float32", position_dtype="int64", start=2, l=3, qk_norm=True, offset=1.0),
+    "padded-head-dim-48": dict(dtype="float16", position_dtype="int64", start=5, l=2, qk_norm=True, offset=1.0,
+                               head_dim=48),
     "rows-past-the-cache-skipped": dict(dtype="float32", position_dtype="int64", start=14, l=4, qk_norm=False,
                                         offset=0.0),
     "decode-past-the-cache": dict(dtype="float32", position_dtype="int32", start=16, l=1, qk_norm=True, offset=0.0),
