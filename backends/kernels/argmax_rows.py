@@ -4,8 +4,9 @@ Ties go to the lowest index; NaN counts as the largest value (the first NaN
 wins), as in torch. Values are compared as int32 keys ordered like the
 floats (_order_keys), so one integer max per lane does it.
 
-V is compiled in (a model's vocabulary is fixed), and NUM_SPLITS * SPLIT >= V
-with it. Program (row, split) scans columns [split * SPLIT, (split + 1) * SPLIT) of
+Rows are tokens (batch 1: logits [1, L, V] are L rows). V is compiled in
+(a model's vocabulary is fixed) and NUM_SPLITS * SPLIT >= V with it.
+Program (row, split) scans columns [split * SPLIT, (split + 1) * SPLIT) of
 its row (all V columns when NUM_SPLITS == 1) BLOCK at a time, each lane
 keeping its best (key, index). NUM_SPLITS == 1 stores the winner at
 Out[row] (int64) directly. Otherwise each program stores its (key, index)
