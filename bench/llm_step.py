@@ -216,20 +216,26 @@ class Settings:
     prefill_steps: int
     compile: bool
     compile_mode: str
+    compile_backend: str
     deadline: float
     runner: Optional[Path]
     runner_timeout_s: float
     log_file: Path
-    compile_s: list[float] = field(default_factory=list)  # each compile's seconds, newest last
+    compiles: list[tuple[float, int]] = field(default_factory=list)  # (seconds, layers) of each, newest last
 
-    def compile_skipped(self) -> Optional[str]:
-        """Why torch.compile is not tried now, or None."""
+    def compile_skipped(self, layers: int) -> Optional[str]:
+        """Why torch.compile of a model of `layers` layers is not tried now, or None: it is not
+        when less is left of the budget than the last compile took, scaled by the layers (Dynamo
+        unrolls them), at least MIN_COMPILE_S."""
         if not self.compile:
             return "skipped (--no-compile)"
         left = self.deadline - time.perf_counter()
-        needed = max([MIN_COMPILE_S] + self.compile_s[-1:])
+        needed = MIN_COMPILE_S
+        if self.compiles:
+            seconds, last_layers = self.compiles[-1]
+            needed = max(needed, seconds * layers / last_layers)
         if left < needed:
-            return f"skipped: {left:.0f} s of --budget-s left, a compile took {needed:.0f} s"
+            return f"skipped: {max(left, 0):.0f} s of --budget-s left, a compile needs about {needed:.0f} s"
         return None
 
 
@@ -245,8 +251,8 @@ def guarded(row: Row, what: str, action: Callable[[], None]) -> None:
             row.error = message
         else:
             row.notes.append(message)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        with contextlib.suppress(Exception):  # a failed capture may leave an error behind it
+            synchronize(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
 
 
 def first_line(error: BaseException) -> str:
@@ -278,7 +284,7 @@ def time_decode_routes(model: Decoder, inputs: Inputs, s: Settings, rows: dict[s
         rows[GRAPH].error = "needs a CUDA device"
     if compiled is not None:
         def compile_decode():
-            seconds = first_call_seconds(lambda: decode(compiled), s)
+            seconds = first_call_seconds(lambda: decode(compiled), s, model.config.num_layers)
             rows[COMPILED].notes.append(f"decode compiled in {seconds:.0f} s")
             if cuda:
                 graph_of(compiled, rows[COMPILED])
@@ -312,11 +318,11 @@ def time_prefill_routes(model: Decoder, inputs: Inputs, s: Settings, rows: dict[
         guarded(rows[GRAPH], "prefill", lambda: graph_of(model, rows[GRAPH]))
     if compiled is not None and rows[COMPILED].error is None:
         def compile_prefill():
-            why = s.compile_skipped()
+            why = s.compile_skipped(model.config.num_layers)
             if why:
                 rows[COMPILED].notes.append(f"prefill {why}")
                 return
-            seconds = first_call_seconds(lambda: prefill(compiled), s)
+            seconds = first_call_seconds(lambda: prefill(compiled), s, model.config.num_layers)
             rows[COMPILED].notes.append(f"prefill compiled in {seconds:.0f} s")
             if cuda:
                 graph_of(compiled, rows[COMPILED])
@@ -326,13 +332,13 @@ def time_prefill_routes(model: Decoder, inputs: Inputs, s: Settings, rows: dict[
         guarded(rows[COMPILED], "prefill", compile_prefill)
 
 
-def first_call_seconds(call: Callable[[], object], s: Settings) -> float:
+def first_call_seconds(call: Callable[[], object], s: Settings, layers: int) -> float:
     """Seconds of a compiled function's first call (its compile), recorded for the budget."""
     start = time.perf_counter()
     call()
     synchronize(s.device)
     seconds = time.perf_counter() - start
-    s.compile_s.append(seconds)
+    s.compiles.append((seconds, layers))
     return seconds
 
 
@@ -356,11 +362,13 @@ def bench_model(name: str, s: Settings, bandwidth: float) -> tuple[list[Row], di
         log(f"{name}: built in {facts['build_s']} s, {facts['parameters'] / 1e6:,.1f} M parameters, "
             f"{facts['step_bytes'] / 1e6:,.1f} MB per decode step")
         rows[BOUND].decode_ms = facts["step_bytes"] / bandwidth * 1e3
-        why = s.compile_skipped()
+        why = s.compile_skipped(model.config.num_layers)
         if why:
             rows[COMPILED].error = why
         else:
-            compiled = torch.compile(model, mode=s.compile_mode, dynamic=False)
+            # A mode is Inductor's; another backend (the smoke test's "eager") takes none.
+            options = dict(mode=s.compile_mode) if s.compile_backend == "inductor" else {}
+            compiled = torch.compile(model, backend=s.compile_backend, dynamic=False, **options)
         with torch.no_grad():
             time_decode_routes(model, inputs, s, rows, compiled)
             time_prefill_routes(model, inputs, s, rows, compiled)
@@ -544,7 +552,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
     parser.add_argument("--compile-mode", default="default",
                         choices=("default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"))
-    parser.add_argument("--budget-s", type=float, default=420.0,
+    parser.add_argument("--compile-backend", default="inductor", choices=("inductor", "aot_eager", "eager"),
+                        help="torch.compile's backend; not inductor only to test this script's compile path fast")
+    parser.add_argument("--budget-s", type=float, default=400.0,
                         help="no torch.compile starts when less than its last compile time is left of this")
     parser.add_argument("--pte", action="append", default=[], metavar="MODEL=PATH",
                         help="an exported program of MODEL, timed through the C++ runner; repeatable")
@@ -574,6 +584,7 @@ def main(argv=None) -> int:
     settings = Settings(context=args.context, prefill=args.prefill, dtype=DTYPES[args.dtype], device=device,
                         steps=args.steps, warmup=args.warmup, prefill_steps=args.prefill_steps,
                         compile=not args.no_compile, compile_mode=args.compile_mode,
+                        compile_backend=args.compile_backend,
                         deadline=start + args.budget_s, runner=args.runner, runner_timeout_s=args.runner_timeout_s,
                         log_file=log_file)
     import triton
@@ -583,7 +594,8 @@ def main(argv=None) -> int:
     log(f"{device_name}; copy bandwidth {bandwidth / 1e12:.3f} TB/s (read + write)")
     meta = dict(context=args.context, prefill=args.prefill, dtype=args.dtype, device_name=device_name,
                 torch=torch.__version__, triton=triton.__version__, host=platform.processor() or platform.machine(),
-                cpus=os.cpu_count(), bandwidth=bandwidth, compile_mode=args.compile_mode, steps=args.steps,
+                cpus=os.cpu_count(), bandwidth=bandwidth,
+                compile_mode=args.compile_mode if args.compile_backend == "inductor" else f"backend {args.compile_backend}", steps=args.steps,
                 warmup=args.warmup, prefill_steps=args.prefill_steps,
                 timer=("CUDA events, no synchronisation between steps" if device.type == "cuda" else "the host clock"),
                 command="python3 bench/llm_step.py " + " ".join(sys.argv[1:] if argv is None else argv), models={})

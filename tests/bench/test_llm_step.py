@@ -134,3 +134,28 @@ def test_bad_arguments_are_refused_with_the_reason(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         llm_step.main(["--device", "cpu", *argv])
     assert message in str(exit_info.value) + capsys.readouterr().err
+
+
+def test_compile_route_times_the_compiled_step_and_checks_it_against_eager(tmp_path):
+    """The compile path end to end with Dynamo's eager backend (Inductor on this CPU takes minutes)."""
+    argv = [a for a in SMOKE if a != "--no-compile"]
+    assert llm_step.main([*argv, "--models", "tiny-llama3", "--compile-backend", "eager", "--out", str(tmp_path)]) == 0
+    row = _rows(tmp_path)["tiny-llama3", llm_step.COMPILED]
+    assert row["error"] is None and row["decode_ms"] > 0 and row["prefill_ms"] > 0
+    notes = "; ".join(row["notes"])
+    assert "decode compiled in" in notes and "prefill compiled in" in notes
+    assert "decode logits vs eager: rel. diff" in notes and "MISMATCH" not in notes
+
+
+def test_compile_is_skipped_when_the_budget_left_is_short_of_the_last_compile_scaled_by_layers():
+    settings = llm_step.Settings(context=32, prefill=8, dtype=llm_step.torch.bfloat16,
+                                 device=llm_step.torch.device("cpu"), steps=1, warmup=0, prefill_steps=1,
+                                 compile=True, compile_mode="default", compile_backend="inductor",
+                                 deadline=llm_step.time.perf_counter() + 200, runner=None, runner_timeout_s=1,
+                                 log_file=Path("unused"))
+    assert settings.compile_skipped(16) is None
+    settings.compiles.append((110.0, 16))
+    assert settings.compile_skipped(16) is None  # about 110 s of the 200 left
+    assert "needs about 220 s" in settings.compile_skipped(32)
+    settings.compile = False
+    assert "--no-compile" in settings.compile_skipped(16)
