@@ -20,7 +20,11 @@ filled with random rows, this times in one process on one GPU:
     the mutated KV-cache buffers themselves; "max-autotune-no-cudagraphs"
     autotunes every matmul shape, minutes per model);
   - the exported program through the C++ runner (--pte MODEL=PATH), its
-    `--decode-at` median (steps at positions context - N .. context - 1);
+    `--decode-at` median (steps at positions context - N .. context - 1; host
+    wall time per step, logits to the host and argmax included); the runner
+    is the one beside the .pte (or --runner), its libraries beside it; the
+    weights a .ptd beside it (PTE.ptd or weights.ptd), or rebuilt from that
+    file's manifest (export/llm/ptd_manifest.py) and deleted afterwards;
 - prefill of a --prefill-token prompt (time to first token: forward(tokens
   [1, P], input_pos [0]), logits of every row) for the same routes; the
   runner's figure is one prefill of a random prompt, the first of its process;
@@ -223,6 +227,10 @@ class Settings:
     log_file: Path
     compiles: list[tuple[float, int]] = field(default_factory=list)  # (seconds, layers) of each, newest last
 
+    def compile_graphs_itself(self) -> bool:
+        """Whether the compile mode brings Inductor's CUDA graphs (then its step is not captured again)."""
+        return self.compile_backend == "inductor" and self.compile_mode in ("reduce-overhead", "max-autotune")
+
     def compile_skipped(self, layers: int) -> Optional[str]:
         """Why torch.compile of a model of `layers` layers is not tried now, or None: it is not
         when less is left of the budget than the last compile took, scaled by the layers (Dynamo
@@ -286,10 +294,10 @@ def time_decode_routes(model: Decoder, inputs: Inputs, s: Settings, rows: dict[s
         def compile_decode():
             seconds = first_call_seconds(lambda: decode(compiled), s, model.config.num_layers)
             rows[COMPILED].notes.append(f"decode compiled in {seconds:.0f} s")
-            if cuda:
+            if cuda and not s.compile_graphs_itself():
                 graph_of(compiled, rows[COMPILED])
-            else:  # no graph on the CPU: the compiled step as it is
-                rows[COMPILED].notes.append("no CUDA graph on the CPU")
+            else:  # the compiled step as it is: on the CPU, or with Inductor's own CUDA graphs
+                rows[COMPILED].notes.append("Inductor's own CUDA graphs" if cuda else "no CUDA graph on the CPU")
                 rows[COMPILED].decode_ms = median_ms(lambda: decode(compiled), s.device, s.warmup, s.steps)
                 note_difference(rows[COMPILED], "decode", decode(compiled), reference)
 
@@ -324,7 +332,7 @@ def time_prefill_routes(model: Decoder, inputs: Inputs, s: Settings, rows: dict[
                 return
             seconds = first_call_seconds(lambda: prefill(compiled), s, model.config.num_layers)
             rows[COMPILED].notes.append(f"prefill compiled in {seconds:.0f} s")
-            if cuda:
+            if cuda and not s.compile_graphs_itself():
                 graph_of(compiled, rows[COMPILED])
             else:
                 rows[COMPILED].prefill_ms = median_ms(lambda: prefill(compiled), s.device, warmup, steps)
@@ -506,7 +514,9 @@ def markdown(rows: list[Row], meta: dict) -> str:
               f"{meta['warmup']} warm-up steps, "
               f"{meta['timer']}. Prefill: "
               f"forward(tokens [1, {meta['prefill']}], input_pos [0]) returning every row's logits, median of "
-              f"{meta['prefill_steps']}; the runner's prefill is one call, the first of its process. Bound: every "
+              f"{meta['prefill_steps']}. The runner's decode: host wall time of each step of its --decode-at loop "
+              f"(logits copied to the host, greedy argmax), median of --steps; its prefill: one call, the "
+              f"first of its process. Bound: every "
               f"weight read once (the token embedding's one row unless tied to the LM head), K and V up to the "
               f"context (a sliding layer's window), over the copy bandwidth. Speed vs compile + graph: its ms "
               f"over the row's (above 1: faster). Weights are seeded random values (export/llm/presets.py), "
