@@ -478,6 +478,28 @@ def fmt(value: Optional[float], digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def derived(rows: list[Row]) -> list[dict]:
+    """Each row as a dict, with tokens_per_s, fraction_of_bound (bound ms over the row's) and
+    speed_vs_compile_graph (torch.compile + graph ms over the row's; above 1: faster), routes in
+    ROUTES order within each model."""
+    by_model: dict[str, dict[str, Row]] = {}
+    for row in rows:
+        by_model.setdefault(row.model, {})[row.route] = row
+    found = []
+    for routes in by_model.values():
+        bound, compiled = routes.get(BOUND), routes.get(COMPILED)
+        for route in ROUTES:
+            row = routes.get(route)
+            if row is None:
+                continue
+            ms = row.decode_ms
+            found.append(dict(row.__dict__, tokens_per_s=1e3 / ms if ms else None,
+                              fraction_of_bound=bound.decode_ms / ms if ms and bound and bound.decode_ms else None,
+                              speed_vs_compile_graph=compiled.decode_ms / ms if ms and compiled and compiled.decode_ms
+                              else None))
+    return found
+
+
 def markdown(rows: list[Row], meta: dict) -> str:
     lines = [f"# One decode step at {meta['context']} keys, bf16 batch 1: eager, CUDA graph, torch.compile, the "
              f"exported program, and the bound" if meta["dtype"] == "bfloat16" else
@@ -490,25 +512,13 @@ def markdown(rows: list[Row], meta: dict) -> str:
              f"| model | route | decode ms/step | tokens/s | fraction of bound | speed vs compile + graph | "
              f"prefill {meta['prefill']} tok ms (TTFT) | notes |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
-    by_model: dict[str, dict[str, Row]] = {}
-    for row in rows:
-        by_model.setdefault(row.model, {})[row.route] = row
-    for model, routes in by_model.items():
-        bound = routes.get(BOUND)
-        compiled = routes.get(COMPILED)
-        for route in ROUTES:
-            row = routes.get(route)
-            if row is None:
-                continue
-            ms = row.decode_ms
-            tokens = 1e3 / ms if ms else None
-            fraction = (bound.decode_ms / ms) if ms and bound and bound.decode_ms else None
-            speed = (compiled.decode_ms / ms) if ms and compiled and compiled.decode_ms else None
-            notes = "; ".join(([f"error: {row.error}"] if row.error else []) + row.notes)
-            lines.append(f"| {model} | {route} | {fmt(ms, 3)} | {fmt(tokens, 0)} | "
-                         f"{'-' if fraction is None else f'{100 * fraction:.0f}%'} | "
-                         f"{'-' if speed is None else f'{speed:.2f}x'} | {fmt(row.prefill_ms, 2)} | "
-                         f"{notes.replace('|', '/')} |")
+    for row in derived(rows):
+        fraction, speed = row["fraction_of_bound"], row["speed_vs_compile_graph"]
+        notes = "; ".join(([f"error: {row['error']}"] if row["error"] else []) + row["notes"])
+        lines.append(f"| {row['model']} | {row['route']} | {fmt(row['decode_ms'], 3)} | {fmt(row['tokens_per_s'], 0)} | "
+                     f"{'-' if fraction is None else f'{100 * fraction:.0f}%'} | "
+                     f"{'-' if speed is None else f'{speed:.2f}x'} | {fmt(row['prefill_ms'], 2)} | "
+                     f"{notes.replace('|', '/')} |")
     lines += ["", f"Decode: forward(tokens [1, 1], input_pos [{meta['context'] - 1}]) over a static cache of "
               f"{meta['context']} keys filled with random rows; median of {meta['steps']} steps after "
               f"{meta['warmup']} warm-up steps, "
@@ -626,7 +636,7 @@ def main(argv=None) -> int:
 def write(out: Path, rows: list[Row], meta: dict) -> str:
     table = markdown(rows, meta)
     (out / "llm_step.md").write_text(table)
-    (out / "llm_step.json").write_text(json.dumps(dict(meta=meta, rows=[row.__dict__ for row in rows]), indent=1)
+    (out / "llm_step.json").write_text(json.dumps(dict(meta=meta, rows=derived(rows)), indent=1)
                                        + "\n")
     return table
 

@@ -5,12 +5,15 @@ rows. Timing itself is the GPU machine's business."""
 
 import json
 import stat
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
 import llm_step  # noqa: E402
 from llm_runner_cli import parse_decode_at, parse_prefill  # noqa: E402
 
@@ -159,3 +162,29 @@ def test_compile_is_skipped_when_the_budget_left_is_short_of_the_last_compile_sc
     assert "needs about 220 s" in settings.compile_skipped(32)
     settings.compile = False
     assert "--no-compile" in settings.compile_skipped(16)
+
+
+def test_json_rows_carry_the_table_figures(tmp_path):
+    rows = [llm_step.Row("m", llm_step.BOUND, decode_ms=1.0), llm_step.Row("m", llm_step.EAGER, decode_ms=4.0),
+            llm_step.Row("m", llm_step.COMPILED, decode_ms=2.0), llm_step.Row("m", llm_step.GRAPH, error="x")]
+    found = {row["route"]: row for row in llm_step.derived(rows)}
+    assert [row["route"] for row in llm_step.derived(rows)] == [llm_step.EAGER, llm_step.GRAPH, llm_step.COMPILED,
+                                                              llm_step.BOUND]
+    assert found[llm_step.EAGER]["tokens_per_s"] == 250 and found[llm_step.EAGER]["fraction_of_bound"] == 0.25
+    assert found[llm_step.EAGER]["speed_vs_compile_graph"] == 0.5
+    assert found[llm_step.GRAPH]["tokens_per_s"] is None and found[llm_step.GRAPH]["error"] == "x"
+
+
+def test_the_gpu_machine_needs_no_executorch_to_run_it():
+    code = textwrap.dedent(f"""
+        import sys
+        class Blocker:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("executorch", "safetensors"):
+                    raise ImportError(f"{{name}} is not on the GPU machine")
+        sys.meta_path.insert(0, Blocker())
+        sys.path.insert(0, {str(BENCH)!r})
+        import llm_step, bench_attention
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
