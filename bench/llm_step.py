@@ -507,7 +507,7 @@ def markdown(rows: list[Row], meta: dict) -> str:
              f"{meta['device_name']}; torch {meta['torch']}, triton {meta['triton']}; host "
              f"{meta['host']}, {meta['cpus']} CPUs. Copy bandwidth measured in this run: "
              f"{meta['bandwidth'] / 1e12:.3f} TB/s (read + write). torch.compile mode `{meta['compile_mode']}`, "
-             f"its step captured in one CUDA graph as eager's is.", "",
+             f"{meta['compile_capture']}.", "",
              f"Command: `{meta['command']}`", "",
              f"| model | route | decode ms/step | tokens/s | fraction of bound | speed vs compile + graph | "
              f"prefill {meta['prefill']} tok ms (TTFT) | notes |",
@@ -618,6 +618,9 @@ def main(argv=None) -> int:
                 compile_mode=args.compile_mode if args.compile_backend == "inductor" else f"backend {args.compile_backend}", steps=args.steps,
                 warmup=args.warmup, prefill_steps=args.prefill_steps,
                 timer=("CUDA events, no synchronisation between steps" if device.type == "cuda" else "the host clock"),
+                compile_capture=("no CUDA graph on the CPU" if device.type != "cuda" else
+                                 "with Inductor's own CUDA graphs" if settings.compile_graphs_itself() else
+                                 "its step captured in one CUDA graph as eager's is"),
                 command="python3 bench/llm_step.py " + " ".join(sys.argv[1:] if argv is None else argv), models={})
     rows: list[Row] = []
     for name in models:
