@@ -34,6 +34,7 @@ Writes DIR/bench_attention.md (the table) and DIR/bench_attention.png
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import statistics
 import sys
@@ -283,7 +284,8 @@ def run_shape(shape: Shape, upstream, payloads: Optional[Path],
         try:
             err = (fn().float() - expected).abs().max().item()
         except Exception as e:  # a backend that does not support this shape
-            torch.cuda.synchronize()
+            with contextlib.suppress(Exception):  # a refusal launches nothing; a failed launch may have
+                torch.cuda.synchronize()
             results[name] = NotRun(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
             print(f"  {name}: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}", flush=True)
             continue
