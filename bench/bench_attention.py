@@ -10,9 +10,16 @@ default dispatch with enable_gqa=True and each of its backends forced
 (cuDNN, flash, efficient; native GQA and with K/V pre-expanded),
 FlexAttention through torch.compile with enable_gqa=True (where it compiles;
 --no-flex leaves it out: it compiles once per shape), and upstream
-ExecuTorch's Triton SDPA when its file is given. Every candidate is
-checked against a float32 reference before it is timed; a wrong or failing
-candidate is reported as such, not timed.
+ExecuTorch's Triton SDPA when its file is given: `sdpa` as before (no
+kv_len: its general kernel), and on decode and verify rows upstream's
+current decode routes, `sdpa` with `kv_len` (the filled length as a device
+scalar, here the whole cache: it dispatches L_q == 1 to its split-K decode,
+2..4 query rows to its small-query split-K) and, on decode rows,
+`sdpa_decode_splitk` itself (where the file has it). Every candidate is
+checked against a float32 reference before it is timed; a wrong candidate
+is reported as such, not timed, and one that refuses the shape (upstream's
+split-K refuses head dims that are not powers of 2) gets a '-' cell and a
+footnote with its reason.
 
 Timing: each candidate is captured CALLS_PER_GRAPH times in one CUDA graph,
 so launch overhead is excluded; the median over replays is reported in
@@ -27,6 +34,7 @@ Writes DIR/bench_attention.md (the table) and DIR/bench_attention.png
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import statistics
 import sys
@@ -144,13 +152,54 @@ def bound_us(shape: Shape, bandwidth: float, flops: float) -> float:
     return causal_flops / flops * 1e6
 
 
+class NotRun(str):
+    """Why a candidate has no time for a shape (it raised when called): a '-' cell and a footnote."""
+
+
 def load_upstream(path: Optional[Path]):
+    """Upstream ExecuTorch's sdpa.py as a module (its `sdpa`, and `sdpa_decode_splitk` where the
+    file is recent enough to have it)."""
     if path is None:
         return None
+    if not path.is_file():
+        raise SystemExit(f"--upstream-sdpa {path}: no such file")
     spec = importlib.util.spec_from_file_location("upstream_et_sdpa", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.sdpa
+    if not callable(getattr(module, "sdpa", None)):
+        raise SystemExit(f"--upstream-sdpa {path}: the file defines no sdpa()")
+    return module
+
+
+def accepts_kv_len(op) -> bool:
+    """Whether an upstream entry point (a torch.library.triton_op or a plain function) takes kv_len
+    (older upstream files do not)."""
+    import inspect
+
+    try:
+        return "kv_len" in inspect.signature(getattr(op, "_init_fn", op)).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def upstream_calls(shape: Shape, q, k, v, upstream) -> dict[str, Callable[[], torch.Tensor]]:
+    """Upstream's routes for this shape. Arguments as its signature orders them: (q, k, v,
+    attn_mask, dropout_p, is_causal, scale (0: 1/sqrt(D)), enable_gqa, ..., kv_len)."""
+    found = {"upstream ET Triton": lambda: upstream.sdpa(q, k, v, None, 0.0, shape.causal, 0.0, True)}
+    if shape.kind not in ("decode", "verify"):
+        return found
+    # Every key of the cache is filled: kv_len = L_kv, a device scalar as upstream's decode passes it.
+    kv_len = torch.tensor([shape.l_kv], dtype=torch.int64, device=q.device)
+    if accepts_kv_len(upstream.sdpa):
+        found["upstream ET Triton (kv_len)"] = lambda: upstream.sdpa(q, k, v, None, 0.0, False, 0.0, True,
+                                                                     kv_len=kv_len)
+    splitk = getattr(upstream, "sdpa_decode_splitk", None)
+    if shape.l_q == 1 and splitk is not None:
+        if accepts_kv_len(splitk):
+            found["upstream ET split-K decode"] = lambda: splitk(q, k, v, None, 0.0, False, 0.0, True, kv_len=kv_len)
+        else:
+            found["upstream ET split-K decode"] = lambda: splitk(q, k, v, None, 0.0, False, 0.0, True)
+    return found
 
 
 def flex_attention_call(shape: Shape, q, k, v) -> Callable[[], torch.Tensor]:
@@ -218,8 +267,7 @@ def candidates(shape: Shape, q, k, v, upstream, payloads: Optional[Path],
     if flex:
         found["torch FlexAttention"] = flex_attention_call(shape, q, k, v)
     if upstream is not None:
-        # Its signature: (q, k, v, attn_mask, dropout_p, is_causal, scale (0: 1/sqrt(D)), enable_gqa).
-        found["upstream ET Triton"] = lambda: upstream(q, k, v, None, 0.0, causal, 0.0, True)
+        found.update(upstream_calls(shape, q, k, v, upstream))
     return found
 
 
@@ -236,7 +284,9 @@ def run_shape(shape: Shape, upstream, payloads: Optional[Path],
         try:
             err = (fn().float() - expected).abs().max().item()
         except Exception as e:  # a backend that does not support this shape
-            results[name] = f"n/a ({type(e).__name__})"
+            with contextlib.suppress(Exception):  # a refusal launches nothing; a failed launch may have
+                torch.cuda.synchronize()
+            results[name] = NotRun(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
             print(f"  {name}: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}", flush=True)
             continue
         if not err <= TOLERANCE:
@@ -267,6 +317,7 @@ def _reference_rows(q, k, v, start: int, stop: int, causal: bool = True) -> torc
 
 
 def markdown(rows, names, bandwidth, flops) -> str:
+    with_upstream = any(n.startswith("upstream") for n in names)
     lines = [
         f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}; bf16; prefill causal, decode and verify unmasked; "
         f"CUDA-graph timing, "
@@ -274,16 +325,33 @@ def markdown(rows, names, bandwidth, flops) -> str:
         f"Measured in this run: copy bandwidth {bandwidth / 1e12:.2f} TB/s (read+write), "
         f"bf16 matmul {flops / 1e12:.0f} TFLOP/s.",
         "",
-        "| shape | bound µs | " + " | ".join(names) + " | cuda_gqa / best torch |",
-        "|---|---|" + "---|" * len(names) + "---|",
+        "| shape | bound µs | " + " | ".join(names) + " | cuda_gqa / best torch |"
+        + (" cuda_gqa / best upstream |" if with_upstream else ""),
+        "|---|---|" + "---|" * len(names) + "---|" + ("---|" if with_upstream else ""),
     ]
+    footnotes: dict[str, int] = {}
+
+    def cell(name: str, value) -> str:
+        if isinstance(value, float):
+            return f"{value:.2f}"
+        if isinstance(value, NotRun):
+            number = footnotes.setdefault(f"{name}: {value}", len(footnotes) + 1)
+            return f"- [{number}]"
+        return str(value if value is not None else "-")
+
+    def ratio(ours, times) -> str:
+        return f"{ours / min(times):.2f}" if isinstance(ours, float) and times else "-"
+
     for shape, bound, results in rows:
-        cells = [f"{results[n]:.2f}" if isinstance(results.get(n), float) else str(results.get(n, "-"))
-                 for n in names]
-        torch_times = [t for n, t in results.items() if n.startswith("torch") and isinstance(t, float)]
+        cells = [cell(n, results.get(n)) for n in names]
         ours = results.get("cuda_gqa (AOT cubin)", results.get("cuda_gqa (Triton JIT)"))
-        ratio = f"{ours / min(torch_times):.2f}" if isinstance(ours, float) and torch_times else "-"
-        lines.append(f"| {shape.label} | {bound:.1f} | " + " | ".join(cells) + f" | {ratio} |")
+        torch_times = [t for n, t in results.items() if n.startswith("torch") and isinstance(t, float)]
+        upstream_times = [t for n, t in results.items() if n.startswith("upstream") and isinstance(t, float)]
+        lines.append(f"| {shape.label} | {bound:.1f} | " + " | ".join(cells) + f" | {ratio(ours, torch_times)} |"
+                     + (f" {ratio(ours, upstream_times)} |" if with_upstream else ""))
+    if footnotes:
+        lines += ["", "Not run (the candidate raised for that shape):", ""]
+        lines += [f"- [{number}] {text}" for text, number in footnotes.items()]
     return "\n".join(lines) + "\n"
 
 

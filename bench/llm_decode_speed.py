@@ -50,7 +50,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -59,6 +58,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from llm_runner_cli import parse_decode_at, run_logged, runner_env
 
 PRESET = "llama3.2-1b"
 CONTEXTS = (4096, 16384, 32768)
@@ -164,36 +165,13 @@ def export(folder: Path, preset: str, dtype: str, contexts: list[int], archs: li
 
 
 def _run(command: list, log_file: Path, env=None) -> tuple[int, str]:
-    _log("$ " + " ".join(map(str, command)))
-    start = time.perf_counter()
-    result = subprocess.run([str(c) for c in command], capture_output=True, text=True, env=env)
-    output = result.stdout + result.stderr
-    with log_file.open("a") as f:
-        f.write(f"$ {' '.join(map(str, command))}\n{output}\n(exit {result.returncode}, "
-                f"{time.perf_counter() - start:.1f} s)\n\n")
-    print(output, end="", flush=True)
-    return result.returncode, output
+    return run_logged(command, log_file, env, _log)
 
 
 def _summary_line(line: str) -> bool:
     """The runner's lines a report keeps (not its token list)."""
     return (line.startswith(("loaded", "prompt", "decode:", "decode-at:", "attention:", "logits:", "error:"))
             or line.startswith("tokens:") and "match eager" in line)
-
-
-def _parse_decode(output: str) -> dict:
-    """The runner's --decode-at lines."""
-    found = {}
-    m = re.search(r"^decode-at: (\d+) steps at positions (\d+)\.\.(\d+): median ([0-9.]+) ms, p90 ([0-9.]+) ms "
-                  r"per step, ([0-9.]+) tokens/s", output, re.M)
-    if m:
-        found.update(steps=int(m[1]), first=int(m[2]), last=int(m[3]), median_ms=float(m[4]), p90_ms=float(m[5]),
-                     tokens_per_s=float(m[6]))
-    m = re.search(r"^attention: CudaGqaBackend execute median ([0-9.]+) ms per step \(([0-9.]+)% of the step", output,
-                  re.M)
-    if m:
-        found.update(attention_ms=float(m[1]), attention_share=float(m[2]) / 100)
-    return found
 
 
 def _check_sanity(sanity: Path, out: Path, runner: Path, device: str, log_file: Path, env) -> tuple[int, list[str]]:
@@ -283,7 +261,7 @@ def run(folder: Path, out: Path, device: str, steps: int, cpu_steps: int, warmup
     log_file.write_text("")
     info = json.loads((folder / "export.json").read_text())
     runner = folder / "cuda_gqa_llm_runner"
-    env = dict(os.environ, LD_LIBRARY_PATH=f"{folder}:{os.environ.get('LD_LIBRARY_PATH', '')}")
+    env = runner_env(folder)
     gpu_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
     _log(f"{gpu_name}, torch {torch.__version__}, {os.cpu_count()} CPUs")
 
@@ -367,7 +345,7 @@ def run(folder: Path, out: Path, device: str, steps: int, cpu_steps: int, warmup
         n = steps if variant["attention"] == "gpu" else cpu_steps
         code, output = _run([runner, folder / variant["pte"], "--data", ptd, "--decode-at", context - n,
                              "--steps", n, "--warmup", warmup], log_file, env)
-        row[side] = _parse_decode(output) if code == 0 else dict(error=f"exit {code}")
+        row[side] = parse_decode_at(output) if code == 0 else dict(error=f"exit {code}")
         row[side]["program"] = variant["name"]
         _log(f"context {context}, {side}: {json.dumps(row[side])}")
     ptd.unlink()

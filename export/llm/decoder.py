@@ -270,12 +270,13 @@ class Decoder(nn.Module):
             self.reset_buffers()
 
     @classmethod
-    def uninitialized(cls, config: DecoderConfig, **options) -> "Decoder":
-        """A decoder whose weights are allocated but not set (the caller fills them):
+    def uninitialized(cls, config: DecoderConfig, device: Union[str, torch.device] = "cpu",
+                      **options) -> "Decoder":
+        """A decoder on `device` whose weights are allocated but not set (the caller fills them):
         no time spent on initialisations about to be overwritten."""
         with torch.device("meta"):
             model = cls(config, **options)
-        model.to_empty(device="cpu")  # allocates tied weights apart: tie them again
+        model.to_empty(device=device)  # allocates tied weights apart: tie them again
         model._tie_weights()
         model.reset_buffers()
         return model
