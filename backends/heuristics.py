@@ -362,8 +362,10 @@ def kv_length_buckets(lo: int, hi: int) -> list[tuple[int, int]]:
 #
 # GEMM tiles: 128 x 128 x 64 with 8 warps for 16-bit inputs (half the K for
 # fp32), BLOCK_N halved for gated linears (two W tiles a step) and BLOCK_M
-# down to the rows there are; stages as many (up to 3) as fit the arch's
-# shared memory (SHARED_MEMORY_BUDGET for an unknown arch).
+# down to the rows there are; then BLOCK_N and BLOCK_M halve (down to
+# GEMM_MIN_TILE) while the grid has fewer programs than NOMINAL_SMS; stages
+# as many (up to 3) as fit the arch's shared memory (SHARED_MEMORY_BUDGET
+# for an unknown arch).
 #
 # A tuning-table entry (bench/bench_linear.py measures them) wins where it
 # exists: section "linear_gemv" or "linear_gemm" of tuning/sm_<arch>.json,
@@ -378,6 +380,7 @@ GEMV_ACC_ELEMENTS = 32 * 32 * GEMV_NUM_WARPS
 GEMV_MIN_PROGRAMS = 3 * NOMINAL_SMS
 GEMM_TILE = (128, 128, 64)  # BLOCK_M, BLOCK_N, BLOCK_K for 2-byte inputs
 GEMM_MAX_STAGES = 3
+GEMM_MIN_TILE = 64  # BLOCK_M / BLOCK_N shrink to fill the SMs, not below this
 LINEAR_KINDS = ("gemv", "gemm")
 VECTOR_BYTES = 16
 
@@ -437,6 +440,11 @@ def _gemm_default(m: int, n: int, k: int, dtype: torch.dtype, arch: Optional[int
     block_m = max(16, min(block_m, triton.next_power_of_2(m)))
     block_n = max(16, min(block_n // (2 if gated else 1), triton.next_power_of_2(n)))
     block_k = max(16, min(block_k * 2 // dtype.itemsize, triton.next_power_of_2(k)))
+    # Smaller tiles where the big ones would leave SMs idle (llama3.2-1b's o at M = 512: 64 programs of 128 x 128).
+    while block_n > GEMM_MIN_TILE and triton.cdiv(m, block_m) * triton.cdiv(n, block_n) < NOMINAL_SMS:
+        block_n //= 2
+    while block_m > GEMM_MIN_TILE and triton.cdiv(m, block_m) * triton.cdiv(n, block_n) < NOMINAL_SMS:
+        block_m //= 2
     num_warps = 8 if block_m * block_n >= 128 * 128 else 4
     limit = SHARED_MEMORY_PER_BLOCK.get(arch, SHARED_MEMORY_BUDGET)
     for stages in range(GEMM_MAX_STAGES, 0, -1):

@@ -94,3 +94,25 @@ def test_unsupported_arguments_are_refused_naming_what_is_wrong(bad, message):
     args.update(bad)
     with pytest.raises(ValueError, match=message):
         compile_linear(**args)
+
+
+@pytest.mark.parametrize("m, gated", [(1, ""), (1, "silu"), (4, "")])
+def test_gemv_k_loop_moves_nothing_between_threads(m, gated):
+    """X, W, the products and the accumulator share one layout: the K loop of linear_gemv holds no
+    layout conversion (a shared-memory round trip and a barrier per step), its norm squares included."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from cuda_gqa.backends.aot.linear import ALIGNED_PARAMS, KERNELS
+    from cuda_gqa.backends.aot.triton_to_cubin import _options, _triton_source
+
+    config = linear_config("gemv", m, 2048, 2048, torch.bfloat16, 90, gated=bool(gated))
+    signature = {name: "*bf16" for name in ("X", "W", "Bias", "Residual", "Out")}
+    signature.update(M="i32", eps="fp32", stride_xm="i32", stride_rm="i32", stride_om="i32")
+    constexprs = dict(N=2048, K=8192, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+                      NORM_PROLOGUE=True, HAS_BIAS=False, HAS_RESIDUAL=True, GATED=gated, SOFTCAP=0.0)
+    source = _triton_source(KERNELS["gemv"], signature, constexprs, ALIGNED_PARAMS)
+    ttgir = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                           options=_options(config.num_warps, config.num_stages, None)).asm["ttgir"]
+    loop = ttgir[ttgir.index("scf.for"):ttgir.index("scf.yield")]
+    assert "tt.load" in loop and "convert_layout" not in loop and "tt.reduce" not in loop

@@ -247,6 +247,16 @@ def test_gemm_tiles_shrink_to_the_rows_there_are():
     assert linear_config("gemm", 4096, 2048, 2048, torch.bfloat16, 90).block_m == 128
 
 
+@pytest.mark.parametrize("m, n", [(512, 2048), (512, 3072), (128, 2048), (4096, 2048), (512, 128256)])
+def test_gemm_tiles_shrink_to_fill_the_sms(m, n):
+    config = linear_config("gemm", m, n, 2048, torch.bfloat16, 90)
+    programs = linear_grid("gemm", m, n, config)
+    if config.block_m > 64 or config.block_n > 64:  # tiles stay big where that already fills the SMs
+        assert programs[0] * programs[1] >= SMS
+    if (m, n) in ((4096, 2048), (512, 128256)):
+        assert (config.block_m, config.block_n) == (128, 128)
+
+
 def test_linear_grids_cover_the_output():
     gemv = LinearConfig(4, 8, 256, 4, 1)
     assert linear_grid("gemv", 3, 40, gemv) == (5, 1, 1)
@@ -271,7 +281,8 @@ def test_tuned_linear_tiles_apply_on_their_arch_and_bucket_only(monkeypatch):
     assert linear_config("gemv", 1, 2048, 2048, torch.bfloat16, None) != LinearConfig(1, 8, 512, 8, 2)
     assert linear_config("gemv", 1, 4096, 2048, torch.bfloat16, 90) != LinearConfig(1, 8, 512, 8, 2)
     # A tuned GEMM tile beyond the arch's shared memory is not taken.
-    assert linear_config("gemm", 512, 2048, 2048, torch.bfloat16, 90).block_m == 128
+    assert linear_config("gemm", 512, 2048, 2048, torch.bfloat16, 90) == \
+        linear_config("gemm", 512, 2048, 2048, torch.bfloat16, None)
 
 
 @pytest.mark.parametrize("call, message", [

@@ -88,3 +88,34 @@ def test_gemm_gate_up_with_norm(gated):
 @pytest.mark.gpu
 def test_gemm_in_place_residual_and_ragged_sizes():
     check(77, 1000, 1000, torch.bfloat16, residual="inplace", bias=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 512])
+@pytest.mark.parametrize("fusions", [{}, {"norm": True, "gated": "silu"}, {"residual": True},
+                                     {"norm": True, "out_dtype": torch.float32}],
+                         ids=["plain", "norm-gated", "residual", "norm-fp32-logits"])
+def test_aot_cubin_matches_torch(m, fusions):
+    """compile_linear's cubin for this GPU, launched through cuda.core with the parameters bound by name
+    (as bench_linear.py --cubins does), against the same work in eager torch."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import bench_linear
+
+    from cuda_gqa.backends.aot.linear import compile_linear
+    from cuda_gqa.backends.heuristics import linear_config, linear_kind
+
+    major, minor = torch.cuda.get_device_capability()
+    shape = bench_linear.Shape("test", 1024, 2048, m, fusions)
+    kind, args = linear_kind(m), bench_linear.variant_args(shape, fused=True)
+    config = linear_config(kind, m, args["n"], shape.k, torch.bfloat16, 10 * major + minor, gated=shape.gated)
+    compiled = compile_linear(kind=kind, dtype=torch.bfloat16, k=shape.k, arch=10 * major + minor, config=config,
+                              **args)
+    tensors = bench_linear.make_tensors(shape)
+    got = bench_linear.aot_call(shape, tensors, True, compiled, config)()
+    expected = bench_linear.unfused_torch(shape, tensors)()
+    torch.cuda.synchronize()
+    assert got.dtype == fusions.get("out_dtype", torch.bfloat16)
+    assert bench_linear.relative_error(got, expected) <= 1e-2
