@@ -1,0 +1,50 @@
+"""The whole decoder step in one CudaGqaBackend delegate: lowered, and run as the runtimes run it.
+
+The delegate's payload runs on the CPU through the product's own launch
+evaluation with every kernel under Triton's interpreter
+(tests/partition/payload_interpreter.py): its logits must be eager PyTorch's.
+"""
+
+import pytest
+import torch
+
+from payload_interpreter import recording_compiles, run_in_subprocess
+from whole_programs import delegate_input_names, delegates, lower_whole, named_data
+
+
+@pytest.fixture(scope="module")
+def llama_decode(tiny_model):
+    model = tiny_model("tiny-llama3")
+    kernels = {}
+    with recording_compiles(kernels):
+        edge, partitioner = lower_whole(model, 1)
+    return model, edge, partitioner, kernels
+
+
+def test_one_delegate_holds_the_whole_step(llama_decode):
+    model, edge, partitioner, _ = llama_decode
+    assert partitioner.model_report.startswith("whole step")
+    calls = [n for n in edge.exported_program().graph.nodes if n.op == "call_function"]
+    assert [str(n.target) for n in calls] == ["executorch_call_delegate", "<built-in function getitem>"]
+    assert all(d.delegated for d in partitioner.report) and len(partitioner.report) == model.config.num_layers
+
+
+def test_decode_steps_give_eager_logits(llama_decode, tmp_path):
+    model, edge, _, kernels = llama_decode
+    (delegate,) = delegates(edge)
+    names = delegate_input_names(delegate)
+    steps = [(torch.tensor([[t]]), torch.tensor([i])) for i, t in enumerate([3, 17, 250])]
+    calls = [[{"tokens": tokens, "input_pos": pos}[n] for n in names] for tokens, pos in steps]
+    program = {"payload": delegate.processed_bytes, "calls": calls, "named_data": named_data(delegate)}
+    (result,) = run_in_subprocess({"kernels": kernels, "programs": [program]}, tmp_path)
+    model.reset_buffers()
+    for (logits,), (tokens, pos) in zip(result["outputs"], steps):
+        with torch.no_grad():
+            torch.testing.assert_close(logits, model(tokens, pos), rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_the_plan_cannot_hold_keeps_attention_only(tiny_model):
+    model = tiny_model("tiny-gemma2")  # soft-capped attention written out
+    edge, partitioner = lower_whole(model, 1)
+    assert partitioner.model_report.startswith("attention only: ")
+    assert len(delegates(edge)) == model.config.num_layers  # one attention delegate per layer
