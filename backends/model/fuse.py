@@ -9,7 +9,10 @@
   residual_epilogues:    a + linear(...) -> the linear adds `a` in its epilogue
 
 `fuse` runs them in that order. New constants (folded or stacked weights)
-are named after what they hold and computed here, once, at export.
+are computed here, once, at export, and named by how they are made from the
+model's parameters (`fold_name`, `stack_name`): `derive_constant` makes any
+of them again from the parameters alone (a .ptd rebuilt where it cannot
+travel, export/llm/ptd_manifest.py).
 """
 
 from __future__ import annotations
@@ -23,6 +26,34 @@ from .ops import CONSTANT, ModelPlan, Op, Value
 
 def _readers(plan: ModelPlan, value: Value) -> list[tuple[Op, str]]:
     return [(op, role) for op in plan.ops for role, v in op.inputs.items() if v.name == value.name]
+
+
+STACK_SEPARATOR = "+"
+
+
+def fold_name(weight: str, norm_weight: str, offset: float) -> str:
+    return f"{weight}@rmsnorm({norm_weight},{float(offset)!r})"
+
+
+def stack_name(names: list[str]) -> str:
+    return STACK_SEPARATOR.join(names)
+
+
+def folded(weight: torch.Tensor, norm_weight: torch.Tensor, offset: float) -> torch.Tensor:
+    """A linear's weight with the RMSNorm before it folded in: its columns times (offset + norm weight)."""
+    return (weight.float() * (norm_weight.float() + offset)).to(weight.dtype)
+
+
+def derive_constant(name: str, parameters) -> torch.Tensor:
+    """Constant `name` of a fused plan, made from `parameters` (name -> tensor) as fuse made it."""
+    parts = name.split(STACK_SEPARATOR)
+    if len(parts) > 1:
+        return torch.cat([derive_constant(part, parameters) for part in parts], dim=0)
+    if name.endswith(")") and "@rmsnorm(" in name:
+        weight, rest = name.split("@rmsnorm(", 1)
+        norm_weight, offset = rest[:-1].rsplit(",", 1)
+        return folded(parameters[weight], parameters[norm_weight], float(offset))
+    return parameters[name]
 
 
 def _constant(plan: ModelPlan, name: str, data: torch.Tensor) -> Value:
@@ -51,11 +82,11 @@ def fold_norms(plan: ModelPlan) -> None:
             continue
         if any(_weight_readers(plan, op.inputs["weight"]) != 1 for op, _ in readers):
             continue  # a weight read elsewhere too (tied embeddings) keeps its values
-        scale = plan.constant_data[norm.inputs["weight"].name].float() + norm.attrs["weight_offset"]
+        norm_weight, offset = norm.inputs["weight"].name, norm.attrs["weight_offset"]
         for op, _ in readers:
             weight = op.inputs["weight"]
-            folded = (plan.constant_data[weight.name].float() * scale).to(weight.dtype)
-            new_weight = _constant(plan, f"{weight.name}*{norm.inputs['weight'].name}", folded)
+            data = folded(plan.constant_data[weight.name], plan.constant_data[norm_weight], offset)
+            new_weight = _constant(plan, fold_name(weight.name, norm_weight, offset), data)
             index = plan.ops.index(op)
             plan.ops[index] = replace(op, inputs={**op.inputs, "x": norm.inputs["x"], "weight": new_weight},
                                       attrs={**op.attrs, "norm_eps": norm.attrs["eps"]})
@@ -66,7 +97,7 @@ def _stack(plan: ModelPlan, linears: list[Op]) -> Value:
     """One constant holding the linears' weights stacked along the output features."""
     names = [op.inputs["weight"].name for op in linears]
     data = torch.cat([plan.constant_data[n] for n in names], dim=0)
-    return _constant(plan, "+".join(names), data)
+    return _constant(plan, stack_name(names), data)
 
 
 def _stack_bias(plan: ModelPlan, linears: list[Op]):
@@ -76,7 +107,7 @@ def _stack_bias(plan: ModelPlan, linears: list[Op]):
     if any(b is None for b in biases):
         return None
     data = torch.cat([plan.constant_data[b.name] for b in biases])
-    return {"bias": _constant(plan, "+".join(b.name for b in biases), data)}
+    return {"bias": _constant(plan, stack_name([b.name for b in biases]), data)}
 
 
 def _mergeable(a: Op, b: Op) -> bool:

@@ -39,6 +39,7 @@ VIEW_OPS = {aten.view_copy.default, aten.view.default, aten.reshape.default, ate
             torch.ops.dim_order_ops._clone_dim_order.default}
 SDPA_TARGETS = {aten.scaled_dot_product_attention.default}
 CHECKS_ONLY = {aten._assert_tensor_metadata.default}
+NORM_PARTS = {aten.pow.Tensor_Scalar, aten.mul.Tensor}  # what reads an RMSNorm's upcast input
 # to_edge turns _to_copy into dim-order ops' copy
 _TO_DIM_ORDER_COPY = torch.ops.dim_order_ops._to_dim_order_copy.default
 _CLONE_DIM_ORDER = torch.ops.dim_order_ops._clone_dim_order.default
@@ -296,6 +297,8 @@ def _to_copy(r: _Reader, node: Node):
             return r.ops[-1].output
         if meaning.kind == CONSTANT:
             return meaning  # (w.float() inside a norm: the kernel reads w in fp32 anyway)
+        if dtype == torch.float32 and all(_aten_target(u) in NORM_PARTS for u in node.users):
+            return meaning  # RMSNorm's x.float(): the norm kernels compute in fp32 anyway
         raise NotRecognised(f"{node.name}: a cast of {meaning.name} that no op can fold")
     if isinstance(meaning, Partial):
         return meaning  # casts inside a pattern (RMSNorm's x.float()) are the kernels' own fp32 math

@@ -49,3 +49,17 @@ def test_a_llama_layer_fuses_to_four_linears(tiny_model):
                                                                                     c.hidden_size)
     assert "residual" in o_proj.inputs and "residual" in down.inputs
     assert "lm_head.weight" in plan.constants and "layers.0.self_attn.q_proj.weight" not in plan.constants
+
+
+@pytest.mark.parametrize("preset", ["tiny-qwen2", "tiny-gemma3"])
+def test_every_constant_of_a_fused_plan_is_made_again_from_the_parameters_alone(tiny_model, preset):
+    from cuda_gqa.backends.model.fuse import derive_constant
+
+    model = tiny_model(preset, dtype=torch.bfloat16)
+    plan = fuse(recognise(edge_step(model, 1)))
+    parameters = dict(model.named_buffers()) | model.state_dict()  # tied weights under both names
+    assert any("@rmsnorm(" in name for name in plan.constants) and any("+" in name for name in plan.constants)
+    for name in plan.constants:
+        derived = derive_constant(name, parameters)
+        assert derived.dtype == plan.constant_data[name].dtype
+        assert torch.equal(derived.view(torch.uint8), plan.constant_data[name].contiguous().view(torch.uint8)), name
