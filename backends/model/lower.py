@@ -29,6 +29,17 @@ def preprocess_whole_model(program: ExportedProgram, options) -> PreprocessResul
     store = NamedDataStore()
     with_keys = deserialize_payload(payload)
     move_images_to_named_data(with_keys, store)
-    constants.add_to_named_data(store)
+    constants.add_to_named_data(store, external_tag=_external_tag(program))
     return PreprocessResult(processed_bytes=serialize_payload(with_keys),
                             data_store_output=store.get_named_data_store_output())
+
+
+def _external_tag(program: ExportedProgram):
+    """The .ptd the program's parameters go to (export_llm's external_weights marks their
+    placeholders as ExecuTorch's delegates read it), or None: in the .pte."""
+    tags = {n.meta.get("custom", {}).get("delegate_constant_tag") for n in program.graph.nodes
+            if n.op == "placeholder" and n.name in program.graph_signature.inputs_to_parameters}
+    tags.discard(None)
+    if len(tags) > 1:
+        raise ValueError(f"the program's parameters go to several external files: {sorted(tags)}")
+    return tags.pop() if tags else None

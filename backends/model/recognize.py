@@ -153,7 +153,7 @@ class _Reader:
         if handler is None and target in SDPA_TARGETS:
             handler = _attention
         if handler is None:
-            raise NotRecognised(f"{node.name}: {target} has no kernel in the whole-model plan")
+            raise NotRecognised(f"{node.name}: {target} has no kernel in the whole-model plan: {node.format_node()}")
         return handler(self, node)
 
 
@@ -183,6 +183,10 @@ def _view(r: _Reader, node: Node):
     if isinstance(meaning, Partial):
         return meaning  # masks and positions keep their meaning through unsqueeze
     raise NotRecognised(f"{node.name}: a view of {_describe(meaning)}")
+
+
+def _scalar_tensor(r: _Reader, node: Node):
+    return Partial("scalar", (float(node.args[0]),))
 
 
 def _arange(r: _Reader, node: Node):
@@ -374,6 +378,15 @@ def _logical_and(r: _Reader, node: Node):
     raise NotRecognised(f"{node.name}: a logical and outside a sliding-window mask")
 
 
+def _where(r: _Reader, node: Node):
+    """where(mask, 0, -inf): the causal mask in its additive form (as ExecuTorch may rewrite a bool mask)."""
+    cond, a, b = (r.meaning.get(x) if isinstance(x, Node) else Partial("scalar", (float(x),)) for x in node.args)
+    values = tuple(m.parts[0] if isinstance(m, Partial) and m.what == "scalar" else None for m in (a, b))
+    if isinstance(cond, Partial) and cond.what == "causal_mask" and values == (0.0, float("-inf")):
+        return cond
+    raise NotRecognised(f"{node.name}: a where() that is not a causal mask made additive")
+
+
 def _embedding(r: _Reader, node: Node):
     table = r.value(node.args[0], "table", node)
     tokens = r.value(node.args[1], "indices", node)
@@ -447,7 +460,7 @@ def _silu(r: _Reader, node: Node):
 
 
 _HANDLERS = {
-    aten.arange.start_step: _arange, aten.arange.default: _arange, aten.arange.start: _arange,
+    aten.scalar_tensor.default: _scalar_tensor, aten.where.self: _where, aten.arange.start_step: _arange, aten.arange.default: _arange, aten.arange.start: _arange,
     aten.add.Tensor: _add, aten.mul.Tensor: _mul, aten.pow.Tensor_Scalar: _pow, aten.mean.dim: _mean,
     aten.rsqrt.default: _rsqrt, aten._to_copy.default: _to_copy, _TO_DIM_ORDER_COPY: _to_copy, aten.index.Tensor: _index,
     aten.slice_copy.Tensor: _slice, aten.slice.Tensor: _slice, aten.neg.default: _neg, aten.cat.default: _cat,

@@ -1,9 +1,12 @@
 """python -m cuda_gqa.export.llm: export an LLM to one .pte with `prefill` and `decode` methods.
 
 The model is a named preset (seeded random weights) or a Hugging Face-format
-checkpoint directory. Attention goes to CudaGqaBackend (cubins for --archs),
-the rest of the graph to the CPU partitioner. Prints each stage, compile
-progress, and a summary: attention calls delegated per method, .pte size, time.
+checkpoint directory. The whole step (embedding, norms, projections, RoPE,
+KV caches, attention, MLP, LM head) goes to CudaGqaBackend (cubins for
+--archs) when its kernels hold every node; otherwise, and with
+--attention-only, the attention calls do and the rest goes to the CPU
+partitioner. Prints each stage, compile progress, and a summary: what each
+method delegated, .pte size, time.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ def parse_args(argv):
                         help="GPU archs for the attention cubins, comma separated (default %(default)s; from "
                              + ", ".join(f"sm_{a}" for a in SUPPORTED_ARCHS)
                              + "), or 'none' to leave attention on the CPU")
+    parser.add_argument("--attention-only", action="store_true",
+                        help="delegate only the attention calls to the GPU (the rest to --cpu-partitioner); "
+                             "default: the whole step, embedding to LM head, when the kernels hold every node")
     parser.add_argument("--cpu-partitioner", choices=[*CPU_PARTITIONERS, "none"], default="xnnpack",
                         help="who takes the rest of the graph (default %(default)s; none: portable kernels)")
     parser.add_argument("--external-weights", action="store_true",
@@ -83,7 +89,7 @@ def main(argv=None) -> int:
     try:
         result = export_llm(model, prefill_len=args.prefill_len, archs=archs, log=log,
                             cpu_partitioner=None if args.cpu_partitioner == "none" else args.cpu_partitioner,
-                            external_weights=args.external_weights,
+                            external_weights=args.external_weights, whole_model=not args.attention_only,
                             out=args.out or Path("out") / f"{name}.pte")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

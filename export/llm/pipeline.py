@@ -27,7 +27,7 @@ from executorch.exir import ExecutorchBackendConfig, ExecutorchProgramManager, t
 from executorch.exir.passes import MemoryPlanningPass
 
 from cuda_gqa.backends.compile_specs import DEFAULT_ARCHS
-from cuda_gqa.backends.partition import AttentionDecision, CudaGqaPartitioner
+from cuda_gqa.backends.partition import AttentionDecision, CudaGqaModelPartitioner, CudaGqaPartitioner
 
 from .decoder import Decoder
 from .presets import build_preset
@@ -42,6 +42,8 @@ class LlmExport:
     program: ExecutorchProgramManager  # .buffer: the .pte's bytes
     # Per method: every SDPA call, delegated or why not (empty when attention was left on the CPU).
     reports: dict[str, list[AttentionDecision]]
+    # Per method, with the whole-model lowering: what its delegate took, or why only attention.
+    model_reports: dict[str, str]
     metadata: dict[str, object]  # the program's constant methods
     seconds: float
     size_bytes: int
@@ -54,6 +56,8 @@ class LlmExport:
 
     def summary(self) -> str:
         lines = [] if self.reports else ["attention left on the CPU (no GPU archs)"]
+        for method, what in self.model_reports.items():
+            lines.append(f"{method}: {what}")
         for method in self.reports:
             report = self.reports[method]
             lines.append(f"{method}: {len(self.delegated(method))} of {len(report)} attention calls delegated "
@@ -67,12 +71,18 @@ class LlmExport:
         return "\n".join(lines)
 
 
-def _make_partitioners(archs: Optional[Sequence], cpu_partitioner: Optional[str]):
-    """Per method: ours first (it takes the attention), then the CPU partitioner for the rest."""
+def _make_partitioners(archs: Optional[Sequence], cpu_partitioner: Optional[str],
+                       whole: Optional[dict[str, bool]] = None):
+    """Per method: CudaGqaModelPartitioner alone where `whole[method]` (the whole step is ours: a
+    CPU partitioner after it would decompose the nodes it keeps whole), else CudaGqaPartitioner
+    for the attention, then the CPU partitioner for the rest."""
     if cpu_partitioner not in (None, *CPU_PARTITIONERS):
         raise ValueError(f"unknown cpu_partitioner {cpu_partitioner!r}: choose from {CPU_PARTITIONERS} or None")
     partitioners = {}
     for method in METHODS:
+        if archs is not None and (whole or {}).get(method):
+            partitioners[method] = [CudaGqaModelPartitioner(archs=archs, generic_plans=False)]
+            continue
         # No generic plans: every delegate argument here is a tensor ExecuTorch
         # plans itself (contiguous, 16-byte aligned, head dims multiples of 16),
         # which the aligned plans always take; skipping them halves the compiles.
@@ -82,6 +92,25 @@ def _make_partitioners(archs: Optional[Sequence], cpu_partitioner: Optional[str]
 
             partitioners[method].append(XnnpackPartitioner())
     return partitioners
+
+
+def _whole_step_plans(programs: dict, log) -> tuple[dict[str, bool], dict[str, str]]:
+    """Per method: whether the kernels hold its whole step, and what it takes or why not."""
+    from cuda_gqa.backends.model.ops import NotRecognised
+    from cuda_gqa.backends.partition.whole_model_partitioner import trial_plan
+
+    whole, why = {}, {}
+    for method, program in programs.items():
+        log(f"reading {method} as a whole-step plan")
+        try:
+            plan = trial_plan(program)
+        except NotRecognised as refusal:
+            whole[method], why[method] = False, f"attention only (the rest on the CPU): {refusal}"
+            continue
+        whole[method] = True
+        why[method] = (f"whole step on the GPU: {len(plan.ops)} ops, {len(plan.constants)} weights, "
+                       f"{len(plan.states)} caches")
+    return whole, why
 
 
 def export_llm(
@@ -94,6 +123,7 @@ def export_llm(
     out: Optional[Union[str, Path]] = None,
     cpu_partitioner: Optional[str] = "xnnpack",
     external_weights: bool = False,
+    whole_model: bool = True,
     log: Callable[[str], None] = lambda message: None,
 ) -> LlmExport:
     """Export `model` (a module meeting the contract above, or a preset name) to a .pte.
@@ -109,6 +139,9 @@ def export_llm(
         ones and those the CPU kernels read alike; load it with the .pte (Module(pte, ptd),
         cuda_gqa_llm_runner --data). Buffers (RoPE tables) and cubins stay in the .pte, so
         exports of one model at any max_seq_len or archs share one .ptd.
+    whole_model: each method's whole step (embedding to LM head) goes to CudaGqaBackend when its
+        kernels hold every node (CudaGqaModelPartitioner; else its attention, with the reason in
+        the summary); False: the attention calls alone (CudaGqaPartitioner), the rest to the CPU.
     log: called with a line per stage.
     """
     start = time.perf_counter()
@@ -142,8 +175,10 @@ def export_llm(
             if tag is not None:
                 _tag_parameters_for_delegates(programs[method], tag)
 
-    partitioners = _make_partitioners(archs, cpu_partitioner)
-    names = ["CudaGqaPartitioner" if archs is not None else None, cpu_partitioner]
+    whole, model_reports = _whole_step_plans(programs, log) if archs is not None and whole_model else ({}, {})
+    partitioners = _make_partitioners(archs, cpu_partitioner, whole)
+    names = [type(partitioners["decode"][0]).__name__ if archs is not None else None,
+             None if whole.get("decode") else cpu_partitioner]
     log(f"lowering to ExecuTorch ({' then '.join(n for n in names if n) or 'portable kernels only'})")
     metadata = {"get_max_seq_len": model_len, "get_prefill_len": prefill_len, "get_batch_size": batch}
     if isinstance(model, Decoder):
@@ -180,7 +215,8 @@ def export_llm(
         log(f"writing the weights to {pte.parent / (tag + '.ptd')}")
         program.write_tensor_data_to_file(str(pte.parent))
         ptd = pte.parent / f"{tag}.ptd"
-    return LlmExport(program=program, reports=reports, metadata=metadata, seconds=time.perf_counter() - start,
+    return LlmExport(program=program, reports=reports, model_reports=model_reports, metadata=metadata,
+                     seconds=time.perf_counter() - start,
                      size_bytes=size, pte=pte, ptd=ptd, ptd_size_bytes=ptd.stat().st_size if ptd else 0)
 
 
