@@ -286,8 +286,8 @@ def test_programs_methods_share_one_upload_of_a_constant_in_the_pte_or_an_extern
     assert run.returncode == 0, run.stdout + run.stderr[-3000:]
     # Both methods read the one device copy (live constants 1), from the .pte's named data
     # or the .ptd's (where each method merges the external map with the program's own).
-    # cuda_gqa_delegates (for CubinLauncher) finds the bytes in either.
+    # cuda_gqa_delegates (for CubinLauncher) finds both methods' payloads and the bytes in either file.
     assert run.stdout.splitlines() == [
-        "pte adds the weight True True True live constants 1", "named data True payloads 1", "after unloading 0",
-        "ptd adds the weight True True True live constants 1", "named data True payloads 1", "after unloading 0"], \
+        "pte adds the weight True True True live constants 1", "named data True payloads 2", "after unloading 0",
+        "ptd adds the weight True True True live constants 1", "named data True payloads 2", "after unloading 0"], \
         run.stdout + run.stderr[-2000:]
