@@ -314,6 +314,15 @@ Error acquire_constants(DelegateState* s, const NamedDataMap* named_data, std::s
     }
     ++s->constants_acquired;
   }
+  // cuMemcpyHtoD from pageable memory may return before its DMA lands, and
+  // the delegate's non-blocking stream does not wait for the legacy stream.
+  if (!s->payload.constants.empty()) {
+    const CUresult r = s->driver->CtxSynchronize();
+    if (r != CUDA_SUCCESS) {
+      *why = "constants: cuCtxSynchronize after their upload failed: " + s->driver->error_string(r);
+      return Error::Internal;
+    }
+  }
   return Error::Ok;
 }
 
