@@ -332,7 +332,7 @@ class CubinLauncher:
         self.constants = constants if constants is not None else ConstantBuffers(named_data)
         self._constant_tensors = [self.constants.get(name, self._torch_dtype[dtype], sizes, self.device)
                                   for name, dtype, sizes in self.plan.constants]
-        self._constant_addresses = [t.data_ptr() for t in self._constant_tensors]
+        self.constant_addresses = [t.data_ptr() for t in self._constant_tensors]
         self._launch_takes_stream_first = self._launch_signature_stream_first()
         self._streams = {}
 
@@ -396,7 +396,7 @@ class CubinLauncher:
     def plan_launches(self, args: Sequence[ArgInfo]) -> list[KernelLaunch]:
         """What __call__ would launch for these arguments (inputs then outputs; the states are appended)."""
         return self.plan.evaluate_all(list(args) + self._state_infos, self._scratch,
-                                      workspace=self.workspace_address, constants=self._constant_addresses)
+                                      workspace=self.workspace_address, constants=self.constant_addresses)
 
     def _output(self, index: int, inputs: Sequence[ArgInfo]):
         dtype = self.plan.specs[self.plan.num_inputs + index][0]

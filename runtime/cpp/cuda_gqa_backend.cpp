@@ -314,6 +314,15 @@ Error acquire_constants(DelegateState* s, const NamedDataMap* named_data, std::s
     }
     ++s->constants_acquired;
   }
+  // cuMemcpyHtoD from pageable memory may return before its DMA lands, and
+  // the delegate's non-blocking stream does not wait for the legacy stream.
+  if (!s->payload.constants.empty()) {
+    const CUresult r = s->driver->CtxSynchronize();
+    if (r != CUDA_SUCCESS) {
+      *why = "constants: cuCtxSynchronize after their upload failed: " + s->driver->error_string(r);
+      return Error::Internal;
+    }
+  }
   return Error::Ok;
 }
 
@@ -321,9 +330,10 @@ Error acquire_constants(DelegateState* s, const NamedDataMap* named_data, std::s
 // buffers. Returns the error and fills *why on failure.
 Error set_up_device(DelegateState* s, const NamedDataMap* named_data, bool device_planned,
                     std::string* why) {
-  // Delegates of one Program share the states they name (state_registry.h),
-  // keyed by the Program's identity (program_identity). Without named data,
-  // the states are this delegate's own.
+  // Delegates of one Program share the states and constants they name
+  // (state_registry.h), keyed by the Program's identity (program_identity).
+  // Without named data, the states are this delegate's own (and constants
+  // cannot be read: init fails naming the first).
   s->state_owner = named_data != nullptr ? program_identity(named_data) : s;
   if (named_data == nullptr && !s->payload.states.empty()) {
     ET_LOG(Info, "CudaGqaBackend: the program has no named data: this delegate's states are not shared");

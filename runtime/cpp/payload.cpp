@@ -301,20 +301,8 @@ bool read_image(const flatbuffers::Vector<uint8_t>* bytes, const flatbuffers::St
   return true;
 }
 
-bool read_kernel(const fb::Kernel* k, const PayloadDesc& pl, uint64_t workspace_bytes,
-                 const std::string& where_in, KernelDesc* out,
-                 std::string* error) {
-  if (k == nullptr) return fail(error, where_in, "missing kernel");
-  std::string where = where_in;
-  if (k->name() == nullptr || k->name()->size() == 0) {
-    return fail(error, where, "missing entry-point name");
-  }
-  out->name.assign(k->name()->c_str(), k->name()->size());
-  if (std::strlen(out->name.c_str()) != out->name.size()) {
-    return fail(error, where, "entry-point name contains NUL");
-  }
-  where += " (" + out->name + ")";
-
+// A kernel's cubins and PTX: at least one image, at most one cubin per arch.
+bool read_kernel_images(const fb::Kernel* k, const std::string& where, KernelDesc* out, std::string* error) {
   if (const auto* cubins = k->cubins()) {
     for (uint32_t i = 0; i < cubins->size(); ++i) {
       const std::string cw = where + " cubin " + std::to_string(i);
@@ -348,7 +336,11 @@ bool read_kernel(const fb::Kernel* k, const PayloadDesc& pl, uint64_t workspace_
   if (out->cubins.empty() && !out->ptx.present()) {
     return fail(error, where, "no cubin and no PTX");
   }
+  return true;
+}
 
+// Warps, shared memory and Triton's scratch buffers.
+bool read_kernel_resources(const fb::Kernel* k, const std::string& where, KernelDesc* out, std::string* error) {
   out->num_warps = k->num_warps();
   if (out->num_warps < 1 || out->num_warps > kMaxNumWarps) {
     return fail(error, where, "num_warps " + std::to_string(out->num_warps) +
@@ -367,7 +359,11 @@ bool read_kernel(const fb::Kernel* k, const PayloadDesc& pl, uint64_t workspace_
       !is_pow2_or_zero(out->profile_scratch_align)) {
     return fail(error, where, "scratch alignment is not a power of two");
   }
+  return true;
+}
 
+bool read_kernel_params(const fb::Kernel* k, const PayloadDesc& pl, uint64_t workspace_bytes,
+                        const std::string& where, KernelDesc* out, std::string* error) {
   const auto* params = k->params();
   if (params == nullptr || params->size() == 0) {
     return fail(error, where, "no params");
@@ -383,7 +379,51 @@ bool read_kernel(const fb::Kernel* k, const PayloadDesc& pl, uint64_t workspace_
       return false;
     }
   }
+  return true;
+}
 
+bool read_grid_dim(const fb::GridDim* gd, const PayloadDesc& pl, const std::string& where,
+                   std::vector<GridFactorDesc>* factors_out, uint32_t* multiplier, std::string* error) {
+  if (gd == nullptr) return fail(error, where, "missing");
+  factors_out->clear();
+  *multiplier = gd->multiplier();
+  const auto* factors = gd->factors();
+  if (factors != nullptr && factors->size() > kMaxGridFactors) {
+    return fail(error, where, "too many factors");
+  }
+  for (uint32_t f = 0; factors != nullptr && f < factors->size(); ++f) {
+    const fb::GridFactor* gf = factors->Get(f);
+    GridFactorDesc d{gf->arg(), gf->dim(), gf->divisor()};
+    if (d.arg >= pl.num_launch_args()) {
+      return fail(error, where, "factor arg " + std::to_string(d.arg) + " out of range");
+    }
+    if (d.dim >= pl.arg_spec(d.arg).sizes.size()) {
+      return fail(error, where, "factor dim " + std::to_string(d.dim) +
+                                    " out of range for arg " + std::to_string(d.arg));
+    }
+    if (d.divisor == 0) return fail(error, where, "factor divisor is 0");
+    factors_out->push_back(d);
+  }
+  if (*multiplier == 0) return fail(error, where, "multiplier is 0");
+  return true;
+}
+
+bool read_kernel(const fb::Kernel* k, const PayloadDesc& pl, uint64_t workspace_bytes,
+                 const std::string& where_in, KernelDesc* out,
+                 std::string* error) {
+  if (k == nullptr) return fail(error, where_in, "missing kernel");
+  if (k->name() == nullptr || k->name()->size() == 0) {
+    return fail(error, where_in, "missing entry-point name");
+  }
+  out->name.assign(k->name()->c_str(), k->name()->size());
+  if (std::strlen(out->name.c_str()) != out->name.size()) {
+    return fail(error, where_in, "entry-point name contains NUL");
+  }
+  const std::string where = where_in + " (" + out->name + ")";
+  if (!read_kernel_images(k, where, out, error) || !read_kernel_resources(k, where, out, error) ||
+      !read_kernel_params(k, pl, workspace_bytes, where, out, error)) {
+    return false;
+  }
   const auto* grid = k->grid();
   if (grid == nullptr || grid->size() != 3) {
     return fail(error, where,
@@ -391,29 +431,10 @@ bool read_kernel(const fb::Kernel* k, const PayloadDesc& pl, uint64_t workspace_
                     " dims, expected 3");
   }
   for (uint32_t g = 0; g < 3; ++g) {
-    const std::string gw = where + " grid dim " + std::to_string(g);
-    const fb::GridDim* gd = grid->Get(g);
-    if (gd == nullptr) return fail(error, gw, "missing");
-    out->grid[g].clear();
-    out->grid_multiplier[g] = gd->multiplier();
-    const auto* factors = gd->factors();
-    if (factors != nullptr && factors->size() > kMaxGridFactors) {
-      return fail(error, gw, "too many factors");
+    if (!read_grid_dim(grid->Get(g), pl, where + " grid dim " + std::to_string(g), &out->grid[g],
+                       &out->grid_multiplier[g], error)) {
+      return false;
     }
-    for (uint32_t f = 0; factors != nullptr && f < factors->size(); ++f) {
-      const fb::GridFactor* gf = factors->Get(f);
-      GridFactorDesc d{gf->arg(), gf->dim(), gf->divisor()};
-      if (d.arg >= pl.num_launch_args()) {
-        return fail(error, gw, "factor arg " + std::to_string(d.arg) + " out of range");
-      }
-      if (d.dim >= pl.arg_spec(d.arg).sizes.size()) {
-        return fail(error, gw, "factor dim " + std::to_string(d.dim) +
-                                   " out of range for arg " + std::to_string(d.arg));
-      }
-      if (d.divisor == 0) return fail(error, gw, "factor divisor is 0");
-      out->grid[g].push_back(d);
-    }
-    if (out->grid_multiplier[g] == 0) return fail(error, gw, "multiplier is 0");
   }
   out->waits_for_previous = k->waits_for_previous();
   return true;

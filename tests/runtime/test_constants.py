@@ -202,3 +202,92 @@ def test_constant_buffers_upload_each_constant_once_and_check_its_bytes():
     with pytest.raises(LaunchError, match="constant 'short': its named data holds 4 bytes, float32 of its sizes "
                                           "needs 8"):
         buffers.get("short", torch.float32, (2,), "cpu")
+
+
+# Programs of two methods ("prefill", "decode"), each one delegate running the payload file
+# argv[1] (out = x + w), whose preprocess stores constant "w" (argv[2], raw bytes) in the
+# program's named data: in the .pte (argv[3]), and in an external weights.ptd beside the
+# second .pte (argv[4]).
+EXPORT_SCRIPT = """
+import sys, torch
+from pathlib import Path
+from executorch.exir import to_edge
+from executorch.exir.backend.backend_api import to_backend
+from executorch.exir.backend.backend_details import BackendDetails, PreprocessResult
+from executorch.exir._serialize._named_data_store import NamedDataStore
+
+class Add(torch.nn.Module):
+    def forward(self, x, y):
+        return x + y
+
+class Wrapper(torch.nn.Module):
+    def __init__(self, lowered):
+        super().__init__()
+        self.lowered = lowered
+
+    def forward(self, x, y):
+        return self.lowered(x, y)
+
+class CudaGqaBackend(BackendDetails):
+    external_tag = None
+
+    @staticmethod
+    def preprocess(edge_program, compile_specs):
+        store = NamedDataStore()
+        store.add_named_data("w", open(sys.argv[2], "rb").read(), alignment=64,
+                             external_tag=CudaGqaBackend.external_tag)
+        return PreprocessResult(processed_bytes=open(sys.argv[1], "rb").read(),
+                                data_store_output=store.get_named_data_store_output())
+
+inputs = (torch.ones(2, 64), torch.ones(2, 64))
+for tag, pte in ((None, sys.argv[3]), ("weights", sys.argv[4])):
+    CudaGqaBackend.external_tag = tag
+    # One lowering, two methods: each method still gets a delegate (an init) of its own.
+    lowered = to_backend("CudaGqaBackend", to_edge(torch.export.export(Add(), inputs)).exported_program(), [])
+    method = torch.export.export(Wrapper(lowered), inputs)
+    program = to_edge({"prefill": method, "decode": method}).to_executorch()
+    open(pte, "wb").write(program.buffer)
+    if tag is not None:
+        program.write_tensor_data_to_file(str(Path(pte).parent))
+"""
+
+RUN_SCRIPT = """
+import sys, numpy as np, torch
+from executorch.runtime import Runtime
+from cuda_gqa.runtime import cpp_delegate, load_backend_library
+from cuda_gqa.runtime.pte_delegates import cuda_gqa_delegates
+load_backend_library()
+x = torch.ones(2, 64)
+w = torch.from_numpy(np.fromfile(sys.argv[1], dtype=np.float32).reshape(2, 64))
+for pte, ptd in ((sys.argv[2], None), (sys.argv[3], sys.argv[4])):
+    program = Runtime.get().load_program(pte, data_path=ptd)
+    prefill, decode = program.load_method("prefill"), program.load_method("decode")
+    right = [bool(torch.equal(m.execute([x, x])[0], x + w)) for m in (prefill, decode, prefill)]
+    print("ptd" if ptd else "pte", "adds the weight", *right, "live constants", cpp_delegate.live_constant_count())
+    payloads, named_data = cuda_gqa_delegates(open(pte, "rb").read(), open(ptd, "rb").read() if ptd else None)
+    print("named data", named_data["w"] == w.numpy().tobytes(), "payloads", len(payloads))
+    del prefill, decode, program
+    print("after unloading", cpp_delegate.live_constant_count())
+"""
+
+
+def test_programs_methods_share_one_upload_of_a_constant_in_the_pte_or_an_external_ptd(fake_driver_dir, tmp_path):
+    (tmp_path / "payload.bin").write_bytes(constant_payload())
+    WEIGHT.tofile(tmp_path / "w.bin")
+    pte, ptd_pte = tmp_path / "in_pte.pte", tmp_path / "in_ptd" / "program.pte"
+    ptd_pte.parent.mkdir()
+    made = subprocess.run([sys.executable, "-c", EXPORT_SCRIPT, str(tmp_path / "payload.bin"), str(tmp_path / "w.bin"),
+                           str(pte), str(ptd_pte)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert made.returncode == 0, made.stderr[-3000:]
+    assert (ptd_pte.parent / "weights.ptd").is_file()
+    run = subprocess.run([sys.executable, "-c", RUN_SCRIPT, str(tmp_path / "w.bin"), str(pte), str(ptd_pte),
+                          str(ptd_pte.parent / "weights.ptd")], capture_output=True, text=True, timeout=300,
+                         cwd=ROOT, env=fake_env(fake_driver_dir))
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    # Both methods read the one device copy (live constants 1), from the .pte's named data
+    # or the .ptd's (where each method merges the external map with the program's own).
+    # cuda_gqa_delegates (for CubinLauncher) finds both methods' payloads and the bytes in either file.
+    assert run.stdout.splitlines() == [
+        "pte adds the weight True True True live constants 1", "named data True payloads 2", "after unloading 0",
+        "ptd adds the weight True True True live constants 1", "named data True payloads 2", "after unloading 0"], \
+        run.stdout + run.stderr[-2000:]

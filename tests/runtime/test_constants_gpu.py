@@ -39,7 +39,7 @@ def test_kernels_read_a_constant_uploaded_once_for_the_launchers_sharing_it():
     constants = ConstantBuffers({"v": constant_bytes(v)})
     payload = attention_reading_v_from_a_constant(dtype, b, hq, hkv, l, d)
     first, second = CubinLauncher(payload, constants=constants), CubinLauncher(payload, constants=constants)
-    assert list(constants.tensors) == ["v"] and first._constant_addresses == second._constant_addresses
+    assert list(constants.tensors) == ["v"] and first.constant_addresses == second.constant_addresses
     garbage = torch.full_like(v, float("nan"))  # input 2: not read, the constant is
     expected = reference_attention(q, k, v, is_causal=False, scale=0.125)
     for launcher in (first, second):

@@ -67,7 +67,7 @@ def real_payloads(tmp_path_factory) -> list[Path]:
         path.write_bytes(build_attention_payload(archs=(80, 90), ptx=True, **shape))
         paths.append(path)
     paths.append(folder / "with_constants.bin")
-    paths[-1].write_bytes(with_constants(paths[0].read_bytes()))
+    paths[-1].write_bytes(with_constants(paths[1].read_bytes()))  # decode_single_split: the smallest
     return paths
 
 
