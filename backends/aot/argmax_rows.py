@@ -26,6 +26,11 @@ def argmax_num_splits(vocab: int) -> int:
     return triton.cdiv(vocab, SPLIT)
 
 
+def argmax_split(vocab: int, num_splits: int) -> int:
+    """The SPLIT constexpr: columns per program (one split: the whole row, in BLOCK steps)."""
+    return triton.cdiv(vocab, BLOCK) * BLOCK if num_splits == 1 else SPLIT
+
+
 def argmax_workspace_shape(l: int, num_splits: int) -> tuple[int, int, int]:
     """The int32 Partials workspace (keys, then indices) for L rows; none needed when num_splits == 1."""
     return (l, 2, num_splits)
@@ -47,7 +52,7 @@ def compile_argmax_rows(*, dtype: torch.dtype, vocab: int, num_splits: int, arch
     if num_splits not in (1, argmax_num_splits(vocab)):
         raise ValueError(f"num_splits={num_splits}: use 1 or argmax_num_splits({vocab}) = {argmax_num_splits(vocab)}")
     signature = {"Logits": POINTER_TYPE[dtype], "Out": "*i64", "Partials": "*i32", "stride_lr": "i32"}
-    constexprs = {"V": vocab, "NUM_SPLITS": num_splits, "SPLIT": SPLIT, "BLOCK": BLOCK}
+    constexprs = {"V": vocab, "NUM_SPLITS": num_splits, "SPLIT": argmax_split(vocab, num_splits), "BLOCK": BLOCK}
     constexprs["Partials" if num_splits == 1 else "Out"] = None
     aligned = ["Logits"] + (["stride_lr"] if vocab % 16 == 0 else [])
     return compile_to_cubin(argmax_rows, signature=signature, constexprs=constexprs,

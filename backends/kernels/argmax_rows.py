@@ -5,9 +5,9 @@ wins), as in torch. Values are compared as int32 keys ordered like the
 floats (_order_keys), so one integer max per lane does it.
 
 Rows are tokens (batch 1: logits [1, L, V] are L rows). V is compiled in
-(a model's vocabulary is fixed) and NUM_SPLITS * SPLIT >= V with it.
-Program (row, split) scans columns [split * SPLIT, (split + 1) * SPLIT) of
-its row (all V columns when NUM_SPLITS == 1) BLOCK at a time, each lane
+(a model's vocabulary is fixed) and NUM_SPLITS * SPLIT >= V with it (one
+split: SPLIT covers the row). Program (row, split) scans columns
+[split * SPLIT, (split + 1) * SPLIT) of its row BLOCK at a time, each lane
 keeping its best (key, index). NUM_SPLITS == 1 stores the winner at
 Out[row] (int64) directly. Otherwise each program stores its (key, index)
 at Partials[row, 0, split] and Partials[row, 1, split] (int32 workspace
@@ -48,16 +48,13 @@ def argmax_rows(
     cols = tl.arange(0, BLOCK)
     best_keys = tl.full([BLOCK], INT32_MIN, tl.int32)
     best_indices = tl.full([BLOCK], INT32_MAX, tl.int32)
-    if NUM_SPLITS == 1:
-        first, end = 0, V
-    else:
-        first, end = split * SPLIT, tl.minimum(split * SPLIT + SPLIT, V)
-    for start in range(first, end, BLOCK):
-        x = tl.load(logits_row + start + cols, mask=start + cols < end, other=float("-inf")).to(tl.float32)
-        keys = tl.where(start + cols < end, _order_keys(x), INT32_MIN)
+    for offset in range(0, SPLIT, BLOCK):
+        columns = split * SPLIT + offset + cols
+        x = tl.load(logits_row + columns, mask=columns < V, other=float("-inf")).to(tl.float32)
+        keys = tl.where(columns < V, _order_keys(x), INT32_MIN)
         better = keys > best_keys  # strictly: an equal key at a later index loses
         best_keys = tl.where(better, keys, best_keys)
-        best_indices = tl.where(better, start + cols, best_indices)
+        best_indices = tl.where(better, columns, best_indices)
     best, index = _first_best(best_keys, best_indices)
     if NUM_SPLITS == 1:
         tl.store(Out + row, index.to(tl.int64))

@@ -33,7 +33,9 @@ def embedding(
     if row == 0:
         bad = tl.zeros([BLOCK_L], dtype=tl.int32)
         rows = tl.arange(0, BLOCK_L)
-        for first in range(0, L, BLOCK_L):
+        first = 0
+        while first < L:
             ids = tl.load(Tokens + first + rows, mask=first + rows < L, other=0).to(tl.int64)
             bad = tl.maximum(bad, ((ids < 0) | (ids >= V)).to(tl.int32))
+            first += BLOCK_L
         tl.store(Error, tl.max(bad, axis=0))

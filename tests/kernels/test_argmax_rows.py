@@ -9,7 +9,7 @@ SCRIPT = """
 from cuda_gqa.backends.aot.argmax_rows import argmax_merge_grid, argmax_rows_grid, argmax_workspace_shape
 from cuda_gqa.backends.kernels.argmax_rows import argmax_merge, argmax_rows
 
-V, SPLIT, BLOCK = 50, 16, 8  # 4 splits, the last one partial
+V, SPLIT, BLOCK = 50, 16, 8  # 4 splits, the last one partial; one split: SPLIT = 56 covers the row
 
 def logits(kind, dtype):
     gen = torch.Generator().manual_seed(0)
@@ -42,7 +42,7 @@ def run(case):
     l = x.shape[0]
     out = torch.full((l,), -5, dtype=torch.int64)
     if case["splits"] == 1:
-        argmax_rows[argmax_rows_grid(l, 1)](x, out, None, x.stride(0), V=V, NUM_SPLITS=1, SPLIT=SPLIT, BLOCK=BLOCK)
+        argmax_rows[argmax_rows_grid(l, 1)](x, out, None, x.stride(0), V=V, NUM_SPLITS=1, SPLIT=56, BLOCK=BLOCK)
     else:
         splits = -(-V // SPLIT)
         partials = torch.full(argmax_workspace_shape(l, splits), 77, dtype=torch.int32)

@@ -147,7 +147,7 @@ def test_argmax_rows(dtype, l, two_stage):
         logits[2, 5000] = float("nan")
     out = torch.full((l,), -5, device="cuda", dtype=torch.int64)
     splits = aot_argmax.argmax_num_splits(VOCAB) if two_stage else 1
-    common = dict(V=VOCAB, NUM_SPLITS=splits, SPLIT=aot_argmax.SPLIT, BLOCK=aot_argmax.BLOCK,
+    common = dict(V=VOCAB, NUM_SPLITS=splits, SPLIT=aot_argmax.argmax_split(VOCAB, splits), BLOCK=aot_argmax.BLOCK,
                   num_warps=aot_argmax.NUM_WARPS)
     if two_stage:
         partials = torch.empty(aot_argmax.argmax_workspace_shape(l, splits), device="cuda", dtype=torch.int32)
