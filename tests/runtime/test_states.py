@@ -121,6 +121,12 @@ except Exception:
     print("mismatched refused")
 del other_read, second
 print("live states", lib.cuda_gqa_live_state_count())
+# Two programs from one bytes object: ExecuTorch keeps each one's flatbuffer in that buffer.
+data = open(sys.argv[1], "rb").read()
+one, two = Runtime.get().load_program(data), Runtime.get().load_program(data)
+one.load_method("write").execute([x, y])
+print("same bytes, other program", two.load_method("read").execute([x, y])[0][0, 0].item())
+print("same bytes, same program", one.load_method("read").execute([x, y])[0][0, 0].item())
 """
 
 
@@ -138,9 +144,11 @@ def test_delegates_of_one_program_share_states_and_programs_do_not(fake_driver_d
     assert run.returncode == 0, run.stdout + run.stderr[-3000:]
     # A fresh state reads as zeros; the write method's state is the read
     # method's; another program loaded from the same file has its own; zeroing works;
-    # a delegate declaring the state otherwise is refused at load, naming both.
+    # a delegate declaring the state otherwise is refused at load, naming both; two programs loaded
+    # from one bytes object have a state each.
     assert run.stdout.splitlines() == ["fresh 1.0", "after write 4.0", "other program 1.0", "live states 2",
-                                       "zeroed 1.0", "mismatched refused", "live states 1"], \
+                                       "zeroed 1.0", "mismatched refused", "live states 1",
+                                       "same bytes, other program 1.0", "same bytes, same program 4.0"], \
         run.stdout + run.stderr[-2000:]
     assert "state 's' is float32[4, 32] here but float32[2, 64] in another delegate of this program" in run.stderr
 
