@@ -99,6 +99,7 @@ bool check_layout(const ArgDesc* args, size_t index, size_t num_inputs, bool hos
   // product of them with an int64 stride.
   __int128 numel = 1, reach = 0, dense = 1;
   for (size_t d = rank; d-- > 0;) numel *= a.sizes[d];
+  if (numel == 0) return true;  // nothing is read, written or copied
   for (size_t d = rank; d-- > 0;) {
     const int64_t size = a.sizes[d], stride = a.strides[d];
     if (size > 1) {
@@ -113,7 +114,7 @@ bool check_layout(const ArgDesc* args, size_t index, size_t num_inputs, bool hos
     }
     dense *= size;
   }
-  if (numel > 0 && reach >= numel) {
+  if (reach >= numel) {
     const std::string where = reach > INT64_MAX ? "beyond 2^63" : std::to_string(static_cast<int64_t>(reach));
     *error = arg_name(index, num_inputs) + " reaches element " + where +
              " with its strides, past its " + std::to_string(static_cast<int64_t>(numel)) + " elements";
