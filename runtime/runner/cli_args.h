@@ -34,7 +34,7 @@ inline std::string out_of_range(const std::string& text, long long low, long lon
 inline bool readable_regular_file(const std::string& path, std::string* error) {
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) {
-    *error = path + ": " + std::strerror(errno);
+    *error = "cannot open " + path + ": " + std::strerror(errno);
     return false;
   }
   if (!S_ISREG(st.st_mode)) {

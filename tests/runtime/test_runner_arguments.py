@@ -34,7 +34,7 @@ RUNNER_CASES = {
     "input a folder": (lambda m, d: [m, "--input", d], "error: --input: {d}: not a regular file (a directory)"),
     "expected a folder": (lambda m, d: [m, "--expected", d], "error: --expected: {d}: not a regular file"),
     "model a folder": (lambda m, d: [d], "error: model: {d}: not a regular file (a directory)"),
-    "model missing": (lambda m, d: [d / "none.pte"], "error: model: {d}/none.pte: No such file or directory"),
+    "model missing": (lambda m, d: [d / "none.pte"], "error: model: cannot open {d}/none.pte: No such file or directory"),
     "iterations overflow": (lambda m, d: [m, "--iterations", HUGE],
                             f"error: bad --iterations: {HUGE} (accepted: a whole number from 0 to 1000000)"),
     "warmup negative": (lambda m, d: [m, "--warmup", "-1"], "error: bad --warmup: -1 (accepted: a whole number from 0"),
