@@ -54,6 +54,8 @@ def test_bad_arguments_are_refused():
     model = one_layer("tiny-llama3")
     with pytest.raises(ValueError, match="prefill_len=30 must be in 1..max_seq_len=24"):
         export_llm(model, prefill_len=30)
+    with pytest.raises(ValueError, match="prefill_len=0 must be in 1..max_seq_len=24"):  # not the default
+        export_llm(model, prefill_len=0)
     with pytest.raises(ValueError, match="must be set and equal max_seq_len=16"):
         export_llm(model, max_seq_len=16)
     with pytest.raises(ValueError, match="unknown cpu_partitioner 'mps'"):
