@@ -150,9 +150,13 @@ void evaluate_args(const PayloadDesc& p, const std::vector<ArgDesc>& args, bool 
     ++stats->launches_refused;
     return;
   }
+  std::vector<uint64_t> constants(p.constants.size());  // fake aligned device copies, as init makes them
+  for (size_t i = 0; i < constants.size(); ++i) constants[i] = 0x7b0000000000ull + (uint64_t{i} << 32);
   for (const KernelDesc& k : p.plans[selected].kernels) {
     cuda_gqa::ScratchDesc scratch;
     scratch.workspace = p.workspace_bytes > 0 ? 0x7e0000000000ull : 0;
+    scratch.constants = constants.data();
+    scratch.num_constants = constants.size();
     if (k.global_scratch_bytes > 0 || k.profile_scratch_bytes > 0) {
       if (!cuda_gqa::bounded_grid_ctas(p, k, &scratch.ctas, &error)) continue;
       scratch.global = k.global_scratch_bytes > 0 ? 0x7d0000000000ull : 0;
