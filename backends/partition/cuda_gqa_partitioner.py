@@ -38,6 +38,10 @@ class AttentionDecision:
     reason: str  # why not, or what the delegate runs
 
 
+# A call taken before decompositions holds its report entry with this until partition() decides.
+_NOT_SEEN = "kept whole but not seen by partition()"
+
+
 def _call_site(node: torch.fx.Node) -> tuple[str, str]:
     torch_fn = node.meta.get("torch_fn")
     stack = node.meta.get("nn_module_stack") or {}
@@ -140,7 +144,7 @@ class CudaGqaPartitioner(Partitioner):
                 continue
             # Holds this call's place in the report until partition() decides.
             name, module = _call_site(node)
-            self._decisions[name] = AttentionDecision(name, module, False, "kept whole but not seen by partition()")
+            self._decisions[name] = AttentionDecision(name, module, False, _NOT_SEEN)
             node.target = TAKEN_SDPA_OP
             if all(user.op == "output" for user in node.users):
                 continue  # returned as is: no view of it to protect
@@ -165,7 +169,7 @@ class CudaGqaPartitioner(Partitioner):
                 continue
             name, module = _call_site(node)
             take_llama_sdpa(node, exported_program, own_kv_cache=self.own_kv_cache)  # keeps the call site's name
-            self._decisions[name] = AttentionDecision(name, module, False, "kept whole but not seen by partition()")
+            self._decisions[name] = AttentionDecision(name, module, False, _NOT_SEEN)
 
     def _take_softcapped_attention(self, graph: torch.fx.Graph) -> None:
         """Soft-capped attention written out (softcapped_attention.py) that the kernels run
@@ -200,7 +204,9 @@ class CudaGqaPartitioner(Partitioner):
             call = SdpaCall.from_node(node)
             reason = self._reason(node)
             if reason is not None:
-                self._decide(node, False, reason)
+                earlier = self._decisions.get(_call_site(node)[0])
+                if earlier is None or earlier.reason == _NOT_SEEN:  # else refused before, and said why then
+                    self._decide(node, False, reason)
                 continue
             tag = f"cuda_gqa_{len(tags)}"
             node.meta["delegation_tag"] = tag
