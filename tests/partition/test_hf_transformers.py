@@ -180,3 +180,32 @@ def test_lowered_program_with_a_dynamic_length_matches_eager_and_its_kernels_mat
             assert [g.shape for g in got] == [w.shape for w in want]
             for g, w in zip(got, want):
                 torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+        _check_launchers_agree(delegate.processed_bytes)
+
+
+def _check_launchers_agree(payload: bytes) -> None:
+    """The C++ launcher (build/libcuda_gqa_backend.so, no GPU needed) evaluates the launches of
+    calls of every token count as the Python one does (the new rows, positions and mask all
+    take the query's dynamic length)."""
+    import ctypes
+    from pathlib import Path
+
+    from cuda_gqa.runtime.launch_plan import ArgInfo, LaunchPlan, evaluate_launch_cpp
+
+    library = Path(__file__).resolve().parents[2] / "build" / "libcuda_gqa_backend.so"
+    if not library.is_file():
+        pytest.fail(f"{library} not found: run `make build` first")
+    lib = ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+    plan = LaunchPlan(payload)
+    for tokens in range(1, MAX_TOKENS + 1):
+        args = []
+        for i, (dtype, sizes, _) in enumerate(plan.specs):
+            sizes = tuple(tokens if s == -1 else s for s in sizes)
+            strides = [1] * len(sizes)
+            for d in range(len(sizes) - 2, -1, -1):
+                strides[d] = strides[d + 1] * sizes[d + 1]
+            args.append(ArgInfo(dtype=dtype, sizes=sizes, strides=tuple(strides),
+                                address=0x7F00_0000_0000 + i * 0x100000))
+        for k in range(len(plan.kernels(plan.select(args)))):
+            launch = plan.evaluate(k, args, workspace=0x7E00_0000_0000)
+            assert evaluate_launch_cpp(payload, k, args, workspace=0x7E00_0000_0000, lib=lib) == launch, tokens
