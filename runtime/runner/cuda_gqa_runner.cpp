@@ -7,7 +7,9 @@
 //                   [--no-programmatic-launch] [--time-inputs-set-once]
 //
 // Inputs are raw little-endian tensors in the method's input order; dtype and
-// shape come from the program. Exit status: 0 ok, 1 an output differs from
+// shape come from the program. A scalar input's file holds its raw value: int64,
+// float64, or one byte 0/1 for a bool. Programs may also use XNNPACK's delegate,
+// which is linked in. Exit status: 0 ok, 1 an output differs from
 // --expected by more than --atol + --rtol * |expected|, 2 bad usage or a load/run error.
 //
 // Timing: --warmup untimed executes, then --iterations timed ones (wall time
@@ -278,6 +280,34 @@ bool element_as_float(ScalarType t, const uint8_t* data, size_t i, float* out) {
   }
 }
 
+// A scalar method input from its file's bytes, the raw little-endian value:
+// int64 (8 bytes), float64 (8 bytes) or bool (1 byte, 0 or 1).
+bool append_scalar_input(Tag tag, const std::vector<uint8_t>& bytes, std::vector<EValue>* inputs,
+                         std::string* error) {
+  const size_t need = tag == Tag::Bool ? 1 : 8;
+  const char* kind = tag == Tag::Int ? "an int (int64)" : tag == Tag::Double ? "a float (float64)" : "a bool";
+  if (bytes.size() != need) {
+    *error = "has " + std::to_string(bytes.size()) + " bytes; " + kind + " input needs " + std::to_string(need);
+    return false;
+  }
+  if (tag == Tag::Int) {
+    int64_t value;
+    std::memcpy(&value, bytes.data(), sizeof(value));
+    inputs->emplace_back(value);
+  } else if (tag == Tag::Double) {
+    double value;
+    std::memcpy(&value, bytes.data(), sizeof(value));
+    inputs->emplace_back(value);
+  } else {
+    if (bytes[0] > 1) {
+      *error = "a bool input must be the byte 0 or 1, got " + std::to_string(bytes[0]);
+      return false;
+    }
+    inputs->emplace_back(bytes[0] == 1);
+  }
+  return true;
+}
+
 // The q-quantile of v; NaN for no values.
 double percentile(std::vector<double> v, double q) {
   if (v.empty()) return std::nan("");
@@ -402,12 +432,20 @@ int main(int argc, char** argv) {
   std::vector<EValue> inputs;
   for (size_t i = 0; i < num_inputs; ++i) {
     auto tag = meta->input_tag(i);
-    if (!tag.ok() || *tag != Tag::Tensor) {
-      return fail("unsupported input", "input " + std::to_string(i) + " is not a tensor");
+    if (!tag.ok()) return fail("cannot read input metadata", tag.error());
+    std::string error;
+    if (*tag == Tag::Int || *tag == Tag::Double || *tag == Tag::Bool) {
+      if (!read_file(opt.inputs[i], &input_data[i], &error)) return fail("input", error);
+      if (!append_scalar_input(*tag, input_data[i], &inputs, &error)) {
+        return fail("input", opt.inputs[i] + " (input " + std::to_string(i) + "): " + error);
+      }
+      continue;
+    }
+    if (*tag != Tag::Tensor) {
+      return fail("unsupported input", "input " + std::to_string(i) + " is not a tensor, int, float or bool");
     }
     auto info = meta->input_tensor_meta(i);
     if (!info.ok()) return fail("cannot read input metadata", info.error());
-    std::string error;
     if (!read_file(opt.inputs[i], &input_data[i], &error)) return fail("input", error);
     if (input_data[i].size() != info->nbytes()) {
       return fail("input size mismatch",
