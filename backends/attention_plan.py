@@ -378,6 +378,20 @@ def _append_row(rows: list, q_lo: int, q_hi: int, columns: list, launch_kind) ->
     rows.append([q_lo, q_hi, columns])
 
 
+def _rows_spec(spec, dtype: torch.dtype, sizes: tuple, rank: int, query: int, query_seq: int) -> fb.TensorSpecT:
+    """The spec of a tensor with one row per query (new cache rows, their positions): `sizes`
+    with the query's length range in place of the (min, max) one, cut to its last `rank` dims;
+    a dynamic length is read from the query's."""
+    sizes = sizes[len(sizes) - rank:]
+    (lo, hi), = [s for s in sizes if isinstance(s, tuple)]
+    static = [lo if isinstance(s, tuple) else s for s in sizes]
+    if lo == hi:
+        return spec(dtype, static)
+    dim = next(d for d, s in enumerate(sizes) if isinstance(s, tuple))
+    return spec(dtype, [-1 if d == dim else s for d, s in enumerate(static)],
+                [hi if d == dim else s for d, s in enumerate(static)], [fb.DimSourceT(dim=dim, arg=query, argDim=query_seq)])
+
+
 def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int, num_heads_kv: int,
                             head_dim: int, l_q: Length, l_kv: Length, is_causal: bool, scale: Optional[float] = None,
                             attended_keys: Optional[int] = None, keys_follow_query: bool = False,
@@ -457,9 +471,8 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
             raise ValueError("a delegate-owned cache bounds the keys itself: no kv_len input or attended_keys")
         if cache.positions is None and start is None:
             raise ValueError("a cache without positions is written from the start position: pass start")
-        if kv_dynamic or (q_dynamic and start is None):
-            raise ValueError("a delegate-owned cache needs static L_q and L_kv (a dynamic L_q only when "
-                             "written from a start position)")
+        if kv_dynamic:
+            raise ValueError("a delegate-owned cache needs a static L_kv (the cache length)")
         if any(size != 1 for size in (batch, num_heads_kv)[:4 - cache.new_rows_rank]):
             raise ValueError(f"new K/V rows of rank {cache.new_rows_rank} leave out dims of size {batch}, "
                              f"{num_heads_kv}: only size-1 dims may be left out")
@@ -555,7 +568,7 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
                             first = [cache_write_kernel(cache=cache, k_state_arg=args.key,
                                                         v_state_arg=args.value, kv_len_offset=slot, dtype=dtype,
                                                         head_dim=head_dim, num_heads_kv=num_heads_kv,
-                                                        l_new=q_range[0], archs=group, ptx=with_ptx,
+                                                        l_new=q_range[1], archs=group, ptx=with_ptx,
                                                         layout=layout, start=start)]
                         else:
                             first = [kv_len_kernel(start=start, args=args, kv_len_offset=slot, archs=group,
@@ -596,13 +609,15 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
         inputs[args.value] = qkv_spec(num_heads_kv, kv_range, same_length_as(args.key) if kv_dynamic else None)
     else:
         l_cache = kv_range[0]
+        # As many new rows (and positions) as queries: the query's length, maybe dynamic.
         for index in (cache.k_new, cache.v_new):
-            if cache.positions is None:  # as many new rows as queries: the query's length, maybe dynamic
+            if cache.positions is None:
                 inputs[index] = qkv_spec(num_heads_kv, q_range, same_length_as(args.query) if q_dynamic else None)
             else:
-                inputs[index] = spec(dtype, [batch, num_heads_kv, q_range[0], head_dim][4 - cache.new_rows_rank:])
+                inputs[index] = _rows_spec(spec, dtype, (batch, num_heads_kv, q_range, head_dim),
+                                           cache.new_rows_rank, args.query, layout.seq)
         if cache.positions is not None:
-            inputs[cache.positions] = spec(cache.position_dtype, [q_range[0]])
+            inputs[cache.positions] = _rows_spec(spec, cache.position_dtype, (q_range,), 1, args.query, layout.seq)
         states = [fb.StateSpecT(name=name, dtype=DTYPE_TO_PAYLOAD[dtype],
                                 sizes=layout.shape(batch, num_heads_kv, l_cache, head_dim))
                   for name in (cache.k_state, cache.v_state)]

@@ -353,7 +353,8 @@ class SdpaCall:
             parts.append(f"keys up to start_pos + L_q of {kv_hi}")
         elif self.is_dynamic:
             parts.append(f"dynamic L_q {q_lo}..{q_hi}, " +
-                         ("L_kv = L_q" if self.kv_follows_query else f"L_kv {kv_lo}..{kv_hi}"))
+                         ("L_kv = L_q" if self.kv_follows_query else
+                          f"L_kv {kv_lo}" if kv_lo == kv_hi else f"L_kv {kv_lo}..{kv_hi}"))
         if self.is_causal:
             parts.append("causal" + (" from start_pos" if self.from_start else ""))
         if self.softcap > 0:
@@ -376,9 +377,9 @@ class SdpaCall:
         full = (b, h_q, l_q, l_kv)
         if all(isinstance(s, int) for s in (*mask.shape, *full)):
             return mask_shape_problem(mask.shape, full)
-        # Dynamic lengths: a mask dim is 1 (broadcast) or the very size it meets.
+        # Dynamic lengths: a mask dim is 1 (broadcast) or the very size (or symbol) it meets.
         shape = tuple(mask.shape)
-        if not 1 <= len(shape) <= 4 or not all(m == 1 if isinstance(m, int) else same_size(m, n)
+        if not 1 <= len(shape) <= 4 or not all((isinstance(m, int) and m == 1) or same_size(m, n)
                                                for m, n in zip(shape[::-1], full[::-1])):
             return f"attn_mask shape {shape} does not broadcast to [B, H_q, L_q, L_kv] = {list(full)}"
         return None

@@ -18,26 +18,32 @@ from pathlib import Path
 import torch
 
 from cuda_gqa.backends.compile_specs import DEFAULT_ARCHS, SUPPORTED_ARCHS
+from cuda_gqa.backends.limits import MAX_HEAD_DIM, head_dim_problem
 
+from .cli_checks import OneLineParser, archs_list, check_all, int_in, writable_target
 from .attention_demo import KV_EXPANSIONS, MASKS, dynamic_lengths, make_attention_only, make_demo
 from .zoo import ZOO, make_zoo_model
 from .lower import lower_to_executorch
 from .tensor_files import write_tensor
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+MAX_LEN = 1 << 17  # sequence lengths
+MAX_BATCH = 1024
+MAX_HEADS = 256
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m cuda_gqa.export", description=__doc__,
+    parser = OneLineParser(prog="python -m cuda_gqa.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default: out/demo)")
     parser.add_argument("--dtype", choices=DTYPES, default="float16")
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--heads-q", type=int, default=8, help="query heads (default 8)")
-    parser.add_argument("--heads-kv", type=int, default=2, help="key/value heads (default 2)")
-    parser.add_argument("--head-dim", type=int, default=64)
-    parser.add_argument("--kv-len", type=int,
+    parser.add_argument("--seq-len", type=int_in(1, MAX_LEN), default=128)
+    parser.add_argument("--batch", type=int_in(1, MAX_BATCH), default=1)
+    parser.add_argument("--heads-q", type=int_in(1, MAX_HEADS), default=8, help="query heads (default 8)")
+    parser.add_argument("--heads-kv", type=int_in(1, MAX_HEADS), default=2,
+                        help="key/value heads, a divisor of --heads-q (default 2)")
+    parser.add_argument("--head-dim", type=int_in(1, MAX_HEAD_DIM), default=64)
+    parser.add_argument("--kv-len", type=int_in(1, MAX_LEN),
                         help="export SDPA alone with q of --seq-len rows over this many keys (a decode step "
                              "when --seq-len is small) instead of the attention block")
     parser.add_argument("--kv-expansion", choices=sorted(KV_EXPANSIONS),
@@ -54,7 +60,7 @@ def parse_args(argv):
                         help="export the sequence lengths as dynamic dims bounded by --seq-len (and --kv-len): one "
                              "delegate payload serves every shorter length; the files hold the longest inputs")
     parser.add_argument("--export-only", action="store_true", help="write the files, skip loading and running")
-    parser.add_argument("--archs", default=",".join(f"sm_{a}" for a in DEFAULT_ARCHS),
+    parser.add_argument("--archs", type=archs_list, default=",".join(f"sm_{a}" for a in DEFAULT_ARCHS),
                         help="target archs, comma separated (default %(default)s; from "
                              + ", ".join(f"sm_{a}" for a in SUPPORTED_ARCHS) + ")")
     parser.add_argument("--target-device", metavar="cuda:N",
@@ -65,6 +71,16 @@ def parse_args(argv):
                              "in device memory too (no copies at the program's edges; run with the runner's "
                              "--inputs-on-device, written to runner_args beside model.pte)")
     args = parser.parse_args(argv)
+    device, out_problem = args.target_device, writable_target(args.out, is_dir=True)
+    check_all(parser, [
+        (out_problem is not None, "--out", f"{out_problem}"),
+        (args.heads_q % args.heads_kv != 0, "--heads-kv",
+         f"{args.heads_kv} does not divide --heads-q {args.heads_q} (accepted: a divisor of it)"),
+        (head_dim_problem(args.head_dim) is not None, "--head-dim",
+         f"{args.head_dim}: accepted a multiple of 16 from 16 to {MAX_HEAD_DIM}"),
+        (device is not None and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())),
+         "--target-device", f"{device!r}: accepted 'cuda' or 'cuda:N'"),
+    ])
     if args.zoo is not None and (args.kv_len is not None or args.kv_expansion is not None or args.dynamic):
         parser.error("--zoo exports a zoo block as written: no --kv-len, --kv-expansion or --dynamic")
     if args.device_io and args.target_device is None:

@@ -69,8 +69,22 @@ def live_constant_count() -> int:
     return int(load_backend_library().cuda_gqa_live_constant_count())
 
 
+def _require_dense(shape, strides) -> None:
+    """Host memory is staged with one linear copy: only dense row-major strides describe it."""
+    if 0 in tuple(shape):
+        return  # nothing to copy: any strides do
+    expected, dense = 1, True
+    for size, stride in zip(reversed(shape), reversed(strides)):
+        dense &= size <= 1 or stride == expected
+        expected *= size
+    if not dense:
+        raise ValueError(f"host tensor of shape {tuple(shape)} with strides {tuple(strides)} is not dense and "
+                         "row-major: pass a contiguous copy")
+
+
 def host_tensor(array) -> CudaGqaTensor:
-    """A numpy array, in host memory."""
+    """A numpy array, in host memory (dense and row-major, else ValueError)."""
+    _require_dense(array.shape, [s // array.itemsize for s in array.strides])
     t = CudaGqaTensor(dtype=DTYPE_OF_NAME[str(array.dtype)], rank=array.ndim, data=array.ctypes.data, device=-1)
     for d in range(array.ndim):
         t.sizes[d], t.strides[d] = array.shape[d], array.strides[d] // array.itemsize
@@ -78,7 +92,10 @@ def host_tensor(array) -> CudaGqaTensor:
 
 
 def torch_tensor(tensor) -> CudaGqaTensor:
-    """A torch tensor, read and written in place: host memory for a CPU tensor, else device memory."""
+    """A torch tensor, read and written in place: host memory for a CPU tensor (dense and row-major,
+    else ValueError), else device memory."""
+    if tensor.device.type == "cpu":
+        _require_dense(tensor.shape, tensor.stride())
     t = CudaGqaTensor(dtype=DTYPE_OF_NAME[str(tensor.dtype).removeprefix("torch.")], rank=tensor.dim(),
                       data=tensor.data_ptr(), device=-1 if tensor.device.type == "cpu" else tensor.device.index)
     for d in range(tensor.dim()):

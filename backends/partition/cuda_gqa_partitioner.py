@@ -24,7 +24,8 @@ from ..sdpa import (TAKEN_LLAMA_UPDATE_OP, TAKEN_SDPA_OP, SdpaCall, _aten_target
                     is_contiguous_clone, is_llama_sdpa, is_sdpa)
 from .kv_expansion import fold_kv_expansion
 from .llama_attention import take_llama_sdpa
-from .softcapped_attention import discard, insert_taken_sdpa, match_softcapped_attention, replace_match
+from .softcapped_attention import (attention_output, discard, find_softcapped_attention, insert_taken_sdpa,
+                                   replace_match)
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ class AttentionDecision:
     module: str  # path of the nn.Module that made the call ("" for the root)
     delegated: bool
     reason: str  # why not, or what the delegate runs
+
+
+# A call taken before decompositions holds its report entry with this until partition() decides.
+_NOT_SEEN = "kept whole but not seen by partition()"
 
 
 def _call_site(node: torch.fx.Node) -> tuple[str, str]:
@@ -84,8 +89,16 @@ class CudaGqaPartitioner(Partitioner):
             return f"L_q={l_q}, L_kv={l_kv} exceed the compile spec max_seq_len={self.options.max_seq_len}"
         return None
 
-    def _decide(self, node: torch.fx.Node, delegated: bool, reason: str) -> None:
-        name, module = _call_site(node)
+    def _accept(self, node: torch.fx.Node, refusals: list[str]) -> bool:
+        """Whether the partitioner takes `node`; its refusal, if any, is added to refusals."""
+        reason = self._reason(node)
+        if reason is not None:
+            refusals.append(reason)
+        return reason is None
+
+    def _decide(self, node: torch.fx.Node, delegated: bool, reason: str, name: Optional[str] = None) -> None:
+        call_site, module = _call_site(node)
+        name = name or call_site
         self._decisions[name] = AttentionDecision(name, module, delegated, reason)
         logger.info("%s%s: %s (%s)", module + "." if module else "", name,
                     "delegated" if delegated else "left on CPU", reason)
@@ -117,16 +130,21 @@ class CudaGqaPartitioner(Partitioner):
         for node in list(graph.nodes):
             if not is_sdpa(node):
                 continue
-            style = fold_kv_expansion(node, accept=lambda n: self._reason(n) is None)
+            folded_refusal = []  # why the folded (GQA) form was refused, when it was
+            style = fold_kv_expansion(node, accept=lambda n: self._accept(n, folded_refusal))
             if style is not None:
                 self._folded[_call_site(node)[0]] = style
             reason = self._reason(node)
+            if reason is not None and folded_refusal:
+                # The call is GQA written as MHA: the folded form's refusal is the real one
+                # (not "MHA ...: pass include_mha=True", an artefact of the expansion).
+                reason = folded_refusal[0]
             if reason is not None:
                 self._decide(node, False, reason)
                 continue
             # Holds this call's place in the report until partition() decides.
             name, module = _call_site(node)
-            self._decisions[name] = AttentionDecision(name, module, False, "kept whole but not seen by partition()")
+            self._decisions[name] = AttentionDecision(name, module, False, _NOT_SEEN)
             node.target = TAKEN_SDPA_OP
             if all(user.op == "output" for user in node.users):
                 continue  # returned as is: no view of it to protect
@@ -151,14 +169,19 @@ class CudaGqaPartitioner(Partitioner):
                 continue
             name, module = _call_site(node)
             take_llama_sdpa(node, exported_program, own_kv_cache=self.own_kv_cache)  # keeps the call site's name
-            self._decisions[name] = AttentionDecision(name, module, False, "kept whole but not seen by partition()")
+            self._decisions[name] = AttentionDecision(name, module, False, _NOT_SEEN)
 
     def _take_softcapped_attention(self, graph: torch.fx.Graph) -> None:
         """Soft-capped attention written out (softcapped_attention.py) that the kernels run
-        becomes one TAKEN_SDPA_OP call; the rest stays as written, with a report entry."""
+        becomes one TAKEN_SDPA_OP call; the rest, and written-out attention of any other
+        form, stays as written, with a report entry."""
         for softmax in list(graph.nodes):
-            match = match_softcapped_attention(softmax)
+            match = find_softcapped_attention(softmax)
             if match is None:
+                continue
+            if isinstance(match, str):  # written-out attention the kernels are not given
+                output = attention_output(softmax)
+                self._decide(output, False, match, name=f"written_out_attention_{output.name}")
                 continue
             node = insert_taken_sdpa(match)
             # Judged in its folded (GQA) form; a call we leave is discarded whole.
@@ -181,7 +204,9 @@ class CudaGqaPartitioner(Partitioner):
             call = SdpaCall.from_node(node)
             reason = self._reason(node)
             if reason is not None:
-                self._decide(node, False, reason)
+                earlier = self._decisions.get(_call_site(node)[0])
+                if earlier is None or earlier.reason == _NOT_SEEN:  # else refused before, and said why then
+                    self._decide(node, False, reason)
                 continue
             tag = f"cuda_gqa_{len(tags)}"
             node.meta["delegation_tag"] = tag

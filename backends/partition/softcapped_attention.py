@@ -6,22 +6,24 @@ such argument, so models spell the attention out:
   scores = q @ k.transpose(-2, -1) [.float()] * scale     (or / sqrt(d))
   scores = cap * tanh(scores / cap)                        (or tanh(..) * cap)
   scores = scores.masked_fill(~mask, -inf)                 (or + additive_mask, or no mask)
-  out    = softmax(scores, -1) [.to(dtype)] @ v
+  out    = softmax(scores, -1) [.to(dtype)] [dropout(p=0)] @ v
 
 with K/V possibly expanded per query head first (kv_expansion.py folds that
 afterwards). A match becomes one TAKEN_SDPA_OP call with `softcap` set, which
 the kernels run (their SOFTCAP constexpr). Matching is on torch.export's ATen
 graph, before decompositions, by node targets and fake-tensor shapes; every
 intermediate result must feed only the next step, so nothing else in the
-model reads a value the rewrite removes. Plain written-out attention without
-a cap is left as written.
+model reads a value the rewrite removes. A no-op dropout (p=0, or
+train=False) between the softmax and the value matmul, as Hugging Face's
+eager attention leaves one, is seen through. Plain written-out attention
+without a cap is left as written, with a reason for the partition report.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch.fx import Node
@@ -108,18 +110,32 @@ def _match_scores(node, chain: list[Node]) -> Optional[tuple[Node, Node, float]]
     return q, kt.args[0], scale
 
 
-def match_softcapped_attention(softmax: Node) -> Optional[SoftcappedAttention]:
-    """The soft-capped attention ending in this softmax node, or None."""
+def _is_noop_dropout(node) -> bool:
+    """aten.dropout with p=0 or train=False: the identity (Hugging Face's eager attention keeps one)."""
+    if not _call(node, aten.dropout.default):
+        return False
+    p = node.args[1] if len(node.args) > 1 else node.kwargs.get("p")
+    train = node.args[2] if len(node.args) > 2 else node.kwargs.get("train")
+    return _scalar(p) == 0.0 or train is False
+
+
+def _probabilities_user(softmax: Node, chain: list[Node]) -> tuple[Node, Optional[Node]]:
+    """(the node holding the probabilities, its one user) past casts and no-op dropouts."""
+    probs, users = softmax, _users(softmax)
+    while len(users) == 1 and (_call(users[0], *_CASTS) or _is_noop_dropout(users[0])):
+        chain.append(users[0])
+        probs, users = users[0], _users(users[0])
+    return probs, users[0] if len(users) == 1 else None
+
+
+def find_softcapped_attention(softmax: Node) -> Union[SoftcappedAttention, str, None]:
+    """The soft-capped attention ending in this softmax node; else, when the softmax is
+    written-out attention (its probabilities, past casts and no-op dropouts, multiply a
+    value tensor), why it is not taken; else (no attention) None."""
     if not _call(softmax, aten.softmax.int, aten._softmax.default) or softmax.args[1] not in (-1, 3):
         return None
-    if len(_users(softmax)) != 1:
-        return None
     chain: list[Node] = []
-    (user,) = _users(softmax)
-    probs = softmax
-    while _call(user, *_CASTS) and len(_users(user)) == 1:
-        chain.append(user)
-        probs, (user,) = user, _users(user)
+    probs, user = _probabilities_user(softmax, chain)
     if not _call(user, aten.matmul.default) or user.args[0] is not probs:
         return None
     output, value = user, user.args[1]
@@ -141,20 +157,38 @@ def match_softcapped_attention(softmax: Node) -> Optional[SoftcappedAttention]:
         scores, mask = scores.args
     capped = _match_cap(scores, chain)
     if capped is None:
-        return None
+        return ("written-out attention without a logit soft-cap (cap * tanh(scores / cap)) is left as written: "
+                "export it with scaled_dot_product_attention")
     matched = _match_scores(capped[0], chain)
     if matched is None:
-        return None
+        return "written-out soft-capped attention whose scores are not q @ k.transpose(-2, -1) [* scale]"
     query, key, scale = matched
 
     vals = [_val(n) for n in (query, key, value, output)]
-    if not all(isinstance(v, torch.Tensor) and v.dim() == 4 for v in vals) or vals[3].dtype != vals[0].dtype:
-        return None
+    if not all(isinstance(v, torch.Tensor) and v.dim() == 4 for v in vals):
+        return "written-out soft-capped attention over tensors that are not 4-D"
+    if vals[3].dtype != vals[0].dtype:
+        return (f"written-out soft-capped attention whose output dtype {vals[3].dtype} is not the query's "
+                f"{vals[0].dtype}")
     owned = set(chain)
     for node in chain[1:]:  # every intermediate feeds only the pattern (and dtype asserts)
-        if any(u not in owned for u in _users(node)):
-            return None
+        outside = [u.name for u in _users(node) if u not in owned]
+        if outside:
+            return (f"written-out soft-capped attention: its intermediate {node.name} is also read by "
+                    f"{', '.join(outside)}")
     return SoftcappedAttention(query, key, value, mask, hidden, scale, capped[1], output, tuple(chain))
+
+
+def match_softcapped_attention(softmax: Node) -> Optional[SoftcappedAttention]:
+    """The soft-capped attention ending in this softmax node, or None."""
+    found = find_softcapped_attention(softmax)
+    return found if isinstance(found, SoftcappedAttention) else None
+
+
+def attention_output(softmax: Node) -> Node:
+    """The value matmul of written-out attention ending in this softmax (find_softcapped_attention
+    returned a reason for it): the node the report names the call after."""
+    return _probabilities_user(softmax, [])[1]
 
 
 def insert_taken_sdpa(match: SoftcappedAttention) -> Node:

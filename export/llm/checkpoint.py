@@ -36,19 +36,47 @@ class CheckpointError(ValueError):
     pass
 
 
+# config.json fields that must be integers >= 1, and numbers >= 0.
+_POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "head_dim", "sliding_window", "sliding_window_pattern",
+                  "_sliding_window_pattern", "query_pre_attn_scalar")
+_POSITIVE_NUMBERS = ("rope_theta", "rope_local_base_freq", "rms_norm_eps", "attn_logit_softcapping",
+                     "final_logit_softcapping")
+
+
+def _number(key: str, value, *, integer: bool, minimum, where: str = "config.json"):
+    """value as a JSON number (an integer when `integer`) of at least `minimum`, else CheckpointError."""
+    types = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, types):
+        raise CheckpointError(f"{where}: {key!r} is {value!r} ({type(value).__name__}), expected "
+                              f"{'an integer' if integer else 'a number'}")
+    if value < minimum:
+        raise CheckpointError(f"{where}: {key!r} is {value}, expected at least {minimum}")
+    return value if integer else float(value)
+
+
+def _rope_param(params: dict, key: str, kind: str, *, integer: bool = False):
+    if key not in params:
+        raise CheckpointError(f"config.json: rope scaling of type {kind!r} needs {key!r}, which is missing")
+    return _number(f"rope {key}", params[key], integer=integer, minimum=1 if integer else 0.0)
+
+
 def _rope_from(params: dict, layers: str = "") -> tuple[float, Optional[AnyRopeScaling]]:
     """(base, scaling) of one dict of RoPE parameters."""
-    theta = float(params["rope_theta"])
+    if not isinstance(params, dict):
+        raise CheckpointError(f"config.json: rope parameters{layers} are {params!r}, expected an object")
+    theta = _number("rope_theta", params["rope_theta"], integer=False, minimum=0.0)
     kind = params.get("rope_type", params.get("type", "default"))
     if kind == "default":
         return theta, None
     if kind == "linear":
-        return theta, LinearRopeScaling(factor=float(params["factor"]))
+        return theta, LinearRopeScaling(factor=_rope_param(params, "factor", kind))
     if kind == "llama3":
         return theta, RopeScaling(
-            factor=float(params["factor"]), low_freq_factor=float(params["low_freq_factor"]),
-            high_freq_factor=float(params["high_freq_factor"]),
-            original_max_position_embeddings=int(params["original_max_position_embeddings"]))
+            factor=_rope_param(params, "factor", kind), low_freq_factor=_rope_param(params, "low_freq_factor", kind),
+            high_freq_factor=_rope_param(params, "high_freq_factor", kind),
+            original_max_position_embeddings=_rope_param(params, "original_max_position_embeddings", kind,
+                                                         integer=True))
     raise CheckpointError(f"config.json: rope type {kind!r}{layers} is not supported (supported: default, linear, "
                           f"llama3)")
 
@@ -60,6 +88,8 @@ def _rope(hf: dict, local_theta_default: Optional[float]) -> dict:
     the top-level field's, else the family's default (`local_theta_default` for sliding
     layers: None for families whose sliding layers rotate as the full ones)."""
     params = hf.get("rope_parameters") or {}
+    if not isinstance(params, dict):
+        raise CheckpointError(f"config.json: 'rope_parameters' is {params!r}, expected an object")
     full_theta = {"rope_theta": hf.get("rope_theta", 10000.0)}
     local_theta = hf.get("rope_local_base_freq", local_theta_default)
     if FULL_ATTENTION in params or SLIDING_ATTENTION in params:
@@ -70,7 +100,10 @@ def _rope(hf: dict, local_theta_default: Optional[float]) -> dict:
             if local_scaling is not None:
                 raise CheckpointError("config.json: a scaled rope for sliding_attention layers is not supported")
     else:
-        theta, scaling = _rope_from({**full_theta, **(params or hf.get("rope_scaling") or {})})
+        scaling_params = params or hf.get("rope_scaling") or {}
+        if not isinstance(scaling_params, dict):
+            raise CheckpointError(f"config.json: rope parameters are {scaling_params!r}, expected an object")
+        theta, scaling = _rope_from({**full_theta, **scaling_params})
     return dict(rope_theta=theta, rope_scaling=scaling,
                 rope_local_theta=None if local_theta is None else float(local_theta))
 
@@ -94,7 +127,12 @@ def config_from_hf(hf: dict) -> DecoderConfig:
             if default is KeyError:
                 raise CheckpointError(f"config.json: {key!r} is missing")
             return default
-        return hf[key]
+        value = hf[key]
+        if key in _POSITIVE_INTS:
+            return _number(key, value, integer=True, minimum=1)
+        if key in _POSITIVE_NUMBERS:
+            return _number(key, value, integer=False, minimum=0.0)
+        return value
 
     activation = field("hidden_activation", None) or field("hidden_act", "silu")
     if activation not in _ACTIVATIONS:
@@ -146,7 +184,7 @@ def config_from_hf(hf: dict) -> DecoderConfig:
             sandwich_norms=True)
     try:
         return DecoderConfig(**options)
-    except ValueError as e:
+    except (ValueError, TypeError, ZeroDivisionError) as e:
         raise CheckpointError(f"config.json: {e}") from e
 
 
@@ -155,12 +193,20 @@ def load_checkpoint(directory: Union[str, Path], *, max_seq_len: int, dtype: tor
     """The decoder of a Hugging Face-format directory, with its weights, in `dtype`."""
     directory = Path(directory)
     config_path = directory / "config.json"
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: not a directory (expected a Hugging Face-format directory)")
     try:
-        hf = json.loads(config_path.read_text())
+        hf = json.loads(config_path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{directory}: no config.json (expected a Hugging Face-format directory)") from None
+    except OSError as e:
+        raise CheckpointError(f"{config_path}: cannot be read ({e.strerror or e})") from e
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{config_path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{config_path}: not valid JSON ({e})") from e
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{config_path}: a JSON {type(hf).__name__}, expected an object of config fields")
     config = config_from_hf(hf)
     files = sorted(directory.glob("*.safetensors"))
     if not files:
@@ -168,7 +214,7 @@ def load_checkpoint(directory: Union[str, Path], *, max_seq_len: int, dtype: tor
     model = Decoder.uninitialized(config, max_seq_len=max_seq_len, batch_size=batch_size, dtype=dtype)
 
     expected = model.state_dict()
-    loaded = set()
+    loaded = {}  # decoder name -> the file it came from
     with torch.no_grad():
         for path in files:
             try:
@@ -180,16 +226,23 @@ def load_checkpoint(directory: Union[str, Path], *, max_seq_len: int, dtype: tor
                         if name not in expected:
                             raise CheckpointError(f"{path.name}: tensor {key!r} has no place in the "
                                                   f"{hf['model_type']} decoder")
+                        if name in loaded:
+                            raise CheckpointError(f"{path.name}: tensor {key!r} is also in {loaded[name]}: "
+                                                  f"which one holds the weights is ambiguous")
                         tensor = tensors.get_tensor(key)
                         if tensor.shape != expected[name].shape:
                             raise CheckpointError(f"{path.name}: tensor {key!r} has shape {tuple(tensor.shape)}, "
                                                   f"the decoder expects {tuple(expected[name].shape)}")
+                        if not tensor.dtype.is_floating_point:
+                            raise CheckpointError(f"{path.name}: tensor {key!r} has dtype "
+                                                  f"{str(tensor.dtype).removeprefix('torch.')}, expected floating "
+                                                  f"point weights (a quantized checkpoint is not supported)")
                         expected[name].copy_(tensor)
-                        loaded.add(name)
+                        loaded[name] = path.name
             except SafetensorError as e:
                 raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
     if model.config.tie_word_embeddings and "embed_tokens.weight" in loaded:
-        loaded.add("lm_head.weight")  # the same tensor
+        loaded["lm_head.weight"] = loaded["embed_tokens.weight"]  # the same tensor
     missing = [("model." + name if name != "lm_head.weight" else name) for name in expected if name not in loaded]
     if missing:
         raise CheckpointError(f"{directory}: {len(missing)} tensor(s) missing, e.g. {', '.join(missing[:3])}")

@@ -68,7 +68,11 @@ class PteDecoder:
         return logits[0, last]
 
     def decode(self, token: int, position: int) -> torch.Tensor:
-        """Append one token at `position`; returns its logits [vocab]."""
+        """Append one token at `position`; returns its logits [vocab]. A position outside the cache is
+        refused here: the delegate's cache-write kernel cannot raise, and would drop the row and attend
+        on (at or past the end) or attend no keys (negative)."""
+        if not 0 <= position < self.max_seq_len:
+            raise ValueError(f"position {position} is outside the program's cache (positions 0..{self.max_seq_len - 1})")
         (logits,) = self._decode.execute([torch.tensor([[token]]), torch.tensor([position])])
         return logits[0, -1]
 

@@ -156,7 +156,7 @@ def export_llm(
     if model_len is None or (max_seq_len is not None and max_seq_len != model_len):
         raise ValueError(f"the model's max_seq_len attribute ({model_len}) must be set"
                          + (f" and equal max_seq_len={max_seq_len}" if max_seq_len is not None else ""))
-    prefill_len = prefill_len or min(DEFAULT_PREFILL_LEN, model_len)
+    prefill_len = min(DEFAULT_PREFILL_LEN, model_len) if prefill_len is None else prefill_len
     if not 1 <= prefill_len <= model_len:
         raise ValueError(f"prefill_len={prefill_len} must be in 1..max_seq_len={model_len}")
     model = model.eval().requires_grad_(False)

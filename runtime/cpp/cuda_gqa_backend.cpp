@@ -15,6 +15,7 @@
 #include <executorch/runtime/core/evalue.h>
 #include <executorch/runtime/core/exec_aten/util/tensor_util.h>
 #include <executorch/runtime/core/named_data_map.h>
+#include <executorch/runtime/executor/merged_data_map.h>
 #include <executorch/runtime/platform/log.h>
 
 #include <atomic>
@@ -83,22 +84,34 @@ struct ExecuteClock {
 };
 
 // What keys the states a program's delegates share: the Program, for which
-// ExecuTorch hands a delegate no handle. Without external data, the named-data
-// map a delegate gets is the Program's own (PteDataMap), one object for all
-// its methods. With an external data map (a .ptd), each Method merges that
-// with the Program's map into a MergedDataMap of its own (external keys first,
-// then the Program's), so the map's address differs per method while prefill
-// and decode must share one cache. Its last key, though, is the Program's: a
-// string inside the Program's flatbuffer, at one address for all its methods
-// and the Program's lifetime, and elsewhere for another Program (even loaded
-// from the same file). So the address of the last key's string identifies the
-// Program in both cases; a map without keys falls back to its own address.
+// ExecuTorch hands a delegate no handle, but whose own named-data map (a
+// PteDataMap, a member of the Program: one object per program load, even of
+// the same bytes) every delegate reaches. Without external data, the map a
+// delegate gets is that PteDataMap itself. With an external data map (a
+// .ptd), each Method merges that with the Program's map into a MergedDataMap
+// of its own, so prefill and decode see different maps: the Program's map is
+// the merged map's second. (The address of a key string is no identity: a
+// Program loaded from a caller's buffer keeps its keys there, so two loads of
+// one buffer would share their states.) Any other map identifies itself.
+struct MergedSecondTag {
+  using type = const NamedDataMap* executorch::runtime::internal::MergedDataMap::*;
+  friend type merged_second(MergedSecondTag);
+};
+// The merged map's `second_` is private and it has no accessor; an explicit
+// instantiation may name a private member, which hands it to merged_second.
+template <typename Tag, typename Tag::type Member>
+struct ExposeMember {
+  friend typename Tag::type merged_second(Tag) { return Member; }
+};
+template struct ExposeMember<MergedSecondTag, &executorch::runtime::internal::MergedDataMap::second_>;
+
 const void* program_identity(const NamedDataMap* named_data) {
-  if (named_data == nullptr) return nullptr;
-  const auto keys = named_data->get_num_keys();
-  if (!keys.ok() || keys.get() == 0) return named_data;
-  const auto last = named_data->get_key(keys.get() - 1);
-  return last.ok() && last.get() != nullptr ? static_cast<const void*>(last.get()) : named_data;
+  using executorch::runtime::internal::MergedDataMap;
+  if (const auto* merged = dynamic_cast<const MergedDataMap*>(named_data)) {
+    const NamedDataMap* program_map = merged->*merged_second(MergedSecondTag{});
+    if (program_map != nullptr) return program_map;
+  }
+  return named_data;
 }
 
 // A host function holding the stream until *gate (a std::atomic<bool>) opens:
@@ -669,7 +682,8 @@ class CudaGqaBackend final : public BackendInterface {
       // All inputs (or all args) described: check them.
       for (size_t j = i + 1 == num_inputs ? 0 : num_inputs; j <= i; ++j) {
         const Tensor& checked = args[j]->toTensor();
-        if (!check_arg(s->payload.arg_spec(j), s->arg_descs.data(), j, num_inputs, &s->error)) {
+        if (!check_arg(s->payload.arg_spec(j), s->arg_descs.data(), j, num_inputs, &s->error) ||
+            !check_layout(s->arg_descs.data(), j, num_inputs, !s->on_device[j], &s->error)) {
           ET_LOG(Error, "CudaGqaBackend: %s", s->error.c_str());
           return Error::InvalidArgument;
         }

@@ -2,6 +2,7 @@
 
 #include <executorch/runtime/platform/log.h>
 
+#include <cstdint>
 #include <cstring>
 
 namespace cuda_gqa {
@@ -86,6 +87,37 @@ bool check_arg(const TensorSpecDesc& spec, const ArgDesc* args, size_t index,
   if (arg.rank > 0 && arg.sizes[arg.rank - 1] > 1 && arg.strides[arg.rank - 1] != 1) {
     *error = arg_name(index, num_inputs) + ": last dimension has stride " +
              std::to_string(arg.strides[arg.rank - 1]) + ", expected 1";
+    return false;
+  }
+  return true;
+}
+
+bool check_layout(const ArgDesc* args, size_t index, size_t num_inputs, bool host, std::string* error) {
+  const ArgDesc& a = args[index];
+  const size_t rank = a.rank < kMaxRank ? a.rank : kMaxRank;
+  // Sizes are at most their spec's bounds (check_arg); 128 bits hold any
+  // product of them with an int64 stride.
+  __int128 numel = 1, reach = 0, dense = 1;
+  for (size_t d = rank; d-- > 0;) numel *= a.sizes[d];
+  if (numel == 0) return true;  // nothing is read, written or copied
+  for (size_t d = rank; d-- > 0;) {
+    const int64_t size = a.sizes[d], stride = a.strides[d];
+    if (size > 1) {
+      if (stride < 0 || (host && stride != dense)) {
+        *error = arg_name(index, num_inputs) + " has stride " + std::to_string(stride) + " at dim " +
+                 std::to_string(d) + (host ? ", expected " + std::to_string(static_cast<int64_t>(dense)) +
+                                                 ": a tensor in host memory must be dense and row-major"
+                                           : ": strides must not be negative");
+        return false;
+      }
+      reach += static_cast<__int128>(size - 1) * stride;
+    }
+    dense *= size;
+  }
+  if (reach >= numel) {
+    const std::string where = reach > INT64_MAX ? "beyond 2^63" : std::to_string(static_cast<int64_t>(reach));
+    *error = arg_name(index, num_inputs) + " reaches element " + where +
+             " with its strides, past its " + std::to_string(static_cast<int64_t>(numel)) + " elements";
     return false;
   }
   return true;

@@ -57,6 +57,14 @@ bool bounded_grid_ctas(const PayloadDesc& payload, const KernelDesc& kernel,
 bool check_arg(const TensorSpecDesc& spec, const ArgDesc* args, size_t index,
                size_t num_inputs, std::string* error);
 
+// Checks that argument `index` (already checked with check_arg) stays inside
+// its own buffer of numel elements, an ExecuTorch tensor's nbytes(): no
+// negative stride and a largest reachable offset below numel. A `host`
+// argument, which execute copies linearly to and from its staging buffer,
+// must moreover have the dense row-major strides (dims of size 1 aside).
+// False with a message naming the argument and the offending stride.
+bool check_layout(const ArgDesc* args, size_t index, size_t num_inputs, bool host, std::string* error);
+
 // The sizes of an output for the described inputs: the spec's, dynamic dims
 // from their size_from sources. sizes has spec.sizes.size() entries.
 void output_sizes(const TensorSpecDesc& spec, const ArgDesc* inputs, size_t num_inputs,

@@ -476,9 +476,13 @@ bool read_plan(const fb::LaunchPlan* p, const PayloadDesc& pl, const std::string
   }
   if (const auto* when = p->when()) {
     for (uint32_t i = 0; i < when->size(); ++i) {
-      const fb::SizeRange* r = when->Get(i);
-      if (r == nullptr) return fail(error, where, "missing range");
-      const SizeRangeDesc d{r->arg(), r->dim(), r->min(), r->max()};
+      const fb::SizeRange* at = when->Get(i);
+      if (at == nullptr) return fail(error, where, "missing range");
+      // The Verifier does not check a struct vector's 8-byte alignment:
+      // copy the struct out before its int64 fields are read.
+      fb::SizeRange r;
+      std::memcpy(&r, at, sizeof(r));
+      const SizeRangeDesc d{r.arg(), r.dim(), r.min(), r.max()};
       if (d.arg >= pl.num_args()) {
         return fail(error, where, "range arg " + std::to_string(d.arg) + " out of range");
       }

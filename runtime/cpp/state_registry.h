@@ -5,10 +5,10 @@
 // A program's prefill and decode methods are separate delegates that must
 // write and read one cache. ExecuTorch hands a delegate no program handle, so
 // the backend derives the Program's identity from the named-data map of
-// BackendInitContext (program_identity in cuda_gqa_backend.cpp: the address
-// of its last key, a string in the Program's flatbuffer, which holds with and
-// without an external .ptd), the same for all its methods and different for
-// each Program loaded, even from the same file. States are keyed by (that
+// BackendInitContext (program_identity in cuda_gqa_backend.cpp: the
+// Program's own PteDataMap object, reached directly or through the Method's
+// merged map when there is a .ptd), the same for all its methods and different for
+// each Program loaded, even from the same file or the same buffer. States are keyed by (that
 // owner, device, name) and reference-counted: allocated and zeroed by the
 // first delegate that acquires them, freed with the last one. Constants are
 // keyed alike, in a namespace of their own (a state and a constant may share

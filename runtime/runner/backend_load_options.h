@@ -1,5 +1,5 @@
 // How both runners load a program with CudaGqaBackend's load-time options
-// (README "Backend options"): one place for the option keys they set.
+// (docs/runtime.md "Backend options"): one place for the option keys they set.
 #pragma once
 
 #include <executorch/extension/module/module.h>

@@ -7,7 +7,9 @@
 //                   [--no-programmatic-launch] [--time-inputs-set-once]
 //
 // Inputs are raw little-endian tensors in the method's input order; dtype and
-// shape come from the program. Exit status: 0 ok, 1 an output differs from
+// shape come from the program. A scalar input's file holds its raw value: int64,
+// float64, or one byte 0/1 for a bool. Programs may also use XNNPACK's delegate,
+// which is linked in. Exit status: 0 ok, 1 an output differs from
 // --expected by more than --atol + --rtol * |expected|, 2 bad usage or a load/run error.
 //
 // Timing: --warmup untimed executes, then --iterations timed ones (wall time
@@ -44,6 +46,7 @@
 #include <vector>
 
 #include "backend_load_options.h"
+#include "cli_args.h"
 #include "cuda_gqa_c_api.h"
 
 namespace {
@@ -55,6 +58,9 @@ using executorch::extension::TensorPtr;
 using executorch::runtime::Error;
 using executorch::runtime::EValue;
 using executorch::runtime::Tag;
+using cuda_gqa_runner::out_of_range;
+using cuda_gqa_runner::parse_integer;
+using cuda_gqa_runner::readable_regular_file;
 
 constexpr int kExitOk = 0;
 constexpr int kExitMismatch = 1;
@@ -69,9 +75,9 @@ struct Options {
   double atol = 2e-2;
   // 2 bf16 ulps: outputs computed in bf16 differ from eager by rounding.
   double rtol = 1.6e-2;
-  long warmup = 3;
-  long iterations = 10;
-  long device = -1;  // -1: the backend's default (option "device")
+  long long warmup = 3;
+  long long iterations = 10;
+  long long device = -1;  // -1: the backend's default (option "device")
   bool inputs_on_device = false;
   bool launch_graphs = true;           // CudaGqaBackend's "launch_graphs"
   bool compare_launch_graphs = false;  // also time the program with launch_graphs off
@@ -121,13 +127,8 @@ int fail(const char* what, Error e) {
   return fail(what, std::string(buf));
 }
 
-bool parse_long(const char* s, long* out) {
-  char* end = nullptr;
-  const long v = std::strtol(s, &end, 10);
-  if (end == s || *end != '\0' || v < 0) return false;
-  *out = v;
-  return true;
-}
+// Most warm-up and timed executions: a count the report is meant to hold, far from any overflow.
+constexpr long long kMaxRuns = 1000000;
 
 // Returns -1 on success, else the exit code.
 int parse_args(int argc, char** argv, Options* o) {
@@ -154,13 +155,15 @@ int parse_args(int argc, char** argv, Options* o) {
       char* end = nullptr;
       double& tol = a == "--atol" ? o->atol : o->rtol;
       tol = std::strtod(v, &end);
-      if (end == v || *end != '\0' || !(tol >= 0)) {
+      if (end == v || *end != '\0' || !(tol >= 0) || !std::isfinite(tol)) {
         return fail(a == "--atol" ? "bad --atol" : "bad --rtol", v);
       }
     } else if (a == "--warmup" && value(&v)) {
-      if (!parse_long(v, &o->warmup)) return fail("bad --warmup", v);
+      if (!parse_integer(v, 0, kMaxRuns, &o->warmup)) return fail("bad --warmup", out_of_range(v, 0, kMaxRuns));
     } else if (a == "--iterations" && value(&v)) {
-      if (!parse_long(v, &o->iterations)) return fail("bad --iterations", v);
+      if (!parse_integer(v, 0, kMaxRuns, &o->iterations)) {
+        return fail("bad --iterations", out_of_range(v, 0, kMaxRuns));
+      }
     } else if (a == "--inputs-on-device") {
       o->inputs_on_device = true;
     } else if (a == "--no-launch-graphs") {
@@ -173,7 +176,7 @@ int parse_args(int argc, char** argv, Options* o) {
       o->time_inputs_set_once = true;
     } else if (a == "--device" && value(&v)) {
       // Tensors name their device in an int8.
-      if (!parse_long(v, &o->device) || o->device > 127) return fail("bad --device", v);
+      if (!parse_integer(v, 0, 127, &o->device)) return fail("bad --device", out_of_range(v, 0, 127));
     } else if (!a.empty() && a[0] != '-' && o->model.empty()) {
       o->model = a;
     } else {
@@ -188,6 +191,13 @@ int parse_args(int argc, char** argv, Options* o) {
   if (!o->launch_graphs && o->compare_launch_graphs) {
     return fail("--no-launch-graphs and --compare-launch-graphs", "pick one");
   }
+  std::string error;
+  if (!readable_regular_file(o->model, &error)) return fail("model", error);
+  for (const auto* files : {&o->inputs, &o->expected}) {
+    for (const std::string& path : *files) {
+      if (!readable_regular_file(path, &error)) return fail(files == &o->inputs ? "--input" : "--expected", error);
+    }
+  }
   return -1;
 }
 
@@ -198,6 +208,10 @@ bool read_file(const std::string& path, std::vector<uint8_t>* out, std::string* 
     return false;
   }
   const std::streamsize n = f.tellg();
+  if (n < 0) {
+    *error = "cannot read " + path + " (not a regular file?)";
+    return false;
+  }
   f.seekg(0);
   out->resize(static_cast<size_t>(n));
   if (n > 0 && !f.read(reinterpret_cast<char*>(out->data()), n)) {
@@ -266,7 +280,37 @@ bool element_as_float(ScalarType t, const uint8_t* data, size_t i, float* out) {
   }
 }
 
+// A scalar method input from its file's bytes, the raw little-endian value:
+// int64 (8 bytes), float64 (8 bytes) or bool (1 byte, 0 or 1).
+bool append_scalar_input(Tag tag, const std::vector<uint8_t>& bytes, std::vector<EValue>* inputs,
+                         std::string* error) {
+  const size_t need = tag == Tag::Bool ? 1 : 8;
+  const char* kind = tag == Tag::Int ? "an int (int64)" : tag == Tag::Double ? "a float (float64)" : "a bool";
+  if (bytes.size() != need) {
+    *error = "has " + std::to_string(bytes.size()) + " bytes; " + kind + " input needs " + std::to_string(need);
+    return false;
+  }
+  if (tag == Tag::Int) {
+    int64_t value;
+    std::memcpy(&value, bytes.data(), sizeof(value));
+    inputs->emplace_back(value);
+  } else if (tag == Tag::Double) {
+    double value;
+    std::memcpy(&value, bytes.data(), sizeof(value));
+    inputs->emplace_back(value);
+  } else {
+    if (bytes[0] > 1) {
+      *error = "a bool input must be the byte 0 or 1, got " + std::to_string(bytes[0]);
+      return false;
+    }
+    inputs->emplace_back(bytes[0] == 1);
+  }
+  return true;
+}
+
+// The q-quantile of v; NaN for no values.
 double percentile(std::vector<double> v, double q) {
+  if (v.empty()) return std::nan("");
   std::sort(v.begin(), v.end());
   const size_t idx = static_cast<size_t>(std::ceil(q * static_cast<double>(v.size()))) - 1;
   return v[std::min(idx, v.size() - 1)];
@@ -275,7 +319,7 @@ double percentile(std::vector<double> v, double q) {
 // Loads the program with --device, --no-programmatic-launch, and `profile` and `launch_graphs`.
 Error load_module(Module* module, const Options& opt, bool profile, bool launch_graphs) {
   return cuda_gqa_runner::load_with_backend_options(
-      module, {opt.device, profile, launch_graphs, opt.programmatic_launch});
+      module, {static_cast<long>(opt.device), profile, launch_graphs, opt.programmatic_launch});
 }
 
 // Checks `outputs` against --expected (and writes them to --output-dir,
@@ -388,12 +432,20 @@ int main(int argc, char** argv) {
   std::vector<EValue> inputs;
   for (size_t i = 0; i < num_inputs; ++i) {
     auto tag = meta->input_tag(i);
-    if (!tag.ok() || *tag != Tag::Tensor) {
-      return fail("unsupported input", "input " + std::to_string(i) + " is not a tensor");
+    if (!tag.ok()) return fail("cannot read input metadata", tag.error());
+    std::string error;
+    if (*tag == Tag::Int || *tag == Tag::Double || *tag == Tag::Bool) {
+      if (!read_file(opt.inputs[i], &input_data[i], &error)) return fail("input", error);
+      if (!append_scalar_input(*tag, input_data[i], &inputs, &error)) {
+        return fail("input", opt.inputs[i] + " (input " + std::to_string(i) + "): " + error);
+      }
+      continue;
+    }
+    if (*tag != Tag::Tensor) {
+      return fail("unsupported input", "input " + std::to_string(i) + " is not a tensor, int, float or bool");
     }
     auto info = meta->input_tensor_meta(i);
     if (!info.ok()) return fail("cannot read input metadata", info.error());
-    std::string error;
     if (!read_file(opt.inputs[i], &input_data[i], &error)) return fail("input", error);
     if (input_data[i].size() != info->nbytes()) {
       return fail("input size mismatch",
@@ -409,7 +461,7 @@ int main(int argc, char** argv) {
       // executes then read device memory only. (Not clone_tensor_ptr_to:
       // it aborts when the allocation fails.)
       namespace et = executorch::runtime::etensor;
-      const auto index = static_cast<et::DeviceIndex>(std::max(opt.device, 0L));
+      const auto index = static_cast<et::DeviceIndex>(std::max(opt.device, 0LL));
       auto* allocator =
           executorch::runtime::DeviceAllocatorRegistry::instance().get_allocator(et::DeviceType::CUDA);
       if (allocator == nullptr) return fail("--inputs-on-device", "no CUDA device allocator registered");
@@ -434,7 +486,7 @@ int main(int argc, char** argv) {
 
   // Warm-up, then timed runs; the outputs of the last run are checked. With
   // --compare-launch-graphs each run executes both loads, in turn.
-  const long runs = opt.warmup + std::max(opt.iterations, 1L);
+  const long long runs = opt.warmup + std::max(opt.iterations, 1LL);  // both at most kMaxRuns
   struct Timed {
     Module* module;
     const char* label;  // appended to the report lines
@@ -444,7 +496,7 @@ int main(int argc, char** argv) {
   std::vector<Timed> timed;
   timed.push_back({&module, "", {}, {}, {}});
   if (direct) timed.push_back({direct.get(), " (launch graphs off)", {}, {}, {}});
-  for (long r = 0; r < runs; ++r) {
+  for (long long r = 0; r < runs; ++r) {
     for (Timed& t : timed) {
       const auto t0 = std::chrono::steady_clock::now();
       auto result = t.module->execute(opt.method, inputs);
@@ -467,7 +519,7 @@ int main(int argc, char** argv) {
       err = load_module(profiled.back().get(), opt, /*profile=*/true, t.module == &module && opt.launch_graphs);
       if (err != Error::Ok) return fail(("loading " + opt.model + " to profile failed").c_str(), err);
     }
-    for (long r = 0; r < runs; ++r) {
+    for (long long r = 0; r < runs; ++r) {
       for (size_t i = 0; i < timed.size(); ++i) {
         const uint64_t before = cuda_gqa_profiled_kernel_time_ns();
         auto result = profiled[i]->execute(opt.method, inputs);
@@ -487,7 +539,7 @@ int main(int argc, char** argv) {
     if (opt.time_inputs_set_once) {
       err = module.set_inputs(opt.method, inputs);
       if (err != Error::Ok) return fail("setting the inputs once", err);
-      for (long r = 0; r < runs; ++r) {
+      for (long long r = 0; r < runs; ++r) {
         const auto t0 = std::chrono::steady_clock::now();
         auto result = module.execute(opt.method);
         const auto t1 = std::chrono::steady_clock::now();

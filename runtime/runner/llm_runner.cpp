@@ -46,6 +46,7 @@
 #include <executorch/runtime/platform/runtime.h>
 
 #include "backend_load_options.h"
+#include "cli_args.h"
 #include "cuda_gqa_c_api.h"
 
 #include <algorithm>
@@ -64,6 +65,9 @@ using executorch::aten::Tensor;
 using executorch::extension::Module;
 using executorch::runtime::Error;
 using executorch::runtime::EValue;
+using cuda_gqa_runner::out_of_range;
+using cuda_gqa_runner::parse_integer;
+using cuda_gqa_runner::readable_regular_file;
 
 namespace {
 
@@ -125,6 +129,9 @@ bool parse_number(const char* s, double* out) {
   return end != s && *end == '\0' && std::isfinite(*out) && *out >= 0;
 }
 
+// Most tokens, steps or positions a flag may name.
+constexpr long long kMaxCount = 10000000;
+
 int parse_args(int argc, char** argv, Options* o) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -156,15 +163,17 @@ int parse_args(int argc, char** argv, Options* o) {
                 a == "--warmup") &&
                has_value) {
       const std::string v = next();
-      if (!parse_number(v.c_str(), &number) || number != std::floor(number) || number > 1e7) {
-        return fail("bad " + a, v);
-      }
+      // Token counts and positions: at most kMaxCount; a device index fits the tensors' int8.
+      const long long low = a == "--new-tokens" || a == "--steps" ? 1 : 0;
+      const long long high = a == "--device" ? 127 : kMaxCount;
+      long long value = 0;
+      if (!parse_integer(v.c_str(), low, high, &value)) return fail("bad " + a, out_of_range(v, low, high));
       long* field = a == "--new-tokens" ? &o->new_tokens
                     : a == "--device"   ? &o->device
                     : a == "--decode-at" ? &o->decode_at
                     : a == "--steps"    ? &o->steps
                                         : &o->warmup;
-      *field = static_cast<long>(number);
+      *field = static_cast<long>(value);
     } else if ((a == "--atol" || a == "--rtol") && has_value) {
       const std::string v = next();
       if (!parse_number(v.c_str(), &number)) return fail("bad " + a, v);
@@ -183,6 +192,13 @@ int parse_args(int argc, char** argv, Options* o) {
   if (o->new_tokens < 1) return fail("--new-tokens", "at least 1");
   if (o->steps < 1) return fail("--steps", "at least 1");
   if (o->teacher_forcing && o->expected_tokens.empty()) return fail("--teacher-forcing", "needs --expected-tokens");
+  const std::pair<const char*, const std::string*> files[] = {
+      {"model", &o->model}, {"--data", &o->data}, {"--prompt", &o->prompt},
+      {"--expected-tokens", &o->expected_tokens}, {"--expected-logits", &o->expected_logits}};
+  std::string error;
+  for (const auto& file : files) {
+    if (!file.second->empty() && !readable_regular_file(*file.second, &error)) return fail(file.first, error);
+  }
   return -1;
 }
 
@@ -194,6 +210,10 @@ bool read_array(const std::string& path, std::vector<T>* out, std::string* error
     return false;
   }
   const std::streamsize n = f.tellg();
+  if (n < 0) {
+    *error = "cannot read " + path + " (not a regular file?)";
+    return false;
+  }
   if (n % static_cast<std::streamsize>(sizeof(T)) != 0) {
     *error = path + ": " + std::to_string(n) + " bytes is not a whole number of elements";
     return false;

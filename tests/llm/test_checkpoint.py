@@ -188,3 +188,55 @@ def test_not_a_checkpoint_directory(tmp_path):
         load_checkpoint(tmp_path, max_seq_len=16)
     with pytest.raises(CheckpointError, match="rope type 'yarn' is not supported"):
         config_from_hf({**HF_CONFIGS["llama"], "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
+
+
+BAD_CONFIG_FILES = {
+    "a list": (lambda path: path.write_text("[1, 2]"), "config.json: a JSON list, expected an object"),
+    "binary": (lambda path: path.write_bytes(b"\xff\xfe\x00garbage"), "config.json: not UTF-8 text"),
+    "a directory": (lambda path: path.mkdir(), "config.json: cannot be read"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIG_FILES))
+def test_a_config_file_that_is_no_json_object_is_named(tmp_path, case):
+    make, message = BAD_CONFIG_FILES[case]
+    make(tmp_path / "config.json")
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(tmp_path, max_seq_len=16)
+
+
+BAD_FIELDS = {
+    "no KV heads": ({"num_key_value_heads": 0}, "config.json: 'num_key_value_heads' is 0, expected at least 1"),
+    "negative layers": ({"num_hidden_layers": -1}, "config.json: 'num_hidden_layers' is -1, expected at least 1"),
+    "string size": ({"hidden_size": "64"}, "config.json: 'hidden_size' is '64' \\(str\\), expected an integer"),
+    "string theta": ({"rope_theta": "5e5"}, "config.json: 'rope_theta' is '5e5' \\(str\\), expected a number"),
+    "bool heads": ({"num_attention_heads": True}, "config.json: 'num_attention_heads' is True \\(bool\\)"),
+    "incomplete rope_scaling": ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+                                "config.json: rope scaling of type 'llama3' needs 'low_freq_factor', which is missing"),
+    "rope_scaling a list": ({"rope_scaling": [1]}, "config.json: rope parameters are \\[1\\], expected an object"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FIELDS))
+def test_bad_config_fields_are_named(case):
+    change, message = BAD_FIELDS[case]
+    with pytest.raises(CheckpointError, match=message):
+        config_from_hf({**HF_CONFIGS["llama"], **change})
+
+
+def test_a_tensor_in_two_shards_and_integer_weights_are_refused(tmp_path):
+    write_checkpoint(tmp_path, HF_CONFIGS["llama"])
+    first = tmp_path / "model-00001-of-00002.safetensors"
+    from safetensors.torch import load_file
+
+    tensors = load_file(first)
+    name = sorted(tensors)[0]
+    save_file({name: tensors[name]}, tmp_path / "model-00003-of-00003.safetensors")
+    with pytest.raises(CheckpointError, match=f"model-00003-of-00003.safetensors: tensor '{name}' is also in "
+                                              "model-00001-of-00002.safetensors"):
+        load_checkpoint(tmp_path, max_seq_len=16)
+    (tmp_path / "model-00003-of-00003.safetensors").unlink()
+    save_file({**tensors, name: tensors[name].to(torch.int32)}, first)
+    with pytest.raises(CheckpointError, match=f"model-00001-of-00002.safetensors: tensor '{name}' has dtype int32, "
+                                              "expected floating point weights"):
+        load_checkpoint(tmp_path, max_seq_len=16)

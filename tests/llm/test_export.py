@@ -54,6 +54,8 @@ def test_bad_arguments_are_refused():
     model = one_layer("tiny-llama3")
     with pytest.raises(ValueError, match="prefill_len=30 must be in 1..max_seq_len=24"):
         export_llm(model, prefill_len=30)
+    with pytest.raises(ValueError, match="prefill_len=0 must be in 1..max_seq_len=24"):  # not the default
+        export_llm(model, prefill_len=0)
     with pytest.raises(ValueError, match="must be set and equal max_seq_len=16"):
         export_llm(model, max_seq_len=16)
     with pytest.raises(ValueError, match="unknown cpu_partitioner 'mps'"):
@@ -64,7 +66,7 @@ def test_bad_arguments_are_refused():
 
 @pytest.fixture(scope="module")
 def cli_export(tmp_path_factory):
-    """The CLI on a one-layer Llama checkpoint: CudaGqaPartitioner for sm_90, portable kernels for the rest."""
+    """The CLI on a one-layer Llama checkpoint: its whole step goes to CudaGqaBackend for sm_90."""
     root = tmp_path_factory.mktemp("cli")
     # 4 query heads of D=16 (the kernels' smallest head dim), 2 KV heads.
     write_checkpoint(root / "tiny-llama", {**HF_CONFIGS["llama"], "num_hidden_layers": 1, "num_attention_heads": 4})
@@ -77,12 +79,13 @@ def cli_export(tmp_path_factory):
     return pte, stdout.getvalue()
 
 
-def test_cli_reports_every_attention_layer_of_both_methods(cli_export):
+def test_cli_reports_the_whole_step_and_every_attention_layer_of_both_methods(cli_export):
     pte, stdout = cli_export
-    assert "[export] lowering to ExecuTorch (CudaGqaPartitioner)" in stdout
+    assert "[export] lowering to ExecuTorch (CudaGqaModelPartitioner)" in stdout
     for method in ("prefill", "decode"):
-        line = next(l for l in stdout.splitlines() if l.startswith(f"{method}: "))
-        assert line == f"{method}: 1 of 1 attention calls delegated to CudaGqaBackend"
+        lines = [l for l in stdout.splitlines() if l.startswith(f"{method}: ")]
+        assert lines[0].startswith(f"{method}: whole step on the GPU: "), lines
+        assert lines[1] == f"{method}: 1 of 1 attention calls delegated to CudaGqaBackend"
     assert f"MiB written to {pte} in " in stdout
 
 

@@ -31,6 +31,17 @@ def test_generation_stops_at_a_stop_id_and_at_the_cache_end(cpu_pte):
     assert len(generate(runner, list(range(20)), 50).tokens) == runner.max_seq_len - 20
 
 
+def test_positions_outside_the_cache_are_refused_before_the_program_runs(cpu_pte):
+    _, _, pte = cpu_pte
+    runner = PteDecoder(pte)
+    last = runner.max_seq_len - 1
+    for position in (runner.max_seq_len, runner.max_seq_len + 5, -1):
+        with pytest.raises(ValueError, match=f"position {position} is outside the program's cache "
+                                             f"\\(positions 0..{last}\\)"):
+            runner.decode(1, position)
+    assert runner.decode(1, last).shape == (runner.prefill(list(range(3))).shape[0],)
+
+
 def test_sampling():
     logits = torch.tensor([2.0, 1.0, 0.5, -1.0])
     assert sample(logits) == 0

@@ -23,7 +23,7 @@ CONFIG = dataclasses.replace(PRESETS["tiny-llama3"], num_layers=LAYERS)
 
 def _export(max_seq_len: int, tmp_path):
     model = randomize_weights(Decoder(CONFIG, max_seq_len=max_seq_len)).eval()
-    return export_llm(model, prefill_len=PREFILL_LEN, archs=["sm_90"], cpu_partitioner=None,
+    return export_llm(model, prefill_len=PREFILL_LEN, archs=["sm_90"], cpu_partitioner=None, whole_model=False,
                       out=tmp_path / f"llama-{max_seq_len}.pte")
 
 
@@ -113,7 +113,8 @@ def test_soft_capped_and_windowed_layers_beside_xnnpack_own_their_caches_too(pre
     sliding-window mask with XNNPACK taking the rest: the caches still go to the delegates."""
     from llm_models import one_layer
 
-    result = export_llm(one_layer(preset), prefill_len=PREFILL_LEN, archs=["sm_90"], cpu_partitioner=cpu_partitioner)
+    result = export_llm(one_layer(preset), prefill_len=PREFILL_LEN, archs=["sm_90"], cpu_partitioner=cpu_partitioner,
+                        whole_model=False)
     for method in ("prefill", "decode"):
         (decision,) = result.reports[method]
         assert decision.delegated and "KV cache owned by the delegate" in decision.reason, decision

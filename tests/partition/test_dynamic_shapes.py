@@ -115,3 +115,32 @@ def test_a_mask_over_the_dynamic_lengths_is_delegated():
     (decision,) = decide(Masked(), (q, k, v, mask), ({2: L_Q}, {2: L_KV}, {2: L_KV}, {2: L_Q, 3: L_KV}))
     assert decision.delegated, decision.reason
     assert decision.reason == "GQA 8/2 heads, D=64, float16, dynamic L_q 1..32, L_kv 1..600, bool mask [1, 1, L_q, L_kv]"
+
+
+class MaskedRepeatKv(torch.nn.Module):
+    """GQA written as MHA (Hugging Face's repeat_kv) over a static L_kv with a mask: a cache's shape."""
+
+    def forward(self, q, k, v, mask):
+        group = q.shape[1] // k.shape[1]
+        b, h, l, d = k.shape
+        k, v = (x[:, :, None].expand(b, h, group, l, d).reshape(b, h * group, l, d) for x in (k, v))
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def test_a_mask_with_a_dynamic_l_q_and_a_static_l_kv_is_delegated():
+    q, k, v = qkv(l_q=4, l_kv=32)
+    mask = torch.ones(1, 1, 4, 32, dtype=torch.bool)
+    (decision,) = decide(MaskedRepeatKv(), (q, k, v, mask), ({2: L_Q}, None, None, {2: L_Q}))
+    assert decision.delegated, decision.reason
+    assert decision.reason == ("GQA 8/2 heads, D=64, float16, dynamic L_q 1..32, L_kv 32, bool mask [1, 1, L_q, 32], "
+                               "K/V expansion (repeat_kv) folded in")
+
+
+def test_gqa_written_as_mha_reports_the_check_that_refused_its_gqa_form():
+    """Not "MHA (H_q = H_kv = 8): pass include_mha=True", which only the expansion suggests."""
+    q, k, v = qkv(l_q=4, l_kv=32)
+    mask = torch.ones(1, 1, 4, 32, dtype=torch.bool)
+    (decision,) = decide(MaskedRepeatKv(), (q, k, v, mask), ({2: L_Q}, None, None, {2: L_Q}),
+                         dtypes=[torch.bfloat16])
+    assert not decision.delegated
+    assert decision.reason == "dtype float16 is not in the compile spec dtypes (bfloat16)"

@@ -217,9 +217,11 @@ def test_masks_from_buffers_and_computed_in_the_graph_are_delegate_inputs():
     assert [d.delegated for d in report] == [True, True] and len(delegates) == 2
 
 
-def test_attention_without_sdpa_is_not_touched():
+def test_attention_without_sdpa_is_not_touched_but_reported():
     report, delegates, _ = lower(ManualAttention(), qkv())
-    assert report == [] and not delegates
+    assert not delegates
+    (decision,) = report
+    assert not decision.delegated and decision.reason.startswith("written-out attention without a logit soft-cap")
 
 
 # --------------------------------------------------------------------------

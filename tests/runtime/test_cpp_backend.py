@@ -391,7 +391,7 @@ def test_runner_missing_model_exits_2(tmp_path):
     missing = tmp_path / "missing.pte"
     result = subprocess.run([str(_runner()), str(missing)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert f"cannot open model: {missing}" in result.stderr
+    assert f"error: model: cannot open {missing}: No such file or directory" in result.stderr
 
 
 def test_runner_without_arguments_prints_usage_and_exits_2():

@@ -194,7 +194,7 @@ def test_exported_llm_prefill_then_decode_match_eager(tmp_path):
     config = dataclasses.replace(PRESETS["tiny-llama3"], num_layers=2)
     model = randomize_weights(Decoder(config, max_seq_len=64)).eval()
     result = export_llm(model, prefill_len=PREFILL_LEN, archs=[f"sm_{device_arch()}"], cpu_partitioner=None,
-                        out=tmp_path / "llama.pte")
+                        whole_model=False, out=tmp_path / "llama.pte")
     assert all("KV cache owned by the delegate" in d.reason for r in result.reports.values() for d in r)
     cr.load_backend_library()
     program = Runtime.get().load_program(result.pte)

@@ -14,8 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from cuda_gqa.backends.attention_plan import build_attention_payload
+from cuda_gqa.backends.attention_plan import AttentionArgs, build_attention_payload
+from cuda_gqa.backends.kv_cache_plan import KvCacheArgs
 from payload_fuzz import run_payload_fuzz
+from test_states import state_payload
+
+from fake_programs import add_payload, pack
+from cuda_gqa.backends.serialization import deserialize_payload
+from cuda_gqa.backends.serialization import payload_generated as fb
 
 ROOT = Path(__file__).resolve().parents[2]
 SANITIZE_DIR = ROOT / "build" / "sanitize"
@@ -39,6 +45,13 @@ PAYLOADS = {
                                l_kv=2048, is_causal=False),
     "dynamic": dict(dtype=torch.float16, batch=1, num_heads_q=8, num_heads_kv=2, head_dim=64, l_q=(1, 64),
                     l_kv=(1, 1024), is_causal=False),
+    # A decode step over the delegate's own KV cache: states k and v after the output, written by a
+    # kv_cache_write launch ahead of attention (one arch, no PTX: its compile stays short).
+    "kv_cache_decode": dict(dtype=torch.float16, batch=1, num_heads_q=8, num_heads_kv=2, head_dim=64, l_q=1,
+                            l_kv=256, is_causal=False, archs=(90,), ptx=False,
+                            args=AttentionArgs(query=0, key=1, value=2, out=4),
+                            cache=KvCacheArgs(k_new=1, v_new=2, positions=3, k_state="layers.0.k",
+                                              v_state="layers.0.v", max_seq_len=256)),
 }
 SANITIZER_REPORTS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer", "SUMMARY: ")
 
@@ -64,7 +77,7 @@ def real_payloads(tmp_path_factory) -> list[Path]:
     paths = []
     for name, shape in PAYLOADS.items():
         path = folder / f"{name}.bin"
-        path.write_bytes(build_attention_payload(archs=(80, 90), ptx=True, **shape))
+        path.write_bytes(build_attention_payload(**{"archs": (80, 90), "ptx": True, **shape}))
         paths.append(path)
     paths.append(folder / "with_constants.bin")
     paths[-1].write_bytes(with_constants(paths[1].read_bytes()))  # decode_single_split: the smallest
@@ -88,7 +101,8 @@ def test_fuzzed_real_payloads_run_clean_under_asan_and_ubsan(sanitized_driver, r
     truncations, flips = 1500, 2500
     env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:exitcode=23",
            "UBSAN_OPTIONS": "print_stacktrace=1:exitcode=23"}
-    result, stats = run_payload_fuzz(sanitized_driver, real_payloads, truncations=truncations, flips=flips, env=env)
+    result, stats = run_payload_fuzz(sanitized_driver, real_payloads, truncations=truncations, flips=flips, env=env,
+                                     variations=1, timeout=600)
     reports = [line for line in result.stderr.splitlines() if line.startswith(SANITIZER_REPORTS)]
     assert result.returncode == 0 and not reports, f"rc {result.returncode}: {result.stderr[-4000:]}"
     assert [Path(s["file"]).stem for s in stats] == [*PAYLOADS, "with_constants"]
@@ -98,4 +112,46 @@ def test_fuzzed_real_payloads_run_clean_under_asan_and_ubsan(sanitized_driver, r
         # Flips inside cubins stay valid and reach the launch evaluation;
         # flips in the structure are mostly refused.
         assert 0 < counts["flips_accepted"] < flips, counts
+        # States included: a KV-cache payload's launches are evaluated too.
         assert counts["launches_evaluated"] > 0, counts
+
+
+def misaligned_ranges_payload() -> bytes:
+    """A valid payload whose SizeRange vector (structs of int64 fields) starts 4 bytes off an 8-byte
+    boundary: the flatbuffers Verifier checks only the 4-byte alignment of a vector."""
+
+    def start_misaligned(builder, count):
+        builder.Prep(4, 24 * count)
+        if (builder.Offset() + 24 * count) % 8 == 0:
+            builder.Pad(4)
+        return builder.StartVector(24, count, 4)
+
+    def pack_range_unaligned(self, builder):  # SizeRange's 24 bytes without its 8-byte Prep
+        for value in (self.max, self.min):
+            builder.PrependUint32((value >> 32) & 0xFFFFFFFF)
+            builder.PrependUint32(value & 0xFFFFFFFF)
+        builder.Pad(6)
+        builder.PrependUint8(self.dim)
+        builder.PrependUint8(self.arg)
+        return builder.Offset()
+
+    payload = deserialize_payload(add_payload(max_rows=4, plans=2))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fb, "LaunchPlanStartWhenVector", start_misaligned)
+        patch.setattr(fb.SizeRangeT, "Pack", pack_range_unaligned)
+        return pack(payload)
+
+
+def test_misaligned_structs_and_state_payloads_run_clean_under_ubsan(sanitized_driver, tmp_path):
+    misaligned = tmp_path / "misaligned_ranges.bin"
+    misaligned.write_bytes(misaligned_ranges_payload())
+    assert [r.max for r in deserialize_payload(misaligned.read_bytes()).plans[1].when] == [4]
+    states = tmp_path / "state.bin"
+    states.write_bytes(pack(state_payload()))
+    env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:exitcode=23",
+           "UBSAN_OPTIONS": "print_stacktrace=1:exitcode=23"}
+    result, stats = run_payload_fuzz(sanitized_driver, [misaligned, states], truncations=200, flips=400, env=env,
+                                     variations=8)
+    reports = [line for line in result.stderr.splitlines() if "runtime error:" in line or line.startswith(SANITIZER_REPORTS)]
+    assert result.returncode == 0 and not reports, f"rc {result.returncode}: {result.stderr[-4000:]}"
+    assert [s["launches_evaluated"] > 0 for s in stats] == [True, True], stats

@@ -121,6 +121,12 @@ except Exception:
     print("mismatched refused")
 del other_read, second
 print("live states", lib.cuda_gqa_live_state_count())
+# Two programs from one bytes object: ExecuTorch keeps each one's flatbuffer in that buffer.
+data = open(sys.argv[1], "rb").read()
+one, two = Runtime.get().load_program(data), Runtime.get().load_program(data)
+one.load_method("write").execute([x, y])
+print("same bytes, other program", two.load_method("read").execute([x, y])[0][0, 0].item())
+print("same bytes, same program", one.load_method("read").execute([x, y])[0][0, 0].item())
 """
 
 
@@ -138,9 +144,11 @@ def test_delegates_of_one_program_share_states_and_programs_do_not(fake_driver_d
     assert run.returncode == 0, run.stdout + run.stderr[-3000:]
     # A fresh state reads as zeros; the write method's state is the read
     # method's; another program loaded from the same file has its own; zeroing works;
-    # a delegate declaring the state otherwise is refused at load, naming both.
+    # a delegate declaring the state otherwise is refused at load, naming both; two programs loaded
+    # from one bytes object have a state each.
     assert run.stdout.splitlines() == ["fresh 1.0", "after write 4.0", "other program 1.0", "live states 2",
-                                       "zeroed 1.0", "mismatched refused", "live states 1"], \
+                                       "zeroed 1.0", "mismatched refused", "live states 1",
+                                       "same bytes, other program 1.0", "same bytes, same program 4.0"], \
         run.stdout + run.stderr[-2000:]
     assert "state 's' is float32[4, 32] here but float32[2, 64] in another delegate of this program" in run.stderr
 
@@ -183,3 +191,50 @@ def test_cpp_and_python_evaluate_a_state_bound_launch_alike():
         LaunchPlan(data).evaluate_all(args[:3])
     with pytest.raises(LaunchError, match="3 delegate args, the payload expects 4"):
         evaluate_launch_cpp(data, 0, args[:3], global_scratch=0x50000, lib=load_library())
+
+
+# The same two methods, each adding a weight kept in an external .ptd: ExecuTorch then gives each
+# method a merged named-data map of its own (the .ptd's keys, then the program's), and the
+# delegates must still find their program's states through it.
+EXTERNAL_WEIGHTS_SCRIPT = TWO_METHOD_SCRIPT.replace("""open(sys.argv[-1], "wb").write(to_edge(methods).to_executorch().buffer)""",
+                                                  "").replace("methods[name] = torch.export.export(Wrapper(lowered), inputs)", """class Weighted(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lowered, self.weight = lowered, torch.nn.Parameter(torch.zeros(2, 64))
+
+        def forward(self, x, y):
+            return self.lowered(x, y) + self.weight
+    methods[name] = torch.export.export(Weighted(), inputs)""") + """
+import pathlib
+from executorch.exir import ExecutorchBackendConfig
+program = to_edge(methods).to_executorch(ExecutorchBackendConfig(external_constants=True))
+open(sys.argv[-1], "wb").write(program.buffer)
+program.write_tensor_data_to_file(str(pathlib.Path(sys.argv[-1]).parent))
+"""
+
+EXTERNAL_RUN_SCRIPT = """
+import sys, torch
+from executorch.runtime import Runtime
+from cuda_gqa.runtime import load_backend_library
+load_backend_library()
+x, y = torch.ones(2, 64), torch.full((2, 64), 2.0)
+first, second = (Runtime.get().load_program(sys.argv[1], data_path=sys.argv[2]) for _ in range(2))
+first.load_method("write").execute([x, y])
+print("same program", first.load_method("read").execute([x, y])[0][0, 0].item())
+print("other program", second.load_method("read").execute([x, y])[0][0, 0].item())
+"""
+
+
+def test_methods_with_external_weights_share_their_program_states(fake_driver_dir, tmp_path):
+    (tmp_path / "write.bin").write_bytes(pack(state_payload(pointer_args=(0, 1, 3))))
+    (tmp_path / "read.bin").write_bytes(pack(state_payload(pointer_args=(0, 3, 2))))
+    pte = tmp_path / "methods.pte"
+    methods = [arg for name in ("write", "read") for arg in (name, str(tmp_path / f"{name}.bin"))]
+    made = subprocess.run([sys.executable, "-c", EXTERNAL_WEIGHTS_SCRIPT, *methods, str(pte)], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)
+    assert made.returncode == 0, made.stderr[-3000:]
+    (ptd,) = tmp_path.glob("*.ptd")
+    run = subprocess.run([sys.executable, "-c", EXTERNAL_RUN_SCRIPT, str(pte), str(ptd)], capture_output=True,
+                         text=True, timeout=300, cwd=ROOT, env=fake_env(fake_driver_dir))
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    assert run.stdout.splitlines() == ["same program 4.0", "other program 1.0"], run.stdout + run.stderr[-2000:]
