@@ -150,7 +150,7 @@ void evaluate_args(const PayloadDesc& p, const std::vector<ArgDesc>& args, bool 
     ++stats->launches_refused;
     return;
   }
-  std::vector<uint64_t> constants(p.constants.size());  // fake aligned device copies, as init makes them
+  std::vector<CUdeviceptr> constants(p.constants.size());  // fake aligned device copies, as init makes them
   for (size_t i = 0; i < constants.size(); ++i) constants[i] = 0x7b0000000000ull + (uint64_t{i} << 32);
   for (const KernelDesc& k : p.plans[selected].kernels) {
     cuda_gqa::ScratchDesc scratch;
