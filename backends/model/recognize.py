@@ -39,7 +39,8 @@ VIEW_OPS = {aten.view_copy.default, aten.view.default, aten.reshape.default, ate
             torch.ops.dim_order_ops._clone_dim_order.default}
 SDPA_TARGETS = {aten.scaled_dot_product_attention.default}
 CHECKS_ONLY = {aten._assert_tensor_metadata.default}
-NORM_PARTS = {aten.pow.Tensor_Scalar, aten.mul.Tensor}  # what reads an RMSNorm's upcast input
+# What reads an upcast that the kernels' own fp32 math makes: RMSNorm's x.float(), SiLU's.
+PATTERN_PARTS = {aten.pow.Tensor_Scalar, aten.mul.Tensor, aten.sigmoid.default}
 # to_edge turns _to_copy into dim-order ops' copy
 _TO_DIM_ORDER_COPY = torch.ops.dim_order_ops._to_dim_order_copy.default
 _CLONE_DIM_ORDER = torch.ops.dim_order_ops._clone_dim_order.default
@@ -291,18 +292,17 @@ def _to_copy(r: _Reader, node: Node):
     meaning = r.meaning.get(node.args[0])
     dtype = node.kwargs.get("dtype", _val(node).dtype)
     if isinstance(meaning, Value):
-        if meaning.dtype == dtype:
-            return meaning
-        if meaning.kind == INTERMEDIATE and r.ops and r.ops[-1].output == meaning:
-            # A cast of the op just emitted: that op writes this dtype (norms and linears
-            # compute in fp32 and round once).
+        if meaning.dtype == dtype or meaning.kind == CONSTANT:
+            return meaning  # (w.float() inside a norm: the kernel reads w in fp32 anyway)
+        if dtype == torch.float32 and all(_aten_target(u) in PATTERN_PARTS for u in node.users):
+            return meaning  # an upcast inside a norm or SiLU: those kernels compute in fp32 anyway
+        sole_reader = len(node.args[0].users) == 1
+        if meaning.kind == INTERMEDIATE and sole_reader and r.ops and r.ops[-1].output == meaning:
+            # A cast of the op just emitted, read by nothing else: that op writes this dtype
+            # (norms and linears compute in fp32 and round once).
             last = r.ops[-1]
             r.ops[-1] = Op(last.kind, last.inputs, _retype(meaning, node), last.attrs)
             return r.ops[-1].output
-        if meaning.kind == CONSTANT:
-            return meaning  # (w.float() inside a norm: the kernel reads w in fp32 anyway)
-        if dtype == torch.float32 and all(_aten_target(u) in NORM_PARTS for u in node.users):
-            return meaning  # RMSNorm's x.float(): the norm kernels compute in fp32 anyway
         raise NotRecognised(f"{node.name}: a cast of {meaning.name} that no op can fold")
     if isinstance(meaning, Partial):
         return meaning  # casts inside a pattern (RMSNorm's x.float()) are the kernels' own fp32 math

@@ -17,7 +17,12 @@ import sys
 import warnings
 from pathlib import Path
 
-import torch
+# torchao (imported with ExecuTorch) warns that its GPU-only extensions do not load on a CPU
+# machine, and torch's pytree about a deprecation, both at import: neither is ours to fix.
+for _noisy in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
+
+import torch  # noqa: E402
 
 from cuda_gqa.backends.compile_specs import DEFAULT_ARCHS, SUPPORTED_ARCHS
 
@@ -85,10 +90,6 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="      %(message)s")
-    # torchao (imported with ExecuTorch's quantizers) warns that its GPU-only extensions do not
-    # load on a CPU machine, and torch's pytree about a deprecation: neither is ours to fix.
-    for noisy in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
     logging.getLogger("cuda_gqa.backends.attention_plan").setLevel(logging.INFO)  # compile progress
     # Expected here, and noise on the console: the caches are mutated buffers
     # meant to start empty, and torch's pytree deprecations are not ours to fix.

@@ -63,3 +63,17 @@ def test_every_constant_of_a_fused_plan_is_made_again_from_the_parameters_alone(
         derived = derive_constant(name, parameters)
         assert derived.dtype == plan.constant_data[name].dtype
         assert torch.equal(derived.view(torch.uint8), plan.constant_data[name].contiguous().view(torch.uint8)), name
+
+
+@pytest.mark.parametrize("preset", ["tiny-llama3", "tiny-gemma3"])
+def test_a_bfloat16_step_reads_fuses_and_computes_eager_logits_within_its_rounding(tiny_model, preset):
+    """bf16 graphs hold fp32 upcasts inside RMSNorm and SiLU: the plan reads through them."""
+    model = tiny_model(preset, dtype=torch.bfloat16)
+    plan = fuse(recognise(edge_step(model, 1)))
+    assert "gated_act" not in plan.kinds()  # gate/up still merged into one gated linear
+    tokens = torch.tensor([[5]])
+    logits, _ = _run(plan, model, tokens, 0)
+    with torch.no_grad():
+        expected = model(tokens, torch.tensor([0]))
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, expected, rtol=0, atol=2e-2 * expected.abs().max().item())
