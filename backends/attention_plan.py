@@ -632,5 +632,12 @@ def build_attention_payload(*, dtype: torch.dtype, batch: int, num_heads_q: int,
         raise ValueError(f"delegate arguments {args} leave an input unbound")
     # The output has the query's shape.
     output = qkv_spec(num_heads_q, q_range, same_length_as(args.query) if q_dynamic else None)
+    # Positions outside the cache (L_kv rows) are an error execute reports, not rows the kernels skip.
+    bounds = []
+    if cache is not None and cache.positions is not None:
+        bounds.append(fb.PositionBoundT(arg=cache.positions, bound=kv_range[0]))
+    if start is not None:
+        bounds.append(fb.PositionBoundT(arg=start.arg, startOnly=True, rowsArg=args.query, rowsDim=layout.seq,
+                                        bound=kv_range[0]))
     return serialize_payload(fb.PayloadT(inputs=inputs, outputs=[output], plans=plans,
-                                         workspaceBytes=workspace_bytes, states=states))
+                                         workspaceBytes=workspace_bytes, states=states, positionBounds=bounds))

@@ -409,6 +409,21 @@ def _check_plan(plan, specs, workspace_bytes: int, num_constants: int, where: st
                 raise _fail(where, f"kernel {_as_str(k.name)} has no cubin for its arch sm_{arch}")
 
 
+def _check_position_bound(b, specs, num_inputs: int, where: str):
+    """A Payload.position_bounds entry: an int32/int64 input, a bound >= 0, and for a start
+    position an input dimension counting its rows."""
+    if b.arg >= num_inputs:
+        raise _fail(where, f"names input {b.arg} of {num_inputs}")
+    dtype = specs[b.arg][0]
+    if dtype not in (fb.DType.Int32, fb.DType.Int64):
+        raise _fail(where, f"names input {b.arg} of dtype {DTYPE_NAMES[dtype]}, not int32 or int64")
+    if b.bound < 0:
+        raise _fail(where, "has a negative bound")
+    if b.startOnly and (b.rowsArg >= num_inputs or b.rowsDim >= len(specs[b.rowsArg][1])):
+        raise _fail(where, f"counts rows along input {b.rowsArg} dim {b.rowsDim}, which does not exist")
+    return b
+
+
 def plans_for_arch(plans, device_cc: Optional[int]) -> list[int]:
     """Indices of the plans init keeps for compute capability device_cc: those
     listing it if any plan does, else those listing no arch (None: the latter)."""
@@ -544,6 +559,9 @@ class LaunchPlan:
             raise LaunchError("payload has no launch plans")
         for i, plan in enumerate(payload.plans):
             _check_plan(plan, self.specs, self.workspace_bytes, len(self.constants), f"plan {i}")
+        # Payload.position_bounds, checked as parse_payload does (after the plans).
+        self.position_bounds = [_check_position_bound(b, self.specs, self.num_inputs, f"position bound {i}")
+                                for i, b in enumerate(payload.positionBounds or [])]
         # The plans kept for this device, as (index in the payload, plan).
         self.plan_indices = plans_for_arch(payload.plans, device_cc)
         if not self.plan_indices:
@@ -641,6 +659,25 @@ class LaunchPlan:
                                   f"size {want} at dim {src_dim}")
         if a.rank > 0 and a.sizes[-1] > 1 and a.strides[-1] != 1:
             raise LaunchError(f"{name}: last dimension has stride {a.strides[-1]}, expected 1")
+
+    def check_positions(self, args: Sequence[ArgInfo], values: Mapping[int, Sequence[int]]) -> None:
+        """Execute's check of Payload.position_bounds: values[i] holds input i's elements (flat)
+        for the inputs whose values the caller can read (host memory); the others are skipped,
+        as the C++ runtime skips device-resident inputs. LaunchError names the first position
+        outside its cache."""
+        for b in self.position_bounds:
+            held = values.get(b.arg)
+            if held is None or len(held) == 0:
+                continue
+            cache = f" outside the cache [0, {b.bound})"
+            if b.startOnly:
+                start, rows = int(held[0]), args[b.rowsArg].sizes[b.rowsDim]
+                if start < 0 or start + rows > b.bound:
+                    raise LaunchError(f"input {b.arg} holds start position {start} of {rows} rows,{cache}")
+                continue
+            for p in held:
+                if not 0 <= int(p) < b.bound:
+                    raise LaunchError(f"input {b.arg} holds position {int(p)}{cache}")
 
     def select(self, args: Sequence[ArgInfo]) -> int:
         """The kept plan (index into self.plans) that runs these checked args: the first

@@ -404,8 +404,26 @@ def emit_payload(plan: ModelPlan, *, archs: Iterable[int], ptx: bool) -> tuple[b
                           plans=launch_plans, workspaceBytes=workspace,
                           states=[fb.StateSpecT(name=name, dtype=DTYPE_CODES[v.dtype], sizes=list(v.shape))
                                   for name, v in plan.states.items()],
-                          constants=constants.specs())
+                          constants=constants.specs(), positionBounds=_position_bounds(plan))
     return serialize_payload(payload), constants
+
+
+def _position_bounds(plan: ModelPlan) -> list[fb.PositionBoundT]:
+    """The step's input_pos is the start position of the tokens' rows (their last dim), which
+    the cache writes put in caches of their length (dim -2): execute refuses a step past
+    the shortest cache."""
+    arg_of = {v.name: i for i, v in enumerate(plan.inputs)}
+    tokens = [op.inputs["tokens"] for op in plan.ops if op.kind == "embedding" and op.inputs["tokens"].name in arg_of]
+    lengths = {}  # input_pos arg -> the shortest cache it is written at
+    for op in plan.ops:
+        if op.kind == "cache_write" and op.inputs["positions"].name in arg_of:
+            arg = arg_of[op.inputs["positions"].name]
+            lengths[arg] = min(lengths.get(arg, op.inputs["cache"].shape[-2]), op.inputs["cache"].shape[-2])
+    if len(tokens) != 1:
+        return []
+    rows_arg, rows_dim = arg_of[tokens[0].name], len(tokens[0].shape) - 1
+    return [fb.PositionBoundT(arg=arg, startOnly=True, rowsArg=rows_arg, rowsDim=rows_dim, bound=length)
+            for arg, length in sorted(lengths.items())]
 
 
 def _attention_scratch_bytes(plan: ModelPlan, groups: list[AttentionGroup], arch: int) -> int:

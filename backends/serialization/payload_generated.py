@@ -1764,8 +1764,32 @@ class Payload(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(16))
         return o == 0
 
+    # Payload
+    def PositionBounds(self, j):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(18))
+        if o != 0:
+            x = self._tab.Vector(o)
+            x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
+            x = self._tab.Indirect(x)
+            obj = PositionBound()
+            obj.Init(self._tab.Bytes, x)
+            return obj
+        return None
+
+    # Payload
+    def PositionBoundsLength(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(18))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # Payload
+    def PositionBoundsIsNone(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(18))
+        return o == 0
+
 def PayloadStart(builder):
-    builder.StartObject(7)
+    builder.StartObject(8)
 
 def PayloadAddVersion(builder, version):
     builder.PrependUint32Slot(0, version, 0)
@@ -1803,6 +1827,12 @@ def PayloadAddConstants(builder, constants):
 def PayloadStartConstantsVector(builder, numElems):
     return builder.StartVector(4, numElems, 4)
 
+def PayloadAddPositionBounds(builder, positionBounds):
+    builder.PrependUOffsetTRelativeSlot(7, flatbuffers.number_types.UOffsetTFlags.py_type(positionBounds), 0)
+
+def PayloadStartPositionBoundsVector(builder, numElems):
+    return builder.StartVector(4, numElems, 4)
+
 def PayloadEnd(builder):
     return builder.EndObject()
 
@@ -1824,6 +1854,7 @@ class PayloadT(object):
         workspaceBytes = 0,
         states = None,
         constants = None,
+        positionBounds = None,
     ):
         self.version = version  # type: int
         self.inputs = inputs  # type: Optional[List[TensorSpecT]]
@@ -1832,6 +1863,7 @@ class PayloadT(object):
         self.workspaceBytes = workspaceBytes  # type: int
         self.states = states  # type: Optional[List[StateSpecT]]
         self.constants = constants  # type: Optional[List[ConstantSpecT]]
+        self.positionBounds = positionBounds  # type: Optional[List[PositionBoundT]]
 
     @classmethod
     def InitFromBuf(cls, buf, pos):
@@ -1896,6 +1928,14 @@ class PayloadT(object):
                 else:
                     constantSpec_ = ConstantSpecT.InitFromObj(payload.Constants(i))
                     self.constants.append(constantSpec_)
+        if not payload.PositionBoundsIsNone():
+            self.positionBounds = []
+            for i in range(payload.PositionBoundsLength()):
+                if payload.PositionBounds(i) is None:
+                    self.positionBounds.append(None)
+                else:
+                    positionBound_ = PositionBoundT.InitFromObj(payload.PositionBounds(i))
+                    self.positionBounds.append(positionBound_)
 
     # PayloadT
     def Pack(self, builder):
@@ -1939,6 +1979,14 @@ class PayloadT(object):
             for i in reversed(range(len(self.constants))):
                 builder.PrependUOffsetTRelative(constantslist[i])
             constants = builder.EndVector()
+        if self.positionBounds is not None:
+            positionBoundslist = []
+            for i in range(len(self.positionBounds)):
+                positionBoundslist.append(self.positionBounds[i].Pack(builder))
+            PayloadStartPositionBoundsVector(builder, len(self.positionBounds))
+            for i in reversed(range(len(self.positionBounds))):
+                builder.PrependUOffsetTRelative(positionBoundslist[i])
+            positionBounds = builder.EndVector()
         PayloadStart(builder)
         PayloadAddVersion(builder, self.version)
         if self.inputs is not None:
@@ -1952,8 +2000,146 @@ class PayloadT(object):
             PayloadAddStates(builder, states)
         if self.constants is not None:
             PayloadAddConstants(builder, constants)
+        if self.positionBounds is not None:
+            PayloadAddPositionBounds(builder, positionBounds)
         payload = PayloadEnd(builder)
         return payload
+
+
+class PositionBound(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = PositionBound()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsPositionBound(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    @classmethod
+    def PositionBoundBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
+        return flatbuffers.util.BufferHasIdentifier(buf, offset, b"\x43\x47\x51\x41", size_prefixed=size_prefixed)
+
+    # PositionBound
+    def Init(self, buf, pos):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # PositionBound
+    def Arg(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint8Flags, o + self._tab.Pos)
+        return 0
+
+    # PositionBound
+    def StartOnly(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return bool(self._tab.Get(flatbuffers.number_types.BoolFlags, o + self._tab.Pos))
+        return False
+
+    # PositionBound
+    def RowsArg(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint8Flags, o + self._tab.Pos)
+        return 0
+
+    # PositionBound
+    def RowsDim(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint8Flags, o + self._tab.Pos)
+        return 0
+
+    # PositionBound
+    def Bound(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Int64Flags, o + self._tab.Pos)
+        return 0
+
+def PositionBoundStart(builder):
+    builder.StartObject(5)
+
+def PositionBoundAddArg(builder, arg):
+    builder.PrependUint8Slot(0, arg, 0)
+
+def PositionBoundAddStartOnly(builder, startOnly):
+    builder.PrependBoolSlot(1, startOnly, 0)
+
+def PositionBoundAddRowsArg(builder, rowsArg):
+    builder.PrependUint8Slot(2, rowsArg, 0)
+
+def PositionBoundAddRowsDim(builder, rowsDim):
+    builder.PrependUint8Slot(3, rowsDim, 0)
+
+def PositionBoundAddBound(builder, bound):
+    builder.PrependInt64Slot(4, bound, 0)
+
+def PositionBoundEnd(builder):
+    return builder.EndObject()
+
+
+
+class PositionBoundT(object):
+
+    # PositionBoundT
+    def __init__(
+        self,
+        arg = 0,
+        startOnly = False,
+        rowsArg = 0,
+        rowsDim = 0,
+        bound = 0,
+    ):
+        self.arg = arg  # type: int
+        self.startOnly = startOnly  # type: bool
+        self.rowsArg = rowsArg  # type: int
+        self.rowsDim = rowsDim  # type: int
+        self.bound = bound  # type: int
+
+    @classmethod
+    def InitFromBuf(cls, buf, pos):
+        positionBound = PositionBound()
+        positionBound.Init(buf, pos)
+        return cls.InitFromObj(positionBound)
+
+    @classmethod
+    def InitFromPackedBuf(cls, buf, pos=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, pos)
+        return cls.InitFromBuf(buf, pos+n)
+
+    @classmethod
+    def InitFromObj(cls, positionBound):
+        x = PositionBoundT()
+        x._UnPack(positionBound)
+        return x
+
+    # PositionBoundT
+    def _UnPack(self, positionBound):
+        if positionBound is None:
+            return
+        self.arg = positionBound.Arg()
+        self.startOnly = positionBound.StartOnly()
+        self.rowsArg = positionBound.RowsArg()
+        self.rowsDim = positionBound.RowsDim()
+        self.bound = positionBound.Bound()
+
+    # PositionBoundT
+    def Pack(self, builder):
+        PositionBoundStart(builder)
+        PositionBoundAddArg(builder, self.arg)
+        PositionBoundAddStartOnly(builder, self.startOnly)
+        PositionBoundAddRowsArg(builder, self.rowsArg)
+        PositionBoundAddRowsDim(builder, self.rowsDim)
+        PositionBoundAddBound(builder, self.bound)
+        positionBound = PositionBoundEnd(builder)
+        return positionBound
 
 
 class StateSpec(object):

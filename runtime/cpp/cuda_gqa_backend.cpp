@@ -699,6 +699,16 @@ class CudaGqaBackend final : public BackendInterface {
                                  InvalidArgument, "CudaGqaBackend: delegate arg %zu has no data", j);
       }
     }
+    if (!s->payload.position_bounds.empty()) {
+      const void* host_data[256] = {};  // parse_payload caps the arguments at 256
+      for (size_t i = 0; i < num_inputs; ++i) {
+        if (!s->on_device[i]) host_data[i] = args[i]->toTensor().const_data_ptr();
+      }
+      if (!check_positions(s->payload, s->arg_descs.data(), host_data, &s->error)) {
+        ET_LOG(Error, "CudaGqaBackend: %s", s->error.c_str());
+        return Error::InvalidArgument;
+      }
+    }
     size_t plan = 0;
     if (!select_plan(s->payload, s->arg_descs.data(), s->payload.num_launch_args(), &plan, &s->error)) {
       ET_LOG(Error, "CudaGqaBackend: %s", s->error.c_str());

@@ -436,4 +436,55 @@ Error KernelLauncher::launch_evaluated(const CudaDriver& driver, CUstream stream
   return Error::Ok;
 }
 
+namespace {
+
+int64_t position_at(const void* data, const ArgDesc& a, int64_t index) {
+  if (a.dtype == static_cast<int>(DType::kInt64)) {
+    int64_t value;  // memcpy: host tensors need not be aligned
+    std::memcpy(&value, static_cast<const char*>(data) + index * sizeof(int64_t), sizeof(value));
+    return value;
+  }
+  int32_t value;
+  std::memcpy(&value, static_cast<const char*>(data) + index * sizeof(int32_t), sizeof(value));
+  return value;
+}
+
+int64_t element_count(const ArgDesc& a) {
+  int64_t numel = 1;
+  for (size_t d = 0; d < a.rank && d < kMaxRank; ++d) numel *= a.sizes[d];
+  return numel;
+}
+
+}  // namespace
+
+bool check_positions(const PayloadDesc& payload, const ArgDesc* args, const void* const* host_data,
+                     std::string* error) {
+  for (const PositionBoundDesc& b : payload.position_bounds) {
+    const void* data = host_data[b.arg];
+    const ArgDesc& a = args[b.arg];
+    const int64_t numel = element_count(a);
+    if (data == nullptr || numel == 0) continue;
+    const std::string cache = " outside the cache [0, " + std::to_string(b.bound) + ")";
+    if (b.start_only) {
+      const int64_t start = position_at(data, a, 0);
+      const int64_t rows = args[b.rows_arg].sizes[b.rows_dim];
+      // Compared as start > bound - rows: start + rows could overflow.
+      if (start < 0 || rows > b.bound || start > b.bound - rows) {
+        *error = "input " + std::to_string(b.arg) + " holds start position " + std::to_string(start) + " of " +
+                 std::to_string(rows) + " rows," + cache;
+        return false;
+      }
+      continue;
+    }
+    for (int64_t i = 0; i < numel; ++i) {
+      const int64_t p = position_at(data, a, i);
+      if (p < 0 || p >= b.bound) {
+        *error = "input " + std::to_string(b.arg) + " holds position " + std::to_string(p) + cache;
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
 }  // namespace cuda_gqa

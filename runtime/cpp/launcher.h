@@ -65,6 +65,14 @@ bool check_arg(const TensorSpecDesc& spec, const ArgDesc* args, size_t index,
 // False with a message naming the argument and the offending stride.
 bool check_layout(const ArgDesc* args, size_t index, size_t num_inputs, bool host, std::string* error);
 
+// Payload.position_bounds against the inputs in host memory: host_data[i] is
+// input i's data, or null when it is on the device, whose values are not read
+// (that would take a synchronisation; the kernels write no row outside the
+// cache either way). False with *error naming the first input holding a
+// position outside its cache. args[i] describes input i (dense when on the host).
+bool check_positions(const PayloadDesc& payload, const ArgDesc* args, const void* const* host_data,
+                     std::string* error);
+
 // The sizes of an output for the described inputs: the spec's, dynamic dims
 // from their size_from sources. sizes has spec.sizes.size() entries.
 void output_sizes(const TensorSpecDesc& spec, const ArgDesc* inputs, size_t num_inputs,

@@ -656,6 +656,38 @@ bool read_plans(const fb::Payload* p, PayloadDesc* out, std::string* error) {
   return true;
 }
 
+// Payload.position_bounds: each names an int32/int64 input, and for a start
+// position an input dimension that counts its rows.
+bool read_position_bounds(const fb::Payload* p, PayloadDesc* out, std::string* error) {
+  if (p->position_bounds() == nullptr) return true;
+  for (uint32_t i = 0; i < p->position_bounds()->size(); ++i) {
+    const fb::PositionBound* b = p->position_bounds()->Get(i);
+    const std::string where = "position bound " + std::to_string(i);
+    if (b == nullptr) return fail(error, where, "is missing");
+    PositionBoundDesc desc;
+    desc.arg = b->arg();
+    desc.start_only = b->start_only();
+    desc.rows_arg = b->rows_arg();
+    desc.rows_dim = b->rows_dim();
+    desc.bound = b->bound();
+    if (desc.arg >= out->inputs.size()) return fail(error, where, "names input " + std::to_string(desc.arg) +
+                                                                      " of " + std::to_string(out->inputs.size()));
+    const DType dtype = out->inputs[desc.arg].dtype;
+    if (dtype != DType::kInt32 && dtype != DType::kInt64) {
+      return fail(error, where, std::string("names input ") + std::to_string(desc.arg) + " of dtype " +
+                                    dtype_name(dtype) + ", not int32 or int64");
+    }
+    if (desc.bound < 0) return fail(error, where, "has a negative bound");
+    if (desc.start_only && (desc.rows_arg >= out->inputs.size() ||
+                            desc.rows_dim >= out->inputs[desc.rows_arg].sizes.size())) {
+      return fail(error, where, "counts rows along input " + std::to_string(desc.rows_arg) + " dim " +
+                                    std::to_string(desc.rows_dim) + ", which does not exist");
+    }
+    out->position_bounds.push_back(desc);
+  }
+  return true;
+}
+
 }  // namespace
 
 bool parse_payload(const void* data, size_t size, std::vector<uint64_t>* aligned_storage,
@@ -678,7 +710,7 @@ bool parse_payload(const void* data, size_t size, std::vector<uint64_t>* aligned
   }
   return read_all_size_from(p, out, error) &&
          read_workspace_bytes(p->workspace_bytes(), "", &out->workspace_bytes, error) &&
-         read_plans(p, out, error);
+         read_plans(p, out, error) && read_position_bounds(p, out, error);
 }
 
 }  // namespace cuda_gqa

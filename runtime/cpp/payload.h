@@ -142,6 +142,17 @@ struct SizeRangeDesc {
   int64_t max = 0;
 };
 
+// Input `arg` holds KV cache positions that must lie in [0, bound)
+// (Payload.position_bounds): every element, or when start_only its first
+// element as the start of size(rows_arg, rows_dim) rows.
+struct PositionBoundDesc {
+  uint8_t arg = 0;
+  bool start_only = false;
+  uint8_t rows_arg = 0;
+  uint8_t rows_dim = 0;
+  int64_t bound = 0;
+};
+
 // One row of the dispatch table (see payload.fbs).
 struct LaunchPlanDesc {
   std::vector<uint32_t> archs;  // empty: any GPU
@@ -158,6 +169,7 @@ struct PayloadDesc {
   uint64_t workspace_bytes = 0;  // one device buffer allocated at init; 0: none
   std::vector<StateSpecDesc> states;
   std::vector<ConstantSpecDesc> constants;  // none before version 4
+  std::vector<PositionBoundDesc> position_bounds;  // none in payloads that predate them
 
   // Arguments the caller passes: inputs, then outputs.
   size_t num_args() const { return inputs.size() + outputs.size(); }

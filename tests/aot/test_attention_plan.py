@@ -335,3 +335,18 @@ def test_a_start_position_takes_no_mask_kv_len_or_dynamic_cache():
         build_attention_payload(l_q=1, l_kv=64, args=args, **common,
                                 cache=KvCacheArgs(k_new=1, v_new=2, positions=3, k_state="k", v_state="v",
                                                   max_seq_len=64))
+
+
+def test_a_start_position_is_bounded_by_the_keys_it_may_reach():
+    # Keys [0, start + L_q) must lie in the static L_kv: execute refuses a start past that.
+    from cuda_gqa.backends.attention_plan import AttentionArgs
+    from cuda_gqa.backends.kv_cache_plan import StartPosition
+    from cuda_gqa.backends.layout import BSHD
+    from cuda_gqa.runtime.launch_plan import LaunchPlan
+
+    data = build_attention_payload(dtype=torch.float16, batch=1, num_heads_q=4, num_heads_kv=2, head_dim=64,
+                                   l_q=1, l_kv=64, is_causal=True, archs=[90], ptx=False, generic=False,
+                                   args=AttentionArgs(out=4, layout=BSHD), start=StartPosition(arg=3))
+    plan = LaunchPlan(data, device_cc=90)
+    assert [(b.arg, b.startOnly, b.rowsArg, b.rowsDim, b.bound) for b in plan.position_bounds] == [
+        (3, True, 0, BSHD.seq, 64)]

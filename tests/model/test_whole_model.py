@@ -43,6 +43,18 @@ def test_decode_steps_give_eager_logits(llama_decode, tmp_path):
             torch.testing.assert_close(logits, model(tokens, pos), rtol=1e-5, atol=1e-5)
 
 
+def test_the_step_bounds_input_pos_by_the_cache_length(llama_decode):
+    # input_pos starts the tokens' rows (dim 1); execute refuses a step writing past the 32-row caches.
+    from cuda_gqa.runtime.launch_plan import LaunchPlan
+
+    _, edge, _, _ = llama_decode
+    (delegate,) = delegates(edge)
+    names = delegate_input_names(delegate)
+    plan = LaunchPlan(delegate.processed_bytes, named_data=named_data(delegate))
+    assert [(b.arg, b.startOnly, b.rowsArg, b.rowsDim, b.bound) for b in plan.position_bounds] == [
+        (names.index("input_pos"), True, names.index("tokens"), 1, 32)]
+
+
 def test_a_model_the_plan_cannot_hold_keeps_attention_only(tiny_model):
     model = tiny_model("tiny-gemma2")  # soft-capped attention written out
     edge, partitioner = lower_whole(model, 1)

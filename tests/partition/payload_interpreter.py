@@ -120,6 +120,9 @@ class PayloadInterpreter:
                    for i in range(plan.num_outputs)]
         args = [*inputs, *outputs, *self.states]
         arg_infos = [self._info(t) for t in args]
+        # Execute's refusal of positions outside the cache (host-resident inputs: all of them here).
+        plan.check_positions(arg_infos, {i: t.flatten().tolist() for i, t in enumerate(inputs)
+                                         if t.dtype in (torch.int32, torch.int64)})
         p = plan.select(arg_infos)
         # No kernel here uses Triton's scratch; nonzero addresses only satisfy the checks.
         scratch = [[(16, 16)] * len(plan.kernels(q)) for q in range(len(plan.plans))]

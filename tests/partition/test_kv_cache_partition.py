@@ -63,6 +63,9 @@ def test_cache_updates_go_into_the_delegate(write):
     assert set(lowered.original_module.graph_signature.buffers_to_mutate.values()) == {"k_cache", "v_cache"}
     plan = LaunchPlan(lowered.processed_bytes)  # its images are in the program's named data: not needed here
     assert [name for name, _, _ in plan.states] == ["k_cache", "v_cache"]
+    # Execute refuses positions outside the cache: the positions input's every element is bounded by S.
+    (positions,) = [i for i, (dtype, _, _) in enumerate(plan.specs[:plan.num_inputs]) if dtype == fb.DType.Int64]
+    assert [(b.arg, b.startOnly, b.bound) for b in plan.position_bounds] == [(positions, False, S)]
     # index_put traces the new rows without their size-1 batch dim ([H_kv, L, D]):
     # the cache write reads that dim with stride 0.
     rank = 4 if write == "index_copy" else 3
