@@ -132,6 +132,34 @@ void vary_args(const PayloadDesc& p, std::mt19937_64& rng, std::vector<ArgDesc>*
   }
 }
 
+// What init uploads: each constant at its own 256-byte aligned (fake) device address.
+std::vector<CUdeviceptr> fake_constants(const PayloadDesc& p) {
+  std::vector<CUdeviceptr> constants(p.constants.size());
+  for (size_t i = 0; i < constants.size(); ++i) constants[i] = 0x7b0000000000ull + (uint64_t{i} << 32);
+  return constants;
+}
+
+// Counts kernel k's launch over args, evaluated as execute would (fake workspace, scratch
+// and constant addresses) or refused; a kernel whose scratch init would refuse is skipped.
+void count_launch(const PayloadDesc& p, const KernelDesc& k, const std::vector<ArgDesc>& args,
+                  const std::vector<CUdeviceptr>& constants, Stats* stats) {
+  std::string error;
+  cuda_gqa::ScratchDesc scratch;
+  scratch.workspace = p.workspace_bytes > 0 ? 0x7e0000000000ull : 0;
+  scratch.constants = constants.data();
+  scratch.num_constants = constants.size();
+  if (k.global_scratch_bytes > 0 || k.profile_scratch_bytes > 0) {
+    if (!cuda_gqa::bounded_grid_ctas(p, k, &scratch.ctas, &error)) return;
+    scratch.global = k.global_scratch_bytes > 0 ? 0x7d0000000000ull : 0;
+    scratch.profile = k.profile_scratch_bytes > 0 ? 0x7c0000000000ull : 0;
+  }
+  if (!cuda_gqa::check_scratch(k, scratch, &error)) return;
+  std::vector<uint64_t> values(k.params.size());
+  cuda_gqa::LaunchConfig config;
+  const auto err = cuda_gqa::evaluate_launch(k, args.data(), args.size(), scratch, values.data(), &config, &error);
+  ++(err == executorch::runtime::Error::Ok ? stats->launches_evaluated : stats->launches_refused);
+}
+
 // Everything execute runs on one set of arguments: the argument checks (with
 // the layout checks of host and device tensors), the plan choice and the
 // evaluation of each of its kernels. Counts an evaluation that passed or was
@@ -150,23 +178,9 @@ void evaluate_args(const PayloadDesc& p, const std::vector<ArgDesc>& args, bool 
     ++stats->launches_refused;
     return;
   }
-  std::vector<CUdeviceptr> constants(p.constants.size());  // fake aligned device copies, as init makes them
-  for (size_t i = 0; i < constants.size(); ++i) constants[i] = 0x7b0000000000ull + (uint64_t{i} << 32);
+  const std::vector<CUdeviceptr> constants = fake_constants(p);
   for (const KernelDesc& k : p.plans[selected].kernels) {
-    cuda_gqa::ScratchDesc scratch;
-    scratch.workspace = p.workspace_bytes > 0 ? 0x7e0000000000ull : 0;
-    scratch.constants = constants.data();
-    scratch.num_constants = constants.size();
-    if (k.global_scratch_bytes > 0 || k.profile_scratch_bytes > 0) {
-      if (!cuda_gqa::bounded_grid_ctas(p, k, &scratch.ctas, &error)) continue;
-      scratch.global = k.global_scratch_bytes > 0 ? 0x7d0000000000ull : 0;
-      scratch.profile = k.profile_scratch_bytes > 0 ? 0x7c0000000000ull : 0;
-    }
-    if (!cuda_gqa::check_scratch(k, scratch, &error)) continue;
-    std::vector<uint64_t> values(k.params.size());
-    cuda_gqa::LaunchConfig config;
-    const auto err = cuda_gqa::evaluate_launch(k, args.data(), args.size(), scratch, values.data(), &config, &error);
-    ++(err == executorch::runtime::Error::Ok ? stats->launches_evaluated : stats->launches_refused);
+    count_launch(p, k, args, constants, stats);
   }
 }
 
@@ -184,9 +198,7 @@ void evaluate_accepted(const PayloadDesc& parsed, std::mt19937_64& rng, int vari
       args_fit &= cuda_gqa::check_arg(p.arg_spec(i), args.data(), i, p.inputs.size(), &error);
     }
     if (!args_fit) continue;
-    // What init uploads: each constant at its own 256-byte aligned address.
-    std::vector<CUdeviceptr> constants(p.constants.size());
-    for (size_t i = 0; i < constants.size(); ++i) constants[i] = 0x7b0000000000ull + (uint64_t{i} << 32);
+    const std::vector<CUdeviceptr> constants = fake_constants(p);
     size_t selected = 0;
     ++(cuda_gqa::select_plan(p, args.data(), args.size(), &selected, &error)
            ? stats->launches_evaluated
@@ -195,22 +207,7 @@ void evaluate_accepted(const PayloadDesc& parsed, std::mt19937_64& rng, int vari
       for (const KernelDesc& k : plan.kernels) {
         cuda_gqa::ImageChoice choice;
         if (!cuda_gqa::select_image(k, cc, &choice, &error)) continue;
-        cuda_gqa::ScratchDesc scratch;
-        scratch.workspace = p.workspace_bytes > 0 ? 0x7e0000000000ull : 0;
-        scratch.constants = constants.data();
-        scratch.num_constants = constants.size();
-        if (k.global_scratch_bytes > 0 || k.profile_scratch_bytes > 0) {
-          if (!cuda_gqa::bounded_grid_ctas(p, k, &scratch.ctas, &error)) continue;
-          scratch.global = k.global_scratch_bytes > 0 ? 0x7d0000000000ull : 0;
-          scratch.profile = k.profile_scratch_bytes > 0 ? 0x7c0000000000ull : 0;
-        }
-        if (!cuda_gqa::check_scratch(k, scratch, &error)) continue;
-        std::vector<uint64_t> values(k.params.size());
-        cuda_gqa::LaunchConfig config;
-        const auto err = cuda_gqa::evaluate_launch(k, args.data(), args.size(), scratch,
-                                                   values.data(), &config, &error);
-        ++(err == executorch::runtime::Error::Ok ? stats->launches_evaluated
-                                                 : stats->launches_refused);
+        count_launch(p, k, args, constants, stats);
       }
     }
     for (int v = 0; v < variations; ++v) {
