@@ -95,12 +95,17 @@ def _delegates(pte, backend_id: str) -> dict[str, int]:
     return {plan.name: sum(d.id == backend_id for d in plan.delegates) for plan in program.execution_plan}
 
 
-def test_cli_pte_loads_and_holds_one_delegate_per_delegated_call(cli_export):
+def test_cli_pte_loads_and_holds_one_delegate_per_whole_step(cli_export):
+    """A method taken whole is one delegate; one taken attention-only has one per call."""
     pte, stdout = cli_export
     program = Runtime.get().load_program(pte)
     assert {"prefill", "decode", "get_max_seq_len"} <= set(program.method_names)
-    reported = {l.split(":")[0]: int(l.split()[1]) for l in stdout.splitlines() if l.startswith(("prefill: ", "decode: "))}
-    assert {m: n for m, n in _delegates(pte, "CudaGqaBackend").items() if m in reported} == reported
+    lines = [l for l in stdout.splitlines() if l.startswith(("prefill: ", "decode: "))]
+    whole = {l.split(":")[0] for l in lines if "whole step on the GPU" in l}
+    calls = {l.split(":")[0]: int(l.split()[1]) for l in lines if "attention calls delegated" in l}
+    expected = {method: 1 if method in whole else count for method, count in calls.items()}
+    assert whole == {"prefill", "decode"}
+    assert {m: n for m, n in _delegates(pte, "CudaGqaBackend").items() if m in expected} == expected
 
 
 def test_cli_names_a_bad_checkpoint(tmp_path, capsys):
