@@ -80,17 +80,25 @@ class CudaGqaModelPartitioner(Partitioner):
                 node.meta["delegation_tag"] = MODEL_TAG
         tag_constant_data(exported_program)
         tag_mutated_buffer(exported_program)
-        self._report_attention(graph)
+        self._report_attention(exported_program)
         return PartitionResult(tagged_exported_program=exported_program,
                                partition_tags={MODEL_TAG: self.delegation_spec})
 
-    def _report_attention(self, graph: torch.fx.Graph) -> None:
+    def _report_attention(self, program: ExportedProgram) -> None:
         from ..sdpa import SdpaCall, is_sdpa
 
+        buffers = program.graph_signature.inputs_to_buffers
+
+        def cache(node) -> str:  # the buffer an index_put / index_copy of a cache writes
+            source = node.args[0] if node.op == "call_function" else node
+            return buffers.get(source.name, source.name)
+
         decisions = {}
-        for node in graph.nodes:
+        for node in program.graph_module.graph.nodes:
             if is_sdpa(node):
                 name, module = _call_site(node)
+                caches = f"{cache(node.args[1])}, {cache(node.args[2])}"
                 decisions[name] = AttentionDecision(name, module, True, SdpaCall.from_node(node).describe()
-                                                    + ", in the whole-step delegate with its KV cache")
+                                                    + f", in the whole-step delegate, KV cache owned by the "
+                                                    f"delegate ({caches})")
         self.attention._decisions = decisions
