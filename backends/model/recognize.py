@@ -242,11 +242,11 @@ def _mul(r: _Reader, node: Node):
             raise NotRecognised(f"{node.name}: RMSNorm scaled by {_describe(mb)}")
         x, eps = ma.parts
         return r.emit(node, "rmsnorm", {"x": x, "weight": weight}, eps=eps, weight_offset=offset)
-    if isinstance(mb, Partial) and mb.what in ("cos_rows", "sin_rows") and isinstance(ma, (Value, Partial)):
+    if isinstance(mb, Partial) and mb.what == "table_rows":
         table, pos = mb.parts
-        if mb.what == "cos_rows" and isinstance(ma, Value):
+        if isinstance(ma, Value):  # x * cos[pos]
             return Partial("times_cos", (ma, table, pos))
-        if mb.what == "sin_rows" and isinstance(ma, Partial) and ma.what == "rotated":
+        if isinstance(ma, Partial) and ma.what == "rotated":  # rotate_half(x) * sin[pos]
             return Partial("rotated_times_sin", (ma.parts[0], table, pos))
     if isinstance(mb, Partial) and mb.what == "sigmoid" and isinstance(ma, Value) and ma == mb.parts[0]:
         return Partial("silu", (ma,))
@@ -314,8 +314,7 @@ def _index(r: _Reader, node: Node):
     indices = node.args[1]
     pos = r.meaning.get(indices[0]) if len(indices) == 1 and isinstance(indices[0], Node) else None
     if isinstance(table, Value) and table.kind == CONSTANT and isinstance(pos, Partial) and pos.what == "positions":
-        which = "sin_rows" if "sin" in table.name.rsplit(".", 1)[-1] else "cos_rows"
-        return Partial(which, (table, pos))
+        return Partial("table_rows", (table, pos))  # cos or sin: the multiplication says which
     raise NotRecognised(f"{node.name}: index of {_describe(table)} by {_describe(pos)}")
 
 
@@ -323,7 +322,8 @@ def _slice(r: _Reader, node: Node):
     x = r.value(node.args[0], "input", node)
     dim, start, end = node.args[1], node.args[2], node.args[3]
     half = x.shape[-1] // 2
-    if dim in (-1, len(x.shape) - 1) and len(node.args) < 5 or node.args[4] == 1:
+    step = node.args[4] if len(node.args) > 4 else 1
+    if dim in (-1, len(x.shape) - 1) and step == 1:
         if start == half and end >= x.shape[-1]:
             return Partial("upper_half", (x,))
         if start == 0 and end == half:
