@@ -43,6 +43,36 @@ def test_decode_steps_give_eager_logits(llama_decode, tmp_path):
             torch.testing.assert_close(logits, model(tokens, pos), rtol=1e-5, atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def llama_prefill(tiny_model):
+    model = tiny_model("tiny-llama3")
+    kernels = {}
+    with recording_compiles(kernels):
+        edge, _ = lower_whole(model, 12)
+    return model, edge, kernels
+
+
+def test_prefill_chunks_give_eager_logits_of_every_row(llama_prefill, tmp_path):
+    # Two 12-token chunks (more rows than a GEMV takes) through the GEMM, forward-attention and
+    # cache-write kernels; the second attends over the first's cache rows as well as its own.
+    model, edge, kernels = llama_prefill
+    assert {"linear_gemm", "rope_cache_write"} <= {kernel["name"] for kernel in kernels.values()}
+    (delegate,) = delegates(edge)
+    names = delegate_input_names(delegate)
+    generator = torch.Generator().manual_seed(0)
+    chunks = [(torch.randint(0, model.config.vocab_size, (1, 12), generator=generator), torch.tensor([start]))
+              for start in (0, 12)]
+    calls = [[{"tokens": tokens, "input_pos": pos}[n] for n in names] for tokens, pos in chunks]
+    program = {"payload": delegate.processed_bytes, "calls": calls, "named_data": named_data(delegate)}
+    (result,) = run_in_subprocess({"kernels": kernels, "programs": [program]}, tmp_path)
+    model.reset_buffers()
+    for (logits,), (tokens, pos) in zip(result["outputs"], chunks):
+        with torch.no_grad():
+            expected = model(tokens, pos)
+        assert logits.shape == expected.shape
+        torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_the_step_bounds_input_pos_by_the_cache_length(llama_decode):
     # input_pos starts the tokens' rows (dim 1); execute refuses a step writing past the 32-row caches.
     from cuda_gqa.runtime.launch_plan import LaunchPlan
