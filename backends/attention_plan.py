@@ -150,7 +150,11 @@ def attention_kernel(*, config: KernelConfig, dtype: torch.dtype, num_heads_q: i
         kernel.params = bind_params(compiled.params, args, scale, extra=extra_bindings)
         kernel.grid = launch_grid(args, config.block_m)
 
-    return compile_for_archs(compile_one, archs, ptx, describe, key=("fwd", config, aligned, lengths_aligned))
+    # The key names everything compile_one compiles: one payload may hold attentions of several
+    # variants (a whole step's sliding and full layers).
+    problem = (dtype, head_dim, num_heads_q, num_heads_kv, variant)
+    return compile_for_archs(compile_one, archs, ptx, describe,
+                             key=("fwd", problem, config, aligned, lengths_aligned))
 
 
 @dataclass(frozen=True)
@@ -223,6 +227,7 @@ def decode_kernels(*, plan: DecodePlan, dtype: torch.dtype, num_heads_q: int, nu
     aligned=False: the generic variant, with no divisibility assumed of the tensors."""
     archs = list(archs)
     config, single = plan.config, plan.num_splits == 1
+    problem = (dtype, head_dim, num_heads_q, num_heads_kv, variant)  # with the tiles: all compile_split compiles
     # Workspace pointers a launch never touches still are entry parameters:
     # they get Out's (valid) address.
     out = binding(fb.ParamKind.TensorPointer, arg=args.out)
@@ -257,7 +262,7 @@ def decode_kernels(*, plan: DecodePlan, dtype: torch.dtype, num_heads_q: int, nu
                        fb.GridDimT(factors=[])]  # one M tile (decode_plan)
 
     kernels = [compile_for_archs(compile_split, archs, ptx, describe_split,
-                                  key=("split", config, single, plan.fused, aligned))]
+                                  key=("split", problem, config, single, plan.fused, aligned))]
     if single or plan.fused:
         return kernels
     block_s = combine_block_s(plan.num_splits, head_dim)
@@ -269,7 +274,8 @@ def decode_kernels(*, plan: DecodePlan, dtype: torch.dtype, num_heads_q: int, nu
 
     def describe_combine(kernel, compiled):
         kernel.params = bind_params(compiled.params, args, scale, kernel=compiled.name,
-                                    extra={**workspace, "NUM_SPLITS": binding(fb.ParamKind.Int32Constant, i32Value=plan.num_splits)})
+                                    extra={**workspace, **(extra_bindings or {}),
+                                           "NUM_SPLITS": binding(fb.ParamKind.Int32Constant, i32Value=plan.num_splits)})
         kernel.waitsForPrevious = True  # its sm_90+ images wait for the split kernel themselves
         q, layout = args.query, args.layout  # grid (L_q, B * H_q, 1)
         kernel.grid = [fb.GridDimT(factors=[grid_factor(q, layout.seq)]),
@@ -277,7 +283,7 @@ def decode_kernels(*, plan: DecodePlan, dtype: torch.dtype, num_heads_q: int, nu
                        fb.GridDimT(factors=[])]
 
     kernels.append(compile_for_archs(compile_combine, archs, ptx, describe_combine,
-                                      key=("combine", block_s, aligned)))
+                                      key=("combine", dtype, head_dim, num_heads_q, block_s, aligned)))
     return kernels
 
 

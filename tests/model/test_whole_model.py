@@ -90,3 +90,43 @@ def test_a_model_the_plan_cannot_hold_keeps_attention_only(tiny_model):
     edge, partitioner = lower_whole(model, 1)
     assert partitioner.model_report.startswith("attention only: ")
     assert len(delegates(edge)) == model.config.num_layers  # one attention delegate per layer
+
+
+def test_sliding_and_full_layers_keep_their_own_attention(tiny_model, tmp_path):
+    # tiny-gemma3: a sliding layer (window 8) then a full one. Their attention kernels differ only
+    # in the window; a 12-token prefill sees past the window, so each layer needs its own.
+    model = tiny_model("tiny-gemma3")
+    kernels = {}
+    with recording_compiles(kernels):
+        edge, _ = lower_whole(model, 12)
+    windows = {k["constexprs"]["WINDOW_LEFT"] for k in kernels.values() if "WINDOW_LEFT" in k["constexprs"]}
+    assert windows == {7, -1}
+    (delegate,) = delegates(edge)
+    names = delegate_input_names(delegate)
+    tokens = torch.randint(0, model.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(1))
+    calls = [[{"tokens": tokens, "input_pos": torch.tensor([0])}[n] for n in names]]
+    program = {"payload": delegate.processed_bytes, "calls": calls, "named_data": named_data(delegate)}
+    (result,) = run_in_subprocess({"kernels": kernels, "programs": [program]}, tmp_path)
+    model.reset_buffers()
+    with torch.no_grad():
+        torch.testing.assert_close(result["outputs"][0][0], model(tokens, torch.tensor([0])), rtol=1e-4, atol=1e-4)
+
+
+def test_a_long_cache_decodes_through_split_and_combine_kernels(tiny_model, tmp_path):
+    # At 4096 keys the decode attention splits the keys and merges the splits in a second kernel,
+    # which writes the step's attention output into the workspace, not over a cache.
+    model = tiny_model("tiny-llama3", max_seq_len=4096)
+    kernels = {}
+    with recording_compiles(kernels):
+        edge, _ = lower_whole(model, 1)
+    assert "gqa_decode_combine" in {kernel["name"] for kernel in kernels.values()}
+    (delegate,) = delegates(edge)
+    names = delegate_input_names(delegate)
+    steps = [(torch.tensor([[t]]), torch.tensor([p])) for p, t in [(4000, 5), (4001, 9)]]
+    calls = [[{"tokens": tokens, "input_pos": pos}[n] for n in names] for tokens, pos in steps]
+    program = {"payload": delegate.processed_bytes, "calls": calls, "named_data": named_data(delegate)}
+    (result,) = run_in_subprocess({"kernels": kernels, "programs": [program]}, tmp_path)
+    model.reset_buffers()
+    for (logits,), (tokens, pos) in zip(result["outputs"], steps):
+        with torch.no_grad():
+            torch.testing.assert_close(logits, model(tokens, pos), rtol=1e-5, atol=1e-5)

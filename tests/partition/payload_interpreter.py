@@ -20,9 +20,10 @@ The interpreter must be switched on before triton is imported, and the
 AOT compiles need it off: run `python payload_interpreter.py CASE OUT` in a
 subprocess (`run_in_subprocess`). CASE (torch.save) holds {"kernels": what
 recording_compiles collected, "programs": [{"payload": bytes, "calls":
-[[input tensors], ...], "named_data": {name: bytes}}, ...]} ("named_data",
+[[input tensors], ...], "named_data": {name: bytes}}, ...], "shared_states": bool} ("named_data",
 what the program's named data holds for the payload's constants, e.g.
-PayloadConstants.named_data(); optional when the payload has none); OUT
+PayloadConstants.named_data(); optional when the payload has none; "shared_states", optional:
+the programs' states of one name are one buffer, as a program's methods share them); OUT
 gets, per program, {"outputs": [[output tensors] per call], "states": [final
 state tensors]}.
 """
@@ -40,6 +41,9 @@ AOT_MODULES = ("cuda_gqa.backends.aot.attention", "cuda_gqa.backends.aot.attenti
                "cuda_gqa.backends.aot.kv_cache_write", "cuda_gqa.backends.aot.linear", "cuda_gqa.backends.aot.embedding",
                "cuda_gqa.backends.aot.rmsnorm", "cuda_gqa.backends.aot.rope_cache_write", "cuda_gqa.backends.aot.add",
                "cuda_gqa.backends.aot.argmax_rows")
+
+# Kernel constexprs that switch griddepcontrol instructions on (backends/kernels/attention_decode.py).
+PROGRAMMATIC_LAUNCH_SWITCHES = ("LAUNCH_DEPENDENTS", "WAIT_FOR_SPLITS")
 
 
 @contextmanager
@@ -77,7 +81,8 @@ def run_in_subprocess(case: dict, workdir: Path) -> list[dict]:
 
 
 class PayloadInterpreter:
-    def __init__(self, payload: bytes, kernels: dict, named_data: dict | None = None):
+    def __init__(self, payload: bytes, kernels: dict, named_data: dict | None = None,
+                 shared_states: dict | None = None):
         """named_data: name -> bytes of the payload's constants (the program's named data)."""
         import torch
 
@@ -86,7 +91,11 @@ class PayloadInterpreter:
         self.plan = LaunchPlan(payload)  # the plans listing no arch: the lowest arch's
         self.kernels = kernels
         self.torch_dtype = {code: getattr(torch, name) for code, name in _DTYPE_NAMES.items()}
-        self.states = [torch.zeros(sizes, dtype=self.torch_dtype[dtype]) for _, dtype, sizes in self.plan.states]
+        # A state is one buffer for every delegate naming it when the case shares states (as the
+        # runtimes share them between a program's methods), else this delegate's own.
+        states = {} if shared_states is None else shared_states
+        self.states = [states.setdefault(name, torch.zeros(sizes, dtype=self.torch_dtype[dtype]))
+                       for name, dtype, sizes in self.plan.states]
         self.constants = [self._constant(name, self.torch_dtype[dtype], sizes, named_data or {})
                           for name, dtype, sizes in self.plan.constants]
         # 256-byte aligned, as the runtimes allocate it.
@@ -137,8 +146,12 @@ class PayloadInterpreter:
             for name, (_, value) in zip(names, launch.params):
                 kind = info["signature"][name]
                 values[name] = self._pointer(value, kind, args + self.constants) if kind.startswith("*") else value
+            # Launches run one after another here: programmatic dependent launch's trigger and
+            # wait (griddepcontrol, which the interpreter lacks) have nothing to order.
+            constexprs = {name: False if name in PROGRAMMATIC_LAUNCH_SWITCHES else value
+                          for name, value in info["constexprs"].items()}
             if launch.ctas:
-                fn[launch.grid](**values, **info["constexprs"])
+                fn[launch.grid](**values, **constexprs)
         return outputs
 
     def _pointer(self, address: int, kind: str, args):
@@ -183,8 +196,9 @@ def main(case_path: str, out_path: str) -> None:
 
     case = torch.load(case_path)
     results = []
+    shared_states = {} if case.get("shared_states") else None
     for program in case["programs"]:
-        delegate = PayloadInterpreter(program["payload"], case["kernels"], program.get("named_data"))
+        delegate = PayloadInterpreter(program["payload"], case["kernels"], program.get("named_data"), shared_states)
         outputs = [delegate(*inputs) for inputs in program["calls"]]
         results.append({"outputs": outputs, "states": delegate.states})
     torch.save(results, out_path)
