@@ -419,6 +419,10 @@ def _check_position_bound(b, specs, num_inputs: int, where: str):
         raise _fail(where, f"names input {b.arg} of dtype {DTYPE_NAMES[dtype]}, not int32 or int64")
     if b.bound < 0:
         raise _fail(where, "has a negative bound")
+    if b.index not in (fb.BoundedIndex.CachePosition, fb.BoundedIndex.TokenId):
+        raise _fail(where, f"bounds indices of unknown kind {b.index}")
+    if b.index == fb.BoundedIndex.TokenId and b.startOnly:
+        raise _fail(where, "bounds token ids as a start position")
     if b.startOnly and (b.rowsArg >= num_inputs or b.rowsDim >= len(specs[b.rowsArg][1])):
         raise _fail(where, f"counts rows along input {b.rowsArg} dim {b.rowsDim}, which does not exist")
     return b
@@ -677,6 +681,9 @@ class LaunchPlan:
                 continue
             for p in held:
                 if not 0 <= int(p) < b.bound:
+                    if b.index == fb.BoundedIndex.TokenId:
+                        raise LaunchError(f"input {b.arg} holds token id {int(p)} outside the embedding table's "
+                                          f"rows [0, {b.bound})")
                     raise LaunchError(f"input {b.arg} holds position {int(p)}{cache}")
 
     def select(self, args: Sequence[ArgInfo]) -> int:

@@ -411,7 +411,7 @@ def emit_payload(plan: ModelPlan, *, archs: Iterable[int], ptx: bool) -> tuple[b
 def _position_bounds(plan: ModelPlan) -> list[fb.PositionBoundT]:
     """The step's input_pos is the start position of the tokens' rows (their last dim), which
     the cache writes put in caches of their length (dim -2): execute refuses a step past
-    the shortest cache."""
+    the shortest cache, and token ids outside the embedding table."""
     arg_of = {v.name: i for i, v in enumerate(plan.inputs)}
     tokens = [op.inputs["tokens"] for op in plan.ops if op.kind == "embedding" and op.inputs["tokens"].name in arg_of]
     lengths = {}  # input_pos arg -> the shortest cache it is written at
@@ -422,8 +422,10 @@ def _position_bounds(plan: ModelPlan) -> list[fb.PositionBoundT]:
     if len(tokens) != 1:
         return []
     rows_arg, rows_dim = arg_of[tokens[0].name], len(tokens[0].shape) - 1
-    return [fb.PositionBoundT(arg=arg, startOnly=True, rowsArg=rows_arg, rowsDim=rows_dim, bound=length)
-            for arg, length in sorted(lengths.items())]
+    table = next(op.inputs["table"] for op in plan.ops if op.kind == "embedding")
+    token_bound = fb.PositionBoundT(arg=rows_arg, bound=table.shape[0], index=fb.BoundedIndex.TokenId)
+    return [token_bound] + [fb.PositionBoundT(arg=arg, startOnly=True, rowsArg=rows_arg, rowsDim=rows_dim,
+                                              bound=length) for arg, length in sorted(lengths.items())]
 
 
 def _attention_scratch_bytes(plan: ModelPlan, groups: list[AttentionGroup], arch: int) -> int:

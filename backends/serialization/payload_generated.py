@@ -34,6 +34,11 @@ class ParamType(object):
     Float32 = 3
 
 
+class BoundedIndex(object):
+    CachePosition = 0
+    TokenId = 1
+
+
 class KernelParam(object):
     __slots__ = ['_tab']
 
@@ -2063,8 +2068,15 @@ class PositionBound(object):
             return self._tab.Get(flatbuffers.number_types.Int64Flags, o + self._tab.Pos)
         return 0
 
+    # PositionBound
+    def Index(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint8Flags, o + self._tab.Pos)
+        return 0
+
 def PositionBoundStart(builder):
-    builder.StartObject(5)
+    builder.StartObject(6)
 
 def PositionBoundAddArg(builder, arg):
     builder.PrependUint8Slot(0, arg, 0)
@@ -2081,6 +2093,9 @@ def PositionBoundAddRowsDim(builder, rowsDim):
 def PositionBoundAddBound(builder, bound):
     builder.PrependInt64Slot(4, bound, 0)
 
+def PositionBoundAddIndex(builder, index):
+    builder.PrependUint8Slot(5, index, 0)
+
 def PositionBoundEnd(builder):
     return builder.EndObject()
 
@@ -2096,12 +2111,14 @@ class PositionBoundT(object):
         rowsArg = 0,
         rowsDim = 0,
         bound = 0,
+        index = 0,
     ):
         self.arg = arg  # type: int
         self.startOnly = startOnly  # type: bool
         self.rowsArg = rowsArg  # type: int
         self.rowsDim = rowsDim  # type: int
         self.bound = bound  # type: int
+        self.index = index  # type: int
 
     @classmethod
     def InitFromBuf(cls, buf, pos):
@@ -2129,6 +2146,7 @@ class PositionBoundT(object):
         self.rowsArg = positionBound.RowsArg()
         self.rowsDim = positionBound.RowsDim()
         self.bound = positionBound.Bound()
+        self.index = positionBound.Index()
 
     # PositionBoundT
     def Pack(self, builder):
@@ -2138,6 +2156,7 @@ class PositionBoundT(object):
         PositionBoundAddRowsArg(builder, self.rowsArg)
         PositionBoundAddRowsDim(builder, self.rowsDim)
         PositionBoundAddBound(builder, self.bound)
+        PositionBoundAddIndex(builder, self.index)
         positionBound = PositionBoundEnd(builder)
         return positionBound
 

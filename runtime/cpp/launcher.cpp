@@ -464,7 +464,8 @@ bool check_positions(const PayloadDesc& payload, const ArgDesc* args, const void
     const ArgDesc& a = args[b.arg];
     const int64_t numel = element_count(a);
     if (data == nullptr || numel == 0) continue;
-    const std::string cache = " outside the cache [0, " + std::to_string(b.bound) + ")";
+    const std::string range = " [0, " + std::to_string(b.bound) + ")";
+    const std::string cache = " outside the cache" + range;
     if (b.start_only) {
       const int64_t start = position_at(data, a, 0);
       const int64_t rows = args[b.rows_arg].sizes[b.rows_dim];
@@ -479,7 +480,9 @@ bool check_positions(const PayloadDesc& payload, const ArgDesc* args, const void
     for (int64_t i = 0; i < numel; ++i) {
       const int64_t p = position_at(data, a, i);
       if (p < 0 || p >= b.bound) {
-        *error = "input " + std::to_string(b.arg) + " holds position " + std::to_string(p) + cache;
+        *error = "input " + std::to_string(b.arg) + (b.token_ids ? " holds token id " + std::to_string(p) +
+                                                                        " outside the embedding table's rows" + range
+                                                                  : " holds position " + std::to_string(p) + cache);
         return false;
       }
     }

@@ -670,6 +670,11 @@ bool read_position_bounds(const fb::Payload* p, PayloadDesc* out, std::string* e
     desc.rows_arg = b->rows_arg();
     desc.rows_dim = b->rows_dim();
     desc.bound = b->bound();
+    desc.token_ids = b->index() == fb::BoundedIndex::TokenId;
+    if (b->index() != fb::BoundedIndex::CachePosition && !desc.token_ids) {
+      return fail(error, where, "bounds indices of unknown kind " + std::to_string(static_cast<int>(b->index())));
+    }
+    if (desc.token_ids && desc.start_only) return fail(error, where, "bounds token ids as a start position");
     if (desc.arg >= out->inputs.size()) return fail(error, where, "names input " + std::to_string(desc.arg) +
                                                                       " of " + std::to_string(out->inputs.size()));
     const DType dtype = out->inputs[desc.arg].dtype;

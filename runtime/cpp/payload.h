@@ -151,6 +151,7 @@ struct PositionBoundDesc {
   uint8_t rows_arg = 0;
   uint8_t rows_dim = 0;
   int64_t bound = 0;
+  bool token_ids = false;  // BoundedIndex::TokenId: the input indexes an embedding table, not a cache
 };
 
 // One row of the dispatch table (see payload.fbs).

@@ -8,6 +8,7 @@ evaluation with every kernel under Triton's interpreter
 import pytest
 import torch
 
+from cuda_gqa.backends.serialization import payload_generated as fb
 from payload_interpreter import recording_compiles, run_in_subprocess
 from whole_programs import delegate_input_names, delegates, lower_whole, named_data
 
@@ -73,16 +74,19 @@ def test_prefill_chunks_give_eager_logits_of_every_row(llama_prefill, tmp_path):
         torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_the_step_bounds_input_pos_by_the_cache_length(llama_decode):
-    # input_pos starts the tokens' rows (dim 1); execute refuses a step writing past the 32-row caches.
+def test_the_step_bounds_input_pos_by_the_cache_length_and_tokens_by_the_vocabulary(llama_decode):
+    # input_pos starts the tokens' rows (dim 1); execute refuses a step writing past the 32-row caches,
+    # and token ids outside the 256-row embedding table.
     from cuda_gqa.runtime.launch_plan import LaunchPlan
 
     _, edge, _, _ = llama_decode
     (delegate,) = delegates(edge)
     names = delegate_input_names(delegate)
     plan = LaunchPlan(delegate.processed_bytes, named_data=named_data(delegate))
-    assert [(b.arg, b.startOnly, b.rowsArg, b.rowsDim, b.bound) for b in plan.position_bounds] == [
-        (names.index("input_pos"), True, names.index("tokens"), 1, 32)]
+    tokens, input_pos = names.index("tokens"), names.index("input_pos")
+    assert [(b.index, b.arg, b.startOnly, b.bound) for b in plan.position_bounds] == [
+        (fb.BoundedIndex.TokenId, tokens, False, 256), (fb.BoundedIndex.CachePosition, input_pos, True, 32)]
+    assert (plan.position_bounds[1].rowsArg, plan.position_bounds[1].rowsDim) == (tokens, 1)
 
 
 def test_a_model_the_plan_cannot_hold_keeps_attention_only(tiny_model):

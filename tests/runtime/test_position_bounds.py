@@ -1,6 +1,7 @@
-"""Payload.position_bounds: execute refuses KV cache positions outside the cache (issue 18) with
-an InvalidArgument error and a log line, before enqueuing anything, in the C++ backend (through
-its C API, on the fake libcuda.so.1) and in the Python evaluator; positions inside it still run."""
+"""Payload.position_bounds: execute refuses KV cache positions outside the cache (issue 18), and
+token ids outside the embedding table, with an InvalidArgument error and a log line, before
+enqueuing anything, in the C++ backend (through its C API, on the fake libcuda.so.1) and in the
+Python evaluator; indices inside them still run."""
 
 from __future__ import annotations
 
@@ -103,6 +104,20 @@ def test_a_start_position_whose_rows_pass_the_cache_end_is_refused(fake_driver_d
                 f"[0, {CACHE_ROWS})") in log, log
 
 
+def test_token_ids_outside_the_embedding_table_are_refused_before_any_launch(fake_driver_dir, tmp_path):
+    vocab = 50
+    payload = positions_payload(start_only=False, dtype=fb.DType.Int64, bound=vocab, index=fb.BoundedIndex.TokenId)
+    results = run_positions(payload, [[0, vocab - 1], [vocab, 1], [2, -3]], "int64", fake_driver_dir, tmp_path)
+    assert results[(0, vocab - 1)][:3] == (0, 1, 3)
+    for bad, token in (([vocab, 1], vocab), ([2, -3], -3)):
+        rc, launches, copies, log = results[tuple(bad)]
+        assert (rc, launches, copies) == (INVALID_ARGUMENT, 0, 0), (bad, results[tuple(bad)])
+        assert f"CudaGqaBackend: input 2 holds token id {token} outside the embedding table's rows [0, {vocab})" in log
+    plan = LaunchPlan(pack(payload))
+    with pytest.raises(LaunchError, match=r"input 2 holds token id 50 outside the embedding table's rows \[0, 50\)"):
+        plan.check_positions(args_for(2, fb.DType.Int64), {2: [vocab, 1]})
+
+
 def args_for(positions_count: int, dtype=fb.DType.Int32) -> list[ArgInfo]:
     """x, y, the positions, out, the state."""
     def tensor(sizes, address, dt=fb.DType.Float32):
@@ -130,6 +145,8 @@ BAD_BOUNDS = {
     "no such input": (dict(arg=3), "position bound 0: names input 3 of 3"),
     "negative bound": (dict(bound=-1), "position bound 0: has a negative bound"),
     "no rows dim": (dict(rowsDim=2), "position bound 0: counts rows along input 0 dim 2, which does not exist"),
+    "token ids as a start": (dict(index=fb.BoundedIndex.TokenId), "position bound 0: bounds token ids as a start position"),
+    "unknown index kind": (dict(index=7), "position bound 0: bounds indices of unknown kind 7"),
 }
 
 
