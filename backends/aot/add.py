@@ -7,6 +7,7 @@ import triton
 
 from ..kernels.add import add
 from ..limits import SUPPORTED_DTYPES
+from .programmatic_launch import wait_for_previous_constexpr
 from .triton_to_cubin import CompiledKernel, compile_to_cubin
 from .variant import POINTER_TYPE
 
@@ -15,7 +16,7 @@ NUM_WARPS = 4
 STRIDES = ("stride_ar", "stride_br", "stride_or")
 
 
-def compile_add(*, dtype: torch.dtype, n_cols: int, arch: int) -> CompiledKernel:
+def compile_add(*, dtype: torch.dtype, n_cols: int, arch: int, wait_for_previous: bool = False) -> CompiledKernel:
     """add of rows of n_cols `dtype` elements (A, B, Out), as a cubin for sm_<arch>.
 
     Pointers are compiled as 16-byte aligned; the row strides as multiples of
@@ -28,7 +29,8 @@ def compile_add(*, dtype: torch.dtype, n_cols: int, arch: int) -> CompiledKernel
     pointer = POINTER_TYPE[dtype]
     signature = {"A": pointer, "B": pointer, "Out": pointer, **{s: "i32" for s in STRIDES}}
     aligned = ["A", "B", "Out"] + (list(STRIDES) if n_cols % 16 == 0 else [])
-    return compile_to_cubin(add, signature=signature, constexprs={"N_COLS": n_cols, "BLOCK": BLOCK},
+    return compile_to_cubin(add, signature=signature, constexprs={"N_COLS": n_cols, "BLOCK": BLOCK,
+                                                               **wait_for_previous_constexpr(wait_for_previous, arch)},
                             divisible_by_16=frozenset(aligned), arch=arch, num_warps=NUM_WARPS, num_stages=1)
 
 

@@ -7,6 +7,7 @@ import triton
 
 from ..kernels.embedding import embedding
 from ..limits import SUPPORTED_DTYPES
+from .programmatic_launch import wait_for_previous_constexpr
 from .triton_to_cubin import CompiledKernel, compile_to_cubin
 from .variant import POINTER_TYPE
 
@@ -30,7 +31,7 @@ def embedding_num_warps(block_d: int) -> int:
 
 
 def compile_embedding(*, dtype: torch.dtype, token_dtype: torch.dtype, dim: int, arch: int,
-                      scale: float = 1.0) -> CompiledKernel:
+                      scale: float = 1.0, wait_for_previous: bool = False) -> CompiledKernel:
     """embedding from a contiguous [V, dim] `dtype` table into `dtype` rows, `token_dtype` ids, times
     `scale` rounded to `dtype` (embedding_scale; 1.0: a copy), as a cubin for sm_<arch>.
 
@@ -46,7 +47,8 @@ def compile_embedding(*, dtype: torch.dtype, token_dtype: torch.dtype, dim: int,
     signature = {"Tokens": POINTER_TYPE[token_dtype], "Table": POINTER_TYPE[dtype], "Out": POINTER_TYPE[dtype],
                  "Error": "*i32", "L": "i32", "V": "i32", "stride_o": "i32"}
     block_d = embedding_block_d(dim)
-    constexprs = {"D": dim, "BLOCK_D": block_d, "SCALE": embedding_scale(scale, dtype), "BLOCK_L": BLOCK_L}
+    constexprs = {"D": dim, "BLOCK_D": block_d, "SCALE": embedding_scale(scale, dtype), "BLOCK_L": BLOCK_L,
+                  **wait_for_previous_constexpr(wait_for_previous, arch)}
     aligned = ["Table", "Out"] + (["stride_o"] if dim % 16 == 0 else [])
     return compile_to_cubin(embedding, signature=signature, constexprs=constexprs,
                             divisible_by_16=frozenset(aligned), arch=arch,

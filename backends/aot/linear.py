@@ -24,6 +24,7 @@ import torch
 from ..heuristics import LINEAR_KINDS, LinearConfig
 from ..kernels.linear import GATED_ACTIVATIONS, linear_gemm, linear_gemv
 from ..limits import SUPPORTED_DTYPES
+from .programmatic_launch import wait_for_previous_constexpr
 from .triton_to_cubin import CompiledKernel, compile_to_cubin
 from .variant import POINTER_TYPE
 
@@ -59,7 +60,7 @@ def linear_problem(*, kind: str, dtype: torch.dtype, out_dtype: torch.dtype, n: 
 def compile_linear(*, kind: str, dtype: torch.dtype, out_dtype: torch.dtype, n: int, k: int, arch: int,
                    config: LinearConfig, has_bias: bool = False, has_residual: bool = False,
                    norm_prologue: bool = False, gated: str = "", softcap: float = 0.0,
-                   aligned: bool = True) -> CompiledKernel:
+                   aligned: bool = True, wait_for_previous: bool = False) -> CompiledKernel:
     """linear_<kind> for an [n (x2 when gated), k] weight of `dtype` writing `out_dtype`, as a cubin for sm_<arch>.
 
     config: tiles from heuristics.linear_config (launch with heuristics.linear_grid).
@@ -74,7 +75,7 @@ def compile_linear(*, kind: str, dtype: torch.dtype, out_dtype: torch.dtype, n: 
                  "M": "i32", "eps": "fp32", **{s: "i32" for s in STRIDES}}
     constexprs = {"N": n, "K": k, "BLOCK_M": config.block_m, "BLOCK_N": config.block_n, "BLOCK_K": config.block_k,
                   "NORM_PROLOGUE": norm_prologue, "HAS_BIAS": has_bias, "HAS_RESIDUAL": has_residual,
-                  "GATED": gated, "SOFTCAP": float(softcap)}
+                  "GATED": gated, "SOFTCAP": float(softcap), **wait_for_previous_constexpr(wait_for_previous, arch)}
     return compile_to_cubin(KERNELS[kind], signature=signature, constexprs=constexprs,
                             divisible_by_16=ALIGNED_PARAMS if aligned else GENERIC_ALIGNED_PARAMS, arch=arch,
                             num_warps=config.num_warps, num_stages=config.num_stages)

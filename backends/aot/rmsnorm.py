@@ -7,6 +7,7 @@ import triton
 
 from ..kernels.rmsnorm import rmsnorm
 from ..limits import SUPPORTED_DTYPES
+from .programmatic_launch import wait_for_previous_constexpr
 from .triton_to_cubin import CompiledKernel, compile_to_cubin
 from .variant import POINTER_TYPE
 
@@ -24,7 +25,8 @@ def rmsnorm_num_warps(block: int) -> int:
 
 
 def compile_rmsnorm(*, dtype: torch.dtype, n_cols: int, arch: int, weight_offset: float = 0.0,
-                    has_residual: bool = False, weight_dtype: torch.dtype | None = None) -> CompiledKernel:
+                    has_residual: bool = False, weight_dtype: torch.dtype | None = None,
+                    wait_for_previous: bool = False) -> CompiledKernel:
     """rmsnorm over rows of n_cols `dtype` elements (X, Residual, Out), weights of `weight_dtype`
     (default: `dtype`), as a cubin for sm_<arch>.
 
@@ -45,7 +47,7 @@ def compile_rmsnorm(*, dtype: torch.dtype, n_cols: int, arch: int, weight_offset
                  **{s: "i32" for s in strides}}
     block = rmsnorm_block(n_cols)
     constexprs = {"N_COLS": n_cols, "BLOCK": block, "WEIGHT_OFFSET": float(weight_offset),
-                  "HAS_RESIDUAL": has_residual}
+                  "HAS_RESIDUAL": has_residual, **wait_for_previous_constexpr(wait_for_previous, arch)}
     if not has_residual:
         constexprs.update(Residual=None, stride_rr=0)
     aligned = ["W", *pointers] + (strides if n_cols % 16 == 0 else [])

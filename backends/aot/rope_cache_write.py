@@ -10,6 +10,7 @@ import triton
 
 from ..kernels.rope_cache_write import rope_cache_write
 from ..limits import SUPPORTED_DTYPES, check_head_dim
+from .programmatic_launch import wait_for_previous_constexpr
 from .triton_to_cubin import CompiledKernel, compile_to_cubin
 from .variant import POINTER_TYPE
 
@@ -25,7 +26,8 @@ def rope_cache_write_num_warps(head_dim: int) -> int:
 def compile_rope_cache_write(*, dtype: torch.dtype, position_dtype: torch.dtype, heads_q: int, heads_kv: int,
                              head_dim: int, arch: int, qk_norm: bool = False, norm_offset: float = 0.0,
                              table_dtype: Optional[torch.dtype] = None,
-                             norm_weight_dtype: Optional[torch.dtype] = None) -> CompiledKernel:
+                             norm_weight_dtype: Optional[torch.dtype] = None,
+                             wait_for_previous: bool = False) -> CompiledKernel:
     """rope_cache_write for `dtype` activations and caches (QKV, Q_out, K_cache, V_cache), Cos/Sin
     tables of `table_dtype` and q/k norm weights of `norm_weight_dtype` (both default: `dtype`),
     InputPos of `position_dtype`, as a cubin for sm_<arch>.
@@ -51,7 +53,8 @@ def compile_rope_cache_write(*, dtype: torch.dtype, position_dtype: torch.dtype,
                  "InputPos": POINTER_TYPE[position_dtype], "Q_out": pointer, "K_cache": pointer, "V_cache": pointer,
                  "KvLen": "*i32", "L": "i32", "S": "i32", "eps": "fp32", **{s: "i32" for s in STRIDES}}
     constexprs = {"HEADS_Q": heads_q, "HEADS_KV": heads_kv, "HEAD_DIM": head_dim,
-                  "BLOCK_D": triton.next_power_of_2(head_dim), "QK_NORM": qk_norm, "NORM_OFFSET": float(norm_offset)}
+                  "BLOCK_D": triton.next_power_of_2(head_dim), "QK_NORM": qk_norm, "NORM_OFFSET": float(norm_offset),
+                  **wait_for_previous_constexpr(wait_for_previous, arch)}
     if qk_norm:
         signature.update(QNormW=POINTER_TYPE[norm_weight_dtype], KNormW=POINTER_TYPE[norm_weight_dtype])
     else:

@@ -10,9 +10,13 @@ tensor of any shape is one row of numel columns, or [rows, last dim]).
 import triton
 import triton.language as tl
 
+from .programmatic_launch import wait_for_previous
+
 
 @triton.jit
-def add(A, B, Out, stride_ar, stride_br, stride_or, N_COLS: tl.constexpr, BLOCK: tl.constexpr):
+def add(A, B, Out, stride_ar, stride_br, stride_or, N_COLS: tl.constexpr, BLOCK: tl.constexpr,
+        WAIT_FOR_PREVIOUS: tl.constexpr = False):
+    wait_for_previous(WAIT_FOR_PREVIOUS)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < N_COLS

@@ -13,13 +13,17 @@ reset needed); the runtime checks it after the launch and fails the call.
 import triton
 import triton.language as tl
 
+from .programmatic_launch import wait_for_previous
+
 
 @triton.jit
 def embedding(
     Tokens, Table, Out, Error,
     L, V, stride_o,
     D: tl.constexpr, BLOCK_D: tl.constexpr, SCALE: tl.constexpr, BLOCK_L: tl.constexpr,
+    WAIT_FOR_PREVIOUS: tl.constexpr = False,
 ):
+    wait_for_previous(WAIT_FOR_PREVIOUS)
     row = tl.program_id(0)
     token = tl.load(Tokens + row).to(tl.int64)
     # Columns read from the table: all D for an id in range, none otherwise.

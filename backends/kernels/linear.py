@@ -41,6 +41,8 @@ linear_gemm (prefill): program (m block, n block) of tensor-core tiles
 import triton
 import triton.language as tl
 
+from .programmatic_launch import wait_for_previous
+
 LOG2E = tl.constexpr(1.4426950408889634)
 SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
 GATED_ACTIVATIONS = ("", "silu", "gelu_tanh")
@@ -109,8 +111,9 @@ def linear_gemv(
     stride_xm, stride_rm, stride_om,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     NORM_PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-    GATED: tl.constexpr, SOFTCAP: tl.constexpr,
+    GATED: tl.constexpr, SOFTCAP: tl.constexpr, WAIT_FOR_PREVIOUS: tl.constexpr = False,
 ):
+    wait_for_previous(WAIT_FOR_PREVIOUS)
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < M
@@ -156,8 +159,9 @@ def linear_gemm(
     stride_xm, stride_rm, stride_om,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     NORM_PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-    GATED: tl.constexpr, SOFTCAP: tl.constexpr,
+    GATED: tl.constexpr, SOFTCAP: tl.constexpr, WAIT_FOR_PREVIOUS: tl.constexpr = False,
 ):
+    wait_for_previous(WAIT_FOR_PREVIOUS)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < M

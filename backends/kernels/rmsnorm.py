@@ -17,6 +17,8 @@ held in registers; a wider one is read twice (sum of squares, then scale).
 import triton
 import triton.language as tl
 
+from .programmatic_launch import wait_for_previous
+
 
 @triton.jit
 def _store_normed(x, rstd, W, Residual, Out, r_row, o_row, cols,
@@ -36,7 +38,9 @@ def rmsnorm(
     X, W, Residual, Out,
     eps, stride_xr, stride_rr, stride_or,
     N_COLS: tl.constexpr, BLOCK: tl.constexpr, WEIGHT_OFFSET: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    WAIT_FOR_PREVIOUS: tl.constexpr = False,
 ):
+    wait_for_previous(WAIT_FOR_PREVIOUS)
     row = tl.program_id(0).to(tl.int64)
     x_row, r_row, o_row = row * stride_xr, row * stride_rr, row * stride_or
     cols = tl.arange(0, BLOCK)

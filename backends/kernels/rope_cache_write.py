@@ -24,6 +24,8 @@ launched next on the same stream attends keys [0, kv_len).
 import triton
 import triton.language as tl
 
+from .programmatic_launch import wait_for_previous
+
 
 @triton.jit
 def _rms_normed(x, w, rstd, NORM_OFFSET: tl.constexpr, OUT_DTYPE: tl.constexpr):
@@ -37,8 +39,9 @@ def rope_cache_write(
     L, S, eps,
     stride_qkv, stride_qoh, stride_qol, stride_ch, stride_cs,
     HEADS_Q: tl.constexpr, HEADS_KV: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    QK_NORM: tl.constexpr, NORM_OFFSET: tl.constexpr,
+    QK_NORM: tl.constexpr, NORM_OFFSET: tl.constexpr, WAIT_FOR_PREVIOUS: tl.constexpr = False,
 ):
+    wait_for_previous(WAIT_FOR_PREVIOUS)
     row = tl.program_id(0)
     head = tl.program_id(1)
     start = tl.load(InputPos).to(tl.int64)

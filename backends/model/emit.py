@@ -29,6 +29,7 @@ from ..payload_constants import PayloadConstants
 from ..serialization import payload_generated as fb
 from ..serialization import serialize_payload
 from ..serialization.dtypes import torch_dtype_codes
+from ..serialization.payload_serializer import PROGRAMMATIC_LAUNCH_ARCH
 from .layout import SLICE_ALIGN, Arena, Strided, _round_up, plan_arena, strided
 from .ops import CONSTANT, INPUT, INTERMEDIATE, STATE, ModelPlan, NotRecognised, Op, Value
 
@@ -158,8 +159,17 @@ class Emitter:
         return binding(fb.ParamKind.Workspace, workspaceOffset=self.arena_base + start + offset_bytes,
                        workspaceExtent=size - offset_bytes)
 
-    def add(self, compile_one, describe, key, grid) -> None:
-        kernel = compile_for_archs(compile_one, self.archs, self.ptx, describe, key=key)
+    def add(self, compile_one, bindings: dict, key, grid) -> None:
+        """A kernel of compile_one(arch, wait_for_previous) with its parameters bound by name. Its sm_90+
+        images wait for the kernel before them, so the runtime may launch them as programmatic dependents
+        (the next kernel's launch overlaps this one's tail; payload.fbs Kernel.waits_for_previous)."""
+
+        def describe(kernel, compiled):
+            kernel.params = bind_by_name(compiled.params, bindings, kernel=compiled.name)
+            kernel.waitsForPrevious = True
+
+        kernel = compile_for_archs(lambda arch: compile_one(arch, arch >= PROGRAMMATIC_LAUNCH_ARCH), self.archs,
+                                   self.ptx, describe, key=key)
         self.kernels.append(kernel)
         self.regrid.append((kernel, grid))
 
@@ -182,14 +192,11 @@ def emit_embedding(e: Emitter, op: Op, arena: Arena) -> None:
                 "Error": binding(fb.ParamKind.Workspace, workspaceOffset=e.error_offset, workspaceExtent=4),
                 "L": _i32(rows), "V": _i32(table.shape[0]), "stride_o": _i32(out.rows()[1])}
 
-    def compile_one(arch):
+    def compile_one(arch, wait_for_previous):
         return compile_embedding(dtype=table.dtype, token_dtype=tokens.dtype, dim=dim, arch=arch,
-                                 scale=op.attrs["scale"])
+                                 scale=op.attrs["scale"], wait_for_previous=wait_for_previous)
 
-    def describe(kernel, compiled):
-        kernel.params = bind_by_name(compiled.params, bindings, kernel=compiled.name)
-
-    e.add(compile_one, describe, ("embedding", table.dtype, tokens.dtype, dim, op.attrs["scale"]),
+    e.add(compile_one, bindings, ("embedding", table.dtype, tokens.dtype, dim, op.attrs["scale"]),
           embedding_grid(rows))
 
 
@@ -216,14 +223,11 @@ def emit_linear(e: Emitter, op: Op, arena: Arena) -> None:
                    softcap=float(op.attrs.get("softcap") or 0.0))
     config = linear_config(kind, m, n, k, weight.dtype, e.archs[0], gated=bool(gated))
 
-    def compile_one(arch):
+    def compile_one(arch, wait_for_previous):
         return compile_linear(kind=kind, dtype=weight.dtype, out_dtype=out.dtype, n=n, k=k, arch=arch,
-                              config=config, **variant)
+                              config=config, wait_for_previous=wait_for_previous, **variant)
 
-    def describe(kernel, compiled):
-        kernel.params = bind_by_name(compiled.params, bindings, kernel=compiled.name)
-
-    e.add(compile_one, describe, ("linear", kind, weight.dtype, out.dtype, n, k, config, tuple(variant.items())),
+    e.add(compile_one, bindings, ("linear", kind, weight.dtype, out.dtype, n, k, config, tuple(variant.items())),
           linear_grid(kind, m, n, config))
 
 
@@ -236,14 +240,11 @@ def emit_rmsnorm(e: Emitter, op: Op, arena: Arena) -> None:
     bindings = {"X": e.pointer(x, arena), "W": e.pointer(weight, arena), "Out": e.pointer(op.output, arena),
                 "eps": _f32(op.attrs["eps"]), "stride_xr": _i32(stride_x), "stride_or": _i32(stride_o)}
 
-    def compile_one(arch):
-        return compile_rmsnorm(dtype=x.dtype, n_cols=x.shape[-1], arch=arch,
-                               weight_offset=op.attrs["weight_offset"], weight_dtype=weight.dtype)
+    def compile_one(arch, wait_for_previous):
+        return compile_rmsnorm(dtype=x.dtype, n_cols=x.shape[-1], arch=arch, weight_offset=op.attrs["weight_offset"],
+                               weight_dtype=weight.dtype, wait_for_previous=wait_for_previous)
 
-    def describe(kernel, compiled):
-        kernel.params = bind_by_name(compiled.params, bindings, kernel=compiled.name)
-
-    e.add(compile_one, describe, ("rmsnorm", x.dtype, x.shape[-1], op.attrs["weight_offset"], weight.dtype),
+    e.add(compile_one, bindings, ("rmsnorm", x.dtype, x.shape[-1], op.attrs["weight_offset"], weight.dtype),
           rmsnorm_grid(rows))
 
 
@@ -257,10 +258,8 @@ def emit_add(e: Emitter, op: Op, arena: Arena) -> None:
     bindings = {"A": e.pointer(a, arena), "B": e.pointer(b, arena), "Out": e.pointer(op.output, arena),
                 "stride_ar": _i32(stride_a), "stride_br": _i32(stride_b), "stride_or": _i32(stride_o)}
 
-    def describe(kernel, compiled):
-        kernel.params = bind_by_name(compiled.params, bindings, kernel=compiled.name)
-
-    e.add(lambda arch: compile_add(dtype=a.dtype, n_cols=n_cols, arch=arch), describe, ("add", a.dtype, n_cols),
+    e.add(lambda arch, wait: compile_add(dtype=a.dtype, n_cols=n_cols, arch=arch, wait_for_previous=wait), bindings,
+          ("add", a.dtype, n_cols),
           add_grid(rows, n_cols))
 
 
@@ -297,10 +296,7 @@ def emit_attention_group(e: Emitter, group: AttentionGroup, arena: Arena) -> Non
                    table_dtype=rope_q.inputs["cos"].dtype,
                    norm_weight_dtype=norm.inputs["weight"].dtype if norm else None)
 
-    def describe(kernel, compiled):
-        kernel.params = bind_by_name(compiled.params, bindings, kernel=compiled.name)
-
-    e.add(lambda arch: compile_rope_cache_write(arch=arch, **variant), describe,
+    e.add(lambda arch, wait: compile_rope_cache_write(arch=arch, wait_for_previous=wait, **variant), bindings,
           ("rope_cache_write", tuple(variant.items())), rope_cache_write_grid(length, heads_q, heads_kv))
     _emit_attention(e, att, arena, heads_q, heads_kv, head_dim, length)
 

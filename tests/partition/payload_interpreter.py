@@ -42,8 +42,9 @@ AOT_MODULES = ("cuda_gqa.backends.aot.attention", "cuda_gqa.backends.aot.attenti
                "cuda_gqa.backends.aot.rmsnorm", "cuda_gqa.backends.aot.rope_cache_write", "cuda_gqa.backends.aot.add",
                "cuda_gqa.backends.aot.argmax_rows")
 
-# Kernel constexprs that switch griddepcontrol instructions on (backends/kernels/attention_decode.py).
-PROGRAMMATIC_LAUNCH_SWITCHES = ("LAUNCH_DEPENDENTS", "WAIT_FOR_SPLITS")
+# Kernel constexprs that switch griddepcontrol instructions on (backends/kernels/attention_decode.py,
+# programmatic_launch.py).
+PROGRAMMATIC_LAUNCH_SWITCHES = ("LAUNCH_DEPENDENTS", "WAIT_FOR_SPLITS", "WAIT_FOR_PREVIOUS")
 
 
 @contextmanager
