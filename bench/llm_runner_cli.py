@@ -61,7 +61,7 @@ def parse_decode_at(output: str) -> dict:
 
 
 def parse_prefill(output: str) -> dict:
-    """The runner's prompt line: prompt_tokens, prefill_ms (one prefill, the first of its process),
+    """The runner's prompt line: prompt_tokens, prefill_ms (the timed prefill),
     calls and chunk (the program's prefill length)."""
     m = re.search(r"^prompt (\d+) tokens: prefill ([0-9.]+) ms \((\d+) call\(s\) of (\d+) tokens\)", output, re.M)
     if not m:

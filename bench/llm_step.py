@@ -26,8 +26,9 @@ filled with random rows, this times in one process on one GPU:
     weights a .ptd beside it (PTE.ptd or weights.ptd), or rebuilt from that
     file's manifest (export/llm/ptd_manifest.py) and deleted afterwards;
 - prefill of a --prefill-token prompt (time to first token: forward(tokens
-  [1, P], input_pos [0]), logits of every row) for the same routes; the
-  runner's figure is one prefill of a random prompt, the first of its process;
+  [1, P], input_pos [0]), the last row's logits, as export_llm's prefill
+  returns them) for the same routes; the runner's figure is one prefill of a
+  random prompt after two untimed ones (--prefill-warmup 2);
 - the bound: bytes a step must read (every weight once, of the token
   embedding only its row unless tied to the LM head; K and V of every layer
   up to the context, a sliding layer's window only) over the device-to-device
@@ -379,7 +380,8 @@ def bench_model(name: str, s: Settings, bandwidth: float) -> tuple[list[Row], di
             compiled = torch.compile(model, backend=s.compile_backend, dynamic=False, **options)
         with torch.no_grad():
             time_decode_routes(model, inputs, s, rows, compiled)
-            time_prefill_routes(model, inputs, s, rows, compiled)
+            with model.last_row_logits():  # as export_llm's prefill: the first token's logits only
+                time_prefill_routes(model, inputs, s, rows, compiled)
     except Exception as e:  # a model that does not build or fit: one row says so
         traceback.print_exc()
         message = f"{type(e).__name__}: {first_line(e)}"
@@ -436,7 +438,7 @@ def runner_row(name: str, pte: Path, s: Settings) -> Row:
         generator = torch.Generator().manual_seed(1)
         vocab = PRESETS[name].vocab_size if name in PRESETS else 256
         torch.randint(vocab, (s.prefill,), generator=generator).numpy().tofile(prompt)
-        code, output = run_logged([runner, pte, *extra, "--prompt", prompt, "--new-tokens", 1], s.log_file, env, log,
+        code, output = run_logged([runner, pte, *extra, "--prompt", prompt, "--new-tokens", 1, "--prefill-warmup", 2], s.log_file, env, log,
                                   s.runner_timeout_s)
         prefill = parse_prefill(output) if code == 0 else {}
         if "prefill_ms" in prefill:
@@ -523,10 +525,12 @@ def markdown(rows: list[Row], meta: dict) -> str:
               f"{meta['context']} keys filled with random rows; median of {meta['steps']} steps after "
               f"{meta['warmup']} warm-up steps, "
               f"{meta['timer']}. Prefill: "
-              f"forward(tokens [1, {meta['prefill']}], input_pos [0]) returning every row's logits, median of "
+              f"forward(tokens [1, {meta['prefill']}], input_pos [0]) returning the last row's logits (as export_llm's "
+              f"prefill does), median of "
               f"{meta['prefill_steps']}. The runner's decode: host wall time of each step of its --decode-at loop "
-              f"(logits copied to the host, greedy argmax), median of --steps; its prefill: one call, the "
-              f"first of its process. Bound: every "
+              f"(logits copied to the host, greedy argmax), median of --steps; its prefill: host wall time of one "
+              f"call after two untimed ones (--prefill-warmup 2), the last row's logits copied to the host. "
+              f"Bound: every "
               f"weight read once (the token embedding's one row unless tied to the LM head), K and V up to the "
               f"context (a sliding layer's window), over the copy bandwidth. Speed vs compile + graph: its ms "
               f"over the row's (above 1: faster). Weights are seeded random values (export/llm/presets.py), "

@@ -15,6 +15,7 @@ overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Optional, Union
@@ -248,7 +249,9 @@ class Decoder(nn.Module):
 
     Writes the L new positions input_pos .. input_pos + L - 1 into the cache
     and attends over everything up to each one. B == batch_size (the cache's)
-    and input_pos + L <= max_seq_len.
+    and input_pos + L <= max_seq_len. Inside `last_row_logits()`, only the
+    last row's logits [B, 1, vocab]: a prefill needs no others, and the final
+    norm and LM head then run on one row.
     """
 
     def __init__(self, config: DecoderConfig, *, max_seq_len: int, batch_size: int = 1,
@@ -260,6 +263,7 @@ class Decoder(nn.Module):
                                     for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.norm_weight_offset)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self._last_row_logits = False
         self._tie_weights()
         # RoPE tables [max_seq_len, D]: rope_* for full layers, rope_local_* for Gemma 3's sliding ones.
         for table in self._rope_tables():
@@ -315,6 +319,15 @@ class Decoder(nn.Module):
             visible = visible & (keys > queries - window)
         return visible[None, None]
 
+    @contextlib.contextmanager
+    def last_row_logits(self):
+        """Within it, forward returns the last row's logits only (traced so by torch.export)."""
+        self._last_row_logits = True
+        try:
+            yield self
+        finally:
+            self._last_row_logits = False
+
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         c = self.config
         positions = input_pos + torch.arange(tokens.shape[1], device=tokens.device)
@@ -327,6 +340,8 @@ class Decoder(nn.Module):
         for i, layer in enumerate(self.layers):
             cos, sin = rotations["rope_local" if c.local_rope(i) else "rope"]
             x = layer(x, positions, cos, sin, masks[layer.self_attn.window])
+        if self._last_row_logits:
+            x = x[:, -1:, :]
         logits = self.lm_head(self.norm(x)).float()
         if c.final_logit_softcap is not None:
             logits = c.final_logit_softcap * torch.tanh(logits / c.final_logit_softcap)

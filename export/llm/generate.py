@@ -52,7 +52,9 @@ class PteDecoder:
         Chunks of prefill_len tokens; the last, when short, overlaps the one
         before (rewriting identical cache rows) or, for a prompt shorter than
         one chunk, is padded (the padding's rows are overwritten by decode
-        before any query can see them).
+        before any query can see them). A prefill returning only its last
+        row's logits (export_llm's) has none for a padded prompt's last token:
+        a decode step at its position gives them (rewriting its cache row).
         """
         n, chunk = len(prompt), self.prefill_len
         if not 0 < n < self.max_seq_len:
@@ -65,7 +67,11 @@ class PteDecoder:
             last = len(tokens) - 1
             tokens += [0] * (chunk - len(tokens))
             (logits,) = self._prefill.execute([torch.tensor([tokens]), torch.tensor([start])])
-        return logits[0, last]
+        if logits.shape[1] == chunk:  # every row's logits
+            return logits[0, last]
+        if last == chunk - 1:
+            return logits[0, -1]
+        return self.decode(prompt[-1], n - 1)
 
     def decode(self, token: int, position: int) -> torch.Tensor:
         """Append one token at `position`; returns its logits [vocab]. A position outside the cache is

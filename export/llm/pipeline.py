@@ -5,16 +5,21 @@ Both methods are the same module exported at two static query lengths
 the AOT stage plans for (forward kernel for prefill, split-KV decode kernels
 for decode). They share the KV-cache buffers (ExecuTorch's
 `share_mutable_buffers`): a prompt prefilled through one is decoded by the
-other. Prompts longer than prefill_len go in chunks; a shorter last chunk is
-padded (its padding rows land at positions the next writes overwrite before
-any query can see them).
+other. Prompts longer than prefill_len go in chunks, the last overlapping
+the one before, so the prompt's last token is a chunk's last row; a prompt
+shorter than one chunk is padded (its padding rows land at positions the next
+writes overwrite before any query can see them), and its last token's logits
+come from a decode step at its position.
 
 The model contract: forward(tokens [B, L] int64, input_pos [1] int64) ->
 logits [B, L, vocab], writing its cache at input_pos .. input_pos + L - 1,
-with attributes max_seq_len and (optionally) batch_size; `Decoder` meets it.
+with attributes max_seq_len and (optionally) batch_size; `Decoder` meets it,
+and with its `last_row_logits()` the prefill method returns [B, 1, vocab].
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import time
 from collections import Counter
@@ -171,7 +176,8 @@ def export_llm(
         for method, length in zip(METHODS, (prefill_len, 1)):
             log(f"torch.export: {method} ({batch} x {length} tokens)")
             tokens = torch.zeros(batch, length, dtype=torch.long)
-            programs[method] = torch.export.export(model, (tokens, torch.tensor([0])))
+            with _logits_rows(model, method):
+                programs[method] = torch.export.export(model, (tokens, torch.tensor([0])))
             if tag is not None:
                 _tag_parameters_for_delegates(programs[method], tag)
 
@@ -218,6 +224,14 @@ def export_llm(
     return LlmExport(program=program, reports=reports, model_reports=model_reports, metadata=metadata,
                      seconds=time.perf_counter() - start,
                      size_bytes=size, pte=pte, ptd=ptd, ptd_size_bytes=ptd.stat().st_size if ptd else 0)
+
+
+def _logits_rows(model, method: str):
+    """prefill returns its last row's logits only where the model offers it (Decoder.last_row_logits):
+    the runtimes read no other row, and copying every row's logits to the host dwarfs the step."""
+    if method == "prefill" and hasattr(model, "last_row_logits"):
+        return model.last_row_logits()
+    return contextlib.nullcontext()
 
 
 def _tag_parameters_for_delegates(program: torch.export.ExportedProgram, tag: str) -> None:

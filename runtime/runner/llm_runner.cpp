@@ -80,6 +80,7 @@ struct Options {
   long new_tokens = 16;
   long device = 0;
   long decode_at = -1, steps = 32, warmup = 3;
+  long prefill_warmup = 0;  // untimed prefills of the prompt before the timed one
   bool teacher_forcing = false;
   double atol = 2e-2, rtol = 1.6e-2;
   bool launch_graphs = true;        // CudaGqaBackend's "launch_graphs"
@@ -102,7 +103,7 @@ void usage(FILE* out) {
                "usage: cuda_gqa_llm_runner MODEL.pte [--data FILE] --prompt FILE [--new-tokens N] [--device N]\n"
                "         [--expected-tokens FILE] [--expected-logits FILE] [--atol X] [--rtol X]\n"
                "         [--tokens-out FILE] [--logits-out FILE] [--no-launch-graphs]\n"
-               "         [--no-programmatic-launch]\n"
+               "         [--no-programmatic-launch] [--prefill-warmup W]\n"
                "       cuda_gqa_llm_runner MODEL.pte [--data FILE] --decode-at P [--steps N] [--warmup W]\n"
                "  --data FILE             the program's external weights (.ptd)\n"
                "  --prompt FILE           int64 token ids (raw little-endian)\n"
@@ -117,6 +118,8 @@ void usage(FILE* out) {
                "  --decode-at P           time decode steps alone at positions P.. (no prefill)\n"
                "  --steps N               timed steps of --decode-at (default 32)\n"
                "  --warmup W              untimed steps before them (default 3)\n"
+               "  --prefill-warmup W      prefill the prompt W times untimed before the timed prefill\n"
+               "                          (the first call of a method builds its CUDA graphs)\n"
                "  --no-launch-graphs      CudaGqaBackend option launch_graphs off: kernels launched one\n"
                "                          by one instead of one CUDA graph per launch plan\n"
                "  --no-programmatic-launch  CudaGqaBackend option programmatic_launch off: no kernel\n"
@@ -160,7 +163,7 @@ int parse_args(int argc, char** argv, Options* o) {
     } else if (a == "--logits-out" && has_value) {
       o->logits_out = next();
     } else if ((a == "--new-tokens" || a == "--device" || a == "--decode-at" || a == "--steps" ||
-                a == "--warmup") &&
+                a == "--warmup" || a == "--prefill-warmup") &&
                has_value) {
       const std::string v = next();
       // Token counts and positions: at most kMaxCount; a device index fits the tensors' int8.
@@ -172,7 +175,8 @@ int parse_args(int argc, char** argv, Options* o) {
                     : a == "--device"   ? &o->device
                     : a == "--decode-at" ? &o->decode_at
                     : a == "--steps"    ? &o->steps
-                                        : &o->warmup;
+                    : a == "--warmup"   ? &o->warmup
+                                        : &o->prefill_warmup;
       *field = static_cast<long>(value);
     } else if ((a == "--atol" || a == "--rtol") && has_value) {
       const std::string v = next();
@@ -271,24 +275,55 @@ struct Decoder {
   int64_t prefill_len = 0, max_seq_len = 0;
 
   // Runs `method` on tokens written at `position`; copies row `row` of its
-  // float32 logits [1, L, vocab] into *logits.
+  // float32 logits [1, L, vocab] into *logits, or, from a method returning the
+  // last row's logits only ([1, 1, vocab]), row L - 1's; sets *has_row false
+  // when it returned no logits for row `row`.
   Error step(const char* method, std::vector<int64_t> tokens, int64_t position, int64_t row,
-             std::vector<float>* logits) {
+             std::vector<float>* logits, bool* has_row = nullptr) {
+    const auto rows = static_cast<int64_t>(tokens.size());
     const auto length = static_cast<executorch::aten::SizesType>(tokens.size());
     auto token_tensor = executorch::extension::make_tensor_ptr({1, length}, std::move(tokens));
     auto position_tensor = executorch::extension::make_tensor_ptr({1}, std::vector<int64_t>{position});
     auto result = module->execute(method, {EValue(*token_tensor), EValue(*position_tensor)});
     if (!result.ok()) return result.error();
     const Tensor& out = (*result)[0].toTensor();
-    if (out.scalar_type() != ScalarType::Float || out.dim() != 3 || out.size(1) <= row) {
+    if (out.scalar_type() != ScalarType::Float || out.dim() != 3 || (out.size(1) != rows && out.size(1) != 1)) {
       return Error::InvalidProgram;
     }
+    const bool last_row_only = out.size(1) != rows;
+    if (has_row != nullptr) *has_row = !last_row_only || row == rows - 1;
+    if (last_row_only && row != rows - 1) return Error::Ok;
     const auto vocab = static_cast<size_t>(out.size(2));
-    const float* data = out.const_data_ptr<float>() + static_cast<size_t>(row) * vocab;
+    const float* data = out.const_data_ptr<float>() + static_cast<size_t>(last_row_only ? 0 : row) * vocab;
     logits->assign(data, data + vocab);
     return Error::Ok;
   }
 };
+
+// Writes `prompt` into the cache from position 0 and leaves its last token's
+// logits in *logits: whole chunks of the program's prefill length, then a
+// last one overlapping the one before (it rewrites identical cache rows) or,
+// for a prompt shorter than a chunk, padded; a padded prompt's last token
+// comes from a decode step at its position when prefill returns its last row
+// only. *calls: the prefill calls made.
+Error prefill(Decoder* decoder, const std::vector<int64_t>& prompt, std::vector<float>* logits, size_t* calls) {
+  const auto n = static_cast<int64_t>(prompt.size());
+  const int64_t chunk = decoder->prefill_len;
+  std::vector<int64_t> starts;
+  for (int64_t s = 0; s + chunk <= n; s += chunk) starts.push_back(s);
+  if (starts.empty()) starts.push_back(0);
+  if (starts.back() + chunk < n) starts.push_back(n - chunk);
+  *calls = starts.size();
+  bool has_last = true;
+  for (int64_t start : starts) {
+    std::vector<int64_t> tokens(prompt.begin() + start, prompt.begin() + std::min(start + chunk, n));
+    const int64_t last = static_cast<int64_t>(tokens.size()) - 1;
+    tokens.resize(static_cast<size_t>(chunk), 0);
+    const Error err = decoder->step("prefill", std::move(tokens), start, last, logits, &has_last);
+    if (err != Error::Ok) return err;
+  }
+  return has_last ? Error::Ok : decoder->step("decode", {prompt.back()}, n - 1, 0, logits);
+}
 
 int64_t argmax(const std::vector<float>& v) {
   return static_cast<int64_t>(std::max_element(v.begin(), v.end()) - v.begin());
@@ -381,23 +416,16 @@ int main(int argc, char** argv) {
                                 std::to_string(decoder.max_seq_len));
   }
 
-  // Prefill: whole chunks, then a last one overlapping the one before (it
-  // rewrites identical cache rows) or, for a short prompt, padded.
-  const int64_t chunk = decoder.prefill_len;
-  std::vector<int64_t> starts;
-  for (int64_t s = 0; s + chunk <= n; s += chunk) starts.push_back(s);
-  if (starts.empty()) starts.push_back(0);
-  if (starts.back() + chunk < n) starts.push_back(n - chunk);
   std::vector<float> logits;
   std::vector<std::vector<float>> rows;
-  const auto prefill_start = std::chrono::steady_clock::now();
-  for (int64_t start : starts) {
-    std::vector<int64_t> tokens(prompt.begin() + start, prompt.begin() + std::min(start + chunk, n));
-    const int64_t last = static_cast<int64_t>(tokens.size()) - 1;
-    tokens.resize(static_cast<size_t>(chunk), 0);
-    err = decoder.step("prefill", std::move(tokens), start, last, &logits);
+  size_t prefill_calls = 0;
+  for (long rep = 0; rep < opt.prefill_warmup; ++rep) {  // the same rows rewritten
+    err = prefill(&decoder, prompt, &logits, &prefill_calls);
     if (err != Error::Ok) return fail("prefill failed", err);
   }
+  const auto prefill_start = std::chrono::steady_clock::now();
+  err = prefill(&decoder, prompt, &logits, &prefill_calls);
+  if (err != Error::Ok) return fail("prefill failed", err);
   const double prefill_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - prefill_start).count();
 
@@ -427,7 +455,7 @@ int main(int argc, char** argv) {
   }
 
   std::printf("prompt %lld tokens: prefill %.2f ms (%zu call(s) of %lld tokens)\n", static_cast<long long>(n),
-              prefill_ms, starts.size(), static_cast<long long>(chunk));
+              prefill_ms, prefill_calls, static_cast<long long>(decoder.prefill_len));
   if (!step_ms.empty()) {
     double total = 0;
     for (double ms : step_ms) total += ms;

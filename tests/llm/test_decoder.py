@@ -38,6 +38,19 @@ def test_prefill_then_decode_matches_one_pass(preset):
     assert whole.std() > 0.05  # the seeded weights give logits that are not flat
 
 
+def test_last_row_logits_are_the_last_row_of_every_rows_logits():
+    model = build_preset("tiny-llama3", max_seq_len=MAX_SEQ_LEN)
+    tokens = _tokens(9)
+    with torch.no_grad():
+        every_row = model(tokens, torch.tensor([0]))
+        model.reset_buffers()
+        with model.last_row_logits():
+            last_row = model(tokens, torch.tensor([0]))
+        assert model(tokens[:, :2], torch.tensor([0])).shape[1] == 2  # outside it, every row again
+    assert last_row.shape == (1, 1, every_row.shape[-1])
+    torch.testing.assert_close(last_row, every_row[:, -1:])
+
+
 def test_restarting_at_position_zero_ignores_the_previous_sequence():
     model = build_preset("tiny-llama3", max_seq_len=MAX_SEQ_LEN)
     first, second = _tokens(12, seed=1), _tokens(5, seed=2)
