@@ -24,17 +24,17 @@ def test_prefill_then_decode_steps_match_eager(cpu_pte):
     program = Runtime.get().load_program(pte)
     assert {"prefill", "decode"} <= set(program.method_names)
     prefill, decode = program.load_method("prefill"), program.load_method("decode")
-    prompt = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(0))
-    padded = torch.cat([prompt, torch.zeros(1, PREFILL_LEN - 5, dtype=torch.long)], dim=1)
+    prompt = torch.randint(0, 256, (1, PREFILL_LEN), generator=torch.Generator().manual_seed(0))
     model.reset_buffers()
     with torch.no_grad():
         expected = model(prompt, torch.tensor([0]))
-    (logits,) = prefill.execute([padded, torch.tensor([0])])
-    torch.testing.assert_close(logits[:, :5], expected, atol=1e-5, rtol=1e-4)
+    (logits,) = prefill.execute([prompt, torch.tensor([0])])
+    # The prefill method returns the first new token's logits only: its last row's.
+    torch.testing.assert_close(logits, expected[:, -1:], atol=1e-5, rtol=1e-4)
     # Decode through the other method: it sees the cache prefill wrote. Past
     # the sliding window (8) so old keys must drop out.
-    token = logits[:, 4].argmax(-1, keepdim=True)
-    for pos in range(5, 14):
+    token = logits[:, -1].argmax(-1, keepdim=True)
+    for pos in range(PREFILL_LEN, PREFILL_LEN + 9):
         with torch.no_grad():
             expected = model(token, torch.tensor([pos]))
         (logits,) = decode.execute([token, torch.tensor([pos])])
