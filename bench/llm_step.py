@@ -407,7 +407,7 @@ def release(device: torch.device) -> None:
 
 
 def runner_row(name: str, pte: Path, s: Settings) -> Row:
-    """The C++ runner's decode-at median and one prefill of a random prompt."""
+    """The C++ runner's decode-at median and a prefill of a random prompt (after two untimed ones)."""
     row = Row(name, RUNNER_ROUTE)
     runner = s.runner or pte.parent / RUNNER
     if not runner.exists():
@@ -438,12 +438,12 @@ def runner_row(name: str, pte: Path, s: Settings) -> Row:
         generator = torch.Generator().manual_seed(1)
         vocab = PRESETS[name].vocab_size if name in PRESETS else 256
         torch.randint(vocab, (s.prefill,), generator=generator).numpy().tofile(prompt)
-        code, output = run_logged([runner, pte, *extra, "--prompt", prompt, "--new-tokens", 1, "--prefill-warmup", 2], s.log_file, env, log,
-                                  s.runner_timeout_s)
+        code, output = run_logged([runner, pte, *extra, "--prompt", prompt, "--new-tokens", 1, "--prefill-warmup", 2],
+                                  s.log_file, env, log, s.runner_timeout_s)
         prefill = parse_prefill(output) if code == 0 else {}
         if "prefill_ms" in prefill:
             row.prefill_ms = prefill["prefill_ms"]
-            row.notes.append(f"prefill: one call of the process ({prefill['calls']} x {prefill['chunk']} tokens)")
+            row.notes.append(f"prefill: {prefill['calls']} x {prefill['chunk']} tokens after 2 untimed")
         else:
             row.notes.append(f"prefill: {error_line(output, code)}")
     return row

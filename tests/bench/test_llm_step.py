@@ -114,7 +114,7 @@ def test_exported_program_row_comes_from_the_runner_beside_it(tmp_path):
     assert row["decode_ms"] == 0.9 and row["prefill_ms"] == 4.25 and row["error"] is None
     decode_call, prompt_call = (folder / "calls.txt").read_text().splitlines()
     assert f"--data {folder / 'model.ptd'} --decode-at 29 --steps 3 --warmup 1" in decode_call
-    assert "--prompt" in prompt_call and "--new-tokens 1" in prompt_call
+    assert "--prompt" in prompt_call and "--new-tokens 1 --prefill-warmup 2" in prompt_call
     assert "| tiny-llama3 | exported .pte (C++ runner) | 0.900 |" in (out / "llm_step.md").read_text()
 
 
@@ -184,7 +184,7 @@ def test_the_gpu_machine_needs_no_executorch_to_run_it():
                     raise ImportError(f"{{name}} is not on the GPU machine")
         sys.meta_path.insert(0, Blocker())
         sys.path.insert(0, {str(BENCH)!r})
-        import llm_step, bench_attention
+        import llm_step, llm_logits_check, bench_attention
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
