@@ -71,7 +71,8 @@ DEFAULT_MODELS = ("llama3.2-1b", "qwen2.5-1.5b", "gemma3-1b", "llama3-8b")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 EAGER, GRAPH, COMPILED, RUNNER_ROUTE, BOUND = ("eager", "eager + CUDA graph", "torch.compile + CUDA graph",
                                                "exported .pte (C++ runner)", "bound (bytes / copy bandwidth)")
-ROUTES = (EAGER, GRAPH, COMPILED, RUNNER_ROUTE, BOUND)
+RUNNER_PLAIN_LAUNCH_ROUTE = "exported .pte, no programmatic launch"
+ROUTES = (EAGER, GRAPH, COMPILED, RUNNER_ROUTE, RUNNER_PLAIN_LAUNCH_ROUTE, BOUND)
 MISMATCH = 5e-2  # relative L2 difference from eager's logits past which a row is flagged (bf16 is ~1e-2)
 MIN_COMPILE_S = 60.0
 
@@ -226,6 +227,7 @@ class Settings:
     runner: Optional[Path]
     runner_timeout_s: float
     log_file: Path
+    plain_launch_row: bool = False  # also time the runner's decode with programmatic launch off
     compiles: list[tuple[float, int]] = field(default_factory=list)  # (seconds, layers) of each, newest last
 
     def compile_graphs_itself(self) -> bool:
@@ -406,39 +408,35 @@ def release(device: torch.device) -> None:
 # ---------------------------------------------------------------- the exported program
 
 
-def runner_row(name: str, pte: Path, s: Settings) -> Row:
-    """The C++ runner's decode-at median and a prefill of a random prompt (after two untimed ones)."""
+def runner_rows(name: str, pte: Path, s: Settings) -> list[Row]:
+    """The C++ runner's decode-at median and a prefill of a random prompt (after two untimed ones);
+    with s.plain_launch_row, a second row: its decode with programmatic dependent launch off."""
     row = Row(name, RUNNER_ROUTE)
     runner = s.runner or pte.parent / RUNNER
     if not runner.exists():
         row.error = f"no runner at {runner} (--runner)"
-        return row
+        return [row]
     if not pte.exists():
         row.error = f"no program at {pte}"
-        return row
+        return [row]
     env = runner_env(runner.parent)
+    rows = [row]
     with contextlib.ExitStack() as stack:
         try:
             data = stack.enter_context(program_data(pte, s.device))
         except Exception as e:
             row.error = f"weights: {type(e).__name__}: {first_line(e)}"
-            return row
-        extra = ["--data", data] if data else []
-        steps = min(s.steps, s.context)
-        code, output = run_logged([runner, pte, *extra, "--decode-at", s.context - steps, "--steps", steps,
-                                   "--warmup", s.warmup], s.log_file, env, log, s.runner_timeout_s)
-        decode = parse_decode_at(output) if code == 0 else {}
-        if "median_ms" in decode:
-            row.decode_ms = decode["median_ms"]
-            if "attention_ms" in decode:
-                row.notes.append(f"attention {decode['attention_ms']:.3f} ms per step")
-        else:
-            row.error = f"decode: {error_line(output, code)}"
+            return rows
+        command = [runner, pte, *(["--data", data] if data else [])]
+        time_runner_decode(row, command, s, env)
+        if s.plain_launch_row:
+            rows.append(Row(name, RUNNER_PLAIN_LAUNCH_ROUTE))
+            time_runner_decode(rows[-1], [*command, "--no-programmatic-launch"], s, env)
         prompt = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "prompt.bin"
         generator = torch.Generator().manual_seed(1)
         vocab = PRESETS[name].vocab_size if name in PRESETS else 256
         torch.randint(vocab, (s.prefill,), generator=generator).numpy().tofile(prompt)
-        code, output = run_logged([runner, pte, *extra, "--prompt", prompt, "--new-tokens", 1, "--prefill-warmup", 2],
+        code, output = run_logged([*command, "--prompt", prompt, "--new-tokens", 1, "--prefill-warmup", 2],
                                   s.log_file, env, log, s.runner_timeout_s)
         prefill = parse_prefill(output) if code == 0 else {}
         if "prefill_ms" in prefill:
@@ -446,7 +444,21 @@ def runner_row(name: str, pte: Path, s: Settings) -> Row:
             row.notes.append(f"prefill: {prefill['calls']} x {prefill['chunk']} tokens after 2 untimed")
         else:
             row.notes.append(f"prefill: {error_line(output, code)}")
-    return row
+    return rows
+
+
+def time_runner_decode(row: Row, command: list, s: Settings, env: dict) -> None:
+    """row.decode_ms: the runner's --decode-at median over the last steps before the context."""
+    steps = min(s.steps, s.context)
+    code, output = run_logged([*command, "--decode-at", s.context - steps, "--steps", steps, "--warmup", s.warmup],
+                              s.log_file, env, log, s.runner_timeout_s)
+    decode = parse_decode_at(output) if code == 0 else {}
+    if "median_ms" in decode:
+        row.decode_ms = decode["median_ms"]
+        if "attention_ms" in decode:
+            row.notes.append(f"delegate execute {decode['attention_ms']:.3f} ms per step")
+    else:
+        row.error = f"decode: {error_line(output, code)}"
 
 
 @contextlib.contextmanager
@@ -584,6 +596,8 @@ def main(argv=None) -> int:
                         help="an exported program of MODEL, timed through the C++ runner; repeatable")
     parser.add_argument("--runner", type=Path, help=f"the runner binary (default: {RUNNER} beside each .pte)")
     parser.add_argument("--runner-timeout-s", type=float, default=240.0)
+    parser.add_argument("--compare-programmatic-launch", action="store_true",
+                        help="also time the runner's decode with programmatic dependent launch off (a second row)")
     parser.add_argument("--out", type=Path, help="writes llm_step.md, llm_step.json and llm_step.log there")
     args = parser.parse_args(argv)
 
@@ -610,7 +624,7 @@ def main(argv=None) -> int:
                         compile=not args.no_compile, compile_mode=args.compile_mode,
                         compile_backend=args.compile_backend,
                         deadline=start + args.budget_s, runner=args.runner, runner_timeout_s=args.runner_timeout_s,
-                        log_file=log_file)
+                        log_file=log_file, plain_launch_row=args.compare_programmatic_launch)
     import triton
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (smoke test, not a benchmark)"
@@ -632,7 +646,7 @@ def main(argv=None) -> int:
         model_rows, meta["models"][name] = bench_model(name, settings, bandwidth)
         rows += model_rows
         if name in ptes:
-            rows.append(runner_row(name, ptes[name], settings))
+            rows += runner_rows(name, ptes[name], settings)
         meta["seconds"] = time.perf_counter() - start
         write(out, rows, meta)  # after every model: a run cut short keeps what it measured
     table = write(out, rows, meta)

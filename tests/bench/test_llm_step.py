@@ -188,3 +188,21 @@ def test_the_gpu_machine_needs_no_executorch_to_run_it():
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_runner_decode_is_also_timed_without_programmatic_launch_when_asked(tmp_path):
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    runner = folder / llm_step.RUNNER
+    runner.write_text(FAKE_RUNNER)
+    runner.chmod(runner.stat().st_mode | stat.S_IEXEC)
+    (folder / "model.pte").write_bytes(b"not read by the fake runner")
+    (folder / "model.ptd").write_bytes(b"")
+    out = tmp_path / "out"
+    assert llm_step.main([*SMOKE, "--models", "tiny-llama3", "--pte", f"tiny-llama3={folder / 'model.pte'}",
+                          "--compare-programmatic-launch", "--out", str(out)]) == 0
+    plain = _rows(out)["tiny-llama3", llm_step.RUNNER_PLAIN_LAUNCH_ROUTE]
+    assert plain["decode_ms"] == 0.9 and plain["error"] is None
+    calls = (folder / "calls.txt").read_text().splitlines()
+    assert [("--no-programmatic-launch" in c, "--decode-at" in c) for c in calls] == [
+        (False, True), (True, True), (False, False)]
