@@ -30,7 +30,8 @@ from ..serialization import payload_generated as fb
 from ..serialization import serialize_payload
 from ..serialization.dtypes import torch_dtype_codes
 from .layout import SLICE_ALIGN, Arena, Strided, _round_up, plan_arena, strided
-from .ops import CONSTANT, INPUT, INTERMEDIATE, STATE, ModelPlan, NotRecognised, Op, Value
+from .ops import (CONSTANT, INPUT, INTERMEDIATE, STATE, ModelPlan, NotRecognised, Op, Value, cache_heads_and_length,
+                  cache_layout)
 
 DTYPE_CODES = torch_dtype_codes(torch)
 KV_LEN_BYTES = 16
@@ -167,11 +168,13 @@ class Emitter:
     # --- the step's row count (static, or the call's token count) -------------------------------------
 
     def _dynamic(self, count: int) -> bool:
+        """Whether a launch over `count` rows (as the plan's shapes hold them) runs the call's token
+        count: per-token rows are at the bound (>= 2); one row (the last token's) stays one."""
         rows = self.plan.rows
-        if rows is not None and count != rows.hi:
+        if rows is not None and count not in (rows.hi, 1):
             raise NotRecognised(f"a launch over {count} rows in a step of a dynamic token count "
-                                f"(up to {rows.hi}): only per-token rows can follow it")
-        return rows is not None
+                                f"(up to {rows.hi}): only per-token rows or one row can follow it")
+        return rows is not None and count == rows.hi
 
     def rows(self, count: int):
         """The binding of a row-count parameter: `count`, or the call's token count."""
@@ -319,7 +322,10 @@ def emit_attention_group(e: Emitter, group: AttentionGroup, arena: Arena) -> Non
     q = att.inputs["q"]
     batch, heads_q, length, head_dim = q.shape
     k_cache = att.inputs["k_cache"]
-    _, heads_kv, seq, _ = k_cache.shape
+    heads_kv, seq = cache_heads_and_length(att, k_cache)
+    # Row p of head h: [B, H_kv, S, D] caches at h * S * D + p * D, [B, S, H_kv, D] ones at h * D + p * H_kv * D.
+    stride_ch, stride_cs = (seq * head_dim, head_dim) if cache_layout(att).heads == 1 else (head_dim,
+                                                                                          heads_kv * head_dim)
     if batch != 1:
         raise NotRecognised(f"{att.output.name}: batch {batch}; the whole-model plan runs batch 1")
     qkv = Value(group.qkv.name, INTERMEDIATE, e.stored[group.qkv.name][0], group.qkv.dtype)
@@ -333,7 +339,7 @@ def emit_attention_group(e: Emitter, group: AttentionGroup, arena: Arena) -> Non
                 "KvLen": binding(fb.ParamKind.Workspace, workspaceOffset=e.kv_len_offset, workspaceExtent=4),
                 "L": e.rows(length), "S": _i32(seq), "eps": _f32(norm.attrs["eps"] if norm else 0.0),
                 "stride_qkv": _i32(stride_qkv), "stride_qoh": _i32(length * head_dim), "stride_qol": _i32(head_dim),
-                "stride_ch": _i32(seq * head_dim), "stride_cs": _i32(head_dim)}
+                "stride_ch": _i32(stride_ch), "stride_cs": _i32(stride_cs)}
     if norm:
         bindings["QNormW"] = e.pointer(group.q_norm.inputs["weight"], arena)
         bindings["KNormW"] = e.pointer(group.k_norm.inputs["weight"], arena)
@@ -342,7 +348,8 @@ def emit_attention_group(e: Emitter, group: AttentionGroup, arena: Arena) -> Non
                    head_dim=head_dim, qk_norm=norm is not None,
                    norm_offset=float(norm.attrs["weight_offset"]) if norm else 0.0,
                    table_dtype=rope_q.inputs["cos"].dtype,
-                   norm_weight_dtype=norm.inputs["weight"].dtype if norm else None)
+                   norm_weight_dtype=norm.inputs["weight"].dtype if norm else None,
+                   interleaved=bool(rope_q.attrs.get("interleaved")))
 
     def describe(kernel, compiled):
         kernel.params = bind_by_name(compiled.params, bindings, kernel=compiled.name)
@@ -365,7 +372,7 @@ def _emit_attention(e: Emitter, att: Op, arena: Arena, heads_q: int, heads_kv: i
     k_arg, v_arg = e.state_arg[att.inputs["k_cache"].name], e.state_arg[att.inputs["v_cache"].name]
     # The query and output are workspace slices: their pointers and strides are bound here;
     # K/V are the state arguments (their strides come from the states' sizes).
-    args = AttentionArgs(query=k_arg, key=k_arg, value=v_arg, out=k_arg)
+    args = AttentionArgs(query=k_arg, key=k_arg, value=v_arg, out=k_arg, layout=cache_layout(att))
     out_view = e.layout(out)
     extra = {"Q": e.pointer(q, arena), "Out": e.pointer(out, arena),
              "KvLen": binding(fb.ParamKind.Workspace, workspaceOffset=e.kv_len_offset, workspaceExtent=4),
@@ -373,7 +380,7 @@ def _emit_attention(e: Emitter, att: Op, arena: Arena, heads_q: int, heads_kv: i
              **{f"stride_q{d}": _i32(s) for d, s in zip("bhm", (heads_q * length * head_dim, length * head_dim,
                                                                 head_dim))},
              **{f"stride_o{d}": _i32(s) for d, s in zip("bhm", out_view.strides[:3])}}
-    seq = att.inputs["k_cache"].shape[2]
+    seq = cache_heads_and_length(att, att.inputs["k_cache"])[1]
     problem = dict(dtype=q.dtype, num_heads_q=heads_q, num_heads_kv=heads_kv, head_dim=head_dim)
     arch = e.archs[0]
     plan = decode_plan(batch=1, l_q=e.most_rows(length), l_kv=seq, arch=arch, **problem)
@@ -396,7 +403,24 @@ def _emit_attention(e: Emitter, att: Op, arena: Arena, heads_q: int, heads_kv: i
         e.regrid.append((kernels[1], (Rows(length), heads_q, 1)))
 
 
-EMITTERS = {"embedding": emit_embedding, "linear": emit_linear, "rmsnorm": emit_rmsnorm, "add": emit_add}
+def emit_last_row(e: Emitter, op: Op, arena: Arena) -> None:
+    from ..aot.last_row import compile_last_row, last_row_grid
+
+    x = op.inputs["x"]
+    rows, stride_x = e.layout(x).rows()
+    n_cols = x.shape[-1]
+    bindings = {"X": e.pointer(x, arena), "Out": e.pointer(op.output, arena), "L": e.rows(rows),
+                "stride_xr": _i32(stride_x)}
+
+    def describe(kernel, compiled):
+        kernel.params = bind_by_name(compiled.params, bindings, kernel=compiled.name)
+
+    e.add(lambda arch: compile_last_row(dtype=x.dtype, n_cols=n_cols, arch=arch), describe,
+          ("last_row", x.dtype, n_cols), last_row_grid(n_cols))
+
+
+EMITTERS = {"embedding": emit_embedding, "linear": emit_linear, "rmsnorm": emit_rmsnorm, "add": emit_add,
+            "last_row": emit_last_row}
 
 
 def _stored_layouts(e: Emitter, groups: list[AttentionGroup]) -> dict[str, int]:
@@ -479,10 +503,10 @@ def row_ranges(plan: ModelPlan, groups: list[AttentionGroup], arch: int) -> list
         return [(0, 0)]  # (unused: a static plan's kernels take the plan's own counts)
     cuts = {GEMV_MAX_M}
     for g in groups:
-        q, kv = g.attention.inputs["q"], g.attention.inputs["k_cache"]
-        table = dispatch_rows(dtype=q.dtype, batch=1, num_heads_q=q.shape[1], num_heads_kv=kv.shape[1],
-                              head_dim=q.shape[3], l_q=(rows.lo, rows.hi), l_kv=(kv.shape[2], kv.shape[2]),
-                              arch=arch)
+        q = g.attention.inputs["q"]
+        heads_kv, seq = cache_heads_and_length(g.attention, g.attention.inputs["k_cache"])
+        table = dispatch_rows(dtype=q.dtype, batch=1, num_heads_q=q.shape[1], num_heads_kv=heads_kv,
+                              head_dim=q.shape[3], l_q=(rows.lo, rows.hi), l_kv=(seq, seq), arch=arch)
         cuts.update(q_hi for (_, q_hi), _, _ in table)
     ranges, start = [], rows.lo
     for cut in sorted(c for c in cuts if rows.lo <= c < rows.hi) + [rows.hi]:
@@ -512,7 +536,8 @@ def _position_bounds(plan: ModelPlan) -> list[fb.PositionBoundT]:
     for op in plan.ops:
         if op.kind == "cache_write" and op.inputs["positions"].name in arg_of:
             arg = arg_of[op.inputs["positions"].name]
-            lengths[arg] = min(lengths.get(arg, op.inputs["cache"].shape[-2]), op.inputs["cache"].shape[-2])
+            length = cache_heads_and_length(op, op.inputs["cache"])[1]
+            lengths[arg] = min(lengths.get(arg, length), length)
     if len(tokens) != 1:
         return []
     rows_arg, rows_dim = arg_of[tokens[0].name], len(tokens[0].shape) - 1
@@ -527,9 +552,9 @@ def _attention_scratch_bytes(plan: ModelPlan, groups: list[AttentionGroup], arch
     most = 0
     for g in groups:
         b, h, l, d = g.attention.inputs["q"].shape
-        kv = g.attention.inputs["k_cache"].shape
-        p = decode_plan(dtype=g.attention.inputs["q"].dtype, batch=b, num_heads_q=h, num_heads_kv=kv[1],
-                        head_dim=d, l_q=rows_max if plan.rows else l, l_kv=kv[2], arch=arch)
+        heads_kv, seq = cache_heads_and_length(g.attention, g.attention.inputs["k_cache"])
+        p = decode_plan(dtype=g.attention.inputs["q"].dtype, batch=b, num_heads_q=h, num_heads_kv=heads_kv,
+                        head_dim=d, l_q=rows_max if plan.rows else l, l_kv=seq, arch=arch)
         most = max(most, 0 if p is None else p.workspace_bytes)
     return most
 

@@ -59,8 +59,12 @@ class Op:
       rmsnorm    x, weight                              eps, weight_offset
       linear     x, weight, [bias], [residual]          norm_eps (RMSNorm folded in), gated, out_dtype
       rope       x, cos, sin, positions                 interleaved (x [B, H, L, D]; rotate-half, or (2j, 2j+1) pairs)
-      cache_write cache, positions, rows                (rows [B, H_kv, L, D] at positions along dim 2)
-      attention  q, k_cache, v_cache, positions         scale, window (None: causal over the cache)
+      cache_write cache, positions, rows                cache_layout (rows at positions along the caches'
+                                                        sequence dim: [B, H_kv, S, D] caches, or with
+                                                        cache_layout "BSHD" [B, S, H_kv, D] ones)
+      attention  q, k_cache, v_cache, positions         scale, window (None: causal over the cache),
+                                                        cache_layout (q [B, H, L, D] whichever)
+      last_row   x                                      (the last of the step's rows: [B, L, N] -> [B, N])
       gated_act  gate, up                               act ("silu" | "gelu_tanh")
       add        a, b
       cast       x                                      dtype
@@ -109,6 +113,18 @@ class DynamicRows:
     dim: int
     lo: int
     hi: int
+
+
+def cache_layout(op: Op):
+    """The layout (backends/layout.py) of the KV caches a cache_write or attention op reads."""
+    from ..layout import BHSD, BSHD
+
+    return BSHD if op.attrs.get("cache_layout") == "BSHD" else BHSD
+
+
+def cache_heads_and_length(op: Op, cache: Value) -> tuple[int, int]:
+    layout = cache_layout(op)
+    return cache.shape[layout.heads], cache.shape[layout.seq]
 
 
 class NotRecognised(Exception):

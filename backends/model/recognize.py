@@ -30,7 +30,8 @@ from torch.export import ExportedProgram
 from torch.fx import Node
 
 from ..sdpa import _aten_target
-from .ops import CONSTANT, INPUT, INTERMEDIATE, STATE, DynamicRows, ModelPlan, NotRecognised, Op, Value
+from .ops import (CONSTANT, INPUT, INTERMEDIATE, STATE, DynamicRows, ModelPlan, NotRecognised, Op, Value,
+                  cache_heads_and_length)
 
 aten = torch.ops.aten
 VIEW_OPS = {aten.view_copy.default, aten.view.default, aten.reshape.default, aten.permute_copy.default,
@@ -525,7 +526,12 @@ def recognise(program: ExportedProgram) -> ModelPlan:
 
 def _check_rows_fit_caches(plan: ModelPlan) -> None:
     """A dynamic token count's bound must fit the KV caches (the buffers are sized for it)."""
-    caches = [v.shape[-2] for v in plan.states.values()]
+    caches = [cache_heads_and_length(op, op.inputs["cache"])[1] for op in plan.ops if op.kind == "cache_write"]
     if plan.rows is not None and caches and plan.rows.hi > min(caches):
         raise NotRecognised(f"{plan.rows.name}: up to {plan.rows.hi} tokens a step, more than the "
                             f"{min(caches)}-row KV cache holds: export with torch.export.Dim(max={min(caches)})")
+
+
+from .recognize_llama import extend as _extend_for_llama  # noqa: E402  (reads this module's names)
+
+_extend_for_llama(_HANDLERS)
