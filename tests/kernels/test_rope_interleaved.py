@@ -74,3 +74,16 @@ def test_matches_executorch_apply_rotary_emb(results, name):
     assert got["v_equal"], "v rows are copied exactly into the [S, H_kv, D] cache"
     assert got["other_rows_untouched"], "cache rows outside start .. start + L - 1 changed"
     assert got["kv_len"] == case["start"] + case["l"]
+
+
+def test_the_plan_reference_turns_pairs_as_executorch_does():
+    # backends/model/reference.py's interleaved rope (x [B, H, L, D], tables [L, D/2]) against the wheel's.
+    import torch
+    from executorch.examples.models.llama.rope import apply_rotary_emb, precompute_freqs_cis
+
+    from cuda_gqa.backends.model.reference import _rope_interleaved
+
+    cos, sin = precompute_freqs_cis(16, 8)
+    x = torch.randn(1, 3, 5, 16, generator=torch.Generator().manual_seed(0))  # [B, H, L, D]
+    expected, _ = apply_rotary_emb(x.transpose(1, 2), x.transpose(1, 2), cos[2:7], sin[2:7])
+    torch.testing.assert_close(_rope_interleaved(x, cos[2:7], sin[2:7]), expected.transpose(1, 2))
