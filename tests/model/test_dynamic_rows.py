@@ -107,3 +107,29 @@ def test_a_prefill_then_decode_steps_give_eager_logits(llama_dynamic, tmp_path):
             expected = model(tokens, pos)
         assert logits.shape == expected.shape
         torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_cpp_launcher_selects_and_launches_alike(llama_dynamic):
+    # runtime/cpp's twin of LaunchPlan (build/libcuda_gqa_backend.so, no GPU needed) picks the same
+    # plan per row count and computes the same grids and parameters.
+    import ctypes
+    from pathlib import Path
+
+    from cuda_gqa.runtime.launch_plan import evaluate_launch_cpp
+
+    library = Path(__file__).resolve().parents[2] / "build" / "libcuda_gqa_backend.so"
+    if not library.is_file():
+        pytest.fail(f"{library} not found: run `make build` first")
+    lib = ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+    _, _, _, delegate, _ = llama_dynamic
+    names = delegate_input_names(delegate)
+    data = delegate.processed_bytes
+    plan = LaunchPlan(data, device_cc=90, named_data=named_data(delegate))
+    constants = [0x7D00_0000_0000 + 256 * i for i in range(len(plan.constants))]
+    for rows in (1, GEMV_MAX_M, GEMV_MAX_M + 1, MAX_TOKENS):
+        args = _args(plan, names, rows)
+        for k in range(len(plan.kernels(plan.select(args)))):
+            launch = plan.evaluate(k, args, workspace=0x7E00_0000_0000, constants=constants, global_scratch=16,
+                                   profile_scratch=16)
+            assert evaluate_launch_cpp(data, k, args, workspace=0x7E00_0000_0000, constants=constants,
+                                       global_scratch=16, profile_scratch=16, device_cc=90, lib=lib) == launch
