@@ -63,11 +63,13 @@ def _bound(size) -> int:
     """A size as the plan holds it: a symbolic one (a dynamic token count) at its upper bound."""
     if not isinstance(size, torch.SymInt):
         return int(size)
-    upper = size.node.shape_env.bound_sympy(size.node.expr).upper
-    if not upper.is_finite:
+    from ..sdpa import length_range
+
+    upper = length_range(size)[1]
+    if upper is None:
         raise NotRecognised(f"a dynamic size {size} with no upper bound: export it with "
                             "torch.export.Dim(max=...) no longer than the KV cache")
-    return int(upper)
+    return upper
 
 
 def _shape(node: Node) -> tuple[int, ...]:

@@ -133,3 +133,20 @@ def test_the_cpp_launcher_selects_and_launches_alike(llama_dynamic):
                                    profile_scratch=16)
             assert evaluate_launch_cpp(data, k, args, workspace=0x7E00_0000_0000, constants=constants,
                                        global_scratch=16, profile_scratch=16, device_cc=90, lib=lib) == launch
+
+
+@pytest.mark.parametrize("dim, reason", [
+    (torch.export.Dim("tokens"), "no upper bound: export it with torch.export.Dim(max=...)"),
+    (torch.export.Dim("tokens", max=2 * MAX_TOKENS), f"up to {2 * MAX_TOKENS} tokens a step, more than the "
+                                                     f"{MAX_TOKENS}-row KV cache holds"),
+])
+def test_a_token_count_the_caches_cannot_bound_is_refused_with_its_reason(tiny_model, dim, reason):
+    from cuda_gqa.backends.model.ops import NotRecognised
+    from cuda_gqa.backends.partition.whole_model_partitioner import trial_plan
+
+    model = tiny_model("tiny-llama3")
+    with torch.no_grad():
+        program = torch.export.export(model, (torch.zeros(1, 4, dtype=torch.long), torch.tensor([0])),
+                                      dynamic_shapes=({1: dim}, None))
+    with pytest.raises(NotRecognised, match=reason.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        trial_plan(program)
