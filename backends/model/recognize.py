@@ -206,7 +206,7 @@ def _view(r: _Reader, node: Node):
     if isinstance(meaning, Value):
         target, shape = _aten_target(node), _shape(node)
         if target in (aten.permute_copy.default, aten.permute.default):
-            return meaning.viewed(("permute", tuple(node.args[1])), _shape(node))
+            return meaning.viewed(("permute", tuple(node.args[1])), shape)
         if target == aten.transpose.int:
             dims = list(range(len(meaning.shape)))
             a, b = node.args[1] % len(dims), node.args[2] % len(dims)
