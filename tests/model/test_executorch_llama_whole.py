@@ -28,8 +28,10 @@ pytest.importorskip("executorch.extension.llm.custom_ops.custom_ops")
 from test_executorch_llama import LAYERS, MAX_SEQ, PARAMS, SPECS, _initialize  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def whole(tmp_path_factory):
+@pytest.fixture(scope="module", params=[False, True], ids=["last-token-logits", "full-logits"])
+def whole(request, tmp_path_factory):
+    """The pipeline lowered whole; its param: generate_full_logits (logits of every row, [1, L, V],
+    instead of the last token's [1, V])."""
     from executorch.examples.models.llama.export_llama_lib import _prepare_for_llama_export
     from executorch.extension.llm.export.config.llm_config import LlmConfig
 
@@ -42,6 +44,7 @@ def whole(tmp_path_factory):
     config.export.max_seq_length = MAX_SEQ
     config.export.max_context_length = MAX_SEQ
     config.export.output_dir = str(root)
+    config.debug.generate_full_logits = request.param
     torch.manual_seed(0)
     manager = _prepare_for_llama_export(config)
     _initialize(manager.model)
