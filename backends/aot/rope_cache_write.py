@@ -27,10 +27,12 @@ def compile_rope_cache_write(*, dtype: torch.dtype, position_dtype: torch.dtype,
                              head_dim: int, arch: int, qk_norm: bool = False, norm_offset: float = 0.0,
                              table_dtype: Optional[torch.dtype] = None,
                              norm_weight_dtype: Optional[torch.dtype] = None,
-                             wait_for_previous: bool = False) -> CompiledKernel:
+                             interleaved: bool = False, wait_for_previous: bool = False) -> CompiledKernel:
     """rope_cache_write for `dtype` activations and caches (QKV, Q_out, K_cache, V_cache), Cos/Sin
     tables of `table_dtype` and q/k norm weights of `norm_weight_dtype` (both default: `dtype`),
     InputPos of `position_dtype`, as a cubin for sm_<arch>.
+    interleaved: RoPE on (even, odd) pairs with [rows, head_dim / 2] tables (ExecuTorch llama's
+    form) instead of rotate-half with [rows, head_dim] ones.
 
     Every tensor pointer and stride is compiled as a multiple of 16 (bytes,
     elements: head_dim is a multiple of 16); InputPos and KvLen carry no
@@ -54,7 +56,7 @@ def compile_rope_cache_write(*, dtype: torch.dtype, position_dtype: torch.dtype,
                  "KvLen": "*i32", "L": "i32", "S": "i32", "eps": "fp32", **{s: "i32" for s in STRIDES}}
     constexprs = {"HEADS_Q": heads_q, "HEADS_KV": heads_kv, "HEAD_DIM": head_dim,
                   "BLOCK_D": triton.next_power_of_2(head_dim), "QK_NORM": qk_norm, "NORM_OFFSET": float(norm_offset),
-                  **wait_for_previous_constexpr(wait_for_previous, arch)}
+                  "INTERLEAVED": bool(interleaved), **wait_for_previous_constexpr(wait_for_previous, arch)}
     if qk_norm:
         signature.update(QNormW=POINTER_TYPE[norm_weight_dtype], KNormW=POINTER_TYPE[norm_weight_dtype])
     else:

@@ -11,6 +11,9 @@ Attention does to its row and head:
   model's q_norm / k_norm return it;
 - rotate-half RoPE (Hugging Face layout): x * Cos[p] + rotate_half(x) * Sin[p],
   Cos/Sin contiguous [rows >= S, HEAD_DIM], computed in float32;
+  INTERLEAVED (ExecuTorch llama's apply_rotary_emb): each pair (x[2j], x[2j+1])
+  turns by angle j: (x0 * c - x1 * s, x0 * s + x1 * c) with c, s = Cos[p, j],
+  Sin[p, j] of contiguous [rows >= S, HEAD_DIM / 2] tables;
 - q: stored to Q_out[head, l, :] (strides stride_qoh, stride_qol);
 - k: stored to K_cache[h, p, :]; v (not rotated) to V_cache[h, p, :] (caches
   [H_kv, S, HEAD_DIM], batch 1, strides stride_ch, stride_cs shared by both).
@@ -39,7 +42,8 @@ def rope_cache_write(
     L, S, eps,
     stride_qkv, stride_qoh, stride_qol, stride_ch, stride_cs,
     HEADS_Q: tl.constexpr, HEADS_KV: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    QK_NORM: tl.constexpr, NORM_OFFSET: tl.constexpr, WAIT_FOR_PREVIOUS: tl.constexpr = False,
+    QK_NORM: tl.constexpr, NORM_OFFSET: tl.constexpr, INTERLEAVED: tl.constexpr = False,
+    WAIT_FOR_PREVIOUS: tl.constexpr = False,
 ):
     wait_for_previous(WAIT_FOR_PREVIOUS)
     row = tl.program_id(0)
@@ -51,10 +55,20 @@ def rope_cache_write(
     if (pos >= 0) & (pos < S):
         d = tl.arange(0, BLOCK_D)
         ok = d < HEAD_DIM
-        # rotate_half(x)[d] = -x[d + D/2] for the first half, x[d - D/2] for the second.
-        first_half = d < HEAD_DIM // 2
-        partner = tl.where(first_half, d + HEAD_DIM // 2, d - HEAD_DIM // 2)
-        sign = tl.where(first_half, -1.0, 1.0)
+        if INTERLEAVED:
+            # Pairs (x[2j], x[2j+1]): the even one takes -x[d + 1] * sin, the odd one +x[d - 1] * sin.
+            even = d % 2 == 0
+            partner = tl.where(even, d + 1, d - 1)
+            sign = tl.where(even, -1.0, 1.0)
+            column = d // 2
+            table_width = HEAD_DIM // 2
+        else:
+            # rotate_half(x)[d] = -x[d + D/2] for the first half, x[d - D/2] for the second.
+            first_half = d < HEAD_DIM // 2
+            partner = tl.where(first_half, d + HEAD_DIM // 2, d - HEAD_DIM // 2)
+            sign = tl.where(first_half, -1.0, 1.0)
+            column = d
+            table_width = HEAD_DIM
         src = QKV + row.to(tl.int64) * stride_qkv + head * HEAD_DIM
         x = tl.load(src + d, mask=ok, other=0.0).to(tl.float32)
         x_partner = tl.load(src + partner, mask=ok, other=0.0).to(tl.float32)
@@ -68,8 +82,8 @@ def rope_cache_write(
             rstd = tl.rsqrt(tl.sum(x * x, axis=0) / HEAD_DIM + eps)
             x = _rms_normed(x, w, rstd, NORM_OFFSET, QKV.dtype.element_ty)
             x_partner = _rms_normed(x_partner, w_partner, rstd, NORM_OFFSET, QKV.dtype.element_ty)
-        cos = tl.load(Cos + pos * HEAD_DIM + d, mask=ok, other=0.0).to(tl.float32)
-        sin = tl.load(Sin + pos * HEAD_DIM + d, mask=ok, other=0.0).to(tl.float32)
+        cos = tl.load(Cos + pos * table_width + column, mask=ok, other=0.0).to(tl.float32)
+        sin = tl.load(Sin + pos * table_width + column, mask=ok, other=0.0).to(tl.float32)
         rotated = x * cos + sign * x_partner * sin
         if head < HEADS_Q:
             dst = Q_out + head.to(tl.int64) * stride_qoh + row.to(tl.int64) * stride_qol

@@ -24,14 +24,15 @@ from typing import Iterable, Optional
 
 import torch
 
-from ..kernel_builder import binding, bind_by_name, compile_for_archs, sharing_compiles
+from ..kernel_builder import binding, bind_by_name, compile_for_archs, grid_factor, sharing_compiles
 from ..payload_constants import PayloadConstants
 from ..serialization import payload_generated as fb
 from ..serialization import serialize_payload
 from ..serialization.dtypes import torch_dtype_codes
 from ..serialization.payload_serializer import PROGRAMMATIC_LAUNCH_ARCH
 from .layout import SLICE_ALIGN, Arena, Strided, _round_up, plan_arena, strided
-from .ops import CONSTANT, INPUT, INTERMEDIATE, STATE, ModelPlan, NotRecognised, Op, Value
+from .ops import (CONSTANT, INPUT, INTERMEDIATE, STATE, ModelPlan, NotRecognised, Op, Value, cache_heads_and_length,
+                  cache_layout)
 
 DTYPE_CODES = torch_dtype_codes(torch)
 KV_LEN_BYTES = 16
@@ -46,8 +47,13 @@ def _f32(value: float):
     return binding(fb.ParamKind.Float32Constant, f32Value=float(value))
 
 
-def _grid(gx: int, gy: int, gz: int) -> list[fb.GridDimT]:
-    return [fb.GridDimT(factors=[], multiplier=int(g)) for g in (gx, gy, gz)]
+@dataclass(frozen=True)
+class Rows:
+    """A grid extent of ceil(rows / divisor), where `count` is the plan's row count (its bound when
+    the token count is dynamic: the runtime then reads it from the call's token input)."""
+
+    count: int
+    divisor: int = 1
 
 
 @dataclass
@@ -111,6 +117,7 @@ class Emitter:
     constants: PayloadConstants = field(default_factory=PayloadConstants)
     kernels: list[fb.KernelT] = field(default_factory=list)
     regrid: list = field(default_factory=list)  # (kernel, grid) set after the compiles fill the kernels
+    rows_max: Optional[int] = None  # a dynamic token count: the most rows this launch plan takes
 
     def __post_init__(self):
         plan = self.plan
@@ -159,6 +166,40 @@ class Emitter:
         return binding(fb.ParamKind.Workspace, workspaceOffset=self.arena_base + start + offset_bytes,
                        workspaceExtent=size - offset_bytes)
 
+    # --- the step's row count (static, or the call's token count) -------------------------------------
+
+    def _dynamic(self, count: int) -> bool:
+        """Whether a launch over `count` rows (as the plan's shapes hold them) runs the call's token
+        count: per-token rows are at the bound (>= 2); one row (the last token's) stays one."""
+        rows = self.plan.rows
+        if rows is not None and count not in (rows.hi, 1):
+            raise NotRecognised(f"a launch over {count} rows in a step of a dynamic token count "
+                                f"(up to {rows.hi}): only per-token rows or one row can follow it")
+        return rows is not None and count == rows.hi
+
+    def rows(self, count: int):
+        """The binding of a row-count parameter: `count`, or the call's token count."""
+        if not self._dynamic(count):
+            return _i32(count)
+        return binding(fb.ParamKind.TensorSize, arg=self.arg_of[self.plan.rows.name], dim=self.plan.rows.dim)
+
+    def most_rows(self, count: int) -> int:
+        """The most rows a launch of this plan has (what kernel choices and tiles are made for)."""
+        return self.rows_max if self._dynamic(count) else count
+
+    def grid_dims(self, grid) -> list[fb.GridDimT]:
+        dims = []
+        for g in grid:
+            if not isinstance(g, Rows):
+                dims.append(fb.GridDimT(factors=[], multiplier=int(g)))
+            elif self._dynamic(g.count):
+                rows = self.plan.rows
+                dims.append(fb.GridDimT(factors=[grid_factor(self.arg_of[rows.name], rows.dim, g.divisor)],
+                                        multiplier=1))
+            else:
+                dims.append(fb.GridDimT(factors=[], multiplier=-(-g.count // g.divisor)))
+        return dims
+
     def add(self, compile_one, bindings: dict, key, grid) -> None:
         """A kernel of compile_one(arch, wait_for_previous) with its parameters bound by name. Its sm_90+
         images wait for the kernel before them, so the runtime may launch them as programmatic dependents
@@ -190,14 +231,14 @@ def emit_embedding(e: Emitter, op: Op, arena: Arena) -> None:
     bindings = {"Tokens": e.pointer(tokens, arena), "Table": e.pointer(table, arena),
                 "Out": e.pointer(op.output, arena),
                 "Error": binding(fb.ParamKind.Workspace, workspaceOffset=e.error_offset, workspaceExtent=4),
-                "L": _i32(rows), "V": _i32(table.shape[0]), "stride_o": _i32(out.rows()[1])}
+                "L": e.rows(rows), "V": _i32(table.shape[0]), "stride_o": _i32(out.rows()[1])}
 
     def compile_one(arch, wait_for_previous):
         return compile_embedding(dtype=table.dtype, token_dtype=tokens.dtype, dim=dim, arch=arch,
                                  scale=op.attrs["scale"], wait_for_previous=wait_for_previous)
 
     e.add(compile_one, bindings, ("embedding", table.dtype, tokens.dtype, dim, op.attrs["scale"]),
-          embedding_grid(rows))
+          embedding_grid(Rows(rows)))
 
 
 def emit_linear(e: Emitter, op: Op, arena: Arena) -> None:
@@ -215,20 +256,29 @@ def emit_linear(e: Emitter, op: Op, arena: Arena) -> None:
     bindings = {"X": e.pointer(x, arena), "W": e.pointer(weight, arena),
                 "Bias": e.pointer(bias, arena) if bias is not None else out_ptr,
                 "Residual": e.pointer(residual, arena) if residual is not None else out_ptr, "Out": out_ptr,
-                "M": _i32(m), "eps": _f32(op.attrs.get("norm_eps") or 0.0), "stride_xm": _i32(stride_x),
+                "M": e.rows(m), "eps": _f32(op.attrs.get("norm_eps") or 0.0), "stride_xm": _i32(stride_x),
                 "stride_rm": _i32(stride_r), "stride_om": _i32(stride_o)}
-    kind = linear_kind(m)
+    kind = linear_kind(e.most_rows(m))
     variant = dict(has_bias=bias is not None, has_residual=residual is not None,
                    norm_prologue=op.attrs.get("norm_eps") is not None, gated=gated,
                    softcap=float(op.attrs.get("softcap") or 0.0))
-    config = linear_config(kind, m, n, k, weight.dtype, e.archs[0], gated=bool(gated))
+    config = linear_config(kind, e.most_rows(m), n, k, weight.dtype, e.archs[0], gated=bool(gated))
 
     def compile_one(arch, wait_for_previous):
         return compile_linear(kind=kind, dtype=weight.dtype, out_dtype=out.dtype, n=n, k=k, arch=arch,
                               config=config, wait_for_previous=wait_for_previous, **variant)
 
     e.add(compile_one, bindings, ("linear", kind, weight.dtype, out.dtype, n, k, config, tuple(variant.items())),
-          linear_grid(kind, m, n, config))
+          _linear_grid(kind, m, n, config))
+
+
+def _linear_grid(kind: str, m: int, n: int, config) -> tuple:
+    """heuristics.linear_grid with its rows axis (gemv: 1, gemm: 0) as Rows."""
+    from ..heuristics import linear_grid
+
+    grid = list(linear_grid(kind, m, n, config))
+    grid[1 if kind == "gemv" else 0] = Rows(m, config.block_m)
+    return tuple(grid)
 
 
 def emit_rmsnorm(e: Emitter, op: Op, arena: Arena) -> None:
@@ -245,7 +295,7 @@ def emit_rmsnorm(e: Emitter, op: Op, arena: Arena) -> None:
                                weight_dtype=weight.dtype, wait_for_previous=wait_for_previous)
 
     e.add(compile_one, bindings, ("rmsnorm", x.dtype, x.shape[-1], op.attrs["weight_offset"], weight.dtype),
-          rmsnorm_grid(rows))
+          rmsnorm_grid(Rows(rows)))
 
 
 def emit_add(e: Emitter, op: Op, arena: Arena) -> None:
@@ -260,7 +310,7 @@ def emit_add(e: Emitter, op: Op, arena: Arena) -> None:
 
     e.add(lambda arch, wait: compile_add(dtype=a.dtype, n_cols=n_cols, arch=arch, wait_for_previous=wait), bindings,
           ("add", a.dtype, n_cols),
-          add_grid(rows, n_cols))
+          add_grid(Rows(rows), n_cols))
 
 
 def emit_attention_group(e: Emitter, group: AttentionGroup, arena: Arena) -> None:
@@ -271,7 +321,10 @@ def emit_attention_group(e: Emitter, group: AttentionGroup, arena: Arena) -> Non
     q = att.inputs["q"]
     batch, heads_q, length, head_dim = q.shape
     k_cache = att.inputs["k_cache"]
-    _, heads_kv, seq, _ = k_cache.shape
+    heads_kv, seq = cache_heads_and_length(att, k_cache)
+    # Row p of head h: [B, H_kv, S, D] caches at h * S * D + p * D, [B, S, H_kv, D] ones at h * D + p * H_kv * D.
+    stride_ch, stride_cs = (seq * head_dim, head_dim) if cache_layout(att).heads == 1 else (head_dim,
+                                                                                          heads_kv * head_dim)
     if batch != 1:
         raise NotRecognised(f"{att.output.name}: batch {batch}; the whole-model plan runs batch 1")
     qkv = Value(group.qkv.name, INTERMEDIATE, e.stored[group.qkv.name][0], group.qkv.dtype)
@@ -283,9 +336,9 @@ def emit_attention_group(e: Emitter, group: AttentionGroup, arena: Arena) -> Non
                 "Q_out": e.pointer(q, arena), "K_cache": e.pointer(k_cache, arena),
                 "V_cache": e.pointer(att.inputs["v_cache"], arena),
                 "KvLen": binding(fb.ParamKind.Workspace, workspaceOffset=e.kv_len_offset, workspaceExtent=4),
-                "L": _i32(length), "S": _i32(seq), "eps": _f32(norm.attrs["eps"] if norm else 0.0),
+                "L": e.rows(length), "S": _i32(seq), "eps": _f32(norm.attrs["eps"] if norm else 0.0),
                 "stride_qkv": _i32(stride_qkv), "stride_qoh": _i32(length * head_dim), "stride_qol": _i32(head_dim),
-                "stride_ch": _i32(seq * head_dim), "stride_cs": _i32(head_dim)}
+                "stride_ch": _i32(stride_ch), "stride_cs": _i32(stride_cs)}
     if norm:
         bindings["QNormW"] = e.pointer(group.q_norm.inputs["weight"], arena)
         bindings["KNormW"] = e.pointer(group.k_norm.inputs["weight"], arena)
@@ -294,10 +347,11 @@ def emit_attention_group(e: Emitter, group: AttentionGroup, arena: Arena) -> Non
                    head_dim=head_dim, qk_norm=norm is not None,
                    norm_offset=float(norm.attrs["weight_offset"]) if norm else 0.0,
                    table_dtype=rope_q.inputs["cos"].dtype,
-                   norm_weight_dtype=norm.inputs["weight"].dtype if norm else None)
+                   norm_weight_dtype=norm.inputs["weight"].dtype if norm else None,
+                   interleaved=bool(rope_q.attrs.get("interleaved")))
 
     e.add(lambda arch, wait: compile_rope_cache_write(arch=arch, wait_for_previous=wait, **variant), bindings,
-          ("rope_cache_write", tuple(variant.items())), rope_cache_write_grid(length, heads_q, heads_kv))
+          ("rope_cache_write", tuple(variant.items())), rope_cache_write_grid(Rows(length), heads_q, heads_kv))
     _emit_attention(e, att, arena, heads_q, heads_kv, head_dim, length)
 
 
@@ -314,25 +368,25 @@ def _emit_attention(e: Emitter, att: Op, arena: Arena, heads_q: int, heads_kv: i
     k_arg, v_arg = e.state_arg[att.inputs["k_cache"].name], e.state_arg[att.inputs["v_cache"].name]
     # The query and output are workspace slices: their pointers and strides are bound here;
     # K/V are the state arguments (their strides come from the states' sizes).
-    args = AttentionArgs(query=k_arg, key=k_arg, value=v_arg, out=k_arg)
+    args = AttentionArgs(query=k_arg, key=k_arg, value=v_arg, out=k_arg, layout=cache_layout(att))
     out_view = e.layout(out)
     extra = {"Q": e.pointer(q, arena), "Out": e.pointer(out, arena),
              "KvLen": binding(fb.ParamKind.Workspace, workspaceOffset=e.kv_len_offset, workspaceExtent=4),
-             "L_q": _i32(length),
+             "L_q": e.rows(length),
              **{f"stride_q{d}": _i32(s) for d, s in zip("bhm", (heads_q * length * head_dim, length * head_dim,
                                                                 head_dim))},
              **{f"stride_o{d}": _i32(s) for d, s in zip("bhm", out_view.strides[:3])}}
-    seq = att.inputs["k_cache"].shape[2]
+    seq = cache_heads_and_length(att, att.inputs["k_cache"])[1]
     problem = dict(dtype=q.dtype, num_heads_q=heads_q, num_heads_kv=heads_kv, head_dim=head_dim)
     arch = e.archs[0]
-    plan = decode_plan(batch=1, l_q=length, l_kv=seq, arch=arch, **problem)
+    plan = decode_plan(batch=1, l_q=e.most_rows(length), l_kv=seq, arch=arch, **problem)
     common = dict(variant=variant, scale=att.attrs["scale"], archs=e.archs, ptx=e.ptx, args=args,
                   extra_bindings=extra, **problem)
     if plan is None:
         config = attention_config(head_dim, q.dtype, arch)
         kernel = attention_kernel(config=config, **common)
         e.kernels.append(kernel)
-        e.regrid.append((kernel, (-(-length // config.block_m), heads_q, 1)))
+        e.regrid.append((kernel, (Rows(length, config.block_m), heads_q, 1)))
         return
     shift = e.attention_offset
     plan = dataclasses.replace(plan, partial_offset=plan.partial_offset + shift, lse_offset=plan.lse_offset + shift,
@@ -342,10 +396,24 @@ def _emit_attention(e: Emitter, att: Op, arena: Arena, heads_q: int, heads_kv: i
     e.kernels.extend(kernels)
     e.regrid.append((kernels[0], None))  # the split grid reads the cache state's sizes
     if len(kernels) == 2:
-        e.regrid.append((kernels[1], (length, heads_q, 1)))
+        e.regrid.append((kernels[1], (Rows(length), heads_q, 1)))
 
 
-EMITTERS = {"embedding": emit_embedding, "linear": emit_linear, "rmsnorm": emit_rmsnorm, "add": emit_add}
+def emit_last_row(e: Emitter, op: Op, arena: Arena) -> None:
+    from ..aot.last_row import compile_last_row, last_row_grid
+
+    x = op.inputs["x"]
+    rows, stride_x = e.layout(x).rows()
+    n_cols = x.shape[-1]
+    bindings = {"X": e.pointer(x, arena), "Out": e.pointer(op.output, arena), "L": e.rows(rows),
+                "stride_xr": _i32(stride_x)}
+
+    e.add(lambda arch, wait: compile_last_row(dtype=x.dtype, n_cols=n_cols, arch=arch, wait_for_previous=wait),
+          bindings, ("last_row", x.dtype, n_cols), last_row_grid(n_cols))
+
+
+EMITTERS = {"embedding": emit_embedding, "linear": emit_linear, "rmsnorm": emit_rmsnorm, "add": emit_add,
+            "last_row": emit_last_row}
 
 
 def _stored_layouts(e: Emitter, groups: list[AttentionGroup]) -> dict[str, int]:
@@ -366,42 +434,89 @@ def _stored_layouts(e: Emitter, groups: list[AttentionGroup]) -> dict[str, int]:
 
 
 def emit_payload(plan: ModelPlan, *, archs: Iterable[int], ptx: bool) -> tuple[bytes, PayloadConstants]:
-    """The payload of a fused plan (one launch plan for every arch, lowest arch with PTX) and its constants,
-    whose bytes go into the program's named data beside the payload."""
+    """The payload of a fused plan (per arch group, one launch plan, or with a dynamic token count one
+    per range of rows, selected by the call's count; lowest arch with PTX) and its constants, whose
+    bytes go into the program's named data beside the payload."""
     archs = sorted(set(archs))
     groups = attention_groups(plan)
-    grouped = {id(op) for g in groups for op in g.ops()}
     launch_plans, constants, workspace = [], PayloadConstants(), 0
     for index, group_archs in enumerate(_major_groups(archs)):
-        e = Emitter(plan, group_archs, ptx and index == 0, constants)
-        sizes = _stored_layouts(e, groups)
-        e.kv_len_offset, e.error_offset = 0, KV_LEN_BYTES
-        e.attention_offset = KV_LEN_BYTES + ERROR_FLAG_BYTES
-        e.attention_bytes = _attention_scratch_bytes(plan, groups, group_archs[0])
-        e.arena_base = _round_up(e.attention_offset + e.attention_bytes, SLICE_ALIGN)
-        arena = plan_arena(plan, sizes)
-        att_of = {id(g.attention): g for g in groups}
-        with sharing_compiles():
-            for op in plan.ops:
-                if id(op) in grouped:
-                    continue
-                if op.kind == "attention":
-                    emit_attention_group(e, att_of[id(op)], arena)
-                elif op.kind in EMITTERS:
-                    EMITTERS[op.kind](e, op, arena)
-                else:
-                    raise NotRecognised(f"{op.output.name}: no emitter for {op.kind}")
-        for kernel, grid in e.regrid:
-            if grid is not None:
-                kernel.grid = _grid(*grid)
-        workspace = max(workspace, e.arena_base + arena.bytes)
-        launch_plans.append(fb.LaunchPlanT(archs=[] if index == 0 else group_archs, when=[], kernels=e.kernels))
-    payload = fb.PayloadT(inputs=[_spec(v) for v in plan.inputs], outputs=[_spec(v) for v in plan.outputs],
+        ranges = row_ranges(plan, groups, group_archs[0])
+        attention_bytes = max(_attention_scratch_bytes(plan, groups, group_archs[0], hi) for _, hi in ranges)
+        for lo, hi in ranges:
+            e = Emitter(plan, group_archs, ptx and index == 0, constants, rows_max=hi)
+            workspace = max(workspace, _emit_kernels(e, groups, attention_bytes))
+            launch_plans.append(fb.LaunchPlanT(archs=[] if index == 0 else group_archs,
+                                               when=_rows_when(e, lo, hi), kernels=e.kernels))
+    payload = fb.PayloadT(inputs=[_spec(plan, v) for v in plan.inputs],
+                          outputs=[_spec(plan, v, d) for v, d in zip(plan.outputs, _output_row_dims(plan))],
                           plans=launch_plans, workspaceBytes=workspace,
                           states=[fb.StateSpecT(name=name, dtype=DTYPE_CODES[v.dtype], sizes=list(v.shape))
                                   for name, v in plan.states.items()],
                           constants=constants.specs(), positionBounds=_position_bounds(plan))
     return serialize_payload(payload), constants
+
+
+def _emit_kernels(e: Emitter, groups: list[AttentionGroup], attention_bytes: int) -> int:
+    """Every op's kernels into e.kernels, in order; returns the workspace bytes they use."""
+    plan = e.plan
+    grouped = {id(op) for g in groups for op in g.ops()}
+    sizes = _stored_layouts(e, groups)
+    e.kv_len_offset, e.error_offset = 0, KV_LEN_BYTES
+    e.attention_offset = KV_LEN_BYTES + ERROR_FLAG_BYTES
+    e.attention_bytes = attention_bytes
+    e.arena_base = _round_up(e.attention_offset + e.attention_bytes, SLICE_ALIGN)
+    arena = plan_arena(plan, sizes)
+    att_of = {id(g.attention): g for g in groups}
+    with sharing_compiles():
+        for op in plan.ops:
+            if id(op) in grouped:
+                continue
+            if op.kind == "attention":
+                emit_attention_group(e, att_of[id(op)], arena)
+            elif op.kind in EMITTERS:
+                EMITTERS[op.kind](e, op, arena)
+            else:
+                raise NotRecognised(f"{op.output.name}: no emitter for {op.kind}")
+    for kernel, grid in e.regrid:
+        if grid is not None:
+            kernel.grid = e.grid_dims(grid)
+    return e.arena_base + arena.bytes
+
+
+def row_ranges(plan: ModelPlan, groups: list[AttentionGroup], arch: int) -> list[tuple[int, int]]:
+    """The row counts each launch plan takes, cut where a kernel choice changes: linears at
+    GEMV_MAX_M, attention where its dispatch table (attention_plan.dispatch_rows) cuts L_q.
+    A static step has one: its row count."""
+    from ..attention_plan import dispatch_rows
+    from ..heuristics import GEMV_MAX_M
+
+    rows = plan.rows
+    if rows is None:
+        return [(0, 0)]  # (unused: a static plan's kernels take the plan's own counts)
+    cuts = {GEMV_MAX_M}
+    for g in groups:
+        q = g.attention.inputs["q"]
+        heads_kv, seq = cache_heads_and_length(g.attention, g.attention.inputs["k_cache"])
+        table = dispatch_rows(dtype=q.dtype, batch=1, num_heads_q=q.shape[1], num_heads_kv=heads_kv,
+                              head_dim=q.shape[3], l_q=(rows.lo, rows.hi), l_kv=(seq, seq), arch=arch)
+        cuts.update(q_hi for (_, q_hi), _, _ in table)
+    ranges, start = [], rows.lo
+    for cut in sorted(c for c in cuts if rows.lo <= c < rows.hi) + [rows.hi]:
+        ranges.append((start, cut))
+        start = cut + 1
+    return ranges
+
+
+def _rows_when(e: Emitter, lo: int, hi: int) -> list[fb.SizeRangeT]:
+    rows = e.plan.rows
+    if rows is None:
+        return []
+    return [fb.SizeRangeT(arg=e.arg_of[rows.name], dim=rows.dim, min=lo, max=hi)]
+
+
+def _output_row_dims(plan: ModelPlan) -> list:
+    return plan.output_row_dims if len(plan.output_row_dims) == len(plan.outputs) else [None] * len(plan.outputs)
 
 
 def _position_bounds(plan: ModelPlan) -> list[fb.PositionBoundT]:
@@ -414,7 +529,8 @@ def _position_bounds(plan: ModelPlan) -> list[fb.PositionBoundT]:
     for op in plan.ops:
         if op.kind == "cache_write" and op.inputs["positions"].name in arg_of:
             arg = arg_of[op.inputs["positions"].name]
-            lengths[arg] = min(lengths.get(arg, op.inputs["cache"].shape[-2]), op.inputs["cache"].shape[-2])
+            length = cache_heads_and_length(op, op.inputs["cache"])[1]
+            lengths[arg] = min(lengths.get(arg, length), length)
     if len(tokens) != 1:
         return []
     rows_arg, rows_dim = arg_of[tokens[0].name], len(tokens[0].shape) - 1
@@ -424,15 +540,16 @@ def _position_bounds(plan: ModelPlan) -> list[fb.PositionBoundT]:
                                               bound=length) for arg, length in sorted(lengths.items())]
 
 
-def _attention_scratch_bytes(plan: ModelPlan, groups: list[AttentionGroup], arch: int) -> int:
+def _attention_scratch_bytes(plan: ModelPlan, groups: list[AttentionGroup], arch: int, rows_max: int) -> int:
+    """The decode attention partials of the plan's layers (for at most rows_max rows when dynamic)."""
     from ..attention_plan import decode_plan
 
     most = 0
     for g in groups:
         b, h, l, d = g.attention.inputs["q"].shape
-        kv = g.attention.inputs["k_cache"].shape
-        p = decode_plan(dtype=g.attention.inputs["q"].dtype, batch=b, num_heads_q=h, num_heads_kv=kv[1],
-                        head_dim=d, l_q=l, l_kv=kv[2], arch=arch)
+        heads_kv, seq = cache_heads_and_length(g.attention, g.attention.inputs["k_cache"])
+        p = decode_plan(dtype=g.attention.inputs["q"].dtype, batch=b, num_heads_q=h, num_heads_kv=heads_kv,
+                        head_dim=d, l_q=rows_max if plan.rows else l, l_kv=seq, arch=arch)
         most = max(most, 0 if p is None else p.workspace_bytes)
     return most
 
@@ -444,5 +561,17 @@ def _major_groups(archs: list[int]) -> list[list[int]]:
     return list(groups.values())
 
 
-def _spec(value: Value) -> fb.TensorSpecT:
-    return fb.TensorSpecT(dtype=DTYPE_CODES[value.dtype], sizes=list(value.shape))
+def _spec(plan: ModelPlan, value: Value, row_dim: Optional[int] = None) -> fb.TensorSpecT:
+    """A delegate argument's spec; with a dynamic token count, the tokens input's count dim
+    (and an output's row_dim, read from it) is -1 up to the bound."""
+    rows = plan.rows
+    if rows is not None and value.name == rows.name and value.kind == INPUT:
+        row_dim, size_from = rows.dim, None
+    elif rows is not None and row_dim is not None:
+        arg = next(i for i, v in enumerate(plan.inputs) if v.name == rows.name)
+        size_from = [fb.DimSourceT(dim=row_dim, arg=arg, argDim=rows.dim)]
+    else:
+        return fb.TensorSpecT(dtype=DTYPE_CODES[value.dtype], sizes=list(value.shape))
+    sizes = [-1 if d == row_dim else s for d, s in enumerate(value.shape)]
+    return fb.TensorSpecT(dtype=DTYPE_CODES[value.dtype], sizes=sizes, maxSizes=list(value.shape),
+                          sizeFrom=size_from)

@@ -58,9 +58,13 @@ class Op:
       embedding  table, tokens                          scale
       rmsnorm    x, weight                              eps, weight_offset
       linear     x, weight, [bias], [residual]          norm_eps (RMSNorm folded in), gated, out_dtype
-      rope       x, cos, sin, positions                 (x [B, H, L, D]; rotate-half layout)
-      cache_write cache, positions, rows                (rows [B, H_kv, L, D] at positions along dim 2)
-      attention  q, k_cache, v_cache, positions         scale, window (None: causal over the cache)
+      rope       x, cos, sin, positions                 interleaved (x [B, H, L, D]; rotate-half, or (2j, 2j+1) pairs)
+      cache_write cache, positions, rows                cache_layout (rows at positions along the caches'
+                                                        sequence dim: [B, H_kv, S, D] caches, or with
+                                                        cache_layout "BSHD" [B, S, H_kv, D] ones)
+      attention  q, k_cache, v_cache, positions         scale, window (None: causal over the cache),
+                                                        cache_layout (q [B, H, L, D] whichever)
+      last_row   x                                      (the last of the step's rows: [B, L, N] -> [B, N])
       gated_act  gate, up                               act ("silu" | "gelu_tanh")
       add        a, b
       cast       x                                      dtype
@@ -88,12 +92,39 @@ class ModelPlan:
     constant_data: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     # state name -> the value holding it after the step (what the program writes back)
     state_updates: dict[str, Value] = field(default_factory=dict)
+    # A dynamic token count (torch.export.Dim): the input and dim holding it, and its range.
+    # Every shape of the plan then has the range's top in that dim (buffers are sized for it).
+    rows: Optional["DynamicRows"] = None
+    # Per output, the dim holding the dynamic token count (None: static).
+    output_row_dims: list[Optional[int]] = field(default_factory=list)
 
     def kinds(self) -> list[str]:
         return [op.kind for op in self.ops]
 
     def describe(self) -> str:
         return "\n".join(op.describe() for op in self.ops)
+
+
+@dataclass(frozen=True)
+class DynamicRows:
+    """The step's token count when it is symbolic: input `name`'s dim `dim`, in [lo, hi]."""
+
+    name: str
+    dim: int
+    lo: int
+    hi: int
+
+
+def cache_layout(op: Op):
+    """The layout (backends/layout.py) of the KV caches a cache_write or attention op reads."""
+    from ..layout import BHSD, BSHD
+
+    return BSHD if op.attrs.get("cache_layout") == "BSHD" else BHSD
+
+
+def cache_heads_and_length(op: Op, cache: Value) -> tuple[int, int]:
+    layout = cache_layout(op)
+    return cache.shape[layout.heads], cache.shape[layout.seq]
 
 
 class NotRecognised(Exception):

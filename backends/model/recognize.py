@@ -30,7 +30,8 @@ from torch.export import ExportedProgram
 from torch.fx import Node
 
 from ..sdpa import _aten_target
-from .ops import CONSTANT, INPUT, INTERMEDIATE, STATE, ModelPlan, NotRecognised, Op, Value
+from .ops import (CONSTANT, INPUT, INTERMEDIATE, STATE, DynamicRows, ModelPlan, NotRecognised, Op, Value,
+                  cache_heads_and_length)
 
 aten = torch.ops.aten
 VIEW_OPS = {aten.view_copy.default, aten.view.default, aten.reshape.default, aten.permute_copy.default,
@@ -56,6 +57,27 @@ class Partial:
 
 def _val(node: Node) -> torch.Tensor:
     return node.meta["val"]
+
+
+def _bound(size) -> int:
+    """A size as the plan holds it: a symbolic one (a dynamic token count) at its upper bound."""
+    if not isinstance(size, torch.SymInt):
+        return int(size)
+    from ..sdpa import length_range
+
+    upper = length_range(size)[1]
+    if upper is None:
+        raise NotRecognised(f"a dynamic size {size} with no upper bound: export it with "
+                            "torch.export.Dim(max=...) no longer than the KV cache")
+    return upper
+
+
+def _shape(node: Node) -> tuple[int, ...]:
+    return tuple(_bound(s) for s in _val(node).shape)
+
+
+def _symbolic_dim(node: Node) -> Optional[int]:
+    return next((d for d, s in enumerate(_val(node).shape) if isinstance(s, torch.SymInt)), None)
 
 
 class _Reader:
@@ -98,9 +120,21 @@ class _Reader:
             if tensor.numel() == 1:
                 return Partial("scalar", (float(tensor.item()),))
             raise NotRecognised(f"{node.name}: a lifted constant tensor of shape {tuple(tensor.shape)}")
-        value = Value(node.name, INPUT, tuple(val.shape), val.dtype)
+        value = Value(node.name, INPUT, _shape(node), val.dtype)
         self.plan.inputs.append(value)
+        self.note_dynamic_rows(node)
         return value
+
+    def note_dynamic_rows(self, node: Node) -> None:
+        """An input with a symbolic dim carries the step's token count (one symbol per step)."""
+        symbolic = [(d, s) for d, s in enumerate(_val(node).shape) if isinstance(s, torch.SymInt)]
+        if not symbolic:
+            return
+        (dim, size), *more = symbolic
+        if more or (self.plan.rows is not None and self.plan.rows.name != node.name):
+            raise NotRecognised(f"{node.name}: a second dynamic dim; the plan takes one (the token count)")
+        # The kernels take any count from 1 (torch.export's own lower bound may say 2: 0/1 specialisation).
+        self.plan.rows = DynamicRows(node.name, dim, 1, _bound(size))
 
     def _mutated_buffers(self) -> set[str]:
         return set(self.mutations.values())
@@ -117,8 +151,7 @@ class _Reader:
         return meaning if isinstance(meaning, Partial) and meaning.what == what else None
 
     def emit(self, node: Node, kind: str, inputs: dict, **attrs) -> Value:
-        val = _val(node)
-        out = Value(node.name, INTERMEDIATE, tuple(val.shape), val.dtype)
+        out = Value(node.name, INTERMEDIATE, _shape(node), _val(node).dtype)
         self.ops.append(Op(kind, inputs, out, attrs))
         return out
 
@@ -143,6 +176,7 @@ class _Reader:
                 self.plan.state_updates[spec.target] = value
             else:
                 self.plan.outputs.append(value)
+                self.plan.output_row_dims.append(_symbolic_dim(arg))
 
     def call(self, node: Node):
         target = _aten_target(node)
@@ -170,7 +204,7 @@ def _view(r: _Reader, node: Node):
     src = node.args[0]
     meaning = r.meaning.get(src)
     if isinstance(meaning, Value):
-        target, shape = _aten_target(node), tuple(_val(node).shape)
+        target, shape = _aten_target(node), _shape(node)
         if target in (aten.permute_copy.default, aten.permute.default):
             return meaning.viewed(("permute", tuple(node.args[1])), shape)
         if target == aten.transpose.int:
@@ -192,6 +226,8 @@ def _scalar_tensor(r: _Reader, node: Node):
 
 def _arange(r: _Reader, node: Node):
     start, end = (node.args[0], node.args[1]) if len(node.args) > 1 else (0, node.args[0])
+    if r.partial(end, "rows") is not None:
+        end = r.partial(end, "rows").parts[0]  # arange(L) of a dynamic L: the step's positions
     step = node.args[2] if len(node.args) > 2 else 1
     if not all(isinstance(v, int) for v in (start, end, step)) or step != 1:
         raise NotRecognised(f"{node.name}: arange with non-constant or strided bounds")
@@ -262,7 +298,7 @@ def _mul(r: _Reader, node: Node):
 
 
 def _retype(value: Value, node: Node) -> Value:
-    return Value(node.name, value.kind, tuple(_val(node).shape), _val(node).dtype)
+    return Value(node.name, value.kind, _shape(node), _val(node).dtype)
 
 
 def _pow(r: _Reader, node: Node):
@@ -387,6 +423,14 @@ def _where(r: _Reader, node: Node):
     raise NotRecognised(f"{node.name}: a where() that is not a causal mask made additive")
 
 
+def _sym_size(r: _Reader, node: Node):
+    rows = r.plan.rows
+    source = r.meaning.get(node.args[0])
+    if rows is None or not isinstance(source, Value) or source.name != rows.name or node.args[1] != rows.dim:
+        raise NotRecognised(f"{node.name}: a symbolic size other than the step's token count")
+    return Partial("rows", (rows.hi,))
+
+
 def _embedding(r: _Reader, node: Node):
     table = r.value(node.args[0], "table", node)
     tokens = r.value(node.args[1], "indices", node)
@@ -469,6 +513,7 @@ _HANDLERS = {
     aten.index_copy.default: lambda r, node: _cache_rows(r, node, node.args[0], node.args[1], node.args[2], node.args[3]),
     aten.embedding.default: _embedding, aten.linear.default: _linear, aten.index_put.default: _index_put,
     aten.sigmoid.default: _sigmoid, aten.gelu.default: _gelu, aten.silu.default: _silu,
+    aten.sym_size.int: _sym_size,
 }
 
 
@@ -477,4 +522,18 @@ def recognise(program: ExportedProgram) -> ModelPlan:
     plan = _Reader(program).read()
     if not plan.outputs:
         raise NotRecognised("the graph returns nothing the plan computes")
+    _check_rows_fit_caches(plan)
     return plan
+
+
+def _check_rows_fit_caches(plan: ModelPlan) -> None:
+    """A dynamic token count's bound must fit the KV caches (the buffers are sized for it)."""
+    caches = [cache_heads_and_length(op, op.inputs["cache"])[1] for op in plan.ops if op.kind == "cache_write"]
+    if plan.rows is not None and caches and plan.rows.hi > min(caches):
+        raise NotRecognised(f"{plan.rows.name}: up to {plan.rows.hi} tokens a step, more than the "
+                            f"{min(caches)}-row KV cache holds: export with torch.export.Dim(max={min(caches)})")
+
+
+from .recognize_llama import extend as _extend_for_llama  # noqa: E402  (reads this module's names)
+
+_extend_for_llama(_HANDLERS)

@@ -58,7 +58,15 @@ def _rope(env, op: Op) -> torch.Tensor:
     x = env(op.inputs["x"])
     pos = _positions(env(op.inputs["positions"]), x.shape[-2])
     cos, sin = env(op.inputs["cos"])[pos].float(), env(op.inputs["sin"])[pos].float()
+    if op.attrs.get("interleaved"):
+        return _rope_interleaved(x.float(), cos, sin)
     return x.float() * cos + _rotate_half(x.float()) * sin
+
+
+def _rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Pairs (x[2j], x[2j+1]) turned by angle j (cos/sin [L, D/2]; ExecuTorch llama's apply_rotary_emb)."""
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2)
 
 
 def _cache_write(env, op: Op, states) -> torch.Tensor:

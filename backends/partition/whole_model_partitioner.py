@@ -39,7 +39,25 @@ def trial_plan(program: ExportedProgram):
     from executorch.exir import EdgeCompileConfig, to_edge
 
     config = EdgeCompileConfig(_check_ir_validity=False, preserve_ops=list(KEPT_WHOLE))
-    return fuse(recognise(to_edge(program, compile_config=config).exported_program()))
+    pending = _pending_unbacked_symbols(program)
+    before = list(pending) if pending is not None else None
+    try:
+        return fuse(recognise(to_edge(program, compile_config=config).exported_program()))
+    finally:
+        # The trial's trace leaves the unbacked symbols it made (ExecuTorch llama's input_pos.item())
+        # pending in the program's shape env, where the real lowering's trace would find them.
+        if pending is not None:
+            pending[:] = before
+
+
+def _pending_unbacked_symbols(program: ExportedProgram):
+    """The list of fresh unbacked symbols of the program's shape env (None: it has none)."""
+    from torch._guards import detect_fake_mode
+
+    vals = [n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder"]
+    mode = detect_fake_mode([v for v in vals if isinstance(v, torch.Tensor)])
+    env = getattr(mode, "shape_env", None)
+    return getattr(env, "pending_fresh_unbacked_symbols", None)
 
 
 class CudaGqaModelPartitioner(Partitioner):
@@ -57,12 +75,19 @@ class CudaGqaModelPartitioner(Partitioner):
         return self.attention.report
 
     def transform_for_pre_decomposition(self, exported_program: ExportedProgram) -> ExportedProgram:
+        # ExecuTorch's llama::custom_sdpa / update_cache become the taken ops first (llama_attention.py):
+        # the start position as a tensor, the caches' updates functional, as either lowering reads them.
+        self.attention._decisions = {}
+        self.attention._take_llama_attention(exported_program)
+        llama_decisions = dict(self.attention._decisions)
         try:
             plan = trial_plan(exported_program)
         except NotRecognised as refusal:
             self.whole, self.model_report = False, f"attention only: {refusal}"
             logger.info("CudaGqaModelPartitioner: %s", self.model_report)
-            return self.attention.transform_for_pre_decomposition(exported_program)
+            program = self.attention.transform_for_pre_decomposition(exported_program)
+            self.attention._decisions = {**llama_decisions, **self.attention._decisions}
+            return program
         self.whole = True
         self.model_report = (f"whole step: {len(plan.ops)} ops ({', '.join(sorted(set(plan.kinds())))}), "
                              f"{len(plan.constants)} constants, {len(plan.states)} states")
@@ -85,7 +110,7 @@ class CudaGqaModelPartitioner(Partitioner):
                                partition_tags={MODEL_TAG: self.delegation_spec})
 
     def _report_attention(self, program: ExportedProgram) -> None:
-        from ..sdpa import SdpaCall, is_sdpa
+        from ..sdpa import SdpaCall, is_attention
 
         buffers = program.graph_signature.inputs_to_buffers
 
@@ -95,7 +120,7 @@ class CudaGqaModelPartitioner(Partitioner):
 
         decisions = {}
         for node in program.graph_module.graph.nodes:
-            if is_sdpa(node):
+            if is_attention(node):
                 name, module = _call_site(node)
                 caches = f"{cache(node.args[1])}, {cache(node.args[2])}"
                 decisions[name] = AttentionDecision(name, module, True, SdpaCall.from_node(node).describe()

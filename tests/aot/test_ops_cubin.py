@@ -1,5 +1,5 @@
 """The small-op kernels of the whole-model decode step (rmsnorm, rope_cache_write, embedding, argmax_rows +
-argmax_merge, add) compile to cubins for sm_80 and sm_90 on a machine without a GPU, with the entry
+argmax_merge, add, last_row) compile to cubins for sm_80 and sm_90 on a machine without a GPU, with the entry
 parameters (names, order, divisibility) the emitters bind."""
 
 import pytest
@@ -8,6 +8,7 @@ import torch
 from cuda_gqa.backends.aot.add import compile_add
 from cuda_gqa.backends.aot.argmax_rows import argmax_num_splits, compile_argmax_merge, compile_argmax_rows
 from cuda_gqa.backends.aot.embedding import compile_embedding
+from cuda_gqa.backends.aot.last_row import compile_last_row
 from cuda_gqa.backends.aot.rmsnorm import compile_rmsnorm
 from cuda_gqa.backends.aot.rope_cache_write import compile_rope_cache_write
 
@@ -38,6 +39,11 @@ KERNELS = {
         ["QKV", "Cos", "Sin", "InputPos", "QNormW", "KNormW", "Q_out", "K_cache", "V_cache", "KvLen", "L", "S",
          "eps", *ROPE_STRIDES],
         {"QKV", "Cos", "Sin", "QNormW", "KNormW", "Q_out", "K_cache", "V_cache", *ROPE_STRIDES}),
+    "rope_cache_write-interleaved": (
+        lambda arch: compile_rope_cache_write(dtype=torch.float32, position_dtype=torch.int64, heads_q=4,
+                                              heads_kv=2, head_dim=32, arch=arch, interleaved=True),
+        ["QKV", "Cos", "Sin", "InputPos", "Q_out", "K_cache", "V_cache", "KvLen", "L", "S", "eps", *ROPE_STRIDES],
+        {"QKV", "Cos", "Sin", "Q_out", "K_cache", "V_cache", *ROPE_STRIDES}),
     "embedding": (
         lambda arch: compile_embedding(dtype=torch.bfloat16, token_dtype=torch.int64, dim=2048, arch=arch,
                                        scale=2048 ** 0.5),
@@ -60,6 +66,10 @@ KERNELS = {
         lambda arch: compile_add(dtype=torch.bfloat16, n_cols=2048, arch=arch),
         ["A", "B", "Out", "stride_ar", "stride_br", "stride_or"],
         {"A", "B", "Out", "stride_ar", "stride_br", "stride_or"}),
+    "last_row": (
+        lambda arch: compile_last_row(dtype=torch.bfloat16, n_cols=2048, arch=arch),
+        ["X", "Out", "L", "stride_xr"],
+        {"X", "Out", "stride_xr"}),
 }
 
 
@@ -82,7 +92,8 @@ def test_compiles_to_a_cuda_elf_with_the_documented_parameters(name, arch):
     assert kernel.global_scratch_bytes == 0 and kernel.profile_scratch_bytes == 0
 
 
-@pytest.mark.parametrize("name", ["rmsnorm", "rmsnorm-gemma-sandwich", "embedding", "argmax_rows-splits", "add"])
+@pytest.mark.parametrize("name", ["rmsnorm", "rmsnorm-gemma-sandwich", "embedding", "argmax_rows-splits", "add",
+                                  "last_row"])
 def test_row_kernels_move_16_bytes_per_load(name):
     """The alignment assumptions (pointers, strides, compile-time widths) give 16-byte loads."""
     assert "ld.global.v4" in KERNELS[name][0](90).ptx
@@ -115,6 +126,8 @@ def test_widths_that_are_no_multiple_of_16_compile_without_stride_assumptions():
     (lambda: compile_argmax_rows(dtype=torch.float32, vocab=VOCAB, num_splits=5, arch=90), "num_splits=5"),
     (lambda: compile_argmax_merge(num_splits=1, arch=90), "2 or more splits"),
     (lambda: compile_add(dtype=torch.int32, n_cols=64, arch=90), "add dtype torch.int32"),
+    (lambda: compile_last_row(dtype=torch.int32, n_cols=64, arch=90), "last_row dtype torch.int32"),
+    (lambda: compile_last_row(dtype=torch.float16, n_cols=0, arch=90), "last_row width 0"),
 ])
 def test_unsupported_inputs_are_refused_naming_what_is_wrong(compile_bad, message):
     with pytest.raises(ValueError, match=message):

@@ -6,10 +6,13 @@ from executorch.exir import to_edge_transform_and_lower
 from cuda_gqa.backends.partition import CudaGqaModelPartitioner
 
 
-def lower_whole(model, length: int, archs=("sm_90",)):
-    """(edge program manager, partitioner) of `model`'s step of `length` tokens."""
+def lower_whole(model, length: int, archs=("sm_90",), max_tokens=None):
+    """(edge program manager, partitioner) of `model`'s step of `length` tokens; with max_tokens,
+    of a step of a dynamic token count up to max_tokens (`length` is then the example's)."""
+    dynamic = None if max_tokens is None else ({1: torch.export.Dim("tokens", min=1, max=max_tokens)}, None)
     with torch.no_grad():
-        program = torch.export.export(model, (torch.zeros(1, length, dtype=torch.long), torch.tensor([0])))
+        program = torch.export.export(model, (torch.zeros(1, length, dtype=torch.long), torch.tensor([0])),
+                                      dynamic_shapes=dynamic)
     partitioner = CudaGqaModelPartitioner(archs=list(archs))
     return to_edge_transform_and_lower(program, partitioner=[partitioner]), partitioner
 

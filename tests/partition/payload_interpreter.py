@@ -40,7 +40,7 @@ from pathlib import Path
 AOT_MODULES = ("cuda_gqa.backends.aot.attention", "cuda_gqa.backends.aot.attention_decode",
                "cuda_gqa.backends.aot.kv_cache_write", "cuda_gqa.backends.aot.linear", "cuda_gqa.backends.aot.embedding",
                "cuda_gqa.backends.aot.rmsnorm", "cuda_gqa.backends.aot.rope_cache_write", "cuda_gqa.backends.aot.add",
-               "cuda_gqa.backends.aot.argmax_rows")
+               "cuda_gqa.backends.aot.argmax_rows", "cuda_gqa.backends.aot.last_row")
 
 # Kernel constexprs that switch griddepcontrol instructions on (backends/kernels/attention_decode.py,
 # programmatic_launch.py).
