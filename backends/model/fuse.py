@@ -46,6 +46,11 @@ def folded(weight: torch.Tensor, norm_weight: torch.Tensor, offset: float) -> to
 
 def derive_constant(name: str, parameters) -> torch.Tensor:
     """Constant `name` of a fused plan, made from `parameters` (name -> tensor) as fuse made it."""
+    from .recognize_hf import derive_rope_table
+
+    table = derive_rope_table(name, parameters)
+    if table is not None:
+        return table
     parts = name.split(STACK_SEPARATOR)
     if len(parts) > 1:
         return torch.cat([derive_constant(part, parameters) for part in parts], dim=0)

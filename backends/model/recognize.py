@@ -66,6 +66,7 @@ class _Reader:
         self.buffers = dict(sig.inputs_to_buffers)
         self.lifted = dict(sig.inputs_to_lifted_tensor_constants)
         self.mutations = {out: buf for out, buf in sig.buffers_to_mutate.items()}
+        self.write_only_states: set[str] = set()  # buffers the step writes and never reads (dropped)
         self.meaning: dict[Node, object] = {}
         self.ops: list[Op] = []
         self.plan = ModelPlan(inputs=[], outputs=[], constants={}, states={}, ops=self.ops)
@@ -138,6 +139,8 @@ class _Reader:
     def output(self, node: Node) -> None:
         sig = self.program.graph_signature
         for spec, arg in zip(sig.output_specs, node.args[0]):
+            if spec.kind.name == "BUFFER_MUTATION" and spec.target in self.write_only_states:
+                continue
             value = self.value(arg, "output", node)
             if spec.kind.name == "BUFFER_MUTATION":
                 self.plan.state_updates[spec.target] = value
@@ -470,6 +473,11 @@ _HANDLERS = {
     aten.embedding.default: _embedding, aten.linear.default: _linear, aten.index_put.default: _index_put,
     aten.sigmoid.default: _sigmoid, aten.gelu.default: _gelu, aten.silu.default: _silu,
 }
+
+
+from .recognize_hf import extend  # noqa: E402  (Hugging Face transformers' graphs)
+
+extend(_HANDLERS, VIEW_OPS, _view, SDPA_TARGETS, _attention)
 
 
 def recognise(program: ExportedProgram) -> ModelPlan:

@@ -22,7 +22,9 @@ subprocess (`run_in_subprocess`). CASE (torch.save) holds {"kernels": what
 recording_compiles collected, "programs": [{"payload": bytes, "calls":
 [[input tensors], ...], "named_data": {name: bytes}}, ...]} ("named_data",
 what the program's named data holds for the payload's constants, e.g.
-PayloadConstants.named_data(); optional when the payload has none); OUT
+PayloadConstants.named_data(); optional when the payload has none; optional
+"states_from": the index of an earlier program whose final states, by name,
+this one starts from: two methods sharing their caches); OUT
 gets, per program, {"outputs": [[output tensors] per call], "states": [final
 state tensors]}.
 """
@@ -185,8 +187,12 @@ def main(case_path: str, out_path: str) -> None:
     results = []
     for program in case["programs"]:
         delegate = PayloadInterpreter(program["payload"], case["kernels"], program.get("named_data"))
+        if "states_from" in program:
+            earlier = results[program["states_from"]]["named_states"]
+            delegate.states = [earlier[name].clone() for name, _, _ in delegate.plan.states]
         outputs = [delegate(*inputs) for inputs in program["calls"]]
-        results.append({"outputs": outputs, "states": delegate.states})
+        results.append({"outputs": outputs, "states": delegate.states,
+                        "named_states": {name: t for (name, _, _), t in zip(delegate.plan.states, delegate.states)}})
     torch.save(results, out_path)
 
 

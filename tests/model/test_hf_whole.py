@@ -1,0 +1,81 @@
+"""Hugging Face transformers models taken whole: exported with transformers' own ExecuTorch
+integration (static cache) at a static token count, lowered with CudaGqaModelPartitioner.
+
+One CudaGqaBackend delegate holds each step (embedding to logits, the StaticCache rows, the RoPE
+tables HF builds in the graph from inv_freq). A 4-token prefill program and a 1-token decode
+program are lowered separately; their payloads run on the CPU (payload_interpreter.py, kernels
+under Triton's interpreter), the decode program starting from the caches the prefill left, and
+each call's logits must be the eager HF model's over the same calls.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from payload_interpreter import recording_compiles, run_in_subprocess  # noqa: E402
+from test_hf_transformers import LAYERS, SPECS, TINY, exportable  # noqa: E402
+from whole_programs import delegate_input_names, delegates, named_data  # noqa: E402
+
+from cuda_gqa.backends.partition import CudaGqaModelPartitioner  # noqa: E402
+
+PREFILL, DECODE_STEPS = 4, 2
+
+
+def lower(module, length: int, kernels: dict):
+    """(edge program manager, partitioner): `module`'s step of `length` tokens, exported as the
+    integration exports it (input_ids, cache_position) and lowered whole."""
+    from executorch.exir import to_edge_transform_and_lower
+
+    program = module.export(input_ids=torch.ones(1, length, dtype=torch.long), cache_position=torch.arange(length))
+    partitioner = CudaGqaModelPartitioner(**SPECS)
+    with recording_compiles(kernels):
+        edge = to_edge_transform_and_lower(program, partitioner=[partitioner])
+    return edge, partitioner
+
+
+def calls_of(lowered, steps) -> list[list[torch.Tensor]]:
+    names = delegate_input_names(lowered)
+    return [[{"input_ids": tokens, "cache_position": positions}[n] for n in names] for tokens, positions in steps]
+
+
+def prefill_then_decode(vocab: int):
+    """(prefill steps, decode steps): (input_ids, cache_position) of a 4-token prompt, then one token a step."""
+    gen = torch.Generator().manual_seed(1)
+    prompt = [(torch.randint(0, vocab, (1, PREFILL), generator=gen), torch.arange(PREFILL))]
+    decode = [(torch.randint(0, vocab, (1, 1), generator=gen), torch.tensor([PREFILL + i])) for i in range(DECODE_STEPS)]
+    return prompt, decode
+
+
+def check_whole_and_eager(name: str, tmp_path) -> None:
+    module = exportable(name)
+    eager = copy.deepcopy(module.model)
+    kernels = {}
+    (prefill, prefill_partitioner), (decode, decode_partitioner) = (lower(module, n, kernels) for n in (PREFILL, 1))
+    for edge, partitioner in ((prefill, prefill_partitioner), (decode, decode_partitioner)):
+        assert partitioner.model_report.startswith("whole step"), partitioner.model_report
+        calls = [n for n in edge.exported_program().graph.nodes if n.op == "call_function"]
+        assert [str(n.target) for n in calls] == ["executorch_call_delegate", "<built-in function getitem>"]
+        assert [d.delegated for d in partitioner.report] == [True] * LAYERS
+
+    (prefill_delegate,), (decode_delegate,) = delegates(prefill), delegates(decode)
+    prompt, steps = prefill_then_decode(TINY["vocab_size"])
+    programs = [{"payload": prefill_delegate.processed_bytes, "calls": calls_of(prefill_delegate, prompt),
+                 "named_data": named_data(prefill_delegate)},
+                {"payload": decode_delegate.processed_bytes, "calls": calls_of(decode_delegate, steps),
+                 "named_data": named_data(decode_delegate), "states_from": 0}]
+    results = run_in_subprocess({"kernels": kernels, "programs": programs}, tmp_path)
+    outputs = results[0]["outputs"] + results[1]["outputs"]
+    for (logits,), (tokens, positions) in zip(outputs, prompt + steps):
+        with torch.no_grad():
+            expected = eager(input_ids=tokens, cache_position=positions)
+        assert logits.shape == expected.shape
+        torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_llama_prefill_and_decode_are_one_delegate_each_giving_eager_logits(tmp_path):
+    check_whole_and_eager("llama", tmp_path)
