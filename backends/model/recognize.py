@@ -475,13 +475,16 @@ _HANDLERS = {
 }
 
 
-from .recognize_hf import extend  # noqa: E402  (Hugging Face transformers' graphs)
+from .recognize_hf import extend, written_out_attention  # noqa: E402  (Hugging Face transformers' graphs)
 
 extend(_HANDLERS, VIEW_OPS, _view, SDPA_TARGETS, _attention)
 
 
 def recognise(program: ExportedProgram) -> ModelPlan:
     """The op plan of `program`'s whole graph, or NotRecognised naming the first node it cannot hold."""
+    eager_attention = written_out_attention(program.graph)
+    if eager_attention:
+        raise NotRecognised(eager_attention)
     plan = _Reader(program).read()
     if not plan.outputs:
         raise NotRecognised("the graph returns nothing the plan computes")

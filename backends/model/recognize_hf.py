@@ -8,6 +8,10 @@ static cache), read into the same plan ops as recognize.py's patterns:
   w * normalized (the weight first)                                         -> rmsnorm
   cache[:, :, None].expand(..).reshape(B, H, S, D) (repeat_kv)              -> the cache itself (GQA)
   full(True) & (k > p - window) & (k <= p)                                  -> a sliding-window mask
+  slices / split_with_sizes of a fused projection's output (Phi-3's qkv_proj,
+      gate_up_proj) along its features                                     -> column views of it
+  cat([x]) (Phi-3's RoPE over all of the head dim, nothing passed through)   -> x
+  up * act(gate) (the activation second)                                     -> gated_act
 
 cumulative_length (a buffer written with start + L, never read) is not a state of the plan:
 nothing outside the delegate sees it. Each handler here returns NO_MATCH for a node it does not
@@ -16,10 +20,12 @@ read, and recognize.py's handler of the same target reads it then.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch.fx import Node
 
-from .ops import CONSTANT, INPUT, STATE, Op, Value
+from .ops import CONSTANT, INPUT, INTERMEDIATE, STATE, Value
 
 aten = torch.ops.aten
 NO_MATCH = object()
@@ -108,6 +114,8 @@ def _add(r, node: Node):
 
 def _cat(r, node: Node):
     parts = node.args[0]
+    if len(parts) == 1 and isinstance(r.meaning.get(parts[0]), Value):
+        return r.meaning[parts[0]]
     if len(parts) == 2 and parts[0] is parts[1] and _partial(r.meaning.get(parts[0]), "half_angles"):
         return _p("angles", *r.meaning[parts[0]].parts)
     return NO_MATCH
@@ -146,10 +154,48 @@ def _mul(r, node: Node):
         if _partial(a, "trig") and (isinstance(b, Value) or _partial(b, "rotated")):
             r.meaning[a_node] = _table_rows(r, a)  # x * cos: recognize.py reads table rows
             return NO_MATCH
+        if (_partial(b, "silu") or _partial(b, "gelu_tanh")) and isinstance(a, Value):
+            return r.emit(node, "gated_act", {"gate": b.parts[0], "up": a}, act=b.what)  # up * act(gate)
         if _partial(b, "normalized") and isinstance(a, Value) and a.kind == CONSTANT:
             x, eps = b.parts  # weight * normalized(x), as HF's Llama norm multiplies
             return r.emit(node, "rmsnorm", {"x": x, "weight": a}, eps=eps, weight_offset=0.0)
     return NO_MATCH
+
+
+# --- columns of a fused projection ----------------------------------------------------------------
+
+def _columns(r, source, dim, start: int, end: int, node: Node):
+    """Columns [start, end) along the last dim of a projection's output (no views of it yet)."""
+    if not (isinstance(source, Value) and source.kind == INTERMEDIATE and not source.views):
+        return NO_MATCH
+    width = source.shape[-1]
+    if dim not in (-1, len(source.shape) - 1) or not 0 <= start < min(end, width):
+        return NO_MATCH
+    end = min(end, width)
+    shape = source.shape[:-1] + (end - start,)
+    return source.viewed(("narrow", (len(source.shape) - 1, start, end - start)), shape)
+
+
+def _slice(r, node: Node):
+    step = node.args[4] if len(node.args) > 4 else 1
+    if step != 1 or len(node.args) < 4:
+        return NO_MATCH
+    return _columns(r, r.meaning.get(node.args[0]), node.args[1], node.args[2], node.args[3], node)
+
+
+def _split(r, node: Node):
+    source, sizes = r.meaning.get(node.args[0]), list(node.args[1])
+    dim = node.args[2] if len(node.args) > 2 else 0
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    pieces = [_columns(r, source, dim, s, s + n, node) for s, n in zip(starts, sizes)]
+    if any(p is NO_MATCH for p in pieces):
+        return NO_MATCH
+    return _p("pieces", *pieces)
+
+
+def _getitem(r, node: Node):
+    pieces = r.meaning.get(node.args[0])
+    return pieces.parts[node.args[1]] if _partial(pieces, "pieces") else NO_MATCH
 
 
 # --- masks and the caches attention reads ---------------------------------------------------------
@@ -206,6 +252,32 @@ def _attention(r, node: Node):
     return attention(r, node)
 
 
+# --- what the plan cannot hold, said plainly ---------------------------------------------------------
+
+SOFTMAX = (aten._softmax.default, aten.softmax.int)
+
+
+def written_out_attention(graph) -> str | None:
+    """Why a graph whose attention is written out (eager: bmm, softmax) rather than one SDPA call cannot
+    be taken whole (Gemma 2 attends so, to soft-cap the scores with tanh), or None."""
+    from ..sdpa import _aten_target
+
+    for node in graph.nodes:
+        if node.op == "call_function" and _aten_target(node) in SOFTMAX:
+            capped = any(_aten_target(n) == aten.tanh.default for n in _producers(node, depth=4))
+            return (f"{node.name}: attention written out as matmul and softmax{' over tanh soft-capped scores' if capped else ''}"
+                    f" (eager attention, not one SDPA call): the whole-step plan attends through SDPA only")
+    return None
+
+
+def _producers(node: Node, depth: int) -> list[Node]:
+    found, frontier = [], [node]
+    for _ in range(depth):
+        frontier = [a for n in frontier for a in n.all_input_nodes if a.op == "call_function"]
+        found += frontier
+    return found
+
+
 def _before(handler, base):
     def read(r, node):
         meaning = handler(r, node)
@@ -222,7 +294,9 @@ def extend(handlers: dict, view_ops, view, sdpa_targets, attention) -> None:
     ours = {aten.select_copy.int: _select, aten.copy.default: _copy, aten.add.Tensor: _add, aten.mul.Tensor: _mul,
             aten.cat.default: _cat, aten.cos.default: _trig("cos"), aten.sin.default: _trig("sin"),
             aten.full.default: _full, aten.bitwise_and.Tensor: _and, aten.logical_and.default: _and,
-            aten.expand_copy.default: _expand, aten.expand.default: _expand}
+            aten.expand_copy.default: _expand, aten.expand.default: _expand, aten.slice_copy.Tensor: _slice,
+            aten.slice.Tensor: _slice, aten.split_with_sizes_copy.default: _split,
+            aten.split_with_sizes.default: _split, operator.getitem: _getitem}
     for target, handler in ours.items():
         handlers[target] = _before(handler, handlers.get(target, refuse))
     for target in view_ops:

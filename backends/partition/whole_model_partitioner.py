@@ -50,6 +50,7 @@ class CudaGqaModelPartitioner(Partitioner):
         self.delegation_spec = self.attention.delegation_spec
         self.whole: Optional[bool] = None
         self.model_report = ""  # what the whole-model lowering took, or why it did not
+        self.plan = None  # the fused op plan of the step taken whole (its constants as preprocess names them)
 
     @property
     def report(self) -> list[AttentionDecision]:
@@ -63,7 +64,7 @@ class CudaGqaModelPartitioner(Partitioner):
             self.whole, self.model_report = False, f"attention only: {refusal}"
             logger.info("CudaGqaModelPartitioner: %s", self.model_report)
             return self.attention.transform_for_pre_decomposition(exported_program)
-        self.whole = True
+        self.whole, self.plan = True, plan
         self.model_report = (f"whole step: {len(plan.ops)} ops ({', '.join(sorted(set(plan.kinds())))}), "
                              f"{len(plan.constants)} constants, {len(plan.states)} states")
         return exported_program

@@ -51,6 +51,18 @@ def prefill_then_decode(vocab: int):
     return prompt, decode
 
 
+def check_constants_rebuild(plan, module) -> None:
+    """Every constant of the plan (weights folded and stacked, RoPE tables made from inv_freq) is made
+    again, bit for bit, from the module's parameters and buffers (what a rebuilt .ptd relies on)."""
+    from cuda_gqa.backends.model.fuse import derive_constant
+
+    tensors = dict(module.named_parameters()) | dict(module.named_buffers())
+    assert any("@rope_cos(" in name for name in plan.constants), list(plan.constants)
+    for name, data in plan.constant_data.items():
+        derived = derive_constant(name, tensors)
+        assert derived.dtype == data.dtype and torch.equal(derived, data), name
+
+
 def check_whole_and_eager(name: str, tmp_path) -> None:
     module = exportable(name)
     eager = copy.deepcopy(module.model)
@@ -61,6 +73,7 @@ def check_whole_and_eager(name: str, tmp_path) -> None:
         calls = [n for n in edge.exported_program().graph.nodes if n.op == "call_function"]
         assert [str(n.target) for n in calls] == ["executorch_call_delegate", "<built-in function getitem>"]
         assert [d.delegated for d in partitioner.report] == [True] * LAYERS
+    check_constants_rebuild(prefill_partitioner.plan, module)
 
     (prefill_delegate,), (decode_delegate,) = delegates(prefill), delegates(decode)
     prompt, steps = prefill_then_decode(TINY["vocab_size"])
@@ -79,3 +92,25 @@ def check_whole_and_eager(name: str, tmp_path) -> None:
 
 def test_llama_prefill_and_decode_are_one_delegate_each_giving_eager_logits(tmp_path):
     check_whole_and_eager("llama", tmp_path)
+
+
+# Qwen2: q/k/v biases; Mistral: the sliding-window mask; Qwen3: q/k norms; Gemma 3: the scaled
+# embedding, (1 + w) norms, q/k norms, norms after attention and the MLP, GELU-tanh, local RoPE
+# tables; Phi-3: qkv_proj sliced and gate_up_proj split into column views of one projection each.
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["qwen2", "mistral", "qwen3", "gemma3", "phi3"])
+def test_each_family_taken_whole_gives_eager_logits(name, tmp_path):
+    check_whole_and_eager(name, tmp_path)
+
+
+def test_gemma2_eager_soft_capped_attention_keeps_attention_only_and_says_why():
+    module = exportable("gemma2")
+    program = module.export(input_ids=torch.ones(1, 1, dtype=torch.long), cache_position=torch.arange(1))
+    partitioner = CudaGqaModelPartitioner(**SPECS)
+    program = partitioner.transform_for_pre_decomposition(program)
+    partitioner.partition(program.run_decompositions({}))
+    assert partitioner.whole is False
+    assert partitioner.model_report == (
+        "attention only: aten__softmax_default: attention written out as matmul and softmax over tanh "
+        "soft-capped scores (eager attention, not one SDPA call): the whole-step plan attends through SDPA only")
+    assert [d.delegated for d in partitioner.report] == [True] * LAYERS  # each soft-capped attention, alone
