@@ -145,7 +145,7 @@ def _table_rows(r, trig):
 
 def _mul(r, node: Node):
     ma, mb = _meaning(r, node.args[0]), _meaning(r, node.args[1])
-    for (a, a_node), (b, b_node) in (((ma, node.args[0]), (mb, node.args[1])), ((mb, node.args[1]), (ma, node.args[0]))):
+    for (a, a_node), b in (((ma, node.args[0]), mb), ((mb, node.args[1]), ma)):
         if _partial(a, "positions") and isinstance(b, Value) and b.kind == CONSTANT and len(b.shape) == 1:
             return _p("half_angles", b, a)  # positions[:, None].float() * inv_freq
         if _partial(a, "trig") and _partial(b, "scalar"):
@@ -164,9 +164,12 @@ def _mul(r, node: Node):
 
 # --- columns of a fused projection ----------------------------------------------------------------
 
-def _columns(r, source, dim, start: int, end: int, node: Node):
-    """Columns [start, end) along the last dim of a projection's output (no views of it yet)."""
+def _columns(r, source, dim, start: int, end: int):
+    """Columns [start, end) along the last dim of a linear's output (no views of it yet); a slice of
+    anything else (rotate_half's halves of a normed q) is recognize.py's."""
     if not (isinstance(source, Value) and source.kind == INTERMEDIATE and not source.views):
+        return NO_MATCH
+    if not any(op.kind == "linear" and op.output == source for op in reversed(r.ops)):
         return NO_MATCH
     width = source.shape[-1]
     if dim not in (-1, len(source.shape) - 1) or not 0 <= start < min(end, width):
@@ -180,14 +183,14 @@ def _slice(r, node: Node):
     step = node.args[4] if len(node.args) > 4 else 1
     if step != 1 or len(node.args) < 4:
         return NO_MATCH
-    return _columns(r, r.meaning.get(node.args[0]), node.args[1], node.args[2], node.args[3], node)
+    return _columns(r, r.meaning.get(node.args[0]), node.args[1], node.args[2], node.args[3])
 
 
 def _split(r, node: Node):
     source, sizes = r.meaning.get(node.args[0]), list(node.args[1])
     dim = node.args[2] if len(node.args) > 2 else 0
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    pieces = [_columns(r, source, dim, s, s + n, node) for s, n in zip(starts, sizes)]
+    pieces = [_columns(r, source, dim, s, s + n) for s, n in zip(starts, sizes)]
     if any(p is NO_MATCH for p in pieces):
         return NO_MATCH
     return _p("pieces", *pieces)
@@ -225,7 +228,8 @@ def _expand(r, node: Node):
     if isinstance(meaning, Value) and meaning.kind == STATE and len(meaning.views) == 1:
         base = Value(meaning.name, STATE, r.plan.states[meaning.name].shape, meaning.dtype)
         b, h, s, d = base.shape
-        if meaning.shape == (b, h, 1, s, d) and tuple(node.args[1])[:2] == (b, h) and tuple(node.args[1])[3:] == (s, d):
+        size = tuple(node.args[1])
+        if meaning.shape == (b, h, 1, s, d) and size[:2] == (b, h) and size[3:] == (s, d):
             return _p("repeated_kv", base)
     return NO_MATCH
 
@@ -239,14 +243,11 @@ def _repeated_kv_view(r, node: Node):
 
 def _attention(r, node: Node):
     """SDPA over repeat_kv'd caches: the same attention, its K/V the caches themselves."""
-    saved = {}
-    for arg in node.args[1:3]:
-        meaning = r.meaning.get(arg)
-        if _partial(meaning, "repeated_kv"):
-            saved[arg] = meaning
-            r.meaning[arg] = meaning.parts[0]
-    if not saved:
+    repeated = [arg for arg in node.args[1:3] if _partial(r.meaning.get(arg), "repeated_kv")]
+    if not repeated:
         return NO_MATCH
+    for arg in repeated:
+        r.meaning[arg] = r.meaning[arg].parts[0]
     from .recognize import _attention as attention
 
     return attention(r, node)
@@ -265,8 +266,9 @@ def written_out_attention(graph) -> str | None:
     for node in graph.nodes:
         if node.op == "call_function" and _aten_target(node) in SOFTMAX:
             capped = any(_aten_target(n) == aten.tanh.default for n in _producers(node, depth=4))
-            return (f"{node.name}: attention written out as matmul and softmax{' over tanh soft-capped scores' if capped else ''}"
-                    f" (eager attention, not one SDPA call): the whole-step plan attends through SDPA only")
+            scores = " over tanh soft-capped scores" if capped else ""
+            return (f"{node.name}: attention written out as matmul and softmax{scores} (eager attention, "
+                    f"not one SDPA call): the whole-step plan attends through SDPA only")
     return None
 
 
@@ -288,8 +290,10 @@ def _before(handler, base):
 def extend(handlers: dict, view_ops, view, sdpa_targets, attention) -> None:
     """Put this module's handlers before recognize.py's own for the same targets."""
     def refuse(r, node):
+        from ..sdpa import _aten_target
         from .ops import NotRecognised
-        raise NotRecognised(f"{node.name}: {node.target} is not a pattern the plan holds: {node.format_node()}")
+
+        raise NotRecognised(f"{node.name}: {_aten_target(node)} is not a pattern the plan holds: {node.format_node()}")
 
     ours = {aten.select_copy.int: _select, aten.copy.default: _copy, aten.add.Tensor: _add, aten.mul.Tensor: _mul,
             aten.cat.default: _cat, aten.cos.default: _trig("cos"), aten.sin.default: _trig("sin"),

@@ -17,10 +17,13 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM  # noqa: E402
+
 from payload_interpreter import recording_compiles, run_in_subprocess  # noqa: E402
-from test_hf_transformers import LAYERS, SPECS, TINY, exportable  # noqa: E402
+from test_hf_transformers import CACHE_LEN, LAYERS, SPECS, TINY, exportable, tiny_model  # noqa: E402
 from whole_programs import delegate_input_names, delegates, named_data  # noqa: E402
 
+from cuda_gqa.backends.model.recognize_hf import rope_table  # noqa: E402
 from cuda_gqa.backends.partition import CudaGqaModelPartitioner  # noqa: E402
 
 PREFILL, DECODE_STEPS = 4, 2
@@ -47,7 +50,8 @@ def prefill_then_decode(vocab: int):
     """(prefill steps, decode steps): (input_ids, cache_position) of a 4-token prompt, then one token a step."""
     gen = torch.Generator().manual_seed(1)
     prompt = [(torch.randint(0, vocab, (1, PREFILL), generator=gen), torch.arange(PREFILL))]
-    decode = [(torch.randint(0, vocab, (1, 1), generator=gen), torch.tensor([PREFILL + i])) for i in range(DECODE_STEPS)]
+    decode = [(torch.randint(0, vocab, (1, 1), generator=gen), torch.tensor([PREFILL + i]))
+              for i in range(DECODE_STEPS)]
     return prompt, decode
 
 
@@ -56,7 +60,8 @@ def check_constants_rebuild(plan, module) -> None:
     again, bit for bit, from the module's parameters and buffers (what a rebuilt .ptd relies on)."""
     from cuda_gqa.backends.model.fuse import derive_constant
 
-    tensors = dict(module.named_parameters()) | dict(module.named_buffers())
+    wrapper = module.model  # what the integration exports: FQNs as the program names them
+    tensors = dict(wrapper.named_buffers()) | wrapper.state_dict()  # tied weights under both names
     assert any("@rope_cos(" in name for name in plan.constants), list(plan.constants)
     for name, data in plan.constant_data.items():
         derived = derive_constant(name, tensors)
@@ -90,6 +95,24 @@ def check_whole_and_eager(name: str, tmp_path) -> None:
         torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["llama", "gemma3"])
+def test_the_rope_tables_made_at_export_are_the_rows_hf_computes_for_each_position(name):
+    rotary = tiny_model(name).model.rotary_emb
+    positions = torch.arange(CACHE_LEN)[None]
+    # One inv_freq per layer type where layers differ (Gemma 3: "sliding_attention_inv_freq").
+    kinds = [n.removesuffix("inv_freq").removesuffix("_") for n, _ in rotary.named_buffers()
+             if n.endswith("inv_freq") and "original" not in n]
+    assert kinds
+    for kind in kinds:
+        prefix = f"{kind}_" if kind else ""
+        with torch.no_grad():
+            cos, sin = rotary(torch.zeros(1), positions, **({"layer_type": kind} if kind else {}))
+        for fn, expected in (("cos", cos), ("sin", sin)):
+            table = rope_table(getattr(rotary, f"{prefix}inv_freq"), fn, CACHE_LEN,
+                               getattr(rotary, f"{prefix}attention_scaling"), torch.float32)
+            torch.testing.assert_close(table, expected[0], rtol=0, atol=1e-6)
+
+
 def test_llama_prefill_and_decode_are_one_delegate_each_giving_eager_logits(tmp_path):
     check_whole_and_eager("llama", tmp_path)
 
@@ -114,3 +137,27 @@ def test_gemma2_eager_soft_capped_attention_keeps_attention_only_and_says_why():
         "attention only: aten__softmax_default: attention written out as matmul and softmax over tanh "
         "soft-capped scores (eager attention, not one SDPA call): the whole-step plan attends through SDPA only")
     assert [d.delegated for d in partitioner.report] == [True] * LAYERS  # each soft-capped attention, alone
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mistral", "gemma3"])
+def test_a_sliding_window_shorter_than_the_cache_reads_as_windowed_attention(name):
+    """Window 16 over 32-row caches: the plan (reference.py, no kernels) gives eager's logits step after
+    step, past the window, from one decode program."""
+    from cuda_gqa.backends.model.reference import evaluate
+    from cuda_gqa.backends.partition.whole_model_partitioner import trial_plan
+
+    model = tiny_model(name, sliding_window=16)
+    module = TorchExportableModuleForDecoderOnlyLM(model, batch_size=1, max_cache_len=CACHE_LEN)
+    eager = copy.deepcopy(module.model)
+    plan = trial_plan(module.export(input_ids=torch.ones(1, 1, dtype=torch.long), cache_position=torch.arange(1)))
+    assert [op.attrs["window"] for op in plan.ops if op.kind == "attention"] == [16] * LAYERS
+    states = {state: torch.zeros(v.shape, dtype=v.dtype) for state, v in plan.states.items()}
+    constants = {constant: plan.constant_data[constant] for constant in plan.constants}
+    gen = torch.Generator().manual_seed(2)
+    for position in range(24):
+        tokens = torch.randint(0, TINY["vocab_size"], (1, 1), generator=gen)
+        inputs = {"input_ids": tokens, "cache_position": torch.tensor([position])}
+        (logits,) = evaluate(plan, inputs, states, constants)
+        with torch.no_grad():
+            torch.testing.assert_close(logits, eager(**inputs), rtol=1e-5, atol=1e-5)
