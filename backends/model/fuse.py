@@ -4,6 +4,8 @@
                          (with Gemma's offset) is multiplied into their weight columns at export
   merge_gated_mlp:       gate and up linears of one input and their gated activation -> one
                          linear over [gate; up] with the activation in its epilogue
+  gate_up_halves:        a gated activation of the two halves of one linear's output (Phi-3's
+                         gate_up_proj) -> that linear with the activation in its epilogue
   merge_projections:     linears of one input (Q, K and V) -> one linear over their stacked
                          weights; each reader takes its columns as a view
   residual_epilogues:    a + linear(...) -> the linear adds `a` in its epilogue
@@ -46,6 +48,11 @@ def folded(weight: torch.Tensor, norm_weight: torch.Tensor, offset: float) -> to
 
 def derive_constant(name: str, parameters) -> torch.Tensor:
     """Constant `name` of a fused plan, made from `parameters` (name -> tensor) as fuse made it."""
+    from .recognize_hf import derive_rope_table
+
+    table = derive_rope_table(name, parameters)
+    if table is not None:
+        return table
     parts = name.split(STACK_SEPARATOR)
     if len(parts) > 1:
         return torch.cat([derive_constant(part, parameters) for part in parts], dim=0)
@@ -134,6 +141,30 @@ def merge_gated_mlp(plan: ModelPlan) -> None:
         plan.ops.remove(up)
 
 
+def _halves_of(act: Op):
+    """(source name, width) when the act's gate and up are the first and second halves of one value."""
+    gate, up = act.inputs["gate"], act.inputs["up"]
+    if gate.name != up.name or len(gate.views) != 1 or len(up.views) != 1:
+        return None
+    (g_how, (g_dim, g_start, g_len)), (u_how, (u_dim, u_start, u_len)) = gate.views[0], up.views[0]
+    if g_how != "narrow" or u_how != "narrow" or g_dim != u_dim or (g_start, u_start) != (0, g_len) or g_len != u_len:
+        return None
+    return gate.name, g_len
+
+
+def gate_up_halves(plan: ModelPlan) -> None:
+    by_name = {op.output.name: op for op in plan.ops}
+    for act in [op for op in plan.ops if op.kind == "gated_act"]:
+        halves = _halves_of(act)
+        linear = by_name.get(halves[0]) if halves else None
+        if (linear is None or linear.kind != "linear" or linear.attrs.get("gated") or "residual" in linear.inputs
+                or linear.output.shape[-1] != 2 * halves[1] or len(_readers(plan, linear.output)) != 2):
+            continue
+        plan.ops[plan.ops.index(act)] = Op("linear", linear.inputs, act.output,
+                                           {**linear.attrs, "gated": act.attrs["act"]})
+        plan.ops.remove(linear)
+
+
 def merge_projections(plan: ModelPlan) -> None:
     index = 0
     while index < len(plan.ops):
@@ -189,7 +220,7 @@ def residual_epilogues(plan: ModelPlan) -> None:
 
 
 def fuse(plan: ModelPlan) -> ModelPlan:
-    for rewrite in (fold_norms, merge_gated_mlp, merge_projections, residual_epilogues):
+    for rewrite in (fold_norms, merge_gated_mlp, gate_up_halves, merge_projections, residual_epilogues):
         rewrite(plan)
     _drop_unused_constants(plan)
     return plan

@@ -88,6 +88,7 @@ class _Reader:
         self.buffers = dict(sig.inputs_to_buffers)
         self.lifted = dict(sig.inputs_to_lifted_tensor_constants)
         self.mutations = {out: buf for out, buf in sig.buffers_to_mutate.items()}
+        self.write_only_states: set[str] = set()  # buffers the step writes and never reads (dropped)
         self.meaning: dict[Node, object] = {}
         self.ops: list[Op] = []
         self.plan = ModelPlan(inputs=[], outputs=[], constants={}, states={}, ops=self.ops)
@@ -171,6 +172,8 @@ class _Reader:
     def output(self, node: Node) -> None:
         sig = self.program.graph_signature
         for spec, arg in zip(sig.output_specs, node.args[0]):
+            if spec.kind.name == "BUFFER_MUTATION" and spec.target in self.write_only_states:
+                continue
             value = self.value(arg, "output", node)
             if spec.kind.name == "BUFFER_MUTATION":
                 self.plan.state_updates[spec.target] = value
@@ -517,8 +520,16 @@ _HANDLERS = {
 }
 
 
+from .recognize_hf import extend, written_out_attention  # noqa: E402  (Hugging Face transformers' graphs)
+
+extend(_HANDLERS, VIEW_OPS, _view, SDPA_TARGETS, _attention)
+
+
 def recognise(program: ExportedProgram) -> ModelPlan:
     """The op plan of `program`'s whole graph, or NotRecognised naming the first node it cannot hold."""
+    eager_attention = written_out_attention(program.graph)
+    if eager_attention:
+        raise NotRecognised(eager_attention)
     plan = _Reader(program).read()
     if not plan.outputs:
         raise NotRecognised("the graph returns nothing the plan computes")

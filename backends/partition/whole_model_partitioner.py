@@ -68,6 +68,7 @@ class CudaGqaModelPartitioner(Partitioner):
         self.delegation_spec = self.attention.delegation_spec
         self.whole: Optional[bool] = None
         self.model_report = ""  # what the whole-model lowering took, or why it did not
+        self.plan = None  # the fused op plan of the step taken whole (its constants as preprocess names them)
 
     @property
     def report(self) -> list[AttentionDecision]:
@@ -88,7 +89,7 @@ class CudaGqaModelPartitioner(Partitioner):
             program = self.attention.transform_for_pre_decomposition(exported_program)
             self.attention._decisions = {**llama_decisions, **self.attention._decisions}
             return program
-        self.whole = True
+        self.whole, self.plan = True, plan
         self.model_report = (f"whole step: {len(plan.ops)} ops ({', '.join(sorted(set(plan.kinds())))}), "
                              f"{len(plan.constants)} constants, {len(plan.states)} states")
         return exported_program

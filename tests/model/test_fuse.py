@@ -77,3 +77,31 @@ def test_a_bfloat16_step_reads_fuses_and_computes_eager_logits_within_its_roundi
         expected = model(tokens, torch.tensor([0]))
     assert logits.dtype == torch.float32
     torch.testing.assert_close(logits, expected, rtol=0, atol=2e-2 * expected.abs().max().item())
+
+
+def test_a_gated_activation_of_one_linears_halves_becomes_that_linear_gated():
+    # Phi-3's gate_up_proj: one linear, split into gate and up columns, silu(gate) * up.
+    from cuda_gqa.backends.model.fuse import gate_up_halves
+    from cuda_gqa.backends.model.ops import CONSTANT, INPUT, INTERMEDIATE, ModelPlan, Op, Value
+
+    x = Value("x", INPUT, (1, 3, 8), torch.float32)
+    weight = Value("gate_up", CONSTANT, (12, 8), torch.float32)
+    both = Value("both", INTERMEDIATE, (1, 3, 12), torch.float32)
+    gate, up = (both.viewed(("narrow", (2, start, 6)), (1, 3, 6)) for start in (0, 6))
+    act = Value("act", INTERMEDIATE, (1, 3, 6), torch.float32)
+    ops = [Op("linear", {"x": x, "weight": weight}, both, {"norm_eps": None, "gated": ""}),
+           Op("gated_act", {"gate": gate, "up": up}, act, {"act": "silu"})]
+    data = torch.randn(12, 8, generator=torch.Generator().manual_seed(0))
+    plan = ModelPlan([x], [act], {"gate_up": weight}, {}, list(ops), {"gate_up": data})
+    inputs = {"x": torch.randn(1, 3, 8, generator=torch.Generator().manual_seed(1))}
+    (expected,) = evaluate(plan, inputs, {}, {"gate_up": data})
+
+    gate_up_halves(plan)
+    assert [(op.kind, op.attrs.get("gated"), op.output.name) for op in plan.ops] == [("linear", "silu", "act")]
+    (fused,) = evaluate(plan, inputs, {}, {"gate_up": data})
+    torch.testing.assert_close(fused, expected)
+
+    swapped = ModelPlan([x], [act], {"gate_up": weight}, {}, [ops[0], Op("gated_act", {"gate": up, "up": gate}, act,
+                                                                        {"act": "silu"})], {"gate_up": data})
+    gate_up_halves(swapped)  # up before gate: not the kernel's [gate; up] rows
+    assert [op.kind for op in swapped.ops] == ["linear", "gated_act"]

@@ -20,10 +20,11 @@ The interpreter must be switched on before triton is imported, and the
 AOT compiles need it off: run `python payload_interpreter.py CASE OUT` in a
 subprocess (`run_in_subprocess`). CASE (torch.save) holds {"kernels": what
 recording_compiles collected, "programs": [{"payload": bytes, "calls":
-[[input tensors], ...], "named_data": {name: bytes}}, ...], "shared_states": bool} ("named_data",
+[[input tensors], ...], "named_data": {name: bytes}}, ...]} ("named_data",
 what the program's named data holds for the payload's constants, e.g.
-PayloadConstants.named_data(); optional when the payload has none; "shared_states", optional:
-the programs' states of one name are one buffer, as a program's methods share them); OUT
+PayloadConstants.named_data(); optional when the payload has none; optional
+"states_from": the index of an earlier program whose final states, by name,
+this one starts from: two methods sharing their caches); OUT
 gets, per program, {"outputs": [[output tensors] per call], "states": [final
 state tensors]}.
 """
@@ -82,8 +83,7 @@ def run_in_subprocess(case: dict, workdir: Path) -> list[dict]:
 
 
 class PayloadInterpreter:
-    def __init__(self, payload: bytes, kernels: dict, named_data: dict | None = None,
-                 shared_states: dict | None = None):
+    def __init__(self, payload: bytes, kernels: dict, named_data: dict | None = None):
         """named_data: name -> bytes of the payload's constants (the program's named data)."""
         import torch
 
@@ -92,11 +92,7 @@ class PayloadInterpreter:
         self.plan = LaunchPlan(payload)  # the plans listing no arch: the lowest arch's
         self.kernels = kernels
         self.torch_dtype = {code: getattr(torch, name) for code, name in _DTYPE_NAMES.items()}
-        # A state is one buffer for every delegate naming it when the case shares states (as the
-        # runtimes share them between a program's methods), else this delegate's own.
-        states = {} if shared_states is None else shared_states
-        self.states = [states.setdefault(name, torch.zeros(sizes, dtype=self.torch_dtype[dtype]))
-                       for name, dtype, sizes in self.plan.states]
+        self.states = [torch.zeros(sizes, dtype=self.torch_dtype[dtype]) for _, dtype, sizes in self.plan.states]
         self.constants = [self._constant(name, self.torch_dtype[dtype], sizes, named_data or {})
                           for name, dtype, sizes in self.plan.constants]
         # 256-byte aligned, as the runtimes allocate it.
@@ -197,11 +193,14 @@ def main(case_path: str, out_path: str) -> None:
 
     case = torch.load(case_path)
     results = []
-    shared_states = {} if case.get("shared_states") else None
     for program in case["programs"]:
-        delegate = PayloadInterpreter(program["payload"], case["kernels"], program.get("named_data"), shared_states)
+        delegate = PayloadInterpreter(program["payload"], case["kernels"], program.get("named_data"))
+        if "states_from" in program:
+            earlier = results[program["states_from"]]["named_states"]
+            delegate.states = [earlier[name].clone() for name, _, _ in delegate.plan.states]
         outputs = [delegate(*inputs) for inputs in program["calls"]]
-        results.append({"outputs": outputs, "states": delegate.states})
+        results.append({"outputs": outputs, "states": delegate.states,
+                        "named_states": {name: t for (name, _, _), t in zip(delegate.plan.states, delegate.states)}})
     torch.save(results, out_path)
 
 

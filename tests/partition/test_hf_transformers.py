@@ -38,10 +38,11 @@ MODELS = {
 }
 
 
-def tiny_model(name: str) -> torch.nn.Module:
+def tiny_model(name: str, **config) -> torch.nn.Module:
+    """`name`'s tiny model; `config` overrides TINY's settings (or adds some: sliding_window)."""
     config_class, model_class = (getattr(transformers, n) for n in MODELS[name])
     torch.manual_seed(0)
-    model = model_class(config_class(**TINY)).eval()
+    model = model_class(config_class(**{**TINY, **config})).eval()
     model.generation_config.cache_implementation = "static"
     return model
 
