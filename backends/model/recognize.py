@@ -367,7 +367,17 @@ def _slice(r: _Reader, node: Node):
             return Partial("upper_half", (x,))
         if start == 0 and end == half:
             return Partial("lower_half", (x,))
-    raise NotRecognised(f"{node.name}: a slice that is not a half of the last dim")
+    if _is_last_row(x, dim, start, end, step):
+        out = Value(node.name, INTERMEDIATE, _shape(node), _val(node).dtype)
+        r.ops.append(Op("last_row", {"x": x}, out))
+        return out
+    raise NotRecognised(f"{node.name}: a slice that is neither a half of the last dim nor the last token's row")
+
+
+def _is_last_row(x: Value, dim, start, end, step) -> bool:
+    """x[:, -1:, :] of [B, L, hidden] activations (Decoder.last_row_logits: the last token's row only)."""
+    return (x.kind == INTERMEDIATE and len(x.shape) == 3 and dim == 1 and step == 1
+            and start in (-1, x.shape[1] - 1) and end >= x.shape[1])
 
 
 def _neg(r: _Reader, node: Node):
