@@ -13,6 +13,7 @@ import triton
 
 from ..kernels.argmax_rows import argmax_merge, argmax_rows
 from ..limits import SUPPORTED_DTYPES
+from .programmatic_launch import wait_for_previous_constexpr
 from .triton_to_cubin import CompiledKernel, compile_to_cubin
 from .variant import POINTER_TYPE
 
@@ -36,7 +37,8 @@ def argmax_workspace_shape(l: int, num_splits: int) -> tuple[int, int, int]:
     return (l, 2, num_splits)
 
 
-def compile_argmax_rows(*, dtype: torch.dtype, vocab: int, num_splits: int, arch: int) -> CompiledKernel:
+def compile_argmax_rows(*, dtype: torch.dtype, vocab: int, num_splits: int, arch: int,
+                        wait_for_previous: bool = False) -> CompiledKernel:
     """argmax_rows over `dtype` logits [L, vocab] as a cubin for sm_<arch>: num_splits programs per
     row, 1 or argmax_num_splits(vocab).
 
@@ -52,18 +54,20 @@ def compile_argmax_rows(*, dtype: torch.dtype, vocab: int, num_splits: int, arch
     if num_splits not in (1, argmax_num_splits(vocab)):
         raise ValueError(f"num_splits={num_splits}: use 1 or argmax_num_splits({vocab}) = {argmax_num_splits(vocab)}")
     signature = {"Logits": POINTER_TYPE[dtype], "Out": "*i64", "Partials": "*i32", "stride_lr": "i32"}
-    constexprs = {"V": vocab, "NUM_SPLITS": num_splits, "SPLIT": argmax_split(vocab, num_splits), "BLOCK": BLOCK}
+    constexprs = {"V": vocab, "NUM_SPLITS": num_splits, "SPLIT": argmax_split(vocab, num_splits), "BLOCK": BLOCK,
+                  **wait_for_previous_constexpr(wait_for_previous, arch)}
     constexprs["Partials" if num_splits == 1 else "Out"] = None
     aligned = ["Logits"] + (["stride_lr"] if vocab % 16 == 0 else [])
     return compile_to_cubin(argmax_rows, signature=signature, constexprs=constexprs,
                             divisible_by_16=frozenset(aligned), arch=arch, num_warps=NUM_WARPS, num_stages=1)
 
 
-def compile_argmax_merge(*, num_splits: int, arch: int) -> CompiledKernel:
+def compile_argmax_merge(*, num_splits: int, arch: int, wait_for_previous: bool = False) -> CompiledKernel:
     """argmax_merge of num_splits partials per row, as a cubin for sm_<arch> (no divisibility assumed)."""
     if num_splits < 2:
         raise ValueError(f"argmax_merge merges 2 or more splits, not {num_splits}")
-    constexprs = {"NUM_SPLITS": num_splits, "BLOCK_S": triton.next_power_of_2(num_splits)}
+    constexprs = {"NUM_SPLITS": num_splits, "BLOCK_S": triton.next_power_of_2(num_splits),
+                  **wait_for_previous_constexpr(wait_for_previous, arch)}
     return compile_to_cubin(argmax_merge, signature={"Partials": "*i32", "Out": "*i64"}, constexprs=constexprs,
                             divisible_by_16=frozenset(), arch=arch, num_warps=1, num_stages=1)
 

@@ -17,6 +17,8 @@ at Partials[row, 0, split] and Partials[row, 1, split] (int32 workspace
 import triton
 import triton.language as tl
 
+from .programmatic_launch import wait_for_previous
+
 INT32_MIN = tl.constexpr(-2147483648)
 INT32_MAX = tl.constexpr(2147483647)
 
@@ -41,7 +43,9 @@ def argmax_rows(
     Logits, Out, Partials,
     stride_lr,
     V: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLIT: tl.constexpr, BLOCK: tl.constexpr,
+    WAIT_FOR_PREVIOUS: tl.constexpr = False,
 ):
+    wait_for_previous(WAIT_FOR_PREVIOUS)
     row = tl.program_id(0)
     split = tl.program_id(1)
     logits_row = Logits + row.to(tl.int64) * stride_lr
@@ -65,8 +69,10 @@ def argmax_rows(
 
 
 @triton.jit
-def argmax_merge(Partials, Out, NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr):
+def argmax_merge(Partials, Out, NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr,
+                 WAIT_FOR_PREVIOUS: tl.constexpr = False):
     """Program `row`: the winner among the row's NUM_SPLITS (key, index) partials, to Out[row] (int64)."""
+    wait_for_previous(WAIT_FOR_PREVIOUS)
     row = tl.program_id(0)
     splits = tl.arange(0, BLOCK_S)
     partial = Partials + row.to(tl.int64) * 2 * NUM_SPLITS + splits

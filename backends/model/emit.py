@@ -118,6 +118,7 @@ class Emitter:
     kernels: list[fb.KernelT] = field(default_factory=list)
     regrid: list = field(default_factory=list)  # (kernel, grid) set after the compiles fill the kernels
     rows_max: Optional[int] = None  # a dynamic token count: the most rows this launch plan takes
+    tail_bytes: int = 0  # workspace after the arena that some kernel uses as scratch (argmax partials)
 
     def __post_init__(self):
         plan = self.plan
@@ -412,8 +413,38 @@ def emit_last_row(e: Emitter, op: Op, arena: Arena) -> None:
           bindings, ("last_row", x.dtype, n_cols), last_row_grid(n_cols))
 
 
+def emit_argmax(e: Emitter, op: Op, arena: Arena) -> None:
+    """argmax_rows over each row's splits, then argmax_merge when there are several: their int32
+    partials go in a workspace slice of their own after the arena (e.tail_bytes)."""
+    from ..aot.argmax_rows import (argmax_merge_grid, argmax_num_splits, argmax_rows_grid, argmax_workspace_shape,
+                                   compile_argmax_merge, compile_argmax_rows)
+
+    x = op.inputs["x"]
+    rows, stride_x = e.layout(x).rows()
+    vocab, splits = x.shape[-1], argmax_num_splits(x.shape[-1])
+    out = e.pointer(op.output, arena)
+    bindings = {"Logits": e.pointer(x, arena), "stride_lr": _i32(stride_x)}
+    if splits > 1:
+        l, two, s = argmax_workspace_shape(e.most_rows(rows), splits)
+        offset = _round_up(e.arena_base + arena.bytes, SLICE_ALIGN)
+        e.tail_bytes = max(e.tail_bytes, offset - e.arena_base - arena.bytes + l * two * s * 4)
+        bindings["Partials"] = binding(fb.ParamKind.Workspace, workspaceOffset=offset,
+                                       workspaceExtent=l * two * s * 4)
+    else:
+        bindings["Out"] = out
+
+    def compile_rows(arch, wait):
+        return compile_argmax_rows(dtype=x.dtype, vocab=vocab, num_splits=splits, arch=arch, wait_for_previous=wait)
+
+    e.add(compile_rows, bindings, ("argmax_rows", x.dtype, vocab, splits), argmax_rows_grid(Rows(rows), splits))
+    if splits > 1:
+        e.add(lambda arch, wait: compile_argmax_merge(num_splits=splits, arch=arch, wait_for_previous=wait),
+              {"Partials": bindings["Partials"], "Out": out}, ("argmax_merge", splits),
+              argmax_merge_grid(Rows(rows)))
+
+
 EMITTERS = {"embedding": emit_embedding, "linear": emit_linear, "rmsnorm": emit_rmsnorm, "add": emit_add,
-            "last_row": emit_last_row}
+            "last_row": emit_last_row, "argmax": emit_argmax}
 
 
 def _stored_layouts(e: Emitter, groups: list[AttentionGroup]) -> dict[str, int]:
@@ -481,7 +512,7 @@ def _emit_kernels(e: Emitter, groups: list[AttentionGroup], attention_bytes: int
     for kernel, grid in e.regrid:
         if grid is not None:
             kernel.grid = e.grid_dims(grid)
-    return e.arena_base + arena.bytes
+    return e.arena_base + arena.bytes + e.tail_bytes
 
 
 def row_ranges(plan: ModelPlan, groups: list[AttentionGroup], arch: int) -> list[tuple[int, int]]:

@@ -67,6 +67,8 @@ class Op:
       last_row   x                                      (the last of the step's rows: [B, L, N] -> [B, N])
       gated_act  gate, up                               act ("silu" | "gelu_tanh")
       add        a, b
+      argmax     x                                      keepdim (int64 index of each row's largest value
+                                                        along x's last dim: greedy token ids)
       cast       x                                      dtype
     """
 

@@ -13,6 +13,7 @@ meanings*; a node that completes a pattern turns them into one plan op:
   sdpa(q, cache_k, cache_v, mask(pos) [, scale])             -> attention
   silu(a) * b, gelu_tanh(a) * b (silu as a * sigmoid(a))     -> gated_act
   a + b                                                      -> add
+  argmax(x, -1 [, keepdim]) of float values                  -> argmax (int64 token ids)
   views (view, permute, unsqueeze) of a value                -> the same value, reshaped
 
 Anything else raises NotRecognised naming the node: the plan is all of the
@@ -516,6 +517,17 @@ def _silu(r: _Reader, node: Node):
     return Partial("silu", (r.value(node.args[0], "input", node),))
 
 
+def _argmax(r: _Reader, node: Node):
+    """Greedy token ids: argmax over the last dim of a float tensor the plan computes."""
+    x = r.value(node.args[0], "input", node)
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    if dim is None or dim not in (-1, len(x.shape) - 1) or not x.dtype.is_floating_point:
+        raise NotRecognised(f"{node.name}: an argmax that is not over the last dim of float values "
+                            f"(dim {dim}, {x.dtype})")
+    return r.emit(node, "argmax", {"x": x}, keepdim=bool(keepdim))
+
+
 _HANDLERS = {
     aten.scalar_tensor.default: _scalar_tensor, aten.where.self: _where, aten.arange.start_step: _arange, aten.arange.default: _arange, aten.arange.start: _arange,
     aten.add.Tensor: _add, aten.mul.Tensor: _mul, aten.pow.Tensor_Scalar: _pow, aten.mean.dim: _mean,
@@ -526,7 +538,7 @@ _HANDLERS = {
     aten.index_copy.default: lambda r, node: _cache_rows(r, node, node.args[0], node.args[1], node.args[2], node.args[3]),
     aten.embedding.default: _embedding, aten.linear.default: _linear, aten.index_put.default: _index_put,
     aten.sigmoid.default: _sigmoid, aten.gelu.default: _gelu, aten.silu.default: _silu,
-    aten.sym_size.int: _sym_size,
+    aten.sym_size.int: _sym_size, aten.argmax.default: _argmax,
 }
 
 

@@ -97,6 +97,10 @@ def _add(env, op: Op) -> torch.Tensor:
     return env(op.inputs["a"]).float() + env(op.inputs["b"]).float()
 
 
+def _argmax(env, op: Op) -> torch.Tensor:
+    return torch.argmax(env(op.inputs["x"]), dim=-1, keepdim=op.attrs["keepdim"])
+
+
 def _last_row(env, op: Op) -> torch.Tensor:
     return env(op.inputs["x"])[:, -1]
 
@@ -118,7 +122,8 @@ def evaluate(plan: ModelPlan, inputs: Mapping[str, torch.Tensor], states: dict[s
         return value.apply_views(tensor)
 
     run = {"embedding": _embedding, "rmsnorm": _rmsnorm, "linear": _linear, "rope": _rope,
-           "attention": _attention, "gated_act": _gated_act, "add": _add, "last_row": _last_row}
+           "attention": _attention, "gated_act": _gated_act, "add": _add,
+           "argmax": _argmax, "last_row": _last_row}
     for op in plan.ops:
         if op.kind == "cache_write":
             _cache_write(env, op, states)

@@ -53,6 +53,9 @@ def parse_args(argv):
     parser.add_argument("--attention-only", action="store_true",
                         help="delegate only the attention calls to the GPU (the rest to --cpu-partitioner); "
                              "default: the whole step, embedding to LM head, when the kernels hold every node")
+    parser.add_argument("--decode-token-method", action="store_true",
+                        help="also export decode_token: one token in, its greedy next token id out (the argmax "
+                             "on the GPU), sharing the caches; needs the whole step on the GPU")
     parser.add_argument("--cpu-partitioner", choices=[*CPU_PARTITIONERS, "none"], default="xnnpack",
                         help="who takes the rest of the graph (default %(default)s; none: portable kernels)")
     parser.add_argument("--external-weights", action="store_true",
@@ -114,6 +117,7 @@ def main(argv=None) -> int:
         result = export_llm(model, prefill_len=args.prefill_len, archs=archs, log=log,
                             cpu_partitioner=None if args.cpu_partitioner == "none" else args.cpu_partitioner,
                             external_weights=args.external_weights, whole_model=not args.attention_only,
+                            greedy_token_method=args.decode_token_method,
                             out=args.out or Path("out") / f"{name}.pte")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

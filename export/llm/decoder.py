@@ -328,7 +328,23 @@ class Decoder(nn.Module):
         finally:
             self._last_row_logits = False
 
+    @contextlib.contextmanager
+    def greedy_token(self):
+        """Within it, forward returns the greedy next token: the argmax of the last row's logits
+        (int64 [B, 1]), which a whole-step delegate computes on the device."""
+        self._greedy_token = True
+        try:
+            yield self
+        finally:
+            self._greedy_token = False
+
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        logits = self._logits(tokens, input_pos)
+        if getattr(self, "_greedy_token", False):
+            return logits[:, -1].argmax(-1, keepdim=True)
+        return logits
+
+    def _logits(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         c = self.config
         positions = input_pos + torch.arange(tokens.shape[1], device=tokens.device)
         rotations = {table: (getattr(self, f"{table}_cos")[positions], getattr(self, f"{table}_sin")[positions])

@@ -15,6 +15,11 @@ The model contract: forward(tokens [B, L] int64, input_pos [1] int64) ->
 logits [B, L, vocab], writing its cache at input_pos .. input_pos + L - 1,
 with attributes max_seq_len and (optionally) batch_size; `Decoder` meets it,
 and with its `last_row_logits()` the prefill method returns [B, 1, vocab].
+
+With greedy_token_method, a third method `decode_token` (the model's
+`greedy_token()`: one token in, the argmax of its logits out, int64 [B, 1])
+shares the same caches: its whole step runs on the GPU, so a decode step
+copies a token id to the host, not the vocabulary's logits.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from .decoder import Decoder
 from .presets import build_preset
 
 METHODS = ("prefill", "decode")
+TOKEN_METHOD = "decode_token"
 CPU_PARTITIONERS = ("xnnpack",)
 DEFAULT_PREFILL_LEN = 64
 
@@ -77,14 +83,14 @@ class LlmExport:
 
 
 def _make_partitioners(archs: Optional[Sequence], cpu_partitioner: Optional[str],
-                       whole: Optional[dict[str, bool]] = None):
+                       whole: Optional[dict[str, bool]] = None, methods: Sequence[str] = METHODS):
     """Per method: CudaGqaModelPartitioner alone where `whole[method]` (the whole step is ours: a
     CPU partitioner after it would decompose the nodes it keeps whole), else CudaGqaPartitioner
     for the attention, then the CPU partitioner for the rest."""
     if cpu_partitioner not in (None, *CPU_PARTITIONERS):
         raise ValueError(f"unknown cpu_partitioner {cpu_partitioner!r}: choose from {CPU_PARTITIONERS} or None")
     partitioners = {}
-    for method in METHODS:
+    for method in methods:
         if archs is not None and (whole or {}).get(method):
             partitioners[method] = [CudaGqaModelPartitioner(archs=archs, generic_plans=False)]
             continue
@@ -129,6 +135,7 @@ def export_llm(
     cpu_partitioner: Optional[str] = "xnnpack",
     external_weights: bool = False,
     whole_model: bool = True,
+    greedy_token_method: bool = False,
     log: Callable[[str], None] = lambda message: None,
 ) -> LlmExport:
     """Export `model` (a module meeting the contract above, or a preset name) to a .pte.
@@ -147,6 +154,10 @@ def export_llm(
     whole_model: each method's whole step (embedding to LM head) goes to CudaGqaBackend when its
         kernels hold every node (CudaGqaModelPartitioner; else its attention, with the reason in
         the summary); False: the attention calls alone (CudaGqaPartitioner), the rest to the CPU.
+    greedy_token_method: also a `decode_token` method (the model's greedy_token(): one token in,
+        its greedy next token id out, int64 [B, 1], the argmax on the GPU), sharing the caches;
+        needs the whole-step lowering (archs and whole_model); left out, with the reason in the
+        summary, where the kernels do not hold its whole step.
     log: called with a line per stage.
     """
     start = time.perf_counter()
@@ -170,10 +181,12 @@ def export_llm(
     if external_weights and out is None:
         raise ValueError("external_weights needs `out` (the .ptd is written beside the .pte)")
     tag = Path(out).stem if external_weights else None
+    if greedy_token_method:
+        _check_greedy_token_method(model, archs, whole_model)
 
     programs = {}
     with torch.no_grad():
-        for method, length in zip(METHODS, (prefill_len, 1)):
+        for method, length in _method_lengths(prefill_len, greedy_token_method):
             log(f"torch.export: {method} ({batch} x {length} tokens)")
             tokens = torch.zeros(batch, length, dtype=torch.long)
             with _logits_rows(model, method):
@@ -182,7 +195,10 @@ def export_llm(
                 _tag_parameters_for_delegates(programs[method], tag)
 
     whole, model_reports = _whole_step_plans(programs, log) if archs is not None and whole_model else ({}, {})
-    partitioners = _make_partitioners(archs, cpu_partitioner, whole)
+    if greedy_token_method and not whole[TOKEN_METHOD]:
+        del programs[TOKEN_METHOD]  # on the CPU it saves nothing: decode's logits give the same token
+        model_reports[TOKEN_METHOD] = f"not exported: its whole step is not the kernels' ({model_reports[TOKEN_METHOD]})"
+    partitioners = _make_partitioners(archs, cpu_partitioner, whole, list(programs))
     names = [type(partitioners["decode"][0]).__name__ if archs is not None else None,
              None if whole.get("decode") else cpu_partitioner]
     log(f"lowering to ExecuTorch ({' then '.join(n for n in names if n) or 'portable kernels only'})")
@@ -195,9 +211,9 @@ def export_llm(
         if config.eos_token_ids:
             metadata["get_eos_ids"] = list(config.eos_token_ids)
     edge = to_edge_transform_and_lower(programs, partitioner=partitioners, constant_methods=metadata)
-    log("emitting the program (KV caches shared between prefill and decode)")
+    log(f"emitting the program (KV caches shared between {', '.join(programs)})")
     parameters = set()
-    for method in METHODS:
+    for method in programs:
         parameters |= set(edge.exported_program(method).graph_signature.inputs_to_parameters)
     program = edge.to_executorch(ExecutorchBackendConfig(
         memory_planning_pass=MemoryPlanningPass(share_mutable_buffers=True),
@@ -228,10 +244,27 @@ def export_llm(
 
 def _logits_rows(model, method: str):
     """prefill returns its last row's logits only where the model offers it (Decoder.last_row_logits):
-    the runtimes read no other row, and copying every row's logits to the host dwarfs the step."""
+    the runtimes read no other row, and copying every row's logits to the host dwarfs the step.
+    decode_token returns the greedy token of its logits (Decoder.greedy_token)."""
     if method == "prefill" and hasattr(model, "last_row_logits"):
         return model.last_row_logits()
+    if method == TOKEN_METHOD:
+        return model.greedy_token()
     return contextlib.nullcontext()
+
+
+def _method_lengths(prefill_len: int, greedy_token_method: bool) -> list[tuple[str, int]]:
+    """(method, tokens per call) of each exported method."""
+    return list(zip(METHODS, (prefill_len, 1))) + ([(TOKEN_METHOD, 1)] if greedy_token_method else [])
+
+
+def _check_greedy_token_method(model, archs, whole_model: bool) -> None:
+    if not hasattr(model, "greedy_token"):
+        raise ValueError(f"greedy_token_method needs a model with greedy_token() (export/llm/decoder.py's "
+                         f"Decoder), not {type(model).__name__}")
+    if archs is None or not whole_model:
+        raise ValueError("greedy_token_method needs the whole-step lowering (GPU archs, whole_model=True): "
+                         "the argmax runs in the step's CudaGqaBackend delegate")
 
 
 def _tag_parameters_for_delegates(program: torch.export.ExportedProgram, tag: str) -> None:

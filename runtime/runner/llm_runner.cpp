@@ -6,7 +6,7 @@
 //   cuda_gqa_llm_runner MODEL.pte [--data FILE.ptd] --prompt FILE [--new-tokens N] [--device N]
 //                       [--expected-tokens FILE] [--expected-logits FILE]
 //                       [--atol X] [--rtol X] [--tokens-out FILE] [--logits-out FILE] [--no-launch-graphs]
-//                       [--no-programmatic-launch]
+//                       [--no-programmatic-launch] [--device-argmax]
 //   cuda_gqa_llm_runner MODEL.pte [--data FILE.ptd] --decode-at P [--steps N] [--warmup W]
 //
 // --data: the program's external weights (a .ptd from export_llm
@@ -38,6 +38,13 @@
 // program's own, so every row's logits come from eager's inputs and all are
 // compared; a row whose argmax differs from eager's token passes only as a tie
 // (eager's logits of the two within tolerance).
+//
+// --device-argmax: decode steps (and --decode-at's) call the program's
+// decode_token method (export_llm --decode-token-method), which returns the
+// greedy token id computed on the GPU instead of the vocabulary's logits;
+// the first token still comes from prefill's logits. No logits rows then
+// exist past the first, so it excludes --expected-logits, --logits-out and
+// --teacher-forcing.
 //
 // Exit status: 0 ok, 1 a comparison failed, 2 bad usage or a load/run error.
 
@@ -82,6 +89,7 @@ struct Options {
   long decode_at = -1, steps = 32, warmup = 3;
   long prefill_warmup = 0;  // untimed prefills of the prompt before the timed one
   bool teacher_forcing = false;
+  bool device_argmax = false;  // decode steps through decode_token (token ids, no logits)
   double atol = 2e-2, rtol = 1.6e-2;
   bool launch_graphs = true;        // CudaGqaBackend's "launch_graphs"
   bool programmatic_launch = true;  // CudaGqaBackend's "programmatic_launch"
@@ -122,6 +130,8 @@ void usage(FILE* out) {
                "                          (the first call of a method builds its CUDA graphs)\n"
                "  --no-launch-graphs      CudaGqaBackend option launch_graphs off: kernels launched one\n"
                "                          by one instead of one CUDA graph per launch plan\n"
+               "  --device-argmax         decode steps call decode_token (the greedy token id from the GPU)\n"
+               "                          instead of decode (no logits rows past prefill's)\n"
                "  --no-programmatic-launch  CudaGqaBackend option programmatic_launch off: no kernel\n"
                "                          launched as a programmatic dependent of the one before\n");
 }
@@ -148,6 +158,8 @@ int parse_args(int argc, char** argv, Options* o) {
       o->launch_graphs = false;
     } else if (a == "--no-programmatic-launch") {
       o->programmatic_launch = false;
+    } else if (a == "--device-argmax") {
+      o->device_argmax = true;
     } else if (a == "--prompt" && has_value) {
       o->prompt = next();
     } else if (a == "--data" && has_value) {
@@ -196,6 +208,10 @@ int parse_args(int argc, char** argv, Options* o) {
   if (o->new_tokens < 1) return fail("--new-tokens", "at least 1");
   if (o->steps < 1) return fail("--steps", "at least 1");
   if (o->teacher_forcing && o->expected_tokens.empty()) return fail("--teacher-forcing", "needs --expected-tokens");
+  if (o->device_argmax && (o->teacher_forcing || !o->expected_logits.empty() || !o->logits_out.empty())) {
+    return fail("--device-argmax", "decode steps return token ids, no logits: it excludes --teacher-forcing, "
+                                   "--expected-logits and --logits-out");
+  }
   const std::pair<const char*, const std::string*> files[] = {
       {"model", &o->model}, {"--data", &o->data}, {"--prompt", &o->prompt},
       {"--expected-tokens", &o->expected_tokens}, {"--expected-logits", &o->expected_logits}};
@@ -270,6 +286,12 @@ void print_attention(const std::vector<double>& step_ms, const std::vector<doubl
               static_cast<unsigned long long>(calls / step_ms.size()));
 }
 
+constexpr const char* kTokenMethod = "decode_token";
+
+int64_t argmax(const std::vector<float>& v) {
+  return static_cast<int64_t>(std::max_element(v.begin(), v.end()) - v.begin());
+}
+
 struct Decoder {
   Module* module;
   int64_t prefill_len = 0, max_seq_len = 0;
@@ -298,7 +320,52 @@ struct Decoder {
     logits->assign(data, data + vocab);
     return Error::Ok;
   }
+
+  // One decode step through decode_token: `token` at `position` in, the
+  // greedy next token id (int64 [1, 1], computed on the device) out.
+  Error next_token(int64_t token, int64_t position, int64_t* next) {
+    auto token_tensor = executorch::extension::make_tensor_ptr({1, 1}, std::vector<int64_t>{token});
+    auto position_tensor = executorch::extension::make_tensor_ptr({1}, std::vector<int64_t>{position});
+    auto result = module->execute(kTokenMethod, {EValue(*token_tensor), EValue(*position_tensor)});
+    if (!result.ok()) return result.error();
+    const Tensor& out = (*result)[0].toTensor();
+    if (out.scalar_type() != ScalarType::Long || out.numel() != 1) return Error::InvalidProgram;
+    *next = out.const_data_ptr<int64_t>()[0];
+    return Error::Ok;
+  }
+
+  // A decode step fed `token` at `position`: the next greedy token, from
+  // decode_token or from decode's logits (kept in *logits).
+  Error decode(bool device_argmax, int64_t token, int64_t position, std::vector<float>* logits, int64_t* next) {
+    if (device_argmax) return next_token(token, position, next);
+    const Error err = step("decode", {token}, position, 0, logits);
+    if (err == Error::Ok) *next = argmax(*logits);
+    return err;
+  }
 };
+
+// Loads the methods a run calls; decode_token only with --device-argmax, and
+// refused with a clear error where the program has none.
+int load_methods(Module& module, const Options& opt) {
+  std::vector<const char*> methods = {"prefill", "decode"};
+  if (opt.device_argmax) {
+    const auto names = module.method_names();
+    if (!names.ok() || names->count(kTokenMethod) == 0) {
+      return fail("--device-argmax", opt.model + " has no decode_token method: export it with "
+                                     "--decode-token-method (greedy_token_method=True)");
+    }
+    methods.push_back(kTokenMethod);
+  }
+  for (const char* method : methods) {
+    const Error err = module.load_method(method);
+    if (err != Error::Ok) {
+      return fail(std::string("loading method '") + method + "' failed" +
+                      (opt.data.empty() ? " (a program exported with external weights needs --data FILE.ptd)" : ""),
+                  err);
+    }
+  }
+  return kExitOk;
+}
 
 // Writes `prompt` into the cache from position 0 and leaves its last token's
 // logits in *logits: whole chunks of the program's prefill length, then a
@@ -323,10 +390,6 @@ Error prefill(Decoder* decoder, const std::vector<int64_t>& prompt, std::vector<
     if (err != Error::Ok) return err;
   }
   return has_last ? Error::Ok : decoder->step("decode", {prompt.back()}, n - 1, 0, logits);
-}
-
-int64_t argmax(const std::vector<float>& v) {
-  return static_cast<int64_t>(std::max_element(v.begin(), v.end()) - v.begin());
 }
 
 }  // namespace
@@ -363,14 +426,7 @@ int main(int argc, char** argv) {
       !constant(module, "get_max_seq_len", &decoder.max_seq_len, &error)) {
     return fail(opt.model, error);
   }
-  for (const char* method : {"prefill", "decode"}) {
-    err = module.load_method(method);
-    if (err != Error::Ok) {
-      return fail(std::string("loading method '") + method + "' failed" +
-                      (opt.data.empty() ? " (a program exported with external weights needs --data FILE.ptd)" : ""),
-                  err);
-    }
-  }
+  if (const int rc = load_methods(module, opt); rc != kExitOk) return rc;
   std::printf("loaded %s%s%s in %.2f s\n", opt.model.c_str(), opt.data.empty() ? "" : " with ", opt.data.c_str(),
               std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count());
 
@@ -390,7 +446,7 @@ int main(int argc, char** argv) {
       const int64_t position = first + (timed ? i - opt.warmup : i);
       const BackendClock backend;
       const auto t0 = std::chrono::steady_clock::now();
-      err = decoder.step("decode", {token}, position, 0, &logits);
+      err = decoder.decode(opt.device_argmax, token, position, &logits, &token);
       const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       if (err != Error::Ok) return fail("decode step at position " + std::to_string(position) + " failed", err);
       if (timed) {
@@ -398,12 +454,11 @@ int main(int argc, char** argv) {
         backend_ms.push_back(backend.ms_since());
         calls += backend.calls_since();
       }
-      token = argmax(logits);
     }
     double total = 0;
     for (double ms : step_ms) total += ms;
-    std::printf("decode-at: %zu steps at positions %lld..%lld: median %.3f ms, p90 %.3f ms per step, %.1f tokens/s\n",
-                step_ms.size(), static_cast<long long>(first), static_cast<long long>(first + opt.steps - 1),
+    std::printf("decode-at%s: %zu steps at positions %lld..%lld: median %.3f ms, p90 %.3f ms per step, "
+                "%.1f tokens/s\n", opt.device_argmax ? " (decode_token)" : "", step_ms.size(), static_cast<long long>(first), static_cast<long long>(first + opt.steps - 1),
                 percentile(step_ms, 0.5), percentile(step_ms, 0.9), 1e3 * static_cast<double>(step_ms.size()) / total);
     print_attention(step_ms, backend_ms, calls);
     return kExitOk;
@@ -440,14 +495,15 @@ int main(int argc, char** argv) {
   std::vector<int64_t> generated;
   std::vector<double> step_ms, backend_ms;
   uint64_t calls = 0;
+  int64_t next = argmax(logits);  // the first new token: from prefill's logits
   while (true) {
-    rows.push_back(logits);
-    generated.push_back(argmax(logits));
+    if (!opt.device_argmax || rows.empty()) rows.push_back(logits);
+    generated.push_back(next);
     if (static_cast<long>(generated.size()) == opt.new_tokens) break;
     const int64_t fed = opt.teacher_forcing ? want_tokens[generated.size() - 1] : generated.back();
     const BackendClock backend;
     const auto t0 = std::chrono::steady_clock::now();
-    err = decoder.step("decode", {fed}, n + static_cast<int64_t>(generated.size()) - 1, 0, &logits);
+    err = decoder.decode(opt.device_argmax, fed, n + static_cast<int64_t>(generated.size()) - 1, &logits, &next);
     step_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     backend_ms.push_back(backend.ms_since());
     calls += backend.calls_since();
@@ -459,7 +515,8 @@ int main(int argc, char** argv) {
   if (!step_ms.empty()) {
     double total = 0;
     for (double ms : step_ms) total += ms;
-    std::printf("decode: %zu steps, median %.3f ms, p90 %.3f ms per token, %.1f tokens/s\n", step_ms.size(),
+    std::printf("decode%s: %zu steps, median %.3f ms, p90 %.3f ms per token, %.1f tokens/s\n",
+                opt.device_argmax ? " (decode_token)" : "", step_ms.size(),
                 percentile(step_ms, 0.5), percentile(step_ms, 0.9), 1e3 * step_ms.size() / total);
     print_attention(step_ms, backend_ms, calls);
   }
