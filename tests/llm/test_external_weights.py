@@ -119,7 +119,7 @@ def test_the_program_with_its_rebuilt_ptd_runs_like_eager(external, tmp_path):
     with torch.no_grad():
         expected = model(prompt, torch.tensor([0]))
         (logits,) = prefill.execute([prompt, torch.tensor([0])])
-        torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(logits, expected[:, -1:], atol=1e-5, rtol=1e-4)  # prefill: the last row's
         token = logits[:, -1].argmax(-1, keepdim=True)
         expected = model(token, torch.tensor([PREFILL_LEN]))
         (logits,) = decode.execute([token, torch.tensor([PREFILL_LEN])])

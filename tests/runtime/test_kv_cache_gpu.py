@@ -204,10 +204,12 @@ def test_exported_llm_prefill_then_decode_match_eager(tmp_path):
         padded = torch.cat([prompt, torch.zeros(1, PREFILL_LEN - prompt_len, dtype=torch.long)], dim=1)
         model.reset_buffers()
         with torch.no_grad():
-            expected = model(prompt, torch.tensor([0]))
-        (logits,) = prefill.execute([padded, torch.tensor([0])])
-        torch.testing.assert_close(logits[:, :prompt_len], expected, atol=1e-2, rtol=1e-2)
-        token = logits[:, prompt_len - 1].argmax(-1, keepdim=True)
+            expected = model(prompt, torch.tensor([0]))[:, -1:]
+        prefill.execute([padded, torch.tensor([0])])  # its one row of logits is the padding's
+        # The prompt's last token again, by decode (as generate.py does): its logits.
+        (logits,) = decode.execute([prompt[:, -1:], torch.tensor([prompt_len - 1])])
+        torch.testing.assert_close(logits, expected, atol=1e-2, rtol=1e-2)
+        token = logits[:, -1].argmax(-1, keepdim=True)
         for pos in range(prompt_len, prompt_len + 6):
             with torch.no_grad():
                 expected = model(token, torch.tensor([pos]))
