@@ -53,8 +53,7 @@ def _select(r, node: Node):
         out = Value(node.name, INTERMEDIATE, _shape(node), _val(node).dtype)
         r.ops.append(Op("last_row", {"x": m}, out))
         return out
-    raise NotRecognised(f"{node.name}: a select that is neither input_pos[0] nor the last token's row "
-                        f"(select of {_describe(m)}, dim {dim}, index {index})")
+    return None  # not this pattern: the handlers after it (Hugging Face's cache_position[0]) read it
 
 
 def _item(r, node: Node):
@@ -193,13 +192,14 @@ def _first(first, then):
 
 def extend(handlers: dict) -> None:
     """Add the llama export's handlers to recognize.py's table (in place)."""
-    own = {aten.select_copy.int: _select, aten.select.int: _select, aten._local_scalar_dense.default: _item,
+    own = {aten._local_scalar_dense.default: _item,
            operator.add: _scalar_add, operator.ge: _scalar_check, operator.le: _scalar_check,
            operator.lt: _scalar_check, aten._assert_scalar.default: _scalar_check,
            TAKEN_LLAMA_UPDATE_OP: _update_cache, TAKEN_LLAMA_SDPA_OP: _llama_sdpa}
     for target, handler in own.items():
         handlers.setdefault(target, handler)
-    for target, handler in ((aten.slice_copy.Tensor, _slice), (aten.slice.Tensor, _slice),
+    for target, handler in ((aten.select_copy.int, _select), (aten.select.int, _select),
+                            (aten.slice_copy.Tensor, _slice), (aten.slice.Tensor, _slice),
                             (aten.mul.Tensor, _mul), (aten.sub.Tensor, _sub), (aten.add.Tensor, _add),
                             (aten.cat.default, _cat)):
         handlers[target] = _first(handler, handlers.get(target))

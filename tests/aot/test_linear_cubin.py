@@ -110,7 +110,8 @@ def test_gemv_k_loop_moves_nothing_between_threads(m, gated):
     signature = {name: "*bf16" for name in ("X", "W", "Bias", "Residual", "Out")}
     signature.update(M="i32", eps="fp32", stride_xm="i32", stride_rm="i32", stride_om="i32")
     constexprs = dict(N=2048, K=8192, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-                      NORM_PROLOGUE=True, HAS_BIAS=False, HAS_RESIDUAL=True, GATED=gated, SOFTCAP=0.0)
+                      NORM_PROLOGUE=True, HAS_BIAS=False, HAS_RESIDUAL=True, GATED=gated, SOFTCAP=0.0,
+                      WAIT_FOR_PREVIOUS=False)
     source = _triton_source(KERNELS["gemv"], signature, constexprs, ALIGNED_PARAMS)
     ttgir = triton.compile(source, target=GPUTarget("cuda", 90, 32),
                            options=_options(config.num_warps, config.num_stages, None)).asm["ttgir"]
